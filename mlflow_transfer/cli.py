@@ -1,0 +1,143 @@
+"""`mlflow-transfer` command line (what the MLproject entry points call). No logic lives here."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from functools import wraps
+
+import click
+
+from .errors import TransferError
+
+_RECIPE = click.option("--recipe", default="recipes/digits.yaml", show_default=True,
+                       help="Recipe YAML file: the domains, model, training settings and seed.")
+_SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="Override recipe values, e.g. --set source.epochs=2,target.lr=0.001 "
+                         "(repeatable; dotted keys as in the recipe).")
+_DATA_ROOT = click.option("--data-root", default="", help="Folder that the recipe's relative data "
+                          "roots are resolved against (sets data.root); unused by the built-in digits.")
+_TRACKING = click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+                         help="MLflow tracking server or store [default: $MLFLOW_TRACKING_URI, "
+                              "else sqlite:///mlflow.db].")
+_EXPERIMENT = click.option("--experiment-name", default=None, envvar="MLFLOW_EXPERIMENT_NAME",
+                           help="Experiment to log into (ignored under `mlflow run`, which chooses it).")
+
+
+def _user_errors(fn):
+    """Print user errors as one line and exit non-zero; Ctrl-C / SIGTERM exit 130."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        # SIGTERM (e.g. a killed job) unwinds like Ctrl-C, so open runs are closed as FAILED.
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            return fn(*args, **kwargs)
+        except TransferError as exc:
+            click.echo(f"mlflow-transfer: error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("mlflow-transfer: interrupted; the open runs were marked FAILED", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _load(recipe: str, overrides: tuple[str, ...], data_root: str):
+    from .config import load_recipe
+
+    items = [part for item in overrides for part in item.split(",") if part.strip()]
+    if data_root:
+        items.append(f"data.root={data_root}")
+    return load_recipe(recipe, items)
+
+
+def _setup(tracking_uri: str | None, experiment_name: str | None) -> None:
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    if experiment_name and not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(experiment_name)
+
+
+def _summary(title: str, runs: dict[str, str]) -> None:
+    import mlflow
+
+    from .tracking.runs import final_accuracies
+
+    click.echo(f"\n{title}")
+    for role, run_id in runs.items():
+        accs = final_accuracies(run_id)
+        shown = ", ".join(f"{k[4:]}={v:.3f}" for k, v in sorted(accs.items()))
+        click.echo(f"  {role:<8} run {run_id}  {shown}")
+    uri = mlflow.get_tracking_uri()
+    click.echo(f"  tracking store: {uri}")
+    click.echo(f"  browse: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
+
+
+@click.group(help="Train, fine-tune and inspect source→target transfer runs logged to MLflow.")
+@click.version_option(package_name="mlflow-transfer")
+def main() -> None:
+    pass
+
+
+@main.command("main", help="Train the source model (or reuse an identical finished source run), "
+                           "then fine-tune it on the target domain.")
+@_RECIPE
+@_SET
+@_DATA_ROOT
+@_TRACKING
+@_EXPERIMENT
+@_user_errors
+def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name):
+    from .tracking import run_pipeline
+
+    _setup(tracking_uri, experiment_name)
+    result = run_pipeline(_load(recipe, overrides, data_root))
+    note = " (reused: identical recipe, parameters and code)" if result.source_reused else ""
+    _summary(f"pair {result.pair_id}{note}",
+             {"source": result.source_run_id, "target": result.target_run_id})
+    click.echo(f"  pipeline run {result.pipeline_run_id}")
+
+
+@main.command("train-source", help="Train the recipe's source model from scratch on the source domain.")
+@_RECIPE
+@_SET
+@_DATA_ROOT
+@_TRACKING
+@_EXPERIMENT
+@_user_errors
+def train_source_cmd(recipe, overrides, data_root, tracking_uri, experiment_name):
+    from .tracking import train_source
+
+    _setup(tracking_uri, experiment_name)
+    run_id = train_source(_load(recipe, overrides, data_root))
+    _summary("source run", {"source": run_id})
+
+
+@main.command("finetune", help="Fine-tune a finished source run's model on the recipe's target domain.")
+@click.option("--source-run-id", required=True, help="Id of the source run to start from (role `source`).")
+@click.option("--source-epoch", default="", help="Start from the source run's checkpoint of this epoch "
+                                                   "instead of its final logged model.")
+@_RECIPE
+@_SET
+@_DATA_ROOT
+@_TRACKING
+@_EXPERIMENT
+@_user_errors
+def finetune_cmd(source_run_id, source_epoch, recipe, overrides, data_root, tracking_uri, experiment_name):
+    from .errors import RecipeError
+    from .tracking import finetune
+
+    _setup(tracking_uri, experiment_name)
+    if source_epoch and not source_epoch.isdigit():
+        raise RecipeError(f"--source-epoch must be a whole number of epochs, got {source_epoch!r}")
+    run_id = finetune(_load(recipe, overrides, data_root), source_run_id,
+                      source_epoch=int(source_epoch) if source_epoch else None)
+    _summary("target run", {"source": source_run_id, "target": run_id})
+
+
+if __name__ == "__main__":
+    main()

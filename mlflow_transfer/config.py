@@ -1,0 +1,216 @@
+"""Recipe schema: what an experiment is (domains, model, training of both runs, seed).
+
+The only YAML parser of the package. Loading validates everything: an unknown key or a bad value is
+a :class:`RecipeError` naming the key (as a dotted path) and the allowed keys or values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import RecipeError
+
+
+def _choice(*values):
+    return {"choices": values}
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """One data domain: a registry name and the options that domain takes."""
+
+    name: str
+    root: str | None = None     # local folder (external datasets); relative to data.root
+    subset: str | None = None   # ImageFolder sub-folder, e.g. "amazon" in Office-31
+    split: str | None = field(default=None, metadata=_choice(None, "train", "test"))
+    size: int | None = field(default=None, metadata={"min": 10})  # printed-digits: images rendered
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: DomainConfig
+    target: DomainConfig
+    root: str | None = None          # folder that relative domain roots are resolved against
+    image_size: int = field(default=32, metadata={"min": 8, "max": 1024})
+    val_fraction: float = field(default=0.15, metadata={"min": 0.01, "max": 0.9})
+    per_class_cap: int | None = field(default=None, metadata={"min": 2})
+    label_budget: int | None = field(default=None, metadata={"min": 1})  # target labels per class
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "alexnet-32"
+    weights: str | None = None  # local state-dict file for the source model's initialisation
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = field(default=5, metadata={"min": 1, "max": 1000})
+    lr: float = field(default=1e-3, metadata={"min": 1e-8, "max": 10.0})
+    batch_size: int = field(default=64, metadata={"min": 1, "max": 65536})
+    optimizer: str = field(default="adam", metadata=_choice("adam", "sgd"))
+    schedule: str = field(default="cosine", metadata=_choice("cosine", "constant"))  # lr per batch
+    momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    freeze_depth: int = field(default=0, metadata={"min": 0})  # first k analysis layers frozen
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole experiment; see recipes/*.yaml for annotated examples."""
+
+    name: str
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    source: TrainConfig = TrainConfig()
+    target: TrainConfig = TrainConfig()
+    seed: int = field(default=0, metadata={"min": 0})
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, object]:
+        """Dotted keys → values (``{"source.epochs": 5, ...}``), for MLflow params."""
+        return _flatten(self.to_dict())
+
+    def source_key(self, code_version: str) -> str:
+        """Hash of everything that determines the source run (not ``target.*``), plus the code.
+
+        Two recipes with the same key train the same source model, so ``main`` reuses it.
+        """
+        relevant = {k: v for k, v in self.to_dict().items() if k not in ("target", "description")}
+        blob = json.dumps([relevant, code_version], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def resolve_root(self, domain: DomainConfig) -> str | None:
+        """The domain's folder, with a relative ``root`` taken under ``data.root``."""
+        if domain.root is None:
+            return self.data.root and str(Path(self.data.root).expanduser())
+        path = Path(domain.root).expanduser()
+        if not path.is_absolute() and self.data.root:
+            path = Path(self.data.root).expanduser() / path
+        return str(path)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _build(cls, raw, path: str):
+    if not isinstance(raw, dict):
+        raise RecipeError(f"`{path or 'recipe'}` must be a mapping of keys to values, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = f"`{path}`" if path else "the recipe"
+        names = ", ".join(f"`{path}.{k}`" if path else f"`{k}`" for k in unknown)
+        raise RecipeError(f"unknown key(s) {names} in {where}; allowed keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        key = f"{path}.{name}" if path else name
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise RecipeError(f"missing required key `{key}`")
+            continue
+        values[name] = _value(hints[name], raw[name], key, f.metadata)
+    return cls(**values)
+
+
+def _value(hint, value, key: str, meta):
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if value is None:
+        if optional:
+            return None
+        raise RecipeError(f"`{key}` must not be empty")
+    if dataclasses.is_dataclass(base):
+        return _build(base, value, key)
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if base is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise RecipeError(f"`{key}` must be of type {base.__name__}, got {value!r}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise RecipeError(f"`{key}` must be one of {[c for c in choices if c is not None]}, got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        raise RecipeError(f"`{key}` must be >= {meta['min']}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise RecipeError(f"`{key}` must be <= {meta['max']}, got {value!r}")
+    return value
+
+
+def parse_recipe(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Validate a recipe mapping, after applying ``overrides`` (``"source.epochs=2"`` strings)."""
+    raw = json.loads(json.dumps(raw))  # deep copy of plain data
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r} must look like key.path=value, e.g. source.epochs=2")
+        dotted, text = item.split("=", 1)
+        node = raw
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"override {item!r}: `{part}` is not a section")
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    recipe = _build(Recipe, raw, "")
+    _check_domains(recipe)
+    return recipe
+
+
+def _check_domains(recipe: Recipe) -> None:
+    from .data import DOMAINS
+    from .models import MODELS
+
+    for side in ("source", "target"):
+        dom = getattr(recipe.data, side)
+        if dom.name not in DOMAINS:
+            raise RecipeError(f"`data.{side}.name` must be one of {sorted(DOMAINS)}, got {dom.name!r}")
+        given = {k for k in ("root", "subset", "split", "size") if getattr(dom, k) is not None}
+        allowed = DOMAINS[dom.name].options
+        extra = sorted(given - allowed)
+        if extra:
+            raise RecipeError(f"`data.{side}` ({dom.name}) does not take {extra}; it takes {sorted(allowed) or 'no options'}")
+    if recipe.model.name not in MODELS:
+        raise RecipeError(f"`model.name` must be one of {sorted(MODELS)}, got {recipe.model.name!r}")
+    need = MODELS[recipe.model.name].min_image_size
+    if recipe.data.image_size < need:
+        raise RecipeError(f"`data.image_size` {recipe.data.image_size} is too small for {recipe.model.name} "
+                          f"(needs >= {need})")
+    if recipe.source.freeze_depth:
+        raise RecipeError("`source.freeze_depth` must be 0: the source model trains from scratch; "
+                          "freezing applies to `target.freeze_depth`")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read and validate the YAML recipe at ``path``; see :func:`parse_recipe` for ``overrides``."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist; the built-in ones are in recipes/ "
+                          "(e.g. recipes/digits.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from None
+    return parse_recipe(raw or {}, overrides)

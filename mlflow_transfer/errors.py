@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Every mistake a user can make (bad recipe, missing data, wrong run id, corrupt file) raises a
+subclass of :class:`TransferError` whose message says what was expected, what arrived and how to fix
+it. The CLI prints that message on one line and exits non-zero without a traceback.
+"""
+
+
+class TransferError(ValueError):
+    """Base class of every user error raised by mlflow-transfer."""
+
+
+class RecipeError(TransferError):
+    """A recipe file or override is invalid (unknown key, bad value)."""
+
+
+class DataError(TransferError):
+    """A dataset is missing, malformed, or the two domains do not match."""
+
+
+class ModelError(TransferError):
+    """An unknown model name, a weights file that does not fit, or a corrupt checkpoint."""
+
+
+class RunLookupError(TransferError):
+    """A run id that does not exist, has the wrong role, or lacks a logged model."""

@@ -1,0 +1,21 @@
+"""Tag names under which runs are found again with ``mlflow.search_runs``."""
+
+from types import SimpleNamespace
+
+PREFIX = "transfer."
+
+TAGS = SimpleNamespace(
+    role=PREFIX + "role",                    # "pipeline" | "source" | "target" (| "diagnostics")
+    source_run_id=PREFIX + "source_run_id",  # on a target run: the run it was fine-tuned from
+    recipe=PREFIX + "recipe",                # recipe name
+    pair_id=PREFIX + "pair_id",              # "<recipe>/<source id[:8]>/<target id[:8]>" on target + pipeline
+    source_domain=PREFIX + "source_domain",
+    target_domain=PREFIX + "target_domain",
+    classes=PREFIX + "classes",              # JSON list of class names, in label order
+    model=PREFIX + "model",                  # registry name of the architecture
+    source_key=PREFIX + "source_key",        # hash of what determines a source run (for reuse)
+    code_version=PREFIX + "code_version",    # hash of the package's source files
+    version=PREFIX + "version",              # package version (set by the run-context plugin)
+)
+
+ROLES = ("pipeline", "source", "target", "diagnostics")

@@ -1,0 +1,236 @@
+"""Source training, fine-tuning and the source→target pipeline, logged to MLflow.
+
+Each run logs, with ``step=epoch`` (0 = before training): ``loss`` and ``acc_source_train``,
+``acc_source_val``, ``acc_target_train``, ``acc_target_val``; a state-dict checkpoint per epoch under
+``checkpoints/``; the final model (``torch.export`` format, with a signature); tags from `TAGS`.
+A run is FINISHED only after its last artifact landed; any exception (or Ctrl-C) marks it FAILED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+
+from .. import __version__
+from ..config import Recipe
+from ..data import DomainSplits, align_classes, load_domain, split_domain
+from ..models import TransferNet, build_model, freeze_layers
+from ..training import EpochResult, evaluate, fit
+from ..plugin import transfer_context
+from .lookup import MODEL_NAME, SourceRun, checkpoint_path, load_checkpoint, load_logged_model, \
+    logged_model_uri, resolve_source_run
+from ..tags import TAGS
+
+
+@dataclass(frozen=True)
+class PairData:
+    """Both domains, split; the target's labels follow the source's class order."""
+
+    source: DomainSplits
+    target: DomainSplits
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.source.domain.classes
+
+    def eval_sets(self) -> dict:
+        return {"source_train": self.source.train, "source_val": self.source.val,
+                "target_train": self.target.train, "target_val": self.target.val}
+
+
+def prepare_data(recipe: Recipe) -> PairData:
+    """Load, align and split the recipe's two domains (label budget applies to the target only)."""
+    d = recipe.data
+    domains = []
+    for cfg in (d.source, d.target):
+        options = {"root": recipe.resolve_root(cfg) if cfg.root is not None or d.root else None,
+                   "subset": cfg.subset, "split": cfg.split, "size": cfg.size}
+        domains.append(load_domain(cfg.name, image_size=d.image_size, seed=recipe.seed, **options))
+    source, target = domains[0], align_classes(*domains)
+    common = {"val_fraction": d.val_fraction, "seed": recipe.seed, "per_class_cap": d.per_class_cap}
+    return PairData(split_domain(source, **common),
+                    split_domain(target, label_budget=d.label_budget, **common))
+
+
+def code_version() -> str:
+    """Hash of the package's Python sources: a changed trainer never reuses an old source run."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _run(role: str, recipe: Recipe, *, nested: bool, name: str, extra_tags: dict | None = None):
+    # Attach to the run `mlflow run` created for this entry point, else create one.
+    attach = not nested and os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None
+    tags = {TAGS.role: role, TAGS.recipe: recipe.name, TAGS.code_version: code_version(),
+            **(extra_tags or {})}
+    with transfer_context(**tags), mlflow.start_run(nested=nested, run_name=None if attach else name) as run:
+        mlflow.set_tags({TAGS.version: __version__, **tags})
+        yield run
+
+
+def _log_recipe(recipe: Recipe, data: PairData) -> None:
+    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    params = {k: ("" if v is None else str(v)) for k, v in recipe.flat().items() if k not in existing}
+    mlflow.log_params(params)
+    mlflow.log_dict(recipe.to_dict(), "recipe.json")
+    mlflow.set_tags({
+        TAGS.source_domain: data.source.domain.name, TAGS.target_domain: data.target.domain.name,
+        TAGS.classes: json.dumps(list(data.classes)), TAGS.model: recipe.model.name,
+    })
+    mlflow.log_params({
+        "n_source_train": len(data.source.train_indices), "n_source_val": len(data.source.val_indices),
+        "n_target_train": len(data.target.train_indices), "n_target_val": len(data.target.val_indices),
+    })
+
+
+class _EpochLogger:
+    """Logs each epoch's metrics and checkpoint to the active run."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.history: list[dict[str, float]] = []
+
+    def __call__(self, result: EpochResult) -> None:
+        mlflow.log_metrics(result.metrics, step=result.epoch)
+        self.history.append(result.metrics)
+        path = self.folder / Path(checkpoint_path(result.epoch)).name
+        torch.save(result.model.state_dict(), path)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(checkpoint_path(0)).parent))
+        path.unlink()
+
+
+def _train_and_log(model: TransferNet, train_set, recipe: Recipe, data: PairData, cfg, desc: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        logger = _EpochLogger(Path(tmp))
+        fit(model, train_set, data.eval_sets(), cfg, seed=recipe.seed, on_epoch=logger, desc=desc)
+    final = {f"final_{k}": v for k, v in logger.history[-1].items() if k.startswith("acc_")}
+    best = {f"best_{k}": max(h[k] for h in logger.history[1:]) for k in logger.history[-1] if k.startswith("acc_")}
+    mlflow.log_metrics({**final, **best})
+    _log_model(model, data)
+    return final
+
+
+def _log_model(model: TransferNet, data: PairData) -> None:
+    model.eval()
+    example = torch.stack([data.target.domain.dataset[int(i)][0] for i in data.target.val_indices[:2]])
+    with torch.inference_mode():
+        output = model(example).numpy()
+    mlflow.pytorch.log_model(
+        model, name=MODEL_NAME, input_example=example.numpy(),
+        signature=infer_signature(example.numpy(), output),
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
+def train_source(recipe: Recipe, *, data: PairData | None = None, nested: bool = False) -> str:
+    """Train the recipe's source model from scratch on the source domain; returns the run id."""
+    data = data or prepare_data(recipe)
+    extra = {TAGS.source_key: recipe.source_key(code_version())}
+    with _run("source", recipe, nested=nested, name=f"{recipe.name}-source", extra_tags=extra) as run:
+        _log_recipe(recipe, data)
+        model = build_model(recipe.model.name, len(data.classes), weights=recipe.model.weights)
+        _train_and_log(model, data.source.train, recipe, data, recipe.source, "source")
+        return run.info.run_id
+
+
+def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None, nested: bool = False,
+             source_epoch: int | None = None, pair_tag: bool = True) -> str:
+    """Fine-tune the source run's model on the target domain; returns the target run id.
+
+    Args:
+        source_epoch: start from that epoch's checkpoint of the source run instead of its final model.
+    """
+    source = resolve_source_run(source_run_id)
+    data = data or prepare_data(recipe)
+    if tuple(data.classes) != source.classes:
+        from ..errors import DataError
+        raise DataError(f"source run {source_run_id} was trained on classes {list(source.classes)}, "
+                        f"but the recipe's domains have {list(data.classes)}")
+    if source.arch != recipe.model.name:
+        from ..errors import RecipeError
+        raise RecipeError(f"`model.name` is {recipe.model.name!r} but source run {source_run_id} "
+                          f"trained {source.arch!r}; use the same architecture")
+    model = load_logged_model(source) if source_epoch is None else load_checkpoint(source_run_id, source_epoch)
+    extra = {TAGS.source_run_id: source_run_id}
+    with _run("target", recipe, nested=nested, name=f"{recipe.name}-target", extra_tags=extra) as run:
+        _log_recipe(recipe, data)
+        if source_epoch is not None:
+            mlflow.set_tag(PREFIX_SOURCE_EPOCH, str(source_epoch))
+        frozen = freeze_layers(model, recipe.target.freeze_depth)
+        mlflow.set_tag("transfer.frozen_layers", json.dumps(frozen))
+        _train_and_log(model, data.target.train, recipe, data, recipe.target, "target")
+        if pair_tag:
+            mlflow.set_tag(TAGS.pair_id, pair_id(recipe, source_run_id, run.info.run_id))
+        return run.info.run_id
+
+
+PREFIX_SOURCE_EPOCH = "transfer.source_epoch"
+
+
+def pair_id(recipe: Recipe, source_run_id: str, target_run_id: str) -> str:
+    return f"{recipe.name}/{source_run_id[:8]}/{target_run_id[:8]}"
+
+
+def find_reusable_source(recipe: Recipe, experiment_id: str) -> str | None:
+    """A FINISHED source run of this experiment with the same recipe, parameters and code, if any."""
+    key = recipe.source_key(code_version())
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAGS.role}` = 'source' AND tags.`{TAGS.source_key}` = '{key}' "
+                      "AND attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=5)
+    for run in runs:
+        if logged_model_uri(run) is not None:
+            return run.info.run_id
+    return None
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    pipeline_run_id: str
+    source_run_id: str
+    target_run_id: str
+    source_reused: bool
+    pair_id: str
+
+
+def run_pipeline(recipe: Recipe) -> PipelineResult:
+    """``main``: source run (reused when an identical one finished before), then the target run.
+
+    Both are nested under a ``pipeline`` run (the one ``mlflow run`` created, when it did).
+    """
+    data = prepare_data(recipe)
+    with _run("pipeline", recipe, nested=False, name=f"{recipe.name}-pipeline") as parent:
+        reused = find_reusable_source(recipe, parent.info.experiment_id)
+        source_id = reused or train_source(recipe, data=data, nested=True)
+        mlflow.set_tag(TAGS.source_run_id, source_id)
+        target_id = finetune(recipe, source_id, data=data, nested=True)
+        pid = pair_id(recipe, source_id, target_id)
+        mlflow.set_tags({TAGS.pair_id: pid, "transfer.target_run_id": target_id,
+                         "transfer.source_reused": str(bool(reused)).lower()})
+        return PipelineResult(parent.info.run_id, source_id, target_id, bool(reused), pid)
+
+
+def final_accuracies(run_id: str) -> dict[str, float]:
+    """The ``final_acc_*`` metrics of a run, for summaries."""
+    metrics = MlflowClient().get_run(run_id).data.metrics
+    return {k[len("final_"):]: v for k, v in metrics.items() if k.startswith("final_acc_")}
+
+
+__all__ = ["PairData", "PipelineResult", "final_accuracies", "finetune", "find_reusable_source",
+           "prepare_data", "run_pipeline", "train_source", "evaluate", "np"]

@@ -1,0 +1,108 @@
+"""End to end through the real commands: `mlflow run` entry points and the `mlflow-transfer` CLI,
+each a subprocess against a temporary sqlite tracking store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from mlflow_transfer.tags import TAGS
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = ("data.source.size=100,data.per_class_cap=12,source.epochs=1,target.epochs=1,"
+        "source.batch_size=32,target.batch_size=32")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    MlflowClient().search_experiments()  # create the tables now: concurrent first use races
+    yield tmp_path, env
+    mlflow.set_tracking_uri(previous)
+
+
+def _runs():
+    return mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def test_mlflow_run_main_logs_a_source_and_a_target_run(store):
+    tmp, env = store
+    proc = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local",
+                           "--experiment-name", "e2e", "-P", f"set={TINY}"],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {r.data.tags.get(TAGS.role): r for r in _runs()}
+    assert set(runs) == {"pipeline", "source", "target"}
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    pipeline, source, target = runs["pipeline"], runs["source"], runs["target"]
+    assert pipeline.data.params["set"] == TINY  # logged by `mlflow run` itself
+    assert target.data.tags[TAGS.source_run_id] == source.info.run_id
+    assert target.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+    assert pipeline.data.tags[TAGS.pair_id] == target.data.tags[TAGS.pair_id]
+    steps = [m.step for m in MlflowClient().get_metric_history(target.info.run_id, "acc_target_val")]
+    assert sorted(steps) == [0, 1]
+    assert source.info.run_id in proc.stdout and target.info.run_id in proc.stdout  # the summary
+
+
+def test_mlflow_run_finetune_with_unknown_run_fails_cleanly(store):
+    tmp, env = store
+    proc = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", "finetune",
+                           "-P", "source_run_id=doesnotexist", "-P", f"set={TINY}"],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "mlflow-transfer: error: run 'doesnotexist' does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr.split("mlflow-transfer: error")[0][-2000:]
+    (run,) = _runs()
+    assert run.info.status == "FAILED"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["main", "--set", "source.epoch=2"], "unknown key(s) `source.epoch`"),
+    (["main", "--set", "model.name=vgg99"], "`model.name` must be one of"),
+    (["main", "--recipe", "recipes/svhn_mnist.yaml", "--data-root", "/nonexistent"], "svhn: missing"),
+    (["finetune", "--source-run-id", "0" * 32], "does not exist"),
+])
+def test_cli_user_errors_are_one_line(store, args, message):
+    tmp, env = store
+    proc = subprocess.run([str(BIN / "mlflow-transfer"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mlflow-transfer: error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_interrupted_run_is_marked_failed(store):
+    tmp, env = store
+    proc = subprocess.Popen([str(BIN / "mlflow-transfer"), "train-source", "--set",
+                             TINY + ",source.epochs=200"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    run = None
+    while time.time() < deadline:  # wait until the run has logged its first epoch
+        time.sleep(1)
+        runs = _runs() if Path(tmp, "mlflow.db").exists() else []
+        if runs and "loss" in runs[0].data.metrics:
+            run = runs[0]
+            break
+    assert run is not None, "the run never logged an epoch"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "interrupted" in err
+    assert MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
