@@ -24,3 +24,7 @@ class ModelError(TransferError):
 
 class RunLookupError(TransferError):
     """A run id that does not exist, has the wrong role, or lacks a logged model."""
+
+
+class DiagnosticsError(TransferError):
+    """Inputs to a diagnostic that do not fit (shapes, layer names, class sets, architectures)."""
