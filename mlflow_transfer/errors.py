@@ -28,3 +28,7 @@ class RunLookupError(TransferError):
 
 class DiagnosticsError(TransferError):
     """Inputs to a diagnostic that do not fit (shapes, layer names, class sets, architectures)."""
+
+
+class BundleError(TransferError):
+    """A diagnostics bundle that is missing, incomplete, corrupt, or of an unknown schema version."""

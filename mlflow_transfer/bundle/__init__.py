@@ -1,0 +1,11 @@
+"""The diagnostics bundle: a folder of Parquet tables, ``.npy`` arrays, PNG images and JSON records,
+described by ``manifest.json`` (schema version, runs, options, software, one entry per file).
+
+`BundleWriter` builds a bundle in a folder (the tracking layer logs it whole); `BundleReader` opens
+one, refuses an unknown major schema version, and checks every file against its size and SHA-256.
+No pickle anywhere: arrays are saved with ``allow_pickle=False``.
+"""
+
+from .io import SCHEMA_VERSION, BundleReader, BundleWriter, FileEntry, validate_bundle
+
+__all__ = ["SCHEMA_VERSION", "BundleReader", "BundleWriter", "FileEntry", "validate_bundle"]

@@ -1,0 +1,97 @@
+"""Instance view data (§5.2): embeddings, predictions, a 2-D t-SNE projection and thumbnails."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import DiagnosticsError
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """What one model says about N instances.
+
+    Attributes:
+        embedding: float32 (N, D), the activation right before the fully connected layers.
+        prediction: int64 (N,), argmax class.
+        confidence: float32 (N,), softmax probability of the predicted class, in [0, 1].
+        true_class_probability: float32 (N,), softmax probability of the given label (if labels given).
+    """
+
+    embedding: np.ndarray
+    prediction: np.ndarray
+    confidence: np.ndarray
+    true_class_probability: np.ndarray | None
+
+
+def model_outputs(model: nn.Module, images: torch.Tensor, labels: np.ndarray | None = None, *,
+                  batch_size: int = 256) -> ModelOutputs:
+    """Run a `TransferNet` (``embedding`` then ``head``) over ``images`` (N, 3, S, S) in eval mode."""
+    if not (hasattr(model, "embedding") and hasattr(model, "head")):
+        raise DiagnosticsError("model must be a TransferNet with `embedding` and `head` "
+                               "(build it with mlflow_transfer.models.build_model)")
+    if images.ndim != 4:
+        raise DiagnosticsError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    was_training = model.training
+    model.eval()
+    embeddings, probs = [], []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                emb = model.embedding(images[start:start + batch_size])
+                embeddings.append(emb.float().numpy())
+                probs.append(torch.softmax(model.head(emb), dim=1).float().numpy())
+    finally:
+        model.train(was_training)
+    if not embeddings:
+        raise DiagnosticsError("no images given")
+    emb, prob = np.concatenate(embeddings), np.concatenate(probs)
+    pred = prob.argmax(1).astype(np.int64)
+    true_p = None
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.shape != (len(images),):
+            raise DiagnosticsError(f"labels must have shape ({len(images)},), got {labels.shape}")
+        true_p = prob[np.arange(len(labels)), labels].astype(np.float32)
+    return ModelOutputs(emb.astype(np.float32), pred, prob.max(1).astype(np.float32), true_p)
+
+
+def tsne_projection(embedding: np.ndarray, *, seed: int = 0, perplexity: float = 40.0,
+                    learning_rate: float | str = "auto", n_jobs: int = -1) -> np.ndarray:
+    """2-D openTSNE projection (FFT-accelerated gradients) of ``embedding`` (N, D) → float32 (N, 2).
+
+    Perplexity 40 follows the public viewer; it is lowered to (N − 1) / 3 for small N, as t-SNE
+    needs 3·perplexity neighbours.
+    """
+    from openTSNE import TSNE
+
+    x = np.asarray(embedding, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 4:
+        raise DiagnosticsError(f"t-SNE needs a 2-D array of at least 4 instances, got shape {x.shape}")
+    perplexity = float(min(perplexity, (len(x) - 1) / 3))
+    tsne = TSNE(n_components=2, perplexity=perplexity, learning_rate=learning_rate,
+                negative_gradient_method="fft", random_state=seed, n_jobs=n_jobs, verbose=False)
+    return np.asarray(tsne.fit(x), dtype=np.float32)
+
+
+def png_thumbnails(images: torch.Tensor | np.ndarray, size: int = 32) -> list[bytes]:
+    """PNG bytes of each image (N, 3, H, W) in [0, 1], resized to ``size`` px (for hover tooltips)."""
+    from PIL import Image
+
+    arr = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if arr.ndim != 4 or arr.shape[1] not in (1, 3):
+        raise DiagnosticsError(f"images must be (N, 1|3, H, W), got shape {arr.shape}")
+    out = []
+    for img in (np.clip(arr, 0, 1) * 255).round().astype(np.uint8):
+        pil = Image.fromarray(img.transpose(1, 2, 0).squeeze(-1) if img.shape[0] == 1 else img.transpose(1, 2, 0))
+        if pil.size != (size, size):
+            pil = pil.resize((size, size), Image.BILINEAR)
+        buf = io.BytesIO()
+        pil.save(buf, format="PNG", optimize=True)
+        out.append(buf.getvalue())
+    return out
