@@ -7,5 +7,7 @@ No pickle anywhere: arrays are saved with ``allow_pickle=False``.
 """
 
 from .io import SCHEMA_VERSION, BundleReader, BundleWriter, FileEntry, validate_bundle
+from .records import PairBundle, write_pair_bundle
 
-__all__ = ["SCHEMA_VERSION", "BundleReader", "BundleWriter", "FileEntry", "validate_bundle"]
+__all__ = ["SCHEMA_VERSION", "BundleReader", "BundleWriter", "FileEntry", "PairBundle", "validate_bundle",
+           "write_pair_bundle"]

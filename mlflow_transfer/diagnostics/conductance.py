@@ -1,0 +1,319 @@
+"""Layer conductance of every analysis layer at once (paper §5.3.1).
+
+Conductance (Dhamdhere et al., 2018) of hidden neuron ``j`` for input ``x``, baseline ``x'`` and class
+``c`` is the path integral ∫₀¹ ∂F_c/∂y_j · dy_j/dα dα of the model output ``F_c`` along the straight
+path ``x' + α(x − x')``, where ``y_j`` is the neuron's activation. We reproduce
+:class:`captum.attr.LayerConductance` exactly — same alphas (``approximation_parameters(method)`` with
+``n_steps + 1`` points), same finite-difference sum
+``Σ_k (y(α_{k+1}) − y(α_k)) · ∂F_c/∂y(α_k)`` — but one forward and one backward pass over the scaled
+inputs serve *all* requested layers (forward hooks keep each layer's output and one
+``torch.autograd.grad`` call returns the gradients for all of them), where captum needs one full pass
+per layer.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
+from torch import nn
+
+from ..errors import DiagnosticsError
+
+REDUCTIONS = ("max", "none")
+CHANNELS_LAST = False
+
+__all__ = ["REDUCTIONS", "layer_conductance"]
+
+
+def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int,
+                      layers: dict[str, nn.Module] | None = None, *, baselines: torch.Tensor | float = 0.0,
+                      n_steps: int = 50, method: str = "gausslegendre", batch_size: int = 32,
+                      reduce: str = "max", progress: bool = False) -> dict[str, np.ndarray]:
+    """Conductance of every neuron of every layer in ``layers`` towards class ``target``.
+
+    Numerically the same as running ``captum.attr.LayerConductance(model, layer).attribute(inputs,
+    baselines, target=target, n_steps=n_steps, method=method)`` once per layer, but all layers share
+    the forward/backward passes. The model runs in eval mode (dropout off, batch-norm running
+    statistics); its train/eval flags are restored afterwards, even on error.
+
+    Args:
+        model: a classifier mapping float (N, C, H, W) images to logits (N, classes), e.g. a
+            :class:`~mlflow_transfer.models.registry.TransferNet`.
+        inputs: float tensor (N, C, H, W), same dtype as the model's parameters.
+        target: the class whose logit is explained: an int for all instances, or an integer tensor
+            (N,) (typically the true labels).
+        layers: name → module of ``model`` whose *output* neurons are attributed; default
+            ``model.analysis_layers``. Each module must run exactly once per forward pass and return
+            one tensor.
+        baselines: the path's start: a scalar, or a tensor broadcastable to ``inputs`` (e.g.
+            (1, C, H, W) or (N, C, H, W)). Default 0 (a black image).
+        n_steps: number of finite-difference steps; the layer is evaluated at ``n_steps + 1``
+            points of the path.
+        method: captum's integral approximation: ``"gausslegendre"``, ``"riemann_left"``,
+            ``"riemann_right"``, ``"riemann_middle"`` or ``"riemann_trapezoid"``.
+        batch_size: instances per forward/backward pass; each pass holds
+            ``batch_size × (n_steps + 1)`` scaled images, so memory grows linearly with it.
+        reduce: ``"max"``: one value per unit — the channel's maximum over spatial positions of the
+            per-position conductance for layers with outputs (N, C, *spatial) (as in the paper), the
+            unit itself for (N, units) outputs; ``"none"``: the layer-output-shaped conductance.
+        progress: print one line per batch to stderr.
+
+    Returns:
+        name → float32 array, in the order of ``layers``: (N, units) for ``reduce="max"``
+        (``units`` = channels for conv layers, ``out_features`` for linear layers), or
+        (N, *layer output shape[1:]) for ``reduce="none"``. Units are those of the logit
+        (conductance sums to about ``F_c(x) − F_c(baseline)`` over a layer's neurons).
+
+    Raises:
+        DiagnosticsError: inputs of the wrong shape or dtype, a target out of range, a module that is
+            not part of ``model`` or is not called by its forward, bad ``n_steps``/``method``/
+            ``baselines``/``batch_size``/``reduce``.
+    """
+    if not isinstance(model, nn.Module):
+        raise DiagnosticsError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    layers = _check_layers(model, layers)
+    inputs = _check_inputs(model, inputs)
+    n = inputs.shape[0]
+    _check_int("n_steps", n_steps, 1)
+    _check_int("batch_size", batch_size, 1)
+    if method not in SUPPORTED_METHODS:
+        raise DiagnosticsError(f"method must be one of {SUPPORTED_METHODS} (captum's approximation "
+                               f"methods), got {method!r}")
+    if reduce not in REDUCTIONS:
+        raise DiagnosticsError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    baselines = _check_baselines(baselines, inputs)
+    target = _check_target_type(target, n, inputs.device)
+
+    _, alphas_func = approximation_parameters(method)
+    alphas = alphas_func(n_steps + 1)
+
+    states = {m: m.training for m in model.modules()}
+    model.eval()
+    probe = _Probe(layers)
+    try:
+        num_classes = probe.run(model, inputs[:1], baselines if not torch.is_tensor(baselines)
+                                or baselines.shape[0] == 1 else baselines[:1])
+        _check_target_range(target, num_classes)
+        return _conductance(model, inputs, baselines, target, probe, alphas, batch_size, reduce,
+                            progress)
+    finally:
+        probe.remove()
+        for m, flag in states.items():
+            m.training = flag
+
+
+@dataclass
+class _Probe:
+    """Forward hooks that keep each layer's output of the current pass (and undo in-place edits)."""
+
+    layers: "OrderedDict[str, nn.Module]"
+    saved: dict[str, torch.Tensor] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    clone: set[str] = field(default_factory=set)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    handles: list = field(default_factory=list)
+
+    def __post_init__(self):
+        for name, module in self.layers.items():
+            self.handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def hook(module, args, out):
+            if not isinstance(out, torch.Tensor):
+                raise DiagnosticsError(f"layer {name!r} ({type(module).__name__}) returns "
+                                       f"{type(out).__name__}; conductance needs a layer with one "
+                                       f"tensor output")
+            if name in self.saved:
+                raise DiagnosticsError(f"layer {name!r} ({type(module).__name__}) runs more than once "
+                                       f"per forward pass (a shared module); conductance is defined for "
+                                       f"a module called once — pick another layer")
+            replacement = None
+            if torch.is_grad_enabled() and not out.requires_grad:
+                # e.g. a frozen first layer fed by inputs that need no gradient: make the output a
+                # leaf of the graph, and pass a copy on so in-place ops downstream cannot touch it.
+                out = out.detach().requires_grad_()
+                replacement = out.clone()
+            elif name in self.clone:
+                # Something downstream edits this output in place (e.g. ReLU(inplace=True)): keep the
+                # original for the differences and gradients and pass a copy on, as captum does.
+                replacement = out.clone()
+            self.saved[name] = out
+            self.versions[name] = out._version
+            return replacement
+
+        return hook
+
+    def edited(self) -> set[str]:
+        """Layers whose kept output was modified in place after its hook ran."""
+        return {k for k, t in self.saved.items() if t._version != self.versions[k]}
+
+    def run(self, model: nn.Module, x: torch.Tensor, baseline) -> int:
+        """One no-grad pass on one instance: checks the layers, finds in-place edits, counts classes."""
+        self.saved.clear()
+        with torch.no_grad():  # not inference mode: version counters must tick
+            out = model(baseline + 1.0 * (x - baseline))
+        missing = [k for k in self.layers if k not in self.saved]
+        if missing:
+            raise DiagnosticsError(f"layer(s) {missing} are not called by the model's forward; pass "
+                                   f"modules on the path from the input to the logits")
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            raise DiagnosticsError(f"the model must return logits of shape (N, classes), got "
+                                   f"{getattr(out, 'shape', type(out).__name__)}")
+        self.clone |= self.edited()
+        self.shapes = {k: tuple(t.shape[1:]) for k, t in self.saved.items()}
+        self.saved.clear()
+        return int(out.shape[1])
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.saved.clear()
+
+
+def _conductance(model, inputs, baselines, target, probe: _Probe, alphas, batch_size, reduce,
+                 progress) -> dict[str, np.ndarray]:
+    n, steps = inputs.shape[0], len(alphas) - 1
+    results = {}
+    for name, shape in probe.shapes.items():
+        units = shape if reduce == "none" or len(shape) < 2 else shape[:1]
+        results[name] = np.empty((n, *units), dtype=np.float32)
+    n_batches = -(-n // batch_size)
+    for b, start in enumerate(range(0, n, batch_size)):
+        stop = min(start + batch_size, n)
+        x = inputs[start:stop]
+        base = baselines[start:stop] if torch.is_tensor(baselines) and baselines.shape[0] == n else baselines
+        tgt = target if isinstance(target, int) else target[start:stop].repeat(len(alphas))
+        for name, cond in _batch(model, x, base, tgt, probe, alphas).items():
+            if reduce == "max" and cond.ndim > 2:
+                cond = cond.amax(dim=tuple(range(2, cond.ndim)))
+            results[name][start:stop] = cond.to(torch.float32).cpu().numpy()
+        if progress:
+            print(f"conductance: batch {b + 1}/{n_batches} ({stop}/{n} instances, "
+                  f"{stop - start} × {len(alphas)} scaled inputs)", file=sys.stderr, flush=True)
+    del steps
+    return results
+
+
+def _batch(model, x, baseline, target, probe: _Probe, alphas) -> dict[str, torch.Tensor]:
+    """Conductance (B, *layer shape) of each probed layer for one batch of B instances."""
+    b = x.shape[0]
+    with torch.no_grad():
+        # Same expression and step-major order as captum, so the scaled inputs are bit-identical.
+        scaled = torch.cat([baseline + alpha * (x - baseline) for alpha in alphas], dim=0)
+        if CHANNELS_LAST:
+            scaled = scaled.contiguous(memory_format=torch.channels_last)
+    while True:
+        probe.saved.clear()
+        with torch.inference_mode(False), torch.enable_grad():
+            logits = model(scaled)
+            edited = probe.edited()
+            if edited:  # an in-place edit the one-instance probe did not see: redo with copies
+                probe.clone |= edited
+                continue
+            selected = logits[:, target] if isinstance(target, int) else \
+                torch.gather(logits, 1, target.reshape(-1, 1))
+            names = list(probe.saved)
+            grads = torch.autograd.grad(selected.sum(), [probe.saved[k] for k in names],
+                                        allow_unused=True, materialize_grads=True)
+        break
+    out = {}
+    with torch.no_grad():
+        for name, grad in zip(names, grads):
+            evals = probe.saved[name].detach()
+            # captum's arithmetic: differences of consecutive evaluations times the gradient at the
+            # left end, summed over the steps.
+            diff = evals[b:] - evals[:-b]
+            diff.mul_(grad[:-b])
+            out[name] = diff.reshape(len(alphas) - 1, b, *evals.shape[1:]).sum(dim=0)
+    probe.saved.clear()
+    return out
+
+
+def _check_layers(model: nn.Module, layers) -> "OrderedDict[str, nn.Module]":
+    if layers is None:
+        layers = getattr(model, "analysis_layers", None)
+        if layers is None:
+            raise DiagnosticsError(f"{type(model).__name__} has no analysis_layers; pass layers= as a "
+                                   f"dict of name → module of the model")
+    if not isinstance(layers, dict) or not layers:
+        raise DiagnosticsError(f"layers must be a non-empty dict of name → module, got {layers!r:.200}")
+    own = {id(m) for m in model.modules()}
+    for name, module in layers.items():
+        if not isinstance(name, str):
+            raise DiagnosticsError(f"layer names must be strings, got {name!r}")
+        if not isinstance(module, nn.Module):
+            raise DiagnosticsError(f"layer {name!r} must be a torch.nn.Module, got {type(module).__name__}")
+        if id(module) not in own:
+            raise DiagnosticsError(f"layer {name!r} ({type(module).__name__}) is not a submodule of the "
+                                   f"model; pass modules of the model itself (e.g. model.analysis_layers)")
+    if len({id(m) for m in layers.values()}) != len(layers):
+        raise DiagnosticsError(f"layers lists the same module under two names: {list(layers)}")
+    return OrderedDict(layers)
+
+
+def _check_inputs(model: nn.Module, inputs) -> torch.Tensor:
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim != 4 or not inputs.is_floating_point():
+        got = f"{inputs.dtype} tensor of shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor) \
+            else type(inputs).__name__
+        raise DiagnosticsError(f"inputs must be a float tensor (N, C, H, W), got {got}")
+    if inputs.shape[0] == 0:
+        raise DiagnosticsError("inputs is empty (N = 0); pass at least one image")
+    param = next(model.parameters(), None)
+    if param is not None:
+        if param.dtype != inputs.dtype:
+            raise DiagnosticsError(f"inputs are {inputs.dtype} but the model's parameters are "
+                                   f"{param.dtype}; cast one of them (e.g. inputs.to({param.dtype}))")
+        inputs = inputs.to(param.device)
+    return inputs.detach()
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise DiagnosticsError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_baselines(baselines, inputs: torch.Tensor):
+    if isinstance(baselines, (int, float, np.floating, np.integer)) and not isinstance(baselines, bool):
+        return float(baselines)
+    if not isinstance(baselines, torch.Tensor):
+        raise DiagnosticsError(f"baselines must be a number or a tensor broadcastable to inputs "
+                               f"{tuple(inputs.shape)}, got {type(baselines).__name__}")
+    try:
+        ok = torch.broadcast_shapes(baselines.shape, inputs.shape) == inputs.shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise DiagnosticsError(f"baselines of shape {tuple(baselines.shape)} do not broadcast to inputs "
+                               f"{tuple(inputs.shape)}; use a scalar, (1, C, H, W) or (N, C, H, W)")
+    baselines = baselines.detach().to(device=inputs.device, dtype=inputs.dtype)
+    # Per-instance baselines are sliced with their instances; anything else broadcasts to every batch.
+    if baselines.ndim == 4 and baselines.shape[0] == inputs.shape[0]:
+        return baselines
+    return baselines.reshape((1,) * (4 - baselines.ndim) + tuple(baselines.shape))
+
+
+def _check_target_type(target, n: int, device) -> int | torch.Tensor:
+    if isinstance(target, torch.Tensor) and target.ndim == 0:
+        target = target.item() if not target.is_floating_point() else target
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        return int(target)
+    if isinstance(target, torch.Tensor) and not target.is_floating_point() and not target.is_complex() \
+            and target.dtype != torch.bool and target.shape == (n,):
+        return target.to(device=device, dtype=torch.long)
+    got = f"{target.dtype} tensor of shape {tuple(target.shape)}" if isinstance(target, torch.Tensor) \
+        else repr(target)[:100]
+    raise DiagnosticsError(f"target must be an int or an integer tensor of shape ({n},) (one class per "
+                           f"instance), got {got}")
+
+
+def _check_target_range(target, num_classes: int) -> None:
+    low, high = (target, target) if isinstance(target, int) else (int(target.min()), int(target.max()))
+    if low < 0 or high >= num_classes:
+        raise DiagnosticsError(f"target classes must lie in [0, {num_classes}) (the model's "
+                               f"{num_classes} logits), got values in [{low}, {high}]")

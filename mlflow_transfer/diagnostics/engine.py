@@ -1,0 +1,316 @@
+"""All diagnostics of one source→target pair (paper §5.1–5.4), computed from two models and data.
+
+:func:`diagnose_pair` is pure: models and tensors in, a :class:`PairDiagnostics` of numpy arrays and
+small records out. Reading runs and writing bundles belong to the tracking and bundle layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import DiagnosticsError
+from .cka import cka_matrix
+from .conductance import layer_conductance
+from .discriminability import Discriminability, domain_discriminability
+from .features import NeuronPatches, top_patches
+from .instances import ModelOutputs, model_outputs, png_thumbnails, tsne_projection
+from .ranking import top_k_neurons
+from .similarity import LayerComparison, layer_summary, neuron_similarity, weight_correspondence
+from .statistics import ConfusionTable, confusion_table
+from .weights import ImportantWeights, extract_important_weights
+
+MODELS = ("source", "target")  # model roles; domain codes: 0 = source domain, 1 = target domain
+
+
+@dataclass(frozen=True)
+class DiagnoseOptions:
+    """What to compute; every field is recorded in the bundle manifest."""
+
+    layers: tuple[str, ...] | None = None   # analysis layers to analyse (None = all)
+    classes: tuple[str, ...] | None = None  # classes to analyse (None = all)
+    n_steps: int = 50                       # conductance integration steps
+    method: str = "gausslegendre"           # captum approximation method
+    baseline: float = 0.0                   # constant baseline image value
+    top_fraction: float = 0.1               # important neurons: share of each layer (paper: 10 %)
+    weight_fraction: float = 0.01           # important weights: share of each layer pair
+    weight_max_instances: int | None = 200  # per class; more are sampled (seeded) and recorded
+    folds: int = 10                         # CV folds of the domain classifier
+    patches: int = 9                        # top activating patches per neuron and domain
+    patch_size: int = 24                    # px of each stored patch
+    cka_max_instances: int = 500            # target instances used for CKA (seeded sample)
+    tsne_gradient: str = "fft"              # openTSNE negative gradient: "fft" or "bh"
+    batch_size: int = 32                    # instances per conductance batch
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Instances:
+    """The analysed instances of both domains (N rows).
+
+    Attributes: images float32 (N, 3, S, S) in [0, 1]; labels int64 (N,); domain int8 (N,) 0 = source,
+    1 = target; split int8 (N,) 0 = train, 1 = validation; index int64 (N,) row in its domain dataset.
+    """
+
+    images: torch.Tensor
+    labels: np.ndarray
+    domain: np.ndarray
+    split: np.ndarray
+    index: np.ndarray
+
+
+@dataclass(frozen=True)
+class PairDiagnostics:
+    """Everything the app shows about one pair. Dict keys: model role ("source"/"target"), class name,
+    layer name, or (layer, next layer) pairs; arrays documented where they are produced."""
+
+    classes: tuple[str, ...]
+    layers: tuple[str, ...]
+    options: DiagnoseOptions
+    instances: Instances
+    outputs: dict[str, ModelOutputs]
+    projection: np.ndarray                                   # (N, 2) t-SNE of target-model embeddings
+    thumbnails: list[bytes]                                  # (N,) PNG
+    conductance: dict[str, dict[str, np.ndarray]]            # model → layer → (N, units)
+    important: dict[str, dict[str, dict[str, np.ndarray]]]   # model → class → layer → (k,) neuron ids
+    similarity: dict[str, dict[str, np.ndarray]]             # class → layer → (Us, Ut)
+    weights: dict[str, dict[str, dict[tuple[str, str], ImportantWeights]]]  # model → class → pair
+    correspondence: dict[str, dict[tuple[str, str], np.ndarray]]            # class → pair → (K,) bool
+    comparison: dict[str, dict[str, LayerComparison]]        # class (+ "__all__") → layer
+    discriminability: dict[str, Discriminability]            # class (+ "__all__")
+    discriminability_neurons: dict[str, list[tuple[str, int]]]  # class → (layer, neuron) per column
+    confusion: ConfusionTable                                # target validation set
+    patches: dict[str, dict[str, dict[int, tuple[NeuronPatches, NeuronPatches]]]]  # model → layer → neuron → (src, tgt)
+    cka: np.ndarray                                          # (L, L) source layers × target layers
+    timings: dict[str, float] = field(default_factory=dict)  # stage → seconds
+    peak_memory_mb: float = 0.0                              # peak RSS of the process
+    notes: list[str] = field(default_factory=list)
+
+    def layer_summary_table(self) -> dict[str, np.ndarray | list]:
+        """Per layer, averaged over classes: inherited share of important weights, mean best similarity."""
+        rows = [self.comparison["__all__"][layer] for layer in self.layers]
+        return {"layer": list(self.layers), "depth": np.arange(len(self.layers)),
+                "inherited_weight_share": np.array([r.inherited_weight_share for r in rows]),
+                "mean_best_similarity": np.array([r.mean_best_similarity for r in rows])}
+
+
+def _select_layers(model: nn.Module, names) -> dict[str, nn.Module]:
+    available = list(model.analysis_layers)
+    if names is None:
+        return dict(model.analysis_layers)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise DiagnosticsError(f"unknown layer(s) {unknown}; the analysis layers are {available}")
+    return {n: model.analysis_layers[n] for n in available if n in names}  # keep forward order
+
+
+def _check_pair(source: nn.Module, target: nn.Module) -> None:
+    for role, m in (("source", source), ("target", target)):
+        if not hasattr(m, "analysis_layers"):
+            raise DiagnosticsError(f"the {role} model is not a TransferNet (no analysis layers)")
+    a, b = source.state_dict(), target.state_dict()
+    if list(source.analysis_layers) != list(target.analysis_layers) or \
+            any(k not in b or a[k].shape != b[k].shape for k in a):
+        raise DiagnosticsError("the source and target models have incompatible architectures "
+                               f"({getattr(source, 'arch', '?')} vs {getattr(target, 'arch', '?')}); a pair "
+                               "must share one architecture with the same layers and shapes")
+
+
+def _layer_outputs(model, images, layers, batch_size=128) -> dict[str, np.ndarray]:
+    grabbed: dict[str, list] = {n: [] for n in layers}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: grabbed[n].append(o.flatten(1).float().numpy().copy()))
+             for n, m in layers.items()]
+    was = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for s in range(0, len(images), batch_size):
+                model(images[s:s + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return {n: np.concatenate(v) for n, v in grabbed.items()}
+
+
+class _Stages:
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name):
+        stages = self
+
+        class _T:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                stages.times[name] = stages.times.get(name, 0.0) + time.perf_counter() - self.t
+
+        return _T()
+
+
+def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: Instances,
+                  classes: tuple[str, ...], options: DiagnoseOptions = DiagnoseOptions()) -> PairDiagnostics:
+    """Compute every diagnostic of the paper for a pair of models sharing one architecture.
+
+    Args:
+        instances: both domains' instances (see :class:`Instances`); the target-domain rows are the
+            paper's X_Dt (conductance towards each instance's true class, neuron and weight
+            extraction, similarity), the source-domain rows enter the instance view and the domain
+            discriminability.
+        classes: class names; label i is classes[i].
+    """
+    _check_pair(source_model, target_model)
+    models = {"source": source_model, "target": target_model}
+    layers = _select_layers(target_model, options.layers)
+    layer_names = tuple(layers)
+    wanted = list(options.classes or classes)
+    unknown = [c for c in wanted if c not in classes]
+    if unknown:
+        raise DiagnosticsError(f"unknown class(es) {unknown}; the pair's classes are {list(classes)}")
+    labels, domain = instances.labels, instances.domain
+    notes: list[str] = []
+    stage = _Stages()
+    rng = np.random.default_rng(options.seed)
+
+    with stage("outputs"):
+        outputs = {r: model_outputs(m, instances.images, labels) for r, m in models.items()}
+    with stage("tsne"):
+        projection = tsne_projection(outputs["target"].embedding, seed=options.seed,
+                                     gradient=options.tsne_gradient)
+    with stage("thumbnails"):
+        thumbnails = png_thumbnails(instances.images)
+
+    target_labels = torch.as_tensor(labels)
+    conductance = {}
+    for role, model in models.items():
+        with stage("conductance"):
+            conductance[role] = layer_conductance(
+                model, instances.images, target_labels, {n: model.analysis_layers[n] for n in layer_names},
+                baselines=options.baseline, n_steps=options.n_steps, method=options.method,
+                batch_size=options.batch_size, progress=True)
+
+    important = {r: {} for r in models}
+    similarity, weights, correspondence, comparison = {}, {r: {} for r in models}, {}, {}
+    discrim, discrim_neurons = {}, {}
+    pairs = list(zip(layer_names, layer_names[1:]))
+    for cls in tqdm(wanted, desc="classes", unit="class"):
+        c = classes.index(cls)
+        tgt_rows = np.flatnonzero((domain == 1) & (labels == c))
+        src_rows = np.flatnonzero((domain == 0) & (labels == c))
+        if len(tgt_rows) == 0:
+            notes.append(f"class {cls!r} has no target-domain instances; skipped")
+            continue
+        with stage("ranking"):
+            for role in models:
+                important[role][cls] = {n: top_k_neurons(conductance[role][n][tgt_rows], options.top_fraction)
+                                        for n in layer_names}
+        with stage("similarity"):
+            similarity[cls] = {n: neuron_similarity(conductance["source"][n][tgt_rows],
+                                                    conductance["target"][n][tgt_rows]) for n in layer_names}
+        with stage("weights"):
+            for role, model in models.items():
+                found = extract_important_weights(model, instances.images[tgt_rows],
+                                                  fraction=options.weight_fraction,
+                                                  max_instances=options.weight_max_instances,
+                                                  seed=options.seed, on_unsupported="skip")
+                weights[role][cls] = {p: w for p, w in found.items() if p in pairs}
+        with stage("similarity"):
+            correspondence[cls] = {
+                p: weight_correspondence(weights["target"][cls][p].pairs, weights["source"][cls][p].pairs,
+                                         similarity[cls][p[0]], similarity[cls][p[1]],
+                                         prefer_same_index=True)
+                for p in pairs if p in weights["target"][cls]}
+            comparison[cls] = {
+                n: layer_summary(similarity[cls][n], important["target"][cls][n],
+                                 correspondence[cls].get(next((p for p in pairs if p[0] == n), None),
+                                                         np.zeros(0, dtype=bool)))
+                for n in layer_names}
+        with stage("svm"):
+            if len(src_rows) == 0:
+                notes.append(f"class {cls!r} has no source-domain instances; no domain discriminability")
+            else:
+                columns = [(n, int(j)) for n in layer_names for j in important["target"][cls][n]]
+                a = np.concatenate([conductance["target"][n][:, important["target"][cls][n]] for n in layer_names], 1)
+                try:
+                    discrim[cls] = domain_discriminability(a[src_rows], a[tgt_rows], folds=options.folds,
+                                                           seed=options.seed)
+                    discrim_neurons[cls] = columns
+                    if discrim[cls].note:
+                        notes.append(f"class {cls!r}: {discrim[cls].note}")
+                except DiagnosticsError as exc:
+                    notes.append(f"class {cls!r}: domain discriminability not computed: {exc}")
+
+    analysed = [c for c in wanted if c in similarity]
+    if not analysed:
+        raise DiagnosticsError("no class has target-domain instances; nothing to diagnose")
+    comparison["__all__"] = {n: _mean_comparison([comparison[c][n] for c in analysed]) for n in layer_names}
+    with stage("svm"):
+        tgt_all, src_all = np.flatnonzero(domain == 1), np.flatnonzero(domain == 0)
+        if len(src_all):
+            top_all = {n: top_k_neurons(conductance["target"][n][tgt_all], options.top_fraction) for n in layer_names}
+            a = np.concatenate([conductance["target"][n][:, top_all[n]] for n in layer_names], 1)
+            discrim["__all__"] = domain_discriminability(a[src_all], a[tgt_all], folds=options.folds, seed=options.seed)
+            discrim_neurons["__all__"] = [(n, int(j)) for n in layer_names for j in top_all[n]]
+
+    with stage("statistics"):
+        val = np.flatnonzero((domain == 1) & (instances.split == 1))
+        confusion = confusion_table(labels[val], outputs["source"].prediction[val],
+                                    outputs["target"].prediction[val], classes)
+
+    patches = {r: {} for r in models}
+    with stage("features"):
+        src_idx, tgt_idx = np.flatnonzero(domain == 0), np.flatnonzero(domain == 1)
+        for role, model in models.items():
+            for n in layer_names:
+                neurons = sorted({int(j) for c in analysed for j in important[role][c][n]})
+                per_domain = [top_patches(model, model.analysis_layers[n], instances.images[rows], neurons,
+                                          k=options.patches, patch_size=options.patch_size)
+                              if len(rows) else None for rows in (src_idx, tgt_idx)]
+                patches[role][n] = {j: tuple(_reindex(d[j], rows) if d else None
+                                             for d, rows in zip(per_domain, (src_idx, tgt_idx)))
+                                    for j in neurons}
+
+    with stage("cka"):
+        rows = np.flatnonzero(domain == 1)
+        if len(rows) > options.cka_max_instances:
+            rows = np.sort(rng.choice(rows, options.cka_max_instances, replace=False))
+        feats = {r: _layer_outputs(m, instances.images[rows], {n: m.analysis_layers[n] for n in layer_names})
+                 for r, m in models.items()}
+        try:
+            cka = cka_matrix(feats["source"], feats["target"])
+        except DiagnosticsError as exc:
+            notes.append(f"CKA not computed: {exc}")
+            cka = np.full((len(layer_names), len(layer_names)), np.nan)
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return PairDiagnostics(tuple(classes), layer_names, options, instances, outputs, projection, thumbnails,
+                           conductance, important, similarity, weights, correspondence, comparison,
+                           discrim, discrim_neurons, confusion, patches, cka, dict(stage.times),
+                           peak / 2 ** 20, notes)
+
+
+def _reindex(p: NeuronPatches, rows: np.ndarray) -> NeuronPatches:
+    # top_patches indexes the images it was given; store rows of the whole instance table instead.
+    return dataclasses.replace(p, indices=rows[p.indices].astype(np.int64))
+
+
+def _mean_comparison(rows: list[LayerComparison]) -> LayerComparison:
+    def mean(attr):
+        values = np.array([getattr(r, attr) for r in rows], dtype=float)
+        return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+    return LayerComparison(
+        n_important_weights=int(sum(r.n_important_weights for r in rows)),
+        n_inherited_weights=int(sum(r.n_inherited_weights for r in rows)),
+        inherited_weight_share=mean("inherited_weight_share"),
+        n_important_neurons=int(sum(r.n_important_neurons for r in rows)),
+        mean_best_similarity=mean("mean_best_similarity"))

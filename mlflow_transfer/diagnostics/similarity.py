@@ -1,0 +1,295 @@
+"""Network comparison of Ma et al. (VAST 2020), section 5.3.2 and Figure 3 (C).
+
+Both models are attributed on the SAME target instances of one class, so each neuron of layer i has an
+attribution vector over those M instances: column j of the (M, U) conductance matrix. Two neurons,
+one per model, are similar when their vectors point the same way (cosine similarity), giving the
+(Us, Ut) matrix S_{c,i}. An important target weight n1 -> n2 (layer i -> i+1) is *inherited* when the
+source neurons most similar to n1 and n2 are joined by an important source weight.
+
+Matrices are indexed [source neuron, target neuron] throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.metrics.pairwise import cosine_similarity
+
+from mlflow_transfer.errors import DiagnosticsError
+
+__all__ = [
+    "LayerComparison",
+    "best_matches",
+    "best_source_neurons",
+    "layer_summary",
+    "neuron_similarity",
+    "weight_correspondence",
+]
+
+NO_MATCH = -1
+"""Value of :func:`best_source_neurons` for a target neuron that has no similar source neuron."""
+
+
+@dataclass(frozen=True)
+class LayerComparison:
+    """How much of one target layer (for one class) has a counterpart in the source model.
+
+    Attributes:
+        n_important_weights: number of important target weights leaving this layer (K).
+        n_inherited_weights: how many of them have a correspondence among the important source weights.
+        inherited_weight_share: ``n_inherited_weights / n_important_weights`` in [0, 1]; NaN when K = 0
+            (e.g. the last analysed layer, which has no outgoing weights).
+        n_important_neurons: number of important target neurons summarised.
+        mean_best_similarity: mean over the important target neurons of their largest cosine
+            similarity to any source neuron of the same layer, in [-1, 1].
+    """
+
+    n_important_weights: int
+    n_inherited_weights: int
+    inherited_weight_share: float
+    n_important_neurons: int
+    mean_best_similarity: float
+
+
+def neuron_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Cosine similarity between the attribution vectors of every source and every target neuron.
+
+    Args:
+        source: (M, Us) conductance of the source model's layer on M target instances of one class.
+        target: (M, Ut) conductance of the target model's layer on the same M instances, same order.
+
+    Returns:
+        (Us, Ut) float64 array in [-1, 1]; entry [a, b] is the cosine of the angle between column a of
+        ``source`` and column b of ``target``. A neuron whose vector is all zero (it never conducts on
+        these instances) has similarity 0 to every neuron, itself included — sklearn leaves zero
+        vectors unnormalised rather than dividing by zero.
+
+    Raises:
+        DiagnosticsError: if an input is not a 2-D finite real array with at least one row and column,
+            or the two disagree on the number of instances M.
+    """
+    src = _check_matrix(source, "source conductance", "(instances, source neurons)")
+    tgt = _check_matrix(target, "target conductance", "(instances, target neurons)")
+    if src.shape[0] != tgt.shape[0]:
+        raise DiagnosticsError(
+            f"Source and target conductance must cover the same instances; got {src.shape[0]} rows "
+            f"(source) and {tgt.shape[0]} rows (target). Attribute both models on the same target "
+            "instances of the class, in the same order.")
+    return _cosine(src, tgt)
+
+
+def best_matches(similarity: np.ndarray, k: int = 1) -> np.ndarray:
+    """For each target neuron, the k most similar source neurons, most similar first.
+
+    Args:
+        similarity: (Us, Ut) matrix from :func:`neuron_similarity`, indexed [source, target].
+        k: how many source neurons to return per target neuron, in [1, Us].
+
+    Returns:
+        (Ut, k) int64 array of source neuron indices; row b lists the k largest entries of column b.
+        Equal similarities are ordered by lower source index first.
+
+    Raises:
+        DiagnosticsError: if ``similarity`` is not a 2-D finite array or k is outside [1, Us].
+    """
+    sim = _check_matrix(similarity, "similarity matrix", "(source neurons, target neurons)")
+    if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k <= sim.shape[0]:
+        raise DiagnosticsError(
+            f"k must be an integer in [1, {sim.shape[0]}] (the number of source neurons); got {k!r}.")
+    # Stable sort on negated values: ties keep ascending source index.
+    order = np.argsort(-sim, axis=0, kind="stable")[:k]
+    return order.T.astype(np.int64)
+
+
+def best_source_neurons(similarity: np.ndarray, min_similarity: float = 0.0) -> np.ndarray:
+    """For each target neuron, its most similar source neuron, or ``NO_MATCH`` (-1) if none is similar.
+
+    This is the n -> n' lookup of section 5.3.2. A target neuron is only matched when its best
+    similarity is strictly greater than ``min_similarity``: with the default 0, a neuron whose
+    attribution vector is zero (similarity 0 to everything), or that only anti-correlates with the
+    source layer, has no counterpart — an argmax over all-equal values would otherwise pick source
+    neuron 0 arbitrarily. Pass ``min_similarity=-math.inf`` for the literal argmax of the paper.
+
+    Args:
+        similarity: (Us, Ut) matrix from :func:`neuron_similarity`, indexed [source, target].
+        min_similarity: threshold in [-inf, 1); a match needs a similarity above it.
+
+    Returns:
+        (Ut,) int64 array of source neuron indices (lowest index among equal maxima), or -1.
+
+    Raises:
+        DiagnosticsError: if ``similarity`` is not a 2-D finite array or the threshold is not a number
+            below 1.
+    """
+    sim = _check_matrix(similarity, "similarity matrix", "(source neurons, target neurons)")
+    threshold = _check_threshold(min_similarity)
+    return _best_source(sim, threshold)
+
+
+def weight_correspondence(
+    target_weights: np.ndarray,
+    source_weights: np.ndarray,
+    sim_i: np.ndarray,
+    sim_next: np.ndarray,
+    min_similarity: float = 0.0,
+    prefer_same_index: bool = False,
+) -> np.ndarray:
+    """Whether each important target weight is inherited from an important source weight.
+
+    For an important target weight n1 -> n2 between layers i and i+1, n1' and n2' are the source
+    neurons most similar to n1 (in ``sim_i``) and to n2 (in ``sim_next``), as in
+    :func:`best_source_neurons`; the weight is inherited when (n1', n2') is one of the important source
+    weights. A weight one of whose ends has no similar source neuron is not inherited.
+
+    Args:
+        target_weights: (K, 2) integer array of important target weights, rows (n1, n2) with n1 a
+            neuron of layer i and n2 of layer i+1 (target model indices). K may be 0.
+        source_weights: (Ks, 2) integer array of important source weights, same layout (source model
+            indices). Ks may be 0.
+        sim_i: (Us_i, Ut_i) neuron similarity of layer i, indexed [source, target].
+        sim_next: (Us_{i+1}, Ut_{i+1}) neuron similarity of layer i+1, indexed [source, target].
+        min_similarity: threshold of :func:`best_source_neurons` (default 0).
+        prefer_same_index: for layers of equal width (a fine-tuned pair), map target neuron j to
+            source neuron j unless another source neuron is strictly more similar; a neuron with a
+            zero attribution vector then keeps its own index instead of having no match.
+
+    Returns:
+        (K,) bool array, True where the target weight has a correspondence in the source model.
+
+    Raises:
+        DiagnosticsError: if a weight list is not an integer (K, 2) array, an index falls outside its
+            layer, a similarity matrix is not a 2-D finite array, or the threshold is not below 1.
+    """
+    s_i = _check_matrix(sim_i, "similarity matrix of layer i", "(source neurons, target neurons)")
+    s_next = _check_matrix(sim_next, "similarity matrix of layer i+1", "(source neurons, target neurons)")
+    tgt = _check_weights(target_weights, "target", bounds=(s_i.shape[1], s_next.shape[1]))
+    src = _check_weights(source_weights, "source", bounds=(s_i.shape[0], s_next.shape[0]))
+    threshold = _check_threshold(min_similarity)
+    return _correspondence(tgt, src, _best_source(s_i, threshold, prefer_same_index),
+                           _best_source(s_next, threshold, prefer_same_index),
+                           n_source_next=s_next.shape[0])
+
+
+def layer_summary(
+    similarity: np.ndarray,
+    important_target_neurons: np.ndarray,
+    correspondence: np.ndarray,
+) -> LayerComparison:
+    """Per-layer figures of the comparison: share of inherited weights and mean best neuron similarity.
+
+    Args:
+        similarity: (Us, Ut) neuron similarity of this layer, indexed [source, target].
+        important_target_neurons: (k,) integer indices of the important target neurons of this layer
+            (e.g. :func:`~mlflow_transfer.diagnostics.ranking.top_k_neurons` of the target
+            conductance), k >= 1, each in [0, Ut).
+        correspondence: (K,) bool array from :func:`weight_correspondence` for the important target
+            weights leaving this layer; may be empty (last layer).
+
+    Returns:
+        A :class:`LayerComparison`.
+
+    Raises:
+        DiagnosticsError: if ``similarity`` is not a 2-D finite array, the neuron indices are empty,
+            not integers or out of range, or ``correspondence`` is not a 1-D bool array.
+    """
+    sim = _check_matrix(similarity, "similarity matrix", "(source neurons, target neurons)")
+    neurons = np.asarray(important_target_neurons)
+    if neurons.ndim != 1 or neurons.size == 0 or not np.issubdtype(neurons.dtype, np.integer):
+        raise DiagnosticsError(
+            "important_target_neurons must be a non-empty 1-D integer array of target neuron indices; "
+            f"got shape {neurons.shape} and dtype {neurons.dtype}.")
+    if neurons.min() < 0 or neurons.max() >= sim.shape[1]:
+        raise DiagnosticsError(
+            f"important_target_neurons must lie in [0, {sim.shape[1]}) (the layer's target neurons); "
+            f"got values from {neurons.min()} to {neurons.max()}.")
+    flags = np.asarray(correspondence)
+    if flags.ndim != 1 or (flags.size and flags.dtype != np.bool_):
+        raise DiagnosticsError(
+            "correspondence must be the 1-D bool array returned by weight_correspondence; "
+            f"got shape {flags.shape} and dtype {flags.dtype}.")
+    n_weights = int(flags.size)
+    n_inherited = int(np.count_nonzero(flags))
+    return LayerComparison(
+        n_important_weights=n_weights,
+        n_inherited_weights=n_inherited,
+        inherited_weight_share=n_inherited / n_weights if n_weights else math.nan,
+        n_important_neurons=int(neurons.size),
+        mean_best_similarity=float(sim[:, neurons].max(axis=0).mean()),
+    )
+
+
+def _cosine(src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
+    # Rounding can put |cos| a few ulps above 1; clip so downstream colour scales and tests can rely
+    # on the documented range.
+    return np.clip(cosine_similarity(src.T, tgt.T), -1.0, 1.0)
+
+
+def _best_source(sim: np.ndarray, threshold: float, prefer_same_index: bool = False) -> np.ndarray:
+    best = np.argmax(sim, axis=0)  # first maximum: lowest source index among ties
+    columns = np.arange(sim.shape[1])
+    best_value = sim[best, columns]
+    matched = np.where(best_value > threshold, best, NO_MATCH).astype(np.int64)
+    if prefer_same_index and sim.shape[0] == sim.shape[1]:
+        # Fine-tuning initialises target neuron j from source neuron j: keep j unless another source
+        # neuron is strictly more similar (this also matches neurons without attribution signal).
+        same = sim[columns, columns]
+        matched = np.where(same >= best_value, columns, matched)
+    return matched
+
+
+def _correspondence(
+    tgt: np.ndarray, src: np.ndarray, match_i: np.ndarray, match_next: np.ndarray, n_source_next: int
+) -> np.ndarray:
+    n1 = match_i[tgt[:, 0]]
+    n2 = match_next[tgt[:, 1]]
+    # Encode each (row, column) pair as one integer so membership is a single np.isin.
+    source_keys = src[:, 0] * n_source_next + src[:, 1]
+    mapped_keys = n1 * n_source_next + n2
+    return (n1 != NO_MATCH) & (n2 != NO_MATCH) & np.isin(mapped_keys, source_keys)
+
+
+def _check_matrix(array: np.ndarray, what: str, layout: str) -> np.ndarray:
+    matrix = np.asarray(array)
+    if matrix.ndim != 2 or matrix.shape[0] < 1 or matrix.shape[1] < 1:
+        raise DiagnosticsError(
+            f"Expected the {what} as a non-empty 2-D array of shape {layout}; got shape {matrix.shape}.")
+    if not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
+        raise DiagnosticsError(f"The {what} must hold real numbers; got dtype {matrix.dtype}.")
+    matrix = matrix.astype(np.float64, copy=False)
+    if not np.isfinite(matrix).all():
+        raise DiagnosticsError(
+            f"The {what} holds NaN or infinite values; every value must be finite. "
+            "Check the attribution step that produced it.")
+    return matrix
+
+
+def _check_weights(weights: np.ndarray, side: str, bounds: tuple[int, int]) -> np.ndarray:
+    pairs = np.asarray(weights)
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        raise DiagnosticsError(
+            f"Expected the important {side} weights as an integer array of shape (K, 2), rows "
+            f"(neuron in layer i, neuron in layer i+1); got shape {pairs.shape}.")
+    if pairs.shape[0] and not np.issubdtype(pairs.dtype, np.integer):
+        raise DiagnosticsError(
+            f"The important {side} weights must be integer neuron indices; got dtype {pairs.dtype}.")
+    pairs = pairs.astype(np.int64, copy=False)
+    for column, (bound, layer) in enumerate(zip(bounds, ("i", "i+1"))):
+        values = pairs[:, column]
+        if values.size and (values.min() < 0 or values.max() >= bound):
+            raise DiagnosticsError(
+                f"Important {side} weights: neuron indices of layer {layer} must lie in [0, {bound}) "
+                f"(the {side} side of that layer's similarity matrix); got values from {values.min()} "
+                f"to {values.max()}. Are the weights and similarity matrices of the same layers?")
+    return pairs
+
+
+def _check_threshold(min_similarity: float) -> float:
+    if isinstance(min_similarity, bool) or not isinstance(min_similarity, Real) \
+            or math.isnan(min_similarity) or not min_similarity < 1:
+        raise DiagnosticsError(
+            f"min_similarity must be a number below 1 (cosine similarities lie in [-1, 1]; use "
+            f"-math.inf for the paper's plain argmax); got {min_similarity!r}.")
+    return float(min_similarity)

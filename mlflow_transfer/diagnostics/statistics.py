@@ -1,0 +1,182 @@
+"""Statistical measures of Ma et al. (VAST 2020) §5.1: transferability score and confusion table.
+
+Both summarise how the source model (trained on the source domain only) and the target model (the
+transferred one) perform on the *target* validation set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from ..errors import DiagnosticsError
+
+__all__ = ["ConfusionTable", "confusion_table", "transferability_score"]
+
+
+def _accuracy_series(values, name: str) -> np.ndarray:
+    try:
+        series = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DiagnosticsError(f"{name} must be a 1-D sequence of accuracies in [0, 1]; "
+                               f"could not read it as numbers ({exc})") from exc
+    if series.ndim != 1 or series.size == 0:
+        raise DiagnosticsError(f"{name} must be a non-empty 1-D series of per-epoch accuracies, got "
+                               f"shape {series.shape}; pass one accuracy per epoch")
+    if not np.all(np.isfinite(series)):
+        bad = np.flatnonzero(~np.isfinite(series)).tolist()
+        raise DiagnosticsError(f"{name} contains NaN/inf at epochs {bad}; drop or recompute those "
+                               "epochs before scoring")
+    if series.min() < 0.0 or series.max() > 1.0:
+        raise DiagnosticsError(f"{name} must hold accuracies as fractions in [0, 1], got values in "
+                               f"[{series.min():g}, {series.max():g}]; divide percentages by 100")
+    return series
+
+
+def transferability_score(source_target_val: np.ndarray, target_target_val: np.ndarray) -> float:
+    """Transferability score of §5.1: best target-model minus best source-model accuracy.
+
+    Args:
+        source_target_val: (E_s,) per-epoch accuracy, a fraction in [0, 1], of the *source* model on
+            the target validation set. Any number of epochs ≥ 1.
+        target_target_val: (E_t,) per-epoch accuracy in [0, 1] of the *target* (transferred) model
+            on the same target validation set. E_t need not equal E_s.
+
+    Returns:
+        ``max(target_target_val) - max(source_target_val)``, in [-1, 1] (accuracy points as a
+        fraction). Positive: transfer boosted target accuracy; negative: it hurt.
+
+    Raises:
+        DiagnosticsError: a series that is empty, not 1-D, holds NaN/inf, or leaves [0, 1].
+    """
+    source = _accuracy_series(source_target_val, "source_target_val")
+    target = _accuracy_series(target_target_val, "target_target_val")
+    return float(target.max() - source.max())
+
+
+@dataclass(frozen=True)
+class ConfusionTable:
+    """Class-level comparison of the two models on the target validation set (§5.1, Figure 1 A).
+
+    Rows of both matrices are the true class, columns the predicted class, in the order of
+    ``classes``. For a class with no instances in ``y_true`` (``support == 0``) the accuracies and
+    the difference are NaN (``None`` in :meth:`to_records`) and ``misclassified_into`` is empty.
+
+    Attributes:
+        classes: (C,) class names.
+        matrix_source: (C, C) int64 confusion matrix of the source model.
+        matrix_target: (C, C) int64 confusion matrix of the target model.
+        support: (C,) int64 number of instances of each true class.
+        source_accuracy: (C,) float64 per-class recall of the source model, in [0, 1].
+        target_accuracy: (C,) float64 per-class recall of the target model, in [0, 1].
+        difference: (C,) float64 ``target_accuracy - source_accuracy``.
+        misclassified_into: per class, the *other* classes the target model predicted for its
+            instances, as ``(class_name, count)`` pairs with count > 0, most frequent first (ties
+            in class order).
+    """
+
+    classes: tuple[str, ...]
+    matrix_source: np.ndarray
+    matrix_target: np.ndarray
+    support: np.ndarray
+    source_accuracy: np.ndarray
+    target_accuracy: np.ndarray
+    difference: np.ndarray
+    misclassified_into: tuple[tuple[tuple[str, int], ...], ...]
+
+    def to_records(self) -> list[dict]:
+        """One plain dict per class, strict-JSON-able (NaN becomes ``None``).
+
+        Keys: ``class_index`` (int), ``class`` (str), ``support`` (int), ``source_accuracy``,
+        ``target_accuracy``, ``difference`` (float or None when the class has no instances) and
+        ``misclassified_into`` (list of ``[class_name, count]`` lists, most frequent first).
+        """
+        def number(x: float) -> float | None:
+            return None if np.isnan(x) else float(x)
+
+        return [{"class_index": c,
+                 "class": name,
+                 "support": int(self.support[c]),
+                 "source_accuracy": number(self.source_accuracy[c]),
+                 "target_accuracy": number(self.target_accuracy[c]),
+                 "difference": number(self.difference[c]),
+                 "misclassified_into": [[other, int(n)] for other, n in self.misclassified_into[c]]}
+                for c, name in enumerate(self.classes)]
+
+
+def _labels(values, name: str, n_classes: int) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise DiagnosticsError(f"{name} must be a 1-D array of class indices, got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise DiagnosticsError(f"{name} must hold integer class indices, got dtype {array.dtype}; "
+                               "pass argmax predictions / integer targets, not scores or names")
+    if array.size and (array.min() < 0 or array.max() >= n_classes):
+        raise DiagnosticsError(f"{name} must hold class indices in [0, {n_classes}), got values in "
+                               f"[{array.min()}, {array.max()}]; check that `classes` lists every class")
+    return array.astype(np.int64)
+
+
+def _recall(matrix: np.ndarray, support: np.ndarray) -> np.ndarray:
+    # Classes without instances have no defined recall: NaN, not 0, so they cannot be mistaken
+    # for classes the model gets entirely wrong.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(matrix) / support, np.nan)
+
+
+def confusion_table(y_true: np.ndarray, pred_source: np.ndarray, pred_target: np.ndarray,
+                    classes: Sequence[str]) -> ConfusionTable:
+    """Confusion table of §5.1: per-class accuracies of both models and where the target model errs.
+
+    Args:
+        y_true: (N,) int true class indices of the target validation set, in [0, C).
+        pred_source: (N,) int class indices predicted by the source model.
+        pred_target: (N,) int class indices predicted by the target model.
+        classes: the C class names, indexed by class index (C ≥ 1, unique).
+
+    Returns:
+        A :class:`ConfusionTable` (matrices from :func:`sklearn.metrics.confusion_matrix` with
+        ``labels=range(C)``).
+
+    Raises:
+        DiagnosticsError: empty or duplicated ``classes``, arrays that are not 1-D integer arrays of
+            the same non-zero length, or indices outside [0, C).
+    """
+    names = tuple(str(c) for c in classes) if not isinstance(classes, str) else ()
+    if not names:
+        raise DiagnosticsError("classes must be a non-empty sequence of class names, got "
+                               f"{classes!r}")
+    if len(set(names)) != len(names):
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        raise DiagnosticsError(f"classes must be unique, got duplicates {duplicated}")
+    n_classes = len(names)
+    y = _labels(y_true, "y_true", n_classes)
+    ps = _labels(pred_source, "pred_source", n_classes)
+    pt = _labels(pred_target, "pred_target", n_classes)
+    if not (len(y) == len(ps) == len(pt)) or len(y) == 0:
+        raise DiagnosticsError("y_true, pred_source and pred_target must have the same non-zero "
+                               f"length (one entry per validation instance), got {len(y)}, "
+                               f"{len(ps)} and {len(pt)}")
+    return _confusion_table(y, ps, pt, names)
+
+
+def _confusion_table(y: np.ndarray, ps: np.ndarray, pt: np.ndarray,
+                     names: tuple[str, ...]) -> ConfusionTable:
+    labels = np.arange(len(names))
+    m_source = confusion_matrix(y, ps, labels=labels).astype(np.int64)
+    m_target = confusion_matrix(y, pt, labels=labels).astype(np.int64)
+    support = m_target.sum(axis=1)
+    acc_source = _recall(m_source, support)
+    acc_target = _recall(m_target, support)
+    into = []
+    for c in labels:
+        others = [j for j in labels if j != c and m_target[c, j] > 0]
+        # Stable sort on -count keeps class order among ties.
+        others.sort(key=lambda j: -m_target[c, j])
+        into.append(tuple((names[j], int(m_target[c, j])) for j in others))
+    return ConfusionTable(classes=names, matrix_source=m_source, matrix_target=m_target,
+                          support=support, source_accuracy=acc_source, target_accuracy=acc_target,
+                          difference=acc_target - acc_source, misclassified_into=tuple(into))

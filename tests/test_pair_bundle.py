@@ -1,0 +1,95 @@
+"""A whole pair diagnosis on tiny models: engine results are consistent and round-trip the bundle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mlflow_transfer.bundle import PairBundle, write_pair_bundle
+from mlflow_transfer.diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
+from mlflow_transfer.errors import BundleError, DiagnosticsError
+from mlflow_transfer.models import build_model
+
+CLASSES = ("a", "b", "c")
+
+
+def _instances(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    idx = np.arange(n)
+    return Instances(torch.rand(n, 3, 32, 32, generator=g), idx % 3, (idx >= n // 2).astype(np.int8),
+                     (idx % 4 == 0).astype(np.int8), idx)
+
+
+@pytest.fixture(scope="module")
+def identical():
+    torch.manual_seed(0)
+    model = build_model("alexnet-32", 3).eval()
+    twin = build_model("alexnet-32", 3).eval()
+    twin.load_state_dict(model.state_dict())
+    opts = DiagnoseOptions(n_steps=4, folds=3, tsne_gradient="bh", weight_max_instances=8)
+    return diagnose_pair(model, twin, _instances(), CLASSES, opts)
+
+
+def test_identical_models_inherit_everything(identical):
+    d = identical
+    for layer in d.layers:
+        np.testing.assert_allclose(d.conductance["source"][layer], d.conductance["target"][layer])
+        for cls in CLASSES:
+            np.testing.assert_array_equal(d.important["source"][cls][layer], d.important["target"][cls][layer])
+    table = d.layer_summary_table()
+    shares = table["inherited_weight_share"][:-1]  # the last layer has no outgoing weights
+    np.testing.assert_allclose(shares, 1.0)
+    assert np.isnan(table["inherited_weight_share"][-1])
+    np.testing.assert_allclose(np.diag(d.cka), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(d.outputs["source"].prediction, d.outputs["target"].prediction)
+    # the confusion table covers the target validation rows
+    val = (d.instances.domain == 1) & (d.instances.split == 1)
+    assert d.confusion.matrix_target.sum() == val.sum()
+
+
+def test_bundle_round_trip(identical, tmp_path):
+    d = identical
+    history = {("source", "target_val"): ([0, 1, 2], [0.1, 0.4, 0.5]), ("target", "target_val"): ([0, 1], [0.5, 0.9])}
+    manifest = write_pair_bundle(tmp_path / "b", d, history=history, meta={"runs": {"source": "s", "target": "t"}})
+    b = PairBundle.open(tmp_path / "b")
+    assert b.classes == list(CLASSES) and b.layers == list(d.layers) and manifest["runs"]["target"] == "t"
+    hist = b.history()
+    assert list(hist["epoch"]) == [0, 1, 2, 0, 1] and list(hist["model"]) == ["source"] * 3 + ["target"] * 2
+    inst = b.instances()
+    np.testing.assert_array_equal(inst["label"], d.instances.labels)
+    np.testing.assert_allclose(np.stack([inst["x"], inst["y"]], 1), d.projection)
+    assert inst["thumbnail"][0] == d.thumbnails[0]
+    np.testing.assert_array_equal(b.embedding("target"), d.outputs["target"].embedding)
+    for layer in d.layers:
+        np.testing.assert_array_equal(b.conductance("source", layer), d.conductance["source"][layer])
+        np.testing.assert_array_equal(b.similarity("b", layer), d.similarity["b"][layer].astype(np.float32))
+    imp = b.important_neurons()
+    sel = [(m == "target" and c == 1 and l == "conv2") for m, c, l in zip(imp["model"], imp["class_index"], imp["layer"])]
+    np.testing.assert_array_equal(np.asarray(imp["neuron"])[sel], d.important["target"]["b"]["conv2"])
+    w = b.weights()
+    tw = d.weights["target"]["a"][("conv1", "conv2")]
+    sel = [(m == "target" and c == 0 and l == "conv1") for m, c, l in zip(w["model"], w["class_index"], w["layer"])]
+    np.testing.assert_array_equal(np.stack([np.asarray(w["a"])[sel], np.asarray(w["b"])[sel]], 1), tw.pairs)
+    assert all(np.asarray(w["inherited"], dtype=object)[sel])
+    comp = b.layer_comparison()
+    assert len(comp["layer"]) == (len(CLASSES) + 1) * len(d.layers)
+    disc = b.discriminability("__all__")
+    np.testing.assert_allclose(disc["coef"], d.discriminability["__all__"].coef)
+    assert disc["cv_mean"] == pytest.approx(d.discriminability["__all__"].cv_mean)
+    feats = b.patches("target", "conv3")
+    assert feats["sprite"].shape == (len(feats["neurons"]) * 2 * 24, 9 * 24, 3)
+    np.testing.assert_allclose(b.cka(), d.cka)
+    np.testing.assert_array_equal(b.confusion_matrix("target"), d.confusion.matrix_target)
+    with pytest.raises(BundleError, match="not in this bundle"):
+        b.similarity("zzz", "conv1")
+
+
+def test_incompatible_pair_and_unknown_layer():
+    a, b = build_model("alexnet-32", 3), build_model("alexnet-32", 4)
+    with pytest.raises(DiagnosticsError, match="incompatible architectures"):
+        diagnose_pair(a, b, _instances(12), CLASSES)
+    with pytest.raises(DiagnosticsError, match="unknown layer"):
+        diagnose_pair(a, build_model("alexnet-32", 3), _instances(12), CLASSES, DiagnoseOptions(layers=("conv9",)))
+    with pytest.raises(DiagnosticsError, match="unknown class"):
+        diagnose_pair(a, build_model("alexnet-32", 3), _instances(12), CLASSES, DiagnoseOptions(classes=("q",)))
