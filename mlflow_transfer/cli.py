@@ -83,23 +83,99 @@ def main() -> None:
     pass
 
 
+def _diagnose_options(fn):
+    """Options shared by `diagnose` and `main` (what to compute and how precisely)."""
+    options = [
+        click.option("--layers", default="", help="Comma-separated analysis layers to analyse [default: all]."),
+        click.option("--classes", default="", help="Comma-separated class names to analyse [default: all]."),
+        click.option("--per-class-cap", default=30, show_default=True, type=click.IntRange(min=1),
+                     help="Instances per class, domain and split (train/validation) that are analysed."),
+        click.option("--n-steps", default=50, show_default=True, type=click.IntRange(min=1),
+                     help="Integration steps of Layer Conductance (captum's n_steps)."),
+        click.option("--top-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+                     help="Share of each layer's neurons kept as important (paper: 10 %)."),
+        click.option("--seed", default=0, show_default=True, help="Seed of instance sampling, t-SNE and CV folds."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _options(layers, classes, n_steps, top_fraction, seed):
+    from .diagnostics.engine import DiagnoseOptions
+
+    split = lambda text: tuple(p.strip() for p in text.split(",") if p.strip()) or None  # noqa: E731
+    return DiagnoseOptions(layers=split(layers), classes=split(classes), n_steps=n_steps,
+                           top_fraction=top_fraction, seed=seed)
+
+
 @main.command("main", help="Train the source model (or reuse an identical finished source run), "
-                           "then fine-tune it on the target domain.")
+                           "fine-tune it on the target domain, then diagnose the pair.")
 @_RECIPE
 @_SET
 @_DATA_ROOT
 @_TRACKING
 @_EXPERIMENT
+@click.option("--diagnose/--no-diagnose", "run_diagnose", default=True, show_default=True,
+              help="Diagnose the pair right after fine-tuning.")
+@_diagnose_options
 @_user_errors
-def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name):
+def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_diagnose, layers, classes,
+             per_class_cap, n_steps, top_fraction, seed):
     from .tracking import run_pipeline
 
     _setup(tracking_uri, experiment_name)
-    result = run_pipeline(_load(recipe, overrides, data_root))
+    options = _options(layers, classes, n_steps, top_fraction, seed) if run_diagnose else None
+    result = run_pipeline(_load(recipe, overrides, data_root), diagnose_options=options,
+                          per_class_cap=per_class_cap)
     note = " (reused: identical recipe, parameters and code)" if result.source_reused else ""
     _summary(f"pair {result.pair_id}{note}",
              {"source": result.source_run_id, "target": result.target_run_id})
     click.echo(f"  pipeline run {result.pipeline_run_id}")
+    if result.diagnostics_run_id:
+        click.echo(f"  diagnostics run {result.diagnostics_run_id} (bundle: runs:/{result.diagnostics_run_id}/diagnostics)")
+
+
+@main.command("diagnose", help="Compute the transfer diagnostics of a source-target pair and log them "
+                               "as a versioned bundle in a new diagnostics run.")
+@click.option("--target-run-id", default="", help="Target run of the pair (its source is found by tag).")
+@click.option("--source-run-id", default="", help="Source run, to override the target's tag or pair "
+                                                   "two runs explicitly.")
+@click.option("--source-model-uri", default="", help="Source model URI (runs:/…/model, models:/…) for a "
+                                                      "pair trained outside the recipes; needs --recipe.")
+@click.option("--target-model-uri", default="", help="Target model URI (with --source-model-uri).")
+@click.option("--recipe", default="", help="Recipe naming the data domains [default: the target run's].")
+@click.option("--arch", default="", help="Model architecture for model URIs [default: the recipe's model].")
+@_SET
+@_DATA_ROOT
+@_TRACKING
+@_EXPERIMENT
+@_diagnose_options
+@_user_errors
+def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_uri, recipe, arch, overrides,
+                 data_root, tracking_uri, experiment_name, layers, classes, per_class_cap, n_steps,
+                 top_fraction, seed):
+    from .tracking.diagnose import diagnose
+
+    _setup(tracking_uri, experiment_name)
+    run_id = diagnose(target_run_id=target_run_id or None, source_run_id=source_run_id or None,
+                      source_model_uri=source_model_uri or None, target_model_uri=target_model_uri or None,
+                      recipe=_load(recipe, overrides, data_root) if recipe else None, arch=arch or None,
+                      options=_options(layers, classes, n_steps, top_fraction, seed),
+                      per_class_cap=per_class_cap)
+    click.echo(f"diagnostics run {run_id}: bundle at runs:/{run_id}/diagnostics")
+
+
+@main.command("validate-bundle", help="Check a downloaded diagnostics bundle folder (manifest, schema "
+                                      "version, every file's size and hash).")
+@click.argument("path", type=click.Path(file_okay=False))
+@_user_errors
+def validate_bundle_cmd(path):
+    from .bundle import validate_bundle
+
+    manifest = validate_bundle(path)
+    click.echo(f"ok: schema {manifest['schema_version']}, {len(manifest['files'])} files, "
+               f"pair {manifest.get('pair_id')}")
 
 
 @main.command("train-source", help="Train the recipe's source model from scratch on the source domain.")

@@ -14,6 +14,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.tags import TAGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,13 +44,24 @@ def _runs():
 def test_mlflow_run_main_logs_a_source_and_a_target_run(store):
     tmp, env = store
     proc = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local",
-                           "--experiment-name", "e2e", "-P", f"set={TINY}"],
+                           "--experiment-name", "e2e", "-P", f"set={TINY}", "-P", "per_class_cap=3",
+                           "-P", "n_steps=4"],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = {r.data.tags.get(TAGS.role): r for r in _runs()}
-    assert set(runs) == {"pipeline", "source", "target"}
+    assert set(runs) == {"pipeline", "source", "target", "diagnostics"}
     assert all(r.info.status == "FINISHED" for r in runs.values())
     pipeline, source, target = runs["pipeline"], runs["source"], runs["target"]
+    diag = runs["diagnostics"]
+    assert diag.data.tags["mlflow.parentRunId"] == target.info.run_id  # nested under the target run
+    assert diag.data.tags[TAGS.source_run_id] == source.info.run_id
+    layers = [m.step for m in MlflowClient().get_metric_history(diag.info.run_id, "mean_best_similarity")]
+    assert sorted(layers) == list(range(8))  # one point per analysis layer of alexnet-32
+    local = mlflow.artifacts.download_artifacts(run_id=diag.info.run_id, artifact_path="diagnostics",
+                                                dst_path=str(tmp / "dl"))
+    bundle = PairBundle.open(local)
+    assert bundle.manifest["runs"]["target"] == target.info.run_id
+    assert bundle.manifest["per_class_cap"] == 3 and bundle.manifest["options"]["n_steps"] == 4
     assert pipeline.data.params["set"] == TINY  # logged by `mlflow run` itself
     assert target.data.tags[TAGS.source_run_id] == source.info.run_id
     assert target.data.tags["mlflow.parentRunId"] == pipeline.info.run_id

@@ -74,12 +74,14 @@ def code_version() -> str:
 
 
 @contextlib.contextmanager
-def _run(role: str, recipe: Recipe, *, nested: bool, name: str, extra_tags: dict | None = None):
+def _run(role: str, recipe: Recipe, *, nested: bool, name: str, extra_tags: dict | None = None,
+         experiment_id: str | None = None):
     # Attach to the run `mlflow run` created for this entry point, else create one.
     attach = not nested and os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None
     tags = {TAGS.role: role, TAGS.recipe: recipe.name, TAGS.code_version: code_version(),
             **(extra_tags or {})}
-    with transfer_context(**tags), mlflow.start_run(nested=nested, run_name=None if attach else name) as run:
+    with transfer_context(**tags), mlflow.start_run(nested=nested, run_name=None if attach else name,
+                                                    experiment_id=None if attach else experiment_id) as run:
         mlflow.set_tags({TAGS.version: __version__, **tags})
         yield run
 
@@ -207,12 +209,15 @@ class PipelineResult:
     target_run_id: str
     source_reused: bool
     pair_id: str
+    diagnostics_run_id: str | None = None
 
 
-def run_pipeline(recipe: Recipe) -> PipelineResult:
+def run_pipeline(recipe: Recipe, *, diagnose_options=None, per_class_cap: int | None = 30) -> PipelineResult:
     """``main``: source run (reused when an identical one finished before), then the target run.
 
-    Both are nested under a ``pipeline`` run (the one ``mlflow run`` created, when it did).
+    Both are nested under a ``pipeline`` run (the one ``mlflow run`` created, when it did). With
+    ``diagnose_options`` (a `DiagnoseOptions`), the pair is diagnosed right after, ``per_class_cap``
+    instances per class, domain and split.
     """
     data = prepare_data(recipe)
     with _run("pipeline", recipe, nested=False, name=f"{recipe.name}-pipeline") as parent:
@@ -223,7 +228,14 @@ def run_pipeline(recipe: Recipe) -> PipelineResult:
         pid = pair_id(recipe, source_id, target_id)
         mlflow.set_tags({TAGS.pair_id: pid, "transfer.target_run_id": target_id,
                          "transfer.source_reused": str(bool(reused)).lower()})
-        return PipelineResult(parent.info.run_id, source_id, target_id, bool(reused), pid)
+        diag_id = None
+        if diagnose_options is not None:
+            from .diagnose import diagnose
+
+            diag_id = diagnose(target_run_id=target_id, recipe=recipe, options=diagnose_options,
+                               per_class_cap=per_class_cap, nested=True)
+            mlflow.set_tag("transfer.diagnostics_run_id", diag_id)
+        return PipelineResult(parent.info.run_id, source_id, target_id, bool(reused), pid, diag_id)
 
 
 def final_accuracies(run_id: str) -> dict[str, float]:

@@ -1,0 +1,249 @@
+"""`diagnose`: read a source–target pair from MLflow, compute its diagnostics, log the bundle.
+
+The diagnostics run (role ``diagnostics``) is tagged with both run ids and the pair id and nested
+under the target run when there is one. The bundle is written to a temporary folder and logged
+whole under ``diagnostics/``; metrics (per-layer inheritance with ``step = layer index``, the
+transferability score, the domain classifier's CV accuracy) are logged after it. Any failure marks
+the run FAILED and leaves no complete-looking bundle (the manifest is the last file written).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+
+from ..bundle import write_pair_bundle
+from ..config import Recipe, load_recipe, parse_recipe
+from ..diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
+from ..diagnostics.statistics import transferability_score
+from ..errors import DiagnosticsError, ModelError, RunLookupError
+from ..models import TransferNet, build_model
+from ..tags import TAGS
+from .lookup import get_run, logged_model_uri
+from .runs import PairData, _run, pair_id, prepare_data
+
+BUNDLE_DIR = "diagnostics"
+DATASETS = ("source_train", "source_val", "target_train", "target_val")
+
+
+@dataclass(frozen=True)
+class ResolvedPair:
+    source_run_id: str | None
+    target_run_id: str | None
+    source_model: TransferNet
+    target_model: TransferNet
+    recipe: Recipe
+    experiment_id: str | None
+
+
+def _recipe_of(run_id: str) -> Recipe:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="recipe.json", dst_path=tmp)
+        except Exception:
+            raise RunLookupError(f"run {run_id} has no recipe.json artifact; pass --recipe to say which "
+                                 "data domains to diagnose on") from None
+        return parse_recipe(json.loads(Path(path).read_text()))
+
+
+def _input_shape(uri: str) -> tuple[int, ...] | None:
+    """(C, H, W) of the logged model's signature, if it has a tensor signature."""
+    try:
+        spec = mlflow.models.get_model_info(uri).signature.inputs.inputs[0]
+        return tuple(int(d) for d in spec.shape[1:])
+    except Exception:  # no signature, or not a tensor spec: nothing to check against
+        return None
+
+
+def _check_image_size(uri: str, recipe: Recipe) -> None:
+    shape = _input_shape(uri)
+    size = recipe.data.image_size
+    if shape is not None and len(shape) == 3 and shape[1:] != (size, size):
+        raise DiagnosticsError(f"the recipe's images ({size}×{size}) do not fit the models, which were "
+                               f"logged for {shape[1]}×{shape[2]} inputs; set data.image_size={shape[1]}")
+
+
+def _model_from_uri(uri: str, arch: str, num_classes: int) -> TransferNet:
+    """Load a logged model (pt2 or any state-dict-bearing module) into the registry architecture."""
+    try:
+        loaded = mlflow.pytorch.load_model(uri)
+    except Exception as exc:
+        raise ModelError(f"model URI {uri!r} does not resolve to a loadable PyTorch model "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the URI "
+                         "(runs:/<run id>/model or models:/<name>/<version>) and MLFLOW_TRACKING_URI") from None
+    state = {k: v for k, v in loaded.state_dict().items()}
+    model = build_model(arch, num_classes)
+    own = model.state_dict()
+    if set(state) >= set(own):
+        target = model
+    elif model.plain is not None and set(state) >= set(model.plain.state_dict()):
+        target = model.plain  # a plain torchvision model logged outside the recipes
+    else:
+        raise ModelError(f"the model at {uri} does not match architecture {arch!r} with {num_classes} "
+                         f"classes (parameter names differ); pass --arch with the model's architecture")
+    try:
+        target.load_state_dict({k: state[k] for k in target.state_dict()})
+    except RuntimeError as exc:
+        raise ModelError(f"the model at {uri} does not fit {arch!r} with {num_classes} classes: "
+                         f"{str(exc).splitlines()[0][:200]}") from None
+    return model.eval()
+
+
+def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None = None,
+                 source_model_uri: str | None = None, target_model_uri: str | None = None,
+                 recipe: Recipe | None = None, arch: str | None = None) -> ResolvedPair:
+    """Find the two models and the recipe (data domains) of a pair.
+
+    Either a target run (its source found through ``transfer.source_run_id``), an explicit pair of
+    run ids, or two model URIs plus a recipe naming the data domains.
+    """
+    if source_model_uri or target_model_uri:
+        if not (source_model_uri and target_model_uri and recipe):
+            raise DiagnosticsError("diagnosing model URIs needs --source-model-uri, --target-model-uri "
+                                   "and --recipe (which names the two data domains)")
+        data_classes = len(prepare_data(recipe).classes)
+        arch = arch or recipe.model.name
+        for uri in (source_model_uri, target_model_uri):
+            _check_image_size(uri, recipe)
+        return ResolvedPair(None, None, _model_from_uri(source_model_uri, arch, data_classes),
+                            _model_from_uri(target_model_uri, arch, data_classes), recipe, None)
+    if not target_run_id:
+        raise DiagnosticsError("say which pair to diagnose: --target-run-id (and optionally "
+                               "--source-run-id), or --source-model-uri/--target-model-uri with --recipe")
+    target = get_run(target_run_id)
+    if target.data.tags.get(TAGS.role) != "target" and not source_run_id:
+        raise RunLookupError(f"run {target_run_id} is not a target run (role "
+                             f"{target.data.tags.get(TAGS.role)!r}); pass a run made by `finetune`/`main`, "
+                             "or both --source-run-id and --target-run-id")
+    source_run_id = source_run_id or target.data.tags.get(TAGS.source_run_id)
+    source = get_run(source_run_id)
+    models = []
+    for run in (source, target):
+        uri = logged_model_uri(run)
+        if uri is None:
+            raise RunLookupError(f"run {run.info.run_id} has no logged model named 'model'; train it "
+                                 "with mlflow-transfer or log it with mlflow.pytorch.log_model(..., name='model')")
+        tags = run.data.tags
+        arch_i = arch or tags.get(TAGS.model)
+        if arch_i is None:
+            raise RunLookupError(f"run {run.info.run_id} does not say its architecture; pass --arch")
+        n = len(json.loads(tags[TAGS.classes])) if TAGS.classes in tags else None
+        models.append((uri, arch_i, n))
+    recipe = recipe or _recipe_of(target_run_id)
+    if models[0][1] != models[1][1]:
+        raise DiagnosticsError(f"incompatible architectures: source run is {models[0][1]!r}, target run "
+                               f"is {models[1][1]!r}; a pair must share one architecture")
+    if models[0][2] is not None and models[1][2] is not None and models[0][2] != models[1][2]:
+        raise DiagnosticsError(f"the source run has {models[0][2]} classes and the target run {models[1][2]}; "
+                               "a pair must have the same class set")
+    for uri, _, _ in models:
+        _check_image_size(uri, recipe)
+    n_classes = models[1][2] or len(prepare_data(recipe).classes)
+    loaded = [_model_from_uri(uri, a, n_classes) for uri, a, _ in models]
+    return ResolvedPair(source_run_id, target_run_id, loaded[0], loaded[1], recipe, target.info.experiment_id)
+
+
+def build_instances(data: PairData, per_class_cap: int | None, seed: int) -> Instances:
+    """Train and validation instances of both domains, at most ``per_class_cap`` per class, split and
+    domain (a seeded sample; the cap is recorded in the manifest)."""
+    rng = np.random.default_rng(seed)
+    rows = []  # (domain code, split code, index)
+    for dom, splits in enumerate((data.source, data.target)):
+        targets = splits.domain.targets
+        for split, idx in enumerate((splits.train_indices, splits.val_indices)):
+            for c in range(len(data.classes)):
+                members = idx[targets[idx] == c]
+                if per_class_cap is not None and len(members) > per_class_cap:
+                    members = np.sort(rng.choice(members, per_class_cap, replace=False))
+                rows += [(dom, split, int(i)) for i in members]
+    domains = (data.source.domain, data.target.domain)
+    images = torch.stack([domains[d].dataset[i][0] for d, _, i in rows])
+    labels = np.array([domains[d].targets[i] for d, _, i in rows], dtype=np.int64)
+    codes = np.array(rows, dtype=np.int64).reshape(-1, 3)
+    return Instances(images, labels, codes[:, 0].astype(np.int8), codes[:, 1].astype(np.int8), codes[:, 2])
+
+
+def _history(run_id: str | None, role: str) -> dict:
+    if run_id is None:
+        return {}
+    client = MlflowClient()
+    out = {}
+    for ds in DATASETS:
+        points = sorted(client.get_metric_history(run_id, f"acc_{ds}"), key=lambda m: m.step)
+        if points:
+            out[(role, ds)] = ([m.step for m in points], [m.value for m in points])
+    return out
+
+
+def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(), per_class_cap: int | None = 50,
+             nested: bool = False, **pair_args) -> str:
+    """Diagnose a pair (see :func:`resolve_pair` for ``pair_args``) into a new diagnostics run.
+
+    Args:
+        per_class_cap: instances per class, domain and split (None = all).
+    Returns: the diagnostics run id.
+    """
+    pair = resolve_pair(**pair_args)
+    data = prepare_data(pair.recipe)
+    n_out = pair.target_model.analysis_layers[list(pair.target_model.analysis_layers)[-1]].out_features
+    if n_out != len(data.classes):
+        raise DiagnosticsError(f"the models predict {n_out} classes but the recipe's domains have "
+                               f"{len(data.classes)} ({list(data.classes)}); use the recipe the pair was trained with")
+    instances = build_instances(data, per_class_cap, options.seed)
+    try:
+        with torch.no_grad():
+            pair.target_model(instances.images[:2])
+    except RuntimeError as exc:
+        raise DiagnosticsError(f"the recipe's images ({tuple(instances.images.shape[1:])}) do not fit the "
+                               f"models: {str(exc).splitlines()[0][:160]}; set data.image_size to the "
+                               "size the models were trained on") from None
+    tags = {TAGS.source_domain: data.source.domain.name, TAGS.target_domain: data.target.domain.name,
+            TAGS.classes: json.dumps(list(data.classes)), TAGS.model: pair.target_model.arch}
+    if pair.source_run_id:
+        tags[TAGS.source_run_id] = pair.source_run_id
+        tags["transfer.target_run_id"] = pair.target_run_id
+        tags[TAGS.pair_id] = pair_id(pair.recipe, pair.source_run_id, pair.target_run_id)
+        tags["mlflow.parentRunId"] = pair.target_run_id
+    with _run("diagnostics", pair.recipe, nested=nested, name=f"{pair.recipe.name}-diagnostics",
+              extra_tags=tags, experiment_id=pair.experiment_id) as run:
+        diag = diagnose_pair(pair.source_model, pair.target_model, instances, tuple(data.classes), options)
+        history = {**_history(pair.source_run_id, "source"), **_history(pair.target_run_id, "target")}
+        scores = {}
+        if ("source", "target_val") in history and ("target", "target_val") in history:
+            scores["transferability_score"] = transferability_score(
+                np.array(history[("source", "target_val")][1]), np.array(history[("target", "target_val")][1]))
+        import captum
+        import sklearn
+
+        from .. import __version__
+        meta = {"runs": {"source": pair.source_run_id, "target": pair.target_run_id,
+                         "diagnostics": run.info.run_id},
+                "pair_id": tags.get(TAGS.pair_id), "model": pair.target_model.arch, "recipe": pair.recipe.name,
+                "domains": {"source": data.source.domain.name, "target": data.target.domain.name},
+                "per_class_cap": per_class_cap, "scores": scores,
+                "software": {"mlflow-transfer": __version__, "torch": torch.__version__, "mlflow": mlflow.__version__,
+                             "captum": captum.__version__, "scikit-learn": sklearn.__version__,
+                             "numpy": np.__version__, "python": platform.python_version()}}
+        with tempfile.TemporaryDirectory() as tmp:
+            write_pair_bundle(Path(tmp) / BUNDLE_DIR, diag, history=history, meta=meta)
+            mlflow.log_artifacts(str(Path(tmp) / BUNDLE_DIR), artifact_path=BUNDLE_DIR)
+        table = diag.layer_summary_table()
+        for depth, _ in enumerate(table["layer"]):
+            step_metrics = {"inherited_weight_share": table["inherited_weight_share"][depth],
+                            "mean_best_similarity": table["mean_best_similarity"][depth]}
+            mlflow.log_metrics({k: float(v) for k, v in step_metrics.items() if np.isfinite(v)}, step=depth)
+        final = dict(scores)
+        if "__all__" in diag.discriminability:
+            final["domain_cv_accuracy"] = diag.discriminability["__all__"].cv_mean
+        final.update({f"seconds_{k}": v for k, v in diag.timings.items()})
+        mlflow.log_metrics({k: float(v) for k, v in final.items()})
+        mlflow.set_tag("transfer.layers", json.dumps(list(diag.layers)))
+        return run.info.run_id

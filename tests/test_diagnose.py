@@ -1,0 +1,145 @@
+"""`diagnose` against a real sqlite tracking store: bundle logged whole, tags, metrics, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from mlflow_transfer.bundle import PairBundle
+from mlflow_transfer.config import load_recipe
+from mlflow_transfer.diagnostics.engine import DiagnoseOptions
+from mlflow_transfer.errors import DiagnosticsError, ModelError, RunLookupError
+from mlflow_transfer.models import build_model
+from mlflow_transfer.tags import TAGS
+from mlflow_transfer.tracking import run_pipeline
+from mlflow_transfer.tracking import diagnose as diagnose_module
+from mlflow_transfer.tracking.diagnose import diagnose
+
+TINY = ["data.source.size=100", "data.per_class_cap=12", "source.epochs=1", "target.epochs=1",
+        "source.batch_size=32", "target.batch_size=32"]
+FAST = DiagnoseOptions(n_steps=4, tsne_gradient="bh", weight_max_instances=4, patches=3)
+
+
+def tiny(*extra):
+    return load_recipe("recipes/digits.yaml", TINY + list(extra))
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    mlflow.set_experiment("diagnose-tests")
+    result = run_pipeline(tiny())
+    yield result, root
+    mlflow.set_tracking_uri(previous)
+
+
+def _bundle(run_id, tmp_path):
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="diagnostics", dst_path=str(tmp_path))
+    return PairBundle.open(local)
+
+
+def test_diagnose_a_target_run(pair, tmp_path):
+    result, _ = pair
+    run_id = diagnose(target_run_id=result.target_run_id, options=FAST, per_class_cap=2)
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags[TAGS.role] == "diagnostics" and tags["mlflow.parentRunId"] == result.target_run_id
+    assert tags[TAGS.source_run_id] == result.source_run_id and tags[TAGS.pair_id] == result.pair_id
+    b = _bundle(run_id, tmp_path)
+    m = b.manifest
+    assert m["runs"] == {"source": result.source_run_id, "target": result.target_run_id, "diagnostics": run_id}
+    assert m["software"]["torch"] == torch.__version__ and m["options"]["n_steps"] == 4
+    # at most 2 per class, domain and split
+    from mlflow_transfer.tracking.runs import prepare_data
+
+    data = prepare_data(tiny())
+    expected = sum(min(2, int((d.domain.targets[idx] == c).sum()))
+                   for d in (data.source, data.target) for idx in (d.train_indices, d.val_indices)
+                   for c in range(10))
+    assert len(b.instances()["label"]) == expected
+    # class with fewer instances than CV folds: the fallback is said and recorded
+    assert any("fold" in note for note in b.summary()["notes"])
+    # the transferability score recomputed from the runs' metric histories
+    client = MlflowClient()
+    best = {r: max(p.value for p in client.get_metric_history(rid, "acc_target_val"))
+            for r, rid in (("s", result.source_run_id), ("t", result.target_run_id))}
+    assert run.data.metrics["transferability_score"] == pytest.approx(best["t"] - best["s"])
+    hist = b.history()
+    assert set(hist["model"]) == {"source", "target"}
+
+
+def test_diagnose_a_pair_logged_outside_the_recipes(pair, tmp_path):
+    torch.manual_seed(1)
+    src, tgt = build_model("alexnet-32", 10).eval(), build_model("alexnet-32", 10).eval()
+    example = torch.rand(2, 3, 32, 32).numpy()
+    uris = []
+    for model in (src, tgt):
+        with mlflow.start_run():  # a user's own script: plain MLflow, no mlflow-transfer tags
+            uris.append(mlflow.pytorch.log_model(model, name="model", input_example=example).model_uri)
+    run_id = diagnose(source_model_uri=uris[0], target_model_uri=uris[1], recipe=tiny(), arch="alexnet-32",
+                      options=FAST, per_class_cap=2)
+    b = _bundle(run_id, tmp_path)
+    assert b.manifest["runs"]["source"] is None and b.layers == list(src.analysis_layers)
+    with torch.no_grad():  # the bundle's predictions are those of the logged target model
+        x = torch.stack([torch.zeros(3, 32, 32)])
+        assert tgt(x).argmax(1).item() in range(10)
+    assert b.cka().shape == (8, 8)
+
+
+def test_unknown_layer_and_class(pair):
+    result, _ = pair
+    with pytest.raises(DiagnosticsError, match="unknown layer"):
+        diagnose(target_run_id=result.target_run_id, options=DiagnoseOptions(layers=("conv9",)), per_class_cap=1)
+    with pytest.raises(DiagnosticsError, match="unknown class"):
+        diagnose(target_run_id=result.target_run_id, options=DiagnoseOptions(classes=("eleven",)), per_class_cap=1)
+
+
+def test_run_without_model_and_unresolvable_uri(pair):
+    result, _ = pair
+    with mlflow.start_run() as bare:
+        mlflow.set_tags({TAGS.role: "target", TAGS.source_run_id: result.source_run_id})
+    with pytest.raises(RunLookupError, match="no logged model"):
+        diagnose(target_run_id=bare.info.run_id, recipe=tiny(), options=FAST)
+    with pytest.raises(ModelError, match="does not resolve"):
+        diagnose(source_model_uri="models:/m-doesnotexist", target_model_uri="models:/m-doesnotexist",
+                 recipe=tiny(), options=FAST)
+    with pytest.raises(RunLookupError, match="not a target run"):
+        diagnose(target_run_id=result.source_run_id, options=FAST)
+
+
+def test_recipe_that_does_not_fit_the_models(pair):
+    result, _ = pair
+    with pytest.raises(DiagnosticsError, match="do not fit the models"):
+        diagnose(target_run_id=result.target_run_id, recipe=tiny("data.image_size=16"), options=FAST, per_class_cap=1)
+
+
+def test_incompatible_architectures(pair, tmp_path):
+    result, _ = pair
+    with mlflow.start_run():
+        uri = mlflow.pytorch.log_model(build_model("alexnet-32", 10).eval(), name="model",
+                                       input_example=torch.rand(2, 3, 32, 32).numpy()).model_uri
+    with pytest.raises(ModelError, match="does not match architecture 'vgg11_bn'"):
+        diagnose(source_model_uri=uri, target_model_uri=uri, recipe=tiny(), arch="vgg11_bn", options=FAST)
+
+
+def test_interrupted_diagnose_leaves_no_bundle_and_a_failed_run(pair, monkeypatch):
+    result, _ = pair
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(diagnose_module, "write_pair_bundle", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        diagnose(target_run_id=result.target_run_id, options=FAST, per_class_cap=1)
+    run = mlflow.search_runs(filter_string=f"tags.`{TAGS.role}` = 'diagnostics'", output_format="list",
+                             order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert run.info.status == "FAILED"
+    assert MlflowClient().list_artifacts(run.info.run_id, "diagnostics") == []
