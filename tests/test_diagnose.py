@@ -143,3 +143,28 @@ def test_interrupted_diagnose_leaves_no_bundle_and_a_failed_run(pair, monkeypatc
                              order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert run.info.status == "FAILED"
     assert MlflowClient().list_artifacts(run.info.run_id, "diagnostics") == []
+
+
+def test_list_pairs_and_fetch_once_into_the_cache(pair, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from mlflow_transfer.errors import BundleError
+    from mlflow_transfer.tracking.bundles import fetch_bundle, list_diagnosed_pairs
+
+    result, _ = pair
+    run_id = diagnose(target_run_id=result.target_run_id, options=FAST, per_class_cap=1)
+    listed = list_diagnosed_pairs(page_size=1)  # several pages
+    assert run_id in [p["diagnostics_run_id"] for p in listed]
+    assert all(p["pair_id"] == result.pair_id for p in listed if p["target_run_id"] == result.target_run_id)
+    first = fetch_bundle(run_id, tmp_path / "cache")
+    # remove the server's copy: the second fetch must come from the cache
+    remote = Path(mlflow.get_run(run_id).info.artifact_uri.replace("file://", "")) / "diagnostics"
+    shutil.rmtree(remote)
+    second = fetch_bundle(run_id, tmp_path / "cache")
+    assert second.manifest == first.manifest
+    np.testing.assert_array_equal(second.cka(), first.cka())
+    # a tampered cache copy is refused and (the server copy being gone) reported clearly
+    (tmp_path / "cache" / run_id / "cka" / "matrix.npy").write_bytes(b"x")
+    with pytest.raises(BundleError, match="no diagnostics bundle"):
+        fetch_bundle(run_id, tmp_path / "cache")

@@ -96,11 +96,12 @@ def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
     model.eval()
     probe = _Probe(layers)
     try:
-        num_classes = probe.run(model, inputs[:1], baselines if not torch.is_tensor(baselines)
-                                or baselines.shape[0] == 1 else baselines[:1])
-        _check_target_range(target, num_classes)
-        return _conductance(model, inputs, baselines, target, probe, alphas, batch_size, reduce,
-                            progress)
+        # Gradients are needed even when the caller runs under no_grad or inference_mode.
+        with torch.inference_mode(False):
+            num_classes = probe.run(model, inputs[:1])
+            _check_target_range(target, num_classes)
+            return _conductance(model, inputs, baselines, target, probe, alphas, batch_size, reduce,
+                                progress)
     finally:
         probe.remove()
         for m, flag in states.items():
@@ -152,11 +153,11 @@ class _Probe:
         """Layers whose kept output was modified in place after its hook ran."""
         return {k for k, t in self.saved.items() if t._version != self.versions[k]}
 
-    def run(self, model: nn.Module, x: torch.Tensor, baseline) -> int:
+    def run(self, model: nn.Module, x: torch.Tensor) -> int:
         """One no-grad pass on one instance: checks the layers, finds in-place edits, counts classes."""
         self.saved.clear()
         with torch.no_grad():  # not inference mode: version counters must tick
-            out = model(baseline + 1.0 * (x - baseline))
+            out = model(x.clone())
         missing = [k for k in self.layers if k not in self.saved]
         if missing:
             raise DiagnosticsError(f"layer(s) {missing} are not called by the model's forward; pass "
@@ -205,20 +206,20 @@ def _batch(model, x, baseline, target, probe: _Probe, alphas) -> dict[str, torch
     with torch.no_grad():
         # Same expression and step-major order as captum, so the scaled inputs are bit-identical.
         scaled = torch.cat([baseline + alpha * (x - baseline) for alpha in alphas], dim=0)
-    while True:
-        probe.saved.clear()
-        with torch.inference_mode(False), torch.enable_grad():
+    with torch.enable_grad():
+        while True:
+            probe.saved.clear()
             logits = model(scaled)
             edited = probe.edited()
-            if edited:  # an in-place edit the one-instance probe did not see: redo with copies
-                probe.clone |= edited
-                continue
-            selected = logits[:, target] if isinstance(target, int) else \
-                torch.gather(logits, 1, target.reshape(-1, 1))
-            names = list(probe.saved)
-            grads = torch.autograd.grad(selected.sum(), [probe.saved[k] for k in names],
-                                        allow_unused=True, materialize_grads=True)
-        break
+            if not edited:
+                break
+            probe.clone |= edited  # an in-place edit the one-instance probe missed: redo with copies
+        # captum's target selection; the sum's gradient is its per-row gradients.
+        selected = logits[:, target] if isinstance(target, int) else \
+            torch.gather(logits, 1, target.reshape(-1, 1))
+        names = list(probe.saved)
+        grads = torch.autograd.grad(selected.sum(), [probe.saved[k] for k in names],
+                                    allow_unused=True, materialize_grads=True)
     out = {}
     steps = len(alphas) - 1
     with torch.inference_mode():

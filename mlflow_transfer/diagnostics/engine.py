@@ -20,7 +20,7 @@ from ..errors import DiagnosticsError
 from .cka import cka_matrix
 from .conductance import layer_conductance
 from .discriminability import Discriminability, domain_discriminability
-from .features import NeuronPatches, top_patches
+from .features import NeuronPatches, top_patches_many
 from .instances import ModelOutputs, model_outputs, png_thumbnails, tsne_projection
 from .ranking import top_k_neurons
 from .similarity import LayerComparison, layer_summary, neuron_similarity, weight_correspondence
@@ -270,12 +270,13 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     with stage("features"):
         src_idx, tgt_idx = np.flatnonzero(domain == 0), np.flatnonzero(domain == 1)
         for role, model in models.items():
-            for n in layer_names:
-                neurons = sorted({int(j) for c in analysed for j in important[role][c][n]})
-                per_domain = [top_patches(model, model.analysis_layers[n], instances.images[rows], neurons,
-                                          k=options.patches, patch_size=options.patch_size)
-                              if len(rows) else None for rows in (src_idx, tgt_idx)]
-                patches[role][n] = {j: tuple(_reindex(d[j], rows) if d else None
+            requests = {n: (model.analysis_layers[n], sorted({int(j) for c in analysed for j in important[role][c][n]}))
+                        for n in layer_names}
+            per_domain = [top_patches_many(model, requests, instances.images[rows], k=options.patches,
+                                           patch_size=options.patch_size) if len(rows) else None
+                          for rows in (src_idx, tgt_idx)]
+            for n, (_, neurons) in requests.items():
+                patches[role][n] = {j: tuple(_reindex(d[n][j], rows) if d else None
                                              for d, rows in zip(per_domain, (src_idx, tgt_idx)))
                                     for j in neurons}
 

@@ -1,6 +1,7 @@
 """Neuron features for the detail panel (§5.3.3): each neuron's top activating image patches.
 
-For a conv channel the patch is the receptive field of the position where the channel peaks,
+For a conv channel the patch is the receptive field of the position where the channel peaks
+(zero padding included, shown black),
 computed from the kernel/stride/padding chain of the embedding (conv and pooling layers of a
 ``Sequential``); for a linear unit, and for architectures whose chain is not a plain sequence
 (ResNet blocks), the whole image is the receptive field.
@@ -74,57 +75,76 @@ def top_patches(model: nn.Module, layer: nn.Module, images: torch.Tensor, neuron
         images: float (N, 3, H, W) in [0, 1].
         neurons: channel (conv) or unit (linear) indices.
     """
+    return top_patches_many(model, {"layer": (layer, neurons)}, images, k=k, patch_size=patch_size,
+                            batch_size=batch_size)["layer"]
+
+
+def top_patches_many(model: nn.Module, requests: dict[str, tuple[nn.Module, list[int]]], images: torch.Tensor,
+                     *, k: int = 9, patch_size: int = 32, batch_size: int = 256) -> dict[str, dict[int, NeuronPatches]]:
+    """:func:`top_patches` for several layers (name → (module, neurons)) in one pass over ``images``."""
     if images.ndim != 4 or len(images) == 0:
         raise DiagnosticsError(f"images must be a non-empty (N, 3, H, W) tensor, got {tuple(images.shape)}")
-    neurons = [int(n) for n in neurons]
-    units = getattr(layer, "out_channels", getattr(layer, "out_features", None))
-    if units is None or any(n < 0 or n >= units for n in neurons):
-        raise DiagnosticsError(f"neuron indices must be in [0, {units}) for this layer, got {neurons}")
-    peaks, where = [], []
-    grabbed = {}
-    handle = layer.register_forward_hook(lambda m, i, o: grabbed.__setitem__("out", o))
+    wanted = {}
+    for name, (layer, neurons) in requests.items():
+        neurons = [int(n) for n in neurons]
+        units = getattr(layer, "out_channels", getattr(layer, "out_features", None))
+        if units is None or any(n < 0 or n >= units for n in neurons):
+            raise DiagnosticsError(f"neuron indices must be in [0, {units}) for layer {name}, got {neurons}")
+        wanted[name] = (layer, neurons)
+    peaks = {n: [] for n in wanted}
+    where = {n: [] for n in wanted}
+
+    def hook(name, neurons):
+        def grab(module, args, out):
+            out = out[:, neurons]
+            if out.ndim == 4:
+                value, pos = out.flatten(2).max(2)
+                peaks[name].append(value)
+                where[name].append(torch.stack([pos // out.shape[3], pos % out.shape[3]], -1))
+            else:
+                peaks[name].append(out)
+        return grab
+
+    handles = [layer.register_forward_hook(hook(n, ns)) for n, (layer, ns) in wanted.items()]
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for s in range(0, len(images), batch_size):
                 model(images[s:s + batch_size])
-                out = grabbed["out"][:, neurons]
-                if out.ndim == 4:
-                    flat = out.flatten(2)
-                    value, pos = flat.max(2)
-                    peaks.append(value)
-                    where.append(torch.stack([pos // out.shape[3], pos % out.shape[3]], -1))
-                else:
-                    peaks.append(out)
-                    where.append(torch.zeros(*out.shape, 2, dtype=torch.long))
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
         model.train(was_training)
-    peak, pos = torch.cat(peaks).numpy(), torch.cat(where).numpy()
+    return {name: _patches(model, layer, neurons, torch.cat(peaks[name]).numpy(),
+                           torch.cat(where[name]).numpy() if where[name] else None, images, k, patch_size)
+            for name, (layer, neurons) in wanted.items()}
+
+
+def _patches(model, layer, neurons, peak, pos, images, k, patch_size) -> dict[int, NeuronPatches]:
     rf = receptive_field(model, layer)
     h, w = images.shape[2:]
+    size = max(h, w) if rf is None else rf[0]
+    # Pad once so every receptive field is a fixed-size window (zero padding shows as black, as the
+    # network saw it); then crop all windows and resize them in one interpolate call.
+    pad = 0 if rf is None else size
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad)) if pad else images
     result = {}
     for col, neuron in enumerate(neurons):
         order = np.argsort(-peak[:, col], kind="stable")[:k]
-        boxes = []
-        for idx in order:
-            if rf is None:
-                boxes.append((0, 0, h, w))
-            else:
-                size, jump, start = rf
-                i, j = pos[idx, col]
-                top, left = start + i * jump, start + j * jump
-                boxes.append((max(top, 0), max(left, 0), min(top + size, h), min(left + size, w)))
-        patches = np.stack([_crop(images[idx], box, patch_size) for idx, box in zip(order, boxes)])
+        if rf is None:
+            boxes = np.tile([0, 0, h, w], (len(order), 1))
+            windows = images[torch.as_tensor(order)]
+        else:
+            _, jump, start = rf
+            tops = start + pos[order, col, 0] * jump
+            lefts = start + pos[order, col, 1] * jump
+            boxes = np.stack([np.maximum(tops, 0), np.maximum(lefts, 0),
+                              np.minimum(tops + size, h), np.minimum(lefts + size, w)], 1)
+            windows = torch.stack([padded[i, :, t + pad:t + pad + size, l + pad:l + pad + size]
+                                   for i, t, l in zip(order, tops, lefts)])
+        small = torch.nn.functional.interpolate(windows, size=(patch_size, patch_size), mode="nearest")
+        patches = (small.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
         result[neuron] = NeuronPatches(order.astype(np.int64), peak[order, col].astype(np.float32),
                                        np.asarray(boxes, dtype=np.int64), patches)
     return result
-
-
-def _crop(image: torch.Tensor, box, size: int) -> np.ndarray:
-    from PIL import Image
-
-    top, left, bottom, right = box
-    pixels = (image[:, top:bottom, left:right].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.NEAREST))

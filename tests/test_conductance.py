@@ -1,0 +1,442 @@
+"""Layer conductance of all layers at once, checked against captum's LayerConductance layer by layer."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import LayerConductance
+from torch import nn
+
+from mlflow_transfer.diagnostics.conductance import layer_conductance
+from mlflow_transfer.errors import DiagnosticsError
+from mlflow_transfer.models import build_model
+
+NUM_CLASSES = 5
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _images(n: int, size: int = 32, dtype=torch.float64, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _labels(n: int, seed: int = 1, classes: int = NUM_CLASSES) -> torch.Tensor:
+    return torch.randint(0, classes, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+_MODELS: dict[str, nn.Module] = {}
+
+
+def _alexnet32(dtype=torch.float64) -> nn.Module:
+    key = f"alexnet-32/{dtype}"
+    if key not in _MODELS:
+        torch.manual_seed(0)
+        model = build_model("alexnet-32", NUM_CLASSES).to(dtype)
+        # Non-trivial batch-norm statistics, so eval mode matters.
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+        _MODELS[key] = model.eval()
+    return _MODELS[key]
+
+
+class _Small(nn.Module):
+    """Conv → BatchNorm → ReLU → MaxPool → Linear → Tanh → Linear: several layer types to hook."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(4 * 4 * 4, 6)
+        self.fc2 = nn.Linear(6, NUM_CLASSES)
+
+    def forward(self, x):
+        h = self.pool(torch.relu(self.bn(self.conv(x))))
+        return self.fc2(torch.tanh(self.fc1(h.flatten(1))))
+
+
+def _small(dtype=torch.float64) -> _Small:
+    torch.manual_seed(3)
+    model = _Small().to(dtype)
+    model.bn.running_mean.uniform_(-0.3, 0.3)
+    model.bn.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _captum(model, inputs, target, layers, *, baselines=0.0, n_steps, method, reduce,
+            internal_batch_size=None) -> dict[str, np.ndarray]:
+    """The reference: captum's LayerConductance, one layer at a time (then max over positions)."""
+    model.eval()
+    out = {}
+    for name, layer in layers.items():
+        attr = LayerConductance(model, layer).attribute(
+            inputs, baselines, target=target, n_steps=n_steps, method=method,
+            internal_batch_size=internal_batch_size).detach()
+        if reduce == "max" and attr.ndim > 2:
+            attr = attr.amax(dim=tuple(range(2, attr.ndim)))
+        out[name] = attr.numpy()
+    return out
+
+
+def _rel(ours: np.ndarray, ref: np.ndarray) -> float:
+    """Largest absolute difference relative to the largest reference magnitude (elementwise relative
+    differences are meaningless for conductances near zero)."""
+    return float(np.abs(ours.astype(np.float64) - ref).max() / np.abs(ref).max())
+
+
+def _assert_matches(ours, ref, tol=1e-5):
+    assert list(ours) == list(ref)
+    for name in ref:
+        assert ours[name].dtype == np.float32
+        assert ours[name].shape == ref[name].shape, name
+        assert np.abs(ref[name]).max() > 0, name  # a test on all-zero maps could not fail
+        assert _rel(ours[name], ref[name]) <= tol, (name, _rel(ours[name], ref[name]))
+
+
+# --------------------------------------------------------------------------- captum agreement
+
+
+@pytest.mark.parametrize("n, batch_size, method, reduce", [
+    (1, 32, "gausslegendre", "max"),
+    (3, 2, "riemann_trapezoid", "max"),
+    (7, 3, "gausslegendre", "none"),
+    (7, 4, "riemann_trapezoid", "none"),
+])
+def test_alexnet32_all_layers_match_captum_float64(n, batch_size, method, reduce):
+    model = _alexnet32()
+    x, y = _images(n), _labels(n)
+    ours = layer_conductance(model, x, y, n_steps=4, method=method, batch_size=batch_size, reduce=reduce)
+    # captum batches over steps (3 at a time) where we batch over instances: same sum, other order.
+    ref = _captum(model, x, y, model.analysis_layers, n_steps=4, method=method, reduce=reduce,
+                  internal_batch_size=3 * n if n > 1 else None)
+    _assert_matches(ours, ref)
+    if reduce == "max":
+        assert ours["conv1"].shape == (n, 48) and ours["fc6"].shape == (n, 256)
+    else:
+        assert ours["conv1"].shape == (n, 48, 32, 32) and ours["fc8"].shape == (n, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("reduce", ["max", "none"])
+def test_alexnet32_float32_matches_captum(reduce):
+    # float32: the layer outputs and gradients are captum's bit for bit (same per-image arithmetic),
+    # only the order of the sum over steps differs; conductance of early layers is a sum of small
+    # differences of large activations, so anything looser than that would not stay within 1e-5.
+    model = _alexnet32(torch.float32)
+    x, y = _images(5, dtype=torch.float32), _labels(5)
+    ours = layer_conductance(model, x, y, n_steps=6, batch_size=2, reduce=reduce)
+    ref = _captum(model, x, y, model.analysis_layers, n_steps=6, method="gausslegendre", reduce=reduce)
+    _assert_matches(ours, ref, tol=1e-5)
+
+
+@pytest.mark.parametrize("n, batch_size, method, reduce", [
+    (1, 1, "gausslegendre", "none"),
+    (3, 2, "riemann_trapezoid", "max"),
+    (7, 3, "riemann_middle", "none"),
+    (7, 5, "gausslegendre", "max"),
+])
+def test_layer_types_conv_batchnorm_pool_linear_match_captum(n, batch_size, method, reduce):
+    model = _small()
+    layers = {"conv": model.conv, "bn": model.bn, "pool": model.pool, "fc1": model.fc1, "fc2": model.fc2}
+    x, y = _images(n, size=8), _labels(n)
+    ours = layer_conductance(model, x, y, layers, n_steps=7, method=method, batch_size=batch_size,
+                             reduce=reduce)
+    ref = _captum(model, x, y, layers, n_steps=7, method=method, reduce=reduce)
+    _assert_matches(ours, ref)
+    assert ours["pool"].shape == ((n, 4) if reduce == "max" else (n, 4, 4, 4))
+
+
+def test_int_target_and_baselines_match_captum():
+    model = _small()
+    layers = {"conv": model.conv, "fc1": model.fc1}
+    x = _images(4, size=8)
+    shared = _images(1, size=8, seed=5) * 0.1  # one baseline image for all
+    per_instance = _images(4, size=8, seed=6) * 0.1
+    for baselines in (0.5, shared, per_instance):
+        ours = layer_conductance(model, x, 2, layers, baselines=baselines, n_steps=5, batch_size=3)
+        ref = _captum(model, x, 2, layers, baselines=baselines, n_steps=5, method="gausslegendre",
+                      reduce="max")
+        _assert_matches(ours, ref)
+
+
+def test_frozen_first_layer_matches_captum():
+    # Frozen conv1 fed by images that need no gradient: its output is not part of any graph.
+    model = copy.deepcopy(_small())
+    for p in model.conv.parameters():
+        p.requires_grad_(False)
+    layers = {"conv": model.conv, "fc1": model.fc1}
+    x, y = _images(3, size=8), _labels(3)
+    ours = layer_conductance(model, x, y, layers, n_steps=5, batch_size=2, reduce="none")
+    _assert_matches(ours, _captum(model, x, y, layers, n_steps=5, method="gausslegendre", reduce="none"))
+
+
+def test_torchvision_alexnet_with_inplace_relus_matches_captum():
+    from torchvision.models import alexnet
+
+    torch.manual_seed(0)
+    model = alexnet(weights=None, num_classes=NUM_CLASSES).eval()
+    assert any(getattr(m, "inplace", False) for m in model.modules())  # the case under test
+    layers = {"conv1": model.features[0], "conv5": model.features[10], "fc6": model.classifier[1],
+              "fc8": model.classifier[6]}
+    x, y = _images(2, size=64, dtype=torch.float32), _labels(2)
+    ours = layer_conductance(model, x, y, layers, n_steps=3, reduce="none")
+    _assert_matches(ours, _captum(model, x, y, layers, n_steps=3, method="gausslegendre", reduce="none"))
+    # What a hook that kept the ReLU-edited tensor would give: conductance of the post-ReLU maps.
+    assert _rel(ours["conv1"].clip(min=None), np.maximum(ours["conv1"], 0)) > 1e-3 or \
+        (ours["conv1"] >= 0).all()
+
+
+class _EditsInPlaceForBatches(nn.Module):
+    """Edits the conv output in place only for batches > 1, which a one-image probe cannot see."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+        self.fc = nn.Linear(2 * 6 * 6, NUM_CLASSES)
+
+    def forward(self, x):
+        h = self.conv(x)
+        if x.shape[0] > 1:
+            h.mul_(torch.sigmoid(h.detach()))  # in place, not recorded on the saved output
+            h = h * 1.0
+        else:
+            h = h * torch.sigmoid(h.detach())
+        return self.fc(torch.relu(h).flatten(1))
+
+
+def test_in_place_edit_missed_by_the_probe_is_redone_with_copies():
+    torch.manual_seed(2)
+    model = _EditsInPlaceForBatches().double().eval()
+    layers = {"conv": model.conv, "fc": model.fc}
+    x, y = _images(3, size=8), _labels(3)
+    ours = layer_conductance(model, x, y, layers, n_steps=4, reduce="none")
+    _assert_matches(ours, _captum(model, x, y, layers, n_steps=4, method="gausslegendre", reduce="none"))
+
+
+# --------------------------------------------------------------------------- completeness & by hand
+
+
+def test_completeness_agrees_with_captum_delta():
+    # Conductance over a layer's neurons sums to F(x)[t] − F(baseline)[t] up to the path integral's
+    # discretisation error; riemann_trapezoid runs the path from exactly the baseline to the input.
+    model = _small()
+    x, y = _images(4, size=8), _labels(4)
+    with torch.no_grad():
+        gap = (model(x) - model(torch.zeros_like(x))).gather(1, y[:, None])[:, 0].numpy()
+    for name in ("conv", "fc1"):
+        layer = getattr(model, name)
+        worst = []
+        for n_steps in (20, 200):
+            ours = layer_conductance(model, x, y, {name: layer}, n_steps=n_steps,
+                                     method="riemann_trapezoid", reduce="none")[name]
+            _, captum_delta = LayerConductance(model, layer).attribute(
+                x, 0.0, target=y, n_steps=n_steps, method="riemann_trapezoid",
+                return_convergence_delta=True)
+            delta = ours.reshape(4, -1).astype(np.float64).sum(axis=1) - gap
+            np.testing.assert_allclose(delta, captum_delta.numpy(), atol=1e-6 * np.abs(gap).max())
+            worst.append(np.abs(delta).max())
+        # ReLU kinks and max-pool switches make the error shrink like 1/steps.
+        assert worst[1] < worst[0] / 3 and worst[1] < 1e-2 * np.abs(gap).max(), worst
+
+
+def test_completeness_is_exact_for_the_logit_layer():
+    # The gradient of a logit with respect to the logits is one-hot, so the sum telescopes exactly.
+    model = _alexnet32()
+    x, y = _images(3), _labels(3)
+    fc8 = model.analysis_layers["fc8"]
+    ours = layer_conductance(model, x, y, {"fc8": fc8}, n_steps=3, method="riemann_trapezoid")["fc8"]
+    with torch.no_grad():
+        gap = (model(x) - model(torch.zeros_like(x))).gather(1, y[:, None])[:, 0].numpy()
+    np.testing.assert_allclose(ours.sum(axis=1), gap, rtol=1e-6)
+    off_target = np.ones_like(ours, dtype=bool)
+    off_target[np.arange(3), y.numpy()] = False
+    assert (ours[off_target] == 0).all()
+
+
+def _two_neuron_net() -> nn.Sequential:
+    # hidden h = W1 x + b1 (the attributed layer), output F = W2 relu(h) + b2.
+    lin1, lin2 = nn.Linear(2, 2), nn.Linear(2, 2)
+    with torch.no_grad():
+        lin1.weight.copy_(torch.tensor([[1.0, 2.0], [-1.0, 3.0]]))
+        lin1.bias.copy_(torch.tensor([0.5, -1.2]))
+        lin2.weight.copy_(torch.tensor([[2.0, -1.0], [0.0, 1.0]]))
+        lin2.bias.copy_(torch.tensor([0.3, 0.0]))
+    return nn.Sequential(nn.Flatten(), lin1, nn.ReLU(), lin2).double().eval()
+
+
+def test_hand_worked_two_neuron_network():
+    # x = (1, 2), baseline 0, class 0, riemann_trapezoid with 10 steps: alphas 0, 0.1, ..., 1.
+    # h1 runs 0.5 → 5.5 (always active): 10 steps × Δh1 0.5 × W2[0,0] 2 = 10.
+    # h2 = −1.2 + 5α runs −1.2 → 3.8, active for α > 0.24; the gradient is taken at the left end of
+    # each step (captum's convention), so steps k = 3..9 count: 7 × 0.5 × W2[0,1] (−1) = −3.5.
+    # (Right ends would give 8 steps, −4.0; the exact integral is −3.8.)
+    net = _two_neuron_net()
+    x = torch.tensor([[1.0, 2.0]], dtype=torch.float64).reshape(1, 2, 1, 1)
+    got = layer_conductance(net, x, 0, {"hidden": net[1]}, n_steps=10, method="riemann_trapezoid")
+    np.testing.assert_allclose(got["hidden"], [[10.0, -3.5]], atol=1e-6)
+    # Class 1 only sees h2: W2[1,1] = 1, same 7 active steps.
+    got = layer_conductance(net, x, torch.tensor([1]), {"hidden": net[1]}, n_steps=10,
+                            method="riemann_trapezoid")
+    np.testing.assert_allclose(got["hidden"], [[0.0, 3.5]], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- behaviour
+
+
+def test_default_layers_restores_state_and_removes_hooks():
+    model = copy.deepcopy(_alexnet32())
+    model.train()
+    model.embedding.bn1.eval()  # a mixed state must come back as it was
+    states = {n: m.training for n, m in model.named_modules()}
+    x, y = _images(2), _labels(2)
+    got = layer_conductance(model, x, y, n_steps=2)
+    assert list(got) == list(model.analysis_layers)
+    for name, layer in model.analysis_layers.items():
+        units = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        assert got[name].shape == (2, units)
+    assert {n: m.training for n, m in model.named_modules()} == states
+    assert all(not m._forward_hooks for m in model.modules())
+    # Eval mode was used: same as an explicit eval model (dropout off).
+    ref = layer_conductance(model.eval(), x, y, n_steps=2)
+    for name in got:
+        np.testing.assert_array_equal(got[name], ref[name])
+
+
+def test_state_restored_and_hooks_removed_on_error():
+    model = copy.deepcopy(_alexnet32())
+    model.train()
+    with pytest.raises(DiagnosticsError, match="target classes must lie in"):
+        layer_conductance(model, _images(2), torch.tensor([0, NUM_CLASSES]), n_steps=2)
+    assert all(m.training for m in model.modules())
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_works_under_no_grad_and_inference_mode():
+    model = _small()
+    layers = {"conv": model.conv, "fc1": model.fc1}
+    x, y = _images(2, size=8), _labels(2)
+    ref = layer_conductance(model, x, y, layers, n_steps=3)
+    with torch.no_grad():
+        a = layer_conductance(model, x, y, layers, n_steps=3)
+    with torch.inference_mode():
+        b = layer_conductance(model, x.clone(), y.clone(), layers, n_steps=3)
+    for name in ref:
+        np.testing.assert_array_equal(a[name], ref[name])
+        np.testing.assert_array_equal(b[name], ref[name])
+
+
+def test_progress_prints_one_line_per_batch(capsys):
+    model = _small()
+    layer_conductance(model, _images(5, size=8), _labels(5), {"fc1": model.fc1}, n_steps=2,
+                      batch_size=2, progress=True)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("conductance: batch 3/3")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class _Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.fc(self.fc(x.mean(dim=(2, 3))))
+
+
+class _TupleOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.fc(x.mean(dim=(2, 3))), 0
+
+
+class _UsesTuple(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = _TupleOut()
+
+    def forward(self, x):
+        return self.inner(x)[0]
+
+
+class _Flat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.fc(x.mean(dim=(2, 3)))[:, :, None]
+
+
+def _call(**overrides):
+    model = overrides.pop("model", None) or _small()
+    kwargs = dict(model=model, inputs=_images(2, size=8), target=_labels(2),
+                  layers={"fc1": model.fc1}, n_steps=2)
+    kwargs.update(overrides)
+    return layer_conductance(**kwargs)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(inputs=_images(2, size=8)[0]), r"inputs must be a float tensor \(N, C, H, W\), got .*\(3, 8, 8\)"),
+    (dict(inputs=torch.zeros(2, 3, 8, 8, dtype=torch.long)), r"float tensor .* got torch.int64"),
+    (dict(inputs=np.zeros((2, 3, 8, 8))), r"float tensor .* got ndarray"),
+    (dict(inputs=_images(0, size=8), target=0), r"inputs is empty"),
+    (dict(inputs=_images(2, size=8, dtype=torch.float32)), r"inputs are torch.float32 but the model's parameters are torch.float64"),
+    (dict(target=torch.tensor([0.0, 1.0])), r"target must be an int or an integer tensor of shape \(2,\).*torch.float32"),
+    (dict(target=torch.tensor([0, 1, 2])), r"integer tensor of shape \(2,\).*shape \(3,\)"),
+    (dict(target=[0, 1]), r"target must be an int .* got \[0, 1\]"),
+    (dict(target=True), r"target must be an int"),
+    (dict(target=NUM_CLASSES), rf"must lie in \[0, {NUM_CLASSES}\).*\[{NUM_CLASSES}, {NUM_CLASSES}\]"),
+    (dict(target=torch.tensor([-1, 0])), r"must lie in .*got values in \[-1, 0\]"),
+    (dict(n_steps=0), r"n_steps must be an integer >= 1, got 0"),
+    (dict(n_steps=2.0), r"n_steps must be an integer >= 1, got 2.0"),
+    (dict(batch_size=0), r"batch_size must be an integer >= 1, got 0"),
+    (dict(method="simpson"), r"method must be one of .*gausslegendre.*got 'simpson'"),
+    (dict(reduce="mean"), r"reduce must be one of \('max', 'none'\), got 'mean'"),
+    (dict(baselines=torch.zeros(3, 3, 8, 8, dtype=torch.float64)), r"baselines of shape \(3, 3, 8, 8\) do not broadcast to inputs \(2, 3, 8, 8\)"),
+    (dict(baselines="black"), r"baselines must be a number or a tensor .* got str"),
+    (dict(layers={}), r"layers must be a non-empty dict"),
+    (dict(layers=[nn.Linear(2, 2)]), r"layers must be a non-empty dict"),
+    (dict(layers={"x": nn.Linear(64, 6)}), r"layer 'x' \(Linear\) is not a submodule of the model"),
+    (dict(layers={"x": "fc1"}), r"layer 'x' must be a torch.nn.Module, got str"),
+    (dict(layers={1: nn.Linear(2, 2)}), r"layer names must be strings"),
+    (dict(model="net"), r"model must be a torch.nn.Module, got str"),
+])
+def test_rejects_bad_inputs(overrides, match):
+    with pytest.raises(DiagnosticsError, match=match):
+        _call(**overrides)
+
+
+def test_rejects_bad_layers_and_models():
+    small = _small()
+    with pytest.raises(DiagnosticsError, match=r"_Small has no analysis_layers; pass layers="):
+        layer_conductance(small, _images(2, size=8), 0)
+    with pytest.raises(DiagnosticsError, match=r"same module under two names"):
+        _call(model=small, layers={"a": small.fc1, "b": small.fc1})
+    unused = nn.Sequential(small, nn.Linear(2, 2))  # the extra Linear is never called by _Small
+    with pytest.raises(DiagnosticsError, match=r"\['spare'\] are not called by the model's forward"):
+        layer_conductance(small, _images(2, size=8), 0, {"spare": unused[1], "fc1": small.fc1})
+    twice = _Twice().double()
+    with pytest.raises(DiagnosticsError, match=r"layer 'fc' \(Linear\) runs more than once"):
+        _call(model=twice, layers={"fc": twice.fc})
+    tup = _UsesTuple().double()
+    with pytest.raises(DiagnosticsError, match=r"layer 'inner' \(_TupleOut\) returns tuple"):
+        _call(model=tup, layers={"inner": tup.inner})
+    flat = _Flat().double()
+    with pytest.raises(DiagnosticsError, match=r"logits of shape \(N, classes\), got torch.Size\(\[1, 3, 1\]\)"):
+        _call(model=flat, layers={"fc": flat.fc})
+    assert all(not m._forward_hooks for m in (small, twice, tup, flat) for m in m.modules())
