@@ -168,3 +168,18 @@ def test_list_pairs_and_fetch_once_into_the_cache(pair, tmp_path):
     (tmp_path / "cache" / run_id / "cka" / "matrix.npy").write_bytes(b"x")
     with pytest.raises(BundleError, match="no diagnostics bundle"):
         fetch_bundle(run_id, tmp_path / "cache")
+
+
+def test_recipe_with_other_classes_than_the_models(pair, tmp_path):
+    from PIL import Image
+
+    result, _ = pair
+    for domain in ("a", "b"):
+        for cls in ("cat", "dog"):
+            (tmp_path / domain / cls).mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(tmp_path / domain / cls / f"{i}.png")
+    recipe = tiny(f"data.source={{name: imagefolder, root: {tmp_path}, subset: a}}",
+                  f"data.target={{name: imagefolder, root: {tmp_path}, subset: b}}", "data.per_class_cap=null")
+    with pytest.raises(DiagnosticsError, match="predict 10 classes but the recipe's domains have 2"):
+        diagnose(target_run_id=result.target_run_id, recipe=recipe, options=FAST, per_class_cap=1)

@@ -36,10 +36,12 @@ def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
                       reduce: str = "max", progress: bool = False) -> dict[str, np.ndarray]:
     """Conductance of every neuron of every layer in ``layers`` towards class ``target``.
 
-    Numerically the same as running ``captum.attr.LayerConductance(model, layer).attribute(inputs,
-    baselines, target=target, n_steps=n_steps, method=method)`` once per layer, but all layers share
-    the forward/backward passes. The model runs in eval mode (dropout off, batch-norm running
-    statistics); its train/eval flags are restored afterwards, even on error.
+    The same numbers as ``captum.attr.LayerConductance(model, layer).attribute(inputs, baselines,
+    target=target, n_steps=n_steps, method=method)`` run once per layer — the layer outputs and
+    gradients are captum's bit for bit, only the order of the additions over steps differs — but all
+    layers share one forward and one backward pass per batch, on torch's intra-op threads (all cores
+    by default). The model runs in eval mode (dropout off, batch-norm running statistics); its
+    per-module train/eval flags are restored and the hooks removed afterwards, even on error.
 
     Args:
         model: a classifier mapping float (N, C, H, W) images to logits (N, classes), e.g. a
@@ -57,7 +59,9 @@ def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
         method: captum's integral approximation: ``"gausslegendre"``, ``"riemann_left"``,
             ``"riemann_right"``, ``"riemann_middle"`` or ``"riemann_trapezoid"``.
         batch_size: instances per forward/backward pass; each pass holds
-            ``batch_size × (n_steps + 1)`` scaled images, so memory grows linearly with it.
+            ``batch_size × (n_steps + 1)`` scaled images with their graph, so memory grows linearly
+            with it. Results do not depend on it (beyond rounding); on a CPU small batches are often faster (the
+            activations stay in cache and fewer fresh pages are allocated).
         reduce: ``"max"``: one value per unit — the channel's maximum over spatial positions of the
             per-position conductance for layers with outputs (N, C, *spatial) (as in the paper), the
             unit itself for (N, units) outputs; ``"none"``: the layer-output-shaped conductance.
@@ -93,9 +97,10 @@ def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
     alphas = alphas_func(n_steps + 1)
 
     states = {m: m.training for m in model.modules()}
-    model.eval()
     probe = _Probe(layers)
     try:
+        model.eval()
+        probe.attach()
         # Gradients are needed even when the caller runs under no_grad or inference_mode.
         with torch.inference_mode(False):
             num_classes = probe.run(model, inputs[:1])
@@ -119,7 +124,7 @@ class _Probe:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     handles: list = field(default_factory=list)
 
-    def __post_init__(self):
+    def attach(self) -> None:
         for name, module in self.layers.items():
             self.handles.append(module.register_forward_hook(self._hook(name)))
 

@@ -43,6 +43,7 @@ class DiagnoseOptions:
     weight_fraction: float = 0.01           # important weights: share of each layer pair
     weight_max_instances: int | None = 200  # per class; more are sampled (seeded) and recorded
     folds: int = 10                         # CV folds of the domain classifier
+    svm_max_rows: int = 2000                # per domain; more are sampled (seeded) and noted
     patches: int = 9                        # top activating patches per neuron and domain
     patch_size: int = 24                    # px of each stored patch
     cka_max_instances: int = 500            # target instances used for CKA (seeded sample)
@@ -240,6 +241,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
             else:
                 columns = [(n, int(j)) for n in layer_names for j in important["target"][cls][n]]
                 a = np.concatenate([conductance["target"][n][:, important["target"][cls][n]] for n in layer_names], 1)
+                src_rows, tgt_rows = _sample(src_rows, options.svm_max_rows, rng), _sample(tgt_rows, options.svm_max_rows, rng)
                 try:
                     discrim[cls] = domain_discriminability(a[src_rows], a[tgt_rows], folds=options.folds,
                                                            seed=options.seed)
@@ -255,10 +257,16 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     comparison["__all__"] = {n: _mean_comparison([comparison[c][n] for c in analysed]) for n in layer_names}
     with stage("svm"):
         tgt_all, src_all = np.flatnonzero(domain == 1), np.flatnonzero(domain == 0)
+        for name, rows_ in (("source", src_all), ("target", tgt_all)):
+            if len(rows_) > options.svm_max_rows:  # a linear SVC's cost grows faster than its rows
+                notes.append(f"all-class domain classifier: {options.svm_max_rows} of {len(rows_)} "
+                             f"{name}-domain instances sampled (seed {options.seed})")
+        src_all = _sample(src_all, options.svm_max_rows, rng)
+        tgt_svm = _sample(tgt_all, options.svm_max_rows, rng)
         if len(src_all):
             top_all = {n: top_k_neurons(conductance["target"][n][tgt_all], options.top_fraction) for n in layer_names}
             a = np.concatenate([conductance["target"][n][:, top_all[n]] for n in layer_names], 1)
-            discrim["__all__"] = domain_discriminability(a[src_all], a[tgt_all], folds=options.folds, seed=options.seed)
+            discrim["__all__"] = domain_discriminability(a[src_all], a[tgt_svm], folds=options.folds, seed=options.seed)
             discrim_neurons["__all__"] = [(n, int(j)) for n in layer_names for j in top_all[n]]
 
     with stage("statistics"):
@@ -297,6 +305,10 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                            conductance, important, similarity, weights, correspondence, comparison,
                            discrim, discrim_neurons, confusion, patches, cka, dict(stage.times),
                            peak / 2 ** 20, notes)
+
+
+def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    return rows if len(rows) <= limit else np.sort(rng.choice(rows, limit, replace=False))
 
 
 def _reindex(p: NeuronPatches, rows: np.ndarray) -> NeuronPatches:
