@@ -30,7 +30,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-        env.pop("MLFLOW_RUN_ID", None)
+        for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            env.pop(leaked, None)
         start = time.perf_counter()
         subprocess.run([str(Path(sys.executable).parent / "mlflow-transfer"), "main", "--recipe", args.recipe],
                        cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -88,7 +88,7 @@ def _diagnose_options(fn):
     options = [
         click.option("--layers", default="", help="Comma-separated analysis layers to analyse [default: all]."),
         click.option("--classes", default="", help="Comma-separated class names to analyse [default: all]."),
-        click.option("--per-class-cap", default=30, show_default=True, type=click.IntRange(min=1),
+        click.option("--per-class-cap", default=10, show_default=True, type=click.IntRange(min=1),
                      help="Instances per class, domain and split (train/validation) that are analysed."),
         click.option("--n-steps", default=50, show_default=True, type=click.IntRange(min=1),
                      help="Integration steps of Layer Conductance (captum's n_steps)."),

@@ -370,6 +370,26 @@ class _UsesTuple(nn.Module):
         return self.inner(x)[0]
 
 
+class _KeepsItsOutput(nn.Linear):
+    def forward(self, x):
+        self.kept = super().forward(x)
+        return self.kept
+
+
+class _EditsItsKeptOutput(nn.Module):
+    """Edits a layer's own reference to its output in place after use: no copy passed on can help."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = _KeepsItsOutput(3, 3)
+
+    def forward(self, x):
+        out = self.fc(x.mean(dim=(2, 3))) * 2.0
+        with torch.no_grad():
+            self.fc.kept.zero_()
+        return out
+
+
 class _Flat(nn.Module):
     def __init__(self):
         super().__init__()
@@ -388,12 +408,15 @@ def _call(**overrides):
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (dict(inputs=_images(2, size=8)[0]), r"inputs must be a float tensor \(N, C, H, W\), got .*\(3, 8, 8\)"),
+    (dict(inputs=_images(2, size=8)[0]),
+     r"inputs must be a float tensor \(N, C, H, W\), got .*\(3, 8, 8\)"),
     (dict(inputs=torch.zeros(2, 3, 8, 8, dtype=torch.long)), r"float tensor .* got torch.int64"),
     (dict(inputs=np.zeros((2, 3, 8, 8))), r"float tensor .* got ndarray"),
     (dict(inputs=_images(0, size=8), target=0), r"inputs is empty"),
-    (dict(inputs=_images(2, size=8, dtype=torch.float32)), r"inputs are torch.float32 but the model's parameters are torch.float64"),
-    (dict(target=torch.tensor([0.0, 1.0])), r"target must be an int or an integer tensor of shape \(2,\).*torch.float32"),
+    (dict(inputs=_images(2, size=8, dtype=torch.float32)),
+     r"inputs are torch.float32 but the model's parameters are torch.float64"),
+    (dict(target=torch.tensor([0.0, 1.0])),
+     r"target must be an int or an integer tensor of shape \(2,\).*torch.float32"),
     (dict(target=torch.tensor([0, 1, 2])), r"integer tensor of shape \(2,\).*shape \(3,\)"),
     (dict(target=[0, 1]), r"target must be an int .* got \[0, 1\]"),
     (dict(target=True), r"target must be an int"),
@@ -404,7 +427,8 @@ def _call(**overrides):
     (dict(batch_size=0), r"batch_size must be an integer >= 1, got 0"),
     (dict(method="simpson"), r"method must be one of .*gausslegendre.*got 'simpson'"),
     (dict(reduce="mean"), r"reduce must be one of \('max', 'none'\), got 'mean'"),
-    (dict(baselines=torch.zeros(3, 3, 8, 8, dtype=torch.float64)), r"baselines of shape \(3, 3, 8, 8\) do not broadcast to inputs \(2, 3, 8, 8\)"),
+    (dict(baselines=torch.zeros(3, 3, 8, 8, dtype=torch.float64)),
+     r"baselines of shape \(3, 3, 8, 8\) do not broadcast to inputs \(2, 3, 8, 8\)"),
     (dict(baselines="black"), r"baselines must be a number or a tensor .* got str"),
     (dict(layers={}), r"layers must be a non-empty dict"),
     (dict(layers=[nn.Linear(2, 2)]), r"layers must be a non-empty dict"),
@@ -434,7 +458,11 @@ def test_rejects_bad_layers_and_models():
     tup = _UsesTuple().double()
     with pytest.raises(DiagnosticsError, match=r"layer 'inner' \(_TupleOut\) returns tuple"):
         _call(model=tup, layers={"inner": tup.inner})
+    keeps = _EditsItsKeptOutput().double()
+    with pytest.raises(DiagnosticsError, match=r"layer\(s\) \['fc'\] changes in place even when"):
+        _call(model=keeps, layers={"fc": keeps.fc}, target=0)
     flat = _Flat().double()
-    with pytest.raises(DiagnosticsError, match=r"logits of shape \(N, classes\), got torch.Size\(\[1, 3, 1\]\)"):
+    with pytest.raises(DiagnosticsError, match=r"logits of shape \(N, classes\), got .*\[1, 3, 1\]"):
         _call(model=flat, layers={"fc": flat.fc})
-    assert all(not m._forward_hooks for model in (small, spare, twice, tup, flat) for m in model.modules())
+    models = (small, spare, twice, tup, keeps, flat)
+    assert all(not m._forward_hooks for model in models for m in model.modules())

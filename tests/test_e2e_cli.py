@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow
 def store(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_RUN_ID", None)
+    # in-process tests' mlflow.set_experiment leaves MLFLOW_EXPERIMENT_ID in os.environ: not ours here
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(leaked, None)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     MlflowClient().search_experiments()  # create the tables now: concurrent first use races

@@ -1,14 +1,14 @@
 """Layer conductance of every analysis layer at once (paper §5.3.1).
 
-Conductance (Dhamdhere et al., 2018) of hidden neuron ``j`` for input ``x``, baseline ``x'`` and class
-``c`` is the path integral ∫₀¹ ∂F_c/∂y_j · dy_j/dα dα of the model output ``F_c`` along the straight
-path ``x' + α(x − x')``, where ``y_j`` is the neuron's activation. We reproduce
-:class:`captum.attr.LayerConductance` exactly — same alphas (``approximation_parameters(method)`` with
+Conductance (Dhamdhere et al., 2018) of hidden neuron ``j`` for input ``x``, baseline ``x'`` and
+class ``c`` is the path integral ∫₀¹ ∂F_c/∂y_j · dy_j/dα dα of the model output ``F_c`` along the
+straight path ``x' + α(x − x')``, where ``y_j`` is the neuron's activation. We reproduce
+:class:`captum.attr.LayerConductance` — same alphas (``approximation_parameters(method)`` with
 ``n_steps + 1`` points), same finite-difference sum
-``Σ_k (y(α_{k+1}) − y(α_k)) · ∂F_c/∂y(α_k)`` — but one forward and one backward pass over the scaled
-inputs serve *all* requested layers (forward hooks keep each layer's output and one
-``torch.autograd.grad`` call returns the gradients for all of them), where captum needs one full pass
-per layer.
+``Σ_k (y(α_{k+1}) − y(α_k)) · ∂F_c/∂y(α_k)`` — but one forward and one backward pass over the
+scaled inputs serve *all* requested layers (forward hooks keep each layer's output and one
+``torch.autograd.grad`` call returns the gradients for all of them), where captum needs one full
+pass per layer.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
             ``"riemann_right"``, ``"riemann_middle"`` or ``"riemann_trapezoid"``.
         batch_size: instances per forward/backward pass; each pass holds
             ``batch_size × (n_steps + 1)`` scaled images with their graph, so memory grows linearly
-            with it. Results do not depend on it (beyond rounding); on a CPU small batches are often faster (the
-            activations stay in cache and fewer fresh pages are allocated).
+            with it. Results do not depend on it (beyond rounding); on a CPU small batches are
+            often faster (the activations stay in cache and fewer fresh pages are allocated).
         reduce: ``"max"``: one value per unit — the channel's maximum over spatial positions of the
             per-position conductance for layers with outputs (N, C, *spatial) (as in the paper), the
             unit itself for (N, units) outputs; ``"none"``: the layer-output-shaped conductance.
@@ -218,6 +218,9 @@ def _batch(model, x, baseline, target, probe: _Probe, alphas) -> dict[str, torch
             edited = probe.edited()
             if not edited:
                 break
+            if edited <= probe.clone:
+                raise DiagnosticsError(f"the output of layer(s) {sorted(edited)} changes in place even "
+                                       f"when a copy is passed on; pick other layers")
             probe.clone |= edited  # an in-place edit the one-instance probe missed: redo with copies
         # captum's target selection; the sum's gradient is its per-row gradients.
         selected = logits[:, target] if isinstance(target, int) else \
@@ -237,7 +240,7 @@ def _batch(model, x, baseline, target, probe: _Probe, alphas) -> dict[str, torch
 
 
 def _sum_of_steps(evals: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    """captum's finite-difference sum Σ_k (y(α_{k+1}) − y(α_k)) · ∂F/∂y(α_k) over (steps + 1, B, L).
+    """captum's sum Σ_k (y(α_{k+1}) − y(α_k)) · ∂F/∂y(α_k): (steps + 1, B, L) twice → (B, L).
 
     The same products as captum; only the order of the additions over k differs (≈ 1 ulp).
     """

@@ -48,7 +48,7 @@ class DiagnoseOptions:
     patch_size: int = 24                    # px of each stored patch
     cka_max_instances: int = 500            # target instances used for CKA (seeded sample)
     tsne_gradient: str = "fft"              # openTSNE negative gradient: "fft" or "bh"
-    batch_size: int = 32                    # instances per conductance batch
+    batch_size: int = 4                     # instances per conductance batch (small is faster on CPU)
     seed: int = 0
 
 

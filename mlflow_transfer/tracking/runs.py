@@ -212,7 +212,7 @@ class PipelineResult:
     diagnostics_run_id: str | None = None
 
 
-def run_pipeline(recipe: Recipe, *, diagnose_options=None, per_class_cap: int | None = 30) -> PipelineResult:
+def run_pipeline(recipe: Recipe, *, diagnose_options=None, per_class_cap: int | None = 10) -> PipelineResult:
     """``main``: source run (reused when an identical one finished before), then the target run.
 
     Both are nested under a ``pipeline`` run (the one ``mlflow run`` created, when it did). With
