@@ -17,12 +17,7 @@ from mlflow_transfer.models import build_model
 NUM_CLASSES = 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n: int, size: int = 32, dtype=torch.float64, seed: int = 0) -> torch.Tensor:

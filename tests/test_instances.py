@@ -15,12 +15,7 @@ from mlflow_transfer.errors import DiagnosticsError
 from mlflow_transfer.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_outputs_match_the_model():

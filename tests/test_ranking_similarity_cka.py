@@ -28,13 +28,7 @@ from mlflow_transfer.diagnostics.similarity import (
 from mlflow_transfer.errors import DiagnosticsError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The machine's cores are shared; nothing here is big enough to gain from threads.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rng(seed: int = 0) -> np.random.Generator:

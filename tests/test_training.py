@@ -17,13 +17,7 @@ from mlflow_transfer.models import TransferNet, build_model, freeze_layers
 from mlflow_transfer.training.loops import EpochResult, evaluate, fit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: one thread is faster, and immune to other processes competing for the cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net(num_classes: int = 2, *, seed: int = 0, dropout: float = 0.2) -> TransferNet:

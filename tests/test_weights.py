@@ -18,12 +18,7 @@ from mlflow_transfer.models import build_model
 from mlflow_transfer.models.registry import TransferNet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rng(seed=0):
