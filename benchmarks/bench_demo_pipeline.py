@@ -39,8 +39,10 @@ def main() -> None:
 
         import mlflow
 
+        from mlflow_transfer.tags import TAGS
+
         mlflow.set_tracking_uri(uri)
-        runs = {r.data.tags["transfer.role"]: r for r in
+        runs = {r.data.tags[TAGS.role]: r for r in
                 mlflow.search_runs(search_all_experiments=True, output_format="list")}
         src, tgt = runs["source"].data.metrics, runs["target"].data.metrics
         train = sum((runs[r].info.end_time - runs[r].info.start_time) / 1000 for r in ("source", "target"))

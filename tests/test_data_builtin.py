@@ -15,7 +15,7 @@ from sklearn.model_selection import train_test_split
 from mlflow_transfer.data import DOMAINS, align_classes, load_domain, split_domain
 from mlflow_transfer.data.domain import DIGIT_CLASSES, tensor_domain
 from mlflow_transfer.data.printed import font_paths, load_printed_digits
-from mlflow_transfer.errors import DataError, TransferError
+from mlflow_transfer.errors import DataError
 
 
 def _stack(domain):

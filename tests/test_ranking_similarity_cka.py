@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from mlflow_transfer.diagnostics.cka import cka_matrix, linear_cka
 from mlflow_transfer.diagnostics.ranking import neuron_rank_scores, resolve_k, top_k_neurons

@@ -16,7 +16,6 @@ from mlflow_transfer.plugin import transfer_context
 from mlflow_transfer.tags import TAGS
 from mlflow_transfer.tracking import finetune, load_checkpoint, resolve_source_run, run_pipeline, train_source
 from mlflow_transfer.tracking.lookup import logged_model_uri
-from mlflow_transfer.tracking.runs import prepare_data
 
 TINY = ["data.source.size=100", "data.per_class_cap=12", "source.epochs=2", "target.epochs=1",
         "source.batch_size=32", "target.batch_size=32"]
@@ -95,7 +94,7 @@ def test_finetune_starts_from_the_source_model_and_freezes(source_id):
     for layer in ("conv1", "conv2"):  # frozen: bit-identical to the source
         assert torch.equal(end[f"embedding.{layer}.weight"], source_final[f"embedding.{layer}.weight"])
     assert not torch.equal(end["head.fc8.weight"], source_final["head.fc8.weight"])
-    assert json.loads(run.data.tags["transfer.frozen_layers"]) == ["conv1", "conv2"]
+    assert json.loads(run.data.tags[TAGS.frozen_layers]) == ["conv1", "conv2"]
 
 
 def test_finetune_from_a_source_checkpoint(source_id):

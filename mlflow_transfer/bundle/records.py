@@ -12,6 +12,7 @@ Layout (names without extension; ``c<i>`` is class index i, models are ``source`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +152,6 @@ def write_pair_bundle(root: str | Path, diag: PairDiagnostics, *, history: dict 
                "peak_memory_mb": round(diag.peak_memory_mb, 1)}
     w.write_json("statistics/summary", {**summary, **{k: _nan_to_none(v) for k, v in (meta or {}).get(
         "scores", {}).items()}})
-    import dataclasses
-
     return w.finish(classes=classes, layers=list(diag.layers), options=dataclasses.asdict(diag.options),
                     n_instances=int(len(inst.labels)), **(meta or {}))
 

@@ -37,7 +37,7 @@ def list_diagnosed_pairs(experiment_ids: list[str] | None = None, *, page_size: 
         for run in page:
             t, m = run.data.tags, run.data.metrics
             out.append({"diagnostics_run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-                        "source_run_id": t.get(TAGS.source_run_id), "target_run_id": t.get("transfer.target_run_id"),
+                        "source_run_id": t.get(TAGS.source_run_id), "target_run_id": t.get(TAGS.target_run_id),
                         "pair_id": t.get(TAGS.pair_id), "recipe": t.get(TAGS.recipe), "model": t.get(TAGS.model),
                         "source_domain": t.get(TAGS.source_domain), "target_domain": t.get(TAGS.target_domain),
                         "start_time": run.info.start_time,

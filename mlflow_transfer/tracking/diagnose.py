@@ -21,7 +21,7 @@ import torch
 from mlflow import MlflowClient
 
 from ..bundle import write_pair_bundle
-from ..config import Recipe, load_recipe, parse_recipe
+from ..config import Recipe, parse_recipe
 from ..diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
 from ..diagnostics.statistics import transferability_score
 from ..errors import DiagnosticsError, ModelError, RunLookupError
@@ -209,7 +209,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(), per_class_cap: int
             TAGS.classes: json.dumps(list(data.classes)), TAGS.model: pair.target_model.arch}
     if pair.source_run_id:
         tags[TAGS.source_run_id] = pair.source_run_id
-        tags["transfer.target_run_id"] = pair.target_run_id
+        tags[TAGS.target_run_id] = pair.target_run_id
         tags[TAGS.pair_id] = pair_id(pair.recipe, pair.source_run_id, pair.target_run_id)
         tags["mlflow.parentRunId"] = pair.target_run_id
     with _run("diagnostics", pair.recipe, nested=nested, name=f"{pair.recipe.name}-diagnostics",
@@ -245,5 +245,5 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(), per_class_cap: int
             final["domain_cv_accuracy"] = diag.discriminability["__all__"].cv_mean
         final.update({f"seconds_{k}": v for k, v in diag.timings.items()})
         mlflow.log_metrics({k: float(v) for k, v in final.items()})
-        mlflow.set_tag("transfer.layers", json.dumps(list(diag.layers)))
+        mlflow.set_tag(TAGS.layers, json.dumps(list(diag.layers)))
         return run.info.run_id

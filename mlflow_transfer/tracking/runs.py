@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import torch
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
@@ -25,10 +24,11 @@ from mlflow.models import infer_signature
 from .. import __version__
 from ..config import Recipe
 from ..data import DomainSplits, align_classes, load_domain, split_domain
+from ..errors import DataError, RecipeError
 from ..models import TransferNet, build_model, freeze_layers
-from ..training import EpochResult, evaluate, fit
+from ..training import EpochResult, fit
 from ..plugin import transfer_context
-from .lookup import MODEL_NAME, SourceRun, checkpoint_path, load_checkpoint, load_logged_model, \
+from .lookup import MODEL_NAME, checkpoint_path, load_checkpoint, load_logged_model, \
     logged_model_uri, resolve_source_run
 from ..tags import TAGS
 
@@ -160,11 +160,9 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
     source = resolve_source_run(source_run_id)
     data = data or prepare_data(recipe)
     if tuple(data.classes) != source.classes:
-        from ..errors import DataError
         raise DataError(f"source run {source_run_id} was trained on classes {list(source.classes)}, "
                         f"but the recipe's domains have {list(data.classes)}")
     if source.arch != recipe.model.name:
-        from ..errors import RecipeError
         raise RecipeError(f"`model.name` is {recipe.model.name!r} but source run {source_run_id} "
                           f"trained {source.arch!r}; use the same architecture")
     model = load_logged_model(source) if source_epoch is None else load_checkpoint(source_run_id, source_epoch)
@@ -172,16 +170,14 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
     with _run("target", recipe, nested=nested, name=f"{recipe.name}-target", extra_tags=extra) as run:
         _log_recipe(recipe, data)
         if source_epoch is not None:
-            mlflow.set_tag(PREFIX_SOURCE_EPOCH, str(source_epoch))
+            mlflow.set_tag(TAGS.source_epoch, str(source_epoch))
         frozen = freeze_layers(model, recipe.target.freeze_depth)
-        mlflow.set_tag("transfer.frozen_layers", json.dumps(frozen))
+        mlflow.set_tag(TAGS.frozen_layers, json.dumps(frozen))
         _train_and_log(model, data.target.train, recipe, data, recipe.target, "target")
         if pair_tag:
             mlflow.set_tag(TAGS.pair_id, pair_id(recipe, source_run_id, run.info.run_id))
         return run.info.run_id
 
-
-PREFIX_SOURCE_EPOCH = "transfer.source_epoch"
 
 
 def pair_id(recipe: Recipe, source_run_id: str, target_run_id: str) -> str:
@@ -226,15 +222,15 @@ def run_pipeline(recipe: Recipe, *, diagnose_options=None, per_class_cap: int | 
         mlflow.set_tag(TAGS.source_run_id, source_id)
         target_id = finetune(recipe, source_id, data=data, nested=True)
         pid = pair_id(recipe, source_id, target_id)
-        mlflow.set_tags({TAGS.pair_id: pid, "transfer.target_run_id": target_id,
-                         "transfer.source_reused": str(bool(reused)).lower()})
+        mlflow.set_tags({TAGS.pair_id: pid, TAGS.target_run_id: target_id,
+                         TAGS.source_reused: str(bool(reused)).lower()})
         diag_id = None
         if diagnose_options is not None:
             from .diagnose import diagnose
 
             diag_id = diagnose(target_run_id=target_id, recipe=recipe, options=diagnose_options,
                                per_class_cap=per_class_cap, nested=True)
-            mlflow.set_tag("transfer.diagnostics_run_id", diag_id)
+            mlflow.set_tag(TAGS.diagnostics_run_id, diag_id)
         return PipelineResult(parent.info.run_id, source_id, target_id, bool(reused), pid, diag_id)
 
 
@@ -243,6 +239,3 @@ def final_accuracies(run_id: str) -> dict[str, float]:
     metrics = MlflowClient().get_run(run_id).data.metrics
     return {k[len("final_"):]: v for k, v in metrics.items() if k.startswith("final_acc_")}
 
-
-__all__ = ["PairData", "PipelineResult", "final_accuracies", "finetune", "find_reusable_source",
-           "prepare_data", "run_pipeline", "train_source", "evaluate", "np"]
