@@ -20,6 +20,7 @@ from ..errors import DiagnosticsError
 from .cka import cka_matrix
 from .conductance import layer_conductance
 from .discriminability import Discriminability, domain_discriminability
+from ._hooks import run_with_hooks
 from .features import NeuronPatches, top_patches_many
 from .instances import ModelOutputs, model_outputs, png_thumbnails, tsne_projection
 from .ranking import top_k_neurons
@@ -126,18 +127,8 @@ def _check_pair(source: nn.Module, target: nn.Module) -> None:
 
 def _layer_outputs(model, images, layers, batch_size=128) -> dict[str, np.ndarray]:
     grabbed: dict[str, list] = {n: [] for n in layers}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: grabbed[n].append(o.flatten(1).float().numpy().copy()))
-             for n, m in layers.items()]
-    was = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for s in range(0, len(images), batch_size):
-                model(images[s:s + batch_size])
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    run_with_hooks(model, images, {m: (lambda mod, i, o, n=n: grabbed[n].append(o.flatten(1).float().numpy().copy()))
+                                   for n, m in layers.items()}, batch_size)
     return {n: np.concatenate(v) for n, v in grabbed.items()}
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import DiagnosticsError
+from ._hooks import run_with_hooks
 
 
 @dataclass(frozen=True)
@@ -105,17 +106,7 @@ def top_patches_many(model: nn.Module, requests: dict[str, tuple[nn.Module, list
                 peaks[name].append(out)
         return grab
 
-    handles = [layer.register_forward_hook(hook(n, ns)) for n, (layer, ns) in wanted.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for s in range(0, len(images), batch_size):
-                model(images[s:s + batch_size])
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    run_with_hooks(model, images, {layer: hook(n, ns) for n, (layer, ns) in wanted.items()}, batch_size)
     return {name: _patches(model, layer, neurons, torch.cat(peaks[name]).numpy(),
                            torch.cat(where[name]).numpy() if where[name] else None, images, k, patch_size)
             for name, (layer, neurons) in wanted.items()}
