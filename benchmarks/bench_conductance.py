@@ -31,6 +31,7 @@ from captum.attr import LayerConductance
 from mlflow_transfer.data import load_domain
 from mlflow_transfer.diagnostics.conductance import layer_conductance
 from mlflow_transfer.models import build_model
+from mlflow_transfer.runtime import keep_freed_memory
 
 
 def _data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads (default: all cores)")
     args = parser.parse_args()
+    keep_freed_memory()
     torch.set_num_threads(args.threads)
 
     x, y = _data(args.n)

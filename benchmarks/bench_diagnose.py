@@ -25,6 +25,7 @@ from mlflow_transfer.diagnostics.conductance import layer_conductance
 from mlflow_transfer.diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
 from mlflow_transfer.diagnostics.ranking import top_k_neurons
 from mlflow_transfer.models import build_model
+from mlflow_transfer.runtime import keep_freed_memory
 
 
 def _instances(n_source: int, n_target: int, seed: int) -> Instances:
@@ -49,6 +50,7 @@ def main() -> None:
                    help="target instances per class used for the n_steps comparison")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    keep_freed_memory()
 
     torch.manual_seed(args.seed)
     source = build_model("alexnet-32", 10).eval()

@@ -10,6 +10,7 @@ from functools import wraps
 import click
 
 from .errors import TransferError
+from .runtime import keep_freed_memory
 
 _RECIPE = click.option("--recipe", default="recipes/digits.yaml", show_default=True,
                        help="Recipe YAML file: the domains, model, training settings and seed.")
@@ -32,6 +33,7 @@ def _user_errors(fn):
     def wrapper(*args, **kwargs):
         # SIGTERM (e.g. a killed job) unwinds like Ctrl-C, so open runs are closed as FAILED.
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        keep_freed_memory()
         try:
             return fn(*args, **kwargs)
         except TransferError as exc:
