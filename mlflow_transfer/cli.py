@@ -9,7 +9,7 @@ from functools import wraps
 
 import click
 
-from .errors import TransferError
+from .errors import RunLookupError, TrackingUnavailableError, TransferError
 from .runtime import keep_freed_memory
 
 _RECIPE = click.option("--recipe", default="recipes/digits.yaml", show_default=True,
@@ -178,6 +178,38 @@ def validate_bundle_cmd(path):
     manifest = validate_bundle(path)
     click.echo(f"ok: schema {manifest['schema_version']}, {len(manifest['files'])} files, "
                f"pair {manifest.get('pair_id')}")
+
+
+@main.command("ui", help="Serve the Panel app over the diagnosed pairs of a tracking server.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (127.0.0.1 keeps it "
+              "local; 0.0.0.0 exposes it to the network).")
+@click.option("--port", default=5006, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free).")
+@_TRACKING
+@click.option("--experiment-name", default="", help="Open this experiment [default: the first with a "
+              "diagnosed pair].")
+@click.option("--pair", default="", help="Open this diagnostics run id [default: the newest pair].")
+@_user_errors
+def ui_cmd(host, port, tracking_uri, experiment_name, pair):
+    import panel as pn
+
+    from ui.app import build_app
+    from ui.readers import TrackingSource
+
+    source = TrackingSource(tracking_uri or "sqlite:///mlflow.db")
+    try:
+        experiments = {e["name"]: e["experiment_id"] for e in source.experiments()}
+    except TrackingUnavailableError as exc:  # the app shows the same message and retries on reload
+        click.echo(f"mlflow-transfer: warning: {exc}", err=True)
+        experiments = {}
+    if experiment_name and experiments and experiment_name not in experiments:
+        raise RunLookupError(f"experiment {experiment_name!r} does not exist on {source.uri}; it has "
+                             f"{sorted(experiments)[:20]}")
+    params = {k: v for k, v in (("experiment", experiments.get(experiment_name, "")), ("pair", pair)) if v}
+    server = pn.serve(lambda: build_app(source, **params), address=host, port=port, show=False, start=False,
+                      liveness=True, title="mlflow-transfer", websocket_origin="*" if host != "127.0.0.1" else
+                      [f"127.0.0.1:{port}", f"localhost:{port}"] if port else "*")
+    click.echo(f"mlflow-transfer ui: http://{host}:{server.port}/ over {source.uri} (Ctrl-C stops it)", err=True)
+    server.io_loop.start()
 
 
 @main.command("train-source", help="Train the recipe's source model from scratch on the source domain.")

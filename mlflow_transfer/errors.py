@@ -32,3 +32,7 @@ class DiagnosticsError(TransferError):
 
 class BundleError(TransferError):
     """A diagnostics bundle that is missing, incomplete, corrupt, or of an unknown schema version."""
+
+
+class TrackingUnavailableError(TransferError):
+    """The tracking server cannot be reached (wrong URI, server down)."""

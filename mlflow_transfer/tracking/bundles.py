@@ -11,7 +11,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from ..bundle import PairBundle
-from ..errors import BundleError, RunLookupError
+from ..errors import BundleError, RunLookupError, TrackingUnavailableError
 from ..tags import TAGS
 
 BUNDLE_DIR = "diagnostics"
@@ -22,11 +22,33 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MLFLOW_TRANSFER_CACHE", Path.home() / ".cache" / "mlflow-transfer" / "bundles"))
 
 
+def _client(tracking_uri: str | None) -> MlflowClient:
+    return MlflowClient(tracking_uri) if tracking_uri else MlflowClient()
+
+
+def list_experiments(tracking_uri: str | None = None) -> list[dict]:
+    """Active experiments on the server as ``{"experiment_id", "name"}`` dicts, by name.
+
+    Raises:
+        TrackingUnavailableError: the server does not answer (the message names the URI tried).
+    """
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    try:
+        found = _client(tracking_uri).search_experiments(max_results=1000, order_by=["name ASC"])
+    except Exception as exc:  # connection refused, DNS, HTTP 5xx, a store that cannot open
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise TrackingUnavailableError(f"cannot reach the tracking server at {uri} ({reason}); start it "
+                                       f"(e.g. `mlflow server --host 127.0.0.1 --port 5000`) or point "
+                                       f"--tracking-uri / MLFLOW_TRACKING_URI at a running one") from None
+    return [{"experiment_id": e.experiment_id, "name": e.name} for e in found]
+
+
 def list_diagnosed_pairs(experiment_ids: list[str] | None = None, *, page_size: int = 500,
-                         max_pairs: int | None = None) -> list[dict]:
+                         max_pairs: int | None = None, tracking_uri: str | None = None) -> list[dict]:
     """FINISHED diagnostics runs (newest first) as dicts: run ids, pair id, recipe, domains, model,
-    start time, transferability score and domain CV accuracy. Pages through the server's results."""
-    client = MlflowClient()
+    start time, transferability score, domain CV accuracy and the target model's final validation
+    accuracy. Pages through the server's results (``page_size`` runs per request)."""
+    client = _client(tracking_uri)
     if experiment_ids is None:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
     out, token = [], None
@@ -42,7 +64,9 @@ def list_diagnosed_pairs(experiment_ids: list[str] | None = None, *, page_size: 
                         "source_domain": t.get(TAGS.source_domain), "target_domain": t.get(TAGS.target_domain),
                         "start_time": run.info.start_time,
                         "transferability_score": m.get("transferability_score"),
-                        "domain_cv_accuracy": m.get("domain_cv_accuracy")})
+                        "domain_cv_accuracy": m.get("domain_cv_accuracy"),
+                        "target_accuracy": m.get("target_val_accuracy"),
+                        "frozen_layers": t.get(TAGS.frozen_layers)})
             if max_pairs is not None and len(out) >= max_pairs:
                 return out
         token = page.token
@@ -50,7 +74,8 @@ def list_diagnosed_pairs(experiment_ids: list[str] | None = None, *, page_size: 
             return out
 
 
-def fetch_bundle(diagnostics_run_id: str, cache_dir: str | Path | None = None) -> PairBundle:
+def fetch_bundle(diagnostics_run_id: str, cache_dir: str | Path | None = None, *,
+                 tracking_uri: str | None = None) -> PairBundle:
     """The run's bundle, downloaded once into ``cache_dir/<run id>`` and validated.
 
     A cached copy that no longer validates is downloaded again. Raises `BundleError` when the run has
@@ -64,16 +89,16 @@ def fetch_bundle(diagnostics_run_id: str, cache_dir: str | Path | None = None) -
         except BundleError:
             shutil.rmtree(target, ignore_errors=True)
     try:
-        MlflowClient().get_run(diagnostics_run_id)
+        _client(tracking_uri).get_run(diagnostics_run_id)
     except Exception:
         raise RunLookupError(f"diagnostics run {diagnostics_run_id!r} does not exist on "
-                             f"{mlflow.get_tracking_uri()}") from None
+                             f"{tracking_uri or mlflow.get_tracking_uri()}") from None
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{diagnostics_run_id}-", dir=cache))
     try:
         try:
             local = mlflow.artifacts.download_artifacts(run_id=diagnostics_run_id, artifact_path=BUNDLE_DIR,
-                                                        dst_path=str(tmp))
+                                                        dst_path=str(tmp), tracking_uri=tracking_uri)
         except Exception:
             raise BundleError(f"run {diagnostics_run_id} has no diagnostics bundle; run `mlflow-transfer "
                               f"diagnose --target-run-id <target run>` for this pair") from None

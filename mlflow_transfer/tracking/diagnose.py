@@ -220,6 +220,9 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(), per_class_cap: int
         if ("source", "target_val") in history and ("target", "target_val") in history:
             scores["transferability_score"] = transferability_score(
                 np.array(history[("source", "target_val")][1]), np.array(history[("target", "target_val")][1]))
+        if ("target", "target_val") in history:
+            # what the pair browser lists next to the score
+            scores["target_val_accuracy"] = float(np.max(history[("target", "target_val")][1]))
         import captum
         import sklearn
 

@@ -1,0 +1,142 @@
+"""The app in a real browser: Debian's Chromium driven by Playwright, against a real `mlflow server`
+subprocess holding a tiny diagnosed pair, the app served by `mlflow-transfer ui` on 127.0.0.1.
+
+Screenshots of every view land in ``test-output/ui/`` for humans to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = REPO / "test-output" / "ui"
+TINY = ("data.source.size=100,data.per_class_cap=12,source.epochs=1,target.epochs=1,"
+        "source.batch_size=32,target.batch_size=32")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make test installs it)")]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:2]} exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui-store")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")}
+    env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", MLFLOW_TRANSFER_CACHE=str(root / "cache"))
+    store = f"sqlite:///{root}/mlflow.db"
+    subprocess.run([str(BIN / "mlflow-transfer"), "main", "--set", TINY, "--tracking-uri", store,
+                    "--experiment-name", "ui-tests", "--n-steps", "2", "--per-class-cap", "2"],
+                   cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    procs = []
+    try:
+        mport = _port()
+        procs.append(subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", store, "--host",
+                                       "127.0.0.1", "--port", str(mport), "--workers", "1"],
+                                      cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait(f"http://127.0.0.1:{mport}/health", procs[-1])
+        uport = _port()
+        procs.append(subprocess.Popen([str(BIN / "mlflow-transfer"), "ui", "--port", str(uport), "--tracking-uri",
+                                       f"http://127.0.0.1:{mport}"], cwd=root, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait(f"http://127.0.0.1:{uport}/liveness", procs[-1])
+        yield f"http://127.0.0.1:{uport}/"
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    yield page
+    page.close()
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_liveness_answers(served):
+    with urllib.request.urlopen(served + "liveness", timeout=10) as r:
+        assert r.status == 200 and json.loads(r.read()) == {"/liveness": True}
+
+
+def test_statistics_view_renders_and_a_row_click_selects_the_class(served, page):
+    page.goto(served)
+    page.get_by_text("Transferability score").wait_for(timeout=60_000)
+    page.locator("canvas").first.wait_for(timeout=30_000)  # the bokeh accuracy chart
+    assert page.get_by_text("ui-tests").count() >= 1 or page.locator("select").count() >= 1
+    rows = page.locator(".tabulator-row")
+    assert rows.count() >= 2  # the pair table and the confusion table have rows
+    _shot(page, "statistics")
+    confusion_rows = page.locator("[id] .tabulator").last.locator(".tabulator-row")
+    confusion_rows.nth(3).click()  # class '3'
+    page.wait_for_function("() => window.location.search.includes('classes')", timeout=30_000)
+    classes = json.loads(parse_qs(urlparse(page.url).query)["classes"][0])
+    assert classes == ["3"]
+
+
+def test_instance_view_and_a_copied_url_restores_the_state(served, page):
+    page.goto(served)
+    page.get_by_text("Transferability score").wait_for(timeout=60_000)
+    page.get_by_text("Instances", exact=True).click()
+    page.locator("canvas").last.wait_for(timeout=30_000)
+    _shot(page, "instances")
+    pair = parse_qs(urlparse(page.url).query)["pair"][0]
+    link = f"{served}?pair={pair}&classes=%5B%227%22%2C%20%221%22%5D"
+    fresh = page.context.new_page()
+    fresh.goto(link)
+    fresh.get_by_text("Transferability score").wait_for(timeout=60_000)
+    fresh.get_by_text("Instances", exact=True).click()
+    chosen = fresh.locator(".choices__item--selectable")
+    chosen.first.wait_for(timeout=30_000)
+    assert sorted(t.strip().rstrip("×").strip() for t in chosen.all_inner_texts()) == ["1", "7"]
+    _shot(fresh, "instances-from-link")
+    fresh.close()

@@ -1,0 +1,159 @@
+"""The app's state and views without a browser: `AppState` over an in-memory source, HoloViews objects."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlflow_transfer.bundle import PairBundle
+from ui.app import build_app
+from ui.readers import MemorySource, TrackingSource
+from ui.state import AppState
+from ui.views import instances as iv
+from ui.views import overview
+from ui.views.pairs import HOW_TO_DIAGNOSE, pairs_frame
+
+
+def _row(run_id, score=0.4, start=1_700_000_000_000):
+    return {"diagnostics_run_id": run_id, "recipe": "digits", "model": "alexnet-32",
+            "source_domain": "printed-digits", "target_domain": "handwritten-digits", "start_time": start,
+            "transferability_score": score, "target_accuracy": 0.9, "frozen_layers": "[]"}
+
+
+@pytest.fixture()
+def source(tiny_bundle, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    (broken / "cka" / "matrix.npy").write_bytes(b"truncated")
+    return MemorySource({"1": "empty", "2": "pairs"}, {"2": [_row("d2"), _row("d1"), _row("bad")]},
+                        {"d1": tiny_bundle, "d2": tiny_bundle, "bad": broken})
+
+
+def test_state_opens_the_first_experiment_with_pairs_and_its_newest_pair(source):
+    state = AppState(source)
+    assert state.experiment == "2" and state.pair == "d2" and state.bundle is not None and state.error == ""
+    assert state.selected_classes == ["a", "b", "c"]
+    state.select_class("b")
+    state.select_class("a", add=True)
+    assert state.classes == ["a", "b"]
+    state.select_class("zzz")  # unknown class names are ignored, not raised
+    assert state.classes == ["a", "b"]
+
+
+def test_a_link_with_only_a_pair_finds_its_experiment_and_keeps_the_view_state(source):
+    state = AppState(source, pair="d1", classes=["c", "nope"], layer_to=99)
+    assert state.experiment == "2" and state.pair == "d1"
+    assert state.classes == ["c"] and state.layer_to == len(state.bundle.layers) - 1
+
+
+def test_broken_bundle_gives_a_message_instead_of_views(source):
+    state = AppState(source)
+    state.pair = "bad"
+    assert state.bundle is None and "cka/matrix" in state.error
+    state.pair = "d1"
+    assert state.bundle is not None and state.error == ""
+
+
+def test_experiment_without_pairs_says_how_to_make_one(source):
+    state = AppState(source, experiment="1")
+    assert state.pairs == [] and state.pair == "" and state.bundle is None
+    assert "mlflow-transfer diagnose --target-run-id" in HOW_TO_DIAGNOSE
+    app = build_app(source, sync_url=False, experiment="1")
+    assert "mlflow-transfer diagnose --target-run-id" in _text(app)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracking_server_gives_a_banner_with_the_uri():
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    state = AppState(TrackingSource(uri))
+    assert uri in state.error and "mlflow server" in state.error and state.experiments == []
+    assert uri in _text(build_app(TrackingSource(uri), sync_url=False))
+
+
+def _text(viewable) -> str:
+    """Every Markdown/HTML/Alert text in a rendered Panel tree."""
+    root = viewable.get_root()
+    return " ".join(str(getattr(m, "text", "")) for m in root.references())
+
+
+def test_accuracy_curves_one_line_per_model_and_dataset(tiny_bundle):
+    ov = overview.accuracy_curves(PairBundle.open(tiny_bundle).history())
+    curves = [el for el in ov if isinstance(el, hv.Curve)]
+    labels = sorted(c.label for c in curves)
+    assert labels == ["source train (source model)", "target validation (source model)",
+                      "target validation (target model)"]
+    target = next(c for c in curves if c.label == "target validation (target model)")
+    np.testing.assert_allclose(target.dimension_values("accuracy"), [0.5, 0.9])
+    markers = {el.label: el.opts.get().kwargs["marker"] for el in ov if isinstance(el, hv.Scatter)}
+    assert markers["target validation (source model)"] == "x" and markers["target validation (target model)"] == "circle"
+    hv.render(ov)  # renders with bokeh
+
+
+def test_transferability_badge_is_signed_and_coloured():
+    assert "+0.400" in overview.transferability_badge(0.4).object and "#2a8a2a" in overview.transferability_badge(0.4).object
+    assert "-0.100" in overview.transferability_badge(-0.1).object and "#c0392b" in overview.transferability_badge(-0.1).object
+    assert "n/a" in overview.transferability_badge(None).object
+
+
+def test_confusion_frame_has_the_papers_columns(tiny_bundle):
+    b = PairBundle.open(tiny_bundle)
+    frame = overview.confusion_frame(b.confusion())
+    assert list(frame.columns[:5]) == ["class", "source accuracy", "target accuracy", "difference",
+                                       "misclassified into"]
+    np.testing.assert_allclose(frame["difference"], frame["target accuracy"] - frame["source accuracy"])
+    table = overview.confusion_table(b.confusion())
+    assert table.selectable == 1 and table.value.shape[0] == 3
+
+
+def test_instance_frame_filters_classes_and_flags_mispredictions(tiny_bundle):
+    b = PairBundle.open(tiny_bundle)
+    inst = b.instances()
+    frame = iv.instance_frame(inst, b.classes, ["b"])
+    labels = np.asarray(inst["label"])
+    assert len(frame) == (labels == 1).sum() and set(frame["class"]) == {"b"}
+    expected = np.asarray(inst["pred_target"])[frame["row"]] != 1
+    np.testing.assert_array_equal(frame["mispredicted"], expected)
+    assert set(frame["domain"]) == {"source", "target"}
+    plot = iv.instance_scatter(frame, b.classes, inst)
+    hv.render(plot)
+    assert plot.get(0).data["thumbnail"].iloc[0].startswith("data:image/png;base64,")
+
+
+def test_class_with_no_instances_in_one_domain_is_an_empty_state_not_an_error(tiny_bundle):
+    b = PairBundle.open(tiny_bundle)
+    frame = iv.instance_frame(b.instances(), b.classes, ["c"])
+    assert set(frame["domain"]) == {"source"}  # 'c' exists only in the source domain
+    hv.render(iv.instance_scatter(frame, b.classes, b.instances()))
+    empty = iv.instance_scatter(frame.iloc[:0], b.classes)
+    assert "No instances" in empty.opts.get().kwargs["title"]
+
+
+def test_many_points_switch_to_a_datashader_raster():
+    rng = np.random.default_rng(0)
+    n = 50_000
+    frame = pd.DataFrame({"row": np.arange(n), "x": rng.normal(size=n), "y": rng.normal(size=n),
+                          "class": rng.choice(["a", "b"], n), "domain": rng.choice(["source", "target"], n),
+                          "prediction": "a", "mispredicted": False, "confidence": 1.0})
+    plot = iv.instance_scatter(frame, ["a", "b"], threshold=10_000)
+    assert isinstance(plot, hv.DynamicMap)
+    hv.render(plot)
+    small = iv.instance_scatter(frame.iloc[:100], ["a", "b"], threshold=10_000)
+    assert isinstance(small, hv.Overlay)
+
+
+def test_pairs_frame_columns():
+    frame = pairs_frame([_row("d1", score=-0.25)])
+    assert list(frame.columns) == ["recipe", "setting", "date", "target accuracy", "transferability",
+                                   "diagnostics run"]
+    assert frame["setting"][0] == "printed-digits → handwritten-digits, alexnet-32"
+    assert frame["transferability"][0] == -0.25

@@ -1,0 +1,106 @@
+"""The served app: ``panel serve ui/app.py`` or ``mlflow-transfer ui`` (127.0.0.1 by default).
+
+`build_app` wires `AppState` to the views; the module-level code at the bottom runs when Panel serves
+this file, reading ``MLFLOW_TRACKING_URI`` (default ``sqlite:///mlflow.db``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import holoviews as hv
+import panel as pn
+
+from ui.readers import PairSource, TrackingSource
+from ui.state import URL_PARAMS, AppState
+from ui.views import instances as instance_view
+from ui.views import overview
+from ui.views.pairs import HOW_TO_DIAGNOSE, pairs_table
+
+pn.extension("tabulator", notifications=False)
+
+
+def _banner(state: AppState):
+    if state.error:
+        return pn.pane.Alert(state.error, alert_type="danger", name="error", sizing_mode="stretch_width")
+    return None
+
+
+def _pair_browser(state: AppState):
+    names = {e["name"]: e["experiment_id"] for e in state.experiments}
+    select = pn.widgets.Select(name="Experiment", options=names, value=state.experiment or None, width=280)
+    select.link(state, value="experiment")
+    if not state.pairs:
+        body = pn.pane.Markdown(HOW_TO_DIAGNOSE if state.experiment else "No experiment on this server.",
+                                name="empty-pairs")
+    else:
+        body = pairs_table(state.pairs, state.pair)
+
+        def pick(event):
+            if event.new:
+                state.pair = state.pairs[event.new[0]]["diagnostics_run_id"]
+
+        body.param.watch(pick, "selection")
+    return pn.Column(pn.pane.Markdown(f"**Tracking server** `{state.source.uri}`"), select, body,
+                     sizing_mode="stretch_width")
+
+
+def _statistics(state: AppState):
+    b = state.bundle
+    table = overview.confusion_table(b.confusion())
+
+    def pick(event):
+        if event.new:
+            state.select_class(str(table.value["class"].iloc[event.new[0]]))
+
+    table.param.watch(pick, "selection")
+    score = b.manifest.get("scores", {}).get("transferability_score")
+    return pn.Row(pn.pane.HoloViews(overview.accuracy_curves(b.history()), sizing_mode="stretch_width",
+                                    min_height=340, name="accuracy"),
+                  pn.Column(overview.transferability_badge(score), table, width=520),
+                  sizing_mode="stretch_width")
+
+
+def _instances(state: AppState):
+    b = state.bundle
+    inst = b.instances()
+    choose = pn.widgets.MultiChoice(name="Classes", options=b.classes, value=list(state.classes), width=360)
+    choose.link(state, value="classes")
+    frame = instance_view.instance_frame(inst, b.classes, state.classes)
+    plot = instance_view.instance_scatter(frame, b.classes, inst)
+    return pn.Column(choose, pn.pane.HoloViews(plot, sizing_mode="stretch_width", min_height=440, name="instances"),
+                     sizing_mode="stretch_width")
+
+
+def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> pn.viewable.Viewable:
+    """The whole app over ``source``; with ``sync_url`` the state round-trips through the URL."""
+    state = AppState(source, **state_params)
+    if sync_url and pn.state.location is not None:
+        pn.state.location.sync(state, {p: p for p in URL_PARAMS})
+
+    @pn.depends(state.param.error, state.param.experiments, state.param.pairs, state.param.pair)
+    def header(*_):
+        return pn.Column(_banner(state), _pair_browser(state), sizing_mode="stretch_width")
+
+    @pn.depends(state.param.bundle, state.param.classes, state.param.loading)
+    def views(*_):
+        if state.loading:
+            return pn.indicators.LoadingSpinner(value=True, size=40, name="loading")
+        if state.bundle is None:
+            return pn.pane.Markdown("" if state.error else "Select a diagnosed pair above.")
+        return pn.Tabs(("Statistics", _statistics(state)), ("Instances", _instances(state)),
+                       dynamic=True, sizing_mode="stretch_width")
+
+    app = pn.Column(pn.pane.Markdown("# mlflow-transfer — what knowledge moved"), header, views,
+                    sizing_mode="stretch_width")
+    app.state = state  # for tests and embedding
+    return app
+
+
+def default_source() -> TrackingSource:
+    return TrackingSource(os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
+
+
+if pn.state.served:  # `panel serve ui/app.py`
+    hv.extension("bokeh", logo=False)
+    build_app(default_source()).servable(title="mlflow-transfer")

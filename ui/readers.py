@@ -1,0 +1,91 @@
+"""Where the app gets its run pairs and bundles.
+
+`TrackingSource` reads a tracking server through the package's reader API
+(:mod:`mlflow_transfer.tracking.bundles`: paged search by tag, bundles downloaded once into a local
+cache); `MemorySource` holds ready bundles for tests and demos. Both answer the same three questions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from mlflow_transfer.bundle import PairBundle
+from mlflow_transfer.errors import RunLookupError
+
+__all__ = ["MemorySource", "PairSource", "TrackingSource"]
+
+
+class PairSource(Protocol):
+    """What the app needs from a store of diagnosed pairs."""
+
+    uri: str
+
+    def experiments(self) -> list[dict]:
+        """``[{"experiment_id", "name"}]``; raises `TrackingUnavailableError` when unreachable."""
+
+    def pairs(self, experiment_id: str) -> list[dict]:
+        """Diagnosed pairs of one experiment, newest first (see ``list_diagnosed_pairs``)."""
+
+    def bundle(self, diagnostics_run_id: str) -> PairBundle:
+        """The validated bundle; raises `BundleError` / `RunLookupError` with a fix in the message."""
+
+
+@dataclass
+class TrackingSource:
+    """A tracking server (``http://…``, ``sqlite:///…``) read through the package's reader API.
+
+    Args:
+        uri: the tracking URI.
+        cache_dir: bundle cache (default ``$MLFLOW_TRANSFER_CACHE`` or ``~/.cache/mlflow-transfer``).
+        max_pairs: at most this many pairs listed per experiment (pages of 500 are fetched until then).
+    """
+
+    uri: str
+    cache_dir: Path | None = None
+    max_pairs: int = 5000
+
+    def __post_init__(self) -> None:
+        # An unreachable server must fail in seconds (a banner), not after MLflow's minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+    def experiments(self) -> list[dict]:
+        from mlflow_transfer.tracking.bundles import list_experiments
+
+        return list_experiments(self.uri)
+
+    def pairs(self, experiment_id: str) -> list[dict]:
+        from mlflow_transfer.tracking.bundles import list_diagnosed_pairs
+
+        return list_diagnosed_pairs([experiment_id], max_pairs=self.max_pairs, tracking_uri=self.uri)
+
+    def bundle(self, diagnostics_run_id: str) -> PairBundle:
+        from mlflow_transfer.tracking.bundles import fetch_bundle
+
+        return fetch_bundle(diagnostics_run_id, self.cache_dir, tracking_uri=self.uri)
+
+
+@dataclass
+class MemorySource:
+    """Pairs held in memory: ``experiments`` id → name, ``pair_rows`` id → rows, ``bundles`` run id →
+    `PairBundle` or bundle folder."""
+
+    experiments_by_id: dict[str, str] = field(default_factory=dict)
+    pair_rows: dict[str, list[dict]] = field(default_factory=dict)
+    bundles: dict[str, PairBundle | str | Path] = field(default_factory=dict)
+    uri: str = "memory://"
+
+    def experiments(self) -> list[dict]:
+        return [{"experiment_id": k, "name": v} for k, v in self.experiments_by_id.items()]
+
+    def pairs(self, experiment_id: str) -> list[dict]:
+        return list(self.pair_rows.get(experiment_id, []))
+
+    def bundle(self, diagnostics_run_id: str) -> PairBundle:
+        if diagnostics_run_id not in self.bundles:
+            raise RunLookupError(f"diagnostics run {diagnostics_run_id!r} does not exist on {self.uri}")
+        found = self.bundles[diagnostics_run_id]
+        return found if isinstance(found, PairBundle) else PairBundle.open(found)

@@ -1,0 +1,106 @@
+"""The app's state: one `param.Parameterized` object, no widgets. Views are functions of it.
+
+The first group of parameters is what a link must restore (the app syncs them with the URL's query
+string); the second is derived from the source and never set by hand.
+"""
+
+from __future__ import annotations
+
+import param
+
+from mlflow_transfer.bundle import PairBundle
+from mlflow_transfer.errors import TransferError
+
+from .readers import PairSource
+
+URL_PARAMS = ("experiment", "pair", "classes", "layer_from", "layer_to", "hide_non_important",
+              "hide_source_weights", "neuron")
+
+
+class AppState(param.Parameterized):
+    """Selected experiment, pair, classes, layers and neuron, plus what was loaded for them."""
+
+    # --- what the URL carries -----------------------------------------------------------------
+    experiment = param.String(default="", doc="experiment id")
+    pair = param.String(default="", doc="diagnostics run id of the selected pair")
+    classes = param.List(default=[], item_type=str, doc="selected class names (empty: all)")
+    layer_from = param.Integer(default=0, bounds=(0, None), doc="first layer index of the network view")
+    layer_to = param.Integer(default=2, bounds=(0, None), doc="last layer index (inclusive)")
+    hide_non_important = param.Boolean(default=False, doc="hide the non-important regions")
+    hide_source_weights = param.Boolean(default=False, doc="hide the source model's weights")
+    neuron = param.String(default="", doc="clicked neuron as 'model:layer:index' ('' = none)")
+
+    # --- derived ------------------------------------------------------------------------------
+    experiments = param.List(default=[], doc="[{'experiment_id', 'name'}] on the server")
+    pairs = param.List(default=[], doc="diagnosed pairs of the experiment, newest first")
+    bundle = param.ClassSelector(class_=PairBundle, default=None, allow_None=True)
+    error = param.String(default="", doc="what went wrong loading, with the fix ('' = fine)")
+    loading = param.Boolean(default=False)
+
+    def __init__(self, source: PairSource, **params):
+        self._source = source
+        super().__init__(**params)
+        self.refresh()
+
+    @property
+    def source(self) -> PairSource:
+        return self._source
+
+    def refresh(self) -> None:
+        """(Re)list experiments, then the pairs and bundle the current selection names."""
+        try:
+            self.experiments = self._source.experiments()
+        except TransferError as exc:
+            self.param.update(experiments=[], pairs=[], bundle=None, error=str(exc))
+            return
+        self.error = ""
+        if self.pair and not self.experiment:  # a link naming only the pair: find its experiment
+            self.experiment = next((e["experiment_id"] for e in self.experiments if any(
+                p["diagnostics_run_id"] == self.pair for p in self._source.pairs(e["experiment_id"]))), "")
+        if not self.experiment or self.experiment not in {e["experiment_id"] for e in self.experiments}:
+            with_pairs = [e["experiment_id"] for e in self.experiments if self._source.pairs(e["experiment_id"])]
+            self.experiment = with_pairs[0] if with_pairs else (
+                self.experiments[0]["experiment_id"] if self.experiments else "")
+        self._load_pairs()
+
+    @param.depends("experiment", watch=True)
+    def _load_pairs(self) -> None:
+        try:
+            self.pairs = self._source.pairs(self.experiment) if self.experiment else []
+        except TransferError as exc:
+            self.param.update(pairs=[], error=str(exc))
+            return
+        ids = [p["diagnostics_run_id"] for p in self.pairs]
+        if self.pair not in ids:
+            self.pair = ids[0] if ids else ""
+        elif self.bundle is None:
+            self._load_bundle()
+
+    @param.depends("pair", watch=True)
+    def _load_bundle(self) -> None:
+        if not self.pair:
+            self.param.update(bundle=None)
+            return
+        self.loading = True
+        try:
+            bundle = self._source.bundle(self.pair)
+        except TransferError as exc:
+            self.param.update(bundle=None, error=str(exc), loading=False)
+            return
+        n = len(bundle.layers)
+        self.param.update(bundle=bundle, error="", loading=False,
+                          classes=[c for c in self.classes if c in bundle.classes],
+                          layer_from=min(self.layer_from, n - 1), layer_to=min(max(self.layer_to, 0), n - 1))
+
+    def select_class(self, name: str, *, add: bool = False) -> None:
+        """Select one class (or add it to the selection) — what clicking a class anywhere does."""
+        if self.bundle is None or name not in self.bundle.classes:
+            return
+        self.classes = sorted({*self.classes, name}, key=self.bundle.classes.index) if add else [name]
+
+    @property
+    def selected_classes(self) -> list[str]:
+        """The selected classes, or all classes of the bundle when none is selected."""
+        if self.bundle is None:
+            return []
+        return list(self.classes) or self.bundle.classes

@@ -1,0 +1,87 @@
+"""Instance view (paper §5.2, Figure 1 B): the selected classes' instances of both domains in 2-D.
+
+Colour = class, cross = source domain, circle = target domain, dark ring = mispredicted by the target
+model; hovering shows the thumbnail, domain, true label and the target model's prediction. Above
+`RASTER_THRESHOLD` points the scatter is rasterised by Datashader (one image per zoom level) and the
+hover names the instance under the cursor (``selector=first(row)``), so a million points stay usable.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import datashader as ds
+import holoviews as hv
+import numpy as np
+import pandas as pd
+from holoviews.operation.datashader import rasterize
+
+from .style import class_color
+
+__all__ = ["RASTER_THRESHOLD", "instance_frame", "instance_scatter"]
+
+RASTER_THRESHOLD = 20_000  # points; bokeh's canvas stays fluid below this
+DOMAINS = {0: "source", 1: "target"}
+
+
+def instance_frame(instances: dict, classes: list[str], selected: list[str] | None = None,
+                   xy: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per instance of the selected classes: x, y, class name, domain, predictions, mispredicted.
+
+    Args:
+        instances: the bundle's ``instances/table`` (index, domain, split, label, x, y, pred_source,
+            pred_target, confidence_*, thumbnail PNG bytes).
+        classes: all class names of the bundle, indexed by label.
+        selected: class names to keep (None or empty: all).
+        xy: (N, 2) coordinates replacing the bundle's t-SNE x/y (a re-projection of the selection).
+    """
+    labels = np.asarray(instances["label"])
+    keep = np.isin(labels, [classes.index(c) for c in selected]) if selected else np.ones(len(labels), bool)
+    rows = np.flatnonzero(keep)
+    x = xy[:, 0] if xy is not None else np.asarray(instances["x"])[rows]
+    y = xy[:, 1] if xy is not None else np.asarray(instances["y"])[rows]
+    pred = np.asarray(instances["pred_target"])[rows]
+    names = np.asarray(classes, dtype=object)
+    return pd.DataFrame({
+        "row": rows, "x": x, "y": y, "class": names[labels[rows]],
+        "domain": [DOMAINS.get(int(d), str(d)) for d in np.asarray(instances["domain"])[rows]],
+        "prediction": names[pred], "mispredicted": pred != labels[rows],
+        "confidence": np.asarray(instances["confidence_target"])[rows]})
+
+
+def _thumbnails(instances: dict, rows: np.ndarray) -> list[str]:
+    thumbs = instances["thumbnail"]
+    return ["data:image/png;base64," + base64.b64encode(thumbs[r]).decode() for r in rows]
+
+
+_TOOLTIP = """<div><img src="@thumbnail" width="48" height="48" style="image-rendering:pixelated">
+<div>@domain domain · true <b>@class</b> · predicted <b>@prediction</b></div></div>"""
+
+
+def instance_scatter(frame: pd.DataFrame, classes: list[str], instances: dict | None = None,
+                     threshold: int = RASTER_THRESHOLD) -> hv.Element | hv.Overlay:
+    """The scatter of :func:`instance_frame` rows (points ≤ ``threshold``) or its Datashader raster.
+
+    ``instances`` supplies the thumbnails shown on hover (omitted: no images in the tooltip).
+    """
+    opts = dict(responsive=True, min_height=420, xaxis=None, yaxis=None)
+    if frame.empty:
+        return hv.Points([], ["x", "y"]).opts(**opts, title="No instances of the selected classes")
+    cmap = {c: class_color(i) for i, c in enumerate(classes)}
+    if len(frame) > threshold:
+        points = hv.Points(frame, ["x", "y"], ["class", "domain", "prediction", "row"])
+        raster = rasterize(points, aggregator=ds.count_cat("class"), selector=ds.first("row"))
+        return raster.opts(**opts, title="Instances (t-SNE)", tools=["hover"], cmap=cmap)
+    frame = frame.assign(thumbnail=_thumbnails(instances, frame["row"].to_numpy()) if instances else "")
+    vdims = ["class", "domain", "prediction", "mispredicted", "thumbnail", "row"]
+    tooltips = _TOOLTIP if instances else [("domain", "@domain"), ("true", "@class"), ("predicted", "@prediction")]
+    layers = []
+    for domain, marker in (("source", "x"), ("target", "circle")):
+        part = frame[frame["domain"] == domain]
+        layers.append(hv.Points(part, ["x", "y"], vdims, label=f"{domain} domain").opts(
+            color="class", cmap=cmap, marker=marker, size=7 if marker == "circle" else 8, line_width=2 if marker == "x" else 1,
+            alpha=0.85, hover_tooltips=tooltips, show_legend=False, tools=["tap"]))
+    wrong = frame[frame["mispredicted"]]
+    layers.append(hv.Points(wrong, ["x", "y"], vdims, label="mispredicted (target model)").opts(
+        marker="circle", size=12, fill_alpha=0.0, line_color="black", line_width=1.5, hover_tooltips=tooltips))
+    return hv.Overlay(layers).opts(**opts, title="Instances (t-SNE)", legend_position="top_right")

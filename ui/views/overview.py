@@ -1,0 +1,72 @@
+"""Statistical view (paper §5.1, Figure 1 A): accuracy curves, transferability score, confusion table."""
+
+from __future__ import annotations
+
+import math
+
+import holoviews as hv
+import pandas as pd
+import panel as pn
+
+from .style import DATASET_COLOR, DATASET_LABEL, MODEL_MARKER
+
+__all__ = ["accuracy_curves", "confusion_frame", "confusion_table", "transferability_badge"]
+
+
+def accuracy_curves(history: dict) -> hv.Overlay:
+    """One line per model × dataset: epochs on x, accuracy [0, 1] on y, colour = dataset, crosses for
+    the source model and circles for the target model; legend entries end in the model's name.
+
+    Args:
+        history: the bundle's ``statistics/history`` table (columns model, dataset, epoch, accuracy).
+    """
+    frame = pd.DataFrame(history)
+    layers = []
+    if not frame.empty:
+        for (model, dataset), part in frame.groupby(["model", "dataset"], sort=True):
+            part = part.sort_values("epoch")
+            label = f"{DATASET_LABEL.get(dataset, dataset)} ({model} model)"
+            color = DATASET_COLOR.get(dataset, "#333333")
+            kdims, vdims = [hv.Dimension("epoch", label="epoch")], [hv.Dimension("accuracy", range=(0, 1))]
+            curve = hv.Curve(part, kdims, vdims, label=label).opts(color=color)
+            points = hv.Scatter(part, kdims, vdims, label=label).opts(
+                color=color, marker=MODEL_MARKER.get(model, "circle"), size=8,
+                line_width=2 if model == "source" else 1, fill_alpha=0.0 if model == "target" else 1.0)
+            layers += [curve, points]
+    if not layers:  # a pair diagnosed from model URIs has no run history
+        layers = [hv.Curve([], "epoch", "accuracy").relabel("no per-epoch history logged")]
+    return hv.Overlay(layers).opts(
+        hv.opts.Overlay(title="Accuracy per epoch", ylim=(0, 1.02), legend_position="bottom_right",
+                        responsive=True, min_height=320, show_grid=True))
+
+
+def transferability_badge(score: float | None) -> pn.pane.HTML:
+    """The transferability score (best target-model minus best source-model accuracy on the target
+    validation set), signed and coloured: green when transfer helped, red when it hurt."""
+    if score is None or (isinstance(score, float) and math.isnan(score)):
+        body, color = "n/a (no run history)", "#666"
+    else:
+        body, color = f"{score:+.3f}", "#2a8a2a" if score >= 0 else "#c0392b"
+    return pn.pane.HTML(f"<div class='transferability'><div style='font-size:0.9em'>Transferability score"
+                        f"</div><div style='font-size:2em;font-weight:bold;color:{color}'>{body}</div></div>",
+                        name="transferability")
+
+
+def confusion_frame(confusion: dict) -> pd.DataFrame:
+    """The paper's five columns as a frame: class, source-model accuracy, target-model accuracy,
+    difference, misclassified-into (``"7 (3), 1 (1)"``, most frequent first), plus support."""
+    return pd.DataFrame({"class": list(confusion["class"]),
+                         "source accuracy": list(confusion["source_accuracy"]),
+                         "target accuracy": list(confusion["target_accuracy"]),
+                         "difference": list(confusion["difference"]),
+                         "misclassified into": list(confusion["misclassified_into"]),
+                         "support": list(confusion["support"])})
+
+
+def confusion_table(confusion: dict, **kwargs) -> pn.widgets.Tabulator:
+    """Tabulator of :func:`confusion_frame`, sortable on every column, one row selectable."""
+    fmt = {"type": "progress", "max": 1, "legend": True}
+    return pn.widgets.Tabulator(
+        confusion_frame(confusion), show_index=False, selectable=1, disabled=True, layout="fit_data_stretch",
+        formatters={"source accuracy": {**fmt, "color": "#d62728"}, "target accuracy": {**fmt, "color": "#1f77b4"}},
+        name="confusion", **kwargs)
