@@ -193,9 +193,9 @@ def ui_cmd(host, port, tracking_uri, experiment_name, pair):
     import panel as pn
 
     from ui.app import build_app
-    from ui.readers import TrackingSource
+    from ui.readers import default_source
 
-    source = TrackingSource(tracking_uri or "sqlite:///mlflow.db")
+    source = default_source(tracking_uri)
     try:
         experiments = {e["name"]: e["experiment_id"] for e in source.experiments()}
     except TrackingUnavailableError as exc:  # the app shows the same message and retries on reload
@@ -205,9 +205,10 @@ def ui_cmd(host, port, tracking_uri, experiment_name, pair):
         raise RunLookupError(f"experiment {experiment_name!r} does not exist on {source.uri}; it has "
                              f"{sorted(experiments)[:20]}")
     params = {k: v for k, v in (("experiment", experiments.get(experiment_name, "")), ("pair", pair)) if v}
+    # Bokeh refuses websockets from hosts it was not told about; a free port (0) is unknown until bound.
+    origins = [f"127.0.0.1:{port}", f"localhost:{port}"] if host == "127.0.0.1" and port else "*"
     server = pn.serve(lambda: build_app(source, **params), address=host, port=port, show=False, start=False,
-                      liveness=True, title="mlflow-transfer", websocket_origin="*" if host != "127.0.0.1" else
-                      [f"127.0.0.1:{port}", f"localhost:{port}"] if port else "*")
+                      liveness=True, title="mlflow-transfer", websocket_origin=origins)
     click.echo(f"mlflow-transfer ui: http://{host}:{server.port}/ over {source.uri} (Ctrl-C stops it)", err=True)
     server.io_loop.start()
 

@@ -6,12 +6,10 @@ this file, reading ``MLFLOW_TRACKING_URI`` (default ``sqlite:///mlflow.db``).
 
 from __future__ import annotations
 
-import os
-
 import holoviews as hv
 import panel as pn
 
-from ui.readers import PairSource, TrackingSource
+from ui.readers import PairSource, default_source
 from ui.state import URL_PARAMS, AppState
 from ui.views import instances as instance_view
 from ui.views import overview
@@ -63,13 +61,16 @@ def _statistics(state: AppState):
 
 def _instances(state: AppState):
     b = state.bundle
-    inst = b.instances()
-    choose = pn.widgets.MultiChoice(name="Classes", options=b.classes, value=list(state.classes), width=360)
-    choose.link(state, value="classes")
-    frame = instance_view.instance_frame(inst, b.classes, state.classes)
-    plot = instance_view.instance_scatter(frame, b.classes, inst)
-    return pn.Column(choose, pn.pane.HoloViews(plot, sizing_mode="stretch_width", min_height=440, name="instances"),
-                     sizing_mode="stretch_width")
+    inst = b.instances()  # read once per pair; a class change only redraws the scatter
+    # two-way: a class picked elsewhere (the confusion table) shows up here too
+    choose = pn.widgets.MultiChoice.from_param(state.param.classes, options=b.classes, name="Classes", width=360)
+
+    def scatter(classes):
+        frame = instance_view.instance_frame(inst, b.classes, classes)
+        return pn.pane.HoloViews(instance_view.instance_scatter(frame, b.classes, inst),
+                                 sizing_mode="stretch_width", min_height=440, name="instances")
+
+    return pn.Column(choose, pn.bind(scatter, state.param.classes), sizing_mode="stretch_width")
 
 
 def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> pn.viewable.Viewable:
@@ -82,7 +83,7 @@ def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> p
     def header(*_):
         return pn.Column(_banner(state), _pair_browser(state), sizing_mode="stretch_width")
 
-    @pn.depends(state.param.bundle, state.param.classes, state.param.loading)
+    @pn.depends(state.param.bundle, state.param.loading)
     def views(*_):
         if state.loading:
             return pn.indicators.LoadingSpinner(value=True, size=40, name="loading")
@@ -95,10 +96,6 @@ def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> p
                     sizing_mode="stretch_width")
     app.state = state  # for tests and embedding
     return app
-
-
-def default_source() -> TrackingSource:
-    return TrackingSource(os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
 
 
 if pn.state.served:  # `panel serve ui/app.py`

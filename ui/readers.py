@@ -15,7 +15,9 @@ from typing import Protocol
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.errors import RunLookupError
 
-__all__ = ["MemorySource", "PairSource", "TrackingSource"]
+__all__ = ["DEFAULT_TRACKING_URI", "MemorySource", "PairSource", "TrackingSource", "default_source"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default store
 
 
 class PairSource(Protocol):
@@ -66,6 +68,11 @@ class TrackingSource:
         from mlflow_transfer.tracking.bundles import fetch_bundle
 
         return fetch_bundle(diagnostics_run_id, self.cache_dir, tracking_uri=self.uri)
+
+
+def default_source(uri: str | None = None) -> TrackingSource:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default ``sqlite:///mlflow.db``."""
+    return TrackingSource(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
 
 @dataclass

@@ -54,14 +54,20 @@ class AppState(param.Parameterized):
             self.param.update(experiments=[], pairs=[], bundle=None, error=str(exc))
             return
         self.error = ""
-        if self.pair and not self.experiment:  # a link naming only the pair: find its experiment
-            self.experiment = next((e["experiment_id"] for e in self.experiments if any(
-                p["diagnostics_run_id"] == self.pair for p in self._source.pairs(e["experiment_id"]))), "")
-        if not self.experiment or self.experiment not in {e["experiment_id"] for e in self.experiments}:
-            with_pairs = [e["experiment_id"] for e in self.experiments if self._source.pairs(e["experiment_id"])]
-            self.experiment = with_pairs[0] if with_pairs else (
-                self.experiments[0]["experiment_id"] if self.experiments else "")
-        self._load_pairs()
+        ids = [e["experiment_id"] for e in self.experiments]
+        wanted = self.experiment if self.experiment in ids else self._experiment_to_open(ids)
+        if wanted != self.experiment:
+            self.experiment = wanted  # the watcher lists its pairs
+        else:
+            self._load_pairs()
+
+    def _experiment_to_open(self, ids: list[str]) -> str:
+        """The linked pair's experiment, else the first with a diagnosed pair, else the first."""
+        if self.pair:  # a link naming only the pair
+            found = next((i for i in ids if any(p["diagnostics_run_id"] == self.pair for p in self._source.pairs(i))), "")
+            if found:
+                return found
+        return next((i for i in ids if self._source.pairs(i)), ids[0] if ids else "")
 
     @param.depends("experiment", watch=True)
     def _load_pairs(self) -> None:
@@ -90,7 +96,7 @@ class AppState(param.Parameterized):
         n = len(bundle.layers)
         self.param.update(bundle=bundle, error="", loading=False,
                           classes=[c for c in self.classes if c in bundle.classes],
-                          layer_from=min(self.layer_from, n - 1), layer_to=min(max(self.layer_to, 0), n - 1))
+                          layer_from=min(self.layer_from, n - 1), layer_to=min(self.layer_to, n - 1))
 
     def select_class(self, name: str, *, add: bool = False) -> None:
         """Select one class (or add it to the selection) — what clicking a class anywhere does."""

@@ -46,7 +46,7 @@ def list_experiments(tracking_uri: str | None = None) -> list[dict]:
 def list_diagnosed_pairs(experiment_ids: list[str] | None = None, *, page_size: int = 500,
                          max_pairs: int | None = None, tracking_uri: str | None = None) -> list[dict]:
     """FINISHED diagnostics runs (newest first) as dicts: run ids, pair id, recipe, domains, model,
-    start time, transferability score, domain CV accuracy and the target model's final validation
+    start time, transferability score, domain CV accuracy and the target model's best validation
     accuracy. Pages through the server's results (``page_size`` runs per request)."""
     client = _client(tracking_uri)
     if experiment_ids is None:

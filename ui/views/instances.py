@@ -24,8 +24,7 @@ RASTER_THRESHOLD = 20_000  # points; bokeh's canvas stays fluid below this
 DOMAINS = {0: "source", 1: "target"}
 
 
-def instance_frame(instances: dict, classes: list[str], selected: list[str] | None = None,
-                   xy: np.ndarray | None = None) -> pd.DataFrame:
+def instance_frame(instances: dict, classes: list[str], selected: list[str] | None = None) -> pd.DataFrame:
     """One row per instance of the selected classes: x, y, class name, domain, predictions, mispredicted.
 
     Args:
@@ -33,17 +32,14 @@ def instance_frame(instances: dict, classes: list[str], selected: list[str] | No
             pred_target, confidence_*, thumbnail PNG bytes).
         classes: all class names of the bundle, indexed by label.
         selected: class names to keep (None or empty: all).
-        xy: (N, 2) coordinates replacing the bundle's t-SNE x/y (a re-projection of the selection).
     """
     labels = np.asarray(instances["label"])
     keep = np.isin(labels, [classes.index(c) for c in selected]) if selected else np.ones(len(labels), bool)
     rows = np.flatnonzero(keep)
-    x = xy[:, 0] if xy is not None else np.asarray(instances["x"])[rows]
-    y = xy[:, 1] if xy is not None else np.asarray(instances["y"])[rows]
     pred = np.asarray(instances["pred_target"])[rows]
     names = np.asarray(classes, dtype=object)
     return pd.DataFrame({
-        "row": rows, "x": x, "y": y, "class": names[labels[rows]],
+        "row": rows, "x": np.asarray(instances["x"])[rows], "y": np.asarray(instances["y"])[rows], "class": names[labels[rows]],
         "domain": [DOMAINS.get(int(d), str(d)) for d in np.asarray(instances["domain"])[rows]],
         "prediction": names[pred], "mispredicted": pred != labels[rows],
         "confidence": np.asarray(instances["confidence_target"])[rows]})

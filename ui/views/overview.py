@@ -8,7 +8,7 @@ import holoviews as hv
 import pandas as pd
 import panel as pn
 
-from .style import DATASET_COLOR, DATASET_LABEL, MODEL_MARKER
+from .style import DATASET_COLOR, DATASET_LABEL, MODEL_MARKER, SOURCE, TARGET
 
 __all__ = ["accuracy_curves", "confusion_frame", "confusion_table", "transferability_badge"]
 
@@ -68,5 +68,5 @@ def confusion_table(confusion: dict, **kwargs) -> pn.widgets.Tabulator:
     fmt = {"type": "progress", "max": 1, "legend": True}
     return pn.widgets.Tabulator(
         confusion_frame(confusion), show_index=False, selectable=1, disabled=True, layout="fit_data_stretch",
-        formatters={"source accuracy": {**fmt, "color": "#d62728"}, "target accuracy": {**fmt, "color": "#1f77b4"}},
+        formatters={"source accuracy": {**fmt, "color": SOURCE}, "target accuracy": {**fmt, "color": TARGET}},
         name="confusion", **kwargs)

@@ -2,7 +2,6 @@
 
 SOURCE = "#d62728"
 TARGET = "#1f77b4"
-MODEL_COLOR = {"source": SOURCE, "target": TARGET}
 MODEL_MARKER = {"source": "x", "target": "circle"}  # crosses = source, circles = target
 DATASET_COLOR = {"source_train": "#ff7f0e", "source_val": "#9467bd", "target_train": "#2ca02c",
                  "target_val": "#17becf"}
