@@ -72,6 +72,10 @@ def test_bundle_round_trip(identical, tmp_path):
     sel = [(m == "target" and c == 0 and l == "conv1") for m, c, l in zip(w["model"], w["class_index"], w["layer"])]
     np.testing.assert_array_equal(np.stack([np.asarray(w["a"])[sel], np.asarray(w["b"])[sel]], 1), tw.pairs)
     assert all(np.asarray(w["inherited"], dtype=object)[sel])
+    matrices = b.weight_matrices("target", "a", "conv1")
+    np.testing.assert_array_equal(matrices["counts"], tw.count_matrix)
+    np.testing.assert_array_equal(matrices["levels"], tw.mean_level)
+    assert b.weight_matrices("target", "a", d.layers[-1]) is None  # the last layer has no next layer
     comp = b.layer_comparison()
     assert len(comp["layer"]) == (len(CLASSES) + 1) * len(d.layers)
     disc = b.discriminability("__all__")

@@ -345,8 +345,11 @@ def test_extract_on_alexnet32_has_every_consecutive_pair_and_matches_the_two_ste
         assert r.count_matrix.shape == (n_next, n_prev) and r.pairs.shape == (k, 2) and r.k == k
         assert r.count_matrix.sum() == 6 * k and (r.n_instances, r.sampled) == (6, None)
         assert r.pairs[:, 0].max() < n_prev and r.pairs[:, 1].max() < n_next
-        reference = important_weights(activated_weights(module, inputs[nxt], n_prev), module)
+        levels = activated_weights(module, inputs[nxt], n_prev)
+        reference = important_weights(levels, module)
         np.testing.assert_array_equal(r.count_matrix, reference.count_matrix)
+        np.testing.assert_allclose(r.mean_level, levels.mean(axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(reference.mean_level, levels.mean(axis=0), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(r.pairs, reference.pairs)
         np.testing.assert_array_equal(r.weight_mean, reference.weight_mean)
     assert result[("conv5", "fc6")].count_matrix.shape == (256, 96)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import BundleError
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"  # 1.1: weights/{model}/c<i>/{layer} matrices
 MANIFEST = "manifest.json"
 _KINDS = {"table": ".parquet", "array": ".npy", "image": ".png", "json": ".json"}
 

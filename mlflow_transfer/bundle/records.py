@@ -6,6 +6,7 @@ Layout (names without extension; ``c<i>`` is class index i, models are ``source`
 ``instances/table`` (one row per instance, t-SNE x/y, predictions, PNG thumbnail bytes),
 ``instances/embedding_{model}`` (N×D), ``conductance/{model}/{layer}`` (N×units),
 ``neurons/important`` (table), ``similarity/c<i>/{layer}`` (Us×Ut), ``weights/important`` (table),
+``weights/{model}/c<i>/{layer}/{counts,levels}`` (N_next×N_prev, links to the next layer),
 ``comparison/layers`` (table), ``discriminability/{c<i>|all}/*``, ``features/{model}/{layer}/*``
 (sprite PNG + indices/values), ``cka/matrix``.
 """
@@ -101,6 +102,12 @@ def write_pair_bundle(root: str | Path, diag: PairDiagnostics, *, history: dict 
                     wt["inherited"].append(None if inherited is None else bool(inherited[j]))
                     wt["n_instances"].append(iw.n_instances); wt["sampled"].append(iw.sampled)
     w.write_table("weights/important", wt)
+    for m in MODELS:  # every link's count and mean level, for the network view's non-important regions
+        for cls, pairs in diag.weights[m].items():
+            for (layer, _), iw in pairs.items():
+                base = f"weights/{m}/{_key(classes, cls)}/{layer}"
+                w.write_array(f"{base}/counts", iw.count_matrix.astype(np.int32))
+                w.write_array(f"{base}/levels", iw.mean_level.astype(np.float32))
     cmp = {k: [] for k in ("class_index", "layer", "depth", "n_important_weights", "n_inherited_weights",
                            "inherited_weight_share", "n_important_neurons", "mean_best_similarity")}
     for cls, per_layer in diag.comparison.items():
@@ -221,6 +228,17 @@ class PairBundle:
 
     def weights(self) -> dict:
         return self.reader.read_table("weights/important")
+
+    def weight_matrices(self, model: str, cls: str, layer: str) -> dict | None:
+        """All links from ``layer`` to the next analysis layer for one class: ``counts`` (N_next, N_prev)
+        int32 — instances on which each link was among the top-k — and ``levels`` (N_next, N_prev)
+        float32, the mean activated level. None when the bundle has no such pair (the last layer, a
+        ResNet pair, or a bundle older than schema 1.1)."""
+        base = f"weights/{model}/{self._key(cls)}/{layer}"
+        if f"{base}/counts" not in self.reader.names("array", base + "/"):
+            return None
+        return {"counts": self.reader.read_array(f"{base}/counts"),
+                "levels": self.reader.read_array(f"{base}/levels")}
 
     def layer_comparison(self) -> dict:
         return self.reader.read_table("comparison/layers")

@@ -98,6 +98,8 @@ class ImportantWeights:
         weight_max_abs: (K,) float32, the largest |w| of the parameters behind each link: the kernel
             slice W[b, a] (conv → conv), the block W[b, block(a)] (conv → linear) or |W[b, a]|.
         weight_mean: (K,) float32, the mean of the same parameters (W[b, a] itself for linear → linear).
+        mean_level: (N_next, N_prev) float32, every weight's activated level averaged over the
+            instances — the "weight value" the network view shows for all links, important or not.
         k: the per-instance top-k used in step B-2.
         n_instances: number of instances the counts are summed over.
         sampled: the number of instances drawn when the class had more than ``max_instances``
@@ -112,6 +114,7 @@ class ImportantWeights:
     count_matrix: np.ndarray
     weight_max_abs: np.ndarray
     weight_mean: np.ndarray
+    mean_level: np.ndarray
     k: int
     n_instances: int
     sampled: int | None
@@ -337,7 +340,8 @@ def important_weights(levels: np.ndarray, module: nn.Conv2d | nn.Linear, *,
     _check_finite(array, "activated levels")
     k_in, k_keep = _resolve_counts(n_next * n_prev, fraction, k, keep)
     counts = _topk_mask(array, k_in).sum(axis=0, dtype=np.int64).reshape(n_next, n_prev)
-    return _select(counts, module, kind, k_in, k_keep, np.arange(array.shape[0], dtype=np.int64), None)
+    return _select(counts, array.mean(axis=0, dtype=np.float64), module, kind, k_in, k_keep,
+                   np.arange(array.shape[0], dtype=np.int64), None)
 
 
 def _topk_mask(levels: np.ndarray, k: int) -> np.ndarray:
@@ -353,7 +357,7 @@ def _topk_mask(levels: np.ndarray, k: int) -> np.ndarray:
     return above | (equal & (np.cumsum(equal, axis=1) <= free))
 
 
-def _select(counts: np.ndarray, module: nn.Module, kind: str, k: int, keep: int,
+def _select(counts: np.ndarray, mean_level: np.ndarray, module: nn.Module, kind: str, k: int, keep: int,
             indices: np.ndarray, sampled: int | None) -> ImportantWeights:
     flat = counts.reshape(-1)
     order = np.argsort(-flat, kind="stable")[:keep]
@@ -367,6 +371,7 @@ def _select(counts: np.ndarray, module: nn.Module, kind: str, k: int, keep: int,
         count_matrix=counts.astype(np.int64),
         weight_max_abs=max_abs[b, a],
         weight_mean=mean[b, a],
+        mean_level=mean_level.astype(np.float32),
         k=int(k),
         n_instances=int(indices.shape[0]),
         sampled=sampled,
@@ -457,13 +462,16 @@ def extract_important_weights(model: nn.Module, inputs: np.ndarray | torch.Tenso
         x = x[torch.from_numpy(indices)]
 
     counts = {pair: np.zeros((_n_out(plan[0]), plan[2]), dtype=np.int64) for pair, plan in plans.items()}
+    level_sums = {pair: np.zeros(c.shape, dtype=np.float64) for pair, c in counts.items()}
     hooked = {nxt: layers[nxt] for _, nxt in plans}
     for batch in _captured_inputs(model, x, hooked, batch_size):
         for (prev, nxt), (module, kind, n_prev, k_in, _) in plans.items():
             layer_input = _check_layer_input(module, batch[nxt], name=nxt)
             for levels in _levels_chunks(module, kind, n_prev, layer_input, batch_size):
                 counts[(prev, nxt)] += _topk_mask(levels, k_in).reshape(levels.shape).sum(axis=0)
-    return {pair: _select(counts[pair], module, kind, k_in, k_keep, indices, sampled)
+                level_sums[(prev, nxt)] += levels.sum(axis=0, dtype=np.float64)
+    return {pair: _select(counts[pair], level_sums[pair] / len(indices), module, kind, k_in, k_keep,
+                          indices, sampled)
             for pair, (module, kind, _, k_in, k_keep) in plans.items()}
 
 
