@@ -8,7 +8,9 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 RECIPE ?= recipes/digits.yaml
 
-.PHONY: venv demo test benchmark clean
+.PHONY: venv demo test benchmark clean chromium
+UI_PORT ?= 5006
+CHROMIUM := /usr/bin/chromium
 
 venv: $(STAMP)
 
@@ -22,10 +24,20 @@ demo: venv
 	@echo "== mlflow run . (recipe $(RECIPE)) into $(MLFLOW_TRACKING_URI)"
 	$(BIN)/mlflow run . --env-manager local -P recipe=$(RECIPE) --experiment-name mlflow-transfer-demo
 	@echo ""
-	@echo "Done. Runs are in $(MLFLOW_TRACKING_URI) (artifacts under ./mlruns)."
-	@echo "Browse them:  $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)   -> http://127.0.0.1:5000"
+	@echo "Done. Runs are in $(MLFLOW_TRACKING_URI) (artifacts under ./mlruns);"
+	@echo "MLflow's own UI: $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)  (report.html in the diagnostics run)"
+	@echo "Now serving the transfer app on the pair just diagnosed at http://127.0.0.1:$(UI_PORT)/  (Ctrl-C stops it)"
+	$(BIN)/mlflow-transfer ui --experiment-name mlflow-transfer-demo --port $(UI_PORT)
 
-test: venv
+# The browser tests drive Debian's Chromium (never a downloaded one); install it when missing.
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "warning: could not install chromium (needs root); the browser tests will be skipped"; }
+
+test: venv chromium
 	$(BIN)/python -m pytest -q
 
 benchmark: venv

@@ -111,6 +111,23 @@ def _options(layers, classes, n_steps, top_fraction, seed):
                            top_fraction=top_fraction, seed=seed)
 
 
+def _write_report(bundle_dir, out_path):
+    """The diagnostics run's ``report.html``: the app's views, rendered by ``ui.report`` (imported here,
+    when a report is written, so the package's layers never import ``ui``; an import failure only
+    costs the report, like any report failure — see `mlflow_transfer.tracking.diagnose`)."""
+    from ui.report import write_report
+
+    return write_report(bundle_dir, out_path)
+
+
+def _report_note(run_id: str) -> str:
+    from mlflow import MlflowClient
+
+    if any(a.path == "report.html" for a in MlflowClient().list_artifacts(run_id)):
+        return f"report at runs:/{run_id}/report.html"
+    return "no report.html (see the warning above)"
+
+
 @main.command("main", help="Train the source model (or reuse an identical finished source run), "
                            "fine-tune it on the target domain, then diagnose the pair.")
 @_RECIPE
@@ -129,13 +146,14 @@ def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_di
     _setup(tracking_uri, experiment_name)
     options = _options(layers, classes, n_steps, top_fraction, seed) if run_diagnose else None
     result = run_pipeline(_load(recipe, overrides, data_root), diagnose_options=options,
-                          per_class_cap=per_class_cap)
+                          per_class_cap=per_class_cap, report_writer=_write_report)
     note = " (reused: identical recipe, parameters and code)" if result.source_reused else ""
     _summary(f"pair {result.pair_id}{note}",
              {"source": result.source_run_id, "target": result.target_run_id})
     click.echo(f"  pipeline run {result.pipeline_run_id}")
     if result.diagnostics_run_id:
-        click.echo(f"  diagnostics run {result.diagnostics_run_id} (bundle: runs:/{result.diagnostics_run_id}/diagnostics)")
+        run_id = result.diagnostics_run_id
+        click.echo(f"  diagnostics run {run_id} (bundle at runs:/{run_id}/diagnostics, {_report_note(run_id)})")
 
 
 @main.command("diagnose", help="Compute the transfer diagnostics of a source-target pair and log them "
@@ -164,8 +182,8 @@ def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_ur
                       source_model_uri=source_model_uri or None, target_model_uri=target_model_uri or None,
                       recipe=_load(recipe, overrides, data_root) if recipe else None, arch=arch or None,
                       options=_options(layers, classes, n_steps, top_fraction, seed),
-                      per_class_cap=per_class_cap)
-    click.echo(f"diagnostics run {run_id}: bundle at runs:/{run_id}/diagnostics")
+                      per_class_cap=per_class_cap, report_writer=_write_report)
+    click.echo(f"diagnostics run {run_id}: bundle at runs:/{run_id}/diagnostics, {_report_note(run_id)}")
 
 
 @main.command("validate-bundle", help="Check a downloaded diagnostics bundle folder (manifest, schema "

@@ -45,10 +45,14 @@ def _bundle(run_id, tmp_path):
 
 
 def test_diagnose_a_target_run(pair, tmp_path):
+    from ui.report import write_report
+
     result, _ = pair
-    run_id = diagnose(target_run_id=result.target_run_id, options=FAST, per_class_cap=2)
+    run_id = diagnose(target_run_id=result.target_run_id, options=FAST, per_class_cap=2, report_writer=write_report)
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
+    # the self-contained report lands at the artifact root, beside the bundle
+    assert {"diagnostics", "report.html"} <= {a.path for a in MlflowClient().list_artifacts(run_id)}
     tags = run.data.tags
     assert tags[TAGS.role] == "diagnostics" and tags["mlflow.parentRunId"] == result.target_run_id
     assert tags[TAGS.source_run_id] == result.source_run_id and tags[TAGS.pair_id] == result.pair_id

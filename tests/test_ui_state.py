@@ -16,7 +16,7 @@ from ui.readers import MemorySource, TrackingSource
 from ui.state import AppState
 from ui.views import instances as iv
 from ui.views import overview
-from ui.views.pairs import pairs_frame
+from ui.views.pairs import pairs_frame, pairs_table
 
 
 def _row(run_id, score=0.4, start=1_700_000_000_000):
@@ -156,3 +156,28 @@ def test_pairs_frame_columns():
                                    "diagnostics run"]
     assert frame["setting"][0] == "printed-digits → handwritten-digits, alexnet-32"
     assert frame["transferability"][0] == -0.25
+
+
+def test_thousands_of_diagnosed_runs_are_paged_and_a_missing_bundle_is_a_message(tmp_path):
+    """A real sqlite tracking store with 1,200 finished diagnostics runs (no bundles logged): the pair list
+    comes in pages, newest first, capped by ``max_pairs``; opening a pair without a bundle shows a
+    message naming the command that makes one, instead of views."""
+    from mlflow import MlflowClient
+
+    from mlflow_transfer.tags import TAGS
+
+    uri = f"sqlite:///{tmp_path}/many.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("many")
+    for i in range(1200):
+        run = client.create_run(exp, start_time=1_700_000_000_000 + i,
+                                tags={TAGS.role: "diagnostics", TAGS.recipe: f"r{i}"})
+        client.set_terminated(run.info.run_id)
+    source = TrackingSource(uri, cache_dir=tmp_path / "cache", max_pairs=1100)
+    state = AppState(source, experiment=exp)
+    assert len(state.pairs) == 1100  # pages of 500, stopped at the cap
+    assert [p["recipe"] for p in state.pairs[:3]] == ["r1199", "r1198", "r1197"]
+    assert state.pair == state.pairs[0]["diagnostics_run_id"] and state.bundle is None
+    assert "diagnose" in state.error and state.pair in state.error
+    table = pairs_table(state.pairs, state.pair)
+    assert table.pagination and table.page_size < 100 and table.selection == [0]

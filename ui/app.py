@@ -6,6 +6,8 @@ this file, reading ``MLFLOW_TRACKING_URI`` (default ``sqlite:///mlflow.db``).
 
 from __future__ import annotations
 
+import json
+
 import holoviews as hv
 import panel as pn
 
@@ -13,6 +15,7 @@ from ui.readers import PairSource, default_source
 from ui.state import URL_PARAMS, AppState
 from ui.views import instances as instance_view
 from ui.views import overview
+from ui.views.features import features_tab
 from ui.views.pairs import HOW_TO_DIAGNOSE, pairs_table
 
 pn.extension("tabulator", notifications=False)
@@ -73,11 +76,23 @@ def _instances(state: AppState):
     return pn.Column(choose, pn.bind(scatter, state.param.classes), sizing_mode="stretch_width")
 
 
+def _query(state: AppState) -> dict[str, str]:
+    """The URL parameters of ``state``, serialised the way `Location.sync` does (JSON for lists)."""
+    out = {}
+    for p in URL_PARAMS:
+        value = state.param[p].serialize(getattr(state, p))
+        out[p] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
 def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> pn.viewable.Viewable:
     """The whole app over ``source``; with ``sync_url`` the state round-trips through the URL."""
     state = AppState(source, **state_params)
     if sync_url and pn.state.location is not None:
         pn.state.location.sync(state, {p: p for p in URL_PARAMS})
+        # The browser reports its own (possibly empty) query when it connects, which hides the pair the
+        # state opened by default; write the state back once the page is up, so the URL is a link.
+        pn.state.onload(lambda: pn.state.location.update_query(**_query(state)))
 
     @pn.depends(state.param.error, state.param.experiments, state.param.pairs, state.param.pair)
     def header(*_):
@@ -90,7 +105,7 @@ def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> p
         if state.bundle is None:
             return pn.pane.Markdown("" if state.error else "Select a diagnosed pair above.")
         return pn.Tabs(("Statistics", _statistics(state)), ("Instances", _instances(state)),
-                       dynamic=True, sizing_mode="stretch_width")
+                       ("Features", features_tab(state)), dynamic=True, sizing_mode="stretch_width")
 
     app = pn.Column(pn.pane.Markdown("# mlflow-transfer — what knowledge moved"), header, views,
                     sizing_mode="stretch_width")

@@ -5,13 +5,21 @@ under the target run when there is one. The bundle is written to a temporary fol
 whole under ``diagnostics/``; metrics (per-layer inheritance with ``step = layer index``, the
 transferability score, the domain classifier's CV accuracy) are logged after it. Any failure marks
 the run FAILED and leaves no complete-looking bundle (the manifest is the last file written).
+
+With a ``report_writer`` (the CLI passes ``ui.report.write_report``; this layer never imports ``ui``),
+a self-contained ``report.html`` rendered from the written bundle is logged at the run's artifact root,
+for MLflow's artifact viewer. The bundle is the product and the report only a view of it: a report
+that fails to render is logged as a warning and a ``report_error.txt`` artifact saying why, and the
+run still finishes with its bundle (an interrupt still fails the run).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +38,12 @@ from ..tags import TAGS
 from .lookup import get_run, logged_model_uri
 from .runs import PairData, _run, pair_id, prepare_data
 
+log = logging.getLogger(__name__)
+
 BUNDLE_DIR = "diagnostics"
+REPORT_NAME = "report.html"
+REPORT_ERROR_NAME = "report_error.txt"
+ReportWriter = Callable[[Path, Path], Path]  # (bundle folder, HTML file to write there) -> that file
 DATASETS = ("source_train", "source_val", "target_train", "target_val")
 
 
@@ -183,12 +196,35 @@ def _history(run_id: str | None, role: str) -> dict:
     return out
 
 
+def _log_report(report_writer: ReportWriter, bundle_dir: Path, folder: Path) -> bool:
+    """Render ``bundle_dir`` with ``report_writer`` and log it as ``report.html`` at the artifact root of
+    the active run. A failing writer (any ``Exception``) is reported, not raised: a warning on the
+    ``mlflow_transfer`` logger and a ``report_error.txt`` artifact. Returns whether the report landed."""
+    out = folder / REPORT_NAME
+    try:
+        report_writer(bundle_dir, out)
+        if not out.is_file():
+            raise DiagnosticsError(f"the report writer returned without writing {out}")
+    except Exception as exc:  # noqa: BLE001 -- the bundle is the product; the report is only a view of it
+        message = (f"{REPORT_NAME} was not written ({type(exc).__name__}: {exc}); the diagnostics bundle is "
+                   f"logged under {BUNDLE_DIR}/ and the app (`mlflow-transfer ui`) shows it")
+        log.warning(message)
+        mlflow.log_text(message + "\n", REPORT_ERROR_NAME)
+        return False
+    mlflow.log_artifact(str(out))
+    return True
+
+
 def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(), per_class_cap: int | None = 50,
-             nested: bool = False, **pair_args) -> str:
+             nested: bool = False, report_writer: ReportWriter | None = None, **pair_args) -> str:
     """Diagnose a pair (see :func:`resolve_pair` for ``pair_args``) into a new diagnostics run.
 
     Args:
         per_class_cap: instances per class, domain and split (None = all).
+        report_writer: ``(bundle folder, output path) -> output path``, rendering the bundle as a
+            self-contained HTML page at the output path, logged as ``report.html`` at the run's
+            artifact root (the CLI passes ``ui.report.write_report``); None: no report. A writer that
+            raises only costs the report (see the module docstring).
     Returns: the diagnostics run id.
     """
     pair = resolve_pair(**pair_args)
@@ -238,6 +274,8 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(), per_class_cap: int
         with tempfile.TemporaryDirectory() as tmp:
             write_pair_bundle(Path(tmp) / BUNDLE_DIR, diag, history=history, meta=meta)
             mlflow.log_artifacts(str(Path(tmp) / BUNDLE_DIR), artifact_path=BUNDLE_DIR)
+            if report_writer is not None:
+                _log_report(report_writer, Path(tmp) / BUNDLE_DIR, Path(tmp))
         table = diag.layer_summary_table()
         for depth, _ in enumerate(table["layer"]):
             step_metrics = {"inherited_weight_share": table["inherited_weight_share"][depth],

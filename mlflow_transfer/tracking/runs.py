@@ -208,12 +208,14 @@ class PipelineResult:
     diagnostics_run_id: str | None = None
 
 
-def run_pipeline(recipe: Recipe, *, diagnose_options=None, per_class_cap: int | None = 10) -> PipelineResult:
+def run_pipeline(recipe: Recipe, *, diagnose_options=None, per_class_cap: int | None = 10,
+                 report_writer=None) -> PipelineResult:
     """``main``: source run (reused when an identical one finished before), then the target run.
 
     Both are nested under a ``pipeline`` run (the one ``mlflow run`` created, when it did). With
     ``diagnose_options`` (a `DiagnoseOptions`), the pair is diagnosed right after, ``per_class_cap``
-    instances per class, domain and split.
+    instances per class, domain and split, and ``report_writer`` (see `diagnose`) adds its
+    ``report.html``.
     """
     data = prepare_data(recipe)
     with _run("pipeline", recipe, nested=False, name=f"{recipe.name}-pipeline") as parent:
@@ -229,7 +231,7 @@ def run_pipeline(recipe: Recipe, *, diagnose_options=None, per_class_cap: int | 
             from .diagnose import diagnose
 
             diag_id = diagnose(target_run_id=target_id, recipe=recipe, options=diagnose_options,
-                               per_class_cap=per_class_cap, nested=True)
+                               per_class_cap=per_class_cap, nested=True, report_writer=report_writer)
             mlflow.set_tag(TAGS.diagnostics_run_id, diag_id)
         return PipelineResult(parent.info.run_id, source_id, target_id, bool(reused), pid, diag_id)
 

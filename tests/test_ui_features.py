@@ -1,0 +1,206 @@
+"""The feature view (paper §5.4.2) without a browser: frames, HoloViews objects and the tab's wiring
+over `AppState`, all checked against the arrays stored in the tiny bundle."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import holoviews as hv
+import numpy as np
+import panel as pn
+import pytest
+from PIL import Image
+
+from mlflow_transfer.bundle import PairBundle
+from ui.readers import MemorySource
+from ui.state import AppState
+from ui.views import features as fv
+from ui.views.style import SOURCE, TARGET
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle):
+    return PairBundle.open(tiny_bundle)
+
+
+@pytest.fixture()
+def state(tiny_bundle):
+    row = {"diagnostics_run_id": "d1", "recipe": "digits", "model": "alexnet-32", "source_domain": "s",
+           "target_domain": "t", "start_time": 1_700_000_000_000, "transferability_score": 0.4,
+           "target_accuracy": 0.9, "frozen_layers": "[]"}
+    return AppState(MemorySource({"1": "pairs"}, {"1": [row]}, {"d1": tiny_bundle}))
+
+
+def _opt(element, key):
+    return element.opts.get().kwargs[key]
+
+
+def _find(tab, kind, name):
+    return next(o for o in tab.select(kind) if o.name == name)
+
+
+def test_frame_holds_the_stored_coefficients_in_the_stored_neuron_order(bundle):
+    rec = bundle.discriminability("a")
+    frame = fv.feature_frame(bundle, "a")
+    assert list(zip(frame["layer"], frame["neuron"])) == [(layer, n) for layer, n in rec["neurons"]]
+    np.testing.assert_array_equal(frame["discriminability"], rec["coef"])  # signed, as stored
+    np.testing.assert_array_equal(frame["|discriminability|"], np.abs(rec["coef"]))
+    np.testing.assert_array_equal(frame["column"], np.arange(len(rec["coef"])))
+    assert frame["label"][0] == f"{rec['neurons'][0][0]}:{rec['neurons'][0][1]}"
+    assert frame["rank"][rec["ranked"][0]] == 1 and sorted(frame["rank"]) == list(range(1, len(frame) + 1))
+    assert all(s.startswith("<svg") for s in frame["conductance"])
+
+
+def test_sorting_descending_follows_the_ranking_and_ascending_reverses_it(bundle):
+    rec = bundle.discriminability("__all__")
+    frame = fv.feature_frame(bundle)
+    down, up = fv.sort_features(frame, "descending"), fv.sort_features(frame, "ascending")
+    np.testing.assert_array_equal(down["column"], rec["ranked"])
+    assert down["|discriminability|"][0] == np.abs(rec["coef"]).max()
+    assert list(up["label"]) == list(down["label"])[::-1]
+    assert np.all(np.diff(down["|discriminability|"]) <= 0)
+    with pytest.raises(ValueError, match="order must be one of"):
+        fv.sort_features(frame, "sideways")
+
+
+def _decode(uri: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+
+def test_patches_are_cropped_from_the_target_models_sprite(bundle):
+    frame = fv.feature_frame(bundle, "a", patches=1)
+    row = frame.iloc[0]
+    rec = bundle.patches("target", row["layer"])
+    i = list(rec["neurons"]).index(row["neuron"])
+    k = rec["indices"].shape[2]
+    p = rec["sprite"].shape[1] // k
+    uris = [part.split('"')[0] for part in row["patches"].split('src="')[1:]]
+    assert len(uris) == 2 and SOURCE in row["patches"] and TARGET in row["patches"]
+    for dom, uri in enumerate(uris):  # one patch per domain: row 2·i + domain, first column
+        np.testing.assert_array_equal(_decode(uri), rec["sprite"][(2 * i + dom) * p:(2 * i + dom + 1) * p, :p])
+
+
+def test_mirrored_histogram_has_source_up_and_target_down(bundle):
+    rec = bundle.discriminability("a")
+    hist = fv.mirrored_histogram(rec, 3, "conv1:25")
+    src, tgt = (el for el in hist if isinstance(el, hv.Histogram))
+    np.testing.assert_array_equal(src.dimension_values("instances"), rec["hist_source"][3])
+    np.testing.assert_array_equal(tgt.dimension_values("instances"), -rec["hist_target"][3])
+    assert src.dimension_values("instances").min() >= 0 and tgt.dimension_values("instances").max() <= 0
+    np.testing.assert_allclose(src.edges, rec["hist_edges"][3])
+    assert _opt(src, "color") == SOURCE and _opt(tgt, "color") == TARGET
+    hv.render(hist, backend="bokeh")
+
+
+def test_plot_shows_the_stored_projection_with_the_domain_markers(bundle):
+    rec = bundle.discriminability("a")
+    plot = fv.discriminability_plot(bundle, "a")
+    points = {el.label: el for el in plot if isinstance(el, hv.Points)}
+    for label, code, color, marker in (("source domain", 0, SOURCE, "x"), ("target domain", 1, TARGET, "circle")):
+        el = points[label]
+        np.testing.assert_allclose(np.column_stack([el.dimension_values("u"), el.dimension_values("g")]),
+                                   rec["coordinates"][rec["labels"] == code])
+        assert _opt(el, "color") == color and _opt(el, "marker") == marker
+    boundary = next(el for el in plot if isinstance(el, hv.VLine))
+    assert boundary.data == pytest.approx(-rec["intercept"] / np.linalg.norm(rec["coef"]))
+    title = plot.opts.get().kwargs["title"]
+    assert f"{rec['cv_mean']:.3f}" in title and f"{rec['cv_std']:.3f}" in title
+    assert f"{rec['folds_used']}-fold" in title and "fewer than the paper's 10 folds" in title
+    hv.render(plot, backend="bokeh")
+
+
+def _segments(plot) -> dict:
+    """label → (x1, y1, colour) of every biplot axis."""
+    out = {}
+    for el in plot:
+        if isinstance(el, hv.Segments):
+            for x1, y1, label in zip(el.dimension_values("x1"), el.dimension_values("y1"), el.dimension_values("label")):
+                out[label] = (x1, y1, _opt(el, "color"))
+    return out
+
+
+def test_biplot_axes_are_the_top_five_plus_the_checked_ones_with_length_proportional_to_coef(bundle):
+    rec = bundle.discriminability("__all__")
+    labels = [f"{layer}:{n}" for layer, n in rec["neurons"]]
+    top5 = [labels[j] for j in rec["ranked"][:5]]
+    extra = labels[rec["ranked"][40]]
+    segs = _segments(fv.discriminability_plot(bundle, "__all__", checked=[extra, top5[0], "conv9:999"]))
+    assert set(segs) == {*top5, extra}
+    assert segs[extra][2] == fv.CHECKED_COLOR and {segs[x][2] for x in top5} == {fv.AXIS_COLOR}
+    length = {x: np.hypot(*segs[x][:2]) for x in segs}
+    ratio = [length[x] / abs(rec["coef"][labels.index(x)]) for x in segs]
+    np.testing.assert_allclose(ratio, ratio[0])  # proportional to |coef|
+    radius = np.linalg.norm(rec["coordinates"], axis=1).max()
+    assert length[top5[0]] == pytest.approx(radius)  # the longest reaches the farthest instance
+    for x in segs:  # direction: the neuron's stored biplot axis
+        j = labels.index(x)
+        assert np.cross(segs[x][:2], rec["axes"][j]) == pytest.approx(0, abs=1e-9)
+        assert np.dot(segs[x][:2], rec["axes"][j]) > 0
+    bottom5 = [labels[j] for j in rec["ranked"][::-1][:5]]
+    assert set(_segments(fv.discriminability_plot(bundle, "__all__", order="ascending"))) == set(bottom5)
+
+
+def test_cv_text_names_the_fallback_only_below_ten_folds():
+    rec = {"folds_used": 4, "cv_mean": 0.8125, "cv_std": 0.1, "note": "used 4 folds instead"}
+    assert fv.cv_summary(rec) == ("4-fold CV accuracy 0.812 ± 0.100 (fewer than the paper's 10 folds: "
+                                  "used 4 folds instead)")
+    assert fv.cv_summary(rec, note=False) == "4-fold CV accuracy 0.812 ± 0.100 (fewer than the paper's 10 folds)"
+    assert fv.cv_summary({**rec, "folds_used": 10, "note": ""}) == "10-fold CV accuracy 0.812 ± 0.100"
+
+
+def test_a_class_without_discriminability_is_an_empty_state(bundle):
+    assert fv.read_discriminability(bundle, "c") is None
+    frame = fv.feature_frame(bundle, "c")
+    assert frame.empty and list(frame.columns) == fv.COLUMNS
+    plot = fv.discriminability_plot(bundle, "c")
+    assert "No domain discriminability" in plot.opts.get().kwargs["title"]
+    hv.render(plot, backend="bokeh")
+    assert "no target-domain instances" in fv.missing_message(bundle, "c")
+
+
+def test_tab_follows_the_class_selection_and_writes_it_back(state, bundle):
+    tab = fv.features_tab(state)
+    table = _find(tab, pn.widgets.Tabulator, "feature-ranking")
+    plot = _find(tab, pn.pane.HoloViews, "discriminability")
+    cv = _find(tab, pn.pane.Markdown, "cv-accuracy")
+    assert tab.view.shown == fv.ALL and len(table.value) == len(bundle.discriminability()["coef"])
+    state.select_class("a")
+    rec = bundle.discriminability("a")
+    assert tab.view.shown == "a"
+    np.testing.assert_array_equal(np.sort(table.value["discriminability"]), np.sort(rec["coef"]))
+    assert f"{rec['cv_mean']:.3f}" in cv.object and f"{rec['cv_mean']:.3f}" in plot.object.opts.get().kwargs["title"]
+    state.select_class("b", add=True)  # two classes: the view shows all of them, the selection stays
+    assert tab.view.shown == fv.ALL and state.classes == ["a", "b"]
+    select = tab.select(pn.widgets.Select)[0]
+    select.value = "b"  # picked here: the other views follow
+    assert state.classes == ["b"]
+    select.value = fv.ALL
+    assert state.classes == []
+    select.value = "c"
+    empty = _find(tab, pn.pane.Markdown, "features-empty")
+    assert state.classes == ["c"] and empty.visible and "no target-domain instances" in empty.object
+    assert not table.visible and not plot.visible
+    tab.get_root()  # the whole tab builds its bokeh models
+    state.bundle = PairBundle.open(bundle.reader.root)  # another pair loaded: this tab stops following
+    state.classes = ["a"]
+    assert tab.view.shown == "c"
+
+
+def test_ticking_a_row_adds_its_axis_and_survives_a_reorder(state, bundle):
+    tab = fv.features_tab(state)
+    table = _find(tab, pn.widgets.Tabulator, "feature-ranking")
+    plot = _find(tab, pn.pane.HoloViews, "discriminability")
+    label = table.value["label"].iloc[12]
+    table.selection = [12]
+    assert tab.view.checked == [label]
+    assert _segments(plot.object)[label][2] == fv.CHECKED_COLOR
+    tab.view.order = "ascending"
+    assert table.value["label"].iloc[0] == fv.sort_features(fv.feature_frame(bundle), "ascending")["label"][0]
+    assert list(table.value["label"].iloc[table.selection]) == [label] and tab.view.checked == [label]
+    assert label in _segments(plot.object)
+
+
+def test_tab_without_a_bundle_says_what_to_do():
+    empty = AppState(MemorySource({}, {}, {}))
+    assert "Select a diagnosed pair" in fv.features_tab(empty).object

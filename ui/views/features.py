@@ -1,0 +1,367 @@
+"""Feature view (paper §5.4.2, Figure 1 D): the feature ranking list and the domain discriminability plot.
+
+Everything comes from the bundle's ``discriminability/<class>`` record (Algorithm 1 run on the
+*target* model's conductance of its important neurons; ``neurons`` names the columns of A) and the
+target model's ``features/target/<layer>`` patch sprites. Nothing is recomputed here except display
+scaling. A class without the record (e.g. one with instances in only one domain) is an empty state.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+from PIL import Image
+
+from mlflow_transfer.bundle import PairBundle
+from mlflow_transfer.errors import BundleError
+
+from .style import MODEL_MARKER, SOURCE, TARGET
+
+__all__ = ["ALL", "ORDERS", "TOP_AXES", "cv_details", "cv_summary", "discriminability_plot", "feature_frame",
+           "feature_table", "features_tab", "mirrored_histogram", "missing_message", "read_discriminability",
+           "shown_class", "sort_features", "top_labels"]
+
+ALL = "__all__"  # the bundle's key for the all-classes record
+ORDERS = ("descending", "ascending")
+TOP_AXES = 5       # biplot axes drawn without ticking (paper: "top five neurons ... depending on the order")
+FEW_PATCHES = 3    # patches per domain shown in a list row
+PAGE_SIZE = 30     # list rows per page; remote paging sends only these to the browser
+PAPER_FOLDS = 10
+AXIS_COLOR, CHECKED_COLOR = "#333333", "#2ca02c"  # red/blue are reserved for the domains
+COLUMNS = ["rank", "layer", "neuron", "discriminability", "|discriminability|", "patches",
+           "conductance", "column", "label"]
+
+
+def read_discriminability(bundle: PairBundle, cls: str = ALL) -> dict | None:
+    """``bundle.discriminability(cls)``, or None when the bundle holds no such record for ``cls``."""
+    try:
+        return bundle.discriminability(cls)
+    except BundleError:
+        return None
+
+
+def missing_message(bundle: PairBundle, cls: str) -> str:
+    """Markdown saying why ``cls`` has no domain discriminability, quoting the diagnostics' notes on it."""
+    name = "all classes" if cls == ALL else f"class **{cls}**"
+    try:
+        notes = [n for n in bundle.summary().get("notes", []) if n.startswith(f"class {cls!r}")]
+    except BundleError:
+        notes = []
+    why = " ".join(notes) or "The diagnostics computed none (it needs instances of both domains)."
+    return f"No domain discriminability for {name}. {why}"
+
+
+def _png_uri(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _patch_html(strips: list[np.ndarray | None]) -> str:
+    """Source strip over target strip, each framed in its domain colour; '' when neither exists."""
+    imgs = [f'<img src="{_png_uri(s)}" title="{dom} domain" style="height:28px;border:2px solid {color};'
+            f'image-rendering:pixelated;margin:1px">'
+            for s, dom, color in zip(strips, ("source", "target"), (SOURCE, TARGET)) if s is not None]
+    return "<br>".join(imgs)
+
+
+def _histogram_svg(source: np.ndarray, target: np.ndarray, width: int = 120, height: int = 40) -> str:
+    """Sparkline of the mirrored histogram (source bars up in red, target bars down in blue).
+
+    Tabulator has no bar-chart cell, and one bokeh figure per row would not stay responsive."""
+    half, top = height / 2, max(int(source.max(initial=0)), int(target.max(initial=0)), 1)
+    w = width / max(len(source), 1)
+    rects = []
+    for i, (s, t) in enumerate(zip(source, target)):
+        hs, ht = s / top * half, t / top * half
+        if hs:
+            rects.append(f'<rect x="{i * w:.1f}" y="{half - hs:.1f}" width="{w * 0.9:.1f}" height="{hs:.1f}" fill="{SOURCE}"/>')
+        if ht:
+            rects.append(f'<rect x="{i * w:.1f}" y="{half:.1f}" width="{w * 0.9:.1f}" height="{ht:.1f}" fill="{TARGET}"/>')
+    return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}"><title>conductance: source '
+            f'{int(source.sum())} above, target {int(target.sum())} below</title>{"".join(rects)}'
+            f'<line x1="0" x2="{width}" y1="{half}" y2="{half}" stroke="#888" stroke-width="0.5"/></svg>')
+
+
+def _patch_strips(bundle: PairBundle, layers: set[str], few: int) -> dict[tuple[str, int], list]:
+    """(layer, neuron) → [source strip, target strip] of the target model's top patches.
+
+    A strip is the first ``few`` valid p×p patches side by side (H=p, W=n·p[, 3]) or None. The sprite
+    holds row ``2·i + domain`` for the i-th stored neuron, ``k`` patches of p×p per row; an index of
+    -1 marks a missing patch (fewer instances than k)."""
+    out = {}
+    for layer in layers:
+        try:
+            rec = bundle.patches("target", layer)
+        except BundleError:  # the layer had no neuron with patches
+            continue
+        k = rec["indices"].shape[2]
+        sprite, p = rec["sprite"], rec["sprite"].shape[1] // k
+        for i, n in enumerate(rec["neurons"]):
+            strips = []
+            for dom in (0, 1):
+                count = min(int((rec["indices"][i, dom] >= 0).sum()), few)
+                row = (2 * i + dom) * p
+                strips.append(sprite[row:row + p, :count * p] if count else None)
+            out[(layer, int(n))] = strips
+    return out
+
+
+def _base_frame(record: dict) -> pd.DataFrame:
+    """The columns of :func:`feature_frame` that need only the record (no patches, no sparklines)."""
+    coef = np.asarray(record["coef"], dtype=np.float64)
+    rank = np.empty(len(coef), np.int64)
+    rank[np.asarray(record["ranked"])] = np.arange(1, len(coef) + 1)  # stored ranking, ties as stored
+    neurons = [(str(layer), int(n)) for layer, n in record["neurons"]]
+    return pd.DataFrame({
+        "rank": rank,
+        "layer": [layer for layer, _ in neurons], "neuron": [n for _, n in neurons],
+        "discriminability": coef, "|discriminability|": np.abs(coef), "patches": "", "conductance": "",
+        "column": np.arange(len(coef)), "label": [f"{layer}:{n}" for layer, n in neurons]}, columns=COLUMNS)
+
+
+def feature_frame(bundle: PairBundle, cls: str = ALL, *, patches: int = FEW_PATCHES) -> pd.DataFrame:
+    """One row per neuron of A (the columns of Algorithm 1's matrix), in the stored column order.
+
+    Columns: ``rank`` (1 = largest |coef|, from the
+    stored ``ranked``), ``layer``, ``neuron`` (index in the layer), ``discriminability`` (signed SVM
+    coefficient; > 0 pushes towards the target domain), ``|discriminability|``, ``patches`` (HTML:
+    up to ``patches`` top patches of the target model per domain), ``conductance`` (HTML: mirrored
+    histogram sparkline), ``column`` (j, the row of coef/axes/hist_* for this neuron), ``label``
+    (``"layer:index"``). Empty (same columns) when ``cls`` has no discriminability record.
+    """
+    rec = read_discriminability(bundle, cls)
+    if rec is None:
+        return pd.DataFrame({c: [] for c in COLUMNS})
+    frame = _base_frame(rec)
+    keys = list(zip(frame["layer"], frame["neuron"]))
+    strips = _patch_strips(bundle, set(frame["layer"]), patches)
+    hs, ht = np.asarray(rec["hist_source"]), np.asarray(rec["hist_target"])
+    frame["patches"] = [_patch_html(strips.get(key, [None, None])) or "no patches stored" for key in keys]
+    frame["conductance"] = [_histogram_svg(hs[j], ht[j]) for j in frame["column"]]
+    return frame
+
+
+def sort_features(frame: pd.DataFrame, order: str = "descending") -> pd.DataFrame:
+    """``frame`` by discriminability magnitude: ``descending`` follows the stored ranking (largest
+    |coef| first, ties by column), ``ascending`` is its exact reverse. The index is reset."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    return frame.sort_values("rank", ascending=order == "descending", kind="stable").reset_index(drop=True)
+
+
+def top_labels(frame: pd.DataFrame, order: str = "descending", n: int = TOP_AXES) -> list[str]:
+    """Labels of the first ``n`` neurons of the list in ``order`` (the biplot axes drawn by default)."""
+    return list(sort_features(frame, order)["label"].iloc[:n])
+
+
+def mirrored_histogram(record: dict, column: int, label: str = "") -> hv.Overlay:
+    """Conductance histogram of neuron ``column`` of A: source counts as bars above 0 (red), target
+    counts below 0 (blue, negated), on the shared bin edges (units: conductance).
+
+    Args:
+        record: ``bundle.discriminability(cls)`` (hist_source/hist_target (P, bins), hist_edges (P, bins+1)).
+        column: j in [0, P).
+    """
+    edges = np.asarray(record["hist_edges"][column], dtype=np.float64)
+    kdims, vdims = [hv.Dimension("conductance")], [hv.Dimension("instances")]
+    src = hv.Histogram((edges, np.asarray(record["hist_source"][column])), kdims=kdims, vdims=vdims, label="source domain")
+    tgt = hv.Histogram((edges, -np.asarray(record["hist_target"][column])), kdims=kdims, vdims=vdims, label="target domain")
+    return hv.Overlay([src.opts(color=SOURCE, line_color=None), tgt.opts(color=TARGET, line_color=None),
+                       hv.HLine(0).opts(color="#888", line_width=1)]).opts(
+        title=label, height=160, width=360, legend_position="right", show_grid=True)
+
+
+def cv_summary(record: dict, *, note: bool = True) -> str:
+    """One line: the domain classifier's k-fold CV accuracy mean ± std, flagging fewer folds than the
+    paper's 10; with ``note``, the diagnostics' own remark (e.g. why folds were reduced) follows."""
+    text = f"{record['folds_used']}-fold CV accuracy {record['cv_mean']:.3f} ± {record['cv_std']:.3f}"
+    remarks = [f"fewer than the paper's {PAPER_FOLDS} folds"] if record["folds_used"] < PAPER_FOLDS else []
+    if note and record.get("note"):
+        remarks.append(record["note"])
+    return text + (f" ({': '.join(remarks)})" if remarks else "")
+
+
+def _axes_frame(record: dict, frame: pd.DataFrame, labels: list[str], radius: float) -> pd.DataFrame:
+    """Biplot segments from the origin for ``labels``: direction = the neuron's stored axis (its
+    original axis projected on [u, g]), length = radius · |coef_j| / max |coef|."""
+    axes, coef = np.asarray(record["axes"], np.float64), np.abs(np.asarray(record["coef"], np.float64))
+    rows = frame.set_index("label").loc[labels]
+    out = []
+    for label, j in zip(labels, rows["column"]):
+        direction = axes[j] if np.linalg.norm(axes[j]) > 0 else np.asarray(record["basis"][j], np.float64)
+        norm = np.linalg.norm(direction)
+        if norm == 0:  # a neuron with coef 0 and no projection has no line to draw
+            continue
+        x1, y1 = direction / norm * radius * coef[j] / coef.max()
+        out.append({"x0": 0.0, "y0": 0.0, "x1": x1, "y1": y1, "label": label, "discriminability": record["coef"][j]})
+    return pd.DataFrame(out, columns=["x0", "y0", "x1", "y1", "label", "discriminability"])
+
+
+def discriminability_plot(bundle: PairBundle, cls: str = ALL, checked=(), *, order: str = "descending",
+                          top: int = TOP_AXES) -> hv.Overlay:
+    """Domain discriminability plot: instances (rows of A) projected on [u, g] — u, the SVM normal,
+    horizontal (the decision boundary is the dashed vertical line), g, the first principal component,
+    vertical; red crosses source, blue circles target. Biplot axes from the origin, labelled
+    ``layer:index``, for the first ``top`` neurons of the list in ``order`` plus the ``checked``
+    labels (green); each line's length is proportional to |coef|, the longest reaching the farthest
+    instance. The title gives the k-fold CV accuracy.
+
+    Args:
+        checked: ``"layer:index"`` labels ticked in the list; labels not in this class's A are ignored.
+    """
+    rec = read_discriminability(bundle, cls)
+    opts = {"responsive": True, "min_height": 420, "show_grid": True}
+    if rec is None:
+        return hv.Overlay([hv.Points([], ["u", "g"])]).opts(**opts, title=f"No domain discriminability for {cls}")
+    coords, labels = np.asarray(rec["coordinates"], np.float64), np.asarray(rec["labels"])
+    kdims = [hv.Dimension("u", label="u: SVM normal (→ target)"), hv.Dimension("g", label="g: first principal component")]
+    layers = []
+    for domain, code, color in (("source", 0, SOURCE), ("target", 1, TARGET)):
+        part = pd.DataFrame(coords[labels == code], columns=["u", "g"]).assign(domain=domain)
+        marker = MODEL_MARKER[domain]
+        layers.append(hv.Points(part, kdims, ["domain"], label=f"{domain} domain").opts(
+            color=color, marker=marker, size=8 if marker == "x" else 7, line_width=2 if marker == "x" else 1,
+            fill_alpha=0.35, tools=["hover"]))
+    norm = float(np.linalg.norm(rec["coef"]))
+    if "intercept" in rec and norm > 0:  # decision value ||coef||·u + b = 0
+        layers.append(hv.VLine(-float(rec["intercept"]) / norm).opts(color="#666", line_dash="dashed", line_width=1))
+    frame = _base_frame(rec)
+    default = top_labels(frame, order, top)
+    extra = sorted((set(checked) & set(frame["label"])) - set(default))
+    radius = float(np.linalg.norm(coords, axis=1).max(initial=0)) or 1.0
+    for names, color in ((default, AXIS_COLOR), (extra, CHECKED_COLOR)):
+        segs = _axes_frame(rec, frame, names, radius)
+        layers.append(hv.Segments(segs, ["x0", "y0", "x1", "y1"], ["label", "discriminability"]).opts(
+            color=color, line_width=2, tools=["hover"]))
+        layers.append(hv.Labels(segs, ["x1", "y1"], "label").opts(text_color=color, text_font_size="9pt",
+                                                                  text_align="left", xoffset=0.02 * radius))
+    return hv.Overlay(layers).opts(**opts, title=f"Domain classifier: {cv_summary(rec, note=False)}",
+                                   legend_position="top_left")
+
+
+def feature_table(frame: pd.DataFrame, order: str = "descending", *, record: dict | None = None,
+                  page_size: int = PAGE_SIZE) -> pn.widgets.Tabulator:
+    """The feature ranking list: :func:`feature_frame` sorted by ``order``, paged remotely (only
+    ``page_size`` rows reach the browser), read-only but for a checkbox per row (Tabulator's
+    ``selectable="checkbox"``; ``selection`` = positions of the ticked rows in ``value``). With
+    ``record``, expanding a row shows its full :func:`mirrored_histogram` with conductance units."""
+    money = {"type": "money", "precision": 3}
+    return pn.widgets.Tabulator(
+        sort_features(frame, order), show_index=False, pagination="remote", page_size=page_size,
+        selectable="checkbox", disabled=True, layout="fit_data", hidden_columns=["column", "label"],
+        sortable=False, row_content=_row_content(record),
+        formatters={"patches": {"type": "html"}, "conductance": {"type": "html"},
+                    "discriminability": money, "|discriminability|": money},
+        titles={"conductance": "conductance (source ↑ / target ↓)", "patches": "top patches (target model)"},
+        name="feature-ranking", sizing_mode="stretch_width")
+
+
+def _row_content(record: dict | None):
+    """Tabulator's expanded-row builder: the full mirrored histogram (None: rows do not expand)."""
+    if record is None:
+        return None
+    return lambda row: pn.pane.HoloViews(mirrored_histogram(record, int(row["column"]), row["label"]))
+
+
+def cv_details(record: dict) -> str:
+    """Markdown for the ``cv-accuracy`` pane: :func:`cv_summary`, the per-fold accuracies, the
+    training accuracy and the size of A (instances × neurons)."""
+    folds = ", ".join(f"{x:.2f}" for x in np.asarray(record["cv_scores"]))
+    train = f"; training accuracy {record['train_accuracy']:.3f}" if "train_accuracy" in record else ""
+    return (f"**Domain classifier** (linear SVM on the target model's conductance, "
+            f"{len(record['labels'])} instances × {len(record['coef'])} neurons): {cv_summary(record)}; "
+            f"per fold {folds}{train}")
+
+
+def shown_class(state) -> str:
+    """The class the feature view shows: the single selected class, else all classes (``ALL``)."""
+    return state.classes[0] if len(state.classes) == 1 else ALL
+
+
+class _FeatureView(param.Parameterized):
+    """What the tab shows; the widgets edit it, the plot is a function of it."""
+
+    shown = param.Selector(default=ALL, objects=[ALL], doc="class shown (ALL: all classes)")
+    order = param.Selector(default=ORDERS[0], objects=list(ORDERS))
+    checked = param.List(default=[], item_type=str, doc="ticked 'layer:index' labels, sorted")
+
+
+def features_tab(state, *, page_size: int = PAGE_SIZE) -> pn.viewable.Viewable:
+    """The feature view of ``state.bundle``: class select (two-way with ``state.classes``), sort order,
+    the CV accuracy, the discriminability plot and the ranking list (ticking a row adds its axis).
+
+    Named panes: ``cv-accuracy``, ``discriminability``, ``feature-ranking``, ``features-empty``.
+    The returned Column carries the view's own state (shown class, order, checked labels) as ``.view``.
+    """
+    b = state.bundle
+    if b is None:
+        return pn.pane.Markdown("Select a diagnosed pair above.", name="features-empty")
+    view = _FeatureView()
+    view.param.shown.objects = {"all classes": ALL, **{c: c for c in b.classes}}
+    view.shown = shown_class(state)
+    select = pn.widgets.Select.from_param(view.param.shown, label="Class", width=200)
+    order = pn.widgets.RadioButtonGroup.from_param(view.param.order)
+    table = feature_table(feature_frame(b, view.shown), view.order, record=read_discriminability(b, view.shown),
+                          page_size=page_size)
+    empty = pn.pane.Markdown("", name="features-empty", visible=False)
+    cv = pn.pane.Markdown("", name="cv-accuracy")
+    # re-rendered whenever the class, the order or the ticked neurons change
+    plot = pn.pane.HoloViews(pn.bind(discriminability_plot, b, view.param.shown, view.param.checked,
+                                     order=view.param.order), name="discriminability",
+                             sizing_mode="stretch_width", min_height=440)
+
+    def show():
+        rec = read_discriminability(b, view.shown)
+        for pane in (table, plot, cv):
+            pane.visible = rec is not None
+        empty.param.update(visible=rec is None, object="" if rec else missing_message(b, view.shown))
+        cv.object = cv_details(rec) if rec else ""
+
+    def new_class(event):
+        rec = read_discriminability(b, event.new)
+        table.param.update(value=sort_features(feature_frame(b, event.new), view.order), selection=[],
+                           row_content=_row_content(rec), expanded=[], page=1)
+        show()
+        if event.new != shown_class(state):  # picked here, not followed from elsewhere: tell the other views
+            if event.new == ALL:
+                state.classes = []
+            else:
+                state.select_class(event.new)
+
+    def reorder(event):  # keep the ticks on the same neurons, whose rows move
+        checked, moving[0] = set(view.checked), True
+        try:
+            table.value = sort_features(table.value, event.new)  # Tabulator clears the selection here
+        finally:
+            moving[0] = False
+        table.selection = [i for i, x in enumerate(table.value["label"]) if x in checked]
+
+    def ticked(*_):
+        if not moving[0]:  # not the transient empty selection of a reorder
+            view.checked = sorted(table.value["label"].iloc[table.selection])
+
+    moving = [False]
+
+    view.param.watch(new_class, "shown")
+    view.param.watch(reorder, "order")
+    table.param.watch(ticked, "selection")
+    def follow(*_):
+        if state.bundle is not b:  # the app was rebuilt for another pair: this tab is gone
+            state.param.unwatch(following)
+            return
+        view.shown = shown_class(state)
+
+    following = state.param.watch(follow, "classes")
+    show()
+    hint = pn.pane.Markdown(f"The first {TOP_AXES} neurons in this order are drawn as axes; tick more in "
+                            "the list. Positive discriminability pushes towards the target domain.")
+    tab = pn.Column(pn.Row(select, order, hint), empty, cv, plot, table, sizing_mode="stretch_width")
+    tab.view = view  # for tests and embedding
+    return tab
