@@ -129,6 +129,7 @@ def test_instance_view_and_a_copied_url_restores_the_state(served, browser, page
     page.get_by_text("Instances", exact=True).click()
     page.locator("canvas").last.wait_for(timeout=30_000)
     _shot(page, "instances")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('pair')", timeout=30_000)
     pair = parse_qs(urlparse(page.url).query)["pair"][0]
     link = f"{served}?pair={pair}&classes=%5B%227%22%2C%20%221%22%5D"
     fresh = browser.new_page(viewport={"width": 1400, "height": 1000})  # a new tab: nothing carried over
@@ -141,3 +142,52 @@ def test_instance_view_and_a_copied_url_restores_the_state(served, browser, page
     assert parse_qs(urlparse(fresh.url).query)["pair"] == [pair]
     _shot(fresh, "instances-from-link")
     fresh.close()
+
+
+# Screen position of the first neuron index of the network figure: BokehJS knows where it drew each glyph.
+_FIRST_NEURON_INDEX = """() => {
+  const doc = Bokeh.documents[0];
+  const r = doc.get_model_by_name('neuron-index');
+  if (!r) return null;
+  const seen = new Set();
+  function* walk(v) {
+    if (!v || seen.has(v)) return;
+    seen.add(v); yield v;
+    for (const c of (v.child_views ?? [])) yield* walk(c);
+  }
+  for (const root of Bokeh.index.roots ?? []) for (const v of walk(root)) {
+    if (v.renderer_views instanceof Map && v.renderer_views.has(r)) {
+      const g = v.renderer_views.get(r).glyph;
+      if (!g.sleft || g.sleft.length === 0) return null;
+      const box = v.canvas_view.el.getBoundingClientRect();
+      return {x: box.left + (g.sleft[0] + g.sright[0]) / 2, y: box.top + (g.stop[0] + g.sbottom[0]) / 2,
+              id: r.data_source.data.id[0]};
+    }
+  }
+  return null;
+}"""
+
+
+def test_network_view_a_neuron_click_opens_the_detail_panel(served, page):
+    page.goto(served)
+    page.get_by_text("Transferability score").wait_for(timeout=60_000)
+    page.get_by_text("Network", exact=True).click()
+    target = page.wait_for_function(_FIRST_NEURON_INDEX, timeout=60_000).json_value()
+    page.get_by_text("Layer similarity (linear CKA)").count()  # the CKA heatmap sits beside the figure
+    page.mouse.click(target["x"], target["y"])
+    page.wait_for_function("() => new URLSearchParams(location.search).get('neuron')", timeout=30_000)
+    assert parse_qs(urlparse(page.url).query)["neuron"] == [target["id"]]
+    model, layer, index = target["id"].split(":")
+    page.get_by_text(f"{layer} · neuron {index}").wait_for(timeout=30_000)
+    assert page.get_by_text("most similar").count() >= 1
+    _shot(page, "network")
+
+
+def test_feature_view_renders_the_ranking_and_the_biplot(served, page):
+    page.goto(served)
+    page.get_by_text("Transferability score").wait_for(timeout=60_000)
+    page.get_by_text("Features", exact=True).click()
+    page.get_by_text("-fold CV accuracy").first.wait_for(timeout=60_000)
+    page.locator(".tabulator-row").last.wait_for(timeout=30_000)
+    assert page.locator("canvas").count() >= 2  # accuracy chart was built lazily; the biplot is here
+    _shot(page, "features")

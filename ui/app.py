@@ -16,6 +16,7 @@ from ui.state import URL_PARAMS, AppState
 from ui.views import instances as instance_view
 from ui.views import overview
 from ui.views.features import features_tab
+from ui.views.network import network_tab
 from ui.views.pairs import HOW_TO_DIAGNOSE, pairs_table
 
 pn.extension("tabulator", notifications=False)
@@ -90,9 +91,16 @@ def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> p
     state = AppState(source, **state_params)
     if sync_url and pn.state.location is not None:
         pn.state.location.sync(state, {p: p for p in URL_PARAMS})
-        # The browser reports its own (possibly empty) query when it connects, which hides the pair the
-        # state opened by default; write the state back once the page is up, so the URL is a link.
-        pn.state.onload(lambda: pn.state.location.update_query(**_query(state)))
+        # The browser reports its own (possibly empty) query when it connects, after the state opened a
+        # pair by default; whenever the URL lacks one of the state's parameters, write them all back, so
+        # the address bar is always a link to what is on screen.
+        def complete_url(*_):
+            location = pn.state.location
+            if set(URL_PARAMS) - set(location.query_params):
+                location.update_query(**_query(state))
+
+        pn.state.location.param.watch(complete_url, "search")
+        pn.state.onload(complete_url)
 
     @pn.depends(state.param.error, state.param.experiments, state.param.pairs, state.param.pair)
     def header(*_):
@@ -105,7 +113,7 @@ def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> p
         if state.bundle is None:
             return pn.pane.Markdown("" if state.error else "Select a diagnosed pair above.")
         return pn.Tabs(("Statistics", _statistics(state)), ("Instances", _instances(state)),
-                       ("Features", features_tab(state)), dynamic=True, sizing_mode="stretch_width")
+                       ("Network", network_tab(state)), ("Features", features_tab(state)), dynamic=True, sizing_mode="stretch_width")
 
     app = pn.Column(pn.pane.Markdown("# mlflow-transfer — what knowledge moved"), header, views,
                     sizing_mode="stretch_width")

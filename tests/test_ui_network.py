@@ -1,0 +1,233 @@
+"""The network relation view (paper §5.3.3) without a browser: layout tables checked against the bundle,
+the HoloViews objects rendered with bokeh, and the tab's links with `AppState`."""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import pytest
+
+from mlflow_transfer.bundle import PairBundle
+from ui.readers import MemorySource
+from ui.state import AppState
+from ui.views import network as nv
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle):
+    return PairBundle.open(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def tables(bundle):
+    return pd.DataFrame(bundle.important_neurons()), pd.DataFrame(bundle.weights())
+
+
+def _imp(tables, model, cls_index, layer):
+    t = tables[0]
+    part = t[(t["model"] == model) & (t["class_index"] == cls_index) & (t["layer"] == layer)]
+    return part.sort_values("rank")["neuron"].to_numpy()
+
+
+def _state(tiny_bundle, **params):
+    source = MemorySource({"1": "pairs"}, {"1": [{"diagnostics_run_id": "d1"}]}, {"d1": tiny_bundle})
+    return AppState(source, **params)
+
+
+def _centre(row):
+    return (row["x0"] + row["x1"]) / 2, (row["y0"] + row["y1"]) / 2
+
+
+def test_important_block_holds_exactly_the_similarity_of_the_important_neurons(bundle, tables):
+    z = nv.zigzag_data(bundle, "a", 0, 2, tables=tables)
+    assert z.message == "" and z.layers == bundle.layers[:3]
+    for k, layer in enumerate(z.layers):
+        s = bundle.similarity("a", layer)  # [source, target]
+        src, tgt = _imp(tables, "source", 0, layer), _imp(tables, "target", 0, layer)
+        expected = s[np.ix_(src, tgt)] if z.rows[k] == "source" else s[np.ix_(src, tgt)].T
+        cells = z.cells[z.cells["layer"] == layer]
+        # rows and columns in rank order: the cell grid read back by position is the sliced matrix
+        grid = cells.pivot(index="y0", columns="x0", values="similarity").to_numpy()
+        np.testing.assert_array_equal(grid, expected.astype(grid.dtype))
+        rows_in_order = cells.sort_values("y0").drop_duplicates("y0")["row_neuron"].to_numpy()
+        np.testing.assert_array_equal(rows_in_order, tgt if z.rows[k] == "target" else src)
+
+
+def test_zigzag_alternates_orientation_and_puts_each_models_weights_in_a_corner(bundle, tables):
+    z = nv.zigzag_data(bundle, "a", 0, 3, tables=tables)
+    assert z.rows == ["target", "source", "target", "source"]
+    for k, layer in enumerate(z.layers):
+        cells = z.cells[z.cells["layer"] == layer]
+        assert set(cells["row_model"]) == {z.rows[k]} and set(cells["col_model"]) == {nv.OTHER[z.rows[k]]}
+        idx = z.indices[z.indices["layer"] == layer]
+        assert set(idx[idx["axis"] == "row"]["model"]) == {z.rows[k]}
+    w = z.weight_cells
+    for k in range(1, len(z.layers)):
+        pair = w[w["layer"] == z.layers[k - 1]]
+        below = pair[pair["model"] == z.rows[k]]      # below-left of the diagonal
+        above = pair[pair["model"] == z.rows[k - 1]]  # above-right
+        assert len(below) and len(above) and (below["y0"] > below["x0"]).all() and (above["x0"] > above["y0"]).all()
+    assert set(w[w["layer"] == "conv1"]["model"]) == {"source", "target"}
+
+
+def test_weight_cells_show_the_mean_levels_and_red_dots_are_the_inherited_rows(bundle, tables):
+    z = nv.zigzag_data(bundle, "b", 0, len(bundle.layers) - 1, tables=tables)
+    w = z.weight_cells
+    for model in ("source", "target"):
+        part = w[(w["model"] == model) & (w["layer"] == "conv2")]
+        levels = bundle.weight_matrices(model, "b", "conv2")["levels"]  # (N_next, N_prev)
+        np.testing.assert_array_equal(part["level"].to_numpy(), levels[part["b"], part["a"]])
+        assert len(part) == len(_imp(tables, model, 1, "conv2")) * len(_imp(tables, model, 1, "conv3"))
+    wt = tables[1]
+    rows = wt[(wt["model"] == "target") & (wt["class_index"] == 1) & (wt["inherited"] == True)]
+    drawable = {(r.layer, r.a, r.b) for r in rows.itertuples()
+                if r.a in _imp(tables, "target", 1, r.layer) and r.b in _imp(tables, "target", 1, r.next_layer)}
+    dots = set(zip(z.dots["layer"], z.dots["a"], z.dots["b"]))
+    assert dots == drawable and len(dots) > 0
+    assert set(z.dots["model"]) == {"target"}  # only target weights are matched with the source
+    # the pie glyph of a boxplot is the inherited share of that neuron's important links
+    boxes = z.boxes[(z.boxes["model"] == "target") & (z.boxes["n_important"] > 0)]
+    assert len(boxes) and (z.boxes[z.boxes["model"] == "source"]["share"].isna()).all()
+    for box in boxes.itertuples():
+        layer = box.layer if box.side == "prev" else box.next_layer
+        others = set(_imp(tables, "target", 1, box.next_layer if box.side == "prev" else box.layer))
+        end = "a" if box.side == "prev" else "b"
+        links = wt[(wt["model"] == "target") & (wt["class_index"] == 1) & (wt["layer"] == box.layer)
+                   & (wt[end] == box.neuron)]
+        links = links[~links["b" if end == "a" else "a"].isin(others)]  # those towards non-important neurons
+        assert box.n_important == len(links) and layer in bundle.layers
+        assert box.share == pytest.approx(links["inherited"].astype(bool).mean())
+
+
+def test_toggles_remove_the_non_important_regions_and_the_source_weights(bundle, tables):
+    full = nv.zigzag_data(bundle, "a", 0, 2, tables=tables)
+    assert len(full.sim_bars) and len(full.boxes) and len(full.weight_bars)
+    lean = nv.zigzag_data(bundle, "a", 0, 2, hide_non_important=True, tables=tables)
+    assert lean.sim_bars.empty and lean.boxes.empty and lean.weight_bars.empty and lean.pies == []
+    assert set(lean.regions["region"]) == {"imp×imp"} and lean.width < full.width
+    pd.testing.assert_series_equal(lean.cells["similarity"], full.cells["similarity"])
+    no_source = nv.zigzag_data(bundle, "a", 0, 2, hide_source_weights=True, tables=tables)
+    assert set(no_source.weight_cells["model"]) == {"target"}
+    assert "source" not in set(no_source.regions["model"]) and set(no_source.boxes["model"]) == {"target"}
+    assert len(no_source.cells) == len(full.cells)
+
+
+def test_a_click_finds_the_neuron_index_or_the_weight_under_it(bundle, tables):
+    z = nv.zigzag_data(bundle, "a", 0, 2, tables=tables)
+    glyph = z.indices.iloc[3]
+    hit = z.hit(glyph["x"], glyph["y"])
+    assert hit["kind"] == "neuron" and hit["id"] == f"{glyph['model']}:{glyph['layer']}:{glyph['neuron']}"
+    cell = z.weight_cells.iloc[0]
+    hit = z.hit(*_centre(cell))
+    assert hit["kind"] == "weight" and (hit["a"], hit["b"]) == (cell["a"], cell["b"])
+    text = nv.describe_hit(hit)
+    assert f"#{cell['a']}" in text and f"#{cell['b']}" in text and f"{cell['level']:.4g}" in text
+    sim = z.cells.iloc[5]
+    assert nv.describe_hit(z.hit(*_centre(sim))).endswith(f"{sim['similarity']:.3f}")
+    assert z.hit(-5, -5) is None
+
+
+def test_top_similar_neurons_are_the_argsort_of_the_similarity_row(bundle):
+    s = bundle.similarity("a", "conv2")
+    idx, val = nv.most_similar(s, "target", 7)
+    np.testing.assert_array_equal(idx, np.argsort(-s[:, 7], kind="stable")[:5])
+    np.testing.assert_array_equal(val, s[idx, 7])
+    idx, _ = nv.most_similar(s, "source", 3, k=3)
+    np.testing.assert_array_equal(idx, np.argsort(-s[3, :], kind="stable")[:3])
+
+
+def test_crop_patches_cuts_the_neurons_rows_out_of_the_sprite(bundle):
+    rec = bundle.patches("target", "conv2")
+    i, n = 1, int(rec["neurons"][1])
+    out = nv.crop_patches(rec, n)
+    p = rec["sprite"].shape[1] // rec["values"].shape[2]
+    assert [len(out[d]) for d in ("source", "target")] == [int((rec["indices"][i, d] >= 0).sum()) for d in (0, 1)]
+    np.testing.assert_array_equal(out["target"][0]["image"], rec["sprite"][3 * p:4 * p, :p])
+    assert out["source"][0]["value"] == pytest.approx(float(rec["values"][i, 0, 0]))
+    assert nv.crop_patches(rec, 10_000) == {"source": [], "target": []}
+
+
+def test_neuron_detail_shows_the_patches_of_the_neuron_and_its_five_most_similar(bundle, tables):
+    layer, n = "conv2", int(_imp(tables, "target", 0, "conv2")[0])
+    panel = nv.neuron_detail(bundle, "a", f"target:{layer}:{n}")
+    assert panel.name == "neuron-detail"
+    top, values = nv.most_similar(bundle.similarity("a", layer), "target", n)
+    own = nv.crop_patches(bundle.patches("target", layer), n)
+    theirs = nv.crop_patches  # the source model's patches of each similar neuron (non-important: none)
+    src = bundle.patches("source", layer)
+    expected = sum(map(len, own.values())) + sum(len(v) for j in top for v in theirs(src, int(j)).values())
+    images = panel.select(pn.pane.PNG)
+    assert len(own["source"]) + len(own["target"]) > 0 and len(images) == expected
+    text = " ".join(str(getattr(p, "object", "")) for p in panel.select(pn.pane.HTML))
+    assert all(f"#{int(j)}" in text and f"{v:.3f}" in text for j, v in zip(top, values))
+    assert "rank 1" in " ".join(p.object for p in panel.select(pn.pane.Markdown))
+    for bad in ("", "nonsense", "target:nolayer:1", "source:conv2:x"):
+        assert not nv.neuron_detail(bundle, "a", bad).select(pn.pane.PNG)
+
+
+def test_empty_states_are_messages_not_exceptions(bundle, tables, monkeypatch):
+    z = nv.zigzag_data(bundle, "c", 0, 2, tables=tables)  # 'c' has no target-domain instances
+    assert "no neuron similarity data" in z.message and z.cells.empty
+    hv.render(nv.zigzag_figure(z), backend="bokeh")
+    detail = nv.neuron_detail(bundle, "c", "source:conv1:0")
+    assert "no similarity data" in " ".join(p.object for p in detail.select(pn.pane.Markdown))
+    assert "not in this pair" in nv.zigzag_data(bundle, "zzz", 0, 1).message
+    one = nv.zigzag_data(bundle, "a", 2, 2, tables=tables)
+    assert one.layers == ["conv3"] and one.weight_cells.empty and "One layer" in one.notes[0]
+    hv.render(nv.zigzag_figure(one), backend="bokeh")
+    monkeypatch.setattr(type(bundle), "weight_matrices", lambda *a, **k: None)  # a bundle before schema 1.1
+    old = nv.zigzag_data(bundle, "a", 0, 2, tables=tables)
+    assert old.weight_cells.empty and not old.cells.empty and "schema 1.1" in old.notes[0]
+
+
+def test_figure_renders_with_bokeh_and_names_the_neuron_index_glyphs(bundle, tables):
+    z = nv.zigzag_data(bundle, "a", 0, 2, tables=tables)
+    fig = hv.render(nv.zigzag_figure(z), backend="bokeh")
+    named = [r for r in fig.renderers if r.name == "neuron-index"]
+    assert len(named) == 1 and len(named[0].data_source.data["id"]) == len(z.indices)
+    assert len(fig.renderers) < 20  # one renderer per kind of glyph, not per layer
+
+
+def test_network_tab_is_linked_both_ways_with_the_app_state(tiny_bundle):
+    state = _state(tiny_bundle, layer_from=0, layer_to=2)
+    tab = nv.network_tab(state)
+    select = tab.select(pn.widgets.Select)[0]
+    slider = tab.select(pn.widgets.IntRangeSlider)[0]
+    assert select.value == "a" and slider.value == (0, 2) and slider.end == len(state.bundle.layers) - 1
+    select.value = "b"
+    assert state.classes == ["b"]
+    state.select_class("a", add=True)  # a multi-class selection made elsewhere is not narrowed
+    assert state.classes == ["a", "b"] and select.value == "a"
+    slider.value = (1, 3)
+    assert (state.layer_from, state.layer_to) == (1, 3)
+    state.layer_to = 4
+    assert slider.value == (1, 4)
+    boxes = {b.label: b for b in tab.select(pn.widgets.Checkbox)}
+    boxes["Hide source weights"].value = True
+    assert state.hide_source_weights
+
+    def figure_pane():
+        return next(p for p in tab.select(pn.pane.HoloViews) if p.name == "network")
+
+    data_renderers = hv.render(figure_pane().object, backend="bokeh").renderers
+    assert all(set(r.data_source.data.get("model", [])) <= {"target"} for r in data_renderers
+               if r.name != "neuron-index" and "edge" in r.data_source.data)
+    # a click on a neuron index sets state.neuron and the detail panel follows
+    overlay = figure_pane().object
+    tap = next(s for s in hv.streams.Stream.registry[overlay] if isinstance(s, hv.streams.Tap))
+    glyphs = nv.zigzag_data(state.bundle, "a", 1, 4, hide_source_weights=True).indices
+    first = glyphs[glyphs["model"] == "target"].iloc[0]
+    tap.event(x=first["x"], y=first["y"])
+    assert state.neuron == first["id"]
+    detail = next(p for p in tab.select(pn.Column) if p.name == "neuron-detail")
+    assert f"neuron {first['neuron']}" in detail[0].object and detail.select(pn.pane.PNG)
+    names = {p.name for p in tab.select(pn.pane.HoloViews)}
+    assert {"network", "inheritance", "cka"} <= names
+    # a class without similarity data shows the empty state in place of the figure
+    select.value = "c"
+    assert state.classes == ["c"]
+    empty = [p for p in tab.select(pn.pane.Markdown) if p.name == "network"]
+    assert empty and "no neuron similarity data" in empty[0].object
+    tab.get_root()  # the whole tab builds a bokeh document
