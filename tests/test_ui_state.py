@@ -181,3 +181,38 @@ def test_thousands_of_diagnosed_runs_are_paged_and_a_missing_bundle_is_a_message
     assert "diagnose" in state.error and state.pair in state.error
     table = pairs_table(state.pairs, state.pair)
     assert table.pagination and table.page_size < 100 and table.selection == [0]
+
+
+def test_reprojection_of_selected_classes_is_their_own_tsne_and_is_cached(tiny_bundle):
+    from mlflow_transfer.diagnostics.instances import tsne_projection
+    from ui.projection import reprojected
+
+    b = PairBundle.open(tiny_bundle)
+    labels = np.asarray(b.instances()["label"])
+    rows, xy = reprojected(b, ["b", "a"])
+    np.testing.assert_array_equal(rows, np.flatnonzero(labels <= 1))
+    reference = tsne_projection(b.embedding("target")[rows], seed=0, gradient="bh")
+    np.testing.assert_allclose(xy, reference, rtol=1e-5, atol=1e-5)
+    assert reprojected(b, ["a", "b"])[1] is xy  # the same class set, in any order: from the cache
+    frame = iv.instance_frame(b.instances(), b.classes, ["a", "b"], xy=xy)
+    np.testing.assert_array_equal(frame[["x", "y"]].to_numpy(), xy)
+    with pytest.raises(ValueError, match="rows"):
+        iv.instance_frame(b.instances(), b.classes, ["a"], xy=xy)
+
+
+def test_reproject_is_part_of_the_link_and_retitles_the_scatter(source):
+    from ui.app import _instances
+    from ui.state import URL_PARAMS
+
+    assert "reproject" in URL_PARAMS
+    state = AppState(source, classes=["a"], reproject=True)
+
+    def titles():
+        root = _instances(state).get_root()
+        return " ".join(str(m.text) for m in root.references() if type(m).__name__ == "Title")
+
+    assert "re-projected" in titles()
+    legend = iv.class_legend(state.bundle.classes, ["a"])
+    assert "</span> a</span>" in legend and "</span> b</span>" not in legend
+    state.reproject = False
+    assert "re-projected" not in titles()

@@ -11,6 +11,7 @@ import json
 import holoviews as hv
 import panel as pn
 
+from ui.projection import reprojected
 from ui.readers import PairSource, default_source
 from ui.state import URL_PARAMS, AppState
 from ui.views import instances as instance_view
@@ -19,7 +20,7 @@ from ui.views.features import features_tab
 from ui.views.network import network_tab
 from ui.views.pairs import HOW_TO_DIAGNOSE, pairs_table
 
-pn.extension("tabulator", notifications=False)
+pn.extension("tabulator", notifications=False, loading_indicator=True)
 
 
 def _banner(state: AppState):
@@ -69,12 +70,23 @@ def _instances(state: AppState):
     # two-way: a class picked elsewhere (the confusion table) shows up here too
     choose = pn.widgets.MultiChoice.from_param(state.param.classes, options=b.classes, name="Classes", width=360)
 
-    def scatter(classes):
-        frame = instance_view.instance_frame(inst, b.classes, classes)
-        return pn.pane.HoloViews(instance_view.instance_scatter(frame, b.classes, inst),
-                                 sizing_mode="stretch_width", min_height=440, name="instances")
+    again = pn.widgets.Checkbox.from_param(state.param.reproject, label="Re-project the selected classes (t-SNE)",
+                                           margin=(28, 10, 0, 10))
 
-    return pn.Column(choose, pn.bind(scatter, state.param.classes), sizing_mode="stretch_width")
+    def scatter(classes, reproject):
+        xy, note = None, ""
+        if reproject and classes and len(classes) < len(b.classes):
+            xy = reprojected(b, classes)[1]  # seconds the first time, then cached
+            note = "re-projected: t-SNE of the selected classes alone"
+        frame = instance_view.instance_frame(inst, b.classes, classes, xy=xy)
+        plot = instance_view.instance_scatter(frame, b.classes, inst)
+        if note:
+            plot = plot.opts(title=f"Instances ({note})")
+        return pn.Column(pn.pane.HoloViews(plot, sizing_mode="stretch_width", min_height=440, name="instances"),
+                         pn.pane.HTML(instance_view.class_legend(b.classes, classes)), sizing_mode="stretch_width")
+
+    view = pn.panel(pn.bind(scatter, state.param.classes, state.param.reproject), loading_indicator=True)
+    return pn.Column(pn.Row(choose, again), view, sizing_mode="stretch_width")
 
 
 def _query(state: AppState) -> dict[str, str]:

@@ -8,6 +8,7 @@ cache); `MemorySource` holds ready bundles for tests and demos. Both answer the 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +19,7 @@ from mlflow_transfer.errors import RunLookupError
 __all__ = ["DEFAULT_TRACKING_URI", "MemorySource", "PairSource", "TrackingSource", "default_source"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default store
+OPENED_BUNDLES = 8  # validated bundles a TrackingSource keeps open in memory
 
 
 class PairSource(Protocol):
@@ -48,6 +50,7 @@ class TrackingSource:
     uri: str
     cache_dir: Path | None = None
     max_pairs: int = 5000
+    _opened: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # An unreachable server must fail in seconds (a banner), not after MLflow's minutes of retries.
@@ -65,9 +68,19 @@ class TrackingSource:
         return list_diagnosed_pairs([experiment_id], max_pairs=self.max_pairs, tracking_uri=self.uri)
 
     def bundle(self, diagnostics_run_id: str) -> PairBundle:
+        """Downloaded once into the cache and validated (every file hashed) on first open; a finished
+        run's bundle never changes, so the last few opened stay in memory and switching back to a pair
+        costs no re-hashing."""
         from mlflow_transfer.tracking.bundles import fetch_bundle
 
-        return fetch_bundle(diagnostics_run_id, self.cache_dir, tracking_uri=self.uri)
+        if diagnostics_run_id in self._opened:
+            self._opened.move_to_end(diagnostics_run_id)
+            return self._opened[diagnostics_run_id]
+        found = self._opened[diagnostics_run_id] = fetch_bundle(diagnostics_run_id, self.cache_dir,
+                                                                 tracking_uri=self.uri)
+        if len(self._opened) > OPENED_BUNDLES:
+            self._opened.popitem(last=False)
+        return found
 
 
 def default_source(uri: str | None = None) -> TrackingSource:

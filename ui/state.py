@@ -13,7 +13,7 @@ from mlflow_transfer.errors import TransferError
 
 from .readers import PairSource
 
-URL_PARAMS = ("experiment", "pair", "classes", "layer_from", "layer_to", "hide_non_important",
+URL_PARAMS = ("experiment", "pair", "classes", "reproject", "layer_from", "layer_to", "hide_non_important",
               "hide_source_weights", "neuron")
 
 
@@ -24,6 +24,7 @@ class AppState(param.Parameterized):
     experiment = param.String(default="", doc="experiment id")
     pair = param.String(default="", doc="diagnostics run id of the selected pair")
     classes = param.List(default=[], item_type=str, doc="selected class names (empty: all)")
+    reproject = param.Boolean(default=False, doc="instance view: t-SNE of the selected classes alone")
     layer_from = param.Integer(default=0, bounds=(0, None), doc="first layer index of the network view")
     layer_to = param.Integer(default=2, bounds=(0, None), doc="last layer index (inclusive)")
     hide_non_important = param.Boolean(default=False, doc="hide the non-important regions")

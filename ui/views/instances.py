@@ -18,13 +18,14 @@ from holoviews.operation.datashader import rasterize
 
 from .style import class_color
 
-__all__ = ["RASTER_THRESHOLD", "instance_frame", "instance_scatter"]
+__all__ = ["RASTER_THRESHOLD", "class_legend", "instance_frame", "instance_scatter"]
 
 RASTER_THRESHOLD = 20_000  # points; bokeh's canvas stays fluid below this
 DOMAINS = {0: "source", 1: "target"}
 
 
-def instance_frame(instances: dict, classes: list[str], selected: list[str] | None = None) -> pd.DataFrame:
+def instance_frame(instances: dict, classes: list[str], selected: list[str] | None = None,
+                   xy: np.ndarray | None = None) -> pd.DataFrame:
     """One row per instance of the selected classes: x, y, class name, domain, predictions, mispredicted.
 
     Args:
@@ -32,14 +33,20 @@ def instance_frame(instances: dict, classes: list[str], selected: list[str] | No
             pred_target, confidence_*, thumbnail PNG bytes).
         classes: all class names of the bundle, indexed by label.
         selected: class names to keep (None or empty: all).
+        xy: (K, 2) coordinates replacing the stored ones for the K kept rows, in row order (a
+            re-projection of the selected classes, `ui.projection.reprojected`).
     """
     labels = np.asarray(instances["label"])
     keep = np.isin(labels, [classes.index(c) for c in selected]) if selected else np.ones(len(labels), bool)
     rows = np.flatnonzero(keep)
     pred = np.asarray(instances["pred_target"])[rows]
     names = np.asarray(classes, dtype=object)
+    if xy is None:
+        xy = np.stack([np.asarray(instances["x"])[rows], np.asarray(instances["y"])[rows]], 1)
+    elif len(xy) != len(rows):
+        raise ValueError(f"xy has {len(xy)} rows for {len(rows)} instances of the selected classes")
     return pd.DataFrame({
-        "row": rows, "x": np.asarray(instances["x"])[rows], "y": np.asarray(instances["y"])[rows], "class": names[labels[rows]],
+        "row": rows, "x": xy[:, 0], "y": xy[:, 1], "class": names[labels[rows]],
         "domain": [DOMAINS.get(int(d), str(d)) for d in np.asarray(instances["domain"])[rows]],
         "prediction": names[pred], "mispredicted": pred != labels[rows],
         "confidence": np.asarray(instances["confidence_target"])[rows]})
@@ -81,3 +88,13 @@ def instance_scatter(frame: pd.DataFrame, classes: list[str], instances: dict | 
     layers.append(hv.Points(wrong, ["x", "y"], vdims, label="mispredicted (target model)").opts(
         marker="circle", size=12, fill_alpha=0.0, line_color="black", line_width=1.5, hover_tooltips=tooltips))
     return hv.Overlay(layers).opts(**opts, title="Instances (t-SNE)", legend_position="top_right")
+
+
+def class_legend(classes: list[str], selected: list[str] | None = None) -> str:
+    """HTML key of the scatter's encodings: a colour swatch per shown class, then the marker meanings."""
+    shown = selected or classes
+    swatches = "".join(f"<span style='margin-right:10px;white-space:nowrap'><span style='display:inline-block;"
+                       f"width:10px;height:10px;border-radius:50%;background:{class_color(classes.index(c))}'>"
+                       f"</span> {c}</span>" for c in shown)
+    return (f"<div class='class-legend' style='font-size:0.9em'>{swatches}<br>✕ source domain · ○ target "
+            f"domain · <b>◯</b> dark ring: mispredicted by the target model</div>")

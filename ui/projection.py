@@ -1,0 +1,48 @@
+"""Re-projection of a subset of classes (paper §5.2): a fresh 2-D t-SNE of only their instances.
+
+The bundle's projection places every instance among all classes; looking at two confusable classes
+alone spreads them out. This runs the same openTSNE projection the diagnostics use, on the stored
+target-model embeddings of the selected classes' instances — a view of stored records, nothing is
+re-diagnosed — and keeps the last results in memory, so flipping back is instant.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from mlflow_transfer.bundle import PairBundle
+from mlflow_transfer.diagnostics.instances import tsne_projection
+
+__all__ = ["MIN_INSTANCES", "reprojected"]
+
+MIN_INSTANCES = 4  # t-SNE needs at least this many points
+_BH_BELOW = 1000   # Barnes–Hut beats the FFT grid's fixed cost on small sets
+_CACHE_SIZE = 16   # projections kept (bundle folder, classes, seed) → (K, 2)
+_CACHE: OrderedDict = OrderedDict()
+
+
+def reprojected(bundle: PairBundle, classes: list[str], *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """t-SNE of the target-model embeddings of the instances of ``classes`` only.
+
+    Returns:
+        (rows, xy): the instance rows (K,) of the bundle's instance table, ascending, and their new
+        coordinates (K, 2) float32. Fewer than `MIN_INSTANCES` instances: their stored coordinates.
+    """
+    table = bundle.instances()
+    wanted = tuple(sorted(bundle.classes.index(c) for c in classes))
+    rows = np.flatnonzero(np.isin(np.asarray(table["label"]), wanted))
+    key = (str(bundle.reader.root), wanted, seed)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return rows, _CACHE[key]
+    if len(rows) < MIN_INSTANCES:
+        xy = np.stack([np.asarray(table["x"])[rows], np.asarray(table["y"])[rows]], 1).astype(np.float32)
+    else:
+        xy = tsne_projection(bundle.embedding("target")[rows], seed=seed,
+                             gradient="bh" if len(rows) < _BH_BELOW else "fft")
+    _CACHE[key] = xy
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return rows, xy
