@@ -51,6 +51,20 @@ def test_a_link_with_only_a_pair_finds_its_experiment_and_keeps_the_view_state(s
     assert state.classes == ["c"] and state.layer_to == len(state.bundle.layers) - 1
 
 
+def test_bundle_of_an_unknown_schema_version_names_the_command_that_fixes_it(tiny_bundle, tmp_path):
+    import json
+
+    future = tmp_path / "future"
+    shutil.copytree(tiny_bundle, future)
+    manifest = json.loads((future / "manifest.json").read_text())
+    manifest["schema_version"] = "2.0.0"
+    (future / "manifest.json").write_text(json.dumps(manifest))
+    row = {**_row("f1"), "target_run_id": "t-42"}
+    state = AppState(MemorySource({"1": "e"}, {"1": [row]}, {"f1": future}))
+    assert state.bundle is None and "schema version 2.0.0" in state.error
+    assert state.error.endswith("mlflow-transfer diagnose --target-run-id t-42")
+
+
 def test_broken_bundle_gives_a_message_instead_of_views(source):
     state = AppState(source)
     state.pair = "bad"

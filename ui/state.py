@@ -92,12 +92,20 @@ class AppState(param.Parameterized):
         try:
             bundle = self._source.bundle(self.pair)
         except TransferError as exc:
-            self.param.update(bundle=None, error=str(exc), loading=False)
+            self.param.update(bundle=None, error=self._with_fix(str(exc)), loading=False)
             return
         n = len(bundle.layers)
         self.param.update(bundle=bundle, error="", loading=False,
                           classes=[c for c in self.classes if c in bundle.classes],
                           layer_from=min(self.layer_from, n - 1), layer_to=min(self.layer_to, n - 1))
+
+    def _with_fix(self, message: str) -> str:
+        """``message`` plus the exact command that diagnoses the selected pair again."""
+        row = next((p for p in self.pairs if p["diagnostics_run_id"] == self.pair), {})
+        target = row.get("target_run_id")
+        if not target or "--target-run-id" in message:
+            return message
+        return f"{message}. To fix: mlflow-transfer diagnose --target-run-id {target}"
 
     def select_class(self, name: str, *, add: bool = False) -> None:
         """Select one class (or add it to the selection) — what clicking a class anywhere does."""
