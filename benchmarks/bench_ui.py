@@ -1,0 +1,699 @@
+"""Benchmark: the app's two speed goals, measured in a real browser (Debian's Chromium via Playwright).
+
+Goals (issue 4): (1) switching to another pair whose bundle is already cached updates the views in
+≤ 3 s; (2) the instance view with 1,000,000 points paints first in ≤ 3 s and re-rasterises after a
+zoom in ≤ 0.5 s. Each is printed with its ratio to the goal and to a baseline from the same run.
+
+Set-up (self-contained): two real pair bundles are built here (``diagnose_pair`` on two untrained
+alexnet-32 pairs, ``--classes`` × ``--per-class`` random images, n_steps 2, different seeds and
+scores) and a generated instance frame (``--points`` rows in Gaussian blobs, one per class, the columns
+of ``instance_frame``). This script then re-runs itself as the server (``--serve``, a subprocess, so
+its CPU time is its own), which serves with ``pn.serve`` on 127.0.0.1:
+
+* ``/app`` — ``build_app(MemorySource(...))`` over the two bundle folders: "cached" as in a bundle
+  already downloaded (each switch opens the folder again, hash check included; the time of that is
+  printed, as it is what a bundle kept open in memory saves);
+* ``/raster`` — ``pn.pane.HoloViews(instance_scatter(frame))`` for the generated frame (Datashader);
+* ``/raster_small`` and ``/scatter_small`` — the first ``--small`` rows of it (default 20,000, the
+  raster threshold), rasterised anyway and as the plain scatter the app shows at that size.
+
+How it measures (all times are the page's ``performance.now()``, so no Python↔browser latency is in
+them): an init script wraps BokehJS's ``PlotView._actual_paint`` to log every canvas paint (plot,
+time, ranges, identity of the raster image painted), observes DOM mutations in the document and in
+every shadow root, and logs the time of each ``pointerdown`` and ``wheel``. A measurement starts at
+the user's action (navigation start for a page load, the pointerdown of a click, the wheel event) and
+ends at the last paint or DOM mutation before the page has been quiet for ``--quiet`` seconds and
+shows what it should (the other pair's transferability score, a new raster image, ...).
+
+* pair switch: click the other pair's row in the pair table, once with each tab active (Statistics,
+  Instances, Network, Features; the tab is re-opened after the switch if the app did not keep it),
+  alternating between the two pairs, ``--repeat`` times; baseline: loading the page (warm server);
+* 1M points: load ``/raster`` (first paint = first canvas paint holding a raster image; settled =
+  the last paint or DOM change, e.g. after the re-aggregation at the plot's real size), then zoom in
+  with the mouse wheel over the plot (wheel zoom is the active scroll tool) and time wheel → first
+  paint of a raster image new to the browser; baseline: the same at ``--small`` points. For scale, in
+  plain Python (no browser): one Datashader aggregation of the points, the view's ``rasterize``
+  operation with and without its hover selector, and ``instance_frame`` over as many instances.
+
+Also printed, to say where the time goes: CPU seconds of the server and of the browser processes in
+each measurement, and from a log of the server's websocket (what it handled and wrote, with epoch
+times): action → the message that set the server off, → the server's last data frame, → the end.
+Numbers on a machine shared with other processes swing.
+
+Usage: ``python benchmarks/bench_ui.py [--points 1000000] [--small 20000] [--repeat 3]``
+(about 3½ minutes on 2 cores, half a minute of it building the two bundles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SWITCH_GOAL, FIRST_PAINT_GOAL, ZOOM_GOAL = 3.0, 3.0, 0.5
+SCORES = (0.125, -0.05)  # transferability scores of the two pairs: the badge tells them apart
+TABS = ("Statistics", "Instances", "Network", "Features")
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def build_bundle(root: Path, seed: int, n_classes: int, per_class: int, score: float) -> None:
+    """A real pair bundle of two untrained alexnet-32 models on random images (as conftest's tiny_bundle)."""
+    import torch
+
+    from mlflow_transfer.bundle import write_pair_bundle
+    from mlflow_transfer.diagnostics.engine import (
+        DiagnoseOptions,
+        Instances,
+        diagnose_pair,
+    )
+    from mlflow_transfer.models import build_model
+
+    torch.manual_seed(seed)
+    source = build_model("alexnet-32", n_classes).eval()
+    target = build_model("alexnet-32", n_classes).eval()
+    n = n_classes * per_class
+    idx = np.arange(n)
+    rng = np.random.default_rng(seed)
+    domain = (idx % 2).astype(np.int8)
+    labels = ((idx // 2) % n_classes).astype(np.int64)
+    split = (rng.random(n) < 0.3).astype(np.int8)
+    images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    opts = DiagnoseOptions(n_steps=2, folds=3, tsne_gradient="bh", weight_max_instances=4, patches=2, seed=seed)
+    diag = diagnose_pair(source, target, Instances(images, labels, domain, split, idx),
+                         tuple(str(c) for c in range(n_classes)), opts)
+
+    def curve(k: int) -> list[float]:
+        return np.round(np.sort(rng.uniform(0.1, 0.95, k)), 3).tolist()
+
+    history = {("source", "target_val"): ([0, 1, 2], curve(3)), ("target", "target_val"): ([0, 1, 2], curve(3)),
+               ("source", "source_train"): ([0, 1, 2], curve(3))}
+    write_pair_bundle(root, diag, history=history,
+                      meta={"runs": {"source": f"s{seed}", "target": f"t{seed}", "diagnostics": f"d{seed}"},
+                            "scores": {"transferability_score": score}})
+
+
+def generated_frame(n: int, n_classes: int = 10, seed: int = 0):
+    """``n`` rows with the columns of ``instance_frame``: one Gaussian blob per class in 2-D."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, n)
+    angle = 2 * np.pi * np.arange(n_classes) / n_classes
+    centres = np.c_[40 * np.cos(angle), 40 * np.sin(angle)]
+    spread = rng.uniform(3, 8, n_classes)
+    xy = centres[labels] + rng.standard_normal((n, 2)) * spread[labels, None]
+    pred = np.where(rng.random(n) < 0.8, labels, rng.integers(0, n_classes, n))
+    names = np.array([str(c) for c in range(n_classes)], dtype=object)
+    return pd.DataFrame({"row": np.arange(n), "x": xy[:, 0], "y": xy[:, 1], "class": names[labels],
+                         "domain": np.where(rng.random(n) < 0.5, "source", "target").astype(object),
+                         "prediction": names[pred], "mispredicted": pred != labels,
+                         "confidence": rng.random(n)})
+
+
+def _pair_rows(ids: list[str]) -> list[dict]:
+    now = int(time.time() * 1000)
+    return [{"diagnostics_run_id": d, "experiment_id": "1", "recipe": f"bench-{i}", "model": "alexnet-32",
+             "source_domain": "random", "target_domain": "random", "start_time": now - i * 60_000,
+             "transferability_score": SCORES[i], "target_accuracy": 0.5, "frozen_layers": None}
+            for i, d in enumerate(ids)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Server (this script run with --serve)
+
+
+def _log_messages(path: str) -> None:
+    """Append one JSON line per websocket message handled and per frame written (epoch times, bytes):
+    Panel writes its document patches to the socket itself, so writes are logged where tornado sends."""
+    from bokeh.server.views.ws import WSHandler
+    from tornado.websocket import WebSocketHandler
+
+    out = open(path, "a", buffering=1)  # noqa: SIM115 — open as long as the server runs
+    handle, write = WSHandler._handle, WebSocketHandler.write_message
+
+    async def logged_handle(self, message):
+        t0 = time.time()
+        try:
+            return await handle(self, message)
+        finally:
+            out.write(json.dumps({"dir": "in", "t0": t0, "t1": time.time(), "type": message.msgtype}) + "\n")
+
+    def logged_write(self, message, binary=False):
+        t0 = time.time()
+        future = write(self, message, binary)
+        size = len(message) if isinstance(message, (bytes, str)) else len(json.dumps(message))
+        future.add_done_callback(lambda _f: out.write(json.dumps(
+            {"dir": "out", "t0": t0, "t1": time.time(), "bytes": size}) + "\n"))
+        return future
+
+    WSHandler._handle, WebSocketHandler.write_message = logged_handle, logged_write
+
+
+def _die_with_parent() -> None:
+    """Get SIGTERM when the parent (the measuring script) dies, however it dies (Linux)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def serve(args) -> None:
+    import holoviews as hv
+    import panel as pn
+
+    from ui.app import build_app
+    from ui.readers import MemorySource
+    from ui.views.instances import instance_scatter
+
+    _die_with_parent()
+    hv.extension("bokeh", logo=False)
+    _log_messages(args.log)
+    bundles = dict(zip(("bench-pair-a", "bench-pair-b"), args.bundles))
+    source = MemorySource({"1": "bench"}, {"1": _pair_rows(list(bundles))}, bundles)
+    frame = generated_frame(args.points, args.classes)
+    small = frame.iloc[:args.small].reset_index(drop=True)
+    classes = [str(c) for c in range(args.classes)]
+
+    def scatter(f, threshold):
+        return pn.pane.HoloViews(instance_scatter(f, classes, threshold=threshold), sizing_mode="stretch_width",
+                                 min_height=440, name="instances")
+
+    routes = {"app": lambda: build_app(source),
+              "raster": lambda: scatter(frame, 0),
+              "raster_small": lambda: scatter(small, 0),
+              "scatter_small": lambda: scatter(small, len(small))}
+    server = pn.serve(routes, address="127.0.0.1", port=args.port, show=False, start=False,
+                      websocket_origin=[f"127.0.0.1:{args.port}"], title="bench")
+    print("READY", flush=True)
+    server.io_loop.start()
+
+
+
+# --------------------------------------------------------------------------------------------------
+# Browser side
+
+# Runs before the page's own scripts: logs canvas paints, DOM mutations (shadow roots included),
+# pointerdowns and wheel events, in the page's performance.now() milliseconds.
+INIT_JS = r"""(() => {
+  const B = window.__bench = {paints: [], lastMutation: 0, pointer: [], wheel: []};
+  const seen = new WeakMap(); let serial = 0;
+  const key = (o) => { if (o == null || typeof o !== "object") return -1;
+                       if (!seen.has(o)) seen.set(o, ++serial); return seen.get(o); };
+  const opts = {subtree: true, childList: true, attributes: true, characterData: true};
+  const observer = new MutationObserver(() => { B.lastMutation = performance.now(); });
+  const attach = Element.prototype.attachShadow;
+  Element.prototype.attachShadow = function (init) { const root = attach.call(this, init); observer.observe(root, opts); return root; };
+  observer.observe(document, opts);
+  function patch() {
+    if (!window.Bokeh || !Bokeh.Models || !Bokeh.Models.get) return false;
+    const PV = Bokeh.Models.get("Plot").prototype.default_view;
+    if (PV.prototype.__benched) return true;
+    const paint = PV.prototype._actual_paint;
+    PV.prototype._actual_paint = function (...a) {
+      const out = paint.apply(this, a);
+      let img = -1, shape = null;
+      for (const [m] of this.renderer_views) {
+        const g = m.glyph;
+        if (g && g.type && g.type.startsWith("Image")) {
+          const im = m.data_source.data.image;
+          img = key(im && im[0]); shape = im && im[0] && im[0].shape ? Array.from(im[0].shape) : null;
+        }
+      }
+      B.paints.push({t: performance.now(), id: this.model.id, img, shape,
+                     x: [this.model.x_range.start, this.model.x_range.end]});
+      return out;
+    };
+    PV.prototype.__benched = true;
+    return true;
+  }
+  const timer = setInterval(() => { if (patch()) clearInterval(timer); }, 2);
+  window.addEventListener("pointerdown", () => B.pointer.push(performance.now()), {capture: true});
+  window.addEventListener("wheel", () => B.wheel.push(performance.now()), {capture: true});
+})();"""
+
+# Where the largest plot's frame sits on screen, and which tools are active.
+PLOT_JS = r"""() => {
+  const seen = new Set(); let best = null;
+  function* walk(v) { if (!v || seen.has(v)) return; seen.add(v); yield v; for (const c of (v.child_views ?? [])) yield* walk(c); }
+  for (const root of Bokeh.index.roots) for (const v of walk(root)) if (v.canvas_view && v.renderer_views && v.frame) {
+    const f = v.frame.bbox; if (best && best.area >= f.width * f.height) continue;
+    const r = v.canvas_view.el.getBoundingClientRect(), tb = v.model.toolbar;
+    best = {area: f.width * f.height, x: r.left + f.x + f.width / 2, y: r.top + f.y + f.height / 2, id: v.model.id,
+            scroll: tb.active_scroll ? String(tb.active_scroll.type ?? tb.active_scroll) : null,
+            lod_timeout: v.model.lod_timeout};
+  }
+  return best;
+}"""
+
+STATE_JS = r"""(t0) => {
+  const B = window.__bench, after = B.paints.filter(p => p.t >= t0);
+  return {now: performance.now(), origin: performance.timeOrigin,
+          last: Math.max(B.lastMutation, ...B.paints.map(p => p.t)), paints: after};
+}"""
+
+
+def _proc_tree(root: int) -> dict[int, int]:
+    """pid → parent pid of ``root``'s descendants (from /proc)."""
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, grew = {root}, True
+    while grew:
+        new = {p for p, pp in parents.items() if pp in tree and p not in tree}
+        tree |= new
+        grew = bool(new)
+    return {p: parents.get(p, 0) for p in tree - {root}}
+
+
+def _cpu_seconds(pids) -> dict[int, float]:
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for p in pids:
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            out[p] = (int(f[11]) + int(f[12])) / tick  # utime + stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+class Meter:
+    """CPU seconds of the server process and of the browser (every other descendant of this process)
+    between `start` and `stop`, and what the server logged about its websocket in that window."""
+
+    def __init__(self, server_pid: int, log: Path):
+        self.server_pid, self.log = server_pid, log
+
+    def _sample(self) -> tuple[float, dict[int, float]]:
+        server = {self.server_pid, *_proc_tree(self.server_pid)}
+        others = [p for p in _proc_tree(os.getpid()) if p not in server]
+        return sum(_cpu_seconds(server).values()), _cpu_seconds(others)
+
+    def start(self) -> None:
+        self._server0, self._browser0 = self._sample()
+
+    def stop(self, origin_ms: float, t0_ms: float, t1_ms: float) -> dict:
+        server, browser = self._sample()
+        browser_cpu = sum(v - self._browser0.get(p, 0.0) for p, v in browser.items())
+        a, b = (origin_ms + t0_ms) / 1000, (origin_ms + t1_ms) / 1000
+        msgs = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        msgs = [m for m in msgs if a <= m["t0"] <= b]
+        ins = [m for m in msgs if m["dir"] == "in"]
+        data = [m for m in msgs if m["dir"] == "out" and m["bytes"] > 1000]  # not the OK/ACK replies
+        out = {"server_cpu": server - self._server0, "browser_cpu": browser_cpu,
+               "bytes_out": sum(m["bytes"] for m in data)}
+        trigger = [m for m in ins if data and m["t0"] <= data[0]["t0"]]
+        if trigger:  # action → the message that set the server off → its last write → settled
+            out["to_server"] = trigger[-1]["t0"] - a
+            out["server_span"] = max(m["t1"] for m in data) - trigger[-1]["t0"]
+            out["after_server"] = b - max(m["t1"] for m in data)
+        return out
+
+
+def _settle(page, t0: float, ok, quiet: float, what: str, timeout: float = 90.0) -> dict:
+    """Wait until a plot has painted after ``t0``, ``ok()`` holds and the page has been quiet (no paint,
+    no DOM mutation) for ``quiet`` s; the end is the last paint or mutation."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = page.evaluate(STATE_JS, t0)
+        if s["paints"] and s["now"] - s["last"] >= quiet * 1000 and ok():
+            s["end"] = s["last"]
+            return s
+        time.sleep(0.1)
+    raise TimeoutError(f"{what}: the page did not settle within {timeout} s ({page.url})")
+
+
+def _query(page, name: str) -> str | None:
+    from urllib.parse import parse_qs, urlparse
+
+    return (parse_qs(urlparse(page.url).query).get(name) or [None])[0]
+
+
+def _active_tab(page) -> str:
+    tab = page.locator(".bk-tab.bk-active")
+    return tab.first.inner_text().strip() if tab.count() else ""
+
+
+def _score_text(score: float) -> str:
+    return f"{score:+.3f}"
+
+
+def measure_app(browser, base: str, meter: Meter, args) -> dict[str, list]:
+    """Page loads (baseline), then pair switches with each tab active (alternating pairs)."""
+    results: dict[str, list] = {}
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.add_init_script(INIT_JS)
+    pairs = ("bench-pair-a", "bench-pair-b")
+
+    def shows(pair: str, tab: str):
+        """The check that ``tab`` of ``pair`` is on screen (Statistics: that pair's score badge)."""
+        text = _score_text(SCORES[pairs.index(pair)])
+
+        def ok() -> bool:
+            if _query(page, "pair") != pair or _active_tab(page) != tab:
+                return False
+            badge = page.locator(".transferability")
+            return tab != "Statistics" or (badge.count() == 1 and text in badge.first.inner_text())
+        return ok
+
+    def act(key: str, click, ok, what: str) -> None:
+        meter.start()
+        click()
+        t0 = page.evaluate("() => window.__bench.pointer.at(-1)")
+        s = _settle(page, t0, ok, args.quiet, what)
+        results.setdefault(key, []).append({"time": (s["end"] - t0) / 1000, **meter.stop(s["origin"], t0, s["end"])})
+
+    def open_tab(key: str, pair: str, tab: str) -> None:
+        act(key, page.get_by_text(tab, exact=True).first.click, shows(pair, tab), f"{key} on {pair}")
+
+    for i in range(1 + args.repeat):  # the first load after the server started is reported on its own
+        meter.start()
+        page.goto(base + "app")
+        s = _settle(page, 0.0, shows(pairs[0], "Statistics"), args.quiet, "app load")
+        results.setdefault("load (cold)" if i == 0 else "load", []).append(
+            {"time": s["end"] / 1000, **meter.stop(s["origin"], 0.0, s["end"])})
+    current = pairs[0]
+    for _ in range(args.repeat):
+        for tab in TABS:
+            if _active_tab(page) != tab:  # open the tab on the current pair first (not a switch)
+                open_tab(f"open {tab}", current, tab)
+            other = pairs[1 - pairs.index(current)]
+            new_tab, stats = shows(other, tab), shows(other, "Statistics")  # the app kept the tab, or not
+            act(f"switch on {tab}", page.locator(".tabulator-row", has_text=other).first.click,
+                lambda new_tab=new_tab, stats=stats: new_tab() or stats(), f"switch on {tab} to {other}")
+            current = other
+            results.setdefault(f"kept {tab}", []).append(_active_tab(page) == tab)
+            if _active_tab(page) != tab:  # the app showed another tab: re-open this one, as a user would
+                open_tab(f"reopen {tab}", current, tab)
+    page.close()
+    return results
+
+
+def measure_scatter(browser, base: str, route: str, meter: Meter, args, loads: int) -> dict[str, list]:
+    """``loads`` page loads of ``route`` (first paint, settled), then ``--zooms`` wheel zooms on the last."""
+    results: dict[str, list] = {}
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.add_init_script(INIT_JS)
+    raster = route.startswith("raster")
+    for _ in range(loads):
+        meter.start()
+        page.goto(base + route)
+        s = _settle(page, 0.0, lambda: True, args.quiet, f"load {route}")
+        shown = [p for p in s["paints"] if p["img"] > 0 or not raster]
+        results.setdefault("first paint", []).append({"time": shown[0]["t"] / 1000})
+        results.setdefault("settled", []).append({"time": s["end"] / 1000, "shape": shown[-1]["shape"],
+                                                  **meter.stop(s["origin"], 0.0, s["end"])})
+    plot = page.evaluate(PLOT_JS)
+    results["scroll tool"] = [f"{plot['scroll']}, lod_timeout {plot['lod_timeout']} ms"]
+    for k in range(args.zooms):
+        paints = page.evaluate("() => window.__bench.paints")
+        last_img = max(p["img"] for p in paints)
+        meter.start()
+        page.mouse.move(plot["x"] + 25 * (k % 3 - 1), plot["y"] + 15 * (k % 2))
+        time.sleep(0.3)  # let the hover tool's reaction to the move pass
+        page.mouse.wheel(0, -120)
+        page.wait_for_function("(n) => window.__bench.wheel.length >= n", arg=k + 1)
+        t0 = page.evaluate("() => window.__bench.wheel.at(-1)")
+        x_before = paints[-1]["x"]
+        if raster:  # the first paint of a raster image the browser had not had before
+            done = f"() => window.__bench.paints.find(p => p.t >= {t0} && p.img > {last_img})"
+        else:       # the first paint with the new ranges (the points are all in the browser)
+            done = f"() => window.__bench.paints.find(p => p.t >= {t0} && p.x[0] !== {x_before[0]})"
+        hit = page.wait_for_function(done, timeout=90_000, polling=20).json_value()
+        s = _settle(page, t0, lambda: True, args.quiet, f"zoom {route}")
+        results.setdefault("zoom", []).append({"time": (hit["t"] - t0) / 1000,
+                                               **meter.stop(s["origin"], t0, hit["t"])})
+        results.setdefault("zoom settled", []).append({"time": (s["end"] - t0) / 1000})
+    page.close()
+    return results
+
+
+def server_side(points: int, classes: int, shape: list[int] | None, repeat: int = 3) -> dict[str, float]:
+    """Seconds (median of ``repeat`` after one warm-up) of the server's own work for one raster of
+    ``points`` generated points at the browser's raster size, in plain Python."""
+    import datashader as ds
+    import holoviews as hv
+    from holoviews.operation.datashader import rasterize
+
+    from ui.views.instances import instance_frame
+
+    frame = generated_frame(points, classes)
+    h, w = (shape or [400, 1340])[:2]
+    names = [str(c) for c in range(classes)]
+    table = {"label": frame["class"].astype(int).to_numpy(), "pred_target": frame["prediction"].astype(int).to_numpy(),
+             "x": frame["x"].to_numpy(), "y": frame["y"].to_numpy(),
+             "domain": (frame["domain"] == "target").to_numpy(np.int8), "confidence_target": frame["confidence"].to_numpy()}
+    points_el = hv.Points(frame, ["x", "y"], ["class", "domain", "prediction", "row"])
+    x_range, y_range = (frame["x"].min(), frame["x"].max()), (frame["y"].min(), frame["y"].max())
+    canvas = ds.Canvas(plot_width=w, plot_height=h, x_range=x_range, y_range=y_range)
+    categorical = frame.assign(**{"class": frame["class"].astype("category")})
+    jobs = {
+        "datashader count_cat (categorical column ready)": lambda: canvas.points(categorical, "x", "y", ds.count_cat("class")),
+        "HoloViews rasterize as the view calls it (with selector)": lambda: rasterize(
+            points_el, aggregator=ds.count_cat("class"), selector=ds.first("row"), dynamic=False,
+            width=w, height=h, x_range=x_range, y_range=y_range),
+        "HoloViews rasterize without the hover selector": lambda: rasterize(
+            points_el, aggregator=ds.count_cat("class"), dynamic=False, width=w, height=h,
+            x_range=x_range, y_range=y_range),
+        "instance_frame (bundle table → frame)": lambda: instance_frame(table, names),
+    }
+    return {name: _seconds(job, repeat) for name, job in jobs.items()}
+
+
+def _seconds(job, repeat: int = 3) -> float:
+    """Median seconds of ``job()`` over ``repeat`` calls after one warm-up call."""
+    job()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        job()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+def _median(rows: list[dict], key: str = "time") -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def _fmt(v: float | None, spec: str = "6.2f") -> str:
+    return format(v, spec) if v is not None else " " * (int(spec.split(".")[0]) - 1) + "–"
+
+
+def _row(label: str, rows: list[dict], goal: float | None, base: float | None) -> str:
+    t = _median(rows)
+    spread = f"{min(r['time'] for r in rows):5.2f}–{max(r['time'] for r in rows):5.2f}" if rows else ""
+    mb = _median(rows, "bytes_out")
+    return (f"  {label:<34s} {_fmt(t)} s {spread:>12s} {len(rows):3d}  {_fmt(goal and t / goal, '5.2f')}  "
+            f"{_fmt(base and t / base, '5.2f')}   {_fmt(_median(rows, 'server_cpu'), '5.2f')} "
+            f"{_fmt(_median(rows, 'browser_cpu'), '5.2f')}   {_fmt(_median(rows, 'to_server'), '5.2f')} "
+            f"{_fmt(_median(rows, 'server_span'), '5.2f')} {_fmt(_median(rows, 'after_server'), '5.2f')} "
+            f"{_fmt(mb and mb / 1e6, '6.2f')}")
+
+
+HEADER = (f"  {'':<34s} {'median':>8s} {'min–max':>12s} {'n':>3s}  {'×goal':>5s}  {'×base':>5s}   "
+          f"{'CPU s: server':>5s} {'browser':>5s}   {'s: →server':>5s} {'server':>5s} {'after':>5s} {'MB out':>6s}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--points", type=int, default=1_000_000, help="points of the big raster (default 1,000,000)")
+    parser.add_argument("--small", type=int, default=20_000, help="points of the baseline (default 20,000)")
+    parser.add_argument("--classes", type=int, default=10, help="classes (default 10)")
+    parser.add_argument("--per-class", type=int, default=40, help="instances per class in each bundle (default 40)")
+    parser.add_argument("--repeat", type=int, default=3, help="switches per tab, warm page loads (default 3)")
+    parser.add_argument("--zooms", type=int, default=4, help="wheel zooms per view (default 4)")
+    parser.add_argument("--quiet", type=float, default=1.0,
+                        help="seconds without paint or DOM change that end a measurement (default 1.0)")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bundles", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--log", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args)
+        return
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"needs Debian's chromium at {CHROMIUM}")
+
+    import bokeh
+    import datashader
+    import holoviews
+    import panel
+    import torch
+    from playwright.sync_api import sync_playwright
+
+    from mlflow_transfer.bundle import PairBundle
+
+    torch.set_num_threads(1)
+    print(" ".join(["$ python benchmarks/bench_ui.py", *sys.argv[1:]]))
+    print(f"{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} · {platform.node()} · {os.cpu_count()} CPUs "
+          f"({platform.processor() or platform.machine()}) · load average {os.getloadavg()[0]:.2f} at start")
+    print(f"python {platform.python_version()} · panel {panel.__version__} · bokeh {bokeh.__version__} · "
+          f"holoviews {holoviews.__version__} · datashader {datashader.__version__}", flush=True)
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ui-"))
+    server = None
+    try:
+        t = time.perf_counter()
+        roots = [tmp / "pair-a", tmp / "pair-b"]
+        for i, root in enumerate(roots):
+            build_bundle(root, seed=i + 1, n_classes=args.classes, per_class=args.per_class, score=SCORES[i])
+        print(f"built 2 bundles ({args.classes} classes × {args.per_class} instances per domain pair, n_steps 2) "
+              f"in {time.perf_counter() - t:.0f} s", flush=True)
+        py_open = _seconds(lambda: PairBundle.open(roots[0]))
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log, out = tmp / "messages.jsonl", tmp / "server.out"
+        log.touch()
+        with open(out, "w") as fh:
+            server = subprocess.Popen(
+                [sys.executable, __file__, "--serve", "--port", str(port), "--bundles", *map(str, roots),
+                 "--points", str(args.points), "--small", str(args.small), "--classes", str(args.classes),
+                 "--log", str(log)], stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.time() + 180
+        while "READY" not in out.read_text():
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the server did not start:\n{out.read_text()[-3000:]}")
+            time.sleep(0.2)
+        base = f"http://127.0.0.1:{port}/"
+        meter = Meter(server.pid, log)
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                print(f"Chromium {browser.version}, headless, software rendering, viewport 1400×1000; "
+                      f"a measurement ends after {args.quiet:.1f} s without paint or DOM change", flush=True)
+                app = measure_app(browser, base, meter, args)
+                views = {route: measure_scatter(browser, base, route, meter, args, 1 + args.repeat)
+                         for route in ("scatter_small", "raster_small", "raster")}
+            finally:
+                browser.close()
+    finally:
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    shape = views["raster"]["settled"][-1]["shape"]
+    py = server_side(args.points, args.classes, shape)
+    report(app, views, {"open": py_open, **py}, shape, args)
+
+
+def report(app: dict, views: dict, py: dict, shape, args) -> None:
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+    print()
+    print("Columns: median, min–max and n of the time; ×goal = median / goal; ×base = median / baseline row;")
+    print("CPU s = CPU seconds in the window of the server process and of the browser (Chromium's processes and")
+    print("Playwright's driver); s: →server = action → the websocket message that set the server off (page load:")
+    print("the document request, after the HTML page whose request built the session), server = that message →")
+    print("the server's last data frame written, after = that frame → end (browser work); MB out = data frames.")
+    print()
+    print("Goal 1 — switch to another pair (bundle cached, folder on disk): all views updated in ≤ 3 s")
+    print("  time = user action (navigation start / pointerdown) → last paint or DOM change; base = warm page load")
+    print(HEADER)
+    load = _median(app["load"])
+    print(_row("page load, first after server start", app["load (cold)"], None, load))
+    print(_row("page load (baseline)", app["load"], None, load))
+    for tab in TABS:
+        if f"open {tab}" in app:
+            print(_row(f"open {tab} tab (same pair)", app[f"open {tab}"], None, load))
+    for tab in TABS:
+        print(_row(f"switch, {tab} tab active", app[f"switch on {tab}"], SWITCH_GOAL, load))
+    for tab in TABS:
+        if f"reopen {tab}" in app:
+            total = [{"time": a["time"] + b["time"]} for a, b in zip(app[f"switch on {tab}"], app[f"reopen {tab}"])]
+            print(_row(f"  then re-open {tab} tab", app[f"reopen {tab}"], None, load))
+            print(_row(f"  switch + re-open {tab}", total, SWITCH_GOAL, load))
+    print(f"  plain Python, for scale: opening a bundle folder (every file hashed) {py.pop('open'):.3f} s; each switch")
+    print("  here opens the folder again, which a bundle kept open in memory saves")
+    kept = {tab: all(app[f"kept {tab}"]) for tab in TABS}
+    if not all(kept.values()):
+        print("  the app did not keep the active tab across a switch for: " + ", ".join(t for t, k in kept.items() if not k))
+        print("  (it showed Statistics; 'switch + re-open' adds the time to open the tab again, not the user's pause)")
+    print()
+    print(f"Goal 2 — instance view with {args.points:,} points: first paint ≤ 3 s, re-rasterise after zoom ≤ 0.5 s")
+    print("  first paint = navigation start → first canvas paint holding the raster (points, for the scatter);")
+    print("  settled = last paint or DOM change (e.g. the re-aggregation at the plot's real size);")
+    print("  zoom = wheel event over the plot → first paint of a raster image new to the browser (scatter: of the "
+          "new ranges)")
+    print(f"  raster image {' × '.join(map(str, shape or []))} (rows × columns × classes); base = the same view "
+          f"rasterised at {args.small:,} points")
+    print(f"  the first rasterised view loaded ({args.small:,} points) includes Datashader's Numba compilation")
+    print(HEADER)
+    labels = {"scatter_small": f"{args.small:,} points, scatter (app's view)",
+              "raster_small": f"{args.small:,} points, rasterised",
+              "raster": f"{args.points:,} points, rasterised"}
+    base = views["raster_small"]
+    for route, label in labels.items():
+        v = views[route]
+        print(f"  {label}   (active scroll tool: {v['scroll tool'][0]})")
+        print(_row("first paint, first load of the view", v["first paint"][:1], FIRST_PAINT_GOAL,
+                   _median(base["first paint"][:1])))
+        print(_row("first paint (warm)", v["first paint"][1:], FIRST_PAINT_GOAL, _median(base["first paint"][1:])))
+        print(_row("settled (warm)", v["settled"][1:], FIRST_PAINT_GOAL, _median(base["settled"][1:])))
+        print(_row("zoom → repainted (new raster)" if route.startswith("raster") else "zoom → repainted (new ranges)",
+                   v["zoom"], ZOOM_GOAL, _median(base["zoom"])))
+        print(_row("zoom → settled", v["zoom settled"], ZOOM_GOAL, _median(base["zoom settled"])))
+    print()
+    print(f"  server-side, plain Python, {args.points:,} generated points, {shape[1] if shape else '?'}×"
+          f"{shape[0] if shape else '?'} px (median of 3 after a warm-up):")
+    for name, seconds in py.items():
+        print(f"    {name:<58s} {seconds:7.3f} s")
+
+    print()
+    shown = max(_median(app[f"switch on {t}"]) for t in TABS)
+    reopened = {t: statistics.median(a["time"] + b["time"] for a, b in zip(app[f"switch on {t}"], app[f"reopen {t}"]))
+                for t in TABS if f"reopen {t}" in app}
+    worst = max(reopened, key=reopened.get) if reopened else None
+    first, zoom = _median(views["raster"]["first paint"][1:]), _median(views["raster"]["zoom"])
+    settled = _median(views["raster"]["settled"][1:])
+
+    def verdict(t, goal):
+        return f"{t:.2f} s = {t / goal:.2f}× the goal: {'met' if t <= goal else 'MISSED'}"
+    print("Summary")
+    print(f"  goal 1, switch (slowest tab active, view shown after the switch): {verdict(shown, SWITCH_GOAL)}")
+    if worst:
+        print(f"  goal 1, switch then re-open the tab the app did not keep (slowest, {worst}): "
+              f"{verdict(reopened[worst], SWITCH_GOAL)}")
+    print(f"  goal 2, {args.points:,} points, first paint (warm): {verdict(first, FIRST_PAINT_GOAL)}; "
+          f"settled {settled:.2f} s")
+    print(f"  goal 2, {args.points:,} points, zoom → new raster painted: {verdict(zoom, ZOOM_GOAL)}")
+
+
+if __name__ == "__main__":
+    main()
