@@ -230,3 +230,16 @@ def test_reproject_is_part_of_the_link_and_retitles_the_scatter(source):
     assert "</span> a</span>" in legend and "</span> b</span>" not in legend
     state.reproject = False
     assert "re-projected" not in titles()
+
+
+def test_the_open_tab_survives_a_pair_switch_and_is_in_the_link(source):
+    app = build_app(source, sync_url=False, tab=2)
+    state = app.state
+
+    def tabs():
+        return next(o for o in app.get_root().references() if type(o).__name__ == "Tabs")
+
+    assert tabs().active == 2 and "tab" in __import__("ui.state", fromlist=["URL_PARAMS"]).URL_PARAMS
+    state.tab = 3
+    state.pair = "d1"  # another pair: the views are rebuilt on the same tab
+    assert state.bundle is not None and tabs().active == 3

@@ -89,6 +89,10 @@ def _instances(state: AppState):
     return pn.Column(pn.Row(choose, again), view, sizing_mode="stretch_width")
 
 
+TABS = (("Statistics", _statistics), ("Instances", _instances), ("Network", network_tab),
+        ("Features", features_tab))
+
+
 def _query(state: AppState) -> dict[str, str]:
     """The URL parameters of ``state``, serialised the way `Location.sync` does (JSON for lists)."""
     out = {}
@@ -124,8 +128,13 @@ def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> p
             return pn.indicators.LoadingSpinner(value=True, size=40, name="loading")
         if state.bundle is None:
             return pn.pane.Markdown("" if state.error else "Select a diagnosed pair above.")
-        return pn.Tabs(("Statistics", _statistics(state)), ("Instances", _instances(state)),
-                       ("Network", network_tab(state)), ("Features", features_tab(state)), dynamic=True, sizing_mode="stretch_width")
+        # Built anew for each pair, on the tab that was open: switching pairs keeps the user's view.
+        # Each tab is built when first shown (lazy), so a switch pays only for the open one.
+        tabs = pn.Tabs(*[(title, pn.param.ParamFunction(pn.bind(build, state), lazy=True, sizing_mode="stretch_width"))
+                         for title, build in TABS], dynamic=True, active=min(state.tab, len(TABS) - 1),
+                       sizing_mode="stretch_width")
+        tabs.param.watch(lambda e: setattr(state, "tab", e.new), "active")
+        return tabs
 
     app = pn.Column(pn.pane.Markdown("# mlflow-transfer — what knowledge moved"), header, views,
                     sizing_mode="stretch_width")

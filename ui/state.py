@@ -13,7 +13,7 @@ from mlflow_transfer.errors import TransferError
 
 from .readers import PairSource
 
-URL_PARAMS = ("experiment", "pair", "classes", "reproject", "layer_from", "layer_to", "hide_non_important",
+URL_PARAMS = ("experiment", "pair", "tab", "classes", "reproject", "layer_from", "layer_to", "hide_non_important",
               "hide_source_weights", "neuron")
 
 
@@ -23,6 +23,7 @@ class AppState(param.Parameterized):
     # --- what the URL carries -----------------------------------------------------------------
     experiment = param.String(default="", doc="experiment id")
     pair = param.String(default="", doc="diagnostics run id of the selected pair")
+    tab = param.Integer(default=0, bounds=(0, None), doc="open view: 0 statistics, 1 instances, 2 network, 3 features")
     classes = param.List(default=[], item_type=str, doc="selected class names (empty: all)")
     reproject = param.Boolean(default=False, doc="instance view: t-SNE of the selected classes alone")
     layer_from = param.Integer(default=0, bounds=(0, None), doc="first layer index of the network view")
