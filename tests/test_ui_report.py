@@ -188,7 +188,9 @@ def test_a_failing_report_keeps_the_run_and_says_why(tiny_bundle, tmp_path, capl
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     try:
-        with mlflow.start_run() as run, caplog.at_level(logging.WARNING, logger="mlflow_transfer"):
+        # an experiment of this store: another test's active experiment id must not leak in
+        experiment = MlflowClient().create_experiment("report-failure")
+        with mlflow.start_run(experiment_id=experiment) as run, caplog.at_level(logging.WARNING, logger="mlflow_transfer"):
             assert diagnose_module._log_report(broken, tiny_bundle, tmp_path) is False
             assert diagnose_module._log_report(lambda b, o: o, tiny_bundle, tmp_path) is False  # wrote nothing
             assert diagnose_module._log_report(report.write_report, tiny_bundle, tmp_path) is True

@@ -16,6 +16,7 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 from holoviews.operation.datashader import datashade, rasterize
+from holoviews.plotting.bokeh.callbacks import RangeXYCallback
 
 from .style import class_color
 
@@ -56,6 +57,11 @@ def instance_frame(instances: dict, classes: list[str], selected: list[str] | No
 def _thumbnails(instances: dict, rows: np.ndarray) -> list[str]:
     thumbs = instances["thumbnail"]
     return ["data:image/png;base64," + base64.b64encode(thumbs[r]).decode() for r in rows]
+
+
+# HoloViews waits until a plot's ranges have been still for 100 ms before re-aggregating; the 50 ms
+# level-of-detail timeout below already folds a wheel gesture into one update, so 20 ms is enough.
+RangeXYCallback.debounce = 20
 
 
 def _prompt_ranges(plot, _element) -> None:
