@@ -237,7 +237,7 @@ def test_the_open_tab_survives_a_pair_switch_and_is_in_the_link(source):
     state = app.state
 
     def tabs():
-        return next(o for o in app.get_root().references() if type(o).__name__ == "Tabs")
+        return next(o for o in app.get_root().references() if type(o).__name__ == "Tabs" and len(o.tabs) == 4)
 
     assert tabs().active == 2 and "tab" in __import__("ui.state", fromlist=["URL_PARAMS"]).URL_PARAMS
     state.tab = 3

@@ -44,6 +44,17 @@ def _pair_browser(state: AppState):
                 state.pair = state.pairs[event.new[0]]["diagnostics_run_id"]
 
         body.param.watch(pick, "selection")
+        listed = state.pairs
+
+        def highlight(event):  # a pair chosen elsewhere (a link, the state) is highlighted here too
+            if state.pairs is not listed:  # this table was replaced: stop following
+                state.param.unwatch(watcher)
+                return
+            rows = [i for i, p in enumerate(listed) if p["diagnostics_run_id"] == event.new]
+            if body.selection != rows:
+                body.selection = rows
+
+        watcher = state.param.watch(highlight, "pair")
     return pn.Column(pn.pane.Markdown(f"**Tracking server** `{state.source.uri}`"), select, body,
                      sizing_mode="stretch_width")
 
@@ -118,7 +129,9 @@ def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> p
         pn.state.location.param.watch(complete_url, "search")
         pn.state.onload(complete_url)
 
-    @pn.depends(state.param.error, state.param.experiments, state.param.pairs, state.param.pair)
+    # Not on `pair`: a pair picked in the table is already highlighted there, and rebuilding the table
+    # on every switch would cost the switch a table redraw.
+    @pn.depends(state.param.error, state.param.experiments, state.param.pairs)
     def header(*_):
         return pn.Column(_banner(state), _pair_browser(state), sizing_mode="stretch_width")
 
