@@ -8,19 +8,17 @@ scaling. A class without the record (e.g. one with instances in only one domain)
 
 from __future__ import annotations
 
-import base64
-import io
 
 import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
 import param
-from PIL import Image
 
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.errors import BundleError
 
+from .images import data_uri, png_bytes
 from .style import MODEL_MARKER, SOURCE, TARGET
 
 __all__ = ["ALL", "ORDERS", "TOP_AXES", "cv_details", "cv_summary", "discriminability_plot", "feature_frame",
@@ -57,15 +55,9 @@ def missing_message(bundle: PairBundle, cls: str) -> str:
     return f"No domain discriminability for {name}. {why}"
 
 
-def _png_uri(image: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def _patch_html(strips: list[np.ndarray | None]) -> str:
     """Source strip over target strip, each framed in its domain colour; '' when neither exists."""
-    imgs = [f'<img src="{_png_uri(s)}" title="{dom} domain" style="height:28px;border:2px solid {color};'
+    imgs = [f'<img src="{data_uri(png_bytes(s))}" title="{dom} domain" style="height:28px;border:2px solid {color};'
             f'image-rendering:pixelated;margin:1px">'
             for s, dom, color in zip(strips, ("source", "target"), (SOURCE, TARGET)) if s is not None]
     return "<br>".join(imgs)

@@ -9,8 +9,6 @@ million points stay usable.
 
 from __future__ import annotations
 
-import base64
-
 import datashader as ds
 import holoviews as hv
 import numpy as np
@@ -18,6 +16,7 @@ import pandas as pd
 from holoviews.operation.datashader import datashade, rasterize
 from holoviews.plotting.bokeh.callbacks import RangeXYCallback
 
+from .images import data_uri
 from .style import class_color
 
 __all__ = ["RASTER_THRESHOLD", "class_legend", "instance_frame", "instance_scatter"]
@@ -56,7 +55,7 @@ def instance_frame(instances: dict, classes: list[str], selected: list[str] | No
 
 def _thumbnails(instances: dict, rows: np.ndarray) -> list[str]:
     thumbs = instances["thumbnail"]
-    return ["data:image/png;base64," + base64.b64encode(thumbs[r]).decode() for r in rows]
+    return [data_uri(thumbs[r]) for r in rows]
 
 
 # HoloViews waits until a plot's ranges have been still for 100 ms before re-aggregating; the 50 ms

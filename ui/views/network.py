@@ -24,7 +24,6 @@ Everything is read from the bundle; nothing is recomputed.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 
 import holoviews as hv
@@ -35,6 +34,7 @@ import panel as pn
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.errors import BundleError
 
+from .images import png_bytes
 from .style import SOURCE, TARGET
 from .summary import cka_heatmap, inheritance_line
 
@@ -548,14 +548,6 @@ def most_similar(similarity: np.ndarray, model: str, neuron: int, k: int = 5) ->
     return order, row[order]
 
 
-def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 _PIXELATED = ["img {image-rendering: pixelated;}"]
 
 
@@ -565,7 +557,7 @@ def _patch_row(patches: dict[str, list[dict]], label: str, size: int) -> pn.layo
         items.append(pn.pane.HTML(f"<span style='color:{MODEL_COLOR[domain]};font-size:0.85em'>{domain}</span>",
                                   margin=(12, 2, 0, 6)))
         for j, patch in enumerate(patches[domain]):
-            items.append(pn.pane.PNG(_png(patch["image"]), width=size, height=size, margin=1,
+            items.append(pn.pane.PNG(png_bytes(patch["image"]), width=size, height=size, margin=1,
                                      alt_text=f"{label} {domain}-domain patch {j + 1}: activation "
                                               f"{patch['value']:.3g} on instance {patch['index']}",
                                      stylesheets=_PIXELATED))
