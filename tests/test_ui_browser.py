@@ -28,6 +28,8 @@ TINY = ("data.source.size=100,data.per_class_cap=12,source.epochs=1,target.epoch
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 
+TRACKING: dict = {}  # the module's mlflow server: uri, env and folder, for a second app server
+
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make test installs it)")]
 
@@ -69,6 +71,7 @@ def served(tmp_path_factory):
                                        "127.0.0.1", "--port", str(mport), "--workers", "1"],
                                       cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         _wait(f"http://127.0.0.1:{mport}/health", procs[-1])
+        TRACKING.update(uri=f"http://127.0.0.1:{mport}", env=env, root=root)
         uport = _port()
         procs.append(subprocess.Popen([str(BIN / "mlflow-transfer"), "ui", "--port", str(uport), "--tracking-uri",
                                        f"http://127.0.0.1:{mport}"], cwd=root, env=env,
@@ -191,3 +194,23 @@ def test_feature_view_renders_the_ranking_and_the_biplot(served, page):
     page.locator(".tabulator-row").last.wait_for(timeout=30_000)
     assert page.locator("canvas").count() >= 2  # accuracy chart was built lazily; the biplot is here
     _shot(page, "features")
+
+
+def test_panel_serve_runs_the_same_app(served, browser):
+    """`panel serve ui/app.py` (the README's other way in) over the same tracking server."""
+    port = _port()
+    env = {**TRACKING["env"], "MLFLOW_TRACKING_URI": TRACKING["uri"]}
+    proc = subprocess.Popen([str(BIN / "panel"), "serve", str(REPO / "ui" / "app.py"), "--port", str(port),
+                             "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}",
+                             "--liveness"], cwd=TRACKING["root"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(f"http://127.0.0.1:{port}/liveness", proc)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/app")
+        page.get_by_text("Transferability score").wait_for(timeout=60_000)
+        assert page.get_by_text(TRACKING["uri"]).count() >= 1  # the banner names the server it reads
+        page.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
