@@ -97,3 +97,26 @@ def test_incompatible_pair_and_unknown_layer():
         diagnose_pair(a, build_model("alexnet-32", 3), _instances(12), CLASSES, DiagnoseOptions(layers=("conv9",)))
     with pytest.raises(DiagnosticsError, match="unknown class"):
         diagnose_pair(a, build_model("alexnet-32", 3), _instances(12), CLASSES, DiagnoseOptions(classes=("q",)))
+
+
+def test_patches_cover_the_most_similar_neurons_of_every_important_neuron(tiny_bundle):
+    """The detail panel shows a clicked neuron's 5 most similar neurons of the other model with their
+    patches: the bundle must hold patches for them (two different random models, not a planted case)."""
+    import pandas as pd
+
+    b = PairBundle.open(tiny_bundle)
+    imp = pd.DataFrame(b.important_neurons())
+    checked = 0
+    for c, cls in enumerate(b.classes):
+        if not ((imp["class_index"] == c) & (imp["model"] == "target")).any():
+            continue  # no target instances: no similarity for this class
+        for layer in b.layers:
+            sim = b.similarity(cls, layer)  # (source units, target units)
+            stored = {m: set(b.patches(m, layer)["neurons"].tolist()) for m in ("source", "target")}
+            for model, other, matrix in (("target", "source", sim), ("source", "target", sim.T)):
+                rows = imp[(imp["class_index"] == c) & (imp["model"] == model) & (imp["layer"] == layer)]
+                for j in rows["neuron"]:
+                    top5 = np.argsort(-matrix[:, j], kind="stable")[:5]
+                    assert set(top5.tolist()) <= stored[other], (cls, layer, model, j)
+                    checked += 1
+    assert checked > 20

@@ -46,6 +46,7 @@ class DiagnoseOptions:
     folds: int = 10                         # CV folds of the domain classifier
     svm_max_rows: int = 2000                # per domain; more are sampled (seeded) and noted
     patches: int = 9                        # top activating patches per neuron and domain
+    similar: int = 5                        # patches also for each important neuron's k most similar in the other model
     patch_size: int = 24                    # px of each stored patch
     cka_max_instances: int = 500            # target instances used for CKA (seeded sample)
     tsne_gradient: str = "fft"              # openTSNE negative gradient: "fft" or "bh"
@@ -269,8 +270,8 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     with stage("features"):
         src_idx, tgt_idx = np.flatnonzero(domain == 0), np.flatnonzero(domain == 1)
         for role, model in models.items():
-            requests = {n: (model.analysis_layers[n], sorted({int(j) for c in analysed for j in important[role][c][n]}))
-                        for n in layer_names}
+            wanted_neurons = _patch_neurons(role, important, similarity, analysed, layer_names, options.similar)
+            requests = {n: (model.analysis_layers[n], wanted_neurons[n]) for n in layer_names}
             per_domain = [top_patches_many(model, requests, instances.images[rows], k=options.patches,
                                            patch_size=options.patch_size) if len(rows) else None
                           for rows in (src_idx, tgt_idx)]
@@ -300,6 +301,23 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
 
 def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
     return rows if len(rows) <= limit else np.sort(rng.choice(rows, limit, replace=False))
+
+
+def _patch_neurons(role, important, similarity, classes, layer_names, k) -> dict[str, list[int]]:
+    """Per layer, the neurons of model ``role`` that get patches: its important neurons of every class,
+    and the ``k`` most similar to each important neuron of the other model (the detail panel of §5.3.3
+    shows those beside a clicked neuron). Most similar: descending cosine, ties to the lower index."""
+    other = "target" if role == "source" else "source"
+    out = {}
+    for n in layer_names:
+        chosen = set()
+        for c in classes:
+            chosen.update(int(j) for j in important[role][c][n])
+            sim = similarity[c][n] if role == "source" else similarity[c][n].T  # rows: this model, cols: other
+            for j in important[other][c][n]:
+                chosen.update(int(i) for i in np.argsort(-np.nan_to_num(sim[:, j], nan=-np.inf), kind="stable")[:k])
+        out[n] = sorted(chosen)
+    return out
 
 
 def _reindex(p: NeuronPatches, rows: np.ndarray) -> NeuronPatches:
