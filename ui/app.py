@@ -47,14 +47,11 @@ def _pair_browser(state: AppState):
         listed = state.pairs
 
         def highlight(event):  # a pair chosen elsewhere (a link, the state) is highlighted here too
-            if state.pairs is not listed:  # this table was replaced: stop following
-                state.param.unwatch(watcher)
-                return
             rows = [i for i, p in enumerate(listed) if p["diagnostics_run_id"] == event.new]
             if body.selection != rows:
                 body.selection = rows
 
-        watcher = state.param.watch(highlight, "pair")
+        state.watch_while(lambda: state.pairs is listed, highlight, "pair")  # until the table is replaced
     return pn.Column(pn.pane.Markdown(f"**Tracking server** `{state.source.uri}`"), select, body,
                      sizing_mode="stretch_width")
 
@@ -87,7 +84,7 @@ def _instances(state: AppState):
     def scatter(classes, reproject):
         xy, note = None, ""
         if reproject and classes and len(classes) < len(b.classes):
-            xy = reprojected(b, classes)[1]  # seconds the first time, then cached
+            xy = reprojected(b, classes, instances=inst)[1]  # seconds the first time, then cached
             note = "re-projected: t-SNE of the selected classes alone"
         frame = instance_view.instance_frame(inst, b.classes, classes, xy=xy)
         plot = instance_view.instance_scatter(frame, b.classes, inst)

@@ -23,14 +23,18 @@ _CACHE_SIZE = 16   # projections kept (bundle folder, classes, seed) → (K, 2)
 _CACHE: OrderedDict = OrderedDict()
 
 
-def reprojected(bundle: PairBundle, classes: list[str], *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def reprojected(bundle: PairBundle, classes: list[str], *, seed: int = 0,
+                instances: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """t-SNE of the target-model embeddings of the instances of ``classes`` only.
+
+    ``instances``: the bundle's instance table when the caller already read it (it holds every
+    thumbnail, so reading it again on each class change would cost more than a cache hit).
 
     Returns:
         (rows, xy): the instance rows (K,) of the bundle's instance table, ascending, and their new
         coordinates (K, 2) float32. Fewer than `MIN_INSTANCES` instances: their stored coordinates.
     """
-    table = bundle.instances()
+    table = bundle.instances() if instances is None else instances
     wanted = tuple(sorted(bundle.classes.index(c) for c in classes))
     rows = np.flatnonzero(np.isin(np.asarray(table["label"]), wanted))
     key = (str(bundle.reader.root), wanted, seed)

@@ -108,6 +108,18 @@ class AppState(param.Parameterized):
             return message
         return f"{message}. To fix: mlflow-transfer diagnose --target-run-id {target}"
 
+    def watch_while(self, alive, fn, *names: str) -> None:
+        """Call ``fn(*events)`` when parameters ``names`` change, as long as ``alive()`` holds; the
+        first change after that drops the watcher. Views are rebuilt (for another pair, another list)
+        while this state lives on, so what they watch must not outlive them."""
+        def call(*events):
+            if not alive():
+                self.param.unwatch(watcher)
+                return
+            fn(*events)
+
+        watcher = self.param.watch(call, list(names))
+
     def select_class(self, name: str, *, add: bool = False) -> None:
         """Select one class (or add it to the selection) — what clicking a class anywhere does."""
         if self.bundle is None or name not in self.bundle.classes:

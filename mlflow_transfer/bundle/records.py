@@ -223,6 +223,12 @@ class PairBundle:
     def important_neurons(self) -> dict:
         return self.reader.read_table("neurons/important")
 
+    @property
+    def compared_classes(self) -> list[str]:
+        """Classes with neuron similarity matrices: those that had target-domain instances."""
+        keys = {name.split("/")[1] for name in self.reader.names("array", "similarity/")}
+        return [c for i, c in enumerate(self.classes) if f"c{i}" in keys]
+
     def similarity(self, cls: str, layer: str) -> np.ndarray:
         return self.reader.read_array(f"similarity/{self._key(cls)}/{layer}")
 

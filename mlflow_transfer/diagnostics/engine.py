@@ -24,7 +24,7 @@ from ._hooks import run_with_hooks
 from .features import NeuronPatches, top_patches_many
 from .instances import ModelOutputs, model_outputs, png_thumbnails, tsne_projection
 from .ranking import top_k_neurons
-from .similarity import LayerComparison, layer_summary, neuron_similarity, weight_correspondence
+from .similarity import LayerComparison, layer_summary, most_similar, neuron_similarity, weight_correspondence
 from .statistics import ConfusionTable, confusion_table
 from .weights import ImportantWeights, extract_important_weights
 
@@ -306,16 +306,15 @@ def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarra
 def _patch_neurons(role, important, similarity, classes, layer_names, k) -> dict[str, list[int]]:
     """Per layer, the neurons of model ``role`` that get patches: its important neurons of every class,
     and the ``k`` most similar to each important neuron of the other model (the detail panel of §5.3.3
-    shows those beside a clicked neuron). Most similar: descending cosine, ties to the lower index."""
+    shows those beside a clicked neuron), chosen as the app chooses them (`similarity.most_similar`)."""
     other = "target" if role == "source" else "source"
     out = {}
     for n in layer_names:
         chosen = set()
         for c in classes:
             chosen.update(int(j) for j in important[role][c][n])
-            sim = similarity[c][n] if role == "source" else similarity[c][n].T  # rows: this model, cols: other
             for j in important[other][c][n]:
-                chosen.update(int(i) for i in np.argsort(-np.nan_to_num(sim[:, j], nan=-np.inf), kind="stable")[:k])
+                chosen.update(int(i) for i in most_similar(similarity[c][n], other, int(j), k)[0])
         out[n] = sorted(chosen)
     return out
 

@@ -18,7 +18,7 @@ import param
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.errors import BundleError
 
-from .images import data_uri, png_bytes
+from .images import crop_patches, data_uri, png_bytes
 from .style import MODEL_MARKER, SOURCE, TARGET
 
 __all__ = ["ALL", "ORDERS", "TOP_AXES", "cv_details", "cv_summary", "discriminability_plot", "feature_frame",
@@ -82,26 +82,18 @@ def _histogram_svg(source: np.ndarray, target: np.ndarray, width: int = 120, hei
 
 
 def _patch_strips(bundle: PairBundle, layers: set[str], few: int) -> dict[tuple[str, int], list]:
-    """(layer, neuron) → [source strip, target strip] of the target model's top patches.
-
-    A strip is the first ``few`` valid p×p patches side by side (H=p, W=n·p[, 3]) or None. The sprite
-    holds row ``2·i + domain`` for the i-th stored neuron, ``k`` patches of p×p per row; an index of
-    -1 marks a missing patch (fewer instances than k)."""
+    """(layer, neuron) → [source strip, target strip]: the target model's first ``few`` top patches
+    side by side (H=p, W=n·p, 3), or None for a domain without patches."""
     out = {}
     for layer in layers:
         try:
             rec = bundle.patches("target", layer)
         except BundleError:  # the layer had no neuron with patches
             continue
-        k = rec["indices"].shape[2]
-        sprite, p = rec["sprite"], rec["sprite"].shape[1] // k
-        for i, n in enumerate(rec["neurons"]):
-            strips = []
-            for dom in (0, 1):
-                count = min(int((rec["indices"][i, dom] >= 0).sum()), few)
-                row = (2 * i + dom) * p
-                strips.append(sprite[row:row + p, :count * p] if count else None)
-            out[(layer, int(n))] = strips
+        for n in rec["neurons"]:
+            crops = crop_patches(rec, int(n))
+            out[(layer, int(n))] = [np.hstack([c["image"] for c in crops[d][:few]]) if crops[d] else None
+                                    for d in ("source", "target")]
     return out
 
 
@@ -118,7 +110,8 @@ def _base_frame(record: dict) -> pd.DataFrame:
         "column": np.arange(len(coef)), "label": [f"{layer}:{n}" for layer, n in neurons]}, columns=COLUMNS)
 
 
-def feature_frame(bundle: PairBundle, cls: str = ALL, *, patches: int = FEW_PATCHES) -> pd.DataFrame:
+def feature_frame(bundle: PairBundle, cls: str = ALL, *, patches: int = FEW_PATCHES,
+                  record: dict | None = None) -> pd.DataFrame:
     """One row per neuron of A (the columns of Algorithm 1's matrix), in the stored column order.
 
     Columns: ``rank`` (1 = largest |coef|, from the
@@ -127,8 +120,9 @@ def feature_frame(bundle: PairBundle, cls: str = ALL, *, patches: int = FEW_PATC
     up to ``patches`` top patches of the target model per domain), ``conductance`` (HTML: mirrored
     histogram sparkline), ``column`` (j, the row of coef/axes/hist_* for this neuron), ``label``
     (``"layer:index"``). Empty (same columns) when ``cls`` has no discriminability record.
+    ``record``: ``cls``'s record when the caller already read it.
     """
-    rec = read_discriminability(bundle, cls)
+    rec = record if record is not None else read_discriminability(bundle, cls)
     if rec is None:
         return pd.DataFrame({c: [] for c in COLUMNS})
     frame = _base_frame(rec)
@@ -300,7 +294,8 @@ def features_tab(state, *, page_size: int = PAGE_SIZE) -> pn.viewable.Viewable:
     view.shown = shown_class(state)
     select = pn.widgets.Select.from_param(view.param.shown, label="Class", width=200)
     order = pn.widgets.RadioButtonGroup.from_param(view.param.order)
-    table = feature_table(feature_frame(b, view.shown), view.order, record=read_discriminability(b, view.shown),
+    record = read_discriminability(b, view.shown)
+    table = feature_table(feature_frame(b, view.shown, record=record), view.order, record=record,
                           page_size=page_size)
     empty = pn.pane.Markdown("", name="features-empty", visible=False)
     cv = pn.pane.Markdown("", name="cv-accuracy")
@@ -309,8 +304,7 @@ def features_tab(state, *, page_size: int = PAGE_SIZE) -> pn.viewable.Viewable:
                                      order=view.param.order), name="discriminability",
                              sizing_mode="stretch_width", min_height=440)
 
-    def show():
-        rec = read_discriminability(b, view.shown)
+    def show(rec):
         for pane in (table, plot, cv):
             pane.visible = rec is not None
         empty.param.update(visible=rec is None, object="" if rec else missing_message(b, view.shown))
@@ -318,9 +312,9 @@ def features_tab(state, *, page_size: int = PAGE_SIZE) -> pn.viewable.Viewable:
 
     def new_class(event):
         rec = read_discriminability(b, event.new)
-        table.param.update(value=sort_features(feature_frame(b, event.new), view.order), selection=[],
+        table.param.update(value=sort_features(feature_frame(b, event.new, record=rec), view.order), selection=[],
                            row_content=_row_content(rec), expanded=[], page=1)
-        show()
+        show(rec)
         if event.new != shown_class(state):  # picked here, not followed from elsewhere: tell the other views
             if event.new == ALL:
                 state.classes = []
@@ -344,14 +338,9 @@ def features_tab(state, *, page_size: int = PAGE_SIZE) -> pn.viewable.Viewable:
     view.param.watch(new_class, "shown")
     view.param.watch(reorder, "order")
     table.param.watch(ticked, "selection")
-    def follow(*_):
-        if state.bundle is not b:  # the app was rebuilt for another pair: this tab is gone
-            state.param.unwatch(following)
-            return
-        view.shown = shown_class(state)
-
-    following = state.param.watch(follow, "classes")
-    show()
+    # the state outlives this tab, which is rebuilt for another pair
+    state.watch_while(lambda: state.bundle is b, lambda *_: setattr(view, "shown", shown_class(state)), "classes")
+    show(record)
     hint = pn.pane.Markdown(f"The first {TOP_AXES} neurons in this order are drawn as axes; tick more in "
                             "the list. Positive discriminability pushes towards the target domain.")
     tab = pn.Column(pn.Row(select, order, hint), empty, cv, plot, table, sizing_mode="stretch_width")

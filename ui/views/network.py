@@ -32,9 +32,10 @@ import pandas as pd
 import panel as pn
 
 from mlflow_transfer.bundle import PairBundle
+from mlflow_transfer.diagnostics.similarity import most_similar
 from mlflow_transfer.errors import BundleError
 
-from .images import png_bytes
+from .images import crop_patches, png_bytes
 from .style import SOURCE, TARGET
 from .summary import cka_heatmap, inheritance_line
 
@@ -62,14 +63,7 @@ MAX_PX = 900  # the canvas is scaled down to this many pixels at most
 
 def classes_with_similarity(bundle: PairBundle) -> list[str]:
     """The classes that have neuron similarity matrices (those with target-domain instances)."""
-    found = []
-    for cls in bundle.classes:
-        try:
-            bundle.similarity(cls, bundle.layers[0])
-        except BundleError:
-            continue
-        found.append(cls)
-    return found
+    return bundle.compared_classes
 
 
 def _important(table: pd.DataFrame, model: str, class_index: int, layer: str) -> np.ndarray:
@@ -513,41 +507,6 @@ def parse_neuron_id(neuron_id: str) -> tuple[str, str, int] | None:
     return (model, layer, index) if model in DOMAINS and index >= 0 else None
 
 
-def crop_patches(record: dict, neuron: int) -> dict[str, list[dict]]:
-    """A neuron's top activating patches per data domain, cut from a ``bundle.patches()`` record.
-
-    Returns:
-        ``{"source": [...], "target": [...]}``, each a list (most activating first) of
-        ``{"image": (p, p, 3) uint8, "value": activation, "index": instance index}``; empty lists when
-        the neuron has no stored patches (only important neurons have them).
-    """
-    hits = np.flatnonzero(np.asarray(record["neurons"]) == neuron)
-    if hits.size == 0:
-        return {d: [] for d in DOMAINS}
-    i, values, indices, sprite = int(hits[0]), record["values"], record["indices"], record["sprite"]
-    k = values.shape[2]
-    p = sprite.shape[1] // k
-    out = {}
-    for dom, name in enumerate(DOMAINS):
-        row = (2 * i + dom) * p  # sprite rows: neuron i, domain dom; columns: the k patches
-        out[name] = [{"image": sprite[row:row + p, j * p:(j + 1) * p], "value": float(values[i, dom, j]),
-                      "index": int(indices[i, dom, j])} for j in range(k) if indices[i, dom, j] >= 0]
-    return out
-
-
-def most_similar(similarity: np.ndarray, model: str, neuron: int, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` neurons of the other model most similar to ``neuron`` of ``model``.
-
-    Args:
-        similarity: (Us, Ut) matrix indexed [source, target] (``bundle.similarity``).
-    Returns:
-        (indices, values), most similar first; ties keep the lower index first.
-    """
-    row = similarity[neuron, :] if model == "source" else similarity[:, neuron]
-    order = np.argsort(-row, kind="stable")[:k]
-    return order, row[order]
-
-
 _PIXELATED = ["img {image-rendering: pixelated;}"]
 
 
@@ -664,27 +623,18 @@ def network_tab(state) -> pn.viewable.Viewable:
     select = pn.widgets.Select(label="Class", options=b.classes, value=current(), width=150)
     syncing = []  # a select change made to follow the state must not narrow a multi-class selection
 
-    watchers = []  # on the app state, which outlives this tab: dropped once another pair is open
-
-    def stale() -> bool:
-        if state.bundle is b:
-            return False
-        for w in watchers:
-            state.param.unwatch(w)
-        watchers.clear()
-        return True
-
     def follow_state(_event):
-        if stale():
-            return
         syncing.append(True)
         try:
             select.value = current()
         finally:
             syncing.pop()
 
+    def open_here() -> bool:  # the state outlives this tab, which is rebuilt for another pair
+        return state.bundle is b
+
     select.param.watch(lambda e: None if syncing else state.select_class(e.new), "value")
-    watchers.append(state.param.watch(follow_state, "classes"))
+    state.watch_while(open_here, follow_state, "classes")
 
     def span() -> tuple[int, int]:
         lo, hi = sorted((min(state.layer_from, n - 1), min(state.layer_to, n - 1)))
@@ -694,8 +644,7 @@ def network_tab(state) -> pn.viewable.Viewable:
     if n >= 2:
         slider = pn.widgets.IntRangeSlider(label="Layers", start=0, end=n - 1, step=1, value=span(), width=260)
         slider.param.watch(lambda e: state.param.update(layer_from=e.new[0], layer_to=e.new[1]), "value")
-        watchers.append(state.param.watch(lambda *_e: stale() or setattr(slider, "value", span()),
-                                          ["layer_from", "layer_to"]))
+        state.watch_while(open_here, lambda *_e: setattr(slider, "value", span()), "layer_from", "layer_to")
         controls += [slider, pn.bind(lambda v: pn.pane.Markdown(f"{b.layers[v[0]]} → {b.layers[v[1]]}",
                                                                  margin=(22, 5, 0, 5)), slider)]
     controls += [pn.widgets.Checkbox.from_param(state.param.hide_non_important, label="Hide non-important regions",
