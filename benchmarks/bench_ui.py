@@ -47,7 +47,9 @@ Usage: ``python benchmarks/bench_ui.py [--points 1000000] [--small 20000] [--rep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import io
 import json
 import os
 import platform
@@ -410,6 +412,19 @@ def measure_app(browser, base: str, meter: Meter, args) -> dict[str, list]:
             results.setdefault(f"kept {tab}", []).append(_active_tab(page) == tab)
             if _active_tab(page) != tab:  # the app showed another tab: re-open this one, as a user would
                 open_tab(f"reopen {tab}", current, tab)
+    # The strictest reading of "all views updated": switch on the first tab, then open every other view
+    # of the new pair in turn; the tour's time is the sum of the four updates (not the user's pauses).
+    for _ in range(args.repeat):
+        if _active_tab(page) != TABS[0]:
+            open_tab("tour reset", current, TABS[0])
+        other = pairs[1 - pairs.index(current)]
+        act("tour switch", page.locator(".tabulator-row", has_text=other).first.click, shows(other, TABS[0]),
+            f"tour: switch to {other}")
+        current = other
+        for tab in TABS[1:]:
+            open_tab(f"tour open {tab}", current, tab)
+        results.setdefault("tour", []).append(
+            {"time": sum(results[k][-1]["time"] for k in ["tour switch", *(f"tour open {t}" for t in TABS[1:])])})
     page.close()
     return results
 
@@ -566,8 +581,9 @@ def main() -> None:
     try:
         t = time.perf_counter()
         roots = [tmp / "pair-a", tmp / "pair-b"]
-        for i, root in enumerate(roots):
-            build_bundle(root, seed=i + 1, n_classes=args.classes, per_class=args.per_class, score=SCORES[i])
+        with contextlib.redirect_stderr(io.StringIO()):  # the engine's progress lines are not results
+            for i, root in enumerate(roots):
+                build_bundle(root, seed=i + 1, n_classes=args.classes, per_class=args.per_class, score=SCORES[i])
         print(f"built 2 bundles ({args.classes} classes × {args.per_class} instances per domain pair, n_steps 2) "
               f"in {time.perf_counter() - t:.0f} s", flush=True)
         py_open = _seconds(lambda: PairBundle.open(roots[0]))
@@ -639,6 +655,10 @@ def report(app: dict, views: dict, py: dict, shape, args) -> None:
             total = [{"time": a["time"] + b["time"]} for a, b in zip(app[f"switch on {tab}"], app[f"reopen {tab}"])]
             print(_row(f"  then re-open {tab} tab", app[f"reopen {tab}"], None, load))
             print(_row(f"  switch + re-open {tab}", total, SWITCH_GOAL, load))
+    print(_row(f"switch, {TABS[0]} tab active (tour)", app["tour switch"], None, load))
+    for tab in TABS[1:]:
+        print(_row(f"  then open {tab} tab", app[f"tour open {tab}"], None, load))
+    print(_row("  every view updated (sum of the four)", app["tour"], SWITCH_GOAL, load))
     print(f"  plain Python, for scale: opening a bundle folder (every file hashed) {py.pop('open'):.3f} s; each switch")
     print("  here opens the folder again, which a bundle kept open in memory saves")
     kept = {tab: all(app[f"kept {tab}"]) for tab in TABS}
@@ -687,6 +707,8 @@ def report(app: dict, views: dict, py: dict, shape, args) -> None:
         return f"{t:.2f} s = {t / goal:.2f}× the goal: {'met' if t <= goal else 'MISSED'}"
     print("Summary")
     print(f"  goal 1, switch (slowest tab active, view shown after the switch): {verdict(shown, SWITCH_GOAL)}")
+    print(f"  goal 1, switch then every view opened in turn (sum of the four updates): "
+          f"{verdict(_median(app['tour']), SWITCH_GOAL)}")
     if worst:
         print(f"  goal 1, switch then re-open the tab the app did not keep (slowest, {worst}): "
               f"{verdict(reopened[worst], SWITCH_GOAL)}")

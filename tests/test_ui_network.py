@@ -3,11 +3,11 @@ the HoloViews objects rendered with bokeh, and the tab's links with `AppState`."
 
 from __future__ import annotations
 
-import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
 import pytest
+from bokeh.events import Tap
 
 from mlflow_transfer.bundle import PairBundle
 from ui.readers import MemorySource
@@ -170,13 +170,13 @@ def test_neuron_detail_shows_the_patches_of_the_neuron_and_its_five_most_similar
 def test_empty_states_are_messages_not_exceptions(bundle, tables, monkeypatch):
     z = nv.zigzag_data(bundle, "c", 0, 2, tables=tables)  # 'c' has no target-domain instances
     assert "no neuron similarity data" in z.message and z.cells.empty
-    hv.render(nv.zigzag_figure(z), backend="bokeh")
+    nv.zigzag_figure(z)
     detail = nv.neuron_detail(bundle, "c", "source:conv1:0")
     assert "no similarity data" in " ".join(p.object for p in detail.select(pn.pane.Markdown))
     assert "not in this pair" in nv.zigzag_data(bundle, "zzz", 0, 1).message
     one = nv.zigzag_data(bundle, "a", 2, 2, tables=tables)
     assert one.layers == ["conv3"] and one.weight_cells.empty and "One layer" in one.notes[0]
-    hv.render(nv.zigzag_figure(one), backend="bokeh")
+    nv.zigzag_figure(one)
     monkeypatch.setattr(type(bundle), "weight_matrices", lambda *a, **k: None)  # a bundle before schema 1.1
     old = nv.zigzag_data(bundle, "a", 0, 2, tables=tables)
     assert old.weight_cells.empty and not old.cells.empty and "schema 1.1" in old.notes[0]
@@ -184,7 +184,7 @@ def test_empty_states_are_messages_not_exceptions(bundle, tables, monkeypatch):
 
 def test_figure_renders_with_bokeh_and_names_the_neuron_index_glyphs(bundle, tables):
     z = nv.zigzag_data(bundle, "a", 0, 2, tables=tables)
-    fig = hv.render(nv.zigzag_figure(z), backend="bokeh")
+    fig = nv.zigzag_figure(z)
     named = [r for r in fig.renderers if r.name == "neuron-index"]
     assert len(named) == 1 and len(named[0].data_source.data["id"]) == len(z.indices)
     assert len(fig.renderers) < 20  # one renderer per kind of glyph, not per layer
@@ -209,21 +209,24 @@ def test_network_tab_is_linked_both_ways_with_the_app_state(tiny_bundle):
     assert state.hide_source_weights
 
     def figure_pane():
-        return next(p for p in tab.select(pn.pane.HoloViews) if p.name == "network")
+        return next(p for p in tab.select(pn.pane.Bokeh) if p.name == "network")
 
-    data_renderers = hv.render(figure_pane().object, backend="bokeh").renderers
-    assert all(set(r.data_source.data.get("model", [])) <= {"target"} for r in data_renderers
-               if r.name != "neuron-index" and "edge" in r.data_source.data)
+    drawn_weights = set()  # the model of every weight glyph (cells, dots, boxes, histograms, their frames)
+    for r in figure_pane().object.renderers:
+        d = r.data_source.data
+        if "model" in d and "axis" not in d:  # not the neuron indices, which both models keep
+            drawn_weights |= {m for m, k in zip(d["model"], d.get("kind", ["weights"] * len(d["model"])))
+                              if k == "weights"}
+    assert drawn_weights == {"target"}
     # a click on a neuron index sets state.neuron and the detail panel follows
-    overlay = figure_pane().object
-    tap = next(s for s in hv.streams.Stream.registry[overlay] if isinstance(s, hv.streams.Tap))
+    fig = figure_pane().object
     glyphs = nv.zigzag_data(state.bundle, "a", 1, 4, hide_source_weights=True).indices
     first = glyphs[glyphs["model"] == "target"].iloc[0]
-    tap.event(x=first["x"], y=first["y"])
+    fig._trigger_event(Tap(fig, x=first["x"], y=first["y"]))  # what bokeh does with a click's event
     assert state.neuron == first["id"]
     detail = next(p for p in tab.select(pn.Column) if p.name == "neuron-detail")
     assert f"neuron {first['neuron']}" in detail[0].object and detail.select(pn.pane.PNG)
-    names = {p.name for p in tab.select(pn.pane.HoloViews)}
+    names = {p.name for p in tab.select(pn.pane.HoloViews)} | {p.name for p in tab.select(pn.pane.Bokeh)}
     assert {"network", "inheritance", "cka"} <= names
     # a class without similarity data shows the empty state in place of the figure
     select.value = "c"

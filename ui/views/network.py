@@ -26,10 +26,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
+from bokeh.events import Tap
+from bokeh.models import ColumnDataSource, HoverTool, Range1d
+from bokeh.palettes import Greys256
+from bokeh.plotting import figure as bokeh_figure
+from bokeh.transform import linear_cmap
 
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.diagnostics.similarity import most_similar
@@ -399,13 +403,6 @@ def zigzag_data(bundle: PairBundle, cls: str, layer_from: int, layer_to: int, *,
 # Drawing
 
 
-def _name_renderer(name: str):
-    """A hook naming the element's bokeh glyph renderer, so browser tests can find it."""
-    def hook(plot, _element):
-        plot.handles["glyph_renderer"].name = name
-    return hook
-
-
 _TIPS = {
     "cells": [("layer", "@layer"), ("row", "@row_model #@row_neuron"), ("column", "@col_model #@col_neuron"),
               ("similarity", "@similarity{0.000}")],
@@ -420,63 +417,73 @@ _TIPS = {
 }
 
 
-def zigzag_figure(data: ZigZag, max_px: int = MAX_PX) -> hv.Overlay:
+def zigzag_figure(data: ZigZag, max_px: int = MAX_PX) -> bokeh_figure:
     """One bokeh canvas of :func:`zigzag_data`: about a dozen glyph renderers whatever the layer count.
+
+    Plain bokeh rather than a HoloViews overlay: the layout is already in plot coordinates, and
+    HoloViews' range and option pass over a dozen elements cost ~1 s per redraw (class, layer range,
+    toggles, pair switch) for nothing this canvas needs.
 
     Colour conventions: neuron indices red (source model) / blue (target model); weight blocks framed
     in their model's colour; red dots and red pie wedges = a source correspondence. Every element has
     hover details; the neuron index glyphs are named ``neuron-index`` in the bokeh document.
     """
+    fig = bokeh_figure(tools="pan,wheel_zoom,box_zoom,reset,save", toolbar_location="above",
+                       x_axis_type=None, y_axis_type=None)
+    fig.grid.visible = False
+    fig.outline_line_color = None
     if data.message:
-        return hv.Overlay([hv.Rectangles([]).opts(title=data.message, xaxis=None, yaxis=None)])
+        fig.title.text = data.message
+        fig.x_range, fig.y_range = Range1d(0, 1), Range1d(1, 0)
+        fig.frame_width = fig.frame_height = 300
+        return fig
     unit = max(4.0, min(16.0, max_px / max(data.width, data.height, 1.0)))
+    fig.title.text = f"Class {data.cls}: {data.layers[0]} → {data.layers[-1]}" if len(data.layers) > 1 else \
+        f"Class {data.cls}: {data.layers[0]}"
+    fig.x_range, fig.y_range = Range1d(0, data.width), Range1d(data.height, 0)  # y points down
+    fig.frame_width, fig.frame_height = int(data.width * unit), int(data.height * unit)
+    greys = linear_cmap("_", list(reversed(Greys256)), 0, 1)["transform"]  # 0 white → 1 black
+    box = {"left": "x0", "right": "x1", "top": "y0", "bottom": "y1"}
+
+    def quads(frame, tips=None, name=None, **glyph):
+        r = fig.quad(source=ColumnDataSource(frame), name=name, **box, **glyph)
+        if tips:
+            fig.add_tools(HoverTool(renderers=[r], tooltips=tips))
+        return r
+
+    def fill(frame, column, mapping):
+        return frame.assign(fill=frame[column].map(mapping))
+
+    quads(data.regions, fill_color="#f6f6f6", line_color="edge", line_width=1)
+    quads(data.cells, _TIPS["cells"], fill_color={"field": "similarity", "transform": greys},
+          line_color="white", line_width=0.5)
+    quads(data.sim_bars, _TIPS["sim_bars"], fill_color="#888888", line_width=0)
     cells_w = data.weight_cells.assign(
         correspondence=data.weight_cells["inherited"].map({True: "yes", False: "no"}).fillna("–"))
-    boxes = data.boxes.assign(fill=data.boxes["model"].map(MODEL_COLOR))
-    wbars = data.weight_bars.assign(fill=data.weight_bars["model"].map(MODEL_COLOR))
-    model_color = hv.dim("model").categorize(MODEL_COLOR)
-    label_opts = {"text_font_size": f"{max(5, min(8, int(unit * 0.55)))}pt", "text_color": model_color}
-
-    def rect_vdims(frame):
-        return [c for c in frame.columns if c not in ("x0", "y0", "x1", "y1")]
-
-    elements = [
-        hv.Rectangles(data.regions, vdims=rect_vdims(data.regions)).opts(
-            fill_color="#f6f6f6", line_color="edge", line_width=1),
-        hv.Rectangles(data.cells, vdims=rect_vdims(data.cells), group="Similarity").opts(
-            color="similarity", cmap="Greys", clim=(0, 1), line_color="white", line_width=0.5, tools=["hover"],
-            hover_tooltips=_TIPS["cells"]),
-        hv.Rectangles(data.sim_bars, vdims=rect_vdims(data.sim_bars), group="SimilarityHistogram").opts(
-            color="#888888", line_width=0, tools=["hover"], hover_tooltips=_TIPS["sim_bars"]),
-        hv.Rectangles(cells_w, vdims=rect_vdims(cells_w), group="Weights").opts(
-            color="shade", cmap="Greys", clim=(0, 1), line_color="edge", line_width=1, tools=["hover"],
-            hover_tooltips=_TIPS["weights"]),
-        hv.Points(data.dots, ["x", "y"], ["model", "layer", "a", "b"], group="Inherited").opts(
-            color=SOURCE, size=max(3, unit * 0.35), line_width=0),
-        hv.Rectangles(boxes, vdims=rect_vdims(boxes), group="Boxes").opts(
-            color="fill", fill_alpha=0.45, line_color="#333333", line_width=0.7, tools=["hover"],
-            hover_tooltips=_TIPS["boxes"]),
-        hv.Segments(data.box_lines, ["x0", "y0", "x1", "y1"]).opts(color="#333333", line_width=1),
-        hv.Polygons(data.pies, vdims=["share", "part", "neuron", "layer", "label"], group="Pies").opts(
-            color=hv.dim("part").categorize({"disc": "#ffffff", "wedge": SOURCE}), line_color="#555555",
-            line_width=0.5, tools=["hover"], hover_tooltips=[("links", "@label")]),
-        hv.Rectangles(wbars, vdims=rect_vdims(wbars), group="WeightHistogram").opts(
-            color="fill", fill_alpha=0.6, line_width=0, tools=["hover"], hover_tooltips=_TIPS["weight_bars"]),
-        hv.Rectangles(data.indices, vdims=rect_vdims(data.indices), group="NeuronIndex").opts(
-            fill_alpha=0, line_alpha=0, hover_fill_color="#ffe680", hover_fill_alpha=0.6,
-            tools=["hover"], hover_tooltips=_TIPS["indices"], hooks=[_name_renderer("neuron-index")]),
-        hv.Labels(data.indices[data.indices["axis"] == "row"], ["x", "y"], ["neuron", "model"]).opts(**label_opts),
-        hv.Labels(data.indices[data.indices["axis"] == "col"], ["x", "y"], ["neuron", "model"]).opts(
-            angle=90, **label_opts),
-        hv.Labels(data.titles, ["x", "y"], "text").opts(text_font_size="8pt", text_font_style="bold",
-                                                         text_color="#333333"),
-    ]
-    title = f"Class {data.cls}: {data.layers[0]} → {data.layers[-1]}" if len(data.layers) > 1 else \
-        f"Class {data.cls}: {data.layers[0]}"
-    return hv.Overlay(elements).opts(
-        title=title, invert_yaxis=True, xaxis=None, yaxis=None, show_grid=False, show_legend=False,
-        xlim=(0, data.width), ylim=(0, data.height), frame_width=int(data.width * unit),
-        frame_height=int(data.height * unit), toolbar="above")
+    quads(cells_w, _TIPS["weights"], fill_color={"field": "shade", "transform": greys}, line_color="edge",
+          line_width=1)
+    fig.scatter("x", "y", source=ColumnDataSource(data.dots), color=SOURCE, size=max(3, unit * 0.35), line_width=0)
+    quads(fill(data.boxes, "model", MODEL_COLOR), _TIPS["boxes"], fill_color="fill", fill_alpha=0.45,
+          line_color="#333333", line_width=0.7)
+    fig.segment("x0", "y0", "x1", "y1", source=ColumnDataSource(data.box_lines), color="#333333", line_width=1)
+    if data.pies:
+        pies = pd.DataFrame(data.pies).rename(columns={"x": "xs", "y": "ys"})
+        r = fig.patches("xs", "ys", source=ColumnDataSource(fill(pies, "part", {"disc": "#ffffff", "wedge": SOURCE})),
+                        fill_color="fill", line_color="#555555", line_width=0.5)
+        fig.add_tools(HoverTool(renderers=[r], tooltips=[("links", "@label")]))
+    quads(fill(data.weight_bars, "model", MODEL_COLOR), _TIPS["weight_bars"], fill_color="fill", fill_alpha=0.6,
+          line_width=0)
+    quads(data.indices, _TIPS["indices"], name="neuron-index", fill_alpha=0, line_alpha=0,
+          hover_fill_color="#ffe680", hover_fill_alpha=0.6)
+    size = f"{max(5, min(8, int(unit * 0.55)))}pt"
+    for axis, angle in (("row", 0.0), ("col", np.pi / 2)):
+        labels = fill(data.indices[data.indices["axis"] == axis], "model", MODEL_COLOR).assign(
+            label=lambda f: f["neuron"].astype(str))
+        fig.text("x", "y", text="label", source=ColumnDataSource(labels), angle=angle, text_color="fill",
+                 text_font_size=size, text_align="center", text_baseline="middle")
+    fig.text("x", "y", text="text", source=ColumnDataSource(data.titles), text_font_size="8pt",
+             text_font_style="bold", text_color="#333333", text_align="center", text_baseline="middle")
+    return fig
 
 
 def describe_hit(hit: dict) -> str:
@@ -659,11 +666,10 @@ def network_tab(state) -> pn.viewable.Viewable:
                            hide_source_weights=hide_source_weights, tables=tables)
         if data.message:
             return pn.pane.Markdown(data.message, name="network")
-        overlay = zigzag_figure(data)
-        tap = hv.streams.Tap(source=overlay, x=None, y=None)
+        fig = zigzag_figure(data)
 
-        def on_tap(x, y):
-            hit = data.hit(x, y) if x is not None and y is not None else None
+        def on_tap(event):
+            hit = data.hit(event.x, event.y) if event.x is not None and event.y is not None else None
             if hit is None:
                 return
             if hit["kind"] == "neuron":
@@ -671,10 +677,10 @@ def network_tab(state) -> pn.viewable.Viewable:
             else:
                 clicked.object = describe_hit(hit)
 
-        tap.add_subscriber(on_tap)
+        fig.on_event(Tap, on_tap)
         notes = [pn.pane.Markdown("\n".join(f"- {note}" for note in data.notes), name="network-notes")
                  ] if data.notes else []
-        return pn.Column(pn.pane.HoloViews(overlay, name="network", css_classes=["network-figure"]), *notes)
+        return pn.Column(pn.pane.Bokeh(fig, name="network", css_classes=["network-figure"]), *notes)
 
     def detail(neuron, classes):
         return neuron_detail(b, current(), neuron, on_select=lambda nid: setattr(state, "neuron", nid))
