@@ -170,6 +170,21 @@ _FIRST_NEURON_INDEX = """() => {
 }"""
 
 
+# Titles of the bokeh plots the browser has drawn (views laid out on the page).
+_DRAWN_TITLES = """() => {
+  const titles = [], seen = new Set();
+  function* walk(v) {
+    if (!v || seen.has(v)) return;
+    seen.add(v); yield v;
+    for (const c of (v.child_views ?? [])) yield* walk(c);
+  }
+  for (const root of Bokeh.index.roots ?? []) for (const v of walk(root))
+    if (v.canvas_view && v.model.title && v.model.title.text && v.el.isConnected && v.el.offsetParent !== null)
+      titles.push(v.model.title.text);
+  return titles;
+}"""
+
+
 def test_network_view_a_neuron_click_opens_the_detail_panel(served, page):
     page.goto(served)
     page.get_by_text("Transferability score").wait_for(timeout=60_000)
@@ -182,6 +197,11 @@ def test_network_view_a_neuron_click_opens_the_detail_panel(served, page):
     page.get_by_text(f"{layer} · neuron {index}").wait_for(timeout=30_000)
     assert page.get_by_text("most similar").count() >= 1
     _shot(page, "network")
+    page.get_by_text("Inheritance and CKA by depth", exact=True).click()
+    both = f"""() => {{ const t = ({_DRAWN_TITLES})();
+      return t.some(x => x.startsWith('Inheritance per layer')) && t.includes('Layer similarity (linear CKA)'); }}"""
+    page.wait_for_function(both, timeout=60_000)
+    _shot(page, "network-by-depth")
 
 
 def test_feature_view_renders_the_ranking_and_the_biplot(served, page):

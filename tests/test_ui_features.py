@@ -96,27 +96,27 @@ def test_mirrored_histogram_has_source_up_and_target_down(bundle):
 def test_plot_shows_the_stored_projection_with_the_domain_markers(bundle):
     rec = bundle.discriminability("a")
     plot = fv.discriminability_plot(bundle, "a")
-    points = {el.label: el for el in plot if isinstance(el, hv.Points)}
     for label, code, color, marker in (("source domain", 0, SOURCE, "x"), ("target domain", 1, TARGET, "circle")):
-        el = points[label]
-        np.testing.assert_allclose(np.column_stack([el.dimension_values("u"), el.dimension_values("g")]),
+        r = plot.select_one({"name": label})
+        np.testing.assert_allclose(np.column_stack([r.data_source.data["u"], r.data_source.data["g"]]),
                                    rec["coordinates"][rec["labels"] == code])
-        assert _opt(el, "color") == color and _opt(el, "marker") == marker
-    boundary = next(el for el in plot if isinstance(el, hv.VLine))
-    assert boundary.data == pytest.approx(-rec["intercept"] / np.linalg.norm(rec["coef"]))
-    title = plot.opts.get().kwargs["title"]
+        assert r.glyph.line_color == color and r.glyph.marker == marker
+    boundary = plot.select_one({"name": "boundary"})
+    assert boundary.dimension == "height"
+    assert boundary.location == pytest.approx(-rec["intercept"] / np.linalg.norm(rec["coef"]))
+    title = plot.title.text
     assert f"{rec['cv_mean']:.3f}" in title and f"{rec['cv_std']:.3f}" in title
     assert f"{rec['folds_used']}-fold" in title and "fewer than the paper's 10 folds" in title
-    hv.render(plot, backend="bokeh")
 
 
 def _segments(plot) -> dict:
     """label → (x1, y1, colour) of every biplot axis."""
     out = {}
-    for el in plot:
-        if isinstance(el, hv.Segments):
-            for x1, y1, label in zip(el.dimension_values("x1"), el.dimension_values("y1"), el.dimension_values("label")):
-                out[label] = (x1, y1, _opt(el, "color"))
+    for name in ("axes", "checked axes"):
+        r = plot.select_one({"name": name})
+        d = r.data_source.data
+        for x1, y1, label in zip(d["x1"], d["y1"], d["label"]):
+            out[label] = (x1, y1, r.glyph.line_color)
     return out
 
 
@@ -154,22 +154,21 @@ def test_a_class_without_discriminability_is_an_empty_state(bundle):
     frame = fv.feature_frame(bundle, "c")
     assert frame.empty and list(frame.columns) == fv.COLUMNS
     plot = fv.discriminability_plot(bundle, "c")
-    assert "No domain discriminability" in plot.opts.get().kwargs["title"]
-    hv.render(plot, backend="bokeh")
+    assert "No domain discriminability" in plot.title.text and not plot.renderers
     assert "no target-domain instances" in fv.missing_message(bundle, "c")
 
 
 def test_tab_follows_the_class_selection_and_writes_it_back(state, bundle):
     tab = fv.features_tab(state)
     table = _find(tab, pn.widgets.Tabulator, "feature-ranking")
-    plot = _find(tab, pn.pane.HoloViews, "discriminability")
+    plot = _find(tab, pn.pane.Bokeh, "discriminability")
     cv = _find(tab, pn.pane.Markdown, "cv-accuracy")
     assert tab.view.shown == fv.ALL and len(table.value) == len(bundle.discriminability()["coef"])
     state.select_class("a")
     rec = bundle.discriminability("a")
     assert tab.view.shown == "a"
     np.testing.assert_array_equal(np.sort(table.value["discriminability"]), np.sort(rec["coef"]))
-    assert f"{rec['cv_mean']:.3f}" in cv.object and f"{rec['cv_mean']:.3f}" in plot.object.opts.get().kwargs["title"]
+    assert f"{rec['cv_mean']:.3f}" in cv.object and f"{rec['cv_mean']:.3f}" in plot.object.title.text
     state.select_class("b", add=True)  # two classes: the view shows all of them, the selection stays
     assert tab.view.shown == fv.ALL and state.classes == ["a", "b"]
     select = tab.select(pn.widgets.Select)[0]
@@ -190,7 +189,7 @@ def test_tab_follows_the_class_selection_and_writes_it_back(state, bundle):
 def test_ticking_a_row_adds_its_axis_and_survives_a_reorder(state, bundle):
     tab = fv.features_tab(state)
     table = _find(tab, pn.widgets.Tabulator, "feature-ranking")
-    plot = _find(tab, pn.pane.HoloViews, "discriminability")
+    plot = _find(tab, pn.pane.Bokeh, "discriminability")
     label = table.value["label"].iloc[12]
     table.selection = [12]
     assert tab.view.checked == [label]

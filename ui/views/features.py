@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
+from bokeh.models import ColumnDataSource, HoverTool, Span
+from bokeh.plotting import figure as bokeh_figure
 
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.errors import BundleError
@@ -191,7 +193,7 @@ def _axes_frame(record: dict, frame: pd.DataFrame, labels: list[str], radius: fl
 
 
 def discriminability_plot(bundle: PairBundle, cls: str = ALL, checked=(), *, order: str = "descending",
-                          top: int = TOP_AXES) -> hv.Overlay:
+                          top: int = TOP_AXES) -> bokeh_figure:
     """Domain discriminability plot: instances (rows of A) projected on [u, g] — u, the SVM normal,
     horizontal (the decision boundary is the dashed vertical line), g, the first principal component,
     vertical; red crosses source, blue circles target. Biplot axes from the origin, labelled
@@ -199,37 +201,48 @@ def discriminability_plot(bundle: PairBundle, cls: str = ALL, checked=(), *, ord
     labels (green); each line's length is proportional to |coef|, the longest reaching the farthest
     instance. The title gives the k-fold CV accuracy.
 
+    A plain bokeh figure (renderers named ``source domain``, ``target domain``, ``axes`` and
+    ``checked axes``; the boundary a ``Span`` named ``boundary``): redrawn on every tick, class and
+    order change, where a HoloViews overlay cost ~0.3 s of server time each.
+
     Args:
         checked: ``"layer:index"`` labels ticked in the list; labels not in this class's A are ignored.
     """
+    fig = bokeh_figure(tools="pan,wheel_zoom,box_zoom,reset,save", toolbar_location="above",
+                       sizing_mode="stretch_width", height=440, x_axis_label="u: SVM normal (→ target)",
+                       y_axis_label="g: first principal component")
     rec = read_discriminability(bundle, cls)
-    opts = {"responsive": True, "min_height": 420, "show_grid": True}
     if rec is None:
-        return hv.Overlay([hv.Points([], ["u", "g"])]).opts(**opts, title=f"No domain discriminability for {cls}")
+        fig.title.text = f"No domain discriminability for {cls}"
+        return fig
+    fig.title.text = f"Domain classifier: {cv_summary(rec, note=False)}"
     coords, labels = np.asarray(rec["coordinates"], np.float64), np.asarray(rec["labels"])
-    kdims = [hv.Dimension("u", label="u: SVM normal (→ target)"), hv.Dimension("g", label="g: first principal component")]
-    layers = []
+    points = []
     for domain, code, color in (("source", 0, SOURCE), ("target", 1, TARGET)):
         part = pd.DataFrame(coords[labels == code], columns=["u", "g"]).assign(domain=domain)
-        marker = MODEL_MARKER[domain]
-        layers.append(hv.Points(part, kdims, ["domain"], label=f"{domain} domain").opts(
-            color=color, marker=marker, size=8 if marker == "x" else 7, line_width=2 if marker == "x" else 1,
-            fill_alpha=0.35, tools=["hover"]))
+        cross = MODEL_MARKER[domain] == "x"
+        points.append(fig.scatter("u", "g", source=ColumnDataSource(part), marker=MODEL_MARKER[domain], color=color,
+                                  size=8 if cross else 7, line_width=2 if cross else 1, fill_alpha=0.35,
+                                  legend_label=f"{domain} domain", name=f"{domain} domain"))
+    fig.add_tools(HoverTool(renderers=points, tooltips=[("domain", "@domain"), ("u", "@u{0.000}"),
+                                                        ("g", "@g{0.000}")]))
     norm = float(np.linalg.norm(rec["coef"]))
     if "intercept" in rec and norm > 0:  # decision value ||coef||·u + b = 0
-        layers.append(hv.VLine(-float(rec["intercept"]) / norm).opts(color="#666", line_dash="dashed", line_width=1))
+        fig.add_layout(Span(location=-float(rec["intercept"]) / norm, dimension="height", line_color="#666666",
+                            line_dash="dashed", line_width=1, name="boundary"))
     frame = _base_frame(rec)
     default = top_labels(frame, order, top)
     extra = sorted((set(checked) & set(frame["label"])) - set(default))
     radius = float(np.linalg.norm(coords, axis=1).max(initial=0)) or 1.0
-    for names, color in ((default, AXIS_COLOR), (extra, CHECKED_COLOR)):
-        segs = _axes_frame(rec, frame, names, radius)
-        layers.append(hv.Segments(segs, ["x0", "y0", "x1", "y1"], ["label", "discriminability"]).opts(
-            color=color, line_width=2, tools=["hover"]))
-        layers.append(hv.Labels(segs, ["x1", "y1"], "label").opts(text_color=color, text_font_size="9pt",
-                                                                  text_align="left", xoffset=0.02 * radius))
-    return hv.Overlay(layers).opts(**opts, title=f"Domain classifier: {cv_summary(rec, note=False)}",
-                                   legend_position="top_left")
+    for names, color, name in ((default, AXIS_COLOR, "axes"), (extra, CHECKED_COLOR, "checked axes")):
+        segs = ColumnDataSource(_axes_frame(rec, frame, names, radius))
+        axes = fig.segment("x0", "y0", "x1", "y1", source=segs, color=color, line_width=2, name=name)
+        fig.add_tools(HoverTool(renderers=[axes], tooltips=[("neuron", "@label"),
+                                                            ("discriminability", "@discriminability{0.000}")]))
+        fig.text("x1", "y1", text="label", source=segs, text_color=color, text_font_size="9pt",
+                 text_align="left", text_baseline="middle", x_offset=6)
+    fig.legend.location = "top_left"
+    return fig
 
 
 def feature_table(frame: pd.DataFrame, order: str = "descending", *, record: dict | None = None,
@@ -300,9 +313,9 @@ def features_tab(state, *, page_size: int = PAGE_SIZE) -> pn.viewable.Viewable:
     empty = pn.pane.Markdown("", name="features-empty", visible=False)
     cv = pn.pane.Markdown("", name="cv-accuracy")
     # re-rendered whenever the class, the order or the ticked neurons change
-    plot = pn.pane.HoloViews(pn.bind(discriminability_plot, b, view.param.shown, view.param.checked,
-                                     order=view.param.order), name="discriminability",
-                             sizing_mode="stretch_width", min_height=440)
+    plot = pn.pane.Bokeh(pn.bind(discriminability_plot, b, view.param.shown, view.param.checked,
+                                 order=view.param.order), name="discriminability",
+                         sizing_mode="stretch_width", min_height=440)
 
     def show(rec):
         for pane in (table, plot, cv):

@@ -694,9 +694,12 @@ def network_tab(state) -> pn.viewable.Viewable:
         pn.Row(*controls),
         pn.Row(pn.Column(pn.bind(figure, p.classes, p.layer_from, p.layer_to, p.hide_non_important,
                                  p.hide_source_weights), clicked),
-               # one at a time: each plot drawn costs a pair switch time while this tab is open
+               # the neuron detail, or the two by-depth summaries side by side: plots drawn only when
+               # shown, since each costs pair-switch time while this tab is open
                pn.Column(legend, pn.Tabs(("Neuron", pn.bind(detail, p.neuron, p.classes)),
-                                         ("Inheritance by depth", pn.bind(inheritance, p.classes)),
-                                         ("CKA", pn.pane.HoloViews(cka_heatmap(b), name="cka")),
+                                         ("Inheritance and CKA by depth",
+                                          pn.Column(pn.bind(inheritance, p.classes),
+                                                    pn.pane.HoloViews(cka_heatmap(b), name="cka",
+                                                                      sizing_mode="stretch_width"))),
                                          dynamic=True), width=440)),
         name="network-tab", sizing_mode="stretch_width")
