@@ -86,9 +86,11 @@ def inheritance_line(bundle, cls: str | None = None) -> hv.Overlay:
     if not layers:
         layers = [hv.Curve([], kdims, vdims).relabel("no per-layer comparison in this bundle")]
     title = "Inheritance per layer" + (f" (all classes and class {cls})" if cls is not None else " (all classes)")
+    # a half-transparent legend: lines near 0 stay visible under it
     return hv.Overlay(layers).opts(
-        hv.opts.Overlay(title=title, ylim=(0, 1.02), legend_position="bottom_left", responsive=True,
-                        min_height=300, show_grid=True))
+        hv.opts.Overlay(title=title, ylim=(0, 1.02), legend_position="bottom_left",
+                        legend_opts={"background_fill_alpha": 0.6, "label_text_font_size": "8pt"},
+                        responsive=True, min_height=300, show_grid=True))
 
 
 def cka_heatmap(bundle) -> hv.HeatMap:
