@@ -32,8 +32,9 @@ shows what it should (the other pair's transferability score, a new raster image
   the last paint or DOM change, e.g. after the re-aggregation at the plot's real size), then zoom in
   with the mouse wheel over the plot (wheel zoom is the active scroll tool) and time wheel → first
   paint of a raster image new to the browser; baseline: the same at ``--small`` points. For scale, in
-  plain Python (no browser): one Datashader aggregation of the points, the view's ``rasterize``
-  operation with and without its hover selector, and ``instance_frame`` over as many instances.
+  plain Python (no browser): one Datashader aggregation of the points, ``rasterize`` with and
+  without Datashader's hover selector, the view's own hover layer (``max`` of ``hover_key``) and
+  that key, and ``instance_frame`` over as many instances.
 
 Also printed, to say where the time goes: CPU seconds of the server and of the browser processes in
 each measurement, and from a log of the server's websocket (what it handled and wrote, with epoch
@@ -131,7 +132,7 @@ def generated_frame(n: int, n_classes: int = 10, seed: int = 0):
     return pd.DataFrame({"row": np.arange(n), "x": xy[:, 0], "y": xy[:, 1], "class": names[labels],
                          "domain": np.where(rng.random(n) < 0.5, "source", "target").astype(object),
                          "prediction": names[pred], "mispredicted": pred != labels,
-                         "confidence": rng.random(n)})
+                         "confidence": rng.random(n), "label": labels, "pred": pred})
 
 
 def _pair_rows(ids: list[str]) -> list[dict]:
@@ -475,7 +476,7 @@ def server_side(points: int, classes: int, shape: list[int] | None, repeat: int 
     import holoviews as hv
     from holoviews.operation.datashader import rasterize
 
-    from ui.views.instances import instance_frame
+    from ui.views.instances import hover_key, instance_frame
 
     frame = generated_frame(points, classes)
     h, w = (shape or [400, 1340])[:2]
@@ -484,17 +485,21 @@ def server_side(points: int, classes: int, shape: list[int] | None, repeat: int 
              "x": frame["x"].to_numpy(), "y": frame["y"].to_numpy(),
              "domain": (frame["domain"] == "target").to_numpy(np.int8), "confidence_target": frame["confidence"].to_numpy()}
     points_el = hv.Points(frame, ["x", "y"], ["class", "domain", "prediction", "row"])
+    keyed = hv.Points(frame.assign(key=hover_key(frame, classes)), ["x", "y"], ["row", "key"])
     x_range, y_range = (frame["x"].min(), frame["x"].max()), (frame["y"].min(), frame["y"].max())
     canvas = ds.Canvas(plot_width=w, plot_height=h, x_range=x_range, y_range=y_range)
     categorical = frame.assign(**{"class": frame["class"].astype("category")})
     jobs = {
         "datashader count_cat (categorical column ready)": lambda: canvas.points(categorical, "x", "y", ds.count_cat("class")),
-        "HoloViews rasterize as the view calls it (with selector)": lambda: rasterize(
+        "HoloViews rasterize with Datashader's hover selector (avoided)": lambda: rasterize(
             points_el, aggregator=ds.count_cat("class"), selector=ds.first("row"), dynamic=False,
             width=w, height=h, x_range=x_range, y_range=y_range),
         "HoloViews rasterize without the hover selector": lambda: rasterize(
             points_el, aggregator=ds.count_cat("class"), dynamic=False, width=w, height=h,
             x_range=x_range, y_range=y_range),
+        "HoloViews rasterize max(hover key) (the view's hover layer)": lambda: rasterize(
+            keyed, aggregator=ds.max("key"), dynamic=False, width=w, height=h, x_range=x_range, y_range=y_range),
+        "hover_key (row, domain, label, prediction packed)": lambda: hover_key(frame, classes),
         "instance_frame (bundle table → frame)": lambda: instance_frame(table, names),
     }
     return {name: _seconds(job, repeat) for name, job in jobs.items()}

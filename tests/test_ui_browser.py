@@ -232,3 +232,21 @@ def test_panel_serve_runs_the_same_app(served, browser):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_raster_hover_names_row_domain_label_and_prediction(page):
+    """The rasterised instance view's tooltip JS (``hover_formatter``), run in Chromium on ``hover_key``
+    values: the half of the hover Python cannot run (tests/test_ui_state.py checks the key's half)."""
+    import pandas as pd
+
+    from ui.views import instances as iv
+
+    names = [f"digit {i}" for i in range(12)]
+    frame = pd.DataFrame({"row": [0, 7, 999_999, 123_456], "domain": ["source", "target", "target", "source"],
+                          "label": [0, 11, 5, 3], "pred": [11, 11, 0, 3]})
+    fmt = iv.hover_formatter(names)
+    run = """([values, code, args]) => values.map(v =>
+        new Function("value", "format", "special_vars", ...Object.keys(args), code)(v, null, {}, ...Object.values(args)))"""
+    got = page.evaluate(run, [[*iv.hover_key(frame, len(names)).tolist(), float("nan")], fmt.code, fmt.args])
+    assert got == [f"#{r.row} · {r.domain} domain · true {names[r.label]} · predicted {names[r.pred]}"
+                   for r in frame.itertuples()] + ["none"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 
+import datashader as ds
 import holoviews as hv
 import numpy as np
 import pandas as pd
@@ -151,17 +152,42 @@ def test_class_with_no_instances_in_one_domain_is_an_empty_state_not_an_error(ti
     assert "No instances" in empty.opts.get().kwargs["title"]
 
 
+def _many_points(n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` rows with the columns of ``instance_frame`` for classes a, b, c, rows shuffled."""
+    rng = np.random.default_rng(seed)
+    names = np.array(["a", "b", "c"], dtype=object)
+    labels, pred = rng.integers(0, 3, n), rng.integers(0, 3, n)
+    return pd.DataFrame({"row": rng.permutation(n), "x": rng.normal(size=n), "y": rng.normal(size=n),
+                         "class": names[labels], "domain": rng.choice(["source", "target"], n),
+                         "prediction": names[pred], "mispredicted": labels != pred, "confidence": 1.0,
+                         "label": labels, "pred": pred})
+
+
 def test_many_points_switch_to_a_datashader_raster():
-    rng = np.random.default_rng(0)
-    n = 50_000
-    frame = pd.DataFrame({"row": np.arange(n), "x": rng.normal(size=n), "y": rng.normal(size=n),
-                          "class": rng.choice(["a", "b"], n), "domain": rng.choice(["source", "target"], n),
-                          "prediction": "a", "mispredicted": False, "confidence": 1.0})
-    plot = iv.instance_scatter(frame, ["a", "b"], threshold=10_000)
+    frame = _many_points(50_000)
+    plot = iv.instance_scatter(frame, ["a", "b", "c"], threshold=10_000)
     assert isinstance(plot, hv.DynamicMap)
     hv.render(plot)
-    small = iv.instance_scatter(frame.iloc[:100], ["a", "b"], threshold=10_000)
+    small = iv.instance_scatter(frame.iloc[:100], ["a", "b", "c"], threshold=10_000)
     assert isinstance(small, hv.Overlay)
+
+
+def test_the_raster_hover_key_picks_each_pixels_last_row():
+    """max(hover_key) per pixel is the key of the pixel's highest row (the decoder's half is tested
+    in Chromium, tests/test_ui_browser.py)."""
+    frame = _many_points(20_000, seed=1)
+    key = iv.hover_key(frame, 3)
+    assert len(np.unique(key)) == len(frame)
+    np.testing.assert_array_equal(np.argsort(key), np.argsort(frame["row"].to_numpy()))  # same order as rows
+    canvas = ds.Canvas(plot_width=30, plot_height=20)
+    by_key = canvas.points(frame.assign(key=key), "x", "y", ds.max("key")).values
+    by_row = canvas.points(frame, "x", "y", ds.max("row")).values
+    drawn = np.isfinite(by_key)
+    assert drawn.sum() > 100
+    row_of = dict(zip(key, frame["row"]))
+    np.testing.assert_array_equal([row_of[k] for k in by_key[drawn]], by_row[drawn])
+    with pytest.raises(ValueError, match="too many"):
+        iv.hover_key(frame.assign(row=frame["row"] + 2 ** 50), 3)
 
 
 def test_pairs_frame_columns():

@@ -3,8 +3,8 @@
 Colour = class, cross = source domain, circle = target domain, dark ring = mispredicted by the target
 model; hovering shows the thumbnail, domain, true label and the target model's prediction. Above
 `RASTER_THRESHOLD` points the scatter is shaded by Datashader on the server (one image per zoom level)
-and hovering names the instance under the cursor (its row in the bundle's instance table), so a
-million points stay usable.
+and hovering names the instance under the cursor (its row in the bundle's instance table, domain,
+true label and prediction), so a million points stay usable.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 from holoviews.operation.datashader import datashade, rasterize
+from bokeh.models import CustomJSHover
 from holoviews.plotting.bokeh.callbacks import RangeXYCallback
 
 from .images import data_uri
 from .style import class_color
 
-__all__ = ["RASTER_THRESHOLD", "class_legend", "instance_frame", "instance_scatter"]
+__all__ = ["RASTER_THRESHOLD", "class_legend", "hover_formatter", "hover_key", "instance_frame", "instance_scatter"]
 
 RASTER_THRESHOLD = 20_000  # points; bokeh's canvas stays fluid below this
 DOMAINS = {0: "source", 1: "target"}
@@ -27,7 +28,8 @@ DOMAINS = {0: "source", 1: "target"}
 
 def instance_frame(instances: dict, classes: list[str], selected: list[str] | None = None,
                    xy: np.ndarray | None = None) -> pd.DataFrame:
-    """One row per instance of the selected classes: x, y, class name, domain, predictions, mispredicted.
+    """One row per instance of the selected classes: x, y, class name, domain, predictions, mispredicted,
+    and the integer codes ``label`` and ``pred`` (the target model's prediction) of the two names.
 
     Args:
         instances: the bundle's ``instances/table`` (index, domain, split, label, x, y, pred_source,
@@ -50,7 +52,7 @@ def instance_frame(instances: dict, classes: list[str], selected: list[str] | No
         "row": rows, "x": xy[:, 0], "y": xy[:, 1], "class": names[labels[rows]],
         "domain": [DOMAINS.get(int(d), str(d)) for d in np.asarray(instances["domain"])[rows]],
         "prediction": names[pred], "mispredicted": pred != labels[rows],
-        "confidence": np.asarray(instances["confidence_target"])[rows]})
+        "confidence": np.asarray(instances["confidence_target"])[rows], "label": labels[rows], "pred": pred})
 
 
 def _thumbnails(instances: dict, rows: np.ndarray) -> list[str]:
@@ -73,6 +75,36 @@ _TOOLTIP = """<div><img src="@thumbnail" width="48" height="48" style="image-ren
 <div>@domain domain · true <b>@class</b> · predicted <b>@prediction</b></div></div>"""
 
 
+def _class_bits(n_classes: int) -> int:
+    return max(1, int(n_classes - 1).bit_length())
+
+
+def hover_key(frame: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """float64 (N,): ``((row · 2 + target domain) · 2^b + label) · 2^b + pred``, b = bits per class code.
+
+    Exact in float64 (Datashader's max returns floats) while ``row < 2^(52 − 2b)``: 2^36 rows for 256
+    classes. Increasing in ``row``, so a pixel's max is its highest row. :func:`hover_formatter` reads it.
+    """
+    bits = _class_bits(n_classes)
+    rows = frame["row"].to_numpy(np.int64)
+    if len(rows) and rows.max() >= 2 ** (52 - 2 * bits):
+        raise ValueError(f"{rows.max()} rows is too many to pack with {n_classes} classes")
+    key = (rows * 2 + (frame["domain"].to_numpy() == "target")) << (2 * bits)
+    key += (frame["label"].to_numpy(np.int64) << bits) + frame["pred"].to_numpy(np.int64)
+    return key.astype(np.float64)
+
+
+def hover_formatter(classes: list[str]) -> CustomJSHover:
+    """The tooltip's formatter for a pixel of the max(:func:`hover_key`) image (NaN where no instance):
+    ``#row · domain · true class · predicted class``, decoded in the browser."""
+    return CustomJSHover(args={"names": list(classes), "bits": _class_bits(len(classes))}, code="""
+if (!Number.isFinite(value)) return "none";
+const s = 2 ** bits, pred = value % s, rest = Math.floor(value / s), label = rest % s;
+const rest2 = Math.floor(rest / s), domain = rest2 % 2 ? "target" : "source", row = Math.floor(rest2 / 2);
+return `#${row} · ${domain} domain · true ${names[label]} · predicted ${names[pred]}`;
+""")
+
+
 def instance_scatter(frame: pd.DataFrame, classes: list[str], instances: dict | None = None,
                      threshold: int = RASTER_THRESHOLD) -> hv.Element | hv.Overlay:
     """The scatter of :func:`instance_frame` rows (points ≤ ``threshold``) or its Datashader raster.
@@ -84,15 +116,18 @@ def instance_scatter(frame: pd.DataFrame, classes: list[str], instances: dict | 
         return hv.Points([], ["x", "y"]).opts(**opts, title="No instances of the selected classes")
     cmap = {c: class_color(i) for i, c in enumerate(classes)}
     if len(frame) > threshold:
-        points = hv.Points(frame, ["x", "y"], ["class", "row"])
+        points = hv.Points(frame.assign(key=hover_key(frame, len(classes))), ["x", "y"], ["class", "row", "key"])
         # Shaded on the server: the browser gets one RGBA image (4 bytes a pixel) instead of a count per
         # class and pixel (40 bytes with 10 classes), which it would have to colour itself.
         image = datashade(points, aggregator=ds.count_cat("class"), color_key=cmap, min_alpha=80)
-        # Hover names the instance under the cursor (its row, the last in the pixel) from a second,
-        # invisible aggregate: max(row) costs 0.02 s for 1M points where Datashader's per-pixel
-        # selector (which also fetches the row's columns) costs 0.3–0.5 s on each zoom.
-        who = rasterize(points, aggregator=ds.max("row"), pixel_ratio=0.5).opts(  # 2×2 px cells: a quarter of the bytes
-            alpha=0, tools=["hover"], hover_tooltips=[("instance row", "@image{0}")], colorbar=False)
+        # Hover names the instance under the cursor from a second, invisible aggregate: the max of
+        # hover_key, whose high bits are the row, so it picks the pixel's last instance as max(row)
+        # would, and whose low bits carry its domain, label and prediction for the tooltip to decode.
+        # One max costs 0.02 s for 1M points where Datashader's per-pixel selector (which fetches
+        # the row's columns) costs 0.3–0.5 s on each zoom.
+        who = rasterize(points, aggregator=ds.max("key"), pixel_ratio=0.5).opts(  # 2×2 px cells: a quarter of the bytes
+            alpha=0, tools=["hover"], hover_tooltips=[("instance", "@image{custom}")],
+            hover_formatters={"@image": hover_formatter(classes)}, colorbar=False)
         return (image * who).opts(hv.opts.Overlay(**opts, title="Instances (t-SNE)", hooks=[_prompt_ranges]))
     frame = frame.assign(thumbnail=_thumbnails(instances, frame["row"].to_numpy()) if instances else "")
     vdims = ["class", "domain", "prediction", "mispredicted", "thumbnail", "row"]
