@@ -188,6 +188,10 @@ def test_figure_renders_with_bokeh_and_names_the_neuron_index_glyphs(bundle, tab
     named = [r for r in fig.renderers if r.name == "neuron-index"]
     assert len(named) == 1 and len(named[0].data_source.data["id"]) == len(z.indices)
     assert len(fig.renderers) < 20  # one renderer per kind of glyph, not per layer
+    cells = next(r for r in fig.renderers if "row_model" in r.data_source.data)
+    shades = cells.glyph.fill_color.transform  # the shades span the shown cells' cosines, as the colour bar says
+    assert (shades.low, shades.high) == pytest.approx((z.cells["similarity"].min(), z.cells["similarity"].max()))
+    assert [bar.color_mapper for bar in fig.right] == [shades]
 
 
 def test_network_tab_is_linked_both_ways_with_the_app_state(tiny_bundle):

@@ -66,9 +66,10 @@ def _statistics(state: AppState):
 
     table.param.watch(pick, "selection")
     score = b.manifest.get("scores", {}).get("transferability_score")
+    side = sum(overview.CONFUSION_WIDTHS.values()) + 10
     return pn.Row(pn.pane.HoloViews(overview.accuracy_curves(b.history()), sizing_mode="stretch_width",
                                     min_height=340, name="accuracy"),
-                  pn.Column(overview.transferability_badge(score), table, width=520),
+                  pn.Column(overview.transferability_badge(score), table, width=side),
                   sizing_mode="stretch_width")
 
 

@@ -7,7 +7,8 @@ their matrices: the target's above-right, the source's below-left (or the other 
 Rows and columns are grouped into important neurons (rank order, one cell each) and a fixed-size strip
 summarising the non-important ones (Figure 4 B/C):
 
-* similarity, important × important: cells, dark = similar (cosine 1), white = 0 or below;
+* similarity, important × important: cells, darker = more similar, the shades spanning the shown
+  cells' range of cosines (the colour bar gives it);
 * similarity, the three other regions: a histogram of their values;
 * weights, important × important: an adjacency matrix, dark = high mean activated level (relative to
   the block's largest), outlined when the link is one of the model's important weights, with a red
@@ -30,10 +31,9 @@ import numpy as np
 import pandas as pd
 import panel as pn
 from bokeh.events import Tap
-from bokeh.models import ColumnDataSource, HoverTool, Range1d
+from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Range1d
 from bokeh.palettes import Greys256
 from bokeh.plotting import figure as bokeh_figure
-from bokeh.transform import linear_cmap
 
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.diagnostics.similarity import most_similar
@@ -442,7 +442,12 @@ def zigzag_figure(data: ZigZag, max_px: int = MAX_PX) -> bokeh_figure:
         f"Class {data.cls}: {data.layers[0]}"
     fig.x_range, fig.y_range = Range1d(0, data.width), Range1d(data.height, 0)  # y points down
     fig.frame_width, fig.frame_height = int(data.width * unit), int(data.height * unit)
-    greys = linear_cmap("_", list(reversed(Greys256)), 0, 1)["transform"]  # 0 white → 1 black
+    greys = list(reversed(Greys256))  # low white → high black
+    # Cosines of non-negative conductance vectors crowd near 1, where a fixed [0, 1] scale paints every
+    # cell black: span the shown cells' range instead, stated by the colour bar.
+    sim = data.cells["similarity"].to_numpy(float)
+    lo, hi = (float(np.nanmin(sim)), float(np.nanmax(sim))) if np.isfinite(sim).any() else (0.0, 1.0)
+    similarity = LinearColorMapper(palette=greys, low=min(lo, hi - 1e-3), high=hi)
     box = {"left": "x0", "right": "x1", "top": "y0", "bottom": "y1"}
 
     def quads(frame, tips=None, name=None, **glyph):
@@ -455,13 +460,15 @@ def zigzag_figure(data: ZigZag, max_px: int = MAX_PX) -> bokeh_figure:
         return frame.assign(fill=frame[column].map(mapping))
 
     quads(data.regions, fill_color="#f6f6f6", line_color="edge", line_width=1)
-    quads(data.cells, _TIPS["cells"], fill_color={"field": "similarity", "transform": greys},
+    quads(data.cells, _TIPS["cells"], fill_color={"field": "similarity", "transform": similarity},
           line_color="white", line_width=0.5)
+    fig.add_layout(ColorBar(color_mapper=similarity, title="similarity", width=10, title_text_font_size="8pt",
+                            major_label_text_font_size="8pt"), "right")
     quads(data.sim_bars, _TIPS["sim_bars"], fill_color="#888888", line_width=0)
     cells_w = data.weight_cells.assign(
         correspondence=data.weight_cells["inherited"].map({True: "yes", False: "no"}).fillna("–"))
-    quads(cells_w, _TIPS["weights"], fill_color={"field": "shade", "transform": greys}, line_color="edge",
-          line_width=1)
+    quads(cells_w, _TIPS["weights"], fill_color={"field": "shade", "transform": LinearColorMapper(palette=greys, low=0, high=1)},
+          line_color="edge", line_width=1)
     fig.scatter("x", "y", source=ColumnDataSource(data.dots), color=SOURCE, size=max(3, unit * 0.35), line_width=0)
     quads(fill(data.boxes, "model", MODEL_COLOR), _TIPS["boxes"], fill_color="fill", fill_alpha=0.45,
           line_color="#333333", line_width=0.7)
@@ -598,7 +605,8 @@ def neuron_detail(bundle: PairBundle, cls: str, neuron_id: str, *, k: int = 5, o
 
 
 _LEGEND = (
-    "Diagonal: neuron similarity (brightness = cosine of conductance over the class's target instances), "
+    "Diagonal: neuron similarity (darker = higher cosine of conductance over the class's target instances; "
+    "the colour bar gives the range), "
     "important × important as cells, the other regions as histograms. Between layers: important weights "
     "(brightness = mean activated level, red dot = inherited from the source), boxplots with pies (share "
     "inherited) for important × non-important, histograms for the rest. Indices: "

@@ -10,7 +10,7 @@ import panel as pn
 
 from .style import DATASET_COLOR, DATASET_LABEL, MODEL_MARKER, SOURCE, TARGET
 
-__all__ = ["accuracy_curves", "confusion_frame", "confusion_table", "transferability_badge"]
+__all__ = ["CONFUSION_WIDTHS", "accuracy_curves", "confusion_frame", "confusion_table", "transferability_badge"]
 
 
 def accuracy_curves(history: dict) -> hv.Overlay:
@@ -63,10 +63,15 @@ def confusion_frame(confusion: dict) -> pd.DataFrame:
                          "support": list(confusion["support"])})
 
 
+# px; with room for the sort arrows, all six columns fit the statistics view's side column
+CONFUSION_WIDTHS = {"class": 70, "source accuracy": 150, "target accuracy": 150, "difference": 110,
+                    "misclassified into": 165, "support": 95}
+
+
 def confusion_table(confusion: dict, **kwargs) -> pn.widgets.Tabulator:
     """Tabulator of :func:`confusion_frame`, sortable on every column, one row selectable."""
     fmt = {"type": "progress", "max": 1, "legend": True}
     return pn.widgets.Tabulator(
         confusion_frame(confusion), show_index=False, selectable=1, disabled=True, layout="fit_data_stretch",
         formatters={"source accuracy": {**fmt, "color": SOURCE}, "target accuracy": {**fmt, "color": TARGET}},
-        name="confusion", **kwargs)
+        widths=CONFUSION_WIDTHS, name="confusion", **kwargs)
