@@ -8,7 +8,6 @@ scaling. A class without the record (e.g. one with instances in only one domain)
 
 from __future__ import annotations
 
-
 import holoviews as hv
 import numpy as np
 import pandas as pd

@@ -13,8 +13,8 @@ import datashader as ds
 import holoviews as hv
 import numpy as np
 import pandas as pd
-from holoviews.operation.datashader import datashade, rasterize
 from bokeh.models import CustomJSHover
+from holoviews.operation.datashader import datashade, rasterize
 from holoviews.plotting.bokeh.callbacks import RangeXYCallback
 
 from .images import data_uri
