@@ -1,5 +1,5 @@
 """The network relation view (paper §5.3.3) without a browser: layout tables checked against the bundle,
-the HoloViews objects rendered with bokeh, and the tab's links with `AppState`."""
+the bokeh figure and its glyphs, and the tab's links with `AppState`."""
 
 from __future__ import annotations
 
@@ -170,13 +170,13 @@ def test_neuron_detail_shows_the_patches_of_the_neuron_and_its_five_most_similar
 def test_empty_states_are_messages_not_exceptions(bundle, tables, monkeypatch):
     z = nv.zigzag_data(bundle, "c", 0, 2, tables=tables)  # 'c' has no target-domain instances
     assert "no neuron similarity data" in z.message and z.cells.empty
-    nv.zigzag_figure(z)
+    assert nv.zigzag_figure(z).title.text == z.message
     detail = nv.neuron_detail(bundle, "c", "source:conv1:0")
     assert "no similarity data" in " ".join(p.object for p in detail.select(pn.pane.Markdown))
     assert "not in this pair" in nv.zigzag_data(bundle, "zzz", 0, 1).message
     one = nv.zigzag_data(bundle, "a", 2, 2, tables=tables)
     assert one.layers == ["conv3"] and one.weight_cells.empty and "One layer" in one.notes[0]
-    nv.zigzag_figure(one)
+    assert nv.zigzag_figure(one).title.text == "Class a: conv3"
     monkeypatch.setattr(type(bundle), "weight_matrices", lambda *a, **k: None)  # a bundle before schema 1.1
     old = nv.zigzag_data(bundle, "a", 0, 2, tables=tables)
     assert old.weight_cells.empty and not old.cells.empty and "schema 1.1" in old.notes[0]
