@@ -111,21 +111,28 @@ def _options(layers, classes, n_steps, top_fraction, seed):
                            top_fraction=top_fraction, seed=seed)
 
 
-def _write_report(bundle_dir, out_path):
-    """The diagnostics run's ``report.html``: the app's views, rendered by ``ui.report`` (imported here,
-    when a report is written, so the package's layers never import ``ui``; an import failure only
-    costs the report, like any report failure — see `mlflow_transfer.tracking.diagnose`)."""
-    from ui.report import write_report
+class _Report:
+    """The ``report_writer`` the commands hand to `diagnose`: ``ui.report.write_report`` (imported when a
+    report is written, so the package's layers never import ``ui``; an import failure only costs the
+    report, like any report failure — see `mlflow_transfer.tracking.diagnose`). It remembers whether
+    it wrote the page, so the summary says where the report is without asking the server again."""
 
-    return write_report(bundle_dir, out_path)
+    def __init__(self) -> None:
+        self.written = False
 
+    def __call__(self, bundle_dir, out_path):
+        from ui.report import write_report
 
-def _report_note(run_id: str) -> str:
-    from mlflow import MlflowClient
+        path = write_report(bundle_dir, out_path)
+        self.written = True
+        return path
 
-    if any(a.path == "report.html" for a in MlflowClient().list_artifacts(run_id)):
-        return f"report at runs:/{run_id}/report.html"
-    return "no report.html (see the warning above)"
+    def note(self, run_id: str) -> str:
+        from .tracking.diagnose import REPORT_NAME
+
+        if self.written:
+            return f"report at runs:/{run_id}/{REPORT_NAME}"
+        return f"no {REPORT_NAME} (see the warning above)"
 
 
 @main.command("main", help="Train the source model (or reuse an identical finished source run), "
@@ -145,15 +152,16 @@ def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_di
 
     _setup(tracking_uri, experiment_name)
     options = _options(layers, classes, n_steps, top_fraction, seed) if run_diagnose else None
+    report = _Report()
     result = run_pipeline(_load(recipe, overrides, data_root), diagnose_options=options,
-                          per_class_cap=per_class_cap, report_writer=_write_report)
+                          per_class_cap=per_class_cap, report_writer=report)
     note = " (reused: identical recipe, parameters and code)" if result.source_reused else ""
     _summary(f"pair {result.pair_id}{note}",
              {"source": result.source_run_id, "target": result.target_run_id})
     click.echo(f"  pipeline run {result.pipeline_run_id}")
     if result.diagnostics_run_id:
         run_id = result.diagnostics_run_id
-        click.echo(f"  diagnostics run {run_id} (bundle at runs:/{run_id}/diagnostics, {_report_note(run_id)})")
+        click.echo(f"  diagnostics run {run_id} (bundle at runs:/{run_id}/diagnostics, {report.note(run_id)})")
 
 
 @main.command("diagnose", help="Compute the transfer diagnostics of a source-target pair and log them "
@@ -178,12 +186,13 @@ def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_ur
     from .tracking.diagnose import diagnose
 
     _setup(tracking_uri, experiment_name)
+    report = _Report()
     run_id = diagnose(target_run_id=target_run_id or None, source_run_id=source_run_id or None,
                       source_model_uri=source_model_uri or None, target_model_uri=target_model_uri or None,
                       recipe=_load(recipe, overrides, data_root) if recipe else None, arch=arch or None,
                       options=_options(layers, classes, n_steps, top_fraction, seed),
-                      per_class_cap=per_class_cap, report_writer=_write_report)
-    click.echo(f"diagnostics run {run_id}: bundle at runs:/{run_id}/diagnostics, {_report_note(run_id)}")
+                      per_class_cap=per_class_cap, report_writer=report)
+    click.echo(f"diagnostics run {run_id}: bundle at runs:/{run_id}/diagnostics, {report.note(run_id)}")
 
 
 @main.command("validate-bundle", help="Check a downloaded diagnostics bundle folder (manifest, schema "

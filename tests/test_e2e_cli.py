@@ -71,6 +71,9 @@ def test_mlflow_run_main_logs_a_source_and_a_target_run(store):
     steps = [m.step for m in MlflowClient().get_metric_history(target.info.run_id, "acc_target_val")]
     assert sorted(steps) == [0, 1]
     assert source.info.run_id in proc.stdout and target.info.run_id in proc.stdout  # the summary
+    # the summary says where report.html is, and it is there
+    assert f"report at runs:/{diag.info.run_id}/report.html" in proc.stdout
+    assert "report.html" in {a.path for a in MlflowClient().list_artifacts(diag.info.run_id)}
 
 
 def test_mlflow_run_finetune_with_unknown_run_fails_cleanly(store):

@@ -146,18 +146,24 @@ def test_instance_view_and_a_copied_url_restores_the_state(served, browser, page
     fresh.close()
 
 
-# Screen position of the first neuron index of the network figure: BokehJS knows where it drew each glyph.
-_FIRST_NEURON_INDEX = """() => {
-  const doc = Bokeh.documents[0];
-  const r = doc.get_model_by_name('neuron-index');
-  if (!r) return null;
+# Every BokehJS view on the page, depth first (prefixed to the page scripts below).
+_VIEWS = """function* views() {
   const seen = new Set();
   function* walk(v) {
     if (!v || seen.has(v)) return;
     seen.add(v); yield v;
     for (const c of (v.child_views ?? [])) yield* walk(c);
   }
-  for (const root of Bokeh.index.roots ?? []) for (const v of walk(root)) {
+  for (const root of Bokeh.index.roots ?? []) yield* walk(root);
+}
+"""
+
+# Screen position of the first neuron index of the network figure: BokehJS knows where it drew each glyph.
+_FIRST_NEURON_INDEX = """() => {""" + _VIEWS + """
+  const doc = Bokeh.documents[0];
+  const r = doc.get_model_by_name('neuron-index');
+  if (!r) return null;
+  for (const v of views()) {
     if (v.renderer_views instanceof Map && v.renderer_views.has(r)) {
       const g = v.renderer_views.get(r).glyph;
       if (!g.sleft || g.sleft.length === 0) return null;
@@ -171,14 +177,9 @@ _FIRST_NEURON_INDEX = """() => {
 
 
 # Titles of the bokeh plots the browser has drawn (views laid out on the page).
-_DRAWN_TITLES = """() => {
-  const titles = [], seen = new Set();
-  function* walk(v) {
-    if (!v || seen.has(v)) return;
-    seen.add(v); yield v;
-    for (const c of (v.child_views ?? [])) yield* walk(c);
-  }
-  for (const root of Bokeh.index.roots ?? []) for (const v of walk(root))
+_DRAWN_TITLES = """() => {""" + _VIEWS + """
+  const titles = [];
+  for (const v of views())
     if (v.canvas_view && v.model.title && v.model.title.text && v.el.isConnected && v.el.offsetParent !== null)
       titles.push(v.model.title.text);
   return titles;
@@ -193,7 +194,7 @@ def test_network_view_a_neuron_click_opens_the_detail_panel(served, page):
     page.mouse.click(target["x"], target["y"])
     page.wait_for_function("() => new URLSearchParams(location.search).get('neuron')", timeout=30_000)
     assert parse_qs(urlparse(page.url).query)["neuron"] == [target["id"]]
-    model, layer, index = target["id"].split(":")
+    _, layer, index = target["id"].split(":")
     page.get_by_text(f"{layer} · neuron {index}").wait_for(timeout=30_000)
     assert page.get_by_text("most similar").count() >= 1
     _shot(page, "network")

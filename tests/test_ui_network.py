@@ -10,9 +10,11 @@ import pytest
 from bokeh.events import Tap
 
 from mlflow_transfer.bundle import PairBundle
+from mlflow_transfer.diagnostics.similarity import most_similar
 from ui.readers import MemorySource
 from ui.state import AppState
 from ui.views import network as nv
+from ui.views.images import crop_patches
 
 
 @pytest.fixture(scope="module")
@@ -131,33 +133,32 @@ def test_a_click_finds_the_neuron_index_or_the_weight_under_it(bundle, tables):
 
 def test_top_similar_neurons_are_the_argsort_of_the_similarity_row(bundle):
     s = bundle.similarity("a", "conv2")
-    idx, val = nv.most_similar(s, "target", 7)
+    idx, val = most_similar(s, "target", 7)
     np.testing.assert_array_equal(idx, np.argsort(-s[:, 7], kind="stable")[:5])
     np.testing.assert_array_equal(val, s[idx, 7])
-    idx, _ = nv.most_similar(s, "source", 3, k=3)
+    idx, _ = most_similar(s, "source", 3, k=3)
     np.testing.assert_array_equal(idx, np.argsort(-s[3, :], kind="stable")[:3])
 
 
 def test_crop_patches_cuts_the_neurons_rows_out_of_the_sprite(bundle):
     rec = bundle.patches("target", "conv2")
     i, n = 1, int(rec["neurons"][1])
-    out = nv.crop_patches(rec, n)
+    out = crop_patches(rec, n)
     p = rec["sprite"].shape[1] // rec["values"].shape[2]
     assert [len(out[d]) for d in ("source", "target")] == [int((rec["indices"][i, d] >= 0).sum()) for d in (0, 1)]
     np.testing.assert_array_equal(out["target"][0]["image"], rec["sprite"][3 * p:4 * p, :p])
     assert out["source"][0]["value"] == pytest.approx(float(rec["values"][i, 0, 0]))
-    assert nv.crop_patches(rec, 10_000) == {"source": [], "target": []}
+    assert crop_patches(rec, 10_000) == {"source": [], "target": []}
 
 
 def test_neuron_detail_shows_the_patches_of_the_neuron_and_its_five_most_similar(bundle, tables):
     layer, n = "conv2", int(_imp(tables, "target", 0, "conv2")[0])
     panel = nv.neuron_detail(bundle, "a", f"target:{layer}:{n}")
     assert panel.name == "neuron-detail"
-    top, values = nv.most_similar(bundle.similarity("a", layer), "target", n)
-    own = nv.crop_patches(bundle.patches("target", layer), n)
-    theirs = nv.crop_patches  # the source model's patches of each similar neuron (non-important: none)
-    src = bundle.patches("source", layer)
-    expected = sum(map(len, own.values())) + sum(len(v) for j in top for v in theirs(src, int(j)).values())
+    top, values = most_similar(bundle.similarity("a", layer), "target", n)
+    own = crop_patches(bundle.patches("target", layer), n)
+    src = bundle.patches("source", layer)  # the source model's patches of each similar neuron
+    expected = sum(map(len, own.values())) + sum(len(v) for j in top for v in crop_patches(src, int(j)).values())
     images = panel.select(pn.pane.PNG)
     assert len(own["source"]) + len(own["target"]) > 0 and len(images) == expected
     text = " ".join(str(getattr(p, "object", "")) for p in panel.select(pn.pane.HTML))

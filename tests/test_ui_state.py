@@ -14,7 +14,7 @@ import pytest
 from mlflow_transfer.bundle import PairBundle
 from ui.app import build_app
 from ui.readers import MemorySource, TrackingSource
-from ui.state import AppState
+from ui.state import URL_PARAMS, AppState
 from ui.views import instances as iv
 from ui.views import overview
 from ui.views.pairs import pairs_frame, pairs_table
@@ -50,6 +50,19 @@ def test_a_link_with_only_a_pair_finds_its_experiment_and_keeps_the_view_state(s
     state = AppState(source, pair="d1", classes=["c", "nope"], layer_to=99)
     assert state.experiment == "2" and state.pair == "d1"
     assert state.classes == ["c"] and state.layer_to == len(state.bundle.layers) - 1
+
+
+def test_opening_lists_each_experiments_pairs_once(source, monkeypatch):
+    """Finding the experiment to open lists pairs (paged requests on a server): the chosen experiment's
+    listing is reused, not fetched again."""
+    calls = []
+    real = source.pairs
+    monkeypatch.setattr(source, "pairs", lambda i: calls.append(i) or real(i))
+    state = AppState(source)
+    assert state.experiment == "2" and len(state.pairs) == 3 and calls == ["1", "2"]
+    calls.clear()
+    AppState(source, pair="d1")  # a link naming only the pair
+    assert calls == ["1", "2"]
 
 
 def test_bundle_of_an_unknown_schema_version_names_the_command_that_fixes_it(tiny_bundle, tmp_path):
@@ -242,7 +255,6 @@ def test_reprojection_of_selected_classes_is_their_own_tsne_and_is_cached(tiny_b
 
 def test_reproject_is_part_of_the_link_and_retitles_the_scatter(source):
     from ui.app import _instances
-    from ui.state import URL_PARAMS
 
     assert "reproject" in URL_PARAMS
     state = AppState(source, classes=["a"], reproject=True)
@@ -265,7 +277,7 @@ def test_the_open_tab_survives_a_pair_switch_and_is_in_the_link(source):
     def tabs():
         return next(o for o in app.get_root().references() if type(o).__name__ == "Tabs" and len(o.tabs) == 4)
 
-    assert tabs().active == 2 and "tab" in __import__("ui.state", fromlist=["URL_PARAMS"]).URL_PARAMS
+    assert tabs().active == 2 and "tab" in URL_PARAMS
     state.tab = 3
     state.pair = "d1"  # another pair: the views are rebuilt on the same tab
     assert state.bundle is not None and tabs().active == 3

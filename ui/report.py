@@ -41,9 +41,8 @@ from .views import instances as instance_view
 from .views import overview, summary
 from .views.style import SOURCE, TARGET
 
-__all__ = ["MAX_POINTS", "MAX_THUMBNAILS", "REPORT_NAME", "build_report_html", "write_report"]
+__all__ = ["MAX_POINTS", "MAX_THUMBNAILS", "build_report_html", "write_report"]
 
-REPORT_NAME = "report.html"
 MAX_POINTS = 20_000      # instances drawn in the scatter; more are sampled down to this many
 MAX_THUMBNAILS = 1_000   # drawn points up to which the hover shows the instance's thumbnail
 SAMPLE_SEED = 0

@@ -41,6 +41,7 @@ class AppState(param.Parameterized):
 
     def __init__(self, source: PairSource, **params):
         self._source = source
+        self._listed: dict[str, list[dict]] = {}  # pairs listed while choosing the experiment to open
         super().__init__(**params)
         self.refresh()
 
@@ -64,17 +65,29 @@ class AppState(param.Parameterized):
             self._load_pairs()
 
     def _experiment_to_open(self, ids: list[str]) -> str:
-        """The linked pair's experiment, else the first with a diagnosed pair, else the first."""
+        """The linked pair's experiment, else the first with a diagnosed pair, else the first. The
+        pairs listed on the way are kept for `_load_pairs` (a listing is paged requests)."""
+        self._listed = {}
+
+        def pairs(i: str) -> list[dict]:
+            if i not in self._listed:
+                self._listed[i] = self._source.pairs(i)
+            return self._listed[i]
+
         if self.pair:  # a link naming only the pair
-            found = next((i for i in ids if any(p["diagnostics_run_id"] == self.pair for p in self._source.pairs(i))), "")
+            found = next((i for i in ids if any(p["diagnostics_run_id"] == self.pair for p in pairs(i))), "")
             if found:
                 return found
-        return next((i for i in ids if self._source.pairs(i)), ids[0] if ids else "")
+        return next((i for i in ids if pairs(i)), ids[0] if ids else "")
 
     @param.depends("experiment", watch=True)
     def _load_pairs(self) -> None:
+        listed = self._listed.pop(self.experiment, None)
+        self._listed = {}  # only the listing made just now for this choice is fresh enough to reuse
         try:
-            self.pairs = self._source.pairs(self.experiment) if self.experiment else []
+            if listed is None:
+                listed = self._source.pairs(self.experiment) if self.experiment else []
+            self.pairs = listed
         except TransferError as exc:
             self.param.update(pairs=[], error=str(exc))
             return

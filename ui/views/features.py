@@ -82,19 +82,21 @@ def _histogram_svg(source: np.ndarray, target: np.ndarray, width: int = 120, hei
             f'<line x1="0" x2="{width}" y1="{half}" y2="{half}" stroke="#888" stroke-width="0.5"/></svg>')
 
 
-def _patch_strips(bundle: PairBundle, layers: set[str], few: int) -> dict[tuple[str, int], list]:
-    """(layer, neuron) → [source strip, target strip]: the target model's first ``few`` top patches
-    side by side (H=p, W=n·p, 3), or None for a domain without patches."""
-    out = {}
-    for layer in layers:
-        try:
-            rec = bundle.patches("target", layer)
-        except BundleError:  # the layer had no neuron with patches
-            continue
-        for n in rec["neurons"]:
-            crops = crop_patches(rec, int(n))
-            out[(layer, int(n))] = [np.hstack([c["image"] for c in crops[d][:few]]) if crops[d] else None
-                                    for d in ("source", "target")]
+def _patch_strips(bundle: PairBundle, keys: list[tuple[str, int]], few: int) -> dict[tuple[str, int], list]:
+    """(layer, neuron) → [source strip, target strip] for the neurons ``keys``: the target model's first
+    ``few`` top patches side by side (H=p, W=n·p, 3), or None for a domain without patches. (The
+    sprites also hold the neurons most similar to the source's important ones: not listed here.)"""
+    records, out = {}, {}
+    for layer, n in keys:
+        if layer not in records:
+            try:
+                records[layer] = bundle.patches("target", layer)
+            except BundleError:  # the layer had no neuron with patches
+                records[layer] = None
+        if records[layer] is not None:
+            crops = crop_patches(records[layer], n)
+            out[(layer, n)] = [np.hstack([c["image"] for c in crops[d][:few]]) if crops[d] else None
+                               for d in ("source", "target")]
     return out
 
 
@@ -128,7 +130,7 @@ def feature_frame(bundle: PairBundle, cls: str = ALL, *, patches: int = FEW_PATC
         return pd.DataFrame({c: [] for c in COLUMNS})
     frame = _base_frame(rec)
     keys = list(zip(frame["layer"], frame["neuron"]))
-    strips = _patch_strips(bundle, set(frame["layer"]), patches)
+    strips = _patch_strips(bundle, keys, patches)
     hs, ht = np.asarray(rec["hist_source"]), np.asarray(rec["hist_target"])
     frame["patches"] = [_patch_html(strips.get(key, [None, None])) or "no patches stored" for key in keys]
     frame["conductance"] = [_histogram_svg(hs[j], ht[j]) for j in frame["column"]]

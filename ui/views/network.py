@@ -49,9 +49,7 @@ from .images import crop_patches, png_bytes
 from .style import SOURCE, TARGET
 from .summary import cka_heatmap, inheritance_line
 
-__all__ = ["ZigZag", "classes_with_similarity", "crop_patches",
-           "most_similar", "network_tab", "neuron_detail", "parse_neuron_id", "zigzag_data",
-           "zigzag_figure"]
+__all__ = ["ZigZag", "network_tab", "neuron_detail", "parse_neuron_id", "zigzag_data", "zigzag_figure"]
 
 MODEL_COLOR = {"source": SOURCE, "target": TARGET}
 OTHER = {"source": "target", "target": "source"}
@@ -69,11 +67,6 @@ MAX_PX = 900  # the canvas is scaled down to this many pixels at most
 
 # --------------------------------------------------------------------------------------------------
 # Reading
-
-
-def classes_with_similarity(bundle: PairBundle) -> list[str]:
-    """The classes that have neuron similarity matrices (those with target-domain instances)."""
-    return bundle.compared_classes
 
 
 def _important(table: pd.DataFrame, model: str, class_index: int, layer: str) -> np.ndarray:
@@ -546,7 +539,7 @@ def _patch_row(patches: dict[str, list[dict]], label: str, size: int) -> pn.layo
 
 
 def neuron_detail(bundle: PairBundle, cls: str, neuron_id: str, *, k: int = 5, on_select=None,
-                  patch_px: int = 48) -> pn.Column:
+                  patch_px: int = 48, important: pd.DataFrame | None = None) -> pn.Column:
     """The detail panel of a clicked neuron (paper Figure 1 C.1), named ``neuron-detail``.
 
     Shows the neuron's top activating patches of each data domain and the ``k`` most similar neurons of
@@ -555,6 +548,7 @@ def neuron_detail(bundle: PairBundle, cls: str, neuron_id: str, *, k: int = 5, o
     Args:
         neuron_id: ``"model:layer:index"``; '' or malformed gives a hint instead.
         on_select: called with a neuron id when a similar neuron's button is clicked (None: no buttons).
+        important: the bundle's ``important_neurons()`` as a frame, when the caller already read it.
     """
     parsed = parse_neuron_id(neuron_id)
     if parsed is None or parsed[1] not in bundle.layers:
@@ -574,7 +568,7 @@ def neuron_detail(bundle: PairBundle, cls: str, neuron_id: str, *, k: int = 5, o
     def crop(m, n):
         return crop_patches(records[m], n) if records[m] is not None else {d: [] for d in DOMAINS}
 
-    table = pd.DataFrame(bundle.important_neurons())
+    table = important if important is not None else pd.DataFrame(bundle.important_neurons())
     rank = table[(table["model"] == model) & (table["layer"] == layer) & (table["neuron"] == index) &
                  (table["class_index"] == bundle.classes.index(cls))]["rank"] if cls in bundle.classes else []
     status = (f"important for class {cls} (rank {int(rank.iloc[0]) + 1})" if len(rank)
@@ -632,7 +626,7 @@ def network_tab(state) -> pn.viewable.Viewable:
     b = state.bundle
     if b is None:
         return pn.pane.Markdown("Select a diagnosed pair above.", name="network")
-    available = classes_with_similarity(b)
+    available = b.compared_classes  # those with neuron similarity matrices
     tables = (pd.DataFrame(b.important_neurons()), pd.DataFrame(b.weights()))  # read once per pair
     n = len(b.layers)
 
@@ -697,7 +691,8 @@ def network_tab(state) -> pn.viewable.Viewable:
         return pn.Column(pn.pane.Bokeh(fig, name="network", css_classes=["network-figure"]), *notes)
 
     def detail(neuron, classes):
-        return neuron_detail(b, current(), neuron, on_select=lambda nid: setattr(state, "neuron", nid))
+        return neuron_detail(b, current(), neuron, on_select=lambda nid: setattr(state, "neuron", nid),
+                             important=tables[0])
 
     def inheritance(classes):
         return pn.pane.HoloViews(inheritance_line(b, current()), name="inheritance", sizing_mode="stretch_width",
