@@ -8,6 +8,8 @@ scaling. A class without the record (e.g. one with instances in only one domain)
 
 from __future__ import annotations
 
+import functools
+
 import holoviews as hv
 import numpy as np
 import pandas as pd
@@ -194,7 +196,7 @@ def _axes_frame(record: dict, frame: pd.DataFrame, labels: list[str], radius: fl
 
 
 def discriminability_plot(bundle: PairBundle, cls: str = ALL, checked=(), *, order: str = "descending",
-                          top: int = TOP_AXES) -> bokeh_figure:
+                          top: int = TOP_AXES, record: dict | None = None) -> bokeh_figure:
     """Domain discriminability plot: instances (rows of A) projected on [u, g] — u, the SVM normal,
     horizontal (the decision boundary is the dashed vertical line), g, the first principal component,
     vertical; red crosses source, blue circles target. Biplot axes from the origin, labelled
@@ -208,11 +210,12 @@ def discriminability_plot(bundle: PairBundle, cls: str = ALL, checked=(), *, ord
 
     Args:
         checked: ``"layer:index"`` labels ticked in the list; labels not in this class's A are ignored.
+        record: ``cls``'s record when the caller already read it.
     """
     fig = bokeh_figure(tools="pan,wheel_zoom,box_zoom,reset,save", toolbar_location="above",
                        sizing_mode="stretch_width", height=440, x_axis_label="u: SVM normal (→ target)",
                        y_axis_label="g: first principal component")
-    rec = read_discriminability(bundle, cls)
+    rec = record if record is not None else read_discriminability(bundle, cls)
     if rec is None:
         fig.title.text = f"No domain discriminability for {cls}"
         return fig
@@ -308,15 +311,18 @@ def features_tab(state, *, page_size: int = PAGE_SIZE) -> pn.viewable.Viewable:
     view.shown = shown_class(state)
     select = pn.widgets.Select.from_param(view.param.shown, label="Class", width=200)
     order = pn.widgets.RadioButtonGroup.from_param(view.param.order)
-    record = read_discriminability(b, view.shown)
+    # each class's record is read once per tab: the plot is redrawn on every tick and order change
+    record_of = functools.cache(functools.partial(read_discriminability, b))
+    record = record_of(view.shown)
     table = feature_table(feature_frame(b, view.shown, record=record), view.order, record=record,
                           page_size=page_size)
     empty = pn.pane.Markdown("", name="features-empty", visible=False)
     cv = pn.pane.Markdown("", name="cv-accuracy")
-    # re-rendered whenever the class, the order or the ticked neurons change
-    plot = pn.pane.Bokeh(pn.bind(discriminability_plot, b, view.param.shown, view.param.checked,
-                                 order=view.param.order), name="discriminability",
-                         sizing_mode="stretch_width", min_height=440)
+    def plot_of(shown, checked, order):  # re-rendered whenever the class, the order or the ticks change
+        return discriminability_plot(b, shown, checked, order=order, record=record_of(shown))
+
+    plot = pn.pane.Bokeh(pn.bind(plot_of, view.param.shown, view.param.checked, view.param.order),
+                         name="discriminability", sizing_mode="stretch_width", min_height=440)
 
     def show(rec):
         for pane in (table, plot, cv):
@@ -325,7 +331,7 @@ def features_tab(state, *, page_size: int = PAGE_SIZE) -> pn.viewable.Viewable:
         cv.object = cv_details(rec) if rec else ""
 
     def new_class(event):
-        rec = read_discriminability(b, event.new)
+        rec = record_of(event.new)
         table.param.update(value=sort_features(feature_frame(b, event.new, record=rec), view.order), selection=[],
                            row_content=_row_content(rec), expanded=[], page=1)
         show(rec)
