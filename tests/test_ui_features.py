@@ -1,4 +1,4 @@
-"""The feature view (paper §5.4.2) without a browser: frames, HoloViews objects and the tab's wiring
+"""The feature view (paper §5.4.2) without a browser: frames, HoloViews and bokeh objects and the tab's wiring
 over `AppState`, all checked against the arrays stored in the tiny bundle."""
 
 from __future__ import annotations
