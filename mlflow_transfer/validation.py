@@ -59,3 +59,18 @@ def contained(root: str | Path, relative: str, what: str = "path",
     if path != base and base not in path.parents:
         raise error(f"Expected a {what} inside {base}; got {_shown(relative)}, which leads to {path}.")
     return path
+
+
+def check_no_symlinks(root: str | Path, relative: str, what: str = "path",
+                      error: type[TransferError] = TransferError) -> Path:
+    """``root / relative`` (not resolved) after checking the relative path and that neither it nor any
+    folder between it and ``root`` is a symbolic link: a link inside a folder we read from (a bundle,
+    a cache) could point anywhere, so none is followed. ``root`` itself may be a link."""
+    check_relative_path(relative, what, error)
+    path = Path(root)
+    for part in relative.split("/"):
+        path = path / part
+        if path.is_symlink():
+            raise error(f"Expected a {what} of plain files and folders; got {_shown(relative)}, where "
+                        f"{path} is a symbolic link. Replace the link by the file itself, or recreate the folder.")
+    return path
