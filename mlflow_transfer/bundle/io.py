@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,10 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError
+from ..validation import check_no_symlinks, check_relative_path
 
 SCHEMA_VERSION = "1.1.0"  # 1.1: weights/{model}/c<i>/{layer} matrices
 MANIFEST = "manifest.json"
 _KINDS = {"table": ".parquet", "array": ".npy", "image": ".png", "json": ".json"}
+MAX_MANIFEST_BYTES = 64 << 20  # ~15 MB hold 100,000 entries; more is not a manifest we wrote
+# Largest image a reader decodes (~200 MB as RGB): above the biggest sprite a diagnose writes (a 4096-unit
+# layer with every neuron important, ~42 M pixels) and below PIL's own bomb limit.
+MAX_PNG_PIXELS = 1 << 26
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_VERSION = re.compile(r"\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]*)?", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,16 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return text or type(exc).__name__
+
+
+def _shown(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _check_name(name: str) -> str:
@@ -127,35 +146,94 @@ class BundleWriter:
 class BundleReader:
     """Opens a bundle folder; checks the manifest and (by default) every file's size and hash.
 
+    A bundle arrives from a tracking server or a user's folder, so nothing in it is trusted: the
+    manifest's structure and types are checked, entry paths must stay inside the bundle (no absolute
+    path, no ``..``, no symbolic link on the way), and a file that cannot be parsed as its kind is
+    reported like a missing one.
+
     Raises:
-        BundleError: no manifest, an unreadable manifest, another major schema version, or a file
-            that is missing, truncated or altered.
+        BundleError: no manifest, an unreadable or malformed manifest, another major schema version, a
+            file that is missing, truncated, altered, outside the bundle, or unreadable as its kind.
     """
 
     def __init__(self, root: str | Path, *, verify: bool = True):
         self.root = Path(root)
+        self.manifest = self._load_manifest()
+        self.files = self._entries(self.manifest["files"])
+        if verify:
+            self.verify()
+
+    def corrupt(self, expected: str, got: str) -> BundleError:
+        """The error for a bundle that is not what mlflow-transfer writes, in the "Expected …; got …" style."""
+        return BundleError(f"Expected {expected} in bundle {self.root}; got {got}. The bundle is damaged or was "
+                           "not written by mlflow-transfer: run `mlflow-transfer diagnose` again for this pair")
+
+    def _load_manifest(self) -> dict:
         path = self.root / MANIFEST
+        if path.is_symlink():  # it could name any file on the machine
+            raise self.corrupt(f"{MANIFEST} as a plain file", "a symbolic link")
         if not path.is_file():
             raise BundleError(f"{self.root} is not a complete diagnostics bundle (no {MANIFEST}); "
                               "run `mlflow-transfer diagnose` again for this pair")
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise self.corrupt(f"a {MANIFEST} of at most {MAX_MANIFEST_BYTES >> 20} MiB", f"{size} bytes")
         try:
-            self.manifest = json.loads(path.read_text())
+            manifest = json.loads(path.read_bytes())
+        except RecursionError:  # nesting deeper than Python's stack: never a manifest we wrote
+            raise BundleError(f"{path} is not valid JSON (nested too deeply); the bundle is corrupt, "
+                              "diagnose again") from None
         except ValueError as exc:
-            raise BundleError(f"{path} is not valid JSON ({exc}); the bundle is corrupt, diagnose again") from None
-        version = str(self.manifest.get("schema_version", ""))
-        major = version.split(".")[0]
-        if major != SCHEMA_VERSION.split(".")[0]:
-            raise BundleError(f"bundle {self.root} has schema version {version or 'none'}, this "
+            raise BundleError(f"{path} is not valid JSON ({_reason(exc)}); the bundle is corrupt, "
+                              "diagnose again") from None
+        if not isinstance(manifest, dict):
+            raise self.corrupt(f"{MANIFEST} to hold a JSON object", f"{type(manifest).__name__} {_shown(manifest)}")
+        version = manifest.get("schema_version")
+        if not isinstance(version, str) or not _VERSION.fullmatch(version):
+            raise self.corrupt(f"a schema_version like {SCHEMA_VERSION!r} in {MANIFEST}", _shown(version))
+        if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+            raise BundleError(f"bundle {self.root} has schema version {version}, this "
                               f"mlflow-transfer reads {SCHEMA_VERSION.split('.')[0]}.x; upgrade mlflow-transfer "
                               "or diagnose the pair again")
-        self.files = {e["path"]: FileEntry(**e) for e in self.manifest.get("files", [])}
-        if verify:
-            self.verify()
+        if not isinstance(manifest.get("files"), list):
+            raise self.corrupt(f"a list of files in {MANIFEST}", _shown(manifest.get("files")))
+        return manifest
+
+    def _entries(self, files: list) -> dict[str, FileEntry]:
+        """The manifest's file list, each entry checked for keys, types and a path inside the bundle."""
+        out: dict[str, FileEntry] = {}
+        for i, e in enumerate(files):
+            expected = (f"manifest entry {i} as {{path: relative path, kind: one of {sorted(_KINDS)}, bytes: "
+                        "integer >= 0, sha256: 64 hex digits}")
+            if not isinstance(e, dict):
+                raise self.corrupt(expected, _shown(e))
+            path, kind, size, digest = (e.get(k) for k in ("path", "kind", "bytes", "sha256"))
+            if (kind not in _KINDS or not isinstance(size, int) or isinstance(size, bool) or size < 0
+                    or not isinstance(digest, str) or not _SHA256.fullmatch(digest) or not isinstance(path, str)):
+                raise self.corrupt(expected, _shown(e))
+            try:
+                check_relative_path(path, "bundle file", BundleError)
+            except BundleError:  # absolute, '..', '.': it would read a file outside the bundle
+                raise self.corrupt(f"manifest entry {i} to name a file inside the bundle (a relative path "
+                                    "without '..', '.', empty or absolute parts)", _shown(path)) from None
+            if not path.endswith(_KINDS[kind]) or path in out:
+                raise self.corrupt(f"manifest entry {i} to be a unique path ending in {_KINDS[kind]} (kind "
+                                    f"{kind})", _shown(path))
+            out[path] = FileEntry(path, kind, size, digest)
+        return out
+
+    def _file(self, rel: str) -> Path:
+        """``root / rel`` for a manifest entry, refusing symbolic links on the way (checked at each use:
+        the folder may change after it was verified)."""
+        try:
+            return check_no_symlinks(self.root, rel, "bundle file", BundleError)
+        except BundleError:
+            raise self.corrupt(f"{rel} as a plain file inside the bundle", "a symbolic link on its path") from None
 
     def verify(self) -> None:
         """Check every listed file exists with the recorded size and SHA-256."""
         for entry in self.files.values():
-            path = self.root / entry.path
+            path = self._file(entry.path)
             if not path.is_file():
                 raise BundleError(f"bundle {self.root} is incomplete: {entry.path} is missing")
             if path.stat().st_size != entry.bytes or _sha256(path) != entry.sha256:
@@ -167,7 +245,14 @@ class BundleReader:
         if rel not in self.files:
             raise BundleError(f"bundle {self.root} has no {kind} {name!r}; it has "
                               f"{sorted(p for p, e in self.files.items() if e.kind == kind)[:20]}")
-        return self.root / rel
+        path = self._file(rel)
+        if not path.is_file():
+            raise BundleError(f"bundle {self.root} is incomplete: {rel} is missing")
+        return path
+
+    def _unreadable(self, path: Path, expected: str, exc: BaseException) -> BundleError:
+        return self.corrupt(f"{path.relative_to(self.root).as_posix()} to be {expected}",
+                             f"a file that cannot be read as one ({_reason(exc)})")
 
     def names(self, kind: str | None = None, prefix: str = "") -> list[str]:
         """Entry names (without extension), optionally of one kind and under a prefix."""
@@ -175,32 +260,75 @@ class BundleReader:
                       if (kind is None or e.kind == kind) and p.startswith(prefix))
 
     def read_array(self, name: str) -> np.ndarray:
-        return np.load(self._path(name, "array"), allow_pickle=False)
+        """A ``.npy`` array; its header is checked against the file's size before anything is allocated
+        (a forged header could ask for terabytes), and pickled (object) arrays are refused."""
+        path = self._path(name, "array")
+        fmt = np.lib.format
+        try:
+            with open(path, "rb") as fh:
+                version = fmt.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = fmt.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, _, dtype = fmt.read_array_header_2_0(fh)
+                else:
+                    raise ValueError(f".npy format version {version} is not written by np.save here")
+                if dtype.hasobject:
+                    raise ValueError("it holds Python objects, which only pickle can read")
+                needed = fh.tell() + math.prod(shape) * dtype.itemsize
+                if path.stat().st_size < needed:
+                    raise ValueError(f"its header promises {shape} {dtype} ({needed} bytes), the file has "
+                                     f"{path.stat().st_size}")
+                fh.seek(0)
+                array = np.load(fh, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise self._unreadable(path, "a numeric .npy array", exc) from None
+        return array
 
     def read_table(self, name: str) -> dict[str, np.ndarray | list]:
         """Columns of a Parquet table: numeric columns as numpy arrays, others as lists."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(self._path(name, "table"))
+        path = self._path(name, "table")
+        try:
+            with pa.OSFile(str(path)) as fh:  # one file, never a dataset folder
+                table = pq.read_table(fh)
+        except (pa.ArrowException, ValueError, OSError) as exc:
+            raise self._unreadable(path, "a Parquet table", exc) from None
         out = {}
         for col in table.column_names:
             values = table.column(col)
             try:
                 out[col] = values.to_numpy()
-            except Exception:  # nested or string columns stay Python lists
+            except pa.ArrowException:  # nested or string columns stay Python lists
                 out[col] = values.to_pylist()
             if out[col].__class__ is np.ndarray and out[col].dtype == object:
                 out[col] = values.to_pylist()
         return out
 
     def read_json(self, name: str):
-        return json.loads(self._path(name, "json").read_text())
+        path = self._path(name, "json")
+        try:
+            return json.loads(path.read_bytes())
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python's stack
+            raise self._unreadable(path, "a JSON record", exc) from None
 
     def read_png(self, name: str) -> np.ndarray:
+        """A PNG image as an array; larger than `MAX_PNG_PIXELS` is refused before it is decoded."""
         from PIL import Image
 
-        with Image.open(io.BytesIO(self._path(name, "image").read_bytes())) as img:
-            return np.asarray(img)
+        path = self._path(name, "image")
+        try:
+            with Image.open(io.BytesIO(path.read_bytes()), formats=["PNG"]) as img:
+                if img.width * img.height > MAX_PNG_PIXELS:
+                    raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels")
+                img.load()  # decode here, so a truncated file fails inside this try
+                return np.asarray(img)
+        except Image.DecompressionBombError as exc:
+            raise self._unreadable(path, f"a PNG image of at most {MAX_PNG_PIXELS:,} pixels", exc) from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL's "not/broken PNG" errors
+            raise self._unreadable(path, "a PNG image", exc) from None
 
 
 def validate_bundle(root: str | Path) -> dict:

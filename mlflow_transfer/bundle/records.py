@@ -22,9 +22,10 @@ import numpy as np
 
 from ..diagnostics.engine import PairDiagnostics
 from ..errors import BundleError
-from .io import BundleReader, BundleWriter
+from .io import BundleReader, BundleWriter, _shown
 
 MODELS = ("source", "target")
+_MANIFEST_DICTS = ("runs", "domains", "scores", "software", "options")  # optional, objects when present
 
 
 def _key(diag_classes, cls: str) -> str:
@@ -176,9 +177,23 @@ class PairBundle:
     @classmethod
     def open(cls, root: str | Path) -> "PairBundle":
         reader = BundleReader(root)
-        if "classes" not in reader.manifest or "layers" not in reader.manifest:
+        m = reader.manifest
+        if "classes" not in m or "layers" not in m:
             raise BundleError(f"{root} is a bundle but not a pair-diagnostics bundle (no classes/layers)")
+        # the views index and format these fields directly: a wrong type must stop here, not in a view
+        for key in ("classes", "layers"):
+            if not isinstance(m[key], list) or not all(isinstance(v, str) for v in m[key]):
+                raise reader.corrupt(f"manifest field {key!r} as a list of names", _shown(m[key]))
+        for key in _MANIFEST_DICTS:
+            if m.get(key) is not None and not isinstance(m[key], dict):
+                raise reader.corrupt(f"manifest field {key!r} as a JSON object", _shown(m[key]))
         return cls(reader)
+
+    def _record(self, name: str) -> dict:
+        found = self.reader.read_json(name)
+        if not isinstance(found, dict):
+            raise self.reader.corrupt(f"{name}.json to hold a JSON object", _shown(found))
+        return found
 
     @property
     def manifest(self) -> dict:
@@ -203,7 +218,7 @@ class PairBundle:
         return self.reader.read_table("statistics/history")
 
     def summary(self) -> dict:
-        return self.reader.read_json("statistics/summary")
+        return self._record("statistics/summary")
 
     def confusion(self) -> dict:
         return self.reader.read_table("statistics/confusion")
@@ -252,7 +267,7 @@ class PairBundle:
     def discriminability(self, cls: str = "__all__") -> dict:
         key = f"discriminability/{self._key(cls)}"
         out = {name.rsplit("/", 1)[1]: self.reader.read_array(name) for name in self.reader.names("array", key + "/")}
-        out.update(self.reader.read_json(f"{key}/summary"))
+        out.update(self._record(f"{key}/summary"))
         return out
 
     def patches(self, model: str, layer: str) -> dict:
