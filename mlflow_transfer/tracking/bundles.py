@@ -1,20 +1,35 @@
-"""Find diagnosed pairs on a tracking server and fetch their bundles once into a local cache."""
+"""Find diagnosed pairs on a tracking server, fetch their bundles once into a local cache, and log a
+bundle so that it lands whole.
+
+Everything that arrives here is untrusted: run and experiment ids (from URLs and tags) are checked
+before they touch a query or a path, the cache never deletes what it did not write, and a server that
+stops answering is reported in one way (`TrackingUnavailableError`, naming the URI and the fix).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+import requests
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
-from ..bundle import PairBundle
-from ..errors import BundleError, RunLookupError, TrackingUnavailableError
+from ..bundle import BundleReader, PairBundle
+from ..bundle.io import MANIFEST
+from ..errors import BundleError, RunLookupError, TrackingUnavailableError, TransferError
 from ..tags import TAGS
+from ..validation import check_relative_path, check_run_id
 
 BUNDLE_DIR = "diagnostics"
+# Written into every cache entry fetch_bundle creates; an entry without it is not ours and is never deleted.
+CACHE_MARKER = ".mlflow-transfer-cache"
+_NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"  # MLflow's error code for "the server answered: no such thing"
 
 
 def default_cache_dir() -> Path:
@@ -26,6 +41,34 @@ def _client(tracking_uri: str | None) -> MlflowClient:
     return MlflowClient(tracking_uri) if tracking_uri else MlflowClient()
 
 
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def unreachable(uri: str, exc: BaseException) -> TrackingUnavailableError:
+    """The one message for a tracking server that does not answer (or answers with an error)."""
+    return TrackingUnavailableError(f"cannot reach the tracking server at {uri} ({_reason(exc)}); start it "
+                                    f"(e.g. `mlflow server --host 127.0.0.1 --port 5000`) or point "
+                                    f"--tracking-uri / MLFLOW_TRACKING_URI at a running one")
+
+
+def _tracking(uri: str, call: Callable, missing: TransferError | None = None):
+    """``call()``, a request to the tracking store at ``uri``.
+
+    ``missing`` is raised only when the server answered that the thing asked for does not exist
+    (MLflow's RESOURCE_DOES_NOT_EXIST); every other failure of the store or the connection (refused,
+    timed out, HTTP 5xx, a store that cannot open) is `TrackingUnavailableError`.
+    """
+    try:
+        return call()
+    except MlflowException as exc:
+        if exc.error_code == _NOT_FOUND and missing is not None:
+            raise missing from None
+        raise unreachable(uri, exc) from None
+    except (requests.RequestException, OSError) as exc:  # raised past MLflow by some artifact stores
+        raise unreachable(uri, exc) from None
+
+
 def list_experiments(tracking_uri: str | None = None) -> list[dict]:
     """Active experiments on the server as ``{"experiment_id", "name"}`` dicts, by name.
 
@@ -33,36 +76,55 @@ def list_experiments(tracking_uri: str | None = None) -> list[dict]:
         TrackingUnavailableError: the server does not answer (the message names the URI tried).
     """
     uri = tracking_uri or mlflow.get_tracking_uri()
-    try:
-        found = _client(tracking_uri).search_experiments(max_results=1000, order_by=["name ASC"])
-    except Exception as exc:  # connection refused, DNS, HTTP 5xx, a store that cannot open
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise TrackingUnavailableError(f"cannot reach the tracking server at {uri} ({reason}); start it "
-                                       f"(e.g. `mlflow server --host 127.0.0.1 --port 5000`) or point "
-                                       f"--tracking-uri / MLFLOW_TRACKING_URI at a running one") from None
+    found = _tracking(uri, lambda: _client(tracking_uri).search_experiments(max_results=1000, order_by=["name ASC"]))
     return [{"experiment_id": e.experiment_id, "name": e.name} for e in found]
 
 
+def _run_id_or_none(value) -> str | None:
+    """A run id read from a tag, or None when the tag holds anything else (tags are free text)."""
+    try:
+        return check_run_id(value)
+    except RunLookupError:
+        return None
+
+
 def list_diagnosed_pairs(experiment_ids: list[str] | None = None, *, page_size: int = 500,
-                         max_pairs: int | None = None, tracking_uri: str | None = None) -> list[dict]:
+                         max_pairs: int | None = None, tracking_uri: str | None = None,
+                         include_incomplete: bool = False) -> list[dict]:
     """FINISHED diagnostics runs (newest first) as dicts: run ids, pair id, recipe, domains, model,
-    start time, transferability score, domain CV accuracy and the target model's best validation
-    accuracy. Pages through the server's results (``page_size`` runs per request)."""
-    client = _client(tracking_uri)
+    status, start time, transferability score, domain CV accuracy and the target model's best
+    validation accuracy. Pages through the server's results (``page_size`` runs per request).
+
+    ``include_incomplete`` also lists diagnostics runs in any other status (RUNNING, FAILED, KILLED:
+    their bundle may be partial or missing), so a caller can show them as incomplete. Run-id tags that
+    are not well-formed ids come back as None.
+
+    Raises:
+        RunLookupError: an experiment id that is not a well-formed id.
+        TrackingUnavailableError: the server does not answer.
+    """
+    uri = tracking_uri or mlflow.get_tracking_uri()
     if experiment_ids is None:
-        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+        experiment_ids = [e["experiment_id"] for e in list_experiments(tracking_uri)]
+    experiment_ids = [check_run_id(i, "experiment id") for i in experiment_ids]
+    if not experiment_ids:
+        return []
+    client = _client(tracking_uri)
+    query = f"tags.`{TAGS.role}` = 'diagnostics'"
+    if not include_incomplete:
+        query += " AND attributes.status = 'FINISHED'"
     out, token = [], None
     while True:
-        page = client.search_runs(experiment_ids, filter_string=f"tags.`{TAGS.role}` = 'diagnostics' "
-                                  "AND attributes.status = 'FINISHED'", max_results=page_size,
-                                  order_by=["attributes.start_time DESC"], page_token=token)
+        page = _tracking(uri, lambda: client.search_runs(experiment_ids, filter_string=query, max_results=page_size,
+                                                         order_by=["attributes.start_time DESC"], page_token=token))
         for run in page:
             t, m = run.data.tags, run.data.metrics
             out.append({"diagnostics_run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-                        "source_run_id": t.get(TAGS.source_run_id), "target_run_id": t.get(TAGS.target_run_id),
+                        "source_run_id": _run_id_or_none(t.get(TAGS.source_run_id)),
+                        "target_run_id": _run_id_or_none(t.get(TAGS.target_run_id)),
                         "pair_id": t.get(TAGS.pair_id), "recipe": t.get(TAGS.recipe), "model": t.get(TAGS.model),
                         "source_domain": t.get(TAGS.source_domain), "target_domain": t.get(TAGS.target_domain),
-                        "start_time": run.info.start_time,
+                        "status": run.info.status, "start_time": run.info.start_time,
                         "transferability_score": m.get("transferability_score"),
                         "domain_cv_accuracy": m.get("domain_cv_accuracy"),
                         "target_accuracy": m.get("target_val_accuracy"),
@@ -74,36 +136,115 @@ def list_diagnosed_pairs(experiment_ids: list[str] | None = None, *, page_size: 
             return out
 
 
+def _ours(entry: Path) -> bool:
+    """Whether ``entry`` is a cache folder fetch_bundle made (its marker names the entry's run id)."""
+    marker = entry / CACHE_MARKER
+    try:
+        if marker.is_symlink() or not marker.is_file() or marker.stat().st_size > 4096:
+            return False
+        return json.loads(marker.read_text()).get("run_id") == entry.name
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object: not our marker
+        return False
+
+
+def _left_alone(entry: Path, got: str) -> BundleError:
+    return BundleError(f"Expected the bundle cache entry {entry} to be a folder mlflow-transfer downloaded; "
+                       f"got {got}. It was left alone: move it out of the cache, or set MLFLOW_TRANSFER_CACHE "
+                       "to another folder")
+
+
+def _check_entry(cache: Path, entry: Path) -> None:
+    """Refuse a cache entry that is a symbolic link or resolves outside the cache: neither is read nor
+    deleted."""
+    if entry.is_symlink():
+        raise _left_alone(entry, f"a symbolic link to {os.readlink(entry)!r}")
+    if entry.resolve().parent != cache.resolve():
+        raise _left_alone(entry, f"a path that leads to {entry.resolve()}, outside {cache.resolve()}")
+
+
+def _cache_error(cache: Path, exc: OSError) -> BundleError:
+    return BundleError(f"Expected a writable bundle cache at {cache}; got {_reason(exc)}. Free some space or "
+                       "set MLFLOW_TRANSFER_CACHE to a folder you can write")
+
+
 def fetch_bundle(diagnostics_run_id: str, cache_dir: str | Path | None = None, *,
                  tracking_uri: str | None = None) -> PairBundle:
     """The run's bundle, downloaded once into ``cache_dir/<run id>`` and validated.
 
-    A cached copy that no longer validates is downloaded again. Raises `BundleError` when the run has
-    no complete bundle (say, an interrupted diagnose) and `RunLookupError` for an unknown run.
+    A cached copy that no longer validates is downloaded again, but only if this function wrote it
+    (a marker file); anything else in its place (a folder of the user's, a symbolic link) is left
+    alone and reported.
+
+    Raises:
+        RunLookupError: a malformed id, or the server answered that the run does not exist.
+        BundleError: the run has no complete bundle (say, an interrupted diagnose or upload), the
+            bundle is corrupt, or the cache entry is not one this function wrote.
+        TrackingUnavailableError: the server does not answer.
     """
+    run_id = check_run_id(diagnostics_run_id, "diagnostics run id")  # before it becomes a path or a query
+    uri = tracking_uri or mlflow.get_tracking_uri()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = cache / diagnostics_run_id
-    if target.exists():
+    target = cache / run_id
+    if target.exists() or target.is_symlink():
+        _check_entry(cache, target)
         try:
             return PairBundle.open(target)
-        except BundleError:
-            shutil.rmtree(target, ignore_errors=True)
+        except BundleError as exc:
+            if not _ours(target):
+                raise _left_alone(target, f"a folder without its {CACHE_MARKER} file that is no valid bundle "
+                                          f"({exc})") from None
+            shutil.rmtree(target)  # ours, checked inside the cache and not a link: download it again
+    client = _client(tracking_uri)
+    run = _tracking(uri, lambda: client.get_run(run_id), RunLookupError(
+        f"diagnostics run {run_id!r} does not exist on {uri} (the server says so); check the id "
+        "(`mlflow ui` lists runs) and the tracking URI"))
+    target_run = _run_id_or_none(run.data.tags.get(TAGS.target_run_id)) or "<target run>"
+    fix = f"mlflow-transfer diagnose --target-run-id {target_run}"
+    no_bundle = BundleError(f"run {run_id} has no diagnostics bundle; run `{fix}` for this pair")
+    listed = _tracking(uri, lambda: client.list_artifacts(run_id, BUNDLE_DIR), no_bundle)
+    if not listed:
+        raise no_bundle
+    if f"{BUNDLE_DIR}/{MANIFEST}" not in {f.path for f in listed}:
+        # log_bundle uploads the manifest last: without it the upload (or diagnose) did not finish
+        raise BundleError(f"Expected run {run_id}'s {BUNDLE_DIR}/ to be a complete bundle with its {MANIFEST}; "
+                          f"got {len(listed)} entries without it, so the bundle is incomplete (diagnose or its "
+                          f"upload was interrupted). Diagnose again: {fix}")
     try:
-        _client(tracking_uri).get_run(diagnostics_run_id)
-    except Exception:
-        raise RunLookupError(f"diagnostics run {diagnostics_run_id!r} does not exist on "
-                             f"{tracking_uri or mlflow.get_tracking_uri()}") from None
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{diagnostics_run_id}-", dir=cache))
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}-", dir=cache))
+    except OSError as exc:
+        raise _cache_error(cache, exc) from None
     try:
-        try:
-            local = mlflow.artifacts.download_artifacts(run_id=diagnostics_run_id, artifact_path=BUNDLE_DIR,
-                                                        dst_path=str(tmp), tracking_uri=tracking_uri)
-        except Exception:
-            raise BundleError(f"run {diagnostics_run_id} has no diagnostics bundle; run `mlflow-transfer "
-                              f"diagnose --target-run-id <target run>` for this pair") from None
+        local = Path(_tracking(uri, lambda: mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=BUNDLE_DIR, dst_path=str(tmp), tracking_uri=tracking_uri), no_bundle))
         PairBundle.open(local)  # validate before it enters the cache
-        os.replace(local, target)         # appears whole or not at all
+        try:
+            (local / CACHE_MARKER).write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
+            os.replace(local, target)  # appears whole or not at all
+        except OSError as exc:
+            if not (target.is_dir() and _ours(target)):  # else another process fetched it meanwhile
+                raise _cache_error(cache, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _check_entry(cache, target)
     return PairBundle.open(target)
+
+
+def log_bundle(local_dir: str | Path, artifact_path: str = BUNDLE_DIR) -> None:
+    """Log the bundle folder ``local_dir`` to the active run under ``artifact_path``: every file the
+    manifest lists first, the manifest last (one `log_artifact` call). A reader that finds the manifest
+    then finds the whole bundle; an upload killed half-way leaves a folder without one, which
+    `fetch_bundle` reports as incomplete.
+
+    Raises:
+        BundleError: ``local_dir`` is not a bundle (no manifest, or a malformed one).
+    """
+    if mlflow.active_run() is None:  # mlflow.log_artifact would silently start a run of its own
+        raise RuntimeError("log_bundle logs into the active run; call it inside mlflow.start_run()")
+    check_relative_path(artifact_path, "artifact path", BundleError)
+    reader = BundleReader(local_dir, verify=False)  # just written: hashing it again would only cost time
+    for entry in sorted(reader.files.values(), key=lambda e: e.path):
+        parent = Path(entry.path).parent.as_posix()
+        mlflow.log_artifact(str(reader.root / entry.path),
+                            artifact_path if parent == "." else f"{artifact_path}/{parent}")
+    mlflow.log_artifact(str(reader.root / MANIFEST), artifact_path)
