@@ -35,6 +35,7 @@ from ..diagnostics.statistics import transferability_score
 from ..errors import DiagnosticsError, ModelError, RunLookupError
 from ..models import TransferNet, build_model
 from ..tags import TAGS
+from .bundles import log_bundle
 from .lookup import get_run, logged_model_uri
 from .runs import PairData, _run, pair_id, prepare_data
 
@@ -273,7 +274,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(), per_class_cap: int
                              "numpy": np.__version__, "python": platform.python_version()}}
         with tempfile.TemporaryDirectory() as tmp:
             write_pair_bundle(Path(tmp) / BUNDLE_DIR, diag, history=history, meta=meta)
-            mlflow.log_artifacts(str(Path(tmp) / BUNDLE_DIR), artifact_path=BUNDLE_DIR)
+            log_bundle(Path(tmp) / BUNDLE_DIR, artifact_path=BUNDLE_DIR)  # manifest last: whole or incomplete
             if report_writer is not None:
                 _log_report(report_writer, Path(tmp) / BUNDLE_DIR, Path(tmp))
         table = diag.layer_summary_table()
