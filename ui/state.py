@@ -6,31 +6,102 @@ string); the second is derived from the source and never set by hand.
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+
 import param
 
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.errors import TransferError
+from mlflow_transfer.validation import check_run_id
 
 from .readers import PairSource
 
 URL_PARAMS = ("experiment", "pair", "tab", "classes", "reproject", "layer_from", "layer_to", "hide_non_important",
               "hide_source_weights", "neuron")
+TAB_COUNT = 4  # statistics, instances, network, features (ui.app.TABS)
+
+log = logging.getLogger("ui")
+
+UNEXPECTED = ("The pair could not be opened because of an unexpected error; the app's server log has the "
+              "details. Pick another pair.")
+
+
+class _FromURL:
+    """A parameter the URL sets: a value of the wrong type or out of range is clamped or dropped
+    (`AppState.coerce`), never refused. Panel's URL sync applies all parameters in one
+    ``param.update``, which a refused value aborts half-way: the values before it set, their watchers
+    never called, the ones after it lost."""
+
+    def __set__(self, obj, val):
+        coerce = getattr(obj, "coerce", None) if obj is not None else None
+        super().__set__(obj, coerce(self.name, val) if coerce else val)
+
+
+class _URLString(_FromURL, param.String):
+    pass
+
+
+class _URLInteger(_FromURL, param.Integer):
+    pass
+
+
+class _URLBoolean(_FromURL, param.Boolean):
+    pass
+
+
+class _URLList(_FromURL, param.List):
+    pass
+
+
+def _as_text(value) -> str:
+    """A URL value as the string it was: Panel parses digits to numbers (``?experiment=2`` → 2)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return json.dumps(value, default=str)  # a list, a float, …: shown back, and refused as an id
+
+
+def _invalid(value: str, what: str) -> str:
+    """'' when ``value`` is a well-formed MLflow id, else the message saying what arrived."""
+    try:
+        check_run_id(value, what=what)
+    except TransferError as exc:
+        return str(exc)
+    return ""
+
+
+def _as_int(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 20:
+        return int(value)
+    return None
 
 
 class AppState(param.Parameterized):
     """Selected experiment, pair, classes, layers and neuron, plus what was loaded for them."""
 
     # --- what the URL carries -----------------------------------------------------------------
-    experiment = param.String(default="", doc="experiment id")
-    pair = param.String(default="", doc="diagnostics run id of the selected pair")
-    tab = param.Integer(default=0, bounds=(0, None), doc="open view: 0 statistics, 1 instances, 2 network, 3 features")
-    classes = param.List(default=[], item_type=str, doc="selected class names (empty: all)")
-    reproject = param.Boolean(default=False, doc="instance view: t-SNE of the selected classes alone")
-    layer_from = param.Integer(default=0, bounds=(0, None), doc="first layer index of the network view")
-    layer_to = param.Integer(default=2, bounds=(0, None), doc="last layer index (inclusive)")
-    hide_non_important = param.Boolean(default=False, doc="hide the non-important regions")
-    hide_source_weights = param.Boolean(default=False, doc="hide the source model's weights")
-    neuron = param.String(default="", doc="clicked neuron as 'model:layer:index' ('' = none)")
+    # (ids are checked where they are used: a malformed one is kept, so the banner can say what arrived)
+    experiment = _URLString(default="", doc="experiment id")
+    pair = _URLString(default="", doc="diagnostics run id of the selected pair")
+    tab = _URLInteger(default=0, bounds=(0, TAB_COUNT - 1), doc="open view: 0 statistics, 1 instances, 2 network, 3 features")
+    classes = _URLList(default=[], item_type=str, doc="selected class names (empty: all)")
+    reproject = _URLBoolean(default=False, doc="instance view: t-SNE of the selected classes alone")
+    layer_from = _URLInteger(default=0, bounds=(0, None), doc="first layer index of the network view")
+    layer_to = _URLInteger(default=2, bounds=(0, None), doc="last layer index (inclusive)")
+    hide_non_important = _URLBoolean(default=False, doc="hide the non-important regions")
+    hide_source_weights = _URLBoolean(default=False, doc="hide the source model's weights")
+    neuron = _URLString(default="", doc="clicked neuron as 'model:layer:index' ('' = none)")
 
     # --- derived ------------------------------------------------------------------------------
     experiments = param.List(default=[], doc="[{'experiment_id', 'name'}] on the server")
@@ -49,6 +120,35 @@ class AppState(param.Parameterized):
     def source(self) -> PairSource:
         return self._source
 
+    def coerce(self, name: str, value):
+        """``value`` made fit for URL parameter ``name``: numbers Panel parsed back to text for the
+        ids and the neuron, an index clamped into range, class names narrowed to the open bundle's;
+        a value that cannot be read keeps the current one."""
+        if name in ("experiment", "pair", "neuron"):
+            return _as_text(value)
+        current = self.param.values().get(name, self.param[name].default)
+        if name in ("reproject", "hide_non_important", "hide_source_weights"):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            return {"true": True, "1": True, "false": False, "0": False}.get(text, current)
+        if name in ("tab", "layer_from", "layer_to"):
+            number = _as_int(value)
+            if number is None:
+                return current
+            top = TAB_COUNT - 1 if name == "tab" else (len(self.bundle.layers) - 1 if self.bundle is not None else None)
+            return max(0, number if top is None else min(number, max(top, 0)))
+        if name == "classes":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, (list, tuple)):
+                return current
+            names = [v if isinstance(v, str) else str(v) for v in value
+                     if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
+            known = self.bundle.classes if self.bundle is not None else None
+            return [c for i, c in enumerate(names) if c not in names[:i] and (known is None or c in known)]
+        return value
+
     def refresh(self) -> None:
         """(Re)list experiments, then the pairs and bundle the current selection names."""
         try:
@@ -58,6 +158,9 @@ class AppState(param.Parameterized):
             return
         self.error = ""
         ids = [e["experiment_id"] for e in self.experiments]
+        if self.experiment and self.experiment not in ids:  # a link's experiment: say what is wrong with it
+            self._load_pairs()
+            return
         wanted = self.experiment if self.experiment in ids else self._experiment_to_open(ids)
         if wanted != self.experiment:
             self.experiment = wanted  # the watcher lists its pairs
@@ -74,7 +177,7 @@ class AppState(param.Parameterized):
                 self._listed[i] = self._source.pairs(i)
             return self._listed[i]
 
-        if self.pair:  # a link naming only the pair
+        if self.pair and not _invalid(self.pair, "diagnostics run id"):  # a link naming only the pair
             found = next((i for i in ids if any(p["diagnostics_run_id"] == self.pair for p in pairs(i))), "")
             if found:
                 return found
@@ -84,6 +187,14 @@ class AppState(param.Parameterized):
     def _load_pairs(self) -> None:
         listed = self._listed.pop(self.experiment, None)
         self._listed = {}  # only the listing made just now for this choice is fresh enough to reuse
+        wrong = _invalid(self.experiment, "experiment id") if self.experiment else ""
+        if not wrong and self.experiment and self.experiments and \
+                self.experiment not in [e["experiment_id"] for e in self.experiments]:
+            wrong = (f"There is no experiment with id {self.experiment!r} on {self._source.uri}; "
+                     "pick one in the list.")
+        if wrong:  # nothing is listed or opened for it
+            self.param.update(pairs=[], pair="", bundle=None, error=wrong)
+            return
         try:
             if listed is None:
                 listed = self._source.pairs(self.experiment) if self.experiment else []
@@ -91,8 +202,15 @@ class AppState(param.Parameterized):
         except TransferError as exc:
             self.param.update(pairs=[], error=str(exc))
             return
+        except Exception:  # a bug or an unforeseen server answer: logged, and the app stays up
+            log.exception("listing the pairs of experiment %r failed", self.experiment)
+            self.param.update(pairs=[], error="The diagnosed pairs could not be listed because of an "
+                                              "unexpected error; the app's server log has the details.")
+            return
         ids = [p["diagnostics_run_id"] for p in self.pairs]
-        if self.pair not in ids:
+        if self.pair and _invalid(self.pair, "diagnostics run id"):
+            self._load_bundle()  # a malformed link is shown as an error, not replaced by another pair
+        elif self.pair not in ids:
             self.pair = ids[0] if ids else ""
         elif self.bundle is None:
             self._load_bundle()
@@ -102,22 +220,31 @@ class AppState(param.Parameterized):
         if not self.pair:
             self.param.update(bundle=None)
             return
+        wrong = _invalid(self.pair, "diagnostics run id")
+        if wrong:  # never looked up, never joined to a cache path
+            self.param.update(bundle=None, error=wrong, loading=False)
+            return
         self.loading = True
         try:
             bundle = self._source.bundle(self.pair)
+            n = len(bundle.layers)
+            self.param.update(bundle=bundle, error="", loading=False,
+                              classes=[c for c in self.classes if c in bundle.classes],
+                              layer_from=min(self.layer_from, max(n - 1, 0)), layer_to=min(self.layer_to, max(n - 1, 0)))
         except TransferError as exc:
-            self.param.update(bundle=None, error=self._with_fix(str(exc)), loading=False)
-            return
-        n = len(bundle.layers)
-        self.param.update(bundle=bundle, error="", loading=False,
-                          classes=[c for c in self.classes if c in bundle.classes],
-                          layer_from=min(self.layer_from, n - 1), layer_to=min(self.layer_to, n - 1))
+            self.param.update(bundle=None, error=self.with_fix(str(exc)), loading=False)
+        except Exception:  # whatever it was, no endless spinner: logged, and one sentence on the page
+            log.exception("opening diagnostics run %s failed", self.pair)
+            self.param.update(bundle=None, error=UNEXPECTED, loading=False)
+        finally:
+            if self.loading:  # a watcher of `bundle` raised inside the update above
+                self.loading = False
 
-    def _with_fix(self, message: str) -> str:
+    def with_fix(self, message: str) -> str:
         """``message`` plus the exact command that diagnoses the selected pair again."""
         row = next((p for p in self.pairs if p["diagnostics_run_id"] == self.pair), {})
         target = row.get("target_run_id")
-        if not target or "--target-run-id" in message:
+        if not target or _invalid(target, "run id") or "--target-run-id" in message:
             return message
         return f"{message}. To fix: mlflow-transfer diagnose --target-run-id {target}"
 
