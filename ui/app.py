@@ -13,19 +13,21 @@ import panel as pn
 
 from ui.projection import reprojected
 from ui.readers import PairSource, default_source
-from ui.state import URL_PARAMS, AppState
+from ui.state import TAB_COUNT, URL_PARAMS, AppState
 from ui.views import instances as instance_view
 from ui.views import overview
 from ui.views.features import features_tab
+from ui.views.guard import error_pane, guarded
 from ui.views.network import network_tab
 from ui.views.pairs import HOW_TO_DIAGNOSE, pairs_table
+from ui.views.text import escape_html, md_code
 
 pn.extension("tabulator", notifications=False, loading_indicator=True)
 
 
 def _banner(state: AppState):
-    if state.error:
-        return pn.pane.Alert(state.error, alert_type="danger", name="error", sizing_mode="stretch_width")
+    if state.error:  # error texts quote what arrived (a URL parameter, a tag): escaped by error_pane
+        return error_pane(state.error, name="error")
     return None
 
 
@@ -52,7 +54,7 @@ def _pair_browser(state: AppState):
                 body.selection = rows
 
         state.watch_while(lambda: state.pairs is listed, highlight, "pair")  # until the table is replaced
-    return pn.Column(pn.pane.Markdown(f"**Tracking server** `{state.source.uri}`"), select, body,
+    return pn.Column(pn.pane.Markdown(f"**Tracking server** {md_code(state.source.uri)}"), select, body,
                      sizing_mode="stretch_width")
 
 
@@ -77,7 +79,9 @@ def _instances(state: AppState):
     b = state.bundle
     inst = b.instances()  # read once per pair; a class change only redraws the scatter
     # two-way: a class picked elsewhere (the confusion table) shows up here too
-    choose = pn.widgets.MultiChoice.from_param(state.param.classes, options=b.classes, name="Classes", width=360)
+    # Choices.js (Bokeh's MultiChoice) writes option labels as HTML: the labels are escaped class names
+    choose = pn.widgets.MultiChoice.from_param(state.param.classes, options={escape_html(c): c for c in b.classes},
+                                               name="Classes", width=360)
 
     again = pn.widgets.Checkbox.from_param(state.param.reproject, label="Re-project the selected classes (t-SNE)",
                                            margin=(28, 10, 0, 10))
@@ -94,12 +98,14 @@ def _instances(state: AppState):
         return pn.Column(pn.pane.HoloViews(plot, sizing_mode="stretch_width", min_height=440, name="instances"),
                          pn.pane.HTML(instance_view.class_legend(b.classes, classes)), sizing_mode="stretch_width")
 
-    view = pn.panel(pn.bind(scatter, state.param.classes, state.param.reproject), loading_indicator=True)
+    view = pn.panel(pn.bind(guarded(scatter, "instance scatter"), state.param.classes, state.param.reproject),
+                    loading_indicator=True)
     return pn.Column(pn.Row(choose, again), view, sizing_mode="stretch_width")
 
 
 TABS = (("Statistics", _statistics), ("Instances", _instances), ("Network", network_tab),
         ("Features", features_tab))
+assert len(TABS) == TAB_COUNT  # the state clamps ?tab= to this many
 
 
 def _query(state: AppState) -> dict[str, str]:
@@ -140,9 +146,11 @@ def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> p
         if state.bundle is None:
             return pn.pane.Markdown("" if state.error else "Select a diagnosed pair above.")
         # Built anew for each pair, on the tab that was open: switching pairs keeps the user's view.
-        # Each tab is built when first shown (lazy), so a switch pays only for the open one.
-        tabs = pn.Tabs(*[(title, pn.param.ParamFunction(pn.bind(build, state), lazy=True, sizing_mode="stretch_width"))
-                         for title, build in TABS], dynamic=True, active=min(state.tab, len(TABS) - 1),
+        # Each tab is built when first shown (lazy), so a switch pays only for the open one. A tab that
+        # fails (an unreadable bundle file) shows an error pane; the others still work.
+        tabs = pn.Tabs(*[(title, pn.param.ParamFunction(pn.bind(guarded(build, title, state.with_fix), state),
+                                                         lazy=True, sizing_mode="stretch_width"))
+                         for title, build in TABS], dynamic=True, active=min(max(state.tab, 0), len(TABS) - 1),
                        sizing_mode="stretch_width")
         tabs.param.watch(lambda e: setattr(state, "tab", e.new), "active")
         return tabs

@@ -23,6 +23,7 @@ from mlflow_transfer.errors import BundleError
 
 from .images import crop_patches, data_uri, png_bytes
 from .style import MODEL_MARKER, SOURCE, TARGET
+from .text import escape_md
 
 __all__ = ["ALL", "ORDERS", "TOP_AXES", "cv_details", "cv_summary", "discriminability_plot", "feature_frame",
            "feature_table", "features_tab", "mirrored_histogram", "missing_message", "read_discriminability",
@@ -48,13 +49,14 @@ def read_discriminability(bundle: PairBundle, cls: str = ALL) -> dict | None:
 
 
 def missing_message(bundle: PairBundle, cls: str) -> str:
-    """Markdown saying why ``cls`` has no domain discriminability, quoting the diagnostics' notes on it."""
-    name = "all classes" if cls == ALL else f"class **{cls}**"
+    """Markdown saying why ``cls`` has no domain discriminability, quoting the diagnostics' notes on it
+    (the class name and the notes escaped)."""
+    name = "all classes" if cls == ALL else f"class **{escape_md(cls)}**"
     try:
         notes = [n for n in bundle.summary().get("notes", []) if n.startswith(f"class {cls!r}")]
     except BundleError:
         notes = []
-    why = " ".join(notes) or "The diagnostics computed none (it needs instances of both domains)."
+    why = escape_md(" ".join(notes)) or "The diagnostics computed none (it needs instances of both domains)."
     return f"No domain discriminability for {name}. {why}"
 
 
@@ -279,7 +281,7 @@ def cv_details(record: dict) -> str:
     folds = ", ".join(f"{x:.2f}" for x in np.asarray(record["cv_scores"]))
     train = f"; training accuracy {record['train_accuracy']:.3f}" if "train_accuracy" in record else ""
     return (f"**Domain classifier** (linear SVM on the target model's conductance, "
-            f"{len(record['labels'])} instances × {len(record['coef'])} neurons): {cv_summary(record)}; "
+            f"{len(record['labels'])} instances × {len(record['coef'])} neurons): {escape_md(cv_summary(record))}; "
             f"per fold {folds}{train}")
 
 

@@ -19,6 +19,7 @@ from holoviews.plotting.bokeh.callbacks import RangeXYCallback
 
 from .images import data_uri
 from .style import class_color
+from .text import escape_html
 
 __all__ = ["RASTER_THRESHOLD", "class_legend", "hover_formatter", "hover_key", "instance_frame", "instance_scatter"]
 
@@ -40,7 +41,8 @@ def instance_frame(instances: dict, classes: list[str], selected: list[str] | No
             re-projection of the selected classes, `ui.projection.reprojected`).
     """
     labels = np.asarray(instances["label"])
-    keep = np.isin(labels, [classes.index(c) for c in selected]) if selected else np.ones(len(labels), bool)
+    # (a name not in ``classes``, say from a stale link, selects nothing rather than raising)
+    keep = np.isin(labels, [classes.index(c) for c in selected if c in classes]) if selected else np.ones(len(labels), bool)
     rows = np.flatnonzero(keep)
     pred = np.asarray(instances["pred_target"])[rows]
     names = np.asarray(classes, dtype=object)
@@ -145,10 +147,11 @@ def instance_scatter(frame: pd.DataFrame, classes: list[str], instances: dict | 
 
 
 def class_legend(classes: list[str], selected: list[str] | None = None) -> str:
-    """HTML key of the scatter's encodings: a colour swatch per shown class, then the marker meanings."""
-    shown = selected or classes
+    """HTML key of the scatter's encodings: a colour swatch per shown class, then the marker meanings.
+    Class names come from folder names and tags: escaped."""
+    shown = [c for c in (selected or classes) if c in classes]
     swatches = "".join(f"<span style='margin-right:10px;white-space:nowrap'><span style='display:inline-block;"
                        f"width:10px;height:10px;border-radius:50%;background:{class_color(classes.index(c))}'>"
-                       f"</span> {c}</span>" for c in shown)
+                       f"</span> {escape_html(c)}</span>" for c in shown)
     return (f"<div class='class-legend' style='font-size:0.9em'>{swatches}<br>✕ source domain · ○ target "
             f"domain · <b>◯</b> dark ring: mispredicted by the target model</div>")

@@ -45,9 +45,11 @@ from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.diagnostics.similarity import most_similar
 from mlflow_transfer.errors import BundleError
 
+from .guard import guarded
 from .images import crop_patches, png_bytes
 from .style import SOURCE, TARGET
 from .summary import cka_heatmap, inheritance_line
+from .text import escape_html, escape_md, md_code, shorten
 
 __all__ = ["ZigZag", "network_tab", "neuron_detail", "parse_neuron_id", "zigzag_data", "zigzag_figure"]
 
@@ -84,7 +86,8 @@ class ZigZag:
     """The zig-zag figure of one class as tables in cell units (x right, y down).
 
     ``message`` non-empty means there is nothing to draw (say it instead); ``notes`` are remarks about
-    what is drawn (e.g. missing weight matrices). Every table has the rectangle columns x0, y0, x1, y1
+    what is drawn (e.g. missing weight matrices). Both are plain text quoting class and layer names
+    (the figure's title shows the message): escape them to show them in Markdown. Every table has the rectangle columns x0, y0, x1, y1
     unless said otherwise.
 
     Attributes:
@@ -235,7 +238,7 @@ def zigzag_data(bundle: PairBundle, cls: str, layer_from: int, layer_to: int, *,
     """
     layers_all = bundle.layers
     if cls not in bundle.classes:
-        return ZigZag(cls, [], message=f"Class `{cls}` is not in this pair (it has {', '.join(bundle.classes)}).")
+        return ZigZag(cls, [], message=f"Class '{cls}' is not in this pair (it has {', '.join(bundle.classes)}).")
     if not layers_all:
         return ZigZag(cls, [], message="This bundle has no analysis layers.")
     last = len(layers_all) - 1
@@ -245,7 +248,7 @@ def zigzag_data(bundle: PairBundle, cls: str, layer_from: int, layer_to: int, *,
         sims = [bundle.similarity(cls, layer) for layer in layers]
     except BundleError:
         return ZigZag(cls, layers, message=(
-            f"Class `{cls}` has no neuron similarity data: it has no target-domain instances, so its "
+            f"Class '{cls}' has no neuron similarity data: it has no target-domain instances, so its "
             "neurons were not ranked or compared. Pick another class."))
     imp_table, w_table = tables if tables is not None else (pd.DataFrame(bundle.important_neurons()),
                                                               pd.DataFrame(bundle.weights()))
@@ -496,13 +499,14 @@ def describe_hit(hit: dict) -> str:
     """Markdown for a clicked weight or similarity cell (what :meth:`ZigZag.hit` returned)."""
     if hit["kind"] == "weight":
         inh = {True: "yes", False: "no"}.get(hit["inherited"], "– (only target weights are matched)")
-        return (f"**{hit['model']} weight** {hit['layer']} #{hit['a']} → {hit['next_layer']} #{hit['b']}: "
+        return (f"**{hit['model']} weight** {escape_md(hit['layer'])} #{hit['a']} → {escape_md(hit['next_layer'])} "
+                f"#{hit['b']}: "
                 f"mean activated level {hit['level']:.4g}, among each instance's top links on {hit['count']} "
                 f"instance(s); important weight: {'yes' if hit['important'] else 'no'}; source correspondence: {inh}")
     if hit["kind"] == "similarity":
-        return (f"**similarity** {hit['layer']}: {hit['row_model']} #{hit['row_neuron']} vs "
+        return (f"**similarity** {escape_md(hit['layer'])}: {hit['row_model']} #{hit['row_neuron']} vs "
                 f"{hit['col_model']} #{hit['col_neuron']}: {hit['similarity']:.3f}")
-    return f"neuron {hit.get('id', '')}"
+    return f"neuron {md_code(hit.get('id', ''))}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -529,9 +533,11 @@ def _patch_row(patches: dict[str, list[dict]], label: str, size: int) -> pn.layo
         items.append(pn.pane.HTML(f"<span style='color:{MODEL_COLOR[domain]};font-size:0.85em'>{domain}</span>",
                                   margin=(12, 2, 0, 6)))
         for j, patch in enumerate(patches[domain]):
+            # Panel writes alt_text into the tag with Python's repr quoting, which HTML does not read:
+            # the layer name in it is escaped (quotes included) first
             items.append(pn.pane.PNG(png_bytes(patch["image"]), width=size, height=size, margin=1,
-                                     alt_text=f"{label} {domain}-domain patch {j + 1}: activation "
-                                              f"{patch['value']:.3g} on instance {patch['index']}",
+                                     alt_text=escape_html(f"{label} {domain}-domain patch {j + 1}: activation "
+                                                          f"{patch['value']:.3g} on instance {patch['index']}"),
                                      stylesheets=_PIXELATED))
         if not patches[domain]:
             items.append(pn.pane.HTML("<i style='font-size:0.8em'>none</i>", margin=(12, 2, 0, 2)))
@@ -553,8 +559,8 @@ def neuron_detail(bundle: PairBundle, cls: str, neuron_id: str, *, k: int = 5, o
     parsed = parse_neuron_id(neuron_id)
     if parsed is None or parsed[1] not in bundle.layers:
         hint = "Click a neuron index in the figure to see its patches and its most similar neurons."
-        if neuron_id:  # a stale or hand-edited link
-            hint = f"`{neuron_id}` names no neuron of this pair. " + hint
+        if neuron_id:  # a stale or hand-edited link: shown back, shortened and as code
+            hint = f"{md_code(shorten(neuron_id))} names no neuron of this pair. " + hint
         return pn.Column(pn.pane.Markdown(hint), name="neuron-detail")
     model, layer, index = parsed
     other = OTHER[model]
@@ -571,22 +577,23 @@ def neuron_detail(bundle: PairBundle, cls: str, neuron_id: str, *, k: int = 5, o
     table = important if important is not None else pd.DataFrame(bundle.important_neurons())
     rank = table[(table["model"] == model) & (table["layer"] == layer) & (table["neuron"] == index) &
                  (table["class_index"] == bundle.classes.index(cls))]["rank"] if cls in bundle.classes else []
-    status = (f"important for class {cls} (rank {int(rank.iloc[0]) + 1})" if len(rank)
-              else f"not important for class {cls}")
-    items = [pn.pane.Markdown(f"### <span style='color:{MODEL_COLOR[model]}'>{model}</span> model · {layer} · "
+    status = (f"important for class {escape_md(cls)} (rank {int(rank.iloc[0]) + 1})" if len(rank)
+              else f"not important for class {escape_md(cls)}")
+    # model is one of DOMAINS (parse_neuron_id); layer and class names come from the bundle: escaped
+    items = [pn.pane.Markdown(f"### <span style='color:{MODEL_COLOR[model]}'>{model}</span> model · {escape_md(layer)} · "
                               f"neuron {index}\n{status}. Top activating patches:", margin=(0, 5)),
              _patch_row(crop(model, index), f"{model} {layer} #{index}", patch_px)]
     try:
         sim = bundle.similarity(cls, layer)
     except BundleError:
-        items.append(pn.pane.Markdown(f"Class `{cls}` has no similarity data (no target-domain instances)."))
+        items.append(pn.pane.Markdown(f"Class {md_code(cls)} has no similarity data (no target-domain instances)."))
         return pn.Column(*items, name="neuron-detail")
     size = sim.shape[0] if model == "source" else sim.shape[1]
     if index >= size:
-        items.append(pn.pane.Markdown(f"{layer} of the {model} model has {size} neurons; there is no #{index}."))
+        items.append(pn.pane.Markdown(f"{escape_md(layer)} of the {model} model has {size} neurons; there is no #{index}."))
         return pn.Column(*items, name="neuron-detail")
     order, values = most_similar(sim, model, index, k)
-    items.append(pn.pane.Markdown(f"**Top {len(order)} most similar {other} neurons** (class {cls}):",
+    items.append(pn.pane.Markdown(f"**Top {len(order)} most similar {other} neurons** (class {escape_md(cls)}):",
                                   margin=(8, 5, 0, 5)))
     for n, v in zip(order, values):
         head = [pn.pane.HTML(f"<span style='color:{MODEL_COLOR[other]}'>#{int(n)}</span> · similarity "
@@ -660,7 +667,7 @@ def network_tab(state) -> pn.viewable.Viewable:
         slider = pn.widgets.IntRangeSlider(label="Layers", start=0, end=n - 1, step=1, value=span(), width=260)
         slider.param.watch(lambda e: state.param.update(layer_from=e.new[0], layer_to=e.new[1]), "value")
         state.watch_while(open_here, lambda *_e: setattr(slider, "value", span()), "layer_from", "layer_to")
-        controls += [slider, pn.bind(lambda v: pn.pane.Markdown(f"{b.layers[v[0]]} → {b.layers[v[1]]}",
+        controls += [slider, pn.bind(lambda v: pn.pane.Markdown(f"{escape_md(b.layers[v[0]])} → {escape_md(b.layers[v[1]])}",
                                                                  margin=(22, 5, 0, 5)), slider)]
     controls += [pn.widgets.Checkbox.from_param(state.param.hide_non_important, label="Hide non-important regions",
                                                 margin=(24, 10, 0, 10)),
@@ -673,7 +680,7 @@ def network_tab(state) -> pn.viewable.Viewable:
         data = zigzag_data(b, current(), layer_from, layer_to, hide_non_important=hide_non_important,
                            hide_source_weights=hide_source_weights, tables=tables)
         if data.message:
-            return pn.pane.Markdown(data.message, name="network")
+            return pn.pane.Markdown(escape_md(data.message), name="network")
         fig = zigzag_figure(data)
 
         def on_tap(event):
@@ -686,7 +693,7 @@ def network_tab(state) -> pn.viewable.Viewable:
                 clicked.object = describe_hit(hit)
 
         fig.on_event(Tap, on_tap)
-        notes = [pn.pane.Markdown("\n".join(f"- {note}" for note in data.notes), name="network-notes")
+        notes = [pn.pane.Markdown("\n".join(f"- {escape_md(note)}" for note in data.notes), name="network-notes")
                  ] if data.notes else []
         return pn.Column(pn.pane.Bokeh(fig, name="network", css_classes=["network-figure"]), *notes)
 
@@ -701,13 +708,13 @@ def network_tab(state) -> pn.viewable.Viewable:
     p = state.param
     return pn.Column(
         pn.Row(*controls),
-        pn.Row(pn.Column(pn.bind(figure, p.classes, p.layer_from, p.layer_to, p.hide_non_important,
-                                 p.hide_source_weights), clicked),
+        pn.Row(pn.Column(pn.bind(guarded(figure, "network figure"), p.classes, p.layer_from, p.layer_to,
+                                 p.hide_non_important, p.hide_source_weights), clicked),
                # the neuron detail, or the two by-depth summaries side by side: plots drawn only when
                # shown, since each costs pair-switch time while this tab is open
-               pn.Column(legend, pn.Tabs(("Neuron", pn.bind(detail, p.neuron, p.classes)),
+               pn.Column(legend, pn.Tabs(("Neuron", pn.bind(guarded(detail, "neuron detail"), p.neuron, p.classes)),
                                          ("Inheritance and CKA by depth",
-                                          pn.Column(pn.bind(inheritance, p.classes),
+                                          pn.Column(pn.bind(guarded(inheritance, "inheritance line"), p.classes),
                                                     pn.pane.HoloViews(cka_heatmap(b), name="cka",
                                                                       sizing_mode="stretch_width"))),
                                          dynamic=True), width=440)),
