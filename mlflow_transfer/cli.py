@@ -9,7 +9,7 @@ from functools import wraps
 
 import click
 
-from .errors import RunLookupError, TrackingUnavailableError, TransferError
+from .errors import TransferError
 from .runtime import keep_freed_memory
 
 _RECIPE = click.option("--recipe", default="recipes/digits.yaml", show_default=True,
@@ -26,6 +26,34 @@ _EXPERIMENT = click.option("--experiment-name", default=None, envvar="MLFLOW_EXP
                            help="Experiment to log into (ignored under `mlflow run`, which chooses it).")
 
 
+def _one_line(text: str) -> str:
+    """``text`` on one line, with control characters escaped: messages quote untrusted input (tag
+    values, file names) and must neither span lines nor drive the terminal."""
+    text = " ".join(text.splitlines())
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text)
+
+
+def _check_ids(**ids: str) -> None:
+    """Run-id options checked at the boundary, before anything is looked up (empty = not given)."""
+    from .validation import check_run_id
+
+    for name, value in ids.items():
+        if value:
+            check_run_id(value, f"--{name.replace('_', '-')} value")
+
+
+def _bool_option(name: str, help: str):
+    """A flag that also takes an explicit value (``--x``, ``--x true``, ``--x false``), so MLproject
+    entry points, which cannot leave a flag out, can pass it as a parameter."""
+    return click.option(name, type=click.BOOL, default=False, is_flag=False, flag_value=True,
+                        metavar="[BOOLEAN]", help=help)
+
+
+_TRUST_PICKLED = _bool_option("--trust-pickled-models", "Allow logged models saved in pickle format. "
+                              "Unpickling runs any code the file carries: only for models you trust. "
+                              "[default: false, only MLflow's pickle-free pt2 format and state dicts]")
+
+
 def _user_errors(fn):
     """Print user errors as one line and exit non-zero; Ctrl-C / SIGTERM exit 130."""
 
@@ -37,7 +65,7 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except TransferError as exc:
-            click.echo(f"mlflow-transfer: error: {exc}", err=True)
+            click.echo(f"mlflow-transfer: error: {_one_line(str(exc))}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("mlflow-transfer: interrupted; the open runs were marked FAILED", err=True)
@@ -145,16 +173,17 @@ class _Report:
 @click.option("--diagnose/--no-diagnose", "run_diagnose", default=True, show_default=True,
               help="Diagnose the pair right after fine-tuning.")
 @_diagnose_options
+@_TRUST_PICKLED
 @_user_errors
 def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_diagnose, layers, classes,
-             per_class_cap, n_steps, top_fraction, seed):
+             per_class_cap, n_steps, top_fraction, seed, trust_pickled_models):
     from .tracking import run_pipeline
 
     _setup(tracking_uri, experiment_name)
     options = _options(layers, classes, n_steps, top_fraction, seed) if run_diagnose else None
     report = _Report()
     result = run_pipeline(_load(recipe, overrides, data_root), diagnose_options=options,
-                          per_class_cap=per_class_cap, report_writer=report)
+                          per_class_cap=per_class_cap, report_writer=report, trust_pickled=trust_pickled_models)
     note = " (reused: identical recipe, parameters and code)" if result.source_reused else ""
     _summary(f"pair {result.pair_id}{note}",
              {"source": result.source_run_id, "target": result.target_run_id})
@@ -179,19 +208,24 @@ def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_di
 @_TRACKING
 @_EXPERIMENT
 @_diagnose_options
+@_TRUST_PICKLED
+@_bool_option("--allow-unfinished", "Diagnose a pair even if a run did not finish (FAILED, KILLED or "
+              "still RUNNING): its model and metrics are whatever was logged when it stopped. [default: false]")
 @_user_errors
 def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_uri, recipe, arch, overrides,
                  data_root, tracking_uri, experiment_name, layers, classes, per_class_cap, n_steps,
-                 top_fraction, seed):
+                 top_fraction, seed, trust_pickled_models, allow_unfinished):
     from .tracking.diagnose import diagnose
 
+    _check_ids(target_run_id=target_run_id, source_run_id=source_run_id)
     _setup(tracking_uri, experiment_name)
     report = _Report()
     run_id = diagnose(target_run_id=target_run_id or None, source_run_id=source_run_id or None,
                       source_model_uri=source_model_uri or None, target_model_uri=target_model_uri or None,
                       recipe=_load(recipe, overrides, data_root) if recipe else None, arch=arch or None,
                       options=_options(layers, classes, n_steps, top_fraction, seed),
-                      per_class_cap=per_class_cap, report_writer=report)
+                      per_class_cap=per_class_cap, report_writer=report, trust_pickled=trust_pickled_models,
+                      allow_unfinished=allow_unfinished)
     click.echo(f"diagnostics run {run_id}: bundle at runs:/{run_id}/diagnostics, {report.note(run_id)}")
 
 
@@ -217,27 +251,10 @@ def validate_bundle_cmd(path):
 @click.option("--pair", default="", help="Open this diagnostics run id [default: the newest pair].")
 @_user_errors
 def ui_cmd(host, port, tracking_uri, experiment_name, pair):
-    import panel as pn
+    from ui.server import serve
 
-    from ui.app import build_app
-    from ui.readers import default_source
-
-    source = default_source(tracking_uri)
-    try:
-        experiments = {e["name"]: e["experiment_id"] for e in source.experiments()}
-    except TrackingUnavailableError as exc:  # the app shows the same message and retries on reload
-        click.echo(f"mlflow-transfer: warning: {exc}", err=True)
-        experiments = {}
-    if experiment_name and experiments and experiment_name not in experiments:
-        raise RunLookupError(f"experiment {experiment_name!r} does not exist on {source.uri}; it has "
-                             f"{sorted(experiments)[:20]}")
-    params = {k: v for k, v in (("experiment", experiments.get(experiment_name, "")), ("pair", pair)) if v}
-    # Bokeh refuses websockets from hosts it was not told about; a free port (0) is unknown until bound.
-    origins = [f"127.0.0.1:{port}", f"localhost:{port}"] if host == "127.0.0.1" and port else "*"
-    server = pn.serve(lambda: build_app(source, **params), address=host, port=port, show=False, start=False,
-                      liveness=True, title="mlflow-transfer", websocket_origin=origins)
-    click.echo(f"mlflow-transfer ui: http://{host}:{server.port}/ over {source.uri} (Ctrl-C stops it)", err=True)
-    server.io_loop.start()
+    serve(tracking_uri, host=host, port=port, experiment_name=experiment_name, pair=pair,
+          say=lambda line: click.echo(line, err=True))
 
 
 @main.command("train-source", help="Train the recipe's source model from scratch on the source domain.")
@@ -264,17 +281,53 @@ def train_source_cmd(recipe, overrides, data_root, tracking_uri, experiment_name
 @_DATA_ROOT
 @_TRACKING
 @_EXPERIMENT
+@_TRUST_PICKLED
 @_user_errors
-def finetune_cmd(source_run_id, source_epoch, recipe, overrides, data_root, tracking_uri, experiment_name):
+def finetune_cmd(source_run_id, source_epoch, recipe, overrides, data_root, tracking_uri, experiment_name,
+                 trust_pickled_models):
     from .errors import RecipeError
     from .tracking import finetune
 
+    _check_ids(source_run_id=source_run_id)
     _setup(tracking_uri, experiment_name)
-    if source_epoch and not source_epoch.isdigit():
+    if source_epoch and not (source_epoch.isascii() and source_epoch.isdigit() and len(source_epoch) <= 6):
         raise RecipeError(f"--source-epoch must be a whole number of epochs, got {source_epoch!r}")
     run_id = finetune(_load(recipe, overrides, data_root), source_run_id,
-                      source_epoch=int(source_epoch) if source_epoch else None)
+                      source_epoch=int(source_epoch) if source_epoch else None, trust_pickled=trust_pickled_models)
     _summary("target run", {"source": source_run_id, "target": run_id})
+
+
+@main.command("runs", help="List runs that mlflow-transfer started and that are still RUNNING; with --stale, "
+                           "only those no process will finish (killed, crashed), and --mark-failed ends them FAILED.")
+@click.option("--stale", is_flag=True, help="Only runs whose process is gone (this host) or that started more "
+              "than --older-than hours ago (other hosts, or runs without process tags).")
+@click.option("--mark-failed", is_flag=True, help="Mark the stale runs FAILED (tag transfer.stale_reason says why).")
+@click.option("--older-than", default=24.0, show_default=True, type=click.FloatRange(min=0),
+              help="Hours after which a RUNNING run of another host (whose process cannot be checked) is stale.")
+@_TRACKING
+@click.option("--experiment-name", default=None, envvar="MLFLOW_EXPERIMENT_NAME",
+              help="Only this experiment [default: all experiments].")
+@_user_errors
+def runs_cmd(stale, mark_failed, older_than, tracking_uri, experiment_name):
+    import datetime
+
+    from .errors import RunLookupError
+    from .tracking.lifecycle import find_running_runs, mark_failed as end_failed
+
+    if mark_failed and not stale:
+        raise RunLookupError("Expected --mark-failed together with --stale; got --mark-failed alone. "
+                             "Run `mlflow-transfer runs --stale` to see what would be marked, then add --mark-failed.")
+    _setup(tracking_uri, None)
+    found = find_running_runs(experiment_name=experiment_name, older_than_hours=older_than)
+    shown = [r for r in found if r.reason is not None] if stale else found
+    if mark_failed:
+        shown = end_failed(shown)
+    verb = "marked FAILED" if mark_failed else ("stale" if stale else "RUNNING")
+    click.echo(f"{len(shown)} run(s) {verb}")
+    for r in shown:
+        started = datetime.datetime.fromtimestamp(r.start_time, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        click.echo(f"  {r.run_id}  {r.role:<11} started {started}  "
+                   f"{'stale: ' + r.reason if r.reason else 'live'}")
 
 
 if __name__ == "__main__":
