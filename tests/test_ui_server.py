@@ -157,3 +157,17 @@ def test_a_wildcard_bind_lists_the_machines_names_on_its_port_never_any_origin()
     assert {"127.0.0.1:8123", "localhost:8123", f"{socket.gethostname().lower()}:8123"} <= set(origins)
     assert all(o.endswith(":8123") for o in origins)
     assert own_origins("::1", 5006) == ["[::1]:5006", "localhost:5006"]
+
+
+def test_the_shared_reprojection_cache_is_bounded_in_bytes(tiny_bundle, monkeypatch):
+    """Every session of a server shares this cache: many large projections must not pile up."""
+    from mlflow_transfer.bundle import PairBundle
+    from ui import projection
+
+    b = PairBundle.open(tiny_bundle)
+    monkeypatch.setattr(projection, "_CACHE", type(projection._CACHE)())
+    first = projection.reprojected(b, ["a", "b"])[1]
+    monkeypatch.setattr(projection, "_CACHE_BYTES", first.nbytes)  # room for one projection this size
+    assert projection.reprojected(b, ["a", "b"])[1] is first  # still cached
+    projection.reprojected(b, ["a", "c"])
+    assert len(projection._CACHE) == 1 and all(v is not first for v in projection._CACHE.values())

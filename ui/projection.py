@@ -3,7 +3,8 @@
 The bundle's projection places every instance among all classes; looking at two confusable classes
 alone spreads them out. This runs the same openTSNE projection the diagnostics use, on the stored
 target-model embeddings of the selected classes' instances — a view of stored records, nothing is
-re-diagnosed — and keeps the last results in memory, so flipping back is instant.
+re-diagnosed — and keeps the last results in memory, so flipping back is instant. The cache is shared
+by every session of the server, so it is bounded in entries and in bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = ["MIN_INSTANCES", "reprojected"]
 MIN_INSTANCES = 4  # t-SNE needs at least this many points
 _BH_BELOW = 1000   # Barnes–Hut beats the FFT grid's fixed cost on small sets
 _CACHE_SIZE = 16   # projections kept (bundle folder, classes, seed) → (K, 2)
+_CACHE_BYTES = 64 << 20  # and at most this many bytes of them (a million points is 8 MB each)
 _CACHE: OrderedDict = OrderedDict()
 
 
@@ -47,6 +49,6 @@ def reprojected(bundle: PairBundle, classes: list[str], *, seed: int = 0,
         xy = tsne_projection(bundle.embedding("target")[rows], seed=seed,
                              gradient="bh" if len(rows) < _BH_BELOW else "fft")
     _CACHE[key] = xy
-    if len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    while len(_CACHE) > 1 and (len(_CACHE) > _CACHE_SIZE or sum(v.nbytes for v in _CACHE.values()) > _CACHE_BYTES):
+        _CACHE.popitem(last=False)  # the least recently used; the one just made always stays
     return rows, xy
