@@ -228,7 +228,7 @@ class BundleReader:
         try:
             return check_no_symlinks(self.root, rel, "bundle file", BundleError)
         except BundleError:
-            raise self.corrupt(f"{rel} as a plain file inside the bundle", "a symbolic link on its path") from None
+            raise self.corrupt(f"{rel} as a plain file (no symbolic link on its path)", "a symbolic link") from None
 
     def verify(self) -> None:
         """Check every listed file exists with the recorded size and SHA-256."""

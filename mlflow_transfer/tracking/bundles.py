@@ -106,7 +106,7 @@ def list_diagnosed_pairs(experiment_ids: list[str] | None = None, *, page_size: 
     uri = tracking_uri or mlflow.get_tracking_uri()
     if experiment_ids is None:
         experiment_ids = [e["experiment_id"] for e in list_experiments(tracking_uri)]
-    experiment_ids = [check_run_id(i, "experiment id") for i in experiment_ids]
+    experiment_ids = [check_run_id(i, "valid experiment id") for i in experiment_ids]
     if not experiment_ids:
         return []
     client = _client(tracking_uri)
