@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,7 @@ class Recipe:
     model: ModelConfig = ModelConfig()
     source: TrainConfig = TrainConfig()
     target: TrainConfig = TrainConfig()
-    seed: int = field(default=0, metadata={"min": 0})
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1})  # torch and numpy take 32 bits
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -150,6 +151,9 @@ def _value(hint, value, key: str, meta):
             pass
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise RecipeError(f"`{key}` must be of type {base.__name__}, got {value!r}")
+    if base is float and not math.isfinite(value):  # nan passes every < and > check
+        raise RecipeError(f"Expected `{key}` to be a finite number; got {value!r}. Give a plain number, "
+                          f"e.g. --set {key}={field_default(key)}")
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise RecipeError(f"`{key}` must be one of {[c for c in choices if c is not None]}, got {value!r}")
@@ -173,7 +177,7 @@ def parse_recipe(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Reci
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise RecipeError(f"override {item!r}: `{part}` is not a section")
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+        node[parts[-1]] = _safe_yaml(text, f"override {dotted.strip()!r}") if text.strip() else None
     recipe = _build(Recipe, raw, "")
     _check_domains(recipe)
     return recipe
@@ -203,14 +207,92 @@ def _check_domains(recipe: Recipe) -> None:
                           "freezing applies to `target.freeze_depth`")
 
 
+def field_default(key: str):
+    """The default of a dotted recipe key (``"source.lr"`` → 0.001), or None, for messages."""
+    cls, value = Recipe, None
+    for part in key.split("."):
+        found = {f.name: f for f in dataclasses.fields(cls)}.get(part) if dataclasses.is_dataclass(cls) else None
+        if found is None:
+            return None
+        value = found.default if found.default is not dataclasses.MISSING else None
+        cls = typing.get_type_hints(cls).get(part)
+        cls = next((a for a in typing.get_args(cls) if a is not type(None)), cls)
+    return value
+
+
+MAX_RECIPE_BYTES = 1 << 20  # recipes are a few hundred bytes; this only stops a wrong or hostile file
+MAX_YAML_NODES = 10_000     # nodes after aliases are expanded: a "billion laughs" file stops here
+MAX_YAML_DEPTH = 32         # nesting, also through aliases: a deep file would exhaust the stack later
+
+
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem}{where}"
+
+
+def _safe_yaml(text: str, what: str):
+    """``yaml.safe_load(text)`` after walking its events (iteratively: no recursion on deep input) to
+    bound the size and depth of what it would build, aliases counted as the copies they stand for."""
+    sizes: dict[str, int] = {}
+    heights: dict[str, int] = {}
+    stack: list[list] = []  # per open collection: [anchor, node count at its start, tallest child]
+    total = 0
+
+    def close(anchor, size, height):
+        if stack:
+            stack[-1][2] = max(stack[-1][2], height)
+        if anchor:
+            sizes[anchor], heights[anchor] = size, height
+        if total > MAX_YAML_NODES or len(stack) + height > MAX_YAML_DEPTH:
+            raise RecipeError(f"Expected {what} to be a small YAML document (at most {MAX_YAML_NODES} values "
+                              f"and {MAX_YAML_DEPTH} levels, aliases expanded); got more. Write the recipe "
+                              "out plainly, as in recipes/digits.yaml.")
+
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                total += 1
+                stack.append([event.anchor, total, 0])
+                close(None, 0, 0)
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                anchor, start, tallest = stack.pop()
+                close(anchor, total - start + 1, tallest + 1)
+            elif isinstance(event, yaml.ScalarEvent):
+                total += 1
+                close(event.anchor, 1, 1)
+            elif isinstance(event, yaml.AliasEvent):
+                total += sizes.get(event.anchor, 1)
+                close(None, 0, heights.get(event.anchor, 1))
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"Expected {what} to be valid YAML; got {_yaml_error(exc)}. Fix the file "
+                          "(recipes/digits.yaml is an annotated example).") from None
+
+
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read and validate the YAML recipe at ``path``; see :func:`parse_recipe` for ``overrides``."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist; the built-in ones are in recipes/ "
                           "(e.g. recipes/digits.yaml)")
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"Expected recipe {path} to be a small YAML file (at most {MAX_RECIPE_BYTES} bytes); "
+                          f"got {size} bytes. Pass the recipe file, not a data file.")
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"Expected recipe {path} to be UTF-8 text; got byte {data[exc.start]:#04x} at offset "
+                          f"{exc.start}, so it is binary or in another encoding. Pass a YAML recipe "
+                          "(e.g. recipes/digits.yaml).") from None
+    if "\x00" in text:
+        raise RecipeError(f"Expected recipe {path} to be text; got a NUL byte at offset {text.index(chr(0))}, so "
+                          "it is a binary file. Pass a YAML recipe (e.g. recipes/digits.yaml).")
+    raw = _safe_yaml(text, f"recipe {path}")
+    if raw is not None and not isinstance(raw, dict):
+        raise RecipeError(f"Expected recipe {path} to hold a YAML mapping of keys to values; got a "
+                          f"{type(raw).__name__}. Start from recipes/digits.yaml.")
     return parse_recipe(raw or {}, overrides)

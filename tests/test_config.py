@@ -238,7 +238,7 @@ def test_missing_file(tmp_path):
 def test_invalid_yaml(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\ndata: {source: [unclosed\n")
-    with pytest.raises(RecipeError, match="not valid YAML"):
+    with pytest.raises(RecipeError, match="to be valid YAML; got"):
         load_recipe(path)
 
 
