@@ -380,6 +380,16 @@ def test_unknown_run_is_does_not_exist_only_when_the_store_says_so(store, tmp_pa
         fetch_bundle("0" * 32, tmp_path / "cache")
 
 
+def test_store_that_cannot_open_is_tracking_unavailable(tmp_path):
+    (tmp_path / "mlflow.db").write_text("not a database " * 20)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    for call in (lambda: list_diagnosed_pairs(["0"], tracking_uri=uri), lambda: list_experiments(uri),
+                 lambda: fetch_bundle("0123abcd", tmp_path / "cache", tracking_uri=uri)):
+        with pytest.raises(TrackingUnavailableError, match=f"cannot reach the tracking server at {uri} "
+                                                           r"\(.*file is not a database"):
+            call()
+
+
 # --------------------------------------------------------- the tracking server goes away (point 4)
 
 def _port() -> int:

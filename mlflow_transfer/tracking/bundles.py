@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ import mlflow
 import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..bundle import BundleReader, PairBundle
 from ..bundle.io import MANIFEST
@@ -38,7 +40,10 @@ def default_cache_dir() -> Path:
 
 
 def _client(tracking_uri: str | None) -> MlflowClient:
-    return MlflowClient(tracking_uri) if tracking_uri else MlflowClient()
+    """A client of ``tracking_uri``; a database store opens here, so failing to is reported like a server
+    that does not answer."""
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    return _tracking(uri, lambda: MlflowClient(tracking_uri) if tracking_uri else MlflowClient())
 
 
 def _reason(exc: BaseException) -> str:
@@ -65,7 +70,8 @@ def _tracking(uri: str, call: Callable, missing: TransferError | None = None):
         if exc.error_code == _NOT_FOUND and missing is not None:
             raise missing from None
         raise unreachable(uri, exc) from None
-    except (requests.RequestException, OSError) as exc:  # raised past MLflow by some artifact stores
+    except (requests.RequestException, OSError, SQLAlchemyError, sqlite3.Error) as exc:
+        # raised past MLflow by artifact stores, and by a database store that cannot open its file
         raise unreachable(uri, exc) from None
 
 
@@ -76,7 +82,8 @@ def list_experiments(tracking_uri: str | None = None) -> list[dict]:
         TrackingUnavailableError: the server does not answer (the message names the URI tried).
     """
     uri = tracking_uri or mlflow.get_tracking_uri()
-    found = _tracking(uri, lambda: _client(tracking_uri).search_experiments(max_results=1000, order_by=["name ASC"]))
+    client = _client(tracking_uri)
+    found = _tracking(uri, lambda: client.search_experiments(max_results=1000, order_by=["name ASC"]))
     return [{"experiment_id": e.experiment_id, "name": e.name} for e in found]
 
 
