@@ -3,7 +3,10 @@ described by ``manifest.json`` (schema version, runs, options, software, one ent
 
 `BundleWriter` builds a bundle in a folder (the tracking layer logs it whole); `BundleReader` opens
 one, refuses an unknown major schema version, and checks every file against its size and SHA-256.
-No pickle anywhere: arrays are saved with ``allow_pickle=False``.
+No pickle anywhere: arrays are saved with ``allow_pickle=False``. A bundle is untrusted input: the reader
+checks the manifest's types, keeps every path inside the bundle (no ``..``, absolute path or symbolic
+link), and turns a file that is not what its manifest says (garbage, truncated, an oversized PNG) into
+one `BundleError` naming the bundle and the file.
 """
 
 from .io import SCHEMA_VERSION, BundleReader, BundleWriter, FileEntry, validate_bundle
