@@ -161,6 +161,33 @@ def load_state(path: Path) -> dict:
     return state
 
 
+def model_from_state(state: dict, arch: str, num_classes: int, what: str) -> TransferNet:
+    """Architecture ``arch`` with ``num_classes`` outputs, holding the tensors of ``state``.
+
+    ``state`` is the state dict of a `TransferNet` or of the plain torchvision model it wraps (a
+    model logged outside the recipes); ``what`` names where it came from, for the messages.
+
+    Raises:
+        ModelError: the names or shapes do not fit ``arch``.
+    """
+    model = build_model(arch, num_classes)
+    if set(state) >= set(model.state_dict()):
+        target = model
+    elif model.plain is not None and set(state) >= set(model.plain.state_dict()):
+        target = model.plain
+    else:
+        missing = sorted(set(model.state_dict()) - set(state))
+        raise ModelError(f"Expected {what} to hold the parameters of {arch!r} with {num_classes} classes; "
+                         f"got other parameter names (missing e.g. {missing[:3]}): it does not match architecture "
+                         f"{arch!r}. Pass --arch with the model's architecture.")
+    try:
+        target.load_state_dict({k: state[k] for k in target.state_dict()})
+    except RuntimeError as exc:
+        raise ModelError(f"Expected {what} to fit {arch!r} with {num_classes} classes; got "
+                         f"{str(exc).splitlines()[0][:200]}. Use the recipe the model was trained with.") from None
+    return model
+
+
 def _load_weights_file(model: TransferNet, path: Path) -> None:
     state = load_state(path)
     # A plain torchvision state dict loads into the wrapped torchvision model (same modules).

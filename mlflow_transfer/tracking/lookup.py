@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +12,13 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 
 from ..errors import ModelError, RunLookupError
 from ..models import TransferNet, build_model, load_state
+from ..models.registry import model_from_state
 from ..tags import TAGS
+from ..validation import check_run_id, contained
 
 MODEL_NAME = "model"           # name of the logged model of every source/target run
 CHECKPOINT_DIR = "checkpoints"  # artifact folder of the per-epoch state dicts
@@ -38,6 +43,7 @@ class SourceRun:
 
 def get_run(run_id: str, client: MlflowClient | None = None):
     """The MLflow run ``run_id``, or a `RunLookupError` that says where it was looked for."""
+    check_run_id(run_id)  # ids come from options and tags: never query with a malformed one
     client = client or MlflowClient()
     try:
         return client.get_run(run_id)
@@ -79,25 +85,127 @@ def resolve_source_run(run_id: str) -> SourceRun:
                      tuple(json.loads(run.data.tags[TAGS.classes])), run.data.tags.get(TAGS.recipe, ""))
 
 
-def load_logged_model(source: SourceRun) -> TransferNet:
-    """Rebuild the source run's architecture and load its logged model's weights into it.
+def load_logged_model(source: SourceRun, *, trust_pickled: bool = False) -> TransferNet:
+    """The source run's logged model, loaded into its architecture (see `load_model_weights`)."""
+    return load_model_weights(source.model_uri, source.arch, len(source.classes), trust_pickled=trust_pickled)
 
-    The logged model is a ``torch.export`` archive (MLflow's pickle-free "pt2" format); its
-    parameters and buffers keep the names of the original module.
-    """
+
+PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+PICKLE_OPTION = "--trust-pickled-models"
+STATE_DICT_FILE = "state_dict.pth"  # what mlflow.pytorch.log_state_dict writes
+
+
+def pickle_allowed(trust_pickled: bool) -> bool:
+    """Whether the user opted in to unpickling models: the CLI option, or MLflow's own variable set
+    explicitly (MLflow's default is true; only an explicit setting counts as a choice)."""
+    return trust_pickled or os.environ.get(PICKLE_ENV, "").strip().lower() in ("true", "1")
+
+
+@contextlib.contextmanager
+def _pickle_env(allowed: bool):
+    # MLflow reads the variable at load time; "false" also makes it check that a pt2 archive
+    # holds no pickled records (torch.export.load alone unpickles them).
+    before = os.environ.get(PICKLE_ENV)
+    os.environ[PICKLE_ENV] = "true" if allowed else "false"
     try:
-        exported = mlflow.pytorch.load_model(source.model_uri)
-    except Exception as exc:
-        raise ModelError(f"cannot load the logged model {source.model_uri} of run {source.run_id}: "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-    model = build_model(source.arch, len(source.classes))
-    state = exported.state_dict()
-    missing = set(model.state_dict()) - set(state)
-    if missing:
-        raise ModelError(f"the logged model of run {source.run_id} does not match {source.arch}: "
-                         f"missing {sorted(missing)[:5]}")
-    model.load_state_dict({k: state[k] for k in model.state_dict()})
-    return model
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PICKLE_ENV, None)
+        else:
+            os.environ[PICKLE_ENV] = before
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+
+
+def _check_ready(model_id: str, uri: str) -> None:
+    try:
+        status = MlflowClient().get_logged_model(model_id).status
+    except MlflowException as exc:
+        raise ModelError(f"Expected {uri} to be a logged model on {mlflow.get_tracking_uri()}; got "
+                         f"{_first_line(exc)}: the URI does not resolve. Check the URI (runs:/<run id>/model "
+                         "or models:/<model id>) and MLFLOW_TRACKING_URI.") from None
+    if str(status) != "READY":
+        # PENDING: still uploading (or its run was killed); FAILED: the upload broke off.
+        raise ModelError(f"Expected the logged model {model_id} ({uri}) to be READY; got status {status}. "
+                         "Wait for its run to finish, or log the model again.")
+
+
+def _refuse_pickle(uri: str, why: str) -> ModelError:
+    return ModelError(f"Expected a pickle-free model (MLflow's pt2 format or a state dict) at {uri}; got "
+                      f"{why}. Unpickling runs any code the file carries, so it is refused by default: "
+                      f"pass {PICKLE_OPTION} (or set {PICKLE_ENV}=true) only for a model you trust.")
+
+
+def _load_module_or_state(local: Path, uri: str, trust_pickled: bool):
+    """A module (pt2, or pickled with the opt-in) or a state dict, from a downloaded model."""
+    if local.is_file():  # a state-dict artifact addressed directly (runs:/<id>/<file>.pt)
+        return load_state(local)
+    if not (local / "MLmodel").is_file():
+        if (local / STATE_DICT_FILE).is_file():
+            return load_state(local / STATE_DICT_FILE)
+        raise ModelError(f"Expected an MLflow model (a folder with an MLmodel file) or a state dict at {uri}; "
+                         f"got a folder holding {sorted(p.name for p in local.iterdir())[:10]}. Log the model "
+                         "with mlflow.pytorch.log_model or mlflow.pytorch.log_state_dict.")
+    try:
+        meta = Model.load(str(local / "MLmodel"))
+        flavor = meta.flavors["pytorch"]
+        data = contained(local, str(flavor["model_data"]), "model data path", ModelError)
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- any malformed MLmodel ends in one message
+        raise ModelError(f"Expected {uri} to be a PyTorch model (an MLmodel file with a pytorch flavor); "
+                         f"got {_first_line(exc)}. Log it with mlflow.pytorch.log_model.") from None
+    allowed = pickle_allowed(trust_pickled)
+    if flavor.get("code") and not allowed:  # code_paths go onto sys.path when MLflow loads the model
+        raise _refuse_pickle(uri, "a model that ships its own Python code (code_paths)")
+    if isinstance(getattr(meta, "model_id", None), str) and meta.model_id not in uri:
+        _check_ready(meta.model_id, uri)
+    exported = data.is_dir() and (data / "model.pt2").is_file() and not (data / "model.pth").exists()
+    if not exported and not allowed:
+        raise _refuse_pickle(uri, "a model saved with serialization_format='pickle'")
+    with _pickle_env(allowed):
+        try:
+            return mlflow.pytorch.load_model(str(local))
+        except MlflowException as exc:
+            if not allowed and "pickle" in str(exc).lower():
+                raise _refuse_pickle(uri, "a pt2 archive that holds pickled records") from None
+            raise
+
+
+def load_model_weights(uri: str, arch: str, num_classes: int, *, trust_pickled: bool = False) -> TransferNet:
+    """The logged model at ``uri`` (``models:/…``, ``runs:/…``), as a fresh ``arch`` holding its weights.
+
+    The one loader of models from a tracking server. By default it reads only pickle-free formats:
+    MLflow's exported ``pt2`` archive (checked by MLflow to hold no pickled record) or a state dict
+    (``torch.load(weights_only=True)``); a pickled model runs code when loaded, so it needs
+    ``trust_pickled`` (``--trust-pickled-models``) or ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true``
+    set explicitly. A logged model must be READY. Only the tensors are kept: the returned model is
+    built from the registry, never the unpickled object.
+
+    Raises:
+        ModelError: unresolvable URI, not READY, pickled without the opt-in, or not fitting ``arch``.
+    """
+    if uri.startswith("models:/m-") and "/" not in uri[len("models:/"):]:
+        _check_ready(uri[len("models:/"):], uri)  # before downloading a half-uploaded model
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        except Exception as exc:  # noqa: BLE001 -- MLflow raises many types for a bad URI
+            raise ModelError(f"model URI {uri!r} does not resolve to a loadable PyTorch model "
+                             f"({_first_line(exc)}); check the URI (runs:/<run id>/model or "
+                             "models:/<name>/<version>) and MLFLOW_TRACKING_URI") from None
+        try:
+            loaded = _load_module_or_state(local, uri, trust_pickled)
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- torch/MLflow raise many types for a corrupt model
+            raise ModelError(f"model URI {uri!r} does not resolve to a loadable PyTorch model "
+                             f"({_first_line(exc)}); log it again with mlflow.pytorch.log_model") from None
+    state = loaded if isinstance(loaded, dict) else dict(loaded.state_dict())
+    return model_from_state(state, arch, num_classes, f"the model at {uri}").eval()
 
 
 def load_checkpoint(run_id: str, epoch: int) -> TransferNet:
