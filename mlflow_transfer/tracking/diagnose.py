@@ -32,11 +32,11 @@ from ..bundle import write_pair_bundle
 from ..config import Recipe, parse_recipe
 from ..diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
 from ..diagnostics.statistics import transferability_score
-from ..errors import DiagnosticsError, ModelError, RunLookupError
-from ..models import TransferNet, build_model
+from ..errors import DiagnosticsError, RecipeError, RunLookupError
+from ..models import TransferNet
 from ..tags import TAGS
 from .bundles import log_bundle
-from .lookup import get_run, logged_model_uri
+from .lookup import get_run, load_model_weights, logged_model_uri
 from .runs import PairData, _run, pair_id, prepare_data
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,12 @@ def _recipe_of(run_id: str) -> Recipe:
         except Exception:
             raise RunLookupError(f"run {run_id} has no recipe.json artifact; pass --recipe to say which "
                                  "data domains to diagnose on") from None
-        return parse_recipe(json.loads(Path(path).read_text()))
+        try:  # an artifact is untrusted input: any malformed file ends in one message
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as exc:
+            raise RecipeError(f"Expected run {run_id}'s recipe.json to be a JSON recipe; got "
+                              f"{type(exc).__name__}: {str(exc)[:160]}. Pass --recipe.") from None
+        return parse_recipe(raw)
 
 
 def _input_shape(uri: str) -> tuple[int, ...] | None:
@@ -85,39 +90,33 @@ def _check_image_size(uri: str, recipe: Recipe) -> None:
                                f"logged for {shape[1]}×{shape[2]} inputs; set data.image_size={shape[1]}")
 
 
-def _model_from_uri(uri: str, arch: str, num_classes: int) -> TransferNet:
-    """Load a logged model (pt2 or any state-dict-bearing module) into the registry architecture."""
-    try:
-        loaded = mlflow.pytorch.load_model(uri)
-    except Exception as exc:
-        raise ModelError(f"model URI {uri!r} does not resolve to a loadable PyTorch model "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the URI "
-                         "(runs:/<run id>/model or models:/<name>/<version>) and MLFLOW_TRACKING_URI") from None
-    state = {k: v for k, v in loaded.state_dict().items()}
-    model = build_model(arch, num_classes)
-    own = model.state_dict()
-    if set(state) >= set(own):
-        target = model
-    elif model.plain is not None and set(state) >= set(model.plain.state_dict()):
-        target = model.plain  # a plain torchvision model logged outside the recipes
-    else:
-        raise ModelError(f"the model at {uri} does not match architecture {arch!r} with {num_classes} "
-                         f"classes (parameter names differ); pass --arch with the model's architecture")
-    try:
-        target.load_state_dict({k: state[k] for k in target.state_dict()})
-    except RuntimeError as exc:
-        raise ModelError(f"the model at {uri} does not fit {arch!r} with {num_classes} classes: "
-                         f"{str(exc).splitlines()[0][:200]}") from None
-    return model.eval()
+def _model_from_uri(uri: str, arch: str, num_classes: int, trust_pickled: bool = False) -> TransferNet:
+    """The logged model at ``uri`` in the registry architecture (pickle-free unless trusted)."""
+    return load_model_weights(uri, arch, num_classes, trust_pickled=trust_pickled)
+
+
+FINISHED_OPTION = "--allow-unfinished"
+
+
+def _check_finished(run, role: str, allow_unfinished: bool) -> None:
+    # A FAILED/KILLED/RUNNING run's model and metrics are whatever was there when it stopped: a
+    # pair made of it must be asked for, not diagnosed by accident.
+    status = run.info.status
+    if status != "FINISHED" and not allow_unfinished:
+        raise RunLookupError(f"Expected the {role} run {run.info.run_id} to have finished; got status {status}. "
+                             f"Diagnose a FINISHED pair, or pass {FINISHED_OPTION} to diagnose it anyway.")
 
 
 def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None = None,
                  source_model_uri: str | None = None, target_model_uri: str | None = None,
-                 recipe: Recipe | None = None, arch: str | None = None) -> ResolvedPair:
+                 recipe: Recipe | None = None, arch: str | None = None, trust_pickled: bool = False,
+                 allow_unfinished: bool = False) -> ResolvedPair:
     """Find the two models and the recipe (data domains) of a pair.
 
     Either a target run (its source found through ``transfer.source_run_id``), an explicit pair of
-    run ids, or two model URIs plus a recipe naming the data domains.
+    run ids, or two model URIs plus a recipe naming the data domains. Runs must be FINISHED unless
+    ``allow_unfinished``; models must be pickle-free unless ``trust_pickled`` (see
+    `load_model_weights`).
     """
     if source_model_uri or target_model_uri:
         if not (source_model_uri and target_model_uri and recipe):
@@ -127,8 +126,9 @@ def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None 
         arch = arch or recipe.model.name
         for uri in (source_model_uri, target_model_uri):
             _check_image_size(uri, recipe)
-        return ResolvedPair(None, None, _model_from_uri(source_model_uri, arch, data_classes),
-                            _model_from_uri(target_model_uri, arch, data_classes), recipe, None)
+        return ResolvedPair(None, None, _model_from_uri(source_model_uri, arch, data_classes, trust_pickled),
+                            _model_from_uri(target_model_uri, arch, data_classes, trust_pickled),
+                            recipe, None)
     if not target_run_id:
         raise DiagnosticsError("say which pair to diagnose: --target-run-id (and optionally "
                                "--source-run-id), or --source-model-uri/--target-model-uri with --recipe")
@@ -138,7 +138,12 @@ def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None 
                              f"{target.data.tags.get(TAGS.role)!r}); pass a run made by `finetune`/`main`, "
                              "or both --source-run-id and --target-run-id")
     source_run_id = source_run_id or target.data.tags.get(TAGS.source_run_id)
-    source = get_run(source_run_id)
+    if not source_run_id:
+        raise RunLookupError(f"Expected target run {target_run_id} to name its source run (tag "
+                             f"{TAGS.source_run_id}); got no such tag. Pass --source-run-id.")
+    source = get_run(source_run_id)  # checks the id: a tag value is untrusted input
+    _check_finished(target, "target", allow_unfinished)
+    _check_finished(source, "source", allow_unfinished)
     models = []
     for run in (source, target):
         uri = logged_model_uri(run)
@@ -161,7 +166,7 @@ def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None 
     for uri, _, _ in models:
         _check_image_size(uri, recipe)
     n_classes = models[1][2] or len(prepare_data(recipe).classes)
-    loaded = [_model_from_uri(uri, a, n_classes) for uri, a, _ in models]
+    loaded = [_model_from_uri(uri, a, n_classes, trust_pickled) for uri, a, _ in models]
     return ResolvedPair(source_run_id, target_run_id, loaded[0], loaded[1], recipe, target.info.experiment_id)
 
 
