@@ -22,6 +22,11 @@ TAGS = SimpleNamespace(
     source_key=PREFIX + "source_key",        # hash of what determines a source run (for reuse)
     code_version=PREFIX + "code_version",    # hash of the package's source files
     version=PREFIX + "version",              # package version (set by the run-context plugin)
+    # Set when a run starts, so a run left RUNNING by a killed process can be told from a live one:
+    host=PREFIX + "host",                    # host name of the process that started the run
+    pid=PREFIX + "pid",                      # its process id
+    process_start=PREFIX + "process_start",  # "<boot id>:<start ticks>": a reused pid is another process
+    stale_reason=PREFIX + "stale_reason",    # why `mlflow-transfer runs --stale --mark-failed` ended it
 )
 
 ROLES = ("pipeline", "source", "target", "diagnostics")

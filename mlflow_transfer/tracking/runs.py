@@ -28,6 +28,7 @@ from ..errors import DataError, RecipeError
 from ..models import TransferNet, build_model, freeze_layers
 from ..training import EpochResult, fit
 from ..plugin import transfer_context
+from .lifecycle import process_tags
 from .lookup import MODEL_NAME, checkpoint_path, load_checkpoint, load_logged_model, \
     logged_model_uri, resolve_source_run
 from ..tags import TAGS
@@ -78,8 +79,9 @@ def _run(role: str, recipe: Recipe, *, nested: bool, name: str, extra_tags: dict
          experiment_id: str | None = None):
     # Attach to the run `mlflow run` created for this entry point, else create one.
     attach = not nested and os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None
+    # process tags: a run its process never closed (SIGKILL) is found again by `runs --stale`
     tags = {TAGS.role: role, TAGS.recipe: recipe.name, TAGS.code_version: code_version(),
-            **(extra_tags or {})}
+            **process_tags(), **(extra_tags or {})}
     with transfer_context(**tags), mlflow.start_run(nested=nested, run_name=None if attach else name,
                                                     experiment_id=None if attach else experiment_id) as run:
         mlflow.set_tags({TAGS.version: __version__, **tags})
@@ -151,11 +153,12 @@ def train_source(recipe: Recipe, *, data: PairData | None = None, nested: bool =
 
 
 def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None, nested: bool = False,
-             source_epoch: int | None = None, pair_tag: bool = True) -> str:
+             source_epoch: int | None = None, pair_tag: bool = True, trust_pickled: bool = False) -> str:
     """Fine-tune the source run's model on the target domain; returns the target run id.
 
     Args:
         source_epoch: start from that epoch's checkpoint of the source run instead of its final model.
+        trust_pickled: allow a source model logged in pickle format (it runs code when loaded).
     """
     source = resolve_source_run(source_run_id)
     data = data or prepare_data(recipe)
@@ -165,7 +168,8 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
     if source.arch != recipe.model.name:
         raise RecipeError(f"`model.name` is {recipe.model.name!r} but source run {source_run_id} "
                           f"trained {source.arch!r}; use the same architecture")
-    model = load_logged_model(source) if source_epoch is None else load_checkpoint(source_run_id, source_epoch)
+    model = (load_logged_model(source, trust_pickled=trust_pickled) if source_epoch is None
+             else load_checkpoint(source_run_id, source_epoch))
     extra = {TAGS.source_run_id: source_run_id}
     with _run("target", recipe, nested=nested, name=f"{recipe.name}-target", extra_tags=extra) as run:
         _log_recipe(recipe, data)
@@ -209,20 +213,20 @@ class PipelineResult:
 
 
 def run_pipeline(recipe: Recipe, *, diagnose_options=None, per_class_cap: int | None = 10,
-                 report_writer=None) -> PipelineResult:
+                 report_writer=None, trust_pickled: bool = False) -> PipelineResult:
     """``main``: source run (reused when an identical one finished before), then the target run.
 
     Both are nested under a ``pipeline`` run (the one ``mlflow run`` created, when it did). With
     ``diagnose_options`` (a `DiagnoseOptions`), the pair is diagnosed right after, ``per_class_cap``
     instances per class, domain and split, and ``report_writer`` (see `diagnose`) adds its
-    ``report.html``.
+    ``report.html``. ``trust_pickled``: allow pickled logged models (see `load_model_weights`).
     """
     data = prepare_data(recipe)
     with _run("pipeline", recipe, nested=False, name=f"{recipe.name}-pipeline") as parent:
         reused = find_reusable_source(recipe, parent.info.experiment_id)
         source_id = reused or train_source(recipe, data=data, nested=True)
         mlflow.set_tag(TAGS.source_run_id, source_id)
-        target_id = finetune(recipe, source_id, data=data, nested=True)
+        target_id = finetune(recipe, source_id, data=data, nested=True, trust_pickled=trust_pickled)
         pid = pair_id(recipe, source_id, target_id)
         mlflow.set_tags({TAGS.pair_id: pid, TAGS.target_run_id: target_id,
                          TAGS.source_reused: str(bool(reused)).lower()})
@@ -231,7 +235,8 @@ def run_pipeline(recipe: Recipe, *, diagnose_options=None, per_class_cap: int | 
             from .diagnose import diagnose
 
             diag_id = diagnose(target_run_id=target_id, recipe=recipe, options=diagnose_options,
-                               per_class_cap=per_class_cap, nested=True, report_writer=report_writer)
+                               per_class_cap=per_class_cap, nested=True, report_writer=report_writer,
+                               trust_pickled=trust_pickled)
             mlflow.set_tag(TAGS.diagnostics_run_id, diag_id)
         return PipelineResult(parent.info.run_id, source_id, target_id, bool(reused), pid, diag_id)
 
