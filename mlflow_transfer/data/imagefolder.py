@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -79,11 +80,28 @@ class _ImageFolder(datasets.ImageFolder):
         return classes, {c: i for i, c in enumerate(classes)}
 
 
+def _open_checked(path: str) -> Image.Image:
+    """``Image.open(path)`` (lazy: reads the header), refusing a file that is no image or whose
+    declared size exceeds ``Image.MAX_IMAGE_PIXELS`` (a small file can declare billions of pixels and
+    take all memory when decoded; PIL only warns up to twice the limit)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise DataError(f"imagefolder: Expected images of at most {Image.MAX_IMAGE_PIXELS} pixels; got {path} "
+                        f"({exc}). Replace or delete the file: it could be a decompression bomb.") from None
+    except OSError as exc:
+        raise DataError(f"imagefolder: cannot read image {path} ({str(exc).splitlines()[0][:160]}); "
+                        "replace or delete the file") from None
+
+
 def _load_rgb(path: str) -> Image.Image:
     # Images are opened lazily during training; say which file is broken instead of a bare PIL error.
+    image = _open_checked(path)
     try:
-        with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
-    except OSError as exc:
-        raise DataError(f"imagefolder: cannot read image {path} ({exc}); "
-                        "replace or delete the file") from exc
+        with image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's decoders raise these for damaged data
+        raise DataError(f"imagefolder: cannot read image {path} ({str(exc).splitlines()[0][:160]}); "
+                        "replace or delete the file") from None
