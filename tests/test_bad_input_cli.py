@@ -1,0 +1,371 @@
+"""Untrusted input at the command line and in the tracking store: pickled logged models, malformed run
+ids, hostile recipes and images, unfinished runs, and runs left RUNNING by a killed process.
+
+Each bad input must end in one `mlflow-transfer: error:` line (a `TransferError`), exit status 2 and no
+run left RUNNING. Real sqlite stores and real `mlflow-transfer` subprocesses throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from mlflow_transfer.config import Recipe, load_recipe
+from mlflow_transfer.errors import ModelError, RecipeError, RunLookupError
+from mlflow_transfer.models import build_model
+from mlflow_transfer.tags import TAGS
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+BIN = Path(sys.executable).parent
+TINY = ("data.source.size=100,data.per_class_cap=12,source.epochs=1,target.epochs=1,"
+        "source.batch_size=32,target.batch_size=32")
+CLASSES = json.dumps([str(d) for d in range(10)])
+
+sys.path.insert(0, str(TESTS))  # `helpers.pickled_model` must import by that name, here and in subprocesses
+from helpers.pickled_model import MarkerNet  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
+                   "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"):
+        env.pop(leaked, None)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("bad-input")
+    yield tmp_path, env
+    mlflow.set_tracking_uri(previous)
+
+
+def _cli(env, *args, timeout=300):
+    return subprocess.run([str(BIN / "mlflow-transfer"), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _runs():
+    return mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def _one_error(proc, *fragments):
+    """Exit 2, exactly one error line holding every fragment, no traceback, no run left RUNNING."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mlflow-transfer: error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    assert "Traceback" not in proc.stderr
+    assert [r.info.run_id for r in _runs() if r.info.status == "RUNNING"] == []
+    return errors[0]
+
+
+# --------------------------------------------------------------------------- pickled logged models
+
+
+def _pickled_source_run(marker: Path) -> tuple[str, str]:
+    """A run that looks like a finished source run, whose logged model is pickled and hostile."""
+    with mlflow.start_run() as run:
+        mlflow.set_tags({TAGS.role: "source", TAGS.model: "alexnet-32", TAGS.classes: CLASSES,
+                         TAGS.recipe: "digits"})
+        uri = mlflow.pytorch.log_model(MarkerNet(marker), name="model", serialization_format="pickle").model_uri
+    marker.unlink(missing_ok=True)  # MLflow itself may reload the model while logging it
+    return run.info.run_id, uri
+
+
+def test_finetune_refuses_a_pickled_source_model_unless_trusted(store):
+    tmp, env = store
+    marker = tmp / "unpickled"
+    run_id, _ = _pickled_source_run(marker)
+    proc = _cli(env, "finetune", "--source-run-id", run_id, "--set", TINY)
+    _one_error(proc, "serialization_format='pickle'", "--trust-pickled-models",
+               "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true")
+    assert not marker.exists()  # refused before anything was unpickled
+    assert [r.data.tags.get(TAGS.role) for r in _runs()] == ["source"]  # no target run was started
+
+    proc = _cli(env, "finetune", "--source-run-id", run_id, "--set", TINY, "--trust-pickled-models")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.exists()
+    target = [r for r in _runs() if r.data.tags.get(TAGS.role) == "target"]
+    assert len(target) == 1 and target[0].info.status == "FINISHED"
+
+
+def test_diagnose_refuses_pickled_model_uris_unless_trusted(store, monkeypatch):
+    from mlflow_transfer.tracking.diagnose import resolve_pair
+
+    tmp, env = store
+    marker = tmp / "unpickled"
+    _, uri = _pickled_source_run(marker)
+    proc = _cli(env, "diagnose", "--source-model-uri", uri, "--target-model-uri", uri,
+                "--recipe", "recipes/digits.yaml", "--set", TINY)
+    _one_error(proc, f"at {uri}", "--trust-pickled-models")
+    assert not marker.exists()
+
+    recipe = load_recipe(REPO / "recipes/digits.yaml", TINY.split(","))
+    with pytest.raises(ModelError, match="--trust-pickled-models"):  # MLflow's own default (true) is no opt-in
+        resolve_pair(source_model_uri=uri, target_model_uri=uri, recipe=recipe)
+    assert not marker.exists()
+    pair = resolve_pair(source_model_uri=uri, target_model_uri=uri, recipe=recipe, trust_pickled=True)
+    assert marker.exists() and pair.source_model.arch == "alexnet-32"
+    marker.unlink()
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # MLflow's variable, set explicitly
+    resolve_pair(source_model_uri=uri, target_model_uri=uri, recipe=recipe)
+    assert marker.exists()
+
+
+def test_a_logged_model_that_is_not_ready_is_refused(store):
+    from mlflow_transfer.tracking.lookup import load_model_weights
+
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(build_model("alexnet-32", 10).eval(), name="model",
+                                        input_example=torch.rand(2, 3, 32, 32).numpy())
+    assert load_model_weights(info.model_uri, "alexnet-32", 10).arch == "alexnet-32"  # pt2: loads by default
+    MlflowClient().finalize_logged_model(info.model_id, "FAILED")  # e.g. its upload broke off
+    with pytest.raises(ModelError, match=r"to be READY; got status FAILED"):
+        load_model_weights(info.model_uri, "alexnet-32", 10)
+
+
+# --------------------------------------------------------------------------- run ids at the boundary
+
+
+@pytest.mark.parametrize("args, option", [
+    (["diagnose", "--target-run-id", "../x"], "--target-run-id"),
+    (["diagnose", "--target-run-id", "abc", "--source-run-id", "a b"], "--source-run-id"),
+    (["finetune", "--source-run-id", "../../etc/passwd"], "--source-run-id"),
+    (["finetune", "--source-run-id", "abc\x1b[2J"], "--source-run-id"),
+])
+def test_malformed_run_ids_are_refused_before_any_lookup(store, args, option):
+    _, env = store
+    line = _one_error(_cli(env, *args), f"Expected a {option} value of letters, digits")
+    assert "\x1b" not in line  # a control character in the input never reaches the terminal raw
+
+
+def test_run_ids_from_tags_are_checked_too(store):
+    from mlflow_transfer.tracking.diagnose import resolve_pair
+    from mlflow_transfer.tracking.lookup import get_run
+
+    with pytest.raises(RunLookupError, match="Expected a run id"):
+        get_run("../../mlruns")
+    with mlflow.start_run() as target:
+        mlflow.set_tags({TAGS.role: "target", TAGS.source_run_id: "../0/meta"})
+    with pytest.raises(RunLookupError, match=r"Expected a run id .*got '\.\./0/meta'"):
+        resolve_pair(target_run_id=target.info.run_id)
+
+
+# --------------------------------------------------------------------------- hostile recipes
+
+
+def _bomb_yaml() -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):  # 10**9 strings once expanded
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    return "name: bomb\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"\xff\xd8\xff\xe0 JFIF not a recipe", "to be UTF-8 text; got byte 0xff"),
+    (b"name: x\n\x00\x01\x02", "a NUL byte"),
+    (b"- source\n- target\n", "to hold a YAML mapping of keys to values; got a list"),
+    (_bomb_yaml().encode(), "small YAML document"),
+    (("x: " + "[" * 5000 + "]" * 5000 + "\n").encode(), "small YAML document"),
+    (b"name: x\ndata: {source: [unclosed\n", "to be valid YAML; got"),
+])
+def test_hostile_recipe_files_are_one_clear_error(store, content, fragment):
+    tmp, env = store
+    path = tmp / "recipe.yaml"
+    path.write_bytes(content)
+    t0 = time.monotonic()
+    _one_error(_cli(env, "train-source", "--recipe", str(path), timeout=120), str(path), fragment)
+    assert time.monotonic() - t0 < 60  # the bomb is refused, not expanded
+
+
+def test_a_huge_recipe_file_is_refused(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_bytes(b"# " + b"x" * (2 << 20) + b"\nname: x\n")
+    with pytest.raises(RecipeError, match="small YAML file"):
+        load_recipe(path)
+
+
+def _float_keys(cls=Recipe, prefix=""):
+    import dataclasses
+    import typing
+
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        hint = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        if dataclasses.is_dataclass(hint):
+            yield from _float_keys(hint, f"{prefix}{f.name}.")
+        elif hint is float:
+            yield f"{prefix}{f.name}"
+
+
+FLOAT_KEYS = sorted(_float_keys())
+
+
+@pytest.mark.parametrize("value", ["nan", ".nan", "inf", "-inf", ".inf", "1e999"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_non_finite_floats_are_refused_for_every_float_key(key, value):
+    with pytest.raises(RecipeError, match=rf"Expected `{key}` to be a finite number"):
+        load_recipe(REPO / "recipes/digits.yaml", [f"{key}={value}"])
+
+
+def test_nan_learning_rate_from_the_command_line(store):
+    assert {"source.lr", "target.momentum", "data.val_fraction"} <= set(FLOAT_KEYS)  # the walk above works
+    _, env = store
+    _one_error(_cli(env, "train-source", "--set", "source.lr=nan"), "Expected `source.lr` to be a finite number")
+    assert _runs() == []
+
+
+# --------------------------------------------------------------------------- hostile images
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A valid-looking PNG of a few hundred bytes that declares width × height RGB pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+            + chunk(b"IEND", b""))
+
+
+def _imagefolder_recipe(tmp: Path, bad: bytes) -> Path:
+    from PIL import Image
+
+    for domain in ("a", "b"):
+        for cls in ("cat", "dog"):
+            (tmp / "imgs" / domain / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(tmp / "imgs" / domain / cls / f"{i}.png")
+    (tmp / "imgs" / "a" / "dog" / "bomb.png").write_bytes(bad)
+    recipe = tmp / "folders.yaml"
+    recipe.write_text(f"name: folders\ndata:\n  source: {{name: imagefolder, root: {tmp / 'imgs'}, subset: a}}\n"
+                      f"  target: {{name: imagefolder, root: {tmp / 'imgs'}, subset: b}}\n"
+                      "source: {epochs: 1, batch_size: 4}\ntarget: {epochs: 1, batch_size: 4}\n")
+    return recipe
+
+
+@pytest.mark.parametrize("width", [100_000, 13_000])  # above 2x MAX_IMAGE_PIXELS (PIL errors), above 1x (PIL warns)
+def test_decompression_bomb_image_is_a_data_error_naming_the_file(store, width):
+    tmp, env = store
+    recipe = _imagefolder_recipe(tmp, _png_header_only(width, width))
+    _one_error(_cli(env, "train-source", "--recipe", str(recipe)), "bomb.png", "decompression bomb")
+    assert [r.info.status for r in _runs()] == ["FAILED"]  # the source run that met it
+
+
+# --------------------------------------------------------------------------- unfinished runs
+
+
+def _model_run(role: str, **tags) -> str:
+    with mlflow.start_run() as run:
+        mlflow.set_tags({TAGS.role: role, TAGS.model: "alexnet-32", TAGS.classes: CLASSES, **tags})
+        mlflow.pytorch.log_model(build_model("alexnet-32", 10).eval(), name="model",
+                                 input_example=torch.rand(2, 3, 32, 32).numpy())
+    return run.info.run_id
+
+
+def test_diagnose_refuses_a_pair_with_an_unfinished_run(store):
+    from mlflow_transfer.tracking.diagnose import resolve_pair
+
+    _, env = store
+    source = _model_run("source")
+    target = _model_run("target", **{TAGS.source_run_id: source})
+    MlflowClient().set_terminated(target, "FAILED")
+    _one_error(_cli(env, "diagnose", "--target-run-id", target, "--recipe", "recipes/digits.yaml", "--set", TINY),
+               f"target run {target}", "got status FAILED", "--allow-unfinished")
+    MlflowClient().set_terminated(target, "FINISHED")
+    MlflowClient().set_terminated(source, "KILLED")
+    recipe = load_recipe(REPO / "recipes/digits.yaml", TINY.split(","))
+    with pytest.raises(RunLookupError, match=r"source run .* got status KILLED.*--allow-unfinished"):
+        resolve_pair(target_run_id=target, recipe=recipe)
+    pair = resolve_pair(target_run_id=target, recipe=recipe, allow_unfinished=True)
+    assert pair.source_run_id == source
+
+
+def test_mlproject_diagnose_passes_allow_unfinished(store):
+    tmp, env = store
+    source = _model_run("source")
+    target = _model_run("target", **{TAGS.source_run_id: source})
+    MlflowClient().set_terminated(target, "FAILED")
+    proc = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", "diagnose",
+                           "--experiment-name", "bad-input", "-P", f"target_run_id={target}",
+                           "-P", "allow_unfinished=false"],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "got status FAILED. Diagnose a FINISHED pair, or pass --allow-unfinished" in proc.stderr
+
+
+# --------------------------------------------------------------------------- runs left RUNNING
+
+
+def test_a_killed_training_is_found_and_marked_failed(store):
+    from mlflow_transfer.plugin import transfer_context
+    from mlflow_transfer.tracking.lifecycle import process_tags
+
+    tmp, env = store
+    proc = subprocess.Popen([str(BIN / "mlflow-transfer"), "train-source", "--experiment-name", "bad-input",
+                             "--set", TINY + ",source.epochs=200"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, killed = time.time() + 240, None
+    while time.time() < deadline and killed is None:
+        time.sleep(1)
+        killed = next((r for r in _runs() if r.info.status == "RUNNING" and TAGS.pid in r.data.tags), None)
+    assert killed is not None, "the training never started its run"
+    proc.send_signal(signal.SIGKILL)  # no handler runs: the run stays RUNNING
+    proc.wait(timeout=60)
+    assert MlflowClient().get_run(killed.info.run_id).info.status == "RUNNING"
+    assert killed.data.tags[TAGS.pid] == str(proc.pid)
+
+    with transfer_context(**{TAGS.role: "source", **process_tags()}), mlflow.start_run() as live:
+        listed = _cli(env, "runs", "--stale")
+        everything = _cli(env, "runs")
+        marked = _cli(env, "runs", "--stale", "--mark-failed")
+        assert MlflowClient().get_run(live.info.run_id).info.status == "RUNNING"
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert killed.info.run_id in listed.stdout and f"its process {proc.pid}" in listed.stdout
+    assert "source" in listed.stdout and "1 run(s) stale" in listed.stdout
+    assert live.info.run_id not in listed.stdout  # alive: this very process
+    assert live.info.run_id in everything.stdout and "live" in everything.stdout
+    assert marked.returncode == 0 and "1 run(s) marked FAILED" in marked.stdout, marked.stderr[-2000:]
+    after = MlflowClient().get_run(killed.info.run_id)
+    assert after.info.status == "FAILED" and after.info.end_time is not None
+    assert "is gone" in after.data.tags[TAGS.stale_reason]
+    assert MlflowClient().get_run(live.info.run_id).info.status == "FINISHED"
+
+
+def test_runs_of_other_hosts_are_stale_only_after_older_than(store):
+    from mlflow_transfer.tracking.lifecycle import find_stale_runs
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("bad-input").experiment_id
+    hours_ago = lambda h: int((time.time() - h * 3600) * 1000)  # noqa: E731
+    old = client.create_run(experiment, start_time=hours_ago(30),
+                            tags={TAGS.role: "target", TAGS.host: "elsewhere", TAGS.pid: "1"}).info.run_id
+    recent = client.create_run(experiment, start_time=hours_ago(2),
+                               tags={TAGS.role: "target", TAGS.host: "elsewhere", TAGS.pid: "1"}).info.run_id
+    untagged = client.create_run(experiment, start_time=hours_ago(30), tags={TAGS.role: "source"}).info.run_id
+    foreign = client.create_run(experiment, start_time=hours_ago(30)).info.run_id  # not ours: never touched
+    stale = {r.run_id: r.reason for r in find_stale_runs(experiment_name="bad-input", older_than_hours=24)}
+    assert set(stale) == {old, untagged}
+    assert "on host elsewhere" in stale[old] and "no process tags" in stale[untagged]
+    assert {r.run_id for r in find_stale_runs(older_than_hours=1)} == {old, recent, untagged}
+    assert foreign not in {r.run_id for r in find_stale_runs(older_than_hours=0)}
+    with pytest.raises(RunLookupError, match="Expected an experiment named 'nope'"):
+        find_stale_runs(experiment_name="nope")
