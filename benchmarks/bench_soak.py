@@ -160,25 +160,30 @@ def main() -> None:
     uri = make_store(args.store)
     port = _port()
     url = f"http://127.0.0.1:{port}/"
-    server = subprocess.Popen([str(BIN / "mlflow-transfer"), "ui", "--port", str(port), "--tracking-uri", uri],
-                              cwd=args.store, env=_env(args.store), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server_log = args.store / "server.log"  # the server's stderr: one line per session opened / closed
+    with server_log.open("w") as log:
+        server = subprocess.Popen([str(BIN / "mlflow-transfer"), "ui", "--port", str(port), "--tracking-uri", uri],
+                                  cwd=args.store, env=_env(args.store), stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_up(url + "liveness", server)
         pid = server.pid
         curve = [("server up, no session", rss_mb(pid), 0.0)]
         marks = {1, 20, 50, 100, *range(200, args.loads + 1, 100), args.loads}
-        t0 = time.time()
+        t0, cpu0 = time.time(), cpu_s(pid)
         loads, n, failed = asyncio.run(soak(url, pid, args, marks))
         curve += loads
-        busy = time.time() - t0
+        busy, cpu = time.time() - t0, cpu_s(pid) - cpu0
         print(f"{n} page loads ({failed} failed), {args.parallel} at a time, in {busy:.0f} s "
-              f"({busy / max(n, 1):.2f} s per load); server CPU {cpu_s(pid):.0f} s so far")
+              f"({busy / max(n, 1):.2f} s per load); server CPU {cpu:.0f} s ({cpu / max(n, 1):.2f} s per load)")
         idle_start = time.time()
         step = 15
         while (waited := time.time() - idle_start) < args.idle:
             time.sleep(min(step, args.idle - waited))
             curve.append((f"idle {time.time() - idle_start:.0f} s", rss_mb(pid), time.time() - t0))
+        text = server_log.read_text()
+        print(f"server log: {text.count('session opened')} sessions built, {text.count('session closed')} "
+              f"destroyed (a build per page load, plus one per page whose websocket came after its session "
+              f"was dropped; the server before issue 9 logged neither)")
         print("\n  RSS of the app server (MB)")
         for label, mb, t in curve:
             print(f"  {label:<24} {mb:8.0f}   (t = {t:5.0f} s)")

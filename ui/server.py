@@ -29,6 +29,7 @@ import ipaddress
 import logging
 import socket
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -41,11 +42,16 @@ from .readers import PairSource
 __all__ = ["FRAMING_HEADERS", "FramingHeaders", "make_server", "own_origins", "serve", "start_params"]
 
 FRAMING_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
-# A closed tab's session is destroyed 3–5 s later. Bokeh counts a session as unused only while no
-# websocket is connected, and a page opens its websocket well under a second after the page request.
-UNUSED_SESSION_LIFETIME_MS = 3_000
+# A closed tab's session is destroyed 5–7 s later. Bokeh counts a session as unused while no websocket
+# is connected, which includes the time between the page request (which builds the session) and the
+# page's websocket, a second or two on a busy machine; a page that connects later still works (Bokeh
+# builds the session again from its token), at the cost of a second build.
+UNUSED_SESSION_LIFETIME_MS = 5_000
 CHECK_UNUSED_SESSIONS_MS = 2_000
-_RELEASE_DELAY_S = 2.0  # one collection for the sessions destroyed in a burst, not one per session
+# A full collection takes ≈ 0.4 s here (the app's libraries hold ~700,000 objects): one for the sessions
+# destroyed in a burst, and at most one per interval while sessions keep closing.
+_RELEASE_DELAY_S = 2.0
+_RELEASE_INTERVAL_S = 30.0
 _WILDCARD_BINDS = ("", "0.0.0.0", "::")
 log = logging.getLogger(__name__)
 
@@ -132,6 +138,7 @@ class _Sessions:
     def __init__(self, source: PairSource, params: dict):
         self.source, self.params = source, params
         self._release_pending = False
+        self._released_at = 0.0
         self.live = 0  # sessions built and not yet destroyed (tests and benchmarks read it)
 
     def open(self):
@@ -179,9 +186,11 @@ class _Sessions:
 
         def release():
             self._release_pending = False
+            self._released_at = time.monotonic()
             _release_memory()
 
-        IOLoop.current().call_later(_RELEASE_DELAY_S, release)
+        wait = max(_RELEASE_DELAY_S, self._released_at + _RELEASE_INTERVAL_S - time.monotonic())
+        IOLoop.current().call_later(wait, release)
 
 
 def start_params(source: PairSource, experiment_name: str = "", pair: str = "",
