@@ -157,6 +157,8 @@ def test_a_wildcard_bind_lists_the_machines_names_on_its_port_never_any_origin()
     assert {"127.0.0.1:8123", "localhost:8123", f"{socket.gethostname().lower()}:8123"} <= set(origins)
     assert all(o.endswith(":8123") for o in origins)
     assert own_origins("::1", 5006) == ["[::1]:5006", "localhost:5006"]
+    assert own_origins("localhost", 5006) == ["127.0.0.1:5006", "[::1]:5006", "localhost:5006"]
+    assert own_origins("10.1.2.3", 5006) == ["10.1.2.3:5006"]
 
 
 def test_the_shared_reprojection_cache_is_bounded_in_bytes(tiny_bundle, monkeypatch):

@@ -53,6 +53,8 @@ CHECK_UNUSED_SESSIONS_MS = 2_000
 _RELEASE_DELAY_S = 2.0
 _RELEASE_INTERVAL_S = 30.0
 _WILDCARD_BINDS = ("", "0.0.0.0", "::")
+_LOOPBACK = {"127.0.0.1": {"127.0.0.1", "localhost"}, "::1": {"::1", "localhost"},
+             "localhost": {"localhost", "127.0.0.1", "::1"}}  # bind address → names a browser reaches it by
 log = logging.getLogger(__name__)
 
 
@@ -90,8 +92,8 @@ def own_origins(host: str, port: int) -> list[str]:
                 names.update(info[4][0] for info in socket.getaddrinfo(each, None))
             except OSError:  # a name that does not resolve is still a name a browser may use
                 pass
-    elif host in ("localhost", "127.0.0.1", "::1"):
-        names = {"localhost", host}
+    elif host in _LOOPBACK:
+        names = _LOOPBACK[host]
     else:
         names = {host}
     return sorted(f"{_origin_host(n)}:{port}" for n in names if n)
@@ -158,8 +160,9 @@ class _Sessions:
         return app
 
     def _forget(self, app, location) -> None:
-        """Drop the session's watchers on its state and its URL sync: nothing reachable from the
-        shared source or a cache may keep the session's views (and their data) alive."""
+        """Drop the session's URL sync and every watcher on its state: the session's views then hang
+        off nothing but the discarded document, so the next collection frees them, even if something
+        long-lived still holds the state."""
         self.live -= 1
         log.info("session closed (%d open)", self.live)
         state = getattr(app, "state", None)
@@ -174,7 +177,6 @@ class _Sessions:
                     for w in list(watchers):
                         state.param.unwatch(w)
             app.state = None
-        app.objects = []
         self._schedule_release()
 
     def _schedule_release(self) -> None:
@@ -249,5 +251,5 @@ def serve(tracking_uri: str | None = None, *, host: str = "127.0.0.1", port: int
     server = make_server(source, host=host, port=port, params=start_params(source, experiment_name, pair, say))
     shown = _origin_host(host) if host not in _WILDCARD_BINDS else host or "0.0.0.0"
     say(f"mlflow-transfer ui: http://{shown}:{server.port}/ over {source.uri} (Ctrl-C stops it)")
-    server.start()
+    server.start()  # Bokeh's periodic jobs: destroying unused sessions, websocket keep-alive pings
     server.io_loop.start()
