@@ -142,6 +142,26 @@ def test_a_logged_model_that_is_not_ready_is_refused(store):
         load_model_weights(info.model_uri, "alexnet-32", 10)
 
 
+@pytest.mark.parametrize("uri, fragment", [
+    ("/etc", "Expected a model URI of the form"),
+    ("file:///", "Expected a model URI of the form"),
+    ("runs:/../x/model", "Expected a run id in the model URI"),
+    ("runs:/abc/../../../etc", "Expected a run-relative model path in the model URI"),
+    ("models:/../m-1", "Expected a model name or id in the model URI"),
+])
+def test_model_uris_must_name_a_model_on_the_server(store, uri, fragment):
+    from mlflow_transfer.tracking.lookup import load_model_weights
+
+    with pytest.raises(ModelError, match=fragment):
+        load_model_weights(uri, "alexnet-32", 10)
+
+
+def test_diagnose_refuses_a_local_path_as_model_uri(store):
+    _, env = store
+    _one_error(_cli(env, "diagnose", "--source-model-uri", "/", "--target-model-uri", "/",
+                    "--recipe", "recipes/digits.yaml"), "Expected a model URI of the form", "got '/'")
+
+
 # --------------------------------------------------------------------------- run ids at the boundary
 
 

@@ -36,7 +36,7 @@ from ..errors import DiagnosticsError, RecipeError, RunLookupError
 from ..models import TransferNet
 from ..tags import TAGS
 from .bundles import log_bundle
-from .lookup import get_run, load_model_weights, logged_model_uri
+from .lookup import check_model_uri, get_run, load_model_weights, logged_model_uri
 from .runs import PairData, _run, pair_id, prepare_data
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,8 @@ def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None 
         if not (source_model_uri and target_model_uri and recipe):
             raise DiagnosticsError("diagnosing model URIs needs --source-model-uri, --target-model-uri "
                                    "and --recipe (which names the two data domains)")
+        check_model_uri(source_model_uri)  # before anything reads from them
+        check_model_uri(target_model_uri)
         data_classes = len(prepare_data(recipe).classes)
         arch = arch or recipe.model.name
         for uri in (source_model_uri, target_model_uri):

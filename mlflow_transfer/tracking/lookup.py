@@ -18,7 +18,7 @@ from ..errors import ModelError, RunLookupError
 from ..models import TransferNet, build_model, load_state
 from ..models.registry import model_from_state
 from ..tags import TAGS
-from ..validation import check_run_id, contained
+from ..validation import check_relative_path, check_run_id, contained
 
 MODEL_NAME = "model"           # name of the logged model of every source/target run
 CHECKPOINT_DIR = "checkpoints"  # artifact folder of the per-epoch state dicts
@@ -175,6 +175,22 @@ def _load_module_or_state(local: Path, uri: str, trust_pickled: bool):
             raise
 
 
+def check_model_uri(uri: str) -> str:
+    """``uri`` if it names a model on the tracking server (``runs:/<run id>/<path>`` or ``models:/…``)
+    with a well-formed run id and no ``..``; else `ModelError`. Other schemes and local paths are
+    refused: downloading ``file:///`` or ``/`` would copy whatever the path names."""
+    if isinstance(uri, str) and uri.startswith("runs:/"):
+        run_id, _, path = uri[len("runs:/"):].partition("/")
+        check_run_id(run_id, "run id in the model URI", ModelError)
+        check_relative_path(path, "run-relative model path in the model URI", ModelError)
+        return uri
+    if isinstance(uri, str) and uri.startswith("models:/") and len(uri) > len("models:/"):
+        check_relative_path(uri[len("models:/"):], "model name or id in the model URI", ModelError)
+        return uri
+    raise ModelError(f"Expected a model URI of the form runs:/<run id>/<artifact path> or models:/<model id> "
+                     f"(or models:/<name>/<version>); got {uri!r}. Copy it from `mlflow ui`.")
+
+
 def load_model_weights(uri: str, arch: str, num_classes: int, *, trust_pickled: bool = False) -> TransferNet:
     """The logged model at ``uri`` (``models:/…``, ``runs:/…``), as a fresh ``arch`` holding its weights.
 
@@ -188,6 +204,7 @@ def load_model_weights(uri: str, arch: str, num_classes: int, *, trust_pickled: 
     Raises:
         ModelError: unresolvable URI, not READY, pickled without the opt-in, or not fitting ``arch``.
     """
+    check_model_uri(uri)
     if uri.startswith("models:/m-") and "/" not in uri[len("models:/"):]:
         _check_ready(uri[len("models:/"):], uri)  # before downloading a half-uploaded model
     with tempfile.TemporaryDirectory() as tmp:
