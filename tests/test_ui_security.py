@@ -280,12 +280,15 @@ def _corrupt(bundle_dir: Path, rel: str, data: bytes = b"PAR1 this is not a parq
 
 
 def test_an_unreadable_bundle_file_is_an_error_pane_in_its_tab(hostile_bundle, tmp_path):
-    """A Parquet file that is garbage (its hash updated, so the bundle opens) fails the tab that reads
-    it: that tab shows the escaped message with the fix, nothing escapes, the other tabs work."""
+    """A Parquet or .npy file that is garbage (its hash updated, so the bundle opens) fails the view that
+    reads it: that view shows the escaped message with the fix, nothing escapes, the other tabs work
+    (before, a corrupt similarity file read as "this class has no similarity data")."""
     broken = tmp_path / "broken"
     shutil.copytree(hostile_bundle, broken)
-    for rel in ("statistics/history.parquet", "instances/table.parquet"):
-        _corrupt(broken, rel)
+    similarity = f"similarity/c0/{PairBundle.open(hostile_bundle).layers[0]}.npy"  # the network view's first class
+    for rel, data in (("statistics/history.parquet", b"PAR1 not parquet PAR1"),
+                      ("instances/table.parquet", b"PAR1 not parquet PAR1"), (similarity, b"\x93NUMPY garbage")):
+        _corrupt(broken, rel, data)
     target = "0123456789abcdef0123456789abcdef"
     state = AppState(MemorySource({"1": "e"}, {"1": [_row("b1", target_run_id=target)]}, {"b1": broken}))
     assert state.bundle is not None and state.error == "" and not state.loading
@@ -294,8 +297,9 @@ def test_an_unreadable_bundle_file_is_an_error_pane_in_its_tab(hostile_bundle, t
         assert isinstance(tab, pn.pane.Alert) and tab.name == "view-error"
         assert rel in tab.object and f"mlflow-transfer diagnose --target-run-id {target}" in tab.object
         assert not [b for t in _sent_html(tab) for b in _dangerous(t)]
-    for tab in (network, features):
-        assert not _alerts(tab)
+    shown = " ".join(_sent_html(network))  # the figure's part of the network tab is the error pane
+    assert _alerts(network) and similarity in shown and "no neuron similarity data" not in shown
+    assert not _alerts(features)
     app = build_app(MemorySource({"1": "e"}, {"1": [_row("b1")]}, {"b1": broken}), sync_url=False)
     assert any("statistics/history.parquet" in t for t in _sent_html(app))  # the app's own tab, built lazily
 

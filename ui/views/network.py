@@ -235,6 +235,9 @@ def zigzag_data(bundle: PairBundle, cls: str, layer_from: int, layer_to: int, *,
     Returns:
         A :class:`ZigZag`; its ``message`` says why nothing is drawn (unknown class, no similarity
         data for the class, a bundle without layers).
+
+    Raises:
+        mlflow_transfer.errors.BundleError: a similarity or weight file of the class cannot be read.
     """
     layers_all = bundle.layers
     if cls not in bundle.classes:
@@ -244,12 +247,11 @@ def zigzag_data(bundle: PairBundle, cls: str, layer_from: int, layer_to: int, *,
     last = len(layers_all) - 1
     lo, hi = sorted((max(0, min(int(layer_from), last)), max(0, min(int(layer_to), last))))
     layers = layers_all[lo:hi + 1]
-    try:
-        sims = [bundle.similarity(cls, layer) for layer in layers]
-    except BundleError:
+    if cls not in bundle.compared_classes:
         return ZigZag(cls, layers, message=(
             f"Class '{cls}' has no neuron similarity data: it has no target-domain instances, so its "
             "neurons were not ranked or compared. Pick another class."))
+    sims = [bundle.similarity(cls, layer) for layer in layers]  # an unreadable file raises: the view's guard
     imp_table, w_table = tables if tables is not None else (pd.DataFrame(bundle.important_neurons()),
                                                               pd.DataFrame(bundle.weights()))
     ci = bundle.classes.index(cls)
@@ -583,11 +585,10 @@ def neuron_detail(bundle: PairBundle, cls: str, neuron_id: str, *, k: int = 5, o
     items = [pn.pane.Markdown(f"### <span style='color:{MODEL_COLOR[model]}'>{model}</span> model · {escape_md(layer)} · "
                               f"neuron {index}\n{status}. Top activating patches:", margin=(0, 5)),
              _patch_row(crop(model, index), f"{model} {layer} #{index}", patch_px)]
-    try:
-        sim = bundle.similarity(cls, layer)
-    except BundleError:
+    if cls not in bundle.compared_classes:
         items.append(pn.pane.Markdown(f"Class {md_code(cls)} has no similarity data (no target-domain instances)."))
         return pn.Column(*items, name="neuron-detail")
+    sim = bundle.similarity(cls, layer)  # an unreadable file raises: the view's guard shows it
     size = sim.shape[0] if model == "source" else sim.shape[1]
     if index >= size:
         items.append(pn.pane.Markdown(f"{escape_md(layer)} of the {model} model has {size} neurons; there is no #{index}."))
