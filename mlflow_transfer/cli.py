@@ -326,8 +326,8 @@ def runs_cmd(stale, mark_failed, older_than, tracking_uri, experiment_name):
     click.echo(f"{len(shown)} run(s) {verb}")
     for r in shown:
         started = datetime.datetime.fromtimestamp(r.start_time, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        click.echo(f"  {r.run_id}  {r.role:<11} started {started}  "
-                   f"{'stale: ' + r.reason if r.reason else 'live'}")
+        verdict = f"stale: {r.reason}" if r.reason else "not stale (its process may still finish it)"
+        click.echo(_one_line(f"  {r.run_id}  {r.role:<11} started {started}  {verdict}"))  # tags are untrusted
 
 
 if __name__ == "__main__":

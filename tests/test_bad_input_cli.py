@@ -362,7 +362,7 @@ def test_a_killed_training_is_found_and_marked_failed(store):
     assert killed.info.run_id in listed.stdout and f"its process {proc.pid}" in listed.stdout
     assert "source" in listed.stdout and "1 run(s) stale" in listed.stdout
     assert live.info.run_id not in listed.stdout  # alive: this very process
-    assert live.info.run_id in everything.stdout and "live" in everything.stdout
+    assert live.info.run_id in everything.stdout and "not stale" in everything.stdout
     assert marked.returncode == 0 and "1 run(s) marked FAILED" in marked.stdout, marked.stderr[-2000:]
     after = MlflowClient().get_run(killed.info.run_id)
     assert after.info.status == "FAILED" and after.info.end_time is not None
