@@ -34,5 +34,9 @@ class BundleError(TransferError):
     """A diagnostics bundle that is missing, incomplete, corrupt, or of an unknown schema version."""
 
 
+class CacheError(TransferError):
+    """The local bundle cache holds something mlflow-transfer did not write there, or cannot be written."""
+
+
 class TrackingUnavailableError(TransferError):
     """The tracking server cannot be reached (wrong URI, server down)."""

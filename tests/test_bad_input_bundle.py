@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 
 from mlflow_transfer.bundle import BundleReader, BundleWriter, PairBundle, validate_bundle
 from mlflow_transfer.bundle.io import MAX_PNG_PIXELS
-from mlflow_transfer.errors import BundleError, RunLookupError, TrackingUnavailableError
+from mlflow_transfer.errors import BundleError, CacheError, RunLookupError, TrackingUnavailableError
 from mlflow_transfer.tags import TAGS
 from mlflow_transfer.tracking.bundles import (CACHE_MARKER, fetch_bundle, list_diagnosed_pairs, list_experiments,
                                               log_bundle)
@@ -276,7 +276,7 @@ def test_symlink_planted_in_the_cache_is_left_alone(tmp_path, victim):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "0123abcd").symlink_to(victim, target_is_directory=True)
-    with pytest.raises(BundleError, match=r"cache entry .*0123abcd .*got a symbolic link .*It was left alone"):
+    with pytest.raises(CacheError, match=r"cache entry .*0123abcd .*got a symbolic link .*It was left alone"):
         fetch_bundle("0123abcd", cache, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     assert (cache / "0123abcd").is_symlink() and _tree(victim) == ["keep", "keep/notes.txt"]
 
@@ -285,7 +285,7 @@ def test_foreign_folder_in_the_cache_is_left_alone(tmp_path):
     cache = tmp_path / "cache"
     (cache / "0123abcd").mkdir(parents=True)
     (cache / "0123abcd" / "thesis.tex").write_text("mine")
-    with pytest.raises(BundleError, match=f"cache entry .*0123abcd .*without its {CACHE_MARKER} file.*left alone"):
+    with pytest.raises(CacheError, match=f"cache entry .*0123abcd .*without its {CACHE_MARKER} file.*left alone"):
         fetch_bundle("0123abcd", cache, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     assert (cache / "0123abcd" / "thesis.tex").read_text() == "mine"
 
@@ -354,7 +354,7 @@ def test_fetch_replaces_its_own_corrupt_entry_but_not_a_foreign_one(store, tmp_p
     np.testing.assert_array_equal(fetch_bundle(run_id, cache).cka(), np.eye(2))
     (cache / run_id / CACHE_MARKER).unlink()  # the same folder, not marked as ours: left alone
     (cache / run_id / "cka" / "matrix.npy").write_bytes(b"x")
-    with pytest.raises(BundleError, match="left alone"):
+    with pytest.raises(CacheError, match="left alone"):
         fetch_bundle(run_id, cache)
     assert (cache / run_id / "cka" / "matrix.npy").read_bytes() == b"x"
 

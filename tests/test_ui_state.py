@@ -281,3 +281,34 @@ def test_the_open_tab_survives_a_pair_switch_and_is_in_the_link(source):
     state.tab = 3
     state.pair = "d1"  # another pair: the views are rebuilt on the same tab
     assert state.bundle is not None and tabs().active == 3
+
+
+def test_a_killed_or_running_diagnose_is_listed_as_incomplete_and_never_fetched(tmp_path):
+    """Diagnostics runs that did not finish (killed, or still running) are listed with their status; the
+    app opens a finished pair by default, and choosing an unfinished one says why there is nothing to
+    show (and how to mark a killed run), without downloading anything."""
+    from mlflow import MlflowClient
+
+    from mlflow_transfer.tags import TAGS
+
+    uri = f"sqlite:///{tmp_path}/runs.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("mixed")
+    ids = {}
+    for i, status in enumerate(("FINISHED", "FAILED", "RUNNING")):  # the RUNNING one is the newest
+        run = client.create_run(exp, start_time=1_700_000_000_000 + i,
+                                tags={TAGS.role: "diagnostics", TAGS.target_run_id: "t" * 32})
+        if status != "RUNNING":
+            client.set_terminated(run.info.run_id, status)
+        ids[status] = run.info.run_id
+    cache = tmp_path / "cache"
+    state = AppState(TrackingSource(uri, cache_dir=cache), experiment=exp)
+    assert [p["status"] for p in state.pairs] == ["RUNNING", "FAILED", "FINISHED"]
+    assert state.pair == ids["FINISHED"]  # a complete one first (its bundle is missing: a message)
+    assert list(pairs_frame(state.pairs)["bundle"]) == ["incomplete (RUNNING)", "incomplete (FAILED)", "complete"]
+    for status in ("RUNNING", "FAILED"):
+        state.pair = ids[status]
+        assert state.bundle is None and not state.loading
+        assert f"is {status}, so its bundle is incomplete" in state.error
+        assert "runs --stale --mark-failed" in state.error and f"--target-run-id {'t' * 32}" in state.error
+    assert not cache.exists() or not any(cache.iterdir())

@@ -31,7 +31,8 @@ class PairSource(Protocol):
         """``[{"experiment_id", "name"}]``; raises `TrackingUnavailableError` when unreachable."""
 
     def pairs(self, experiment_id: str) -> list[dict]:
-        """Diagnosed pairs of one experiment, newest first (see ``list_diagnosed_pairs``)."""
+        """Diagnosed pairs of one experiment, newest first (see ``list_diagnosed_pairs``); a row whose
+        ``status`` is not FINISHED (absent means FINISHED) is an incomplete diagnosis."""
 
     def bundle(self, diagnostics_run_id: str) -> PairBundle:
         """The validated bundle; raises `BundleError` / `RunLookupError` with a fix in the message."""
@@ -65,7 +66,9 @@ class TrackingSource:
     def pairs(self, experiment_id: str) -> list[dict]:
         from mlflow_transfer.tracking.bundles import list_diagnosed_pairs
 
-        return list_diagnosed_pairs([experiment_id], max_pairs=self.max_pairs, tracking_uri=self.uri)
+        # Unfinished diagnostics runs too (a killed diagnose, one still running): listed as incomplete.
+        return list_diagnosed_pairs([experiment_id], max_pairs=self.max_pairs, tracking_uri=self.uri,
+                                    include_incomplete=True)
 
     def bundle(self, diagnostics_run_id: str) -> PairBundle:
         """Downloaded once into the cache and validated (every file hashed) on first open; a finished

@@ -13,7 +13,7 @@ import math
 import param
 
 from mlflow_transfer.bundle import PairBundle
-from mlflow_transfer.errors import TransferError
+from mlflow_transfer.errors import BundleError, TransferError
 from mlflow_transfer.validation import check_run_id
 
 from .readers import PairSource
@@ -26,6 +26,11 @@ log = logging.getLogger("ui")
 
 UNEXPECTED = ("The pair could not be opened because of an unexpected error; the app's server log has the "
               "details. Pick another pair.")
+
+
+def incomplete(row: dict) -> bool:
+    """Whether a listed pair's diagnostics run did not finish (rows without a status are finished)."""
+    return row.get("status", "FINISHED") != "FINISHED"
 
 
 class _FromURL:
@@ -211,7 +216,8 @@ class AppState(param.Parameterized):
         if self.pair and _invalid(self.pair, "diagnostics run id"):
             self._load_bundle()  # a malformed link is shown as an error, not replaced by another pair
         elif self.pair not in ids:
-            self.pair = ids[0] if ids else ""
+            complete = [p["diagnostics_run_id"] for p in self.pairs if not incomplete(p)]
+            self.pair = (complete or ids or [""])[0]
         elif self.bundle is None:
             self._load_bundle()
 
@@ -224,6 +230,13 @@ class AppState(param.Parameterized):
         if wrong:  # never looked up, never joined to a cache path
             self.param.update(bundle=None, error=wrong, loading=False)
             return
+        row = next((p for p in self.pairs if p["diagnostics_run_id"] == self.pair), None)
+        if row is not None and incomplete(row):  # its bundle never landed whole: say why, fetch nothing
+            self.param.update(bundle=None, error=self.with_fix(
+                f"Diagnostics run {self.pair} is {row['status']}, so its bundle is incomplete (a diagnose "
+                "that was killed or is still running; `mlflow-transfer runs --stale --mark-failed` marks "
+                "a killed one FAILED)"), loading=False)
+            return
         self.loading = True
         try:
             bundle = self._source.bundle(self.pair)
@@ -231,8 +244,10 @@ class AppState(param.Parameterized):
             self.param.update(bundle=bundle, error="", loading=False,
                               classes=[c for c in self.classes if c in bundle.classes],
                               layer_from=min(self.layer_from, max(n - 1, 0)), layer_to=min(self.layer_to, max(n - 1, 0)))
-        except TransferError as exc:
+        except BundleError as exc:  # the bundle itself is missing or unreadable: diagnosing again fixes it
             self.param.update(bundle=None, error=self.with_fix(str(exc)), loading=False)
+        except TransferError as exc:  # an unreachable server, a foreign cache entry: their own fix
+            self.param.update(bundle=None, error=str(exc), loading=False)
         except Exception:  # whatever it was, no endless spinner: logged, and one sentence on the page
             log.exception("opening diagnostics run %s failed", self.pair)
             self.param.update(bundle=None, error=UNEXPECTED, loading=False)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..bundle import BundleReader, PairBundle
 from ..bundle.io import MANIFEST
-from ..errors import BundleError, RunLookupError, TrackingUnavailableError, TransferError
+from ..errors import BundleError, CacheError, RunLookupError, TrackingUnavailableError, TransferError
 from ..tags import TAGS
 from ..validation import check_relative_path, check_run_id
 
@@ -154,8 +154,8 @@ def _ours(entry: Path) -> bool:
         return False
 
 
-def _left_alone(entry: Path, got: str) -> BundleError:
-    return BundleError(f"Expected the bundle cache entry {entry} to be a folder mlflow-transfer downloaded; "
+def _left_alone(entry: Path, got: str) -> CacheError:
+    return CacheError(f"Expected the bundle cache entry {entry} to be a folder mlflow-transfer downloaded; "
                        f"got {got}. It was left alone: move it out of the cache, or set MLFLOW_TRANSFER_CACHE "
                        "to another folder")
 
@@ -169,8 +169,8 @@ def _check_entry(cache: Path, entry: Path) -> None:
         raise _left_alone(entry, f"a path that leads to {entry.resolve()}, outside {cache.resolve()}")
 
 
-def _cache_error(cache: Path, exc: OSError) -> BundleError:
-    return BundleError(f"Expected a writable bundle cache at {cache}; got {_reason(exc)}. Free some space or "
+def _cache_error(cache: Path, exc: OSError) -> CacheError:
+    return CacheError(f"Expected a writable bundle cache at {cache}; got {_reason(exc)}. Free some space or "
                        "set MLFLOW_TRANSFER_CACHE to a folder you can write")
 
 
@@ -185,7 +185,8 @@ def fetch_bundle(diagnostics_run_id: str, cache_dir: str | Path | None = None, *
     Raises:
         RunLookupError: a malformed id, or the server answered that the run does not exist.
         BundleError: the run has no complete bundle (say, an interrupted diagnose or upload), the
-            bundle is corrupt, or the cache entry is not one this function wrote.
+            bundle is corrupt.
+        CacheError: the cache entry is not one this function wrote, or the cache cannot be written.
         TrackingUnavailableError: the server does not answer.
     """
     run_id = check_run_id(diagnostics_run_id, "diagnostics run id")  # before it becomes a path or a query

@@ -23,7 +23,8 @@ def _setting(row: dict) -> str:
 
 
 def pairs_frame(pairs: list[dict]) -> pd.DataFrame:
-    """Rows of the pair table: recipe, setting, date, target accuracy, transferability score, run id."""
+    """Rows of the pair table: recipe, setting, date, target accuracy, transferability score, run id, and
+    whether its bundle is complete (a killed or running diagnose is listed as incomplete)."""
     return pd.DataFrame({
         "recipe": [p.get("recipe") or "" for p in pairs],
         "setting": [_setting(p) for p in pairs],
@@ -32,7 +33,9 @@ def pairs_frame(pairs: list[dict]) -> pd.DataFrame:
         "target accuracy": [p.get("target_accuracy") for p in pairs],
         "transferability": [p.get("transferability_score") for p in pairs],
         "diagnostics run": [p["diagnostics_run_id"] for p in pairs],
-    }, columns=["recipe", "setting", "date", "target accuracy", "transferability", "diagnostics run"])
+        "bundle": [f"incomplete ({p['status']})" if p.get("status", "FINISHED") != "FINISHED" else "complete"
+                   for p in pairs],
+    }, columns=["recipe", "setting", "date", "target accuracy", "transferability", "diagnostics run", "bundle"])
 
 
 def pairs_table(pairs: list[dict], selected: str = "") -> pn.widgets.Tabulator:
