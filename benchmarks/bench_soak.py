@@ -31,15 +31,14 @@ import asyncio
 import datetime as dt
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO / "tests"))  # the tests' server helpers
+from helpers.servers import BIN, free_port, wait_until_up  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -73,12 +72,6 @@ def make_store(store: Path) -> str:
     return uri
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -89,20 +82,6 @@ def rss_mb(pid: int) -> float:
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_up(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {seconds} s")
 
 
 async def soak(url: str, pid: int, args, marks: set[int]) -> tuple[list[tuple[str, float, float]], int, int]:
@@ -158,14 +137,14 @@ def main() -> None:
     print(f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC · {platform.node()} · "
           f"{os.cpu_count()} CPUs ({platform.machine()}) · load average {os.getloadavg()[0]:.2f} at start")
     uri = make_store(args.store)
-    port = _port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
     server_log = args.store / "server.log"  # the server's stderr: one line per session opened / closed
     with server_log.open("w") as log:
         server = subprocess.Popen([str(BIN / "mlflow-transfer"), "ui", "--port", str(port), "--tracking-uri", uri],
                                   cwd=args.store, env=_env(args.store), stdout=subprocess.DEVNULL, stderr=log)
     try:
-        wait_up(url + "liveness", server)
+        wait_until_up(url + "liveness", server)
         pid = server.pid
         curve = [("server up, no session", rss_mb(pid), 0.0)]
         marks = {1, 20, 50, 100, *range(200, args.loads + 1, 100), args.loads}

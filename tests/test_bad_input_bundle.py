@@ -14,18 +14,15 @@ import json
 import os
 import re
 import signal
-import socket
 import struct
 import subprocess
-import sys
-import time
-import urllib.request
 import zlib
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+from helpers.servers import BIN, clean_env, mlflow_server
 from mlflow import MlflowClient
 
 from mlflow_transfer.bundle import BundleReader, BundleWriter, PairBundle, validate_bundle
@@ -35,7 +32,6 @@ from mlflow_transfer.tags import TAGS
 from mlflow_transfer.tracking.bundles import (CACHE_MARKER, fetch_bundle, list_diagnosed_pairs, list_experiments,
                                               log_bundle)
 
-BIN = Path(sys.executable).parent
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -392,12 +388,6 @@ def test_store_that_cannot_open_is_tracking_unavailable(tmp_path):
 
 # --------------------------------------------------------- the tracking server goes away (point 4)
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dead_server(tmp_path_factory):
     """A real `mlflow server` holding one diagnosed pair (experiment "a") and an empty experiment "b";
@@ -406,43 +396,24 @@ def dead_server(tmp_path_factory):
     from ui.state import AppState
 
     root = tmp_path_factory.mktemp("dead-server")
-    port = _port()
-    uri = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("mlflow server did not start") from None
-                time.sleep(0.5)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail in seconds, not after minutes of retries
-            mp.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-            client = MlflowClient(uri)
-            exp_a, exp_b = client.create_experiment("a"), client.create_experiment("b")
-            run = client.create_run(exp_a, tags={TAGS.role: "diagnostics", TAGS.target_run_id: "0123abcd"})
-            client.log_artifacts(run.info.run_id, str(_write_bundle(root / "bundle")), "diagnostics")
-            client.set_terminated(run.info.run_id, "FINISHED")
-            state = AppState(TrackingSource(uri, cache_dir=root / "app-cache"))
-            # while the server runs, the app shows the pair: what follows is the server going away
-            assert state.experiment == exp_a and state.pair == run.info.run_id and state.bundle is not None
-            assert [p["diagnostics_run_id"] for p in list_diagnosed_pairs([exp_a], tracking_uri=uri)] == [
-                run.info.run_id]
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
-            yield {"uri": uri, "root": root, "exp_a": exp_a, "exp_b": exp_b, "run_id": run.info.run_id,
-                   "state": state}
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+    env = {k: v for k, v in clean_env().items() if not k.startswith("MLFLOW_")}
+    with mlflow_server(root, env, start_new_session=True) as (uri, proc), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail in seconds, not after minutes of retries
+        mp.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        client = MlflowClient(uri)
+        exp_a, exp_b = client.create_experiment("a"), client.create_experiment("b")
+        run = client.create_run(exp_a, tags={TAGS.role: "diagnostics", TAGS.target_run_id: "0123abcd"})
+        client.log_artifacts(run.info.run_id, str(_write_bundle(root / "bundle")), "diagnostics")
+        client.set_terminated(run.info.run_id, "FINISHED")
+        state = AppState(TrackingSource(uri, cache_dir=root / "app-cache"))
+        # while the server runs, the app shows the pair: what follows is the server going away
+        assert state.experiment == exp_a and state.pair == run.info.run_id and state.bundle is not None
+        assert [p["diagnostics_run_id"] for p in list_diagnosed_pairs([exp_a], tracking_uri=uri)] == [
+            run.info.run_id]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        yield {"uri": uri, "root": root, "exp_a": exp_a, "exp_b": exp_b, "run_id": run.info.run_id,
+               "state": state}
 
 
 def test_listing_after_the_server_died_is_tracking_unavailable(dead_server):

@@ -7,90 +7,35 @@ Screenshots of every view land in ``test-output/ui/`` for humans to look at.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from helpers.browser import needs_chromium
+from helpers.servers import BIN, clean_env, free_port, mlflow_server, transfer_ui, wait_until_up
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = REPO / "test-output" / "ui"
 TINY = ("data.source.size=100,data.per_class_cap=12,source.epochs=1,target.epochs=1,"
         "source.batch_size=32,target.batch_size=32")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 TRACKING: dict = {}  # the module's mlflow server: uri, env and folder, for a second app server
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make test installs it)")]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:2]} exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {seconds} s")
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui-store")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")}
-    env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", MLFLOW_TRANSFER_CACHE=str(root / "cache"))
-    store = f"sqlite:///{root}/mlflow.db"
-    subprocess.run([str(BIN / "mlflow-transfer"), "main", "--set", TINY, "--tracking-uri", store,
+    env = clean_env(MLFLOW_TRANSFER_CACHE=str(root / "cache"))
+    subprocess.run([str(BIN / "mlflow-transfer"), "main", "--set", TINY, "--tracking-uri", f"sqlite:///{root}/mlflow.db",
                     "--experiment-name", "ui-tests", "--n-steps", "2", "--per-class-cap", "2"],
                    cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
-    procs = []
-    try:
-        mport = _port()
-        procs.append(subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", store, "--host",
-                                       "127.0.0.1", "--port", str(mport), "--workers", "1"],
-                                      cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait(f"http://127.0.0.1:{mport}/health", procs[-1])
-        TRACKING.update(uri=f"http://127.0.0.1:{mport}", env=env, root=root)
-        uport = _port()
-        procs.append(subprocess.Popen([str(BIN / "mlflow-transfer"), "ui", "--port", str(uport), "--tracking-uri",
-                                       f"http://127.0.0.1:{mport}"], cwd=root, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait(f"http://127.0.0.1:{uport}/liveness", procs[-1])
-        yield f"http://127.0.0.1:{uport}/"
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    with mlflow_server(root, env) as (uri, _), transfer_ui(uri, root, env) as (url, _):
+        TRACKING.update(uri=uri, env=env, root=root)
+        yield url
 
 
 @pytest.fixture()
@@ -217,14 +162,14 @@ def test_feature_view_renders_the_ranking_and_the_biplot(served, page):
 
 def test_panel_serve_runs_the_same_app(served, browser):
     """`panel serve ui/app.py` (the README's other way in) over the same tracking server."""
-    port = _port()
+    port = free_port()
     env = {**TRACKING["env"], "MLFLOW_TRACKING_URI": TRACKING["uri"]}
     proc = subprocess.Popen([str(BIN / "panel"), "serve", str(REPO / "ui" / "app.py"), "--port", str(port),
                              "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}",
                              "--liveness"], cwd=TRACKING["root"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(f"http://127.0.0.1:{port}/liveness", proc)
+        wait_until_up(f"http://127.0.0.1:{port}/liveness", proc)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"http://127.0.0.1:{port}/app")
         page.get_by_text("Transferability score").wait_for(timeout=60_000)

@@ -13,10 +13,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import os
 import shutil
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote
@@ -24,7 +21,9 @@ from urllib.parse import quote
 import numpy as np
 import panel as pn
 import pytest
-import torch
+from helpers.browser import needs_chromium
+from helpers.bundles import write_tiny_bundle
+from helpers.servers import clean_env, mlflow_server, transfer_ui
 
 from mlflow_transfer.bundle import PairBundle
 from ui.app import TABS, build_app
@@ -49,28 +48,8 @@ REFLECTED = "<img src=x onerror=alert(document.domain)>"
 def hostile_bundle(tmp_path_factory):
     """A real pair bundle (two tiny untrained alexnet-32 models, 48 instances) whose class names and
     manifest fields are payloads; the third class has no target-domain instances."""
-    from mlflow_transfer.bundle import write_pair_bundle
-    from mlflow_transfer.diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
-    from mlflow_transfer.models import build_model
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        source = build_model("alexnet-32", 3).eval()
-        target = build_model("alexnet-32", 3).eval()
-        g = torch.Generator().manual_seed(0)
-        idx = np.arange(48)
-        domain = (idx >= 24).astype(np.int8)
-        labels = np.where(domain == 1, idx % 2, idx % 3)
-        inst = Instances(torch.rand(48, 3, 32, 32, generator=g), labels, domain, (idx % 4 == 0).astype(np.int8), idx)
-        opts = DiagnoseOptions(n_steps=2, folds=3, tsne_gradient="bh", weight_max_instances=4, patches=2)
-        diag = diagnose_pair(source, target, inst, CLASSES, opts)
-    finally:
-        torch.set_num_threads(threads)
     history = {("source", "target_val"): ([0, 1], [0.2, 0.4]), ("target", "target_val"): ([0, 1], [0.5, 0.9])}
-    root = tmp_path_factory.mktemp("hostile") / "diagnostics"
-    write_pair_bundle(root, diag, history=history, meta={
+    root = write_tiny_bundle(tmp_path_factory.mktemp("hostile") / "diagnostics", CLASSES, history=history, meta={
         "runs": {"source": HTML_NAME, "target": MD_NAME, "diagnostics": "d1"}, "recipe": HTML_NAME,
         "pair_id": MD_NAME, "model": HTML_NAME, "domains": {"source": ATTR_NAME, "target": MD_NAME},
         "scores": {"transferability_score": 0.4}})
@@ -318,11 +297,6 @@ def test_an_unexpected_error_opening_a_pair_ends_the_spinner(hostile_bundle):
 # --------------------------------------------------------------------------------------------------
 # In the browser: a real mlflow server, the app served by `mlflow-transfer ui`, Chromium
 
-BIN = Path(sys.executable).parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make test installs it)")
 
 # Elements anywhere in the page (shadow roots included: Bokeh renders into them) that could run script.
 _HOSTILE_ELEMENTS = """() => {
@@ -379,41 +353,12 @@ def _log_hostile_run(uri: str, bundle_dir: Path) -> str:
 @pytest.fixture(scope="module")
 def hostile_app(hostile_bundle, tmp_path_factory):
     """The hostile pair on a real `mlflow server`, the app served by `mlflow-transfer ui`."""
-    from test_ui_browser import _port, _wait
-
     root = tmp_path_factory.mktemp("hostile-store")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")}
-    env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", MLFLOW_TRANSFER_CACHE=str(root / "cache"))
-    procs = []
-    try:
-        mport = _port()
-        procs.append(subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri",
-                                       f"sqlite:///{root}/mlflow.db", "--host", "127.0.0.1", "--port", str(mport),
-                                       "--workers", "1"], cwd=root, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        uri = f"http://127.0.0.1:{mport}"
-        _wait(f"{uri}/health", procs[-1])
+    env = clean_env(MLFLOW_TRANSFER_CACHE=str(root / "cache"))
+    with mlflow_server(root, env) as (uri, _):
         run_id = _log_hostile_run(uri, hostile_bundle)
-        uport = _port()
-        procs.append(subprocess.Popen([str(BIN / "mlflow-transfer"), "ui", "--port", str(uport), "--tracking-uri", uri],
-                                      cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait(f"http://127.0.0.1:{uport}/liveness", procs[-1])
-        yield {"url": f"http://127.0.0.1:{uport}/", "root": root, "run_id": run_id, "bundle": hostile_bundle}
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+        with transfer_ui(uri, root, env) as (url, _):
+            yield {"url": url, "root": root, "run_id": run_id, "bundle": hostile_bundle}
 
 
 @pytest.fixture()

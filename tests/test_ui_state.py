@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import socket
 
 import datashader as ds
 import holoviews as hv
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.servers import free_port
 
 from mlflow_transfer.bundle import PairBundle
 from ui.app import build_app
@@ -94,14 +94,8 @@ def test_experiment_without_pairs_says_how_to_make_one(source):
     assert "mlflow-transfer diagnose --target-run-id" in _text(app)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_tracking_server_gives_a_banner_with_the_uri():
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     state = AppState(TrackingSource(uri))
     assert uri in state.error and "mlflow server" in state.error and state.experiments == []
     assert uri in _text(build_app(TrackingSource(uri), sync_url=False))
@@ -206,7 +200,7 @@ def test_the_raster_hover_key_picks_each_pixels_last_row():
 def test_pairs_frame_columns():
     frame = pairs_frame([_row("d1", score=-0.25)])
     assert list(frame.columns) == ["recipe", "setting", "date", "target accuracy", "transferability",
-                                   "diagnostics run"]
+                                   "diagnostics run", "bundle"]
     assert frame["setting"][0] == "printed-digits → handwritten-digits, alexnet-32"
     assert frame["transferability"][0] == -0.25
 
