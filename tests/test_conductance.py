@@ -10,7 +10,7 @@ import torch
 from captum.attr import LayerConductance
 from torch import nn
 
-from mlflow_transfer.diagnostics.conductance import layer_conductance
+from mlflow_transfer.diagnostics.conductance import METHODS, alphas, layer_conductance
 from mlflow_transfer.errors import DiagnosticsError
 from mlflow_transfer.models import build_model
 
@@ -420,7 +420,7 @@ def _call(**overrides):
     (dict(n_steps=0), r"n_steps must be an integer >= 1, got 0"),
     (dict(n_steps=2.0), r"n_steps must be an integer >= 1, got 2.0"),
     (dict(batch_size=0), r"batch_size must be an integer >= 1, got 0"),
-    (dict(method="simpson"), r"method must be one of .*gausslegendre.*got 'simpson'"),
+    (dict(method="simpson"), r"Expected method as one of .*gausslegendre.*; got 'simpson'\."),
     (dict(reduce="mean"), r"reduce must be one of \('max', 'none'\), got 'mean'"),
     (dict(baselines=torch.zeros(3, 3, 8, 8, dtype=torch.float64)),
      r"baselines of shape \(3, 3, 8, 8\) do not broadcast to inputs \(2, 3, 8, 8\)"),
@@ -461,3 +461,16 @@ def test_rejects_bad_layers_and_models():
         _call(model=flat, layers={"fc": flat.fc})
     models = (small, spare, twice, tup, keeps, flat)
     assert all(not m._forward_hooks for model in models for m in model.modules())
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n", [2, 3, 7, 51, 101])
+def test_alphas_are_captums(method, n):
+    """The package computes captum's points itself (captum keeps them private); tests may import them."""
+    from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
+
+    assert set(METHODS) == set(SUPPORTED_METHODS)
+    ours = np.asarray(alphas(method, n), dtype=np.float64)
+    theirs = np.asarray(approximation_parameters(method)[1](n), dtype=np.float64)
+    assert ours.shape == theirs.shape == (n,)
+    np.testing.assert_array_equal(ours, theirs)

@@ -3,8 +3,8 @@
 Conductance (Dhamdhere et al., 2018) of hidden neuron ``j`` for input ``x``, baseline ``x'`` and
 class ``c`` is the path integral ∫₀¹ ∂F_c/∂y_j · dy_j/dα dα of the model output ``F_c`` along the
 straight path ``x' + α(x − x')``, where ``y_j`` is the neuron's activation. We reproduce
-:class:`captum.attr.LayerConductance` — same alphas (``approximation_parameters(method)`` with
-``n_steps + 1`` points), same finite-difference sum
+:class:`captum.attr.LayerConductance` — same alphas (:func:`alphas`, captum's points for each
+method, with ``n_steps + 1`` points), same finite-difference sum
 ``Σ_k (y(α_{k+1}) − y(α_k)) · ∂F_c/∂y(α_k)`` — but one forward and one backward pass over the
 scaled inputs serve *all* requested layers (forward hooks keep each layer's output and one
 ``torch.autograd.grad`` call returns the gradients for all of them), where captum needs one full
@@ -19,15 +19,37 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 from torch import nn
 
 from ..errors import DiagnosticsError
 
 REDUCTIONS = ("max", "none")
+# captum's integral approximations (captum.attr._utils.approximation_methods.SUPPORTED_METHODS).
+METHODS = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 _STEP_LOOP_MIN = 1 << 16  # elements per step above which the step loop beats one vectorised sum
 
-__all__ = ["REDUCTIONS", "layer_conductance"]
+__all__ = ["METHODS", "REDUCTIONS", "alphas", "layer_conductance"]
+
+
+def alphas(method: str, n: int) -> list[float] | np.ndarray:
+    """The ``n`` points in [0, 1] where captum's ``method`` evaluates the path, as captum computes them.
+
+    Gauss–Legendre: numpy's nodes on [-1, 1] mapped to [0, 1] as ``0.5 · (1 + x)``; Riemann: torch's
+    ``linspace`` over the rule's interval. Written out here because captum keeps them in a private
+    module; tests compare them with captum's own.
+    """
+    if method == "gausslegendre":
+        return 0.5 * (1 + np.polynomial.legendre.leggauss(n)[0])
+    if method == "riemann_trapezoid":
+        return torch.linspace(0, 1, n).tolist()
+    if method == "riemann_left":
+        return torch.linspace(0, 1 - 1 / n, n).tolist()
+    if method == "riemann_middle":
+        return torch.linspace(1 / (2 * n), 1 - 1 / (2 * n), n).tolist()
+    if method == "riemann_right":
+        return torch.linspace(1 / n, 1, n).tolist()
+    raise DiagnosticsError(f"Expected method as one of {METHODS} (captum's approximation methods); "
+                           f"got {method!r}.")
 
 
 def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int,
@@ -85,16 +107,15 @@ def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
     n = inputs.shape[0]
     _check_int("n_steps", n_steps, 1)
     _check_int("batch_size", batch_size, 1)
-    if method not in SUPPORTED_METHODS:
-        raise DiagnosticsError(f"method must be one of {SUPPORTED_METHODS} (captum's approximation "
-                               f"methods), got {method!r}")
+    if method not in METHODS:
+        raise DiagnosticsError(f"Expected method as one of {METHODS} (captum's approximation methods); "
+                               f"got {method!r}.")
     if reduce not in REDUCTIONS:
         raise DiagnosticsError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
     baselines = _check_baselines(baselines, inputs)
     target = _check_target_type(target, n, inputs.device)
 
-    _, alphas_func = approximation_parameters(method)
-    alphas = alphas_func(n_steps + 1)
+    points = alphas(method, n_steps + 1)
 
     states = {m: m.training for m in model.modules()}
     probe = _Probe(layers)
@@ -105,7 +126,7 @@ def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
         with torch.inference_mode(False):
             num_classes = probe.run(model, inputs[:1])
             _check_target_range(target, num_classes)
-            return _conductance(model, inputs, baselines, target, probe, alphas, batch_size, reduce,
+            return _conductance(model, inputs, baselines, target, probe, points, batch_size, reduce,
                                 progress)
     finally:
         probe.remove()
