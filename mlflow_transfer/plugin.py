@@ -2,17 +2,23 @@
 
 MLflow calls :class:`TransferRunContext` for every new run in a process where this package is
 installed; it only contributes tags while :func:`transfer_context` is active, i.e. for runs the
-package itself creates (not for a user's unrelated runs).
+package itself creates (not for a user's unrelated runs). For those it also marks the run's
+experiment as model training (:func:`mark_experiment`), so MLflow's UI does not open it in its
+GenAI view.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
-from .tags import TAGS
+from .tags import EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING, TAGS
+
+_log = logging.getLogger(__name__)
 
 _ACTIVE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("mlflow_transfer_ctx", default=None)
 
@@ -36,4 +42,48 @@ class TransferRunContext(RunContextProvider):
     def tags(self) -> dict[str, str]:
         from . import __version__
 
+        experiment_id = _experiment_of_new_run()
+        if experiment_id is not None:
+            mark_experiment(experiment_id)
         return {TAGS.version: __version__, **(_ACTIVE.get() or {})}
+
+
+def mark_experiment(experiment_id: str, client=None) -> bool:
+    """Tag experiment ``experiment_id`` ``mlflow.experimentKind = custom_model_development`` unless it
+    already has a kind (a user's choice is kept).
+
+    Returns True when the tag was set. A store that refuses the tag (read-only, permissions) is
+    logged as a warning and the run goes on: the tag only chooses the UI's view.
+    """
+    # Imported here: MLflow loads this plugin while `mlflow` itself is still being imported.
+    from mlflow.tracking import MlflowClient
+
+    client = client or MlflowClient()
+    try:
+        if EXPERIMENT_KIND in client.get_experiment(experiment_id).tags:
+            return False
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
+    except MlflowException as exc:
+        _log.warning("could not tag experiment %s as %s=%s: %s", experiment_id, EXPERIMENT_KIND,
+                     EXPERIMENT_KIND_TRAINING, exc)
+        return False
+    return True
+
+
+def _experiment_of_new_run() -> str | None:
+    """The experiment ``mlflow.start_run()`` is creating a run in: MLflow's own resolution (the
+    ``set_experiment`` choice, ``MLFLOW_EXPERIMENT_ID``/``_NAME``, else the default experiment).
+
+    MLflow hands a run-context provider no experiment, so this asks the fluent API for the same id
+    ``start_run`` uses when the caller passes none (the package never passes one). None when that
+    function is missing in a future MLflow: the experiment is then left untagged.
+    """
+    try:
+        from mlflow.tracking.fluent import _get_experiment_id
+    except ImportError:
+        return None
+    try:
+        return _get_experiment_id()
+    except MlflowException as exc:
+        _log.warning("could not resolve the experiment of the new run: %s", exc)
+        return None

@@ -1,17 +1,22 @@
-"""Process-level tuning for the command line and benchmarks (never called on import).
+"""Process-level behaviour: malloc tuning for the command line and benchmarks (never called on
+import), and the one progress reporter every long loop uses.
 
 glibc hands every freed block above ``M_MMAP_THRESHOLD`` (a few MB after its dynamic adjustment)
 back to the kernel, so the next same-sized tensor arrives as fresh pages that the kernel must fault
-in and zero. Conductance allocates tens of MB per op, batch after batch; keeping freed memory in the
-heap made it ≈ 1.3× faster (`benchmarks/bench_conductance.py --n 64 --batch-size 4`: 9.0 s before,
-6.7 s after, captum alike). Training allocates the same way (not measured). The cost is that the
-process keeps up to 1 GiB it no longer uses.
+in and zero. Conductance allocates tens of MB per op, batch after batch, so it keeps freed memory
+in the heap instead (measurements: ``benchmarks/results_notes.txt``). The cost is that the process
+keeps up to 1 GiB it no longer uses.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import sys
+import time
+from typing import Iterable, Iterator, TextIO, TypeVar
+
+T = TypeVar("T")
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -32,3 +37,85 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+
+
+def progress(iterable: Iterable[T], desc: str, unit: str = "it", *, total: int | None = None,
+             leave: bool = True, enabled: bool = True, stream: TextIO | None = None,
+             mininterval: float = 0.1) -> "Progress[T] | Iterable[T]":
+    """Iterate over ``iterable`` while reporting progress on ``stream`` (default stderr).
+
+    On a terminal: a tqdm bar. Anywhere else (``mlflow run``, CI, a log file) a bar's carriage
+    returns and escape codes become noise, so plain lines are printed instead: one each time another
+    10 % is done (every step when there are 10 or fewer), with the elapsed seconds — at most 10
+    lines per loop. A transient bar (``leave=False``, e.g. the batches inside an epoch) prints
+    nothing off a terminal: the loop around it reports. ``enabled=False`` returns ``iterable``.
+
+    The result iterates like ``iterable`` and has tqdm's ``set_postfix(**values)``, whose values
+    end the following lines.
+    """
+    if not enabled:
+        return iterable
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    if callable(isatty) and isatty():
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, unit=unit, total=total, leave=leave, file=stream,
+                    mininterval=mininterval)
+    return Progress(iterable, desc, unit, total=total, stream=stream if leave else None)
+
+
+class Progress(Iterator[T]):
+    """Plain-line progress for streams that are not terminals (see :func:`progress`)."""
+
+    def __init__(self, iterable: Iterable[T], desc: str, unit: str, *, total: int | None,
+                 stream: TextIO | None):
+        if total is None:
+            try:
+                total = len(iterable)  # type: ignore[arg-type]
+            except TypeError:
+                total = None
+        self._it = iter(iterable)
+        self.desc, self.unit, self.total, self.stream = desc, unit, total, stream
+        self.done, self.postfix = 0, ""
+        self._pending = False  # an item was handed out and its step is under way
+        self._next_tenth = 1
+        self._start = time.monotonic()
+
+    def __iter__(self) -> "Progress[T]":
+        return self
+
+    def __next__(self) -> T:
+        # A step counts as done when the next item is asked for, so its line follows its work (and
+        # any set_postfix made during it).
+        if self._pending:
+            self.done += 1
+            self._pending = False
+            self._report()
+        try:
+            item = next(self._it)
+        except StopIteration:
+            if self.total is None and self.done and self._next_tenth == 1:
+                self._next_tenth = 2
+                self._line()  # unknown length: one line when the loop ends
+            raise
+        self._pending = True
+        return item
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def _report(self) -> None:
+        if self.total and self.done * 10 >= self._next_tenth * self.total:
+            self._line()
+            self._next_tenth = self.done * 10 // self.total + 1
+
+    def _line(self) -> None:
+        if self.stream is None:
+            return
+        done = self.done
+        share = f"{done}/{self.total} {self.unit} ({100 * done // self.total} %)" if self.total else \
+            f"{done} {self.unit}"
+        tail = f", {self.postfix}" if self.postfix else ""
+        print(f"{self.desc}: {share}, {time.monotonic() - self._start:.1f} s{tail}", file=self.stream,
+              flush=True)

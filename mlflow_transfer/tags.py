@@ -30,3 +30,8 @@ TAGS = SimpleNamespace(
 )
 
 ROLES = ("pipeline", "source", "target", "diagnostics")
+
+# MLflow's own experiment tag, read by its UI to choose the view an experiment opens in; the package
+# sets it (when absent) on every experiment it logs runs into, so they open as model training.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"

@@ -327,12 +327,14 @@ def test_works_under_no_grad_and_inference_mode():
         np.testing.assert_array_equal(b[name], ref[name])
 
 
-def test_progress_prints_one_line_per_batch(capsys):
+def test_progress_off_a_terminal_prints_plain_lines(capsys):
     model = _small()
     layer_conductance(model, _images(5, size=8), _labels(5), {"fc1": model.fc1}, n_steps=2,
                       batch_size=2, progress=True)
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 3 and lines[-1].startswith("conductance: batch 3/3")
+    # stderr is not a terminal here: one plain line per batch while there are at most 10 of them
+    assert len(lines) == 3 and lines[-1].startswith("conductance (5 instances): 3/3 batch (100 %), ")
+    assert "\r" not in "".join(lines) and "\x1b" not in "".join(lines)
 
 
 # --------------------------------------------------------------------------- errors

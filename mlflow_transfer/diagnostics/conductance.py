@@ -13,7 +13,6 @@ pass per layer.
 
 from __future__ import annotations
 
-import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import DiagnosticsError
+from ..runtime import progress as progress_over
 
 REDUCTIONS = ("max", "none")
 # captum's integral approximations (captum.attr._utils.approximation_methods.SUPPORTED_METHODS).
@@ -87,7 +87,8 @@ def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
         reduce: ``"max"``: one value per unit — the channel's maximum over spatial positions of the
             per-position conductance for layers with outputs (N, C, *spatial) (as in the paper), the
             unit itself for (N, units) outputs; ``"none"``: the layer-output-shaped conductance.
-        progress: print one line per batch to stderr.
+        progress: report progress over the batches on stderr (:func:`mlflow_transfer.runtime.progress`:
+            a bar on a terminal, else a line per 10 %).
 
     Returns:
         name → float32 array, in the order of ``layers``: (N, units) for ``reduce="max"``
@@ -210,8 +211,8 @@ def _conductance(model, inputs, baselines, target, probe: _Probe, alphas, batch_
     for name, shape in probe.shapes.items():
         units = shape if reduce == "none" or len(shape) < 2 else shape[:1]
         results[name] = np.empty((n, *units), dtype=np.float32)
-    n_batches = -(-n // batch_size)
-    for b, start in enumerate(range(0, n, batch_size)):
+    for start in progress_over(range(0, n, batch_size), desc=f"conductance ({n} instances)", unit="batch",
+                               enabled=progress):
         stop = min(start + batch_size, n)
         x = inputs[start:stop]
         base = baselines[start:stop] if torch.is_tensor(baselines) and baselines.shape[0] == n else baselines
@@ -220,9 +221,6 @@ def _conductance(model, inputs, baselines, target, probe: _Probe, alphas, batch_
             if reduce == "max" and cond.ndim > 2:
                 cond = cond.amax(dim=tuple(range(2, cond.ndim)))
             results[name][start:stop] = cond.to(torch.float32).cpu().numpy()
-        if progress:
-            print(f"conductance: batch {b + 1}/{n_batches} ({stop}/{n} instances, "
-                  f"{stop - start} × {len(alphas)} scaled inputs)", file=sys.stderr, flush=True)
     return results
 
 

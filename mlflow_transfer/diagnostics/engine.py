@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import DiagnosticsError
+from ..runtime import progress
 from .cka import cka_matrix
 from .conductance import layer_conductance
 from .discriminability import Discriminability, domain_discriminability
@@ -195,7 +195,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     similarity, weights, correspondence, comparison = {}, {r: {} for r in models}, {}, {}
     discrim, discrim_neurons = {}, {}
     pairs = list(zip(layer_names, layer_names[1:]))
-    for cls in tqdm(wanted, desc="classes", unit="class"):
+    for cls in progress(wanted, desc="classes", unit="class"):
         c = classes.index(cls)
         tgt_rows = np.flatnonzero((domain == 1) & (labels == c))
         src_rows = np.flatnonzero((domain == 0) & (labels == c))

@@ -8,9 +8,8 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
-
 from ..config import TrainConfig
+from ..runtime import progress
 
 
 @dataclass(frozen=True)
@@ -77,12 +76,12 @@ def fit(model: nn.Module, train_set: Dataset, eval_sets: Mapping[str, Dataset], 
         on_epoch(EpochResult(epoch, metrics, model))
 
     report(0, {})
-    epochs = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch")
+    epochs = progress(range(1, cfg.epochs + 1), desc=desc, unit="epoch")
     for epoch in epochs:
         model.train()
         total_loss, seen = 0.0, 0
-        for x, y in tqdm(train_loader, desc=f"{desc} epoch {epoch}", unit="batch", leave=False,
-                         mininterval=1.0):
+        for x, y in progress(train_loader, desc=f"{desc} epoch {epoch}", unit="batch", leave=False,
+                             mininterval=1.0):
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             loss.backward()
