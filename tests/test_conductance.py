@@ -307,7 +307,7 @@ def test_default_layers_restores_state_and_removes_hooks():
 def test_state_restored_and_hooks_removed_on_error():
     model = copy.deepcopy(_alexnet32())
     model.train()
-    with pytest.raises(DiagnosticsError, match="target classes must lie in"):
+    with pytest.raises(DiagnosticsError, match="Expected target classes in"):
         layer_conductance(model, _images(2), torch.tensor([0, NUM_CLASSES]), n_steps=2)
     assert all(m.training for m in model.modules())
     assert all(not m._forward_hooks for m in model.modules())
@@ -406,33 +406,33 @@ def _call(**overrides):
 
 @pytest.mark.parametrize("overrides, match", [
     (dict(inputs=_images(2, size=8)[0]),
-     r"inputs must be a float tensor \(N, C, H, W\), got .*\(3, 8, 8\)"),
+     r"Expected inputs as a float tensor \(N, C, H, W\); got .*\(3, 8, 8\)\."),
     (dict(inputs=torch.zeros(2, 3, 8, 8, dtype=torch.long)), r"float tensor .* got torch.int64"),
     (dict(inputs=np.zeros((2, 3, 8, 8))), r"float tensor .* got ndarray"),
-    (dict(inputs=_images(0, size=8), target=0), r"inputs is empty"),
+    (dict(inputs=_images(0, size=8), target=0), r"Expected inputs with at least one image; got N = 0\."),
     (dict(inputs=_images(2, size=8, dtype=torch.float32)),
-     r"inputs are torch.float32 but the model's parameters are torch.float64"),
+     r"Expected inputs of the model's parameter dtype torch.float64; got torch.float32\."),
     (dict(target=torch.tensor([0.0, 1.0])),
-     r"target must be an int or an integer tensor of shape \(2,\).*torch.float32"),
+     r"Expected target as an int or an integer tensor of shape \(2,\).*; got torch.float32"),
     (dict(target=torch.tensor([0, 1, 2])), r"integer tensor of shape \(2,\).*shape \(3,\)"),
-    (dict(target=[0, 1]), r"target must be an int .* got \[0, 1\]"),
-    (dict(target=True), r"target must be an int"),
-    (dict(target=NUM_CLASSES), rf"must lie in \[0, {NUM_CLASSES}\).*\[{NUM_CLASSES}, {NUM_CLASSES}\]"),
-    (dict(target=torch.tensor([-1, 0])), r"must lie in .*got values in \[-1, 0\]"),
-    (dict(n_steps=0), r"n_steps must be an integer >= 1, got 0"),
-    (dict(n_steps=2.0), r"n_steps must be an integer >= 1, got 2.0"),
-    (dict(batch_size=0), r"batch_size must be an integer >= 1, got 0"),
-    (dict(method="simpson"), r"Expected method as one of .*gausslegendre.*; got 'simpson'\."),
-    (dict(reduce="mean"), r"reduce must be one of \('max', 'none'\), got 'mean'"),
+    (dict(target=[0, 1]), r"Expected target as an int .*; got \[0, 1\]\."),
+    (dict(target=True), r"Expected target as an int"),
+    (dict(target=NUM_CLASSES), rf"Expected target classes in \[0, {NUM_CLASSES}\).*; got values in \[{NUM_CLASSES}, {NUM_CLASSES}\]\."),
+    (dict(target=torch.tensor([-1, 0])), r"Expected target classes in .*; got values in \[-1, 0\]\."),
+    (dict(n_steps=0), r"Expected n_steps as an integer >= 1; got 0\."),
+    (dict(n_steps=2.0), r"Expected n_steps as an integer >= 1; got 2.0\."),
+    (dict(batch_size=0), r"Expected batch_size as an integer >= 1; got 0\."),
+    (dict(method="simpson"), r"Expected method \(captum's approximation methods\) as one of .*gausslegendre.*; got 'simpson'\."),
+    (dict(reduce="mean"), r"Expected reduce as one of \('max', 'none'\); got 'mean'\."),
     (dict(baselines=torch.zeros(3, 3, 8, 8, dtype=torch.float64)),
-     r"baselines of shape \(3, 3, 8, 8\) do not broadcast to inputs \(2, 3, 8, 8\)"),
-    (dict(baselines="black"), r"baselines must be a number or a tensor .* got str"),
-    (dict(layers={}), r"layers must be a non-empty dict"),
-    (dict(layers=[nn.Linear(2, 2)]), r"layers must be a non-empty dict"),
-    (dict(layers={"x": nn.Linear(64, 6)}), r"layer 'x' \(Linear\) is not a submodule of the model"),
-    (dict(layers={"x": "fc1"}), r"layer 'x' must be a torch.nn.Module, got str"),
-    (dict(layers={1: nn.Linear(2, 2)}), r"layer names must be strings"),
-    (dict(model="net"), r"model must be a torch.nn.Module, got str"),
+     r"Expected baselines that broadcast to inputs \(2, 3, 8, 8\); got shape \(3, 3, 8, 8\)\."),
+    (dict(baselines="black"), r"Expected baselines as a number or a tensor .*; got str\."),
+    (dict(layers={}), r"Expected layers as a non-empty mapping .*; got dict with 0 entries\."),
+    (dict(layers=[nn.Linear(2, 2)]), r"Expected layers as a non-empty mapping .*; got list\."),
+    (dict(layers={"x": nn.Linear(64, 6)}), r"Expected layers as modules of the model; got 'x' \(Linear\), which are not"),
+    (dict(layers={"x": "fc1"}), r"Expected layer 'x' as a torch.nn.Module; got str\."),
+    (dict(layers={1: nn.Linear(2, 2)}), r"Expected layers keyed by layer names \(strings\); got 1\."),
+    (dict(model="net"), r"Expected model as a torch.nn.Module; got str\."),
 ])
 def test_rejects_bad_inputs(overrides, match):
     with pytest.raises(DiagnosticsError, match=match):
@@ -441,25 +441,25 @@ def test_rejects_bad_inputs(overrides, match):
 
 def test_rejects_bad_layers_and_models():
     small = _small()
-    with pytest.raises(DiagnosticsError, match=r"_Small has no analysis_layers; pass layers="):
+    with pytest.raises(DiagnosticsError, match=r"Expected layers= as a dict .*; got none, and _Small has no analysis_layers\."):
         layer_conductance(small, _images(2, size=8), 0)
-    with pytest.raises(DiagnosticsError, match=r"same module under two names"):
+    with pytest.raises(DiagnosticsError, match=r"Expected layers as distinct modules; got the same module under two names"):
         _call(model=small, layers={"a": small.fc1, "b": small.fc1})
     spare = _small()
     spare.spare = nn.Linear(2, 2)  # a submodule that forward never calls
-    with pytest.raises(DiagnosticsError, match=r"\['spare'\] are not called by the model's forward"):
+    with pytest.raises(DiagnosticsError, match=r"Expected layers on the path .*; got layer\(s\) \['spare'\], which are not called by the model's forward\."):
         layer_conductance(spare, _images(2, size=8), 0, {"spare": spare.spare, "fc1": spare.fc1})
     twice = _Twice().double()
-    with pytest.raises(DiagnosticsError, match=r"layer 'fc' \(Linear\) runs more than once"):
+    with pytest.raises(DiagnosticsError, match=r"Expected layer 'fc' \(Linear\) to run once per forward pass.*; got a layer that runs more than once"):
         _call(model=twice, layers={"fc": twice.fc})
     tup = _UsesTuple().double()
-    with pytest.raises(DiagnosticsError, match=r"layer 'inner' \(_TupleOut\) returns tuple"):
+    with pytest.raises(DiagnosticsError, match=r"Expected layer 'inner' \(_TupleOut\) to return one tensor.*; got tuple\."):
         _call(model=tup, layers={"inner": tup.inner})
     keeps = _EditsItsKeptOutput().double()
-    with pytest.raises(DiagnosticsError, match=r"layer\(s\) \['fc'\] changes in place even when"):
+    with pytest.raises(DiagnosticsError, match=r"Expected layer outputs that stay as computed; got layer\(s\) \['fc'\], whose output changes in place"):
         _call(model=keeps, layers={"fc": keeps.fc}, target=0)
     flat = _Flat().double()
-    with pytest.raises(DiagnosticsError, match=r"logits of shape \(N, classes\), got .*\[1, 3, 1\]"):
+    with pytest.raises(DiagnosticsError, match=r"Expected the model to return logits of shape \(N, classes\); got .*\[1, 3, 1\]"):
         _call(model=flat, layers={"fc": flat.fc})
     models = (small, spare, twice, tup, keeps, flat)
     assert all(not m._forward_hooks for model in models for m in model.modules())

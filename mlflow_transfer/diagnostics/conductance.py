@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import DiagnosticsError
 from ..runtime import progress as progress_over
+from ..validation import check_choice, check_int, check_layers_of, check_module
 
 REDUCTIONS = ("max", "none")
 # captum's integral approximations (captum.attr._utils.approximation_methods.SUPPORTED_METHODS).
@@ -101,20 +102,16 @@ def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
             not part of ``model`` or is not called by its forward, bad ``n_steps``/``method``/
             ``baselines``/``batch_size``/``reduce``.
     """
-    if not isinstance(model, nn.Module):
-        raise DiagnosticsError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    layers = _check_layers(model, layers)
-    inputs = _check_inputs(model, inputs)
+    check_module(model)
+    layers = _layers(model, layers)
+    inputs = _inputs(model, inputs)
     n = inputs.shape[0]
-    _check_int("n_steps", n_steps, 1)
-    _check_int("batch_size", batch_size, 1)
-    if method not in METHODS:
-        raise DiagnosticsError(f"Expected method as one of {METHODS} (captum's approximation methods); "
-                               f"got {method!r}.")
-    if reduce not in REDUCTIONS:
-        raise DiagnosticsError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
-    baselines = _check_baselines(baselines, inputs)
-    target = _check_target_type(target, n, inputs.device)
+    check_int(n_steps, "n_steps", low=1)
+    check_int(batch_size, "batch_size", low=1)
+    check_choice(method, "method (captum's approximation methods)", METHODS)
+    check_choice(reduce, "reduce", REDUCTIONS)
+    baselines = _baselines(baselines, inputs)
+    target = _target(target, n, inputs.device)
 
     points = alphas(method, n_steps + 1)
 
@@ -126,7 +123,7 @@ def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
         # Gradients are needed even when the caller runs under no_grad or inference_mode.
         with torch.inference_mode(False):
             num_classes = probe.run(model, inputs[:1])
-            _check_target_range(target, num_classes)
+            _target_range(target, num_classes)
             return _conductance(model, inputs, baselines, target, probe, points, batch_size, reduce,
                                 progress)
     finally:
@@ -153,13 +150,12 @@ class _Probe:
     def _hook(self, name: str):
         def hook(module, args, out):
             if not isinstance(out, torch.Tensor):
-                raise DiagnosticsError(f"layer {name!r} ({type(module).__name__}) returns "
-                                       f"{type(out).__name__}; conductance needs a layer with one "
-                                       f"tensor output")
+                raise DiagnosticsError(f"Expected layer {name!r} ({type(module).__name__}) to return one "
+                                       f"tensor (conductance needs one); got {type(out).__name__}.")
             if name in self.saved:
-                raise DiagnosticsError(f"layer {name!r} ({type(module).__name__}) runs more than once "
-                                       f"per forward pass (a shared module); conductance is defined for "
-                                       f"a module called once — pick another layer")
+                raise DiagnosticsError(f"Expected layer {name!r} ({type(module).__name__}) to run once per "
+                                       f"forward pass (conductance is defined for such a module); got a "
+                                       f"layer that runs more than once (a shared module). Pick another layer.")
             replacement = None
             if torch.is_grad_enabled() and not out.requires_grad:
                 # e.g. a frozen first layer fed by inputs that need no gradient: make the output a
@@ -187,11 +183,11 @@ class _Probe:
             out = model(x.clone())
         missing = [k for k in self.layers if k not in self.saved]
         if missing:
-            raise DiagnosticsError(f"layer(s) {missing} are not called by the model's forward; pass "
-                                   f"modules on the path from the input to the logits")
+            raise DiagnosticsError(f"Expected layers on the path from the input to the logits; got "
+                                   f"layer(s) {missing}, which are not called by the model's forward.")
         if not isinstance(out, torch.Tensor) or out.ndim != 2:
-            raise DiagnosticsError(f"the model must return logits of shape (N, classes), got "
-                                   f"{getattr(out, 'shape', type(out).__name__)}")
+            raise DiagnosticsError(f"Expected the model to return logits of shape (N, classes); got "
+                                   f"{getattr(out, 'shape', type(out).__name__)}.")
         self.clone |= self.edited()
         self.shapes = {k: tuple(t.shape[1:]) for k, t in self.saved.items()}
         self.saved.clear()
@@ -238,8 +234,9 @@ def _batch(model, x, baseline, target, probe: _Probe, alphas) -> dict[str, torch
             if not edited:
                 break
             if edited <= probe.clone:
-                raise DiagnosticsError(f"the output of layer(s) {sorted(edited)} changes in place even "
-                                       f"when a copy is passed on; pick other layers")
+                raise DiagnosticsError(f"Expected layer outputs that stay as computed; got layer(s) "
+                                       f"{sorted(edited)}, whose output changes in place even when a copy "
+                                       f"is passed on. Pick other layers.")
             probe.clone |= edited  # an in-place edit the one-instance probe missed: redo with copies
         # captum's target selection; the sum's gradient is its per-row gradients.
         selected = logits[:, target] if isinstance(target, int) else \
@@ -275,62 +272,44 @@ def _sum_of_steps(evals: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     return acc
 
 
-def _check_layers(model: nn.Module, layers) -> "OrderedDict[str, nn.Module]":
+def _layers(model: nn.Module, layers) -> "OrderedDict[str, nn.Module]":
     if layers is None:
         layers = getattr(model, "analysis_layers", None)
         if layers is None:
-            raise DiagnosticsError(f"{type(model).__name__} has no analysis_layers; pass layers= as a "
-                                   f"dict of name → module of the model")
-    if not isinstance(layers, dict) or not layers:
-        raise DiagnosticsError(f"layers must be a non-empty dict of name → module, got {layers!r:.200}")
-    own = {id(m) for m in model.modules()}
-    for name, module in layers.items():
-        if not isinstance(name, str):
-            raise DiagnosticsError(f"layer names must be strings, got {name!r}")
-        if not isinstance(module, nn.Module):
-            raise DiagnosticsError(f"layer {name!r} must be a torch.nn.Module, got {type(module).__name__}")
-        if id(module) not in own:
-            raise DiagnosticsError(f"layer {name!r} ({type(module).__name__}) is not a submodule of the "
-                                   f"model; pass modules of the model itself (e.g. model.analysis_layers)")
-    if len({id(m) for m in layers.values()}) != len(layers):
-        raise DiagnosticsError(f"layers lists the same module under two names: {list(layers)}")
-    return OrderedDict(layers)
+            raise DiagnosticsError(f"Expected layers= as a dict of name → module of the model; got none, and "
+                                   f"{type(model).__name__} has no analysis_layers.")
+    return check_layers_of(model, layers)
 
 
-def _check_inputs(model: nn.Module, inputs) -> torch.Tensor:
+def _inputs(model: nn.Module, inputs) -> torch.Tensor:
     if not isinstance(inputs, torch.Tensor) or inputs.ndim != 4 or not inputs.is_floating_point():
         got = f"{inputs.dtype} tensor of shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor) \
             else type(inputs).__name__
-        raise DiagnosticsError(f"inputs must be a float tensor (N, C, H, W), got {got}")
+        raise DiagnosticsError(f"Expected inputs as a float tensor (N, C, H, W); got {got}.")
     if inputs.shape[0] == 0:
-        raise DiagnosticsError("inputs is empty (N = 0); pass at least one image")
+        raise DiagnosticsError("Expected inputs with at least one image; got N = 0.")
     param = next(model.parameters(), None)
     if param is not None:
         if param.dtype != inputs.dtype:
-            raise DiagnosticsError(f"inputs are {inputs.dtype} but the model's parameters are "
-                                   f"{param.dtype}; cast one of them (e.g. inputs.to({param.dtype}))")
+            raise DiagnosticsError(f"Expected inputs of the model's parameter dtype {param.dtype}; got "
+                                   f"{inputs.dtype}. Cast one of them (e.g. inputs.to({param.dtype})).")
         inputs = inputs.to(param.device)
     return inputs.detach()
 
 
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise DiagnosticsError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _check_baselines(baselines, inputs: torch.Tensor):
+def _baselines(baselines, inputs: torch.Tensor):
     if isinstance(baselines, (int, float, np.floating, np.integer)) and not isinstance(baselines, bool):
         return float(baselines)
     if not isinstance(baselines, torch.Tensor):
-        raise DiagnosticsError(f"baselines must be a number or a tensor broadcastable to inputs "
-                               f"{tuple(inputs.shape)}, got {type(baselines).__name__}")
+        raise DiagnosticsError(f"Expected baselines as a number or a tensor broadcastable to inputs "
+                               f"{tuple(inputs.shape)}; got {type(baselines).__name__}.")
     try:
         ok = torch.broadcast_shapes(baselines.shape, inputs.shape) == inputs.shape
     except RuntimeError:
         ok = False
     if not ok:
-        raise DiagnosticsError(f"baselines of shape {tuple(baselines.shape)} do not broadcast to inputs "
-                               f"{tuple(inputs.shape)}; use a scalar, (1, C, H, W) or (N, C, H, W)")
+        raise DiagnosticsError(f"Expected baselines that broadcast to inputs {tuple(inputs.shape)}; got shape "
+                               f"{tuple(baselines.shape)}. Use a scalar, (1, C, H, W) or (N, C, H, W).")
     baselines = baselines.detach().to(device=inputs.device, dtype=inputs.dtype)
     # Per-instance baselines are sliced with their instances; anything else broadcasts to every batch.
     if baselines.ndim == 4 and baselines.shape[0] == inputs.shape[0]:
@@ -338,7 +317,7 @@ def _check_baselines(baselines, inputs: torch.Tensor):
     return baselines.reshape((1,) * (4 - baselines.ndim) + tuple(baselines.shape))
 
 
-def _check_target_type(target, n: int, device) -> int | torch.Tensor:
+def _target(target, n: int, device) -> int | torch.Tensor:
     if isinstance(target, torch.Tensor) and target.ndim == 0:
         target = target.item() if not target.is_floating_point() else target
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
@@ -348,12 +327,12 @@ def _check_target_type(target, n: int, device) -> int | torch.Tensor:
         return target.to(device=device, dtype=torch.long)
     got = f"{target.dtype} tensor of shape {tuple(target.shape)}" if isinstance(target, torch.Tensor) \
         else repr(target)[:100]
-    raise DiagnosticsError(f"target must be an int or an integer tensor of shape ({n},) (one class per "
-                           f"instance), got {got}")
+    raise DiagnosticsError(f"Expected target as an int or an integer tensor of shape ({n},) (one class "
+                           f"per instance); got {got}.")
 
 
-def _check_target_range(target, num_classes: int) -> None:
+def _target_range(target, num_classes: int) -> None:
     low, high = (target, target) if isinstance(target, int) else (int(target.min()), int(target.max()))
     if low < 0 or high >= num_classes:
-        raise DiagnosticsError(f"target classes must lie in [0, {num_classes}) (the model's "
-                               f"{num_classes} logits), got values in [{low}, {high}]")
+        raise DiagnosticsError(f"Expected target classes in [0, {num_classes}) (the model's {num_classes} "
+                               f"logits); got values in [{low}, {high}].")
