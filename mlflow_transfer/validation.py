@@ -112,18 +112,20 @@ def check_int(value, name: str, *, low: int | None = None, high: int | None = No
 
 
 def check_number(value, name: str, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False, doc: str = "",
+                 low_open: bool = False, high_open: bool = False, finite: bool = True, doc: str = "",
                  error: type[TransferError] = DiagnosticsError) -> float:
-    """``value`` as a ``float`` if it is a finite real number (not a bool) in the interval from
-    ``low`` to ``high`` (open ends as asked); else ``error``. ``doc`` explains the range."""
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    """``value`` as a ``float`` if it is a real number (not a bool, not NaN; finite unless
+    ``finite=False``) in the interval from ``low`` to ``high`` (open ends as asked); else ``error``.
+    ``doc`` explains the range."""
+    ok = isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value) \
+        and (math.isfinite(value) or not finite)
     if ok and low is not None and (value <= low if low_open else value < low):
         ok = False
     if ok and high is not None and (value >= high if high_open else value > high):
         ok = False
     if not ok:
         where = f" {_interval(low, high, low_open, high_open)}" if low is not None or high is not None else ""
-        raise error(f"Expected {name} as a finite number{where}{' ' + doc if doc else ''}; "
+        raise error(f"Expected {name} as a {'finite ' if finite else ''}number{where}{' ' + doc if doc else ''}; "
                     f"got {_shown(value)}.")
     return float(value)
 

@@ -167,14 +167,14 @@ def test_k_overrides_fraction():
 
 
 @pytest.mark.parametrize(("bad", "match"), [
-    (np.zeros(4), r"shape \(instances, neurons\).*\(4,\)"),
+    (np.zeros(4), r"Expected the conductance matrix as a 2-D array of shape \(instances, neurons\); got shape \(4,\)\."),
     (np.zeros((2, 3, 3)), r"spatial maximum"),
-    (np.zeros((0, 4)), r"at least one instance and one neuron"),
-    (np.zeros((3, 0)), r"at least one instance and one neuron"),
-    (np.array([[1.0, np.nan], [0.0, 1.0]]), r"1 NaN or infinite"),
+    (np.zeros((0, 4)), r"with sizes >= 1 × >= 1; got shape \(0, 4\)\. .*skip it"),
+    (np.zeros((3, 0)), r"with sizes >= 1 × >= 1; got shape \(3, 0\)\."),
+    (np.array([[1.0, np.nan], [0.0, 1.0]]), r"of finite values; got 1 NaN or infinite value\(s\)\."),
     (np.array([[1.0, np.inf]]), r"NaN or infinite"),
-    (np.array([["a", "b"]]), r"real numbers"),
-    (np.array([[True, False]]), r"real numbers"),
+    (np.array([["a", "b"]]), r"of real numbers; got dtype <U1\."),
+    (np.array([[True, False]]), r"of real numbers; got dtype bool\."),
 ])
 def test_ranking_rejects_bad_conductance(bad, match):
     with pytest.raises(DiagnosticsError, match=match):
@@ -184,16 +184,16 @@ def test_ranking_rejects_bad_conductance(bad, match):
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"fraction": 0.0}, r"fraction must be a number in \(0, 1\]"),
-    ({"fraction": 1.5}, r"fraction must be a number in \(0, 1\]"),
+    ({"fraction": 0.0}, r"Expected fraction as a finite number in \(0, 1\] .*; got 0.0\."),
+    ({"fraction": 1.5}, r"Expected fraction as a finite number in \(0, 1\] .*; got 1.5\."),
     ({"fraction": -0.1}, r"fraction"),
     ({"fraction": float("nan")}, r"fraction"),
     ({"fraction": "0.1"}, r"fraction"),
     ({"fraction": True}, r"fraction"),
-    ({"k": 0}, r"k must lie in \[1, 4\].*k=0"),
-    ({"k": 5}, r"k must lie in \[1, 4\]"),
-    ({"k": 2.0}, r"k must be an integer"),
-    ({"k": True}, r"k must be an integer"),
+    ({"k": 0}, r"Expected k as an integer in \[1, 4\] \(the layer has 4 neurons.*; got 0\."),
+    ({"k": 5}, r"Expected k as an integer in \[1, 4\]"),
+    ({"k": 2.0}, r"Expected k as an integer .*; got 2.0\."),
+    ({"k": True}, r"Expected k as an integer .*; got True\."),
 ])
 def test_top_k_rejects_bad_k_and_fraction(kwargs, match):
     with pytest.raises(DiagnosticsError, match=match):
@@ -202,7 +202,7 @@ def test_top_k_rejects_bad_k_and_fraction(kwargs, match):
 
 @pytest.mark.parametrize("units", [0, -1, 2.0, True])
 def test_resolve_k_rejects_bad_layer_size(units):
-    with pytest.raises(DiagnosticsError, match="at least one neuron"):
+    with pytest.raises(DiagnosticsError, match=r"Expected the layer's number of neurons as an integer >= 1; got"):
         resolve_k(units)
 
 
@@ -342,34 +342,34 @@ def test_layer_summary_by_hand():
 
 def test_similarity_rejects_bad_inputs():
     ok = np.ones((3, 2))
-    with pytest.raises(DiagnosticsError, match=r"same instances; got 3 rows \(source\) and 4 rows"):
+    with pytest.raises(DiagnosticsError, match=r"Expected source and target conductance of the same instances; got 3 rows \(source\) and 4 rows"):
         neuron_similarity(ok, np.ones((4, 2)))
-    with pytest.raises(DiagnosticsError, match=r"source conductance as a non-empty 2-D.*\(3,\)"):
+    with pytest.raises(DiagnosticsError, match=r"Expected the source conductance as a 2-D array.*; got shape \(3,\)\."):
         neuron_similarity(np.ones(3), ok)
-    with pytest.raises(DiagnosticsError, match=r"target conductance as a non-empty 2-D.*\(3, 0\)"):
+    with pytest.raises(DiagnosticsError, match=r"Expected the target conductance as a 2-D array .* with sizes >= 1 × >= 1; got shape \(3, 0\)\."):
         neuron_similarity(ok, np.ones((3, 0)))
-    with pytest.raises(DiagnosticsError, match="NaN or infinite"):
+    with pytest.raises(DiagnosticsError, match=r"of finite values; got 1 NaN or infinite value\(s\)\. Check the"):
         neuron_similarity(ok, np.array([[1.0], [np.nan], [0.0]]))
-    with pytest.raises(DiagnosticsError, match="real numbers"):
+    with pytest.raises(DiagnosticsError, match=r"of real numbers; got dtype complex128\."):
         neuron_similarity(ok.astype(complex), ok)
 
 
 @pytest.mark.parametrize("k", [0, 4, 1.0, True])
 def test_best_matches_rejects_bad_k(k):
-    with pytest.raises(DiagnosticsError, match=r"k must be an integer in \[1, 3\]"):
+    with pytest.raises(DiagnosticsError, match=r"Expected k as an integer in \[1, 3\] \(the number of source neurons\); got"):
         best_matches(np.zeros((3, 2)), k=k)
 
 
 def test_best_matches_rejects_bad_similarity():
-    with pytest.raises(DiagnosticsError, match="similarity matrix as a non-empty 2-D"):
+    with pytest.raises(DiagnosticsError, match=r"Expected the similarity matrix as a 2-D array.*; got shape \(2, 2, 2\)\."):
         best_matches(np.zeros((2, 2, 2)))
-    with pytest.raises(DiagnosticsError, match="NaN or infinite"):
+    with pytest.raises(DiagnosticsError, match="got 1 NaN or infinite value"):
         best_source_neurons(np.array([[np.inf]]))
 
 
 @pytest.mark.parametrize("threshold", [1.0, 2.0, float("nan"), "0", None, True])
 def test_threshold_must_be_a_number_below_one(threshold):
-    with pytest.raises(DiagnosticsError, match="min_similarity must be a number below 1"):
+    with pytest.raises(DiagnosticsError, match=r"Expected min_similarity as a number < 1 \(cosine similarities .*\); got "):
         best_source_neurons(np.zeros((2, 2)), min_similarity=threshold)
     with pytest.raises(DiagnosticsError, match="min_similarity"):
         weight_correspondence(np.zeros((0, 2), int), np.zeros((0, 2), int), np.zeros((2, 2)),
@@ -377,15 +377,15 @@ def test_threshold_must_be_a_number_below_one(threshold):
 
 
 @pytest.mark.parametrize(("target_w", "source_w", "match"), [
-    (np.array([0, 1]), np.zeros((0, 2), int), r"important target weights as an integer array of shape \(K, 2\)"),
-    (np.zeros((2, 3), int), np.zeros((0, 2), int), r"target weights.*shape \(2, 3\)"),
-    (np.zeros((0, 2), int), np.zeros((1, 1), int), r"important source weights .*shape \(1, 1\)"),
-    (np.array([[0.0, 1.0]]), np.zeros((0, 2), int), r"target weights must be integer.*float64"),
-    (np.array([[3, 0]]), np.zeros((0, 2), int), r"target weights: neuron indices of layer i must lie in \[0, 3\)"),
-    (np.array([[0, 4]]), np.zeros((0, 2), int), r"target weights: neuron indices of layer i\+1 must lie in \[0, 4\)"),
-    (np.array([[-1, 0]]), np.zeros((0, 2), int), r"layer i must lie in \[0, 3\).*from -1"),
-    (np.zeros((0, 2), int), np.array([[2, 0]]), r"source weights: neuron indices of layer i must lie in \[0, 2\)"),
-    (np.zeros((0, 2), int), np.array([[0, 5]]), r"source weights: neuron indices of layer i\+1 must lie in \[0, 5\)"),
+    (np.array([0, 1]), np.zeros((0, 2), int), r"Expected the important target weights as a 2-D array of shape \(K, 2\).*; got shape \(2,\)\."),
+    (np.zeros((2, 3), int), np.zeros((0, 2), int), r"Expected the important target weights as .*; got shape \(2, 3\)\."),
+    (np.zeros((0, 2), int), np.zeros((1, 1), int), r"Expected the important source weights .*; got shape \(1, 1\)\."),
+    (np.array([[0.0, 1.0]]), np.zeros((0, 2), int), r"Expected the important target weights .* of integers; got dtype float64\."),
+    (np.array([[3, 0]]), np.zeros((0, 2), int), r"Expected the important target weights' neuron indices of layer i in \[0, 3\)"),
+    (np.array([[0, 4]]), np.zeros((0, 2), int), r"Expected the important target weights' neuron indices of layer i\+1 in \[0, 4\)"),
+    (np.array([[-1, 0]]), np.zeros((0, 2), int), r"layer i in \[0, 3\).*; got values from -1"),
+    (np.zeros((0, 2), int), np.array([[2, 0]]), r"Expected the important source weights' neuron indices of layer i in \[0, 2\)"),
+    (np.zeros((0, 2), int), np.array([[0, 5]]), r"Expected the important source weights' neuron indices of layer i\+1 in \[0, 5\)"),
 ])
 def test_weight_correspondence_rejects_bad_weights(target_w, source_w, match):
     sim_i, sim_next = np.zeros((2, 3)), np.zeros((5, 4))  # (source, target) sizes differ on purpose
@@ -395,20 +395,20 @@ def test_weight_correspondence_rejects_bad_weights(target_w, source_w, match):
 
 def test_weight_correspondence_rejects_bad_similarity():
     weights = np.zeros((1, 2), int)
-    with pytest.raises(DiagnosticsError, match="similarity matrix of layer i as"):
+    with pytest.raises(DiagnosticsError, match=r"Expected the similarity matrix of layer i as a 2-D array"):
         weight_correspondence(weights, weights, np.zeros(3), np.zeros((2, 2)))
-    with pytest.raises(DiagnosticsError, match=r"similarity matrix of layer i\+1 holds NaN"):
+    with pytest.raises(DiagnosticsError, match=r"Expected the similarity matrix of layer i\+1 as .* of finite values; got 4 NaN"):
         weight_correspondence(weights, weights, np.zeros((2, 2)), np.full((2, 2), np.nan))
 
 
 @pytest.mark.parametrize(("neurons", "flags", "match"), [
-    (np.array([], dtype=int), np.zeros(0, bool), "non-empty 1-D integer array"),
-    (np.array([[0]]), np.zeros(0, bool), "non-empty 1-D integer array"),
-    (np.array([0.0]), np.zeros(0, bool), "non-empty 1-D integer array"),
-    (np.array([3]), np.zeros(0, bool), r"must lie in \[0, 3\).*from 3 to 3"),
-    (np.array([-1]), np.zeros(0, bool), r"must lie in \[0, 3\)"),
-    (np.array([0]), np.array([1, 0]), "1-D bool array.*int64"),
-    (np.array([0]), np.zeros((2, 1), bool), r"1-D bool array.*\(2, 1\)"),
+    (np.array([], dtype=int), np.zeros(0, bool), r"Expected important_target_neurons as a 1-D array .* with sizes >= 1; got shape \(0,\)\."),
+    (np.array([[0]]), np.zeros(0, bool), r"Expected important_target_neurons as a 1-D array.*; got shape \(1, 1\)\."),
+    (np.array([0.0]), np.zeros(0, bool), r"Expected important_target_neurons as a 1-D array .* of integers; got dtype float64\."),
+    (np.array([3]), np.zeros(0, bool), r"Expected important_target_neurons in \[0, 3\).*; got values from 3 to 3\."),
+    (np.array([-1]), np.zeros(0, bool), r"Expected important_target_neurons in \[0, 3\)"),
+    (np.array([0]), np.array([1, 0]), r"Expected correspondence as a 1-D array of booleans; got dtype int64\. Pass the array weight_correspondence"),
+    (np.array([0]), np.zeros((2, 1), bool), r"Expected correspondence as a 1-D array; got shape \(2, 1\)\."),
 ])
 def test_layer_summary_rejects_bad_inputs(neurons, flags, match):
     with pytest.raises(DiagnosticsError, match=match):

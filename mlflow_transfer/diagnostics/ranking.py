@@ -14,12 +14,11 @@ the layout the conductance code returns.
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
 
 import numpy as np
 from scipy.stats import rankdata
 
-from mlflow_transfer.errors import DiagnosticsError
+from ..validation import check_array, check_fraction, check_int
 
 __all__ = ["neuron_rank_scores", "top_k_neurons", "resolve_k"]
 
@@ -43,7 +42,7 @@ def neuron_rank_scores(conductance: np.ndarray) -> np.ndarray:
     Raises:
         DiagnosticsError: if the array is not 2-D, is empty, or holds NaN or infinity.
     """
-    array = _check_conductance(conductance)
+    array = _conductance(conductance)
     return _rank_scores(array)
 
 
@@ -64,7 +63,7 @@ def top_k_neurons(conductance: np.ndarray, fraction: float = 0.1, k: int | None 
         DiagnosticsError: for a bad conductance array (see :func:`neuron_rank_scores`), a fraction
             outside (0, 1], or a k outside [1, U].
     """
-    array = _check_conductance(conductance)
+    array = _conductance(conductance)
     count = resolve_k(array.shape[1], fraction=fraction, k=k)
     scores = _rank_scores(array)
     # A stable sort on the negated scores keeps equal scores in index order.
@@ -79,45 +78,21 @@ def resolve_k(num_neurons: int, fraction: float = 0.1, k: int | None = None) -> 
     Raises:
         DiagnosticsError: if ``num_neurons`` < 1, ``fraction`` is outside (0, 1] or ``k`` outside [1, U].
     """
-    if isinstance(num_neurons, bool) or not isinstance(num_neurons, Integral) or num_neurons < 1:
-        raise DiagnosticsError(
-            f"The layer must have at least one neuron (an integer >= 1); got {num_neurons!r}.")
+    num_neurons = check_int(num_neurons, "the layer's number of neurons", low=1)
     if k is not None:
-        if isinstance(k, bool) or not isinstance(k, Integral):
-            raise DiagnosticsError(
-                f"k must be an integer number of neurons; got {k!r} of type {type(k).__name__}. "
-                "Pass an int, or k=None to use `fraction`.")
-        if not 1 <= k <= num_neurons:
-            raise DiagnosticsError(
-                f"k must lie in [1, {num_neurons}] (the layer has {num_neurons} neurons); got k={k}.")
-        return int(k)
-    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < float(fraction) <= 1:
-        raise DiagnosticsError(
-            f"fraction must be a number in (0, 1] (0.1 keeps 10 % of the layer, as in the paper); "
-            f"got {fraction!r}.")
-    return max(1, math.ceil(round(float(fraction) * num_neurons, _K_ROUND_DIGITS)))
+        return check_int(k, "k", low=1, high=num_neurons, doc=f"(the layer has {num_neurons} neurons; "
+                                                             f"or k=None to use `fraction`)")
+    fraction = check_fraction(fraction, "fraction", doc="(0.1 keeps 10 % of the layer, as in the paper)")
+    return max(1, math.ceil(round(fraction * num_neurons, _K_ROUND_DIGITS)))
 
 
-def _check_conductance(conductance: np.ndarray) -> np.ndarray:
-    array = np.asarray(conductance)
-    if array.ndim != 2:
-        raise DiagnosticsError(
-            f"Expected a conductance matrix of shape (instances, neurons); got an array of shape "
-            f"{array.shape}. Reduce conv maps to one value per channel (the spatial maximum) first.")
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise DiagnosticsError(
-            f"The conductance matrix needs at least one instance and one neuron; got shape {array.shape}. "
-            "A class with no instances has no important neurons: skip it.")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise DiagnosticsError(
-            f"The conductance matrix must hold real numbers; got dtype {array.dtype}.")
-    array = array.astype(np.float64, copy=False)
-    if not np.isfinite(array).all():
-        bad = int(np.size(array) - np.isfinite(array).sum())
-        raise DiagnosticsError(
-            f"The conductance matrix holds {bad} NaN or infinite value(s); every value must be finite. "
-            "Check the attribution step (e.g. a diverged model or too few integration steps).")
-    return array
+def _conductance(conductance) -> np.ndarray:
+    return check_array(conductance, "the conductance matrix", ndim=2, layout="(instances, neurons)",
+                       min_shape=(1, 1), hints={
+                           "shape": "Reduce conv maps to one value per channel (the spatial maximum) first; "
+                                    "a class with no instances has no important neurons: skip it.",
+                           "finite": "Check the attribution step (e.g. a diverged model or too few "
+                                     "integration steps)."})
 
 
 def _rank_scores(array: np.ndarray) -> np.ndarray:

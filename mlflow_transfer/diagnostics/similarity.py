@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
 
 import numpy as np
 from sklearn.metrics.pairwise import cosine_similarity
 
 from mlflow_transfer.errors import DiagnosticsError
+
+from ..validation import check_array, check_int, check_number
 
 __all__ = [
     "LayerComparison",
@@ -76,7 +77,7 @@ def neuron_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     tgt = _check_matrix(target, "target conductance", "(instances, target neurons)")
     if src.shape[0] != tgt.shape[0]:
         raise DiagnosticsError(
-            f"Source and target conductance must cover the same instances; got {src.shape[0]} rows "
+            f"Expected source and target conductance of the same instances; got {src.shape[0]} rows "
             f"(source) and {tgt.shape[0]} rows (target). Attribute both models on the same target "
             "instances of the class, in the same order.")
     return _cosine(src, tgt)
@@ -112,9 +113,7 @@ def best_matches(similarity: np.ndarray, k: int = 1) -> np.ndarray:
         DiagnosticsError: if ``similarity`` is not a 2-D finite array or k is outside [1, Us].
     """
     sim = _check_matrix(similarity, "similarity matrix", "(source neurons, target neurons)")
-    if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k <= sim.shape[0]:
-        raise DiagnosticsError(
-            f"k must be an integer in [1, {sim.shape[0]}] (the number of source neurons); got {k!r}.")
+    k = check_int(k, "k", low=1, high=sim.shape[0], doc="(the number of source neurons)")
     # Stable sort on negated values: ties keep ascending source index.
     order = np.argsort(-sim, axis=0, kind="stable")[:k]
     return order.T.astype(np.int64)
@@ -212,20 +211,15 @@ def layer_summary(
             not integers or out of range, or ``correspondence`` is not a 1-D bool array.
     """
     sim = _check_matrix(similarity, "similarity matrix", "(source neurons, target neurons)")
-    neurons = np.asarray(important_target_neurons)
-    if neurons.ndim != 1 or neurons.size == 0 or not np.issubdtype(neurons.dtype, np.integer):
-        raise DiagnosticsError(
-            "important_target_neurons must be a non-empty 1-D integer array of target neuron indices; "
-            f"got shape {neurons.shape} and dtype {neurons.dtype}.")
+    neurons = check_array(important_target_neurons, "important_target_neurons", ndim=1,
+                          layout="(target neuron indices,)", kind="integer", min_shape=(1,))
     if neurons.min() < 0 or neurons.max() >= sim.shape[1]:
         raise DiagnosticsError(
-            f"important_target_neurons must lie in [0, {sim.shape[1]}) (the layer's target neurons); "
+            f"Expected important_target_neurons in [0, {sim.shape[1]}) (the layer's target neurons); "
             f"got values from {neurons.min()} to {neurons.max()}.")
-    flags = np.asarray(correspondence)
-    if flags.ndim != 1 or (flags.size and flags.dtype != np.bool_):
-        raise DiagnosticsError(
-            "correspondence must be the 1-D bool array returned by weight_correspondence; "
-            f"got shape {flags.shape} and dtype {flags.dtype}.")
+    flags = check_array(correspondence, "correspondence", ndim=1, kind="bool",
+                        hints={"shape": "Pass the array weight_correspondence returns.",
+                               "kind": "Pass the array weight_correspondence returns."})
     n_weights = int(flags.size)
     n_inherited = int(np.count_nonzero(flags))
     return LayerComparison(
@@ -268,44 +262,26 @@ def _correspondence(
 
 
 def _check_matrix(array: np.ndarray, what: str, layout: str) -> np.ndarray:
-    matrix = np.asarray(array)
-    if matrix.ndim != 2 or matrix.shape[0] < 1 or matrix.shape[1] < 1:
-        raise DiagnosticsError(
-            f"Expected the {what} as a non-empty 2-D array of shape {layout}; got shape {matrix.shape}.")
-    if not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
-        raise DiagnosticsError(f"The {what} must hold real numbers; got dtype {matrix.dtype}.")
-    matrix = matrix.astype(np.float64, copy=False)
-    if not np.isfinite(matrix).all():
-        raise DiagnosticsError(
-            f"The {what} holds NaN or infinite values; every value must be finite. "
-            "Check the attribution step that produced it.")
-    return matrix
+    return check_array(array, f"the {what}", ndim=2, layout=layout, min_shape=(1, 1),
+                       hints={"finite": "Check the attribution step that produced it."})
 
 
 def _check_weights(weights: np.ndarray, side: str, bounds: tuple[int, int]) -> np.ndarray:
-    pairs = np.asarray(weights)
-    if pairs.ndim != 2 or pairs.shape[1] != 2:
-        raise DiagnosticsError(
-            f"Expected the important {side} weights as an integer array of shape (K, 2), rows "
-            f"(neuron in layer i, neuron in layer i+1); got shape {pairs.shape}.")
-    if pairs.shape[0] and not np.issubdtype(pairs.dtype, np.integer):
-        raise DiagnosticsError(
-            f"The important {side} weights must be integer neuron indices; got dtype {pairs.dtype}.")
-    pairs = pairs.astype(np.int64, copy=False)
+    what = f"the important {side} weights"
+    layout = "(K, 2), rows (neuron in layer i, neuron in layer i+1)"
+    pairs = check_array(weights, what, ndim=2, layout=layout, kind="integer")
+    if pairs.shape[1] != 2:
+        raise DiagnosticsError(f"Expected {what} as a 2-D array of shape {layout}; got shape {pairs.shape}.")
     for column, (bound, layer) in enumerate(zip(bounds, ("i", "i+1"))):
         values = pairs[:, column]
         if values.size and (values.min() < 0 or values.max() >= bound):
             raise DiagnosticsError(
-                f"Important {side} weights: neuron indices of layer {layer} must lie in [0, {bound}) "
-                f"(the {side} side of that layer's similarity matrix); got values from {values.min()} "
-                f"to {values.max()}. Are the weights and similarity matrices of the same layers?")
+                f"Expected {what}' neuron indices of layer {layer} in [0, {bound}) (the {side} side of "
+                f"that layer's similarity matrix); got values from {values.min()} to {values.max()}. "
+                "Are the weights and similarity matrices of the same layers?")
     return pairs
 
 
 def _check_threshold(min_similarity: float) -> float:
-    if isinstance(min_similarity, bool) or not isinstance(min_similarity, Real) \
-            or math.isnan(min_similarity) or not min_similarity < 1:
-        raise DiagnosticsError(
-            f"min_similarity must be a number below 1 (cosine similarities lie in [-1, 1]; use "
-            f"-math.inf for the paper's plain argmax); got {min_similarity!r}.")
-    return float(min_similarity)
+    return check_number(min_similarity, "min_similarity", high=1.0, high_open=True, finite=False,
+                        doc="(cosine similarities lie in [-1, 1]; use -math.inf for the paper's plain argmax)")
