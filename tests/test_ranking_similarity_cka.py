@@ -484,13 +484,13 @@ def test_cka_matrix_equals_pairwise_cka():
 
 
 @pytest.mark.parametrize(("x", "y", "match"), [
-    (np.zeros((5, 2, 2)), np.ones((5, 1)), r"x as a 2-D array.*\(5, 2, 2\).*reshape\(len\(features\), -1\)"),
-    (np.zeros(5), np.ones((5, 1)), r"x as a 2-D array.*\(5,\)"),
-    (np.ones((5, 1)), np.zeros((5, 0)), r"y need at least one column"),
-    (np.ones((3, 2)), np.ones((3, 2)), r"at least 4 inputs \(n > 3\); x has 3"),
-    (np.ones((5, 2)), np.ones((6, 2)), r"same inputs; got 5 rows in x and 6 in y"),
-    (np.array([[1.0], [np.nan], [2.0], [3.0]]), np.ones((4, 1)), r"x hold NaN or infinite"),
-    (np.ones((4, 1), dtype=complex), np.ones((4, 1)), r"real numbers"),
+    (np.zeros((5, 2, 2)), np.ones((5, 1)), r"Expected the features of x as a 2-D array.*; got shape \(5, 2, 2\)\. .*reshape\(len\(features\), -1\)"),
+    (np.zeros(5), np.ones((5, 1)), r"Expected the features of x as a 2-D array.*; got shape \(5,\)\."),
+    (np.ones((5, 1)), np.zeros((5, 0)), r"Expected the features of y as .* with sizes >= 0 × >= 1; got shape \(5, 0\)\."),
+    (np.ones((3, 2)), np.ones((3, 2)), r"Expected the features of x on at least 4 inputs .*; got 3\."),
+    (np.ones((5, 2)), np.ones((6, 2)), r"Expected x and y on the same inputs; got 5 rows in x and 6 in y\."),
+    (np.array([[1.0], [np.nan], [2.0], [3.0]]), np.ones((4, 1)), r"Expected the features of x as .* of finite values; got 1 NaN or infinite value\(s\)\."),
+    (np.ones((4, 1), dtype=complex), np.ones((4, 1)), r"of real numbers; got dtype complex128\."),
 ])
 def test_linear_cka_rejects_bad_inputs(x, y, match):
     with pytest.raises(DiagnosticsError, match=match):
@@ -511,13 +511,13 @@ def test_linear_cka_rejects_degenerate_representations():
 
 def test_cka_matrix_rejects_bad_inputs():
     ok = {"a": _rng(17).normal(size=(6, 2))}
-    with pytest.raises(DiagnosticsError, match=r"source_features must be a non-empty mapping.*dict with 0"):
+    with pytest.raises(DiagnosticsError, match=r"Expected source_features as a non-empty mapping.*; got dict with 0 layers\."):
         cka_matrix({}, ok)
-    with pytest.raises(DiagnosticsError, match=r"target_features must be a non-empty mapping.*list"):
+    with pytest.raises(DiagnosticsError, match=r"Expected target_features as a non-empty mapping.*; got list\."):
         cka_matrix(ok, [np.ones((6, 2))])
-    with pytest.raises(DiagnosticsError, match=r"same number of rows; got source layer 'a': 6, target layer 'b': 5"):
+    with pytest.raises(DiagnosticsError, match=r"Expected every layer on the same inputs \(the same number of rows\); got source layer 'a': 6, target layer 'b': 5\."):
         cka_matrix(ok, {"b": np.ones((5, 2))})
-    with pytest.raises(DiagnosticsError, match=r"target_features\['b'\] as a 2-D.*reshape"):
+    with pytest.raises(DiagnosticsError, match=r"Expected the features of target_features\['b'\] as a 2-D.*reshape"):
         cka_matrix(ok, {"b": np.ones((6, 2, 2))})
     with pytest.raises(DiagnosticsError, match=r"target layer 'dead' are the same for every input"):
         cka_matrix(ok, {"dead": np.zeros((6, 3))})

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from mlflow_transfer.errors import DiagnosticsError
+from mlflow_transfer.validation import check_array
 
 __all__ = ["cka_matrix", "linear_cka"]
 
@@ -59,7 +60,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     fy = _check_features(y, "y")
     if fx.shape[0] != fy.shape[0]:
         raise DiagnosticsError(
-            f"x and y must describe the same inputs; got {fx.shape[0]} rows in x and {fy.shape[0]} in y. "
+            f"Expected x and y on the same inputs; got {fx.shape[0]} rows in x and {fy.shape[0]} in y. "
             "Run both layers on the same inputs, in the same order.")
     ux = _normalised_u_gram(fx, "x")
     uy = _normalised_u_gram(fy, "y")
@@ -92,7 +93,7 @@ def cka_matrix(
     if len(set(counts.values())) != 1:
         listing = ", ".join(f"{where}: {n}" for where, n in counts.items())
         raise DiagnosticsError(
-            f"Every layer must describe the same inputs, so all need the same number of rows; got {listing}. "
+            f"Expected every layer on the same inputs (the same number of rows); got {listing}. "
             "Collect all layers' features from one pass over the same inputs.")
     # Target side stacked once (Lb, n²); each source layer is then one matrix-vector product.
     stacked = np.stack([_normalised_u_gram(feats, f"target layer {name!r}").ravel()
@@ -138,33 +139,20 @@ def _clip(value: float) -> float:
 
 
 def _check_features(features: np.ndarray, what: str) -> np.ndarray:
-    array = np.asarray(features)
-    if array.ndim != 2:
-        hint = (" Flatten conv maps first: features.reshape(len(features), -1)."
-                if array.ndim > 2 else "")
-        raise DiagnosticsError(
-            f"Expected the features of {what} as a 2-D array of shape (inputs, features); got shape "
-            f"{array.shape}.{hint}")
-    if array.shape[1] < 1:
-        raise DiagnosticsError(
-            f"The features of {what} need at least one column; got shape {array.shape}.")
+    array = check_array(features, f"the features of {what}", ndim=2, layout="(inputs, features)",
+                        min_shape=(0, 1), hints={"shape": "Flatten conv maps first: "
+                                                          "features.reshape(len(features), -1)."})
     if array.shape[0] < MIN_SAMPLES:
         raise DiagnosticsError(
-            f"The unbiased CKA estimator needs at least {MIN_SAMPLES} inputs (n > 3); {what} has "
-            f"{array.shape[0]}. Pass more inputs.")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise DiagnosticsError(f"The features of {what} must hold real numbers; got dtype {array.dtype}.")
-    array = array.astype(np.float64, copy=False)
-    if not np.isfinite(array).all():
-        raise DiagnosticsError(
-            f"The features of {what} hold NaN or infinite values; every value must be finite.")
+            f"Expected the features of {what} on at least {MIN_SAMPLES} inputs (the unbiased CKA estimator "
+            f"needs n > 3); got {array.shape[0]}. Pass more inputs.")
     return array
 
 
 def _check_mapping(features: Mapping[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
     if not isinstance(features, Mapping) or len(features) == 0:
-        raise DiagnosticsError(
-            f"{what} must be a non-empty mapping of layer name -> (n, d) features; got "
-            f"{type(features).__name__} with {len(features) if isinstance(features, Mapping) else 'no'} "
-            "layer(s).")
+        got = f"{type(features).__name__} with 0 layers" if isinstance(features, Mapping) \
+            else type(features).__name__
+        raise DiagnosticsError(f"Expected {what} as a non-empty mapping of layer name -> (n, d) features; "
+                               f"got {got}.")
     return {name: _check_features(feats, f"{what}[{name!r}]") for name, feats in features.items()}
