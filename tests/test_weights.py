@@ -302,7 +302,7 @@ def test_layer_inputs_errors():
         layer_inputs(model, torch.zeros(0, 3, 32, 32), layers)
     with pytest.raises(DiagnosticsError, match="NaN or infinite"):
         layer_inputs(model, torch.full((1, 3, 32, 32), float("nan")), layers)
-    with pytest.raises(DiagnosticsError, match="batch_size must be an integer >= 1"):
+    with pytest.raises(DiagnosticsError, match=r"Expected batch_size as an integer >= 1; got"):
         layer_inputs(model, _images(1), layers, batch_size=0)
     with pytest.raises(DiagnosticsError, match="non-empty mapping"):
         layer_inputs(model, _images(1), {})
@@ -388,13 +388,13 @@ def test_activated_weights_errors():
         activated_weights(nn.Linear(10, 2), np.zeros((2, 9)))
     with pytest.raises(DiagnosticsError, match="takes 4 input channels but the previous layer has 5"):
         activated_weights(nn.Conv2d(4, 2, 3), np.zeros((1, 4, 5, 5)), n_prev=5)
-    with pytest.raises(DiagnosticsError, match="n_prev must be a positive integer"):
+    with pytest.raises(DiagnosticsError, match=r"Expected n_prev as an integer >= 1; got"):
         activated_weights(nn.Linear(10, 2), np.zeros((1, 10)), n_prev=0)
     with pytest.raises(DiagnosticsError, match="nn.Conv2d or nn.Linear; got Conv1d"):
         activated_weights(nn.Conv1d(2, 2, 3), np.zeros((1, 2, 5)))
     with pytest.raises(DiagnosticsError, match="NaN or infinite"):
         activated_weights(nn.Linear(2, 2), np.array([[np.inf, 0.0]]))
-    with pytest.raises(DiagnosticsError, match="batch_size must be an integer >= 1"):
+    with pytest.raises(DiagnosticsError, match=r"Expected batch_size as an integer >= 1; got"):
         activated_weights(nn.Linear(2, 2), np.zeros((1, 2)), batch_size=True)
     with pytest.raises(DiagnosticsError, match="padding='same' and padding_mode='reflect'"):
         activated_weights(nn.Conv2d(2, 2, 3, padding="same", padding_mode="reflect"), np.zeros((1, 2, 5, 5)))
@@ -402,21 +402,21 @@ def test_activated_weights_errors():
 
 def test_important_weights_errors():
     linear = nn.Linear(2, 3)
-    with pytest.raises(DiagnosticsError, match=r"shape \(instances, N_next, N_prev\)"):
+    with pytest.raises(DiagnosticsError, match=r"Expected the activated levels as a 3-D array of shape \(instances, N_next, N_prev\); got shape \(3, 2\)\. Compute"):
         important_weights(np.zeros((3, 2)), linear)
-    with pytest.raises(DiagnosticsError, match=r"shape \(instances, N_next, N_prev\)"):
+    with pytest.raises(DiagnosticsError, match=r"shape \(instances, N_next, N_prev\) with sizes >= 1 × >= 1 × >= 1; got shape \(0, 3, 2\)\."):
         important_weights(np.zeros((0, 3, 2)), linear)
-    with pytest.raises(DiagnosticsError, match="N_next=2 but the layer has 3 output neurons"):
+    with pytest.raises(DiagnosticsError, match=r"Expected levels with N_next = 3 \(the layer's output neurons\); got N_next=2\."):
         important_weights(np.zeros((1, 2, 2)), linear)
     with pytest.raises(DiagnosticsError, match="NaN or infinite"):
         important_weights(np.full((1, 3, 2), np.nan), linear)
-    with pytest.raises(DiagnosticsError, match="must be real numbers"):
+    with pytest.raises(DiagnosticsError, match=r"Expected the activated levels as .* of real numbers; got dtype complex128\."):
         important_weights(np.zeros((1, 3, 2), dtype=complex), linear)
-    with pytest.raises(DiagnosticsError, match=r"Per-instance top-k over 6 weights: k must lie in \[1, 6\]"):
+    with pytest.raises(DiagnosticsError, match=r"Expected k \(weights kept per instance\) as an integer in \[1, 6\] \(the layer pair has 6 weights\); got 7\."):
         important_weights(np.zeros((1, 3, 2)), linear, k=7)
-    with pytest.raises(DiagnosticsError, match=r"fraction must be a number in \(0, 1\]"):
+    with pytest.raises(DiagnosticsError, match=r"Expected fraction as a finite number in \(0, 1\]"):
         important_weights(np.zeros((1, 3, 2)), linear, fraction=1.5)
-    with pytest.raises(DiagnosticsError, match=r"keep must be an integer in \[1, 6\]"):
+    with pytest.raises(DiagnosticsError, match=r"Expected keep as an integer in \[1, 6\] \(the layer pair has 6 weights\); got 0\."):
         important_weights(np.zeros((1, 3, 2)), linear, keep=0)
 
 
@@ -467,9 +467,9 @@ def test_extract_errors_and_unsupported_pairs():
     model = _alexnet()
     with pytest.raises(DiagnosticsError, match="needs `analysis_layers`"):
         extract_important_weights(nn.Linear(2, 2), torch.zeros(1, 2))
-    with pytest.raises(DiagnosticsError, match="max_instances must be an integer >= 1"):
+    with pytest.raises(DiagnosticsError, match=r"Expected max_instances as an integer >= 1; got"):
         extract_important_weights(model, _images(1), max_instances=0)
-    with pytest.raises(DiagnosticsError, match="on_unsupported must be 'raise' or 'skip'"):
+    with pytest.raises(DiagnosticsError, match=r"Expected on_unsupported as one of \('raise', 'skip'\); got"):
         extract_important_weights(model, _images(1), on_unsupported="ignore")
-    with pytest.raises(DiagnosticsError, match=r"Layer pair fc7 → fc8 \(1280 weights\).*k must lie in \[1, 1280\]"):
+    with pytest.raises(DiagnosticsError, match=r"Expected k \(weights kept per instance\) as an integer in \[1, 1280\] \(layer pair fc7 → fc8 has 1280 weights\)"):
         extract_important_weights(model, _images(1), k=2000)

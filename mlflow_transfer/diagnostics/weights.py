@@ -43,7 +43,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from numbers import Integral
 
 import numpy as np
 import torch
@@ -52,6 +51,7 @@ from torch import nn
 
 from mlflow_transfer.diagnostics.ranking import resolve_k
 from mlflow_transfer.errors import DiagnosticsError
+from mlflow_transfer.validation import check_array, check_choice, check_int, check_layers_of
 
 __all__ = [
     "ImportantWeights",
@@ -149,8 +149,8 @@ def layer_inputs(model: nn.Module, inputs: np.ndarray | torch.Tensor, layers: Ma
             the inputs.
     """
     x = _as_input_tensor(inputs)
-    _check_positive_int(batch_size, "batch_size")
-    _check_layers_in_model(model, layers)
+    check_int(batch_size, "batch_size", low=1)
+    check_layers_of(model, layers)
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     for batch in _captured_inputs(model, x, layers, batch_size):
         for name, tensor in batch.items():
@@ -235,7 +235,7 @@ def activated_weights(module: nn.Conv2d | nn.Linear, layer_input: np.ndarray | t
     """
     kind, n_prev = _pair_kind(module, n_prev)
     x = _check_layer_input(module, layer_input)
-    _check_positive_int(batch_size, "batch_size")
+    check_int(batch_size, "batch_size", low=1)
     return np.concatenate(list(_levels_chunks(module, kind, n_prev, x, batch_size)), axis=0)
 
 
@@ -324,21 +324,17 @@ def important_weights(levels: np.ndarray, module: nn.Conv2d | nn.Linear, *,
         DiagnosticsError: for a levels array that is not 3-D, empty, non-finite or does not fit
             ``module``, or a bad ``fraction``/``k``/``keep``.
     """
-    array = np.asarray(levels)
-    if array.ndim != 3 or 0 in array.shape:
-        raise DiagnosticsError(
-            f"Expected activated levels of shape (instances, N_next, N_prev) with no empty axis; got "
-            f"shape {array.shape}. Compute them with activated_weights().")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise DiagnosticsError(f"The activated levels must be real numbers; got dtype {array.dtype}.")
+    array = check_array(levels, "the activated levels", ndim=3, layout="(instances, N_next, N_prev)",
+                        min_shape=(1, 1, 1), finite=False,
+                        hints={"shape": "Compute them with activated_weights()."})
     kind, n_prev = _pair_kind(module, array.shape[2])
     n_next = _n_out(module)
     if array.shape[1] != n_next:
         raise DiagnosticsError(
-            f"The levels have N_next={array.shape[1]} but the layer has {n_next} output neurons; pass "
-            "the module the levels were computed for.")
-    _check_finite(array, "activated levels")
-    k_in, k_keep = _resolve_counts(n_next * n_prev, fraction, k, keep)
+            f"Expected levels with N_next = {n_next} (the layer's output neurons); got N_next={array.shape[1]}. "
+            "Pass the module the levels were computed for.")
+    check_array(array, "the activated levels", ndim=3, layout="(instances, N_next, N_prev)")
+    k_in, k_keep = _resolve_counts(n_next * n_prev, fraction, k, keep, "the layer pair")
     counts = _topk_mask(array, k_in).sum(axis=0, dtype=np.int64).reshape(n_next, n_prev)
     return _select(counts, array.mean(axis=0, dtype=np.float64), module, kind, k_in, k_keep,
                    np.arange(array.shape[0], dtype=np.int64), None)
@@ -427,11 +423,10 @@ def extract_important_weights(model: nn.Module, inputs: np.ndarray | torch.Tenso
             "The model needs `analysis_layers`, an ordered mapping of at least two conv/linear layers "
             f"(a TransferNet from mlflow_transfer.models.build_model); got {type(model).__name__} with "
             f"{'no analysis_layers' if layers is None else f'{len(layers)} analysis layer(s)'}.")
-    if on_unsupported not in ("raise", "skip"):
-        raise DiagnosticsError(f"on_unsupported must be 'raise' or 'skip'; got {on_unsupported!r}.")
-    _check_positive_int(batch_size, "batch_size")
+    check_choice(on_unsupported, "on_unsupported", ("raise", "skip"))
+    check_int(batch_size, "batch_size", low=1)
     if max_instances is not None:
-        _check_positive_int(max_instances, "max_instances")
+        check_int(max_instances, "max_instances", low=1)
     x = _as_input_tensor(inputs)
 
     pairs = _supported_pairs(model, layers, on_unsupported)
@@ -446,10 +441,7 @@ def extract_important_weights(model: nn.Module, inputs: np.ndarray | torch.Tenso
         if isinstance(layers[prev], nn.Conv2d) and isinstance(module, nn.Linear):
             kind = CONV_LINEAR  # also when the flattened map is 1×1 (block size 1)
         total = _n_out(module) * n_prev
-        try:
-            k_in, k_keep = _resolve_counts(total, fraction, k, keep)
-        except DiagnosticsError as exc:
-            raise DiagnosticsError(f"Layer pair {prev} → {nxt} ({total} weights): {exc}") from None
+        k_in, k_keep = _resolve_counts(total, fraction, k, keep, f"layer pair {prev} → {nxt}")
         plans[(prev, nxt)] = (module, kind, n_prev, k_in, k_keep)
 
     if not plans:
@@ -524,8 +516,8 @@ def _flat_chain(model: nn.Module) -> list[nn.Module]:
 def _pair_kind(module: nn.Module, n_prev: int | None,
                pair: tuple[str, str] | None = None) -> tuple[str, int]:
     where = f"Layer pair {pair[0]} → {pair[1]}: " if pair else ""
-    if n_prev is not None and (isinstance(n_prev, bool) or not isinstance(n_prev, Integral) or n_prev < 1):
-        raise DiagnosticsError(f"{where}n_prev must be a positive integer; got {n_prev!r}.")
+    if n_prev is not None:
+        check_int(n_prev, f"{where}n_prev", low=1)
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
             raise DiagnosticsError(
@@ -574,8 +566,8 @@ def _check_layer_input(module: nn.Module, layer_input, name: str | None = None) 
                 f"features) as (M, {module.in_features}) with M >= 1; got shape {tuple(x.shape)}.")
     if not torch.isfinite(x).all():
         raise DiagnosticsError(
-            f"The input of {label} holds NaN or infinite values; check the model (diverged weights?) "
-            "and the inputs.")
+            f"Expected the input of {label} as finite values; got NaN or infinite values. Check the model "
+            "(diverged weights?) and the inputs.")
     return x
 
 
@@ -593,20 +585,8 @@ def _as_input_tensor(inputs) -> torch.Tensor:
             "with no instances has no important weights: skip it.")
     x = x.float()
     if not torch.isfinite(x).all():
-        raise DiagnosticsError("The inputs hold NaN or infinite values; every value must be finite.")
+        raise DiagnosticsError("Expected inputs of finite values; got NaN or infinite values.")
     return x
-
-
-def _check_layers_in_model(model: nn.Module, layers: Mapping[str, nn.Module]) -> None:
-    if not isinstance(layers, Mapping) or not layers:
-        raise DiagnosticsError(
-            f"Expected layers as a non-empty mapping name → module; got {type(layers).__name__}.")
-    owned = {id(m) for m in model.modules()}
-    foreign = [name for name, module in layers.items() if id(module) not in owned]
-    if foreign:
-        raise DiagnosticsError(
-            f"Layer(s) {foreign} are not modules of the model; pass modules taken from this model "
-            "(e.g. model.analysis_layers).")
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -614,24 +594,12 @@ def _device_of(model: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise DiagnosticsError(f"{name} must be an integer >= 1; got {value!r}.")
-
-
-def _check_finite(array: np.ndarray, what: str) -> None:
-    if not np.isfinite(array).all():
-        bad = int(array.size - np.isfinite(array).sum())
-        raise DiagnosticsError(f"The {what} hold {bad} NaN or infinite value(s); every value must be finite.")
-
-
-def _resolve_counts(total: int, fraction: float, k: int | None, keep: int | None) -> tuple[int, int]:
-    try:
-        k_in = resolve_k(total, fraction=fraction, k=k)
-    except DiagnosticsError as exc:
-        raise DiagnosticsError(f"Per-instance top-k over {total} weights: {exc}") from None
+def _resolve_counts(total: int, fraction: float, k: int | None, keep: int | None,
+                    where: str) -> tuple[int, int]:
+    weights = f"({where} has {total} weights)"
+    if k is not None:
+        check_int(k, "k (weights kept per instance)", low=1, high=total, doc=weights)
+    k_in = resolve_k(total, fraction=fraction, k=k)
     if keep is None:
         return k_in, k_in
-    if isinstance(keep, bool) or not isinstance(keep, Integral) or not 1 <= keep <= total:
-        raise DiagnosticsError(f"keep must be an integer in [1, {total}] (the number of weights); got {keep!r}.")
-    return k_in, int(keep)
+    return k_in, check_int(keep, "keep", low=1, high=total, doc=weights)
