@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from mlflow_transfer.bundle import write_pair_bundle
+from mlflow_transfer.bundle.writer import write_pair_bundle
 from mlflow_transfer.data import load_domain
 from mlflow_transfer.diagnostics.conductance import layer_conductance
 from mlflow_transfer.diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair

@@ -85,7 +85,7 @@ def build_bundle(root: Path, seed: int, n_classes: int, per_class: int, score: f
     """A real pair bundle of two untrained alexnet-32 models on random images (as conftest's tiny_bundle)."""
     import torch
 
-    from mlflow_transfer.bundle import write_pair_bundle
+    from mlflow_transfer.bundle.writer import write_pair_bundle
     from mlflow_transfer.diagnostics.engine import (
         DiagnoseOptions,
         Instances,

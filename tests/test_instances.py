@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from sklearn.manifold import trustworthiness
 
-from mlflow_transfer.diagnostics.instances import model_outputs, png_thumbnails, tsne_projection
+from mlflow_transfer.diagnostics.instances import model_outputs, png_thumbnails
+from mlflow_transfer.projection import tsne_projection
 from mlflow_transfer.errors import DiagnosticsError
 from mlflow_transfer.models import build_model
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlflow_transfer.bundle import PairBundle, write_pair_bundle
+from mlflow_transfer.bundle import PairBundle
+from mlflow_transfer.bundle.writer import write_pair_bundle
 from mlflow_transfer.diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
 from mlflow_transfer.errors import BundleError, DiagnosticsError
 from mlflow_transfer.models import build_model

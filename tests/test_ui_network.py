@@ -10,7 +10,6 @@ import pytest
 from bokeh.events import Tap
 
 from mlflow_transfer.bundle import PairBundle
-from mlflow_transfer.diagnostics.similarity import most_similar
 from ui.readers import MemorySource
 from ui.state import AppState
 from ui.views import network as nv
@@ -133,11 +132,13 @@ def test_a_click_finds_the_neuron_index_or_the_weight_under_it(bundle, tables):
 
 def test_top_similar_neurons_are_the_argsort_of_the_similarity_row(bundle):
     s = bundle.similarity("a", "conv2")
-    idx, val = most_similar(s, "target", 7)
+    idx, val = bundle.most_similar("a", "conv2", "target", 7)
     np.testing.assert_array_equal(idx, np.argsort(-s[:, 7], kind="stable")[:5])
     np.testing.assert_array_equal(val, s[idx, 7])
-    idx, _ = most_similar(s, "source", 3, k=3)
+    idx, _ = bundle.most_similar("a", "conv2", "source", 3, k=3)
     np.testing.assert_array_equal(idx, np.argsort(-s[3, :], kind="stable")[:3])
+    assert bundle.most_similar("a", "conv2", "source", s.shape[0]) is None  # no such neuron
+    assert bundle.most_similar("a", "conv2", "target", -1) is None
 
 
 def test_crop_patches_cuts_the_neurons_rows_out_of_the_sprite(bundle):
@@ -155,7 +156,7 @@ def test_neuron_detail_shows_the_patches_of_the_neuron_and_its_five_most_similar
     layer, n = "conv2", int(_imp(tables, "target", 0, "conv2")[0])
     panel = nv.neuron_detail(bundle, "a", f"target:{layer}:{n}")
     assert panel.name == "neuron-detail"
-    top, values = most_similar(bundle.similarity("a", layer), "target", n)
+    top, values = bundle.most_similar("a", layer, "target", n)
     own = crop_patches(bundle.patches("target", layer), n)
     src = bundle.patches("source", layer)  # the source model's patches of each similar neuron
     expected = sum(map(len, own.values())) + sum(len(v) for j in top for v in crop_patches(src, int(j)).values())

@@ -231,7 +231,7 @@ def test_thousands_of_diagnosed_runs_are_paged_and_a_missing_bundle_is_a_message
 
 
 def test_reprojection_of_selected_classes_is_their_own_tsne_and_is_cached(tiny_bundle):
-    from mlflow_transfer.diagnostics.instances import tsne_projection
+    from mlflow_transfer.projection import tsne_projection
     from ui.projection import reprojected
 
     b = PairBundle.open(tiny_bundle)

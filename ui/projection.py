@@ -14,7 +14,7 @@ from collections import OrderedDict
 import numpy as np
 
 from mlflow_transfer.bundle import PairBundle
-from mlflow_transfer.diagnostics.instances import tsne_projection
+from mlflow_transfer.projection import tsne_projection
 
 __all__ = ["MIN_INSTANCES", "reprojected"]
 

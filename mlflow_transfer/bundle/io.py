@@ -51,7 +51,8 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _shown(value, limit: int = 80) -> str:
+def shown(value, limit: int = 80) -> str:
+    """``repr(value)``, cut at ``limit`` characters: how a bad value is quoted in a `BundleError`."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
 
@@ -187,16 +188,16 @@ class BundleReader:
             raise BundleError(f"{path} is not valid JSON ({_reason(exc)}); the bundle is corrupt, "
                               "diagnose again") from None
         if not isinstance(manifest, dict):
-            raise self.corrupt(f"{MANIFEST} to hold a JSON object", f"{type(manifest).__name__} {_shown(manifest)}")
+            raise self.corrupt(f"{MANIFEST} to hold a JSON object", f"{type(manifest).__name__} {shown(manifest)}")
         version = manifest.get("schema_version")
         if not isinstance(version, str) or not _VERSION.fullmatch(version):
-            raise self.corrupt(f"a schema_version like {SCHEMA_VERSION!r} in {MANIFEST}", _shown(version))
+            raise self.corrupt(f"a schema_version like {SCHEMA_VERSION!r} in {MANIFEST}", shown(version))
         if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
             raise BundleError(f"bundle {self.root} has schema version {version}, this "
                               f"mlflow-transfer reads {SCHEMA_VERSION.split('.')[0]}.x; upgrade mlflow-transfer "
                               "or diagnose the pair again")
         if not isinstance(manifest.get("files"), list):
-            raise self.corrupt(f"a list of files in {MANIFEST}", _shown(manifest.get("files")))
+            raise self.corrupt(f"a list of files in {MANIFEST}", shown(manifest.get("files")))
         return manifest
 
     def _entries(self, files: list) -> dict[str, FileEntry]:
@@ -206,19 +207,19 @@ class BundleReader:
             expected = (f"manifest entry {i} as {{path: relative path, kind: one of {sorted(_KINDS)}, bytes: "
                         "integer >= 0, sha256: 64 hex digits}")
             if not isinstance(e, dict):
-                raise self.corrupt(expected, _shown(e))
+                raise self.corrupt(expected, shown(e))
             path, kind, size, digest = (e.get(k) for k in ("path", "kind", "bytes", "sha256"))
             if (kind not in _KINDS or not isinstance(size, int) or isinstance(size, bool) or size < 0
                     or not isinstance(digest, str) or not _SHA256.fullmatch(digest) or not isinstance(path, str)):
-                raise self.corrupt(expected, _shown(e))
+                raise self.corrupt(expected, shown(e))
             try:
                 check_relative_path(path, "bundle file", BundleError)
             except BundleError:  # absolute, '..', '.': it would read a file outside the bundle
                 raise self.corrupt(f"manifest entry {i} to name a file inside the bundle (a relative path "
-                                    "without '..', '.', empty or absolute parts)", _shown(path)) from None
+                                    "without '..', '.', empty or absolute parts)", shown(path)) from None
             if not path.endswith(_KINDS[kind]) or path in out:
                 raise self.corrupt(f"manifest entry {i} to be a unique path ending in {_KINDS[kind]} (kind "
-                                    f"{kind})", _shown(path))
+                                    f"{kind})", shown(path))
             out[path] = FileEntry(path, kind, size, digest)
         return out
 

@@ -1,4 +1,4 @@
-"""The pair bundle: which records a diagnosed pair holds, and how each is written and read back.
+"""The pair bundle: which records a diagnosed pair holds, and how each is read back (`PairBundle`).
 
 Layout (names without extension; ``c<i>`` is class index i, models are ``source``/``target``):
 ``statistics/history`` (table: model, dataset, epoch, accuracy), ``statistics/summary`` (json),
@@ -9,163 +9,25 @@ Layout (names without extension; ``c<i>`` is class index i, models are ``source`
 ``weights/{model}/c<i>/{layer}/{counts,levels}`` (N_next×N_prev, links to the next layer),
 ``comparison/layers`` (table), ``discriminability/{c<i>|all}/*``, ``features/{model}/{layer}/*``
 (sprite PNG + indices/values), ``cka/matrix``.
+
+The reader side only: numpy, pyarrow and PIL (through `BundleReader`), no torch — this is the app's
+only door to a diagnosed pair. `write_pair_bundle` (in `writer`) writes these records from a
+`PairDiagnostics` and is imported explicitly by the tracking layer and the tests.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..diagnostics.engine import PairDiagnostics
 from ..errors import BundleError
-from .io import BundleReader, BundleWriter, _shown
+from ..neighbours import most_similar
+from .io import BundleReader, shown
 
 MODELS = ("source", "target")
 _MANIFEST_DICTS = ("runs", "domains", "scores", "software", "options")  # optional, objects when present
-
-
-def _key(diag_classes, cls: str) -> str:
-    return "all" if cls == "__all__" else f"c{diag_classes.index(cls)}"
-
-
-def _nan_to_none(x):
-    return None if isinstance(x, float) and math.isnan(x) else x
-
-
-def write_pair_bundle(root: str | Path, diag: PairDiagnostics, *, history: dict | None = None,
-                      meta: dict | None = None) -> dict:
-    """Write every record of ``diag`` into a new bundle folder ``root``; returns the manifest.
-
-    Args:
-        history: accuracy series ``{(model, dataset): (epochs, accuracies)}`` from the runs' metrics.
-        meta: extra manifest fields (run ids, model, domains, software versions, ...).
-    """
-    w = BundleWriter(root)
-    classes = list(diag.classes)
-    # statistics (§5.1)
-    rows = {"model": [], "dataset": [], "epoch": [], "accuracy": []}
-    for (model, dataset), (epochs, values) in (history or {}).items():
-        rows["model"] += [model] * len(epochs)
-        rows["dataset"] += [dataset] * len(epochs)
-        rows["epoch"] += [int(e) for e in epochs]
-        rows["accuracy"] += [float(v) for v in values]
-    w.write_table("statistics/history", rows)
-    records = diag.confusion.to_records()
-    w.write_table("statistics/confusion", {
-        "class_index": [r["class_index"] for r in records], "class": [r["class"] for r in records],
-        "support": [r["support"] for r in records],
-        "source_accuracy": [_nan_float(r["source_accuracy"]) for r in records],
-        "target_accuracy": [_nan_float(r["target_accuracy"]) for r in records],
-        "difference": [_nan_float(r["difference"]) for r in records],
-        "misclassified_into": [", ".join(f"{n} ({k})" for n, k in r["misclassified_into"]) for r in records]})
-    w.write_array("statistics/confusion_source", diag.confusion.matrix_source)
-    w.write_array("statistics/confusion_target", diag.confusion.matrix_target)
-    # instances (§5.2)
-    inst, out = diag.instances, diag.outputs
-    w.write_table("instances/table", {
-        "index": inst.index, "domain": inst.domain.astype(np.int8), "split": inst.split.astype(np.int8),
-        "label": inst.labels, "x": diag.projection[:, 0], "y": diag.projection[:, 1],
-        **{f"pred_{m}": out[m].prediction for m in MODELS},
-        **{f"confidence_{m}": out[m].confidence for m in MODELS},
-        "thumbnail": diag.thumbnails})
-    for m in MODELS:
-        w.write_array(f"instances/embedding_{m}", out[m].embedding)
-        for layer in diag.layers:
-            w.write_array(f"conductance/{m}/{layer}", diag.conductance[m][layer].astype(np.float32))
-    # neurons, similarity, weights, comparison (§5.3)
-    imp = {"model": [], "class_index": [], "layer": [], "rank": [], "neuron": []}
-    for m in MODELS:
-        for cls, per_layer in diag.important[m].items():
-            for layer, neurons in per_layer.items():
-                for rank, n in enumerate(neurons):
-                    imp["model"].append(m); imp["class_index"].append(classes.index(cls))
-                    imp["layer"].append(layer); imp["rank"].append(rank); imp["neuron"].append(int(n))
-    w.write_table("neurons/important", imp)
-    for cls, per_layer in diag.similarity.items():
-        for layer, matrix in per_layer.items():
-            w.write_array(f"similarity/{_key(classes, cls)}/{layer}", matrix.astype(np.float32))
-    wt = {k: [] for k in ("model", "class_index", "layer", "next_layer", "kind", "a", "b", "count",
-                          "weight_max_abs", "weight_mean", "inherited", "n_instances", "sampled")}
-    for m in MODELS:
-        for cls, pairs in diag.weights[m].items():
-            for (layer, nxt), iw in pairs.items():
-                inherited = diag.correspondence.get(cls, {}).get((layer, nxt)) if m == "target" else None
-                for j, (a, b) in enumerate(iw.pairs):
-                    wt["model"].append(m); wt["class_index"].append(classes.index(cls))
-                    wt["layer"].append(layer); wt["next_layer"].append(nxt); wt["kind"].append(iw.kind)
-                    wt["a"].append(int(a)); wt["b"].append(int(b)); wt["count"].append(int(iw.counts[j]))
-                    wt["weight_max_abs"].append(float(iw.weight_max_abs[j]))
-                    wt["weight_mean"].append(float(iw.weight_mean[j]))
-                    wt["inherited"].append(None if inherited is None else bool(inherited[j]))
-                    wt["n_instances"].append(iw.n_instances); wt["sampled"].append(iw.sampled)
-    w.write_table("weights/important", wt)
-    for m in MODELS:  # every link's count and mean level, for the network view's non-important regions
-        for cls, pairs in diag.weights[m].items():
-            for (layer, _), iw in pairs.items():
-                base = f"weights/{m}/{_key(classes, cls)}/{layer}"
-                w.write_array(f"{base}/counts", iw.count_matrix.astype(np.int32))
-                w.write_array(f"{base}/levels", iw.mean_level.astype(np.float32))
-    cmp = {k: [] for k in ("class_index", "layer", "depth", "n_important_weights", "n_inherited_weights",
-                           "inherited_weight_share", "n_important_neurons", "mean_best_similarity")}
-    for cls, per_layer in diag.comparison.items():
-        for depth, layer in enumerate(diag.layers):
-            r = per_layer[layer]
-            cmp["class_index"].append(-1 if cls == "__all__" else classes.index(cls))
-            cmp["layer"].append(layer); cmp["depth"].append(depth)
-            for f in ("n_important_weights", "n_inherited_weights", "inherited_weight_share",
-                      "n_important_neurons", "mean_best_similarity"):
-                cmp[f].append(getattr(r, f))
-    w.write_table("comparison/layers", cmp)
-    # domain discriminability (§5.4)
-    for cls, d in diag.discriminability.items():
-        key = f"discriminability/{_key(classes, cls)}"
-        for f in ("labels", "coef", "basis", "coordinates", "axes", "hist_source", "hist_target",
-                  "hist_edges", "cv_scores", "ranked"):
-            w.write_array(f"{key}/{f}", np.asarray(getattr(d, f)))
-        w.write_json(f"{key}/summary", {
-            "cv_mean": d.cv_mean, "cv_std": d.cv_std, "folds_used": d.folds_used, "note": d.note,
-            "intercept": float(d.intercept), "train_accuracy": d.train_accuracy,
-            "neurons": [[layer, n] for layer, n in diag.discriminability_neurons[cls]]})
-    # neuron features
-    for m in MODELS:
-        for layer, per_neuron in diag.patches[m].items():
-            if not per_neuron:
-                continue
-            neurons = sorted(per_neuron)
-            k, p = diag.options.patches, diag.options.patch_size
-            sprite = np.zeros((len(neurons) * 2 * p, k * p, 3), np.uint8)
-            indices = np.full((len(neurons), 2, k), -1, np.int64)
-            values = np.full((len(neurons), 2, k), np.nan, np.float32)
-            for i, n in enumerate(neurons):
-                for dom, np_ in enumerate(per_neuron[n]):
-                    if np_ is None:
-                        continue
-                    count = len(np_.indices)
-                    indices[i, dom, :count], values[i, dom, :count] = np_.indices, np_.values
-                    row = (2 * i + dom) * p
-                    for j in range(count):
-                        sprite[row:row + p, j * p:(j + 1) * p] = np_.patches[j]
-            base = f"features/{m}/{layer}"
-            w.write_array(f"{base}/neurons", np.array(neurons, np.int64))
-            w.write_array(f"{base}/indices", indices)
-            w.write_array(f"{base}/values", values)
-            w.write_png(f"{base}/patches", sprite)
-    w.write_array("cka/matrix", diag.cka.astype(np.float64))
-    summary = {"layers": list(diag.layers), "classes": classes, "notes": diag.notes,
-               "timings_s": {k: round(v, 3) for k, v in diag.timings.items()},
-               "peak_memory_mb": round(diag.peak_memory_mb, 1)}
-    w.write_json("statistics/summary", {**summary, **{k: _nan_to_none(v) for k, v in (meta or {}).get(
-        "scores", {}).items()}})
-    return w.finish(classes=classes, layers=list(diag.layers), options=dataclasses.asdict(diag.options),
-                    n_instances=int(len(inst.labels)), **(meta or {}))
-
-
-def _nan_float(v):
-    return float("nan") if v is None else float(v)
 
 
 @dataclass
@@ -183,16 +45,16 @@ class PairBundle:
         # the views index and format these fields directly: a wrong type must stop here, not in a view
         for key in ("classes", "layers"):
             if not isinstance(m[key], list) or not all(isinstance(v, str) for v in m[key]):
-                raise reader.corrupt(f"manifest field {key!r} as a list of names", _shown(m[key]))
+                raise reader.corrupt(f"manifest field {key!r} as a list of names", shown(m[key]))
         for key in _MANIFEST_DICTS:
             if m.get(key) is not None and not isinstance(m[key], dict):
-                raise reader.corrupt(f"manifest field {key!r} as a JSON object", _shown(m[key]))
+                raise reader.corrupt(f"manifest field {key!r} as a JSON object", shown(m[key]))
         return cls(reader)
 
     def _record(self, name: str) -> dict:
         found = self.reader.read_json(name)
         if not isinstance(found, dict):
-            raise self.reader.corrupt(f"{name}.json to hold a JSON object", _shown(found))
+            raise self.reader.corrupt(f"{name}.json to hold a JSON object", shown(found))
         return found
 
     @property
@@ -246,6 +108,21 @@ class PairBundle:
 
     def similarity(self, cls: str, layer: str) -> np.ndarray:
         return self.reader.read_array(f"similarity/{self._key(cls)}/{layer}")
+
+    def most_similar(self, cls: str, layer: str, model: str, index: int, k: int = 5) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ``k`` neurons of the other model most similar to neuron ``index`` of ``model``'s ``layer``
+        over the class's target instances — those the paper's detail panel (§5.3.3) shows beside a
+        clicked neuron, chosen as the diagnostics chose the feature patches they stored
+        (`mlflow_transfer.neighbours.most_similar`).
+
+        Returns:
+            (indices, values), most similar first (ties: lower index first; NaN last); None when the
+            layer has no neuron ``index`` in ``model``.
+        """
+        sim = self.similarity(cls, layer)
+        if not 0 <= index < sim.shape[0 if model == "source" else 1]:
+            return None
+        return most_similar(sim, model, index, k)
 
     def weights(self) -> dict:
         return self.reader.read_table("weights/important")

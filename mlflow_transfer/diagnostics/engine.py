@@ -17,14 +17,16 @@ from torch import nn
 
 from ..errors import DiagnosticsError
 from ..runtime import progress
+from ..neighbours import most_similar
+from ..projection import tsne_projection
 from .cka import cka_matrix
 from .conductance import layer_conductance
 from .discriminability import Discriminability, domain_discriminability
 from ._hooks import run_with_hooks
 from .features import NeuronPatches, top_patches_many
-from .instances import ModelOutputs, model_outputs, png_thumbnails, tsne_projection
+from .instances import ModelOutputs, model_outputs, png_thumbnails
 from .ranking import top_k_neurons
-from .similarity import LayerComparison, layer_summary, most_similar, neuron_similarity, weight_correspondence
+from .similarity import LayerComparison, layer_summary, neuron_similarity, weight_correspondence
 from .statistics import ConfusionTable, confusion_table
 from .weights import ImportantWeights, extract_important_weights
 
@@ -306,7 +308,7 @@ def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarra
 def _patch_neurons(role, important, similarity, classes, layer_names, k) -> dict[str, list[int]]:
     """Per layer, the neurons of model ``role`` that get patches: its important neurons of every class,
     and the ``k`` most similar to each important neuron of the other model (the detail panel of §5.3.3
-    shows those beside a clicked neuron), chosen as the app chooses them (`similarity.most_similar`)."""
+    shows those beside a clicked neuron), chosen as the app chooses them (`mlflow_transfer.neighbours.most_similar`)."""
     other = "target" if role == "source" else "source"
     out = {}
     for n in layer_names:

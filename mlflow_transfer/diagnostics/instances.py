@@ -1,4 +1,5 @@
-"""Instance view data (§5.2): embeddings, predictions, a 2-D t-SNE projection and thumbnails."""
+"""Instance view data (§5.2): embeddings, predictions and thumbnails (the 2-D t-SNE projection is
+`mlflow_transfer.projection.tsne_projection`, shared with the app)."""
 
 from __future__ import annotations
 
@@ -59,26 +60,6 @@ def model_outputs(model: nn.Module, images: torch.Tensor, labels: np.ndarray | N
             raise DiagnosticsError(f"labels must have shape ({len(images)},), got {labels.shape}")
         true_p = prob[np.arange(len(labels)), labels].astype(np.float32)
     return ModelOutputs(emb.astype(np.float32), pred, prob.max(1).astype(np.float32), true_p)
-
-
-def tsne_projection(embedding: np.ndarray, *, seed: int = 0, perplexity: float = 40.0,
-                    learning_rate: float | str = "auto", n_jobs: int = -1,
-                    gradient: str = "fft") -> np.ndarray:
-    """2-D openTSNE projection (FFT-accelerated gradients) of ``embedding`` (N, D) → float32 (N, 2).
-
-    Perplexity 40 follows the public viewer; it is lowered to (N − 1) / 3 for small N, as t-SNE
-    needs 3·perplexity neighbours. ``gradient="bh"`` (Barnes–Hut) is faster below ~1,000 points,
-    where the FFT grid's fixed cost per iteration dominates.
-    """
-    from openTSNE import TSNE
-
-    x = np.asarray(embedding, dtype=np.float64)
-    if x.ndim != 2 or len(x) < 4:
-        raise DiagnosticsError(f"t-SNE needs a 2-D array of at least 4 instances, got shape {x.shape}")
-    perplexity = float(min(perplexity, (len(x) - 1) / 3))
-    tsne = TSNE(n_components=2, perplexity=perplexity, learning_rate=learning_rate,
-                negative_gradient_method=gradient, random_state=seed, n_jobs=n_jobs, verbose=False)
-    return np.asarray(tsne.fit(x), dtype=np.float32)
 
 
 def png_thumbnails(images: torch.Tensor | np.ndarray, size: int = 32) -> list[bytes]:

@@ -26,7 +26,6 @@ __all__ = [
     "best_matches",
     "best_source_neurons",
     "layer_summary",
-    "most_similar",
     "neuron_similarity",
     "weight_correspondence",
 ]
@@ -81,21 +80,6 @@ def neuron_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
             f"(source) and {tgt.shape[0]} rows (target). Attribute both models on the same target "
             "instances of the class, in the same order.")
     return _cosine(src, tgt)
-
-
-def most_similar(similarity: np.ndarray, model: str, neuron: int, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` neurons of the other model most similar to ``neuron`` of ``model`` — the ones the
-    paper's detail panel (§5.3.3) shows beside a clicked neuron.
-
-    Args:
-        similarity: (Us, Ut) matrix indexed [source, target] (:func:`neuron_similarity`).
-        model: ``"source"`` (``neuron`` is a row) or ``"target"`` (a column).
-    Returns:
-        (indices, values), most similar first; ties keep the lower index first, NaN comes last.
-    """
-    row = similarity[neuron, :] if model == "source" else similarity[:, neuron]
-    order = np.argsort(-np.nan_to_num(row, nan=-np.inf), kind="stable")[:k]
-    return order, row[order]
 
 
 def best_matches(similarity: np.ndarray, k: int = 1) -> np.ndarray:

@@ -1,10 +1,32 @@
-"""The only layer that writes to MLflow: runs, tags, metrics, checkpoints, models; run lookup."""
+"""The only layer that writes to MLflow: runs, tags, metrics, checkpoints, models; run lookup.
 
-from .lifecycle import find_running_runs, find_stale_runs, mark_failed
-from .lookup import SourceRun, load_checkpoint, load_logged_model, load_model_weights, resolve_source_run
-from .runs import finetune, run_pipeline, train_source
-from ..tags import TAGS
+The names below are re-exported lazily (PEP 562): importing `tracking.bundles` (the app
+does) imports neither the training code nor torch.
+"""
+
+from importlib import import_module
+
+_LAZY = {
+    "TAGS": "..tags",
+    "find_running_runs": ".lifecycle", "find_stale_runs": ".lifecycle", "mark_failed": ".lifecycle",
+    "SourceRun": ".lookup", "load_checkpoint": ".lookup", "load_logged_model": ".lookup",
+    "load_model_weights": ".lookup", "resolve_source_run": ".lookup",
+    "finetune": ".runs", "train_source": ".runs",
+    "run_pipeline": ".runs",
+}
 
 __all__ = ["TAGS", "SourceRun", "find_running_runs", "find_stale_runs", "finetune", "load_checkpoint",
            "load_logged_model", "load_model_weights", "mark_failed", "resolve_source_run", "run_pipeline",
            "train_source"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # once: later lookups do not come here
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from mlflow import MlflowClient
 
-from ..bundle import write_pair_bundle
+from ..bundle.writer import write_pair_bundle
 from ..config import Recipe, parse_recipe
 from ..diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
 from ..diagnostics.statistics import transferability_score

@@ -17,7 +17,7 @@ def write_tiny_bundle(root: Path, classes: tuple[str, str, str] = ("a", "b", "c"
     """A bundle of two untrained alexnet-32 models (seeded) over 48 random instances, 24 per domain; the
     third class has no target-domain instances. Computed on one thread: the tensors are tiny and the
     machine's cores are shared."""
-    from mlflow_transfer.bundle import write_pair_bundle
+    from mlflow_transfer.bundle.writer import write_pair_bundle
     from mlflow_transfer.diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
     from mlflow_transfer.models import build_model
 

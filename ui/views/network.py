@@ -42,7 +42,6 @@ from bokeh.palettes import Greys256
 from bokeh.plotting import figure as bokeh_figure
 
 from mlflow_transfer.bundle import PairBundle
-from mlflow_transfer.diagnostics.similarity import most_similar
 from mlflow_transfer.errors import BundleError
 
 from .guard import guarded
@@ -588,12 +587,11 @@ def neuron_detail(bundle: PairBundle, cls: str, neuron_id: str, *, k: int = 5, o
     if cls not in bundle.compared_classes:
         items.append(pn.pane.Markdown(f"Class {md_code(cls)} has no similarity data (no target-domain instances)."))
         return pn.Column(*items, name="neuron-detail")
-    sim = bundle.similarity(cls, layer)  # an unreadable file raises: the view's guard shows it
-    size = sim.shape[0] if model == "source" else sim.shape[1]
-    if index >= size:
-        items.append(pn.pane.Markdown(f"{escape_md(layer)} of the {model} model has {size} neurons; there is no #{index}."))
+    found = bundle.most_similar(cls, layer, model, index, k)  # an unreadable file raises: the view's guard shows it
+    if found is None:
+        items.append(pn.pane.Markdown(f"{escape_md(layer)} of the {model} model has no neuron #{index}."))
         return pn.Column(*items, name="neuron-detail")
-    order, values = most_similar(sim, model, index, k)
+    order, values = found
     items.append(pn.pane.Markdown(f"**Top {len(order)} most similar {other} neurons** (class {escape_md(cls)}):",
                                   margin=(8, 5, 0, 5)))
     for n, v in zip(order, values):

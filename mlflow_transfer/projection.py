@@ -1,0 +1,33 @@
+"""The 2-D t-SNE projection of instance embeddings (paper §5.2), numpy + openTSNE only (no torch).
+
+The diagnostics engine stores it for every instance; the app (`ui/projection.py`) re-projects a subset
+of classes with the same function and parameters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import DiagnosticsError
+
+__all__ = ["tsne_projection"]
+
+
+def tsne_projection(embedding: np.ndarray, *, seed: int = 0, perplexity: float = 40.0,
+                    learning_rate: float | str = "auto", n_jobs: int = -1,
+                    gradient: str = "fft") -> np.ndarray:
+    """2-D openTSNE projection (FFT-accelerated gradients) of ``embedding`` (N, D) → float32 (N, 2).
+
+    Perplexity 40 follows the public viewer; it is lowered to (N − 1) / 3 for small N, as t-SNE
+    needs 3·perplexity neighbours. ``gradient="bh"`` (Barnes–Hut) is faster below ~1,000 points,
+    where the FFT grid's fixed cost per iteration dominates.
+    """
+    from openTSNE import TSNE
+
+    x = np.asarray(embedding, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 4:
+        raise DiagnosticsError(f"t-SNE needs a 2-D array of at least 4 instances, got shape {x.shape}")
+    perplexity = float(min(perplexity, (len(x) - 1) / 3))
+    tsne = TSNE(n_components=2, perplexity=perplexity, learning_rate=learning_rate,
+                negative_gradient_method=gradient, random_state=seed, n_jobs=n_jobs, verbose=False)
+    return np.asarray(tsne.fit(x), dtype=np.float32)
