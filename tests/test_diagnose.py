@@ -61,7 +61,7 @@ def test_diagnose_a_target_run(pair, tmp_path):
     assert m["runs"] == {"source": result.source_run_id, "target": result.target_run_id, "diagnostics": run_id}
     assert m["software"]["torch"] == torch.__version__ and m["options"]["n_steps"] == 4
     # at most 2 per class, domain and split
-    from mlflow_transfer.tracking.runs import prepare_data
+    from mlflow_transfer.tracking.context import prepare_data
 
     data = prepare_data(tiny())
     expected = sum(min(2, int((d.domain.targets[idx] == c).sum()))

@@ -1,6 +1,9 @@
 """The only layer that writes to MLflow: runs, tags, metrics, checkpoints, models; run lookup.
 
-The names below are re-exported lazily (PEP 562): importing `tracking.bundles` (the app
+Modules: `context` (the pair's data, its id, the code version, `transfer_run`), `runs` (source training,
+fine-tuning), `diagnose` (a pair's diagnostics run), `pipeline` (``main``: both in one), `lookup`
+(runs and logged models), `bundles` (listing diagnosed pairs, the validated bundle cache), `lifecycle`
+(stale runs). The names below are re-exported lazily (PEP 562): importing `tracking.bundles` (the app
 does) imports neither the training code nor torch.
 """
 
@@ -12,7 +15,7 @@ _LAZY = {
     "SourceRun": ".lookup", "load_checkpoint": ".lookup", "load_logged_model": ".lookup",
     "load_model_weights": ".lookup", "resolve_source_run": ".lookup",
     "finetune": ".runs", "train_source": ".runs",
-    "run_pipeline": ".runs",
+    "run_pipeline": ".pipeline",
 }
 
 __all__ = ["TAGS", "SourceRun", "find_running_runs", "find_stale_runs", "finetune", "load_checkpoint",

@@ -37,7 +37,7 @@ from ..models import TransferNet
 from ..tags import TAGS
 from .bundles import log_bundle
 from .lookup import check_model_uri, get_run, load_model_weights, logged_model_uri
-from .runs import PairData, _run, pair_id, prepare_data
+from .context import PairData, pair_id, prepare_data, transfer_run
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +256,8 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(), per_class_cap: int
         tags[TAGS.target_run_id] = pair.target_run_id
         tags[TAGS.pair_id] = pair_id(pair.recipe, pair.source_run_id, pair.target_run_id)
         tags["mlflow.parentRunId"] = pair.target_run_id
-    with _run("diagnostics", pair.recipe, nested=nested, name=f"{pair.recipe.name}-diagnostics",
-              extra_tags=tags, experiment_id=pair.experiment_id) as run:
+    with transfer_run("diagnostics", pair.recipe, nested=nested, name=f"{pair.recipe.name}-diagnostics",
+                      extra_tags=tags, experiment_id=pair.experiment_id) as run:
         diag = diagnose_pair(pair.source_model, pair.target_model, instances, tuple(data.classes), options)
         history = {**_history(pair.source_run_id, "source"), **_history(pair.target_run_id, "target")}
         scores = {}

@@ -1,4 +1,4 @@
-"""Source training, fine-tuning and the source→target pipeline, logged to MLflow.
+"""Source training and fine-tuning, logged to MLflow (the source→target pipeline is `pipeline`).
 
 Each run logs, with ``step=epoch`` (0 = before training): ``loss`` and ``acc_source_train``,
 ``acc_source_val``, ``acc_target_train``, ``acc_target_val``; a state-dict checkpoint per epoch under
@@ -8,12 +8,8 @@ A run is FINISHED only after its last artifact landed; any exception (or Ctrl-C)
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -21,71 +17,14 @@ import torch
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from .. import __version__
 from ..config import Recipe
-from ..data import DomainSplits, align_classes, load_domain, split_domain
 from ..errors import DataError, RecipeError
 from ..models import TransferNet, build_model, freeze_layers
+from ..tags import TAGS
 from ..training import EpochResult, fit
-from ..plugin import transfer_context
-from .lifecycle import process_tags
+from .context import PairData, code_version, pair_id, prepare_data, transfer_run
 from .lookup import MODEL_NAME, checkpoint_path, load_checkpoint, load_logged_model, \
     logged_model_uri, resolve_source_run
-from ..tags import TAGS
-
-
-@dataclass(frozen=True)
-class PairData:
-    """Both domains, split; the target's labels follow the source's class order."""
-
-    source: DomainSplits
-    target: DomainSplits
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return self.source.domain.classes
-
-    def eval_sets(self) -> dict:
-        return {"source_train": self.source.train, "source_val": self.source.val,
-                "target_train": self.target.train, "target_val": self.target.val}
-
-
-def prepare_data(recipe: Recipe) -> PairData:
-    """Load, align and split the recipe's two domains (label budget applies to the target only)."""
-    d = recipe.data
-    domains = []
-    for cfg in (d.source, d.target):
-        options = {"root": recipe.resolve_root(cfg) if cfg.root is not None or d.root else None,
-                   "subset": cfg.subset, "split": cfg.split, "size": cfg.size}
-        domains.append(load_domain(cfg.name, image_size=d.image_size, seed=recipe.seed, **options))
-    source, target = domains[0], align_classes(*domains)
-    common = {"val_fraction": d.val_fraction, "seed": recipe.seed, "per_class_cap": d.per_class_cap}
-    return PairData(split_domain(source, **common),
-                    split_domain(target, label_budget=d.label_budget, **common))
-
-
-def code_version() -> str:
-    """Hash of the package's Python sources: a changed trainer never reuses an old source run."""
-    digest = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _run(role: str, recipe: Recipe, *, nested: bool, name: str, extra_tags: dict | None = None,
-         experiment_id: str | None = None):
-    # Attach to the run `mlflow run` created for this entry point, else create one.
-    attach = not nested and os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None
-    # process tags: a run its process never closed (SIGKILL) is found again by `runs --stale`
-    tags = {TAGS.role: role, TAGS.recipe: recipe.name, TAGS.code_version: code_version(),
-            **process_tags(), **(extra_tags or {})}
-    with transfer_context(**tags), mlflow.start_run(nested=nested, run_name=None if attach else name,
-                                                    experiment_id=None if attach else experiment_id) as run:
-        mlflow.set_tags({TAGS.version: __version__, **tags})
-        yield run
 
 
 def _log_recipe(recipe: Recipe, data: PairData) -> None:
@@ -145,7 +84,7 @@ def train_source(recipe: Recipe, *, data: PairData | None = None, nested: bool =
     """Train the recipe's source model from scratch on the source domain; returns the run id."""
     data = data or prepare_data(recipe)
     extra = {TAGS.source_key: recipe.source_key(code_version())}
-    with _run("source", recipe, nested=nested, name=f"{recipe.name}-source", extra_tags=extra) as run:
+    with transfer_run("source", recipe, nested=nested, name=f"{recipe.name}-source", extra_tags=extra) as run:
         _log_recipe(recipe, data)
         model = build_model(recipe.model.name, len(data.classes), weights=recipe.model.weights)
         _train_and_log(model, data.source.train, recipe, data, recipe.source, "source")
@@ -171,7 +110,7 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
     model = (load_logged_model(source, trust_pickled=trust_pickled) if source_epoch is None
              else load_checkpoint(source_run_id, source_epoch))
     extra = {TAGS.source_run_id: source_run_id}
-    with _run("target", recipe, nested=nested, name=f"{recipe.name}-target", extra_tags=extra) as run:
+    with transfer_run("target", recipe, nested=nested, name=f"{recipe.name}-target", extra_tags=extra) as run:
         _log_recipe(recipe, data)
         if source_epoch is not None:
             mlflow.set_tag(TAGS.source_epoch, str(source_epoch))
@@ -181,11 +120,6 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
         if pair_tag:
             mlflow.set_tag(TAGS.pair_id, pair_id(recipe, source_run_id, run.info.run_id))
         return run.info.run_id
-
-
-
-def pair_id(recipe: Recipe, source_run_id: str, target_run_id: str) -> str:
-    return f"{recipe.name}/{source_run_id[:8]}/{target_run_id[:8]}"
 
 
 def find_reusable_source(recipe: Recipe, experiment_id: str) -> str | None:
@@ -200,45 +134,6 @@ def find_reusable_source(recipe: Recipe, experiment_id: str) -> str | None:
         if logged_model_uri(run) is not None:
             return run.info.run_id
     return None
-
-
-@dataclass(frozen=True)
-class PipelineResult:
-    pipeline_run_id: str
-    source_run_id: str
-    target_run_id: str
-    source_reused: bool
-    pair_id: str
-    diagnostics_run_id: str | None = None
-
-
-def run_pipeline(recipe: Recipe, *, diagnose_options=None, per_class_cap: int | None = 10,
-                 report_writer=None, trust_pickled: bool = False) -> PipelineResult:
-    """``main``: source run (reused when an identical one finished before), then the target run.
-
-    Both are nested under a ``pipeline`` run (the one ``mlflow run`` created, when it did). With
-    ``diagnose_options`` (a `DiagnoseOptions`), the pair is diagnosed right after, ``per_class_cap``
-    instances per class, domain and split, and ``report_writer`` (see `diagnose`) adds its
-    ``report.html``. ``trust_pickled``: allow pickled logged models (see `load_model_weights`).
-    """
-    data = prepare_data(recipe)
-    with _run("pipeline", recipe, nested=False, name=f"{recipe.name}-pipeline") as parent:
-        reused = find_reusable_source(recipe, parent.info.experiment_id)
-        source_id = reused or train_source(recipe, data=data, nested=True)
-        mlflow.set_tag(TAGS.source_run_id, source_id)
-        target_id = finetune(recipe, source_id, data=data, nested=True, trust_pickled=trust_pickled)
-        pid = pair_id(recipe, source_id, target_id)
-        mlflow.set_tags({TAGS.pair_id: pid, TAGS.target_run_id: target_id,
-                         TAGS.source_reused: str(bool(reused)).lower()})
-        diag_id = None
-        if diagnose_options is not None:
-            from .diagnose import diagnose
-
-            diag_id = diagnose(target_run_id=target_id, recipe=recipe, options=diagnose_options,
-                               per_class_cap=per_class_cap, nested=True, report_writer=report_writer,
-                               trust_pickled=trust_pickled)
-            mlflow.set_tag(TAGS.diagnostics_run_id, diag_id)
-        return PipelineResult(parent.info.run_id, source_id, target_id, bool(reused), pid, diag_id)
 
 
 def final_accuracies(run_id: str) -> dict[str, float]:

@@ -1,0 +1,56 @@
+"""``main``: the source→target pipeline — source run (reused when an identical one finished before),
+target run, and optionally the pair's diagnostics — nested under one ``pipeline`` run.
+
+The one place that calls both the training runs (`runs`) and `diagnose`, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+
+from ..config import Recipe
+from ..tags import TAGS
+from .context import pair_id, prepare_data, transfer_run
+from .diagnose import diagnose
+from .runs import finetune, find_reusable_source, train_source
+
+__all__ = ["PipelineResult", "run_pipeline"]
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    pipeline_run_id: str
+    source_run_id: str
+    target_run_id: str
+    source_reused: bool
+    pair_id: str
+    diagnostics_run_id: str | None = None
+
+
+def run_pipeline(recipe: Recipe, *, diagnose_options=None, per_class_cap: int | None = 10,
+                 report_writer=None, trust_pickled: bool = False) -> PipelineResult:
+    """``main``: source run (reused when an identical one finished before), then the target run.
+
+    Both are nested under a ``pipeline`` run (the one ``mlflow run`` created, when it did). With
+    ``diagnose_options`` (a `DiagnoseOptions`), the pair is diagnosed right after, ``per_class_cap``
+    instances per class, domain and split, and ``report_writer`` (see `diagnose`) adds its
+    ``report.html``. ``trust_pickled``: allow pickled logged models (see `load_model_weights`).
+    """
+    data = prepare_data(recipe)
+    with transfer_run("pipeline", recipe, nested=False, name=f"{recipe.name}-pipeline") as parent:
+        reused = find_reusable_source(recipe, parent.info.experiment_id)
+        source_id = reused or train_source(recipe, data=data, nested=True)
+        mlflow.set_tag(TAGS.source_run_id, source_id)
+        target_id = finetune(recipe, source_id, data=data, nested=True, trust_pickled=trust_pickled)
+        pid = pair_id(recipe, source_id, target_id)
+        mlflow.set_tags({TAGS.pair_id: pid, TAGS.target_run_id: target_id,
+                         TAGS.source_reused: str(bool(reused)).lower()})
+        diag_id = None
+        if diagnose_options is not None:
+            diag_id = diagnose(target_run_id=target_id, recipe=recipe, options=diagnose_options,
+                               per_class_cap=per_class_cap, nested=True, report_writer=report_writer,
+                               trust_pickled=trust_pickled)
+            mlflow.set_tag(TAGS.diagnostics_run_id, diag_id)
+        return PipelineResult(parent.info.run_id, source_id, target_id, bool(reused), pid, diag_id)
