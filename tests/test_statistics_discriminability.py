@@ -40,13 +40,13 @@ def test_transferability_score_by_hand():
 
 
 @pytest.mark.parametrize("source, target, match", [
-    ([0.1, NAN], [0.2], r"source_target_val contains NaN/inf at epochs \[1\]"),
-    ([0.1], [float("inf")], r"target_target_val contains NaN/inf"),
-    ([], [0.2], r"source_target_val must be a non-empty 1-D"),
-    ([[0.1, 0.2]], [0.2], r"shape \(1, 2\)"),
-    ([55.0, 60.0], [0.2], r"fractions in \[0, 1\].*divide percentages by 100"),
-    ([0.1], [-0.1], r"fractions in \[0, 1\]"),
-    (["a"], [0.1], r"could not read it as numbers"),
+    ([0.1, NAN], [0.2], r"Expected source_target_val of finite accuracies; got NaN or infinite values at epochs \[1\]\."),
+    ([0.1], [float("inf")], r"Expected target_target_val of finite accuracies; got NaN"),
+    ([], [0.2], r"Expected source_target_val as a 1-D array of shape \(epochs,\) with sizes >= 1; got shape \(0,\)\."),
+    ([[0.1, 0.2]], [0.2], r"; got shape \(1, 2\)\. Pass one accuracy per epoch\."),
+    ([55.0, 60.0], [0.2], r"Expected source_target_val as accuracies, fractions in \[0, 1\]; got values in \[55, 60\]\. Divide percentages by 100\."),
+    ([0.1], [-0.1], r"fractions in \[0, 1\]; got values in \[-0.1, -0.1\]"),
+    (["a"], [0.1], r"Expected source_target_val as .* of real numbers; got dtype <U1\."),
 ])
 def test_transferability_score_rejects(source, target, match):
     with pytest.raises(DiagnosticsError, match=match):
@@ -117,14 +117,14 @@ def test_confusion_table_records_round_trip_through_strict_json():
 
 
 @pytest.mark.parametrize("y, ps, pt, classes, match", [
-    (Y_TRUE, PRED_S, PRED_T, [], r"non-empty sequence of class names"),
-    (Y_TRUE, PRED_S, PRED_T, "abcd", r"non-empty sequence of class names"),
-    (Y_TRUE, PRED_S, PRED_T, ["a", "b", "a", "d"], r"unique, got duplicates \['a'\]"),
-    (Y_TRUE.astype(float), PRED_S, PRED_T, CLASSES, r"y_true must hold integer class indices"),
-    (Y_TRUE, PRED_S[None], PRED_T, CLASSES, r"pred_source must be a 1-D array"),
-    (Y_TRUE, PRED_S, PRED_T + 1, CLASSES, r"pred_target must hold class indices in \[0, 4\)"),
-    (Y_TRUE, PRED_S - 1, PRED_T, CLASSES, r"pred_source must hold class indices in \[0, 4\)"),
-    (Y_TRUE, PRED_S[:-1], PRED_T, CLASSES, r"same non-zero length.*12, 11 and 12"),
+    (Y_TRUE, PRED_S, PRED_T, [], r"Expected classes as a non-empty sequence of class names; got \[\]\."),
+    (Y_TRUE, PRED_S, PRED_T, "abcd", r"Expected classes as a non-empty sequence of class names; got 'abcd'\."),
+    (Y_TRUE, PRED_S, PRED_T, ["a", "b", "a", "d"], r"Expected unique classes; got duplicates \['a'\]\."),
+    (Y_TRUE.astype(float), PRED_S, PRED_T, CLASSES, r"Expected y_true as .* of integers; got dtype float64\. Pass argmax"),
+    (Y_TRUE, PRED_S[None], PRED_T, CLASSES, r"Expected pred_source as a 1-D array of shape \(instances,\); got shape \(1, 12\)\."),
+    (Y_TRUE, PRED_S, PRED_T + 1, CLASSES, r"Expected pred_target as class indices in \[0, 4\); got values in"),
+    (Y_TRUE, PRED_S - 1, PRED_T, CLASSES, r"Expected pred_source as class indices in \[0, 4\); got values in \[-1,"),
+    (Y_TRUE, PRED_S[:-1], PRED_T, CLASSES, r"same non-zero length .*; got 12, 11 and 12\."),
     (np.array([], int), np.array([], int), np.array([], int), CLASSES, r"same non-zero length"),
 ])
 def test_confusion_table_rejects(y, ps, pt, classes, match):
@@ -289,19 +289,19 @@ GOOD = np.arange(12.0).reshape(6, 2) % 5
 
 
 @pytest.mark.parametrize("source, target, kwargs, match", [
-    (GOOD[:, :0], GOOD[:, :0], {}, r"P == 0"),
-    (GOOD[:1], GOOD, {}, r"source has 1 rows; .*at least 2 instances per domain"),
-    (GOOD, GOOD[:0], {}, r"target has 0 rows"),
-    (GOOD, GOOD[:, :1], {}, r"same neurons.*P = 2 and P = 1"),
-    (GOOD.ravel(), GOOD, {}, r"source must be 2-D .*reshape"),
-    (np.where(GOOD == 0, np.nan, GOOD), GOOD, {}, r"source contains NaN/inf"),
-    ([["x", "y"], ["z", "w"]], GOOD, {}, r"could not read it as numbers"),
-    (GOOD, GOOD, {"folds": 1}, r"folds must be an integer ≥ 2, got 1"),
-    (GOOD, GOOD, {"folds": 2.5}, r"folds must be an integer"),
-    (GOOD, GOOD, {"bins": 0}, r"bins must be an integer ≥ 1"),
-    (GOOD, GOOD, {"C": 0.0}, r"C must be a finite number > 0"),
-    (GOOD, GOOD, {"C": float("nan")}, r"C must be a finite number > 0"),
-    (np.ones((4, 3)), np.ones((5, 3)), {}, r"all 3 neurons have constant conductance"),
+    (GOOD[:, :0], GOOD[:, :0], {}, r"Expected at least one neuron; got P == 0\."),
+    (GOOD[:1], GOOD, {}, r"Expected source conductance of at least 2 instances .*; got 1 rows\."),
+    (GOOD, GOOD[:0], {}, r"Expected target conductance of at least 2 instances .*; got 0 rows\."),
+    (GOOD, GOOD[:, :1], {}, r"same neurons \(columns\); got P = 2 and P = 1\."),
+    (GOOD.ravel(), GOOD, {}, r"Expected source conductance as a 2-D array .*; got shape \(12,\)\. Reshape"),
+    (np.where(GOOD == 0, np.nan, GOOD), GOOD, {}, r"Expected source conductance as .* of finite values; got 3 NaN"),
+    ([["x", "y"], ["z", "w"]], GOOD, {}, r"of real numbers; got dtype <U1\."),
+    (GOOD, GOOD, {"folds": 1}, r"Expected folds as an integer >= 2; got 1\."),
+    (GOOD, GOOD, {"folds": 2.5}, r"Expected folds as an integer >= 2; got 2.5\."),
+    (GOOD, GOOD, {"bins": 0}, r"Expected bins as an integer >= 1; got 0\."),
+    (GOOD, GOOD, {"C": 0.0}, r"Expected C as a finite number > 0; got 0.0\."),
+    (GOOD, GOOD, {"C": float("nan")}, r"Expected C as a finite number > 0; got nan\."),
+    (np.ones((4, 3)), np.ones((5, 3)), {}, r"got all 3 neurons constant over all 9 instances"),
     (GOOD, GOOD.copy(), {"folds": 2}, r"all-zero weights: the two domains are indistinguishable"),
 ])
 def test_domain_discriminability_rejects(source, target, kwargs, match):

@@ -21,6 +21,7 @@ from sklearn.preprocessing import MinMaxScaler
 from sklearn.svm import SVC
 
 from ..errors import DiagnosticsError
+from ..validation import check_array, check_int, check_number
 
 __all__ = ["Discriminability", "domain_discriminability", "rank_neurons", "scale_conductance"]
 
@@ -108,20 +109,12 @@ def scale_conductance(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def _matrix(values, name: str) -> np.ndarray:
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DiagnosticsError(f"{name} must be a numeric (rows, P) conductance matrix; "
-                               f"could not read it as numbers ({exc})") from exc
-    if array.ndim != 2:
-        raise DiagnosticsError(f"{name} must be 2-D (instances, P neurons), got shape {array.shape}; "
-                               "reshape a single neuron's values to (-1, 1)")
+    array = check_array(values, f"{name} conductance", ndim=2, layout="(instances, P neurons)",
+                        hints={"shape": "Reshape a single neuron's values to (-1, 1).",
+                               "finite": "Recompute or drop those rows."})
     if array.shape[0] < 2:
-        raise DiagnosticsError(f"{name} has {array.shape[0]} rows; domain discriminability needs at "
-                               "least 2 instances per domain (stratified CV needs 2 folds)")
-    if not np.all(np.isfinite(array)):
-        raise DiagnosticsError(f"{name} contains NaN/inf conductance values at "
-                               f"{int((~np.isfinite(array)).sum())} entries; recompute or drop them")
+        raise DiagnosticsError(f"Expected {name} conductance of at least 2 instances (stratified CV needs 2 "
+                               f"folds per domain); got {array.shape[0]} rows.")
     return array
 
 
@@ -150,17 +143,14 @@ def domain_discriminability(source: np.ndarray, target: np.ndarray, *, folds: in
     a_source = _matrix(source, "source")
     a_target = _matrix(target, "target")
     if a_source.shape[1] != a_target.shape[1]:
-        raise DiagnosticsError(f"source and target must have the same neurons (columns), got "
-                               f"P = {a_source.shape[1]} and P = {a_target.shape[1]}")
+        raise DiagnosticsError(f"Expected source and target conductance of the same neurons (columns); got "
+                               f"P = {a_source.shape[1]} and P = {a_target.shape[1]}.")
     if a_source.shape[1] == 0:
-        raise DiagnosticsError("no neurons given (P == 0); select at least one neuron per layer")
-    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise DiagnosticsError(f"folds must be an integer ≥ 2, got {folds!r}")
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-        raise DiagnosticsError(f"bins must be an integer ≥ 1, got {bins!r}")
-    if not (isinstance(C, (int, float, np.number)) and np.isfinite(C) and C > 0):
-        raise DiagnosticsError(f"C must be a finite number > 0, got {C!r}")
-    return _domain_discriminability(a_source, a_target, int(folds), float(C), int(seed), int(bins))
+        raise DiagnosticsError("Expected at least one neuron; got P == 0. Select at least one neuron per layer.")
+    folds = check_int(folds, "folds", low=2)
+    bins = check_int(bins, "bins", low=1)
+    C = check_number(C, "C", low=0.0, low_open=True)
+    return _domain_discriminability(a_source, a_target, folds, C, int(seed), bins)
 
 
 def _domain_discriminability(a_source: np.ndarray, a_target: np.ndarray, folds: int, C: float,
@@ -171,9 +161,9 @@ def _domain_discriminability(a_source: np.ndarray, a_target: np.ndarray, folds: 
     labels = np.concatenate([np.full(ms, SOURCE), np.full(mt, TARGET)]).astype(np.int64)
     scaled, data_min, data_max = scale_conductance(a)
     if not np.any(data_max > data_min):
-        raise DiagnosticsError(f"all {p} neurons have constant conductance over all {ms + mt} "
-                               "instances, so nothing can discriminate the domains; select neurons "
-                               "whose conductance varies (e.g. not dead units)")
+        raise DiagnosticsError(f"Expected neurons whose conductance varies; got all {p} neurons constant "
+                               f"over all {ms + mt} instances, so nothing can discriminate the domains. "
+                               "Select other neurons (e.g. not dead units).")
 
     notes = []
     folds_used = min(folds, ms, mt)
@@ -187,10 +177,10 @@ def _domain_discriminability(a_source: np.ndarray, a_target: np.ndarray, folds: 
     coef = svm.coef_.ravel().astype(np.float64)
     norm = float(np.linalg.norm(coef))
     if norm == 0.0:
-        raise DiagnosticsError("the domain classifier learnt all-zero weights: the two domains are "
+        raise DiagnosticsError("The domain classifier learnt all-zero weights: the two domains are "
                                "indistinguishable to a linear classifier on these neurons (e.g. "
-                               "identical rows in both), so no discriminability axis exists; "
-                               "check that source and target hold different instances")
+                               "identical rows in both), so no discriminability axis exists. "
+                               "Check that source and target hold different instances.")
     unit_normal = coef / norm
     principal = PCA(n_components=1).fit(scaled).components_[0].astype(np.float64)
 

@@ -13,26 +13,21 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from ..errors import DiagnosticsError
+from ..validation import check_array, check_labels
 
 __all__ = ["ConfusionTable", "confusion_table", "transferability_score"]
 
 
 def _accuracy_series(values, name: str) -> np.ndarray:
-    try:
-        series = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DiagnosticsError(f"{name} must be a 1-D sequence of accuracies in [0, 1]; "
-                               f"could not read it as numbers ({exc})") from exc
-    if series.ndim != 1 or series.size == 0:
-        raise DiagnosticsError(f"{name} must be a non-empty 1-D series of per-epoch accuracies, got "
-                               f"shape {series.shape}; pass one accuracy per epoch")
+    series = check_array(values, name, ndim=1, layout="(epochs,)", min_shape=(1,), finite=False,
+                         hints={"shape": "Pass one accuracy per epoch."})
     if not np.all(np.isfinite(series)):
         bad = np.flatnonzero(~np.isfinite(series)).tolist()
-        raise DiagnosticsError(f"{name} contains NaN/inf at epochs {bad}; drop or recompute those "
-                               "epochs before scoring")
+        raise DiagnosticsError(f"Expected {name} of finite accuracies; got NaN or infinite values at epochs "
+                               f"{bad}. Drop or recompute those epochs before scoring.")
     if series.min() < 0.0 or series.max() > 1.0:
-        raise DiagnosticsError(f"{name} must hold accuracies as fractions in [0, 1], got values in "
-                               f"[{series.min():g}, {series.max():g}]; divide percentages by 100")
+        raise DiagnosticsError(f"Expected {name} as accuracies, fractions in [0, 1]; got values in "
+                               f"[{series.min():g}, {series.max():g}]. Divide percentages by 100.")
     return series
 
 
@@ -107,19 +102,6 @@ class ConfusionTable:
                 for c, name in enumerate(self.classes)]
 
 
-def _labels(values, name: str, n_classes: int) -> np.ndarray:
-    array = np.asarray(values)
-    if array.ndim != 1:
-        raise DiagnosticsError(f"{name} must be a 1-D array of class indices, got shape {array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise DiagnosticsError(f"{name} must hold integer class indices, got dtype {array.dtype}; "
-                               "pass argmax predictions / integer targets, not scores or names")
-    if array.size and (array.min() < 0 or array.max() >= n_classes):
-        raise DiagnosticsError(f"{name} must hold class indices in [0, {n_classes}), got values in "
-                               f"[{array.min()}, {array.max()}]; check that `classes` lists every class")
-    return array.astype(np.int64)
-
-
 def _recall(matrix: np.ndarray, support: np.ndarray) -> np.ndarray:
     # Classes without instances have no defined recall: NaN, not 0, so they cannot be mistaken
     # for classes the model gets entirely wrong.
@@ -147,19 +129,16 @@ def confusion_table(y_true: np.ndarray, pred_source: np.ndarray, pred_target: np
     """
     names = tuple(str(c) for c in classes) if not isinstance(classes, str) else ()
     if not names:
-        raise DiagnosticsError("classes must be a non-empty sequence of class names, got "
-                               f"{classes!r}")
+        raise DiagnosticsError(f"Expected classes as a non-empty sequence of class names; got {classes!r:.200}.")
     if len(set(names)) != len(names):
         duplicated = sorted({n for n in names if names.count(n) > 1})
-        raise DiagnosticsError(f"classes must be unique, got duplicates {duplicated}")
+        raise DiagnosticsError(f"Expected unique classes; got duplicates {duplicated}.")
     n_classes = len(names)
-    y = _labels(y_true, "y_true", n_classes)
-    ps = _labels(pred_source, "pred_source", n_classes)
-    pt = _labels(pred_target, "pred_target", n_classes)
+    y, ps, pt = (check_labels(values, name, n_classes)
+                 for values, name in ((y_true, "y_true"), (pred_source, "pred_source"), (pred_target, "pred_target")))
     if not (len(y) == len(ps) == len(pt)) or len(y) == 0:
-        raise DiagnosticsError("y_true, pred_source and pred_target must have the same non-zero "
-                               f"length (one entry per validation instance), got {len(y)}, "
-                               f"{len(ps)} and {len(pt)}")
+        raise DiagnosticsError("Expected y_true, pred_source and pred_target of the same non-zero length "
+                               f"(one entry per validation instance); got {len(y)}, {len(ps)} and {len(pt)}.")
     return _confusion_table(y, ps, pt, names)
 
 
