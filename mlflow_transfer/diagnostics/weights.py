@@ -1,5 +1,9 @@
 """Weight extraction of Ma et al. (VAST 2020), section 5.3.1 and Figure 3 (B).
 
+This module is long because the activated level differs for each kind of layer pair (conv → conv,
+conv → linear, linear → linear, below) and each kind needs its own memory-bounded computation and
+checks; they share the capture hooks, the top-k counting and the selection, so they stay together.
+
 For one class c and two consecutive analysis layers i → i+1 (N_prev neurons in layer i, N_next in
 layer i+1), every target instance p of class c gives an N_next × N_prev matrix of *activated levels*:
 how strongly the weight from neuron a of layer i to neuron b of layer i+1 fires on that instance

@@ -1,5 +1,9 @@
 """Network relation view (paper §5.3.3, Figures 3–4): how the two models' neurons and weights relate.
 
+This module is long because it is one view whose parts share one coordinate system: the zig-zag layout
+(`zigzag_data`), its bokeh drawing (`zigzag_figure`), what a click hits (`ZigZag.hit`) and the neuron
+detail beside it; split apart, each piece would have to re-derive the others' cell geometry.
+
 One canvas per class and layer range. Each layer's neuron similarity matrix sits on the diagonal, its
 rows one model's neurons and its columns the other's, the two swapping from layer to layer (the
 zig-zag of Figure 4 A), so each model's weights between two consecutive layers fill a corner between
