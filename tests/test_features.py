@@ -86,7 +86,7 @@ def test_linear_neurons_use_whole_images():
 
 def test_errors():
     model = build_model("alexnet-32", 10)
-    with pytest.raises(DiagnosticsError, match="non-empty"):
+    with pytest.raises(DiagnosticsError, match=r"Expected images as a non-empty \(N, 3, H, W\) tensor; got shape \(0, 3, 32, 32\)\."):
         top_patches(model, model.analysis_layers["conv1"], torch.rand(0, 3, 32, 32), [0])
-    with pytest.raises(DiagnosticsError, match="neuron indices"):
+    with pytest.raises(DiagnosticsError, match=r"Expected neuron indices of layer layer in \[0, 48\); got \[999\]\."):
         top_patches(model, model.analysis_layers["conv1"], torch.rand(2, 3, 32, 32), [999])

@@ -38,12 +38,14 @@ def test_outputs_match_the_model():
 
 def test_outputs_validate():
     model = build_model("alexnet-32", 10)
-    with pytest.raises(DiagnosticsError, match="TransferNet"):
+    with pytest.raises(DiagnosticsError, match=r"Expected model as a TransferNet with `embedding` and `head`; got Linear\."):
         model_outputs(torch.nn.Linear(2, 2), torch.rand(2, 3, 32, 32))
-    with pytest.raises(DiagnosticsError, match=r"\(N, C, H, W\)"):
+    with pytest.raises(DiagnosticsError, match=r"Expected images as \(N, C, H, W\); got shape \(3, 32, 32\)\."):
         model_outputs(model, torch.rand(3, 32, 32))
-    with pytest.raises(DiagnosticsError, match="labels must have shape"):
+    with pytest.raises(DiagnosticsError, match=r"Expected labels with 2 entries \(one per instance\); got 1\."):
         model_outputs(model, torch.rand(2, 3, 32, 32), np.array([1]))
+    with pytest.raises(DiagnosticsError, match=r"Expected labels as class indices in \[0, 10\); got values in \[0, 10\]\."):
+        model_outputs(model, torch.rand(2, 3, 32, 32), np.array([0, 10]))
 
 
 def test_tsne_keeps_clusters_apart_and_is_seeded():

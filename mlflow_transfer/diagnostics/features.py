@@ -60,7 +60,8 @@ def receptive_field(model: nn.Module, layer: nn.Module) -> tuple[int, int, int] 
             continue
         else:
             return None  # a block we do not model: fall back to the whole image
-    raise DiagnosticsError("layer is not part of the model's embedding chain")
+    raise DiagnosticsError(f"Expected a layer of the model's embedding chain; got {type(layer).__name__}, "
+                           "which is not part of it.")
 
 
 def _first(v) -> int:
@@ -84,13 +85,14 @@ def top_patches_many(model: nn.Module, requests: dict[str, tuple[nn.Module, list
                      *, k: int = 9, patch_size: int = 32, batch_size: int = 256) -> dict[str, dict[int, NeuronPatches]]:
     """:func:`top_patches` for several layers (name → (module, neurons)) in one pass over ``images``."""
     if images.ndim != 4 or len(images) == 0:
-        raise DiagnosticsError(f"images must be a non-empty (N, 3, H, W) tensor, got {tuple(images.shape)}")
+        raise DiagnosticsError(f"Expected images as a non-empty (N, 3, H, W) tensor; got shape "
+                               f"{tuple(images.shape)}.")
     wanted = {}
     for name, (layer, neurons) in requests.items():
         neurons = [int(n) for n in neurons]
         units = getattr(layer, "out_channels", getattr(layer, "out_features", None))
         if units is None or any(n < 0 or n >= units for n in neurons):
-            raise DiagnosticsError(f"neuron indices must be in [0, {units}) for layer {name}, got {neurons}")
+            raise DiagnosticsError(f"Expected neuron indices of layer {name} in [0, {units}); got {neurons}.")
         wanted[name] = (layer, neurons)
     peaks = {n: [] for n in wanted}
     where = {n: [] for n in wanted}

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import DiagnosticsError
+from ..validation import check_labels
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,10 @@ def model_outputs(model: nn.Module, images: torch.Tensor, labels: np.ndarray | N
                   batch_size: int = 256) -> ModelOutputs:
     """Run a `TransferNet` (``embedding`` then ``head``) over ``images`` (N, 3, S, S) in eval mode."""
     if not (hasattr(model, "embedding") and hasattr(model, "head")):
-        raise DiagnosticsError("model must be a TransferNet with `embedding` and `head` "
-                               "(build it with mlflow_transfer.models.build_model)")
+        raise DiagnosticsError(f"Expected model as a TransferNet with `embedding` and `head`; got "
+                               f"{type(model).__name__}. Build it with mlflow_transfer.models.build_model.")
     if images.ndim != 4:
-        raise DiagnosticsError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+        raise DiagnosticsError(f"Expected images as (N, C, H, W); got shape {tuple(images.shape)}.")
     was_training = model.training
     model.eval()
     embeddings, probs = [], []
@@ -50,14 +51,12 @@ def model_outputs(model: nn.Module, images: torch.Tensor, labels: np.ndarray | N
     finally:
         model.train(was_training)
     if not embeddings:
-        raise DiagnosticsError("no images given")
+        raise DiagnosticsError("Expected at least one image; got N = 0.")
     emb, prob = np.concatenate(embeddings), np.concatenate(probs)
     pred = prob.argmax(1).astype(np.int64)
     true_p = None
     if labels is not None:
-        labels = np.asarray(labels, dtype=np.int64)
-        if labels.shape != (len(images),):
-            raise DiagnosticsError(f"labels must have shape ({len(images)},), got {labels.shape}")
+        labels = check_labels(labels, "labels", prob.shape[1], length=len(images))
         true_p = prob[np.arange(len(labels)), labels].astype(np.float32)
     return ModelOutputs(emb.astype(np.float32), pred, prob.max(1).astype(np.float32), true_p)
 
@@ -68,7 +67,7 @@ def png_thumbnails(images: torch.Tensor | np.ndarray, size: int = 32) -> list[by
 
     arr = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     if arr.ndim != 4 or arr.shape[1] not in (1, 3):
-        raise DiagnosticsError(f"images must be (N, 1|3, H, W), got shape {arr.shape}")
+        raise DiagnosticsError(f"Expected images as (N, 1|3, H, W); got shape {arr.shape}.")
     out = []
     for img in (np.clip(arr, 0, 1) * 255).round().astype(np.uint8):
         pil = Image.fromarray(img.transpose(1, 2, 0).squeeze(-1) if img.shape[0] == 1 else img.transpose(1, 2, 0))
