@@ -12,7 +12,9 @@ from the line the server prints (``http://127.0.0.1:<port>/``), then ``/liveness
 The time is wall clock from just before ``Popen`` to the first 200. Printed: each start and the median.
 Numbers on a machine shared with other processes swing.
 
-Usage: ``python benchmarks/bench_startup.py [--repeat 3]``
+Usage: ``python benchmarks/bench_startup.py [--repeat 3]``; to measure an older commit with this script,
+unpack it (``git archive <commit> mlflow_transfer ui | tar -x -C /tmp/old``) and run with
+``PYTHONPATH=/tmp/old``.
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"$ python benchmarks/bench_startup.py --repeat {args.repeat}")
     print(f"{now} · {platform.node()} · {os.cpu_count()} CPUs ({platform.machine()}) · "
           f"load average {os.getloadavg()[0]:.2f} at start · commit {_commit()}")
+    if os.environ.get("PYTHONPATH"):  # e.g. an older tree unpacked with git archive, to measure it
+        print(f"code measured: PYTHONPATH={os.environ['PYTHONPATH']} (not the commit above)")
     print("command: mlflow-transfer ui --port 0 --tracking-uri sqlite:///<empty tmp>/mlflow.db;"
           " process start -> /liveness 200")
     times = []
