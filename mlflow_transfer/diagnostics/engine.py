@@ -112,20 +112,22 @@ def _select_layers(model: nn.Module, names) -> dict[str, nn.Module]:
         return dict(model.analysis_layers)
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise DiagnosticsError(f"unknown layer(s) {unknown}; the analysis layers are {available}")
+        raise DiagnosticsError(f"Expected layers among the analysis layers {available}; got unknown "
+                               f"layer(s) {unknown}.")
     return {n: model.analysis_layers[n] for n in available if n in names}  # keep forward order
 
 
 def _check_pair(source: nn.Module, target: nn.Module) -> None:
     for role, m in (("source", source), ("target", target)):
         if not hasattr(m, "analysis_layers"):
-            raise DiagnosticsError(f"the {role} model is not a TransferNet (no analysis layers)")
+            raise DiagnosticsError(f"Expected the {role} model as a TransferNet (with analysis layers); got "
+                                   f"{type(m).__name__}.")
     a, b = source.state_dict(), target.state_dict()
     if list(source.analysis_layers) != list(target.analysis_layers) or \
             any(k not in b or a[k].shape != b[k].shape for k in a):
-        raise DiagnosticsError("the source and target models have incompatible architectures "
-                               f"({getattr(source, 'arch', '?')} vs {getattr(target, 'arch', '?')}); a pair "
-                               "must share one architecture with the same layers and shapes")
+        raise DiagnosticsError("Expected source and target models of one architecture with the same layers "
+                               f"and shapes; got incompatible architectures ({getattr(source, 'arch', '?')} "
+                               f"vs {getattr(target, 'arch', '?')}).")
 
 
 def _layer_outputs(model, images, layers, batch_size=128) -> dict[str, np.ndarray]:
@@ -170,7 +172,8 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     wanted = list(options.classes or classes)
     unknown = [c for c in wanted if c not in classes]
     if unknown:
-        raise DiagnosticsError(f"unknown class(es) {unknown}; the pair's classes are {list(classes)}")
+        raise DiagnosticsError(f"Expected classes among the pair's classes {list(classes)}; got unknown "
+                               f"class(es) {unknown}.")
     labels, domain = instances.labels, instances.domain
     notes: list[str] = []
     stage = _Stages()
@@ -247,7 +250,8 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
 
     analysed = [c for c in wanted if c in similarity]
     if not analysed:
-        raise DiagnosticsError("no class has target-domain instances; nothing to diagnose")
+        raise DiagnosticsError("Expected a class with target-domain instances; got none, so there is "
+                               "nothing to diagnose.")
     comparison["__all__"] = {n: _mean_comparison([comparison[c][n] for c in analysed]) for n in layer_names}
     with stage("svm"):
         tgt_all, src_all = np.flatnonzero(domain == 1), np.flatnonzero(domain == 0)
