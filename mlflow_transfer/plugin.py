@@ -2,9 +2,9 @@
 
 MLflow calls :class:`TransferRunContext` for every new run in a process where this package is
 installed; it only contributes tags while :func:`transfer_context` is active, i.e. for runs the
-package itself creates (not for a user's unrelated runs). For those it also marks the run's
-experiment as model training (:func:`mark_experiment`), so MLflow's UI does not open it in its
-GenAI view.
+package itself creates (not for a user's unrelated runs). :func:`mark_experiment` marks the
+experiment of such a run as model training (the tracking layer calls it once the run exists, also for
+a run ``mlflow run`` created), so MLflow's UI does not open it in its GenAI view.
 """
 
 from __future__ import annotations
@@ -42,9 +42,6 @@ class TransferRunContext(RunContextProvider):
     def tags(self) -> dict[str, str]:
         from . import __version__
 
-        experiment_id = _experiment_of_new_run()
-        if experiment_id is not None:
-            mark_experiment(experiment_id)
         return {TAGS.version: __version__, **(_ACTIVE.get() or {})}
 
 
@@ -69,21 +66,3 @@ def mark_experiment(experiment_id: str, client=None) -> bool:
         return False
     return True
 
-
-def _experiment_of_new_run() -> str | None:
-    """The experiment ``mlflow.start_run()`` is creating a run in: MLflow's own resolution (the
-    ``set_experiment`` choice, ``MLFLOW_EXPERIMENT_ID``/``_NAME``, else the default experiment).
-
-    MLflow hands a run-context provider no experiment, so this asks the fluent API for the same id
-    ``start_run`` uses when the caller passes none (the package never passes one). None when that
-    function is missing in a future MLflow: the experiment is then left untagged.
-    """
-    try:
-        from mlflow.tracking.fluent import _get_experiment_id
-    except ImportError:
-        return None
-    try:
-        return _get_experiment_id()
-    except MlflowException as exc:
-        _log.warning("could not resolve the experiment of the new run: %s", exc)
-        return None

@@ -40,19 +40,17 @@ def test_train_source_marks_its_experiment_as_model_training(store):
 
 def test_only_the_package_runs_mark_and_a_set_kind_is_kept(store):
     user = mlflow.set_experiment("someone-elses").experiment_id
-    with mlflow.start_run():  # not the package's run: the plugin stays out of it
+    with transfer_context(), mlflow.start_run():  # a run the package did not start through transfer_run
+        pass
+    with mlflow.start_run():
         pass
     assert _kind(user) is None
     chosen = mlflow.set_experiment("chosen-kind").experiment_id
     MlflowClient().set_experiment_tag(chosen, EXPERIMENT_KIND, "genai_development")
-    with transfer_context(), mlflow.start_run():
-        pass
-    assert _kind(chosen) == "genai_development"
     assert mark_experiment(chosen) is False
+    assert _kind(chosen) == "genai_development"  # a user's choice is kept
     fresh = mlflow.set_experiment("fresh").experiment_id
-    with transfer_context(), mlflow.start_run():
-        pass
-    assert _kind(fresh) == EXPERIMENT_KIND_TRAINING
+    assert mark_experiment(fresh) is True and _kind(fresh) == EXPERIMENT_KIND_TRAINING
     assert mark_experiment(fresh) is False  # already marked: nothing written again
 
 

@@ -18,7 +18,7 @@ import mlflow
 from .. import __version__
 from ..config import Recipe
 from ..data import DomainSplits, align_classes, load_domain, split_domain
-from ..plugin import transfer_context
+from ..plugin import mark_experiment, transfer_context
 from ..tags import TAGS
 from .lifecycle import process_tags
 
@@ -81,6 +81,7 @@ def transfer_run(role: str, recipe: Recipe, *, nested: bool, name: str, extra_ta
     with transfer_context(**tags), mlflow.start_run(nested=nested, run_name=None if attach else name,
                                                     experiment_id=None if attach else experiment_id) as run:
         mlflow.set_tags({TAGS.version: __version__, **tags})
+        mark_experiment(run.info.experiment_id)  # also when attached to the run `mlflow run` made
         yield run
 
 
