@@ -7,7 +7,7 @@ fine-tuning), `diagnose` (a pair's diagnostics run), `pipeline` (``main``: both 
 does) imports neither the training code nor torch.
 """
 
-from importlib import import_module
+from ..lazy import lazy_exports
 
 _LAZY = {
     "TAGS": "..tags",
@@ -23,13 +23,4 @@ __all__ = ["TAGS", "SourceRun", "find_running_runs", "find_stale_runs", "finetun
            "train_source"]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name], __name__), name)
-        globals()[name] = value  # once: later lookups do not come here
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
