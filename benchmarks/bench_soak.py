@@ -63,7 +63,7 @@ def make_store(store: Path) -> str:
         t = time.time()
         proc = subprocess.run([str(BIN / "mlflow-transfer"), "main", "--recipe", str(REPO / "recipes" / "digits.yaml"),
                                "--set", TINY, "--tracking-uri", uri,
-                               "--experiment-name", "soak", "--n-steps", "2", "--per-class-cap", "2"],
+                               "--experiment-name", "soak", "--n-steps", "2", "--sample-per-class", "2"],
                               cwd=store, env=_env(store), capture_output=True, text=True, timeout=1200)
         if proc.returncode:
             raise RuntimeError(f"making the store failed:\n{proc.stderr[-3000:]}")

@@ -10,6 +10,7 @@ from functools import wraps
 import click
 
 from .errors import TransferError
+from .diagnostics.options import DiagnoseOptions  # torch-free: the options' defaults
 from .runtime import keep_freed_memory
 
 _RECIPE = click.option("--recipe", default="recipes/digits.yaml", show_default=True,
@@ -118,25 +119,26 @@ def _diagnose_options(fn):
     options = [
         click.option("--layers", default="", help="Comma-separated analysis layers to analyse [default: all]."),
         click.option("--classes", default="", help="Comma-separated class names to analyse [default: all]."),
-        click.option("--per-class-cap", default=10, show_default=True, type=click.IntRange(min=1),
-                     help="Instances per class, domain and split (train/validation) that are analysed."),
-        click.option("--n-steps", default=50, show_default=True, type=click.IntRange(min=1),
+        click.option("--sample-per-class", default=DiagnoseOptions.sample_per_class, show_default=True,
+                     type=click.IntRange(min=1), help="Analysed sample: instances per class, domain and split "
+                     "(train/validation) whose conductance, similarity, patches and SVM are computed."),
+        click.option("--n-steps", default=DiagnoseOptions.n_steps, show_default=True, type=click.IntRange(min=1),
                      help="Integration steps of Layer Conductance (captum's n_steps)."),
-        click.option("--top-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+        click.option("--top-fraction", default=DiagnoseOptions.top_fraction, show_default=True,
+                     type=click.FloatRange(0, 1, min_open=True),
                      help="Share of each layer's neurons kept as important (paper: 10 %)."),
-        click.option("--seed", default=0, show_default=True, help="Seed of instance sampling, t-SNE and CV folds."),
+        click.option("--seed", default=DiagnoseOptions.seed, show_default=True,
+                     help="Seed of instance sampling, t-SNE and CV folds."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _options(layers, classes, n_steps, top_fraction, seed):
-    from .diagnostics.engine import DiagnoseOptions
-
+def _options(layers, classes, sample_per_class, n_steps, top_fraction, seed):
     split = lambda text: tuple(p.strip() for p in text.split(",") if p.strip()) or None  # noqa: E731
-    return DiagnoseOptions(layers=split(layers), classes=split(classes), n_steps=n_steps,
-                           top_fraction=top_fraction, seed=seed)
+    return DiagnoseOptions(layers=split(layers), classes=split(classes), sample_per_class=sample_per_class,
+                           n_steps=n_steps, top_fraction=top_fraction, seed=seed)
 
 
 class _Report:
@@ -176,14 +178,14 @@ class _Report:
 @_TRUST_PICKLED
 @_user_errors
 def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_diagnose, layers, classes,
-             per_class_cap, n_steps, top_fraction, seed, trust_pickled_models):
+             sample_per_class, n_steps, top_fraction, seed, trust_pickled_models):
     from .tracking import run_pipeline
 
     _setup(tracking_uri, experiment_name)
-    options = _options(layers, classes, n_steps, top_fraction, seed) if run_diagnose else None
+    options = _options(layers, classes, sample_per_class, n_steps, top_fraction, seed) if run_diagnose else None
     report = _Report()
     result = run_pipeline(_load(recipe, overrides, data_root), diagnose_options=options,
-                          per_class_cap=per_class_cap, report_writer=report, trust_pickled=trust_pickled_models)
+                          report_writer=report, trust_pickled=trust_pickled_models)
     note = " (reused: identical recipe, parameters and code)" if result.source_reused else ""
     _summary(f"pair {result.pair_id}{note}",
              {"source": result.source_run_id, "target": result.target_run_id})
@@ -213,7 +215,7 @@ def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_di
               "still RUNNING): its model and metrics are whatever was logged when it stopped. [default: false]")
 @_user_errors
 def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_uri, recipe, arch, overrides,
-                 data_root, tracking_uri, experiment_name, layers, classes, per_class_cap, n_steps,
+                 data_root, tracking_uri, experiment_name, layers, classes, sample_per_class, n_steps,
                  top_fraction, seed, trust_pickled_models, allow_unfinished):
     from .tracking.diagnose import diagnose
 
@@ -223,8 +225,8 @@ def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_ur
     run_id = diagnose(target_run_id=target_run_id or None, source_run_id=source_run_id or None,
                       source_model_uri=source_model_uri or None, target_model_uri=target_model_uri or None,
                       recipe=_load(recipe, overrides, data_root) if recipe else None, arch=arch or None,
-                      options=_options(layers, classes, n_steps, top_fraction, seed),
-                      per_class_cap=per_class_cap, report_writer=report, trust_pickled=trust_pickled_models,
+                      options=_options(layers, classes, sample_per_class, n_steps, top_fraction, seed),
+                      report_writer=report, trust_pickled=trust_pickled_models,
                       allow_unfinished=allow_unfinished)
     click.echo(f"diagnostics run {run_id}: bundle at runs:/{run_id}/diagnostics, {report.note(run_id)}")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 
 import mlflow
 import numpy as np
@@ -48,7 +50,7 @@ def test_diagnose_a_target_run(pair, tmp_path):
     from ui.report import write_report
 
     result, _ = pair
-    run_id = diagnose(target_run_id=result.target_run_id, options=FAST, per_class_cap=2, report_writer=write_report)
+    run_id = diagnose(target_run_id=result.target_run_id, options=dataclasses.replace(FAST, sample_per_class=2), report_writer=write_report)
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
     # the self-contained report lands at the artifact root, beside the bundle
@@ -88,7 +90,7 @@ def test_diagnose_a_pair_logged_outside_the_recipes(pair, tmp_path):
         with mlflow.start_run():  # a user's own script: plain MLflow, no mlflow-transfer tags
             uris.append(mlflow.pytorch.log_model(model, name="model", input_example=example).model_uri)
     run_id = diagnose(source_model_uri=uris[0], target_model_uri=uris[1], recipe=tiny(), arch="alexnet-32",
-                      options=FAST, per_class_cap=2)
+                      options=dataclasses.replace(FAST, sample_per_class=2))
     b = _bundle(run_id, tmp_path)
     assert b.manifest["runs"]["source"] is None and b.layers == list(src.analysis_layers)
     with torch.no_grad():  # the bundle's predictions are those of the logged target model
@@ -100,9 +102,9 @@ def test_diagnose_a_pair_logged_outside_the_recipes(pair, tmp_path):
 def test_unknown_layer_and_class(pair):
     result, _ = pair
     with pytest.raises(DiagnosticsError, match="unknown layer"):
-        diagnose(target_run_id=result.target_run_id, options=DiagnoseOptions(layers=("conv9",)), per_class_cap=1)
+        diagnose(target_run_id=result.target_run_id, options=DiagnoseOptions(layers=("conv9",), sample_per_class=1))
     with pytest.raises(DiagnosticsError, match="unknown class"):
-        diagnose(target_run_id=result.target_run_id, options=DiagnoseOptions(classes=("eleven",)), per_class_cap=1)
+        diagnose(target_run_id=result.target_run_id, options=DiagnoseOptions(classes=("eleven",), sample_per_class=1))
 
 
 def test_run_without_model_and_unresolvable_uri(pair):
@@ -121,7 +123,7 @@ def test_run_without_model_and_unresolvable_uri(pair):
 def test_recipe_that_does_not_fit_the_models(pair):
     result, _ = pair
     with pytest.raises(DiagnosticsError, match="do not fit the models"):
-        diagnose(target_run_id=result.target_run_id, recipe=tiny("data.image_size=16"), options=FAST, per_class_cap=1)
+        diagnose(target_run_id=result.target_run_id, recipe=tiny("data.image_size=16"), options=dataclasses.replace(FAST, sample_per_class=1))
 
 
 def test_incompatible_architectures(pair, tmp_path):
@@ -141,7 +143,7 @@ def test_interrupted_diagnose_leaves_no_bundle_and_a_failed_run(pair, monkeypatc
 
     monkeypatch.setattr(diagnose_module, "write_pair_bundle", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        diagnose(target_run_id=result.target_run_id, options=FAST, per_class_cap=1)
+        diagnose(target_run_id=result.target_run_id, options=dataclasses.replace(FAST, sample_per_class=1))
     run = mlflow.search_runs(filter_string=f"tags.`{TAGS.role}` = 'diagnostics'", output_format="list",
                              order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert run.info.status == "FAILED"
@@ -156,7 +158,7 @@ def test_list_pairs_and_fetch_once_into_the_cache(pair, tmp_path):
     from mlflow_transfer.tracking.bundles import fetch_bundle, list_diagnosed_pairs
 
     result, _ = pair
-    run_id = diagnose(target_run_id=result.target_run_id, options=FAST, per_class_cap=1)
+    run_id = diagnose(target_run_id=result.target_run_id, options=dataclasses.replace(FAST, sample_per_class=1))
     listed = list_diagnosed_pairs(page_size=1)  # several pages
     assert run_id in [p["diagnostics_run_id"] for p in listed]
     assert all(p["pair_id"] == result.pair_id for p in listed if p["target_run_id"] == result.target_run_id)
@@ -185,4 +187,4 @@ def test_recipe_with_other_classes_than_the_models(pair, tmp_path):
     recipe = tiny(f"data.source={{name: imagefolder, root: {tmp_path}, subset: a}}",
                   f"data.target={{name: imagefolder, root: {tmp_path}, subset: b}}", "data.per_class_cap=null")
     with pytest.raises(DiagnosticsError, match="predict 10 classes but the recipe's domains have 2"):
-        diagnose(target_run_id=result.target_run_id, recipe=recipe, options=FAST, per_class_cap=1)
+        diagnose(target_run_id=result.target_run_id, recipe=recipe, options=dataclasses.replace(FAST, sample_per_class=1))

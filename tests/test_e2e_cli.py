@@ -46,7 +46,7 @@ def _runs():
 def test_mlflow_run_main_logs_a_source_and_a_target_run(store):
     tmp, env = store
     proc = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local",
-                           "--experiment-name", "e2e", "-P", f"set={TINY}", "-P", "per_class_cap=3",
+                           "--experiment-name", "e2e", "-P", f"set={TINY}", "-P", "sample_per_class=3",
                            "-P", "n_steps=4"],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -63,7 +63,7 @@ def test_mlflow_run_main_logs_a_source_and_a_target_run(store):
                                                 dst_path=str(tmp / "dl"))
     bundle = PairBundle.open(local)
     assert bundle.manifest["runs"]["target"] == target.info.run_id
-    assert bundle.manifest["per_class_cap"] == 3 and bundle.manifest["options"]["n_steps"] == 4
+    assert bundle.manifest["sample_per_class"] == 3 and bundle.manifest["options"]["n_steps"] == 4
     assert pipeline.data.params["set"] == TINY  # logged by `mlflow run` itself
     assert target.data.tags[TAGS.source_run_id] == source.info.run_id
     assert target.data.tags["mlflow.parentRunId"] == pipeline.info.run_id

@@ -186,7 +186,9 @@ def _header(manifest: dict) -> str:
              ("domains", f"{domains['source']} → {domains['target']}" if domains else None),
              ("classes", ", ".join(map(str, manifest.get("classes", [])))),
              ("instances", manifest.get("n_instances")),
-             ("instances per class, domain and split", manifest.get("per_class_cap"))]
+             ("analysed instances per class, domain and split",
+              # bundles written before the rename call it per_class_cap
+              manifest.get("sample_per_class", manifest.get("per_class_cap")))]
     return "".join(f"<div><span class='k'>{html.escape(k)}</span> <code>{html.escape(str(v))}</code></div>"
                    for k, v in items if v not in (None, ""))
 

@@ -25,35 +25,13 @@ from .discriminability import Discriminability, domain_discriminability
 from ._hooks import run_with_hooks
 from .features import NeuronPatches, top_patches_many
 from .instances import ModelOutputs, model_outputs, png_thumbnails
+from .options import DiagnoseOptions
 from .ranking import top_k_neurons
 from .similarity import LayerComparison, layer_summary, neuron_similarity, weight_correspondence
 from .statistics import ConfusionTable, confusion_table
 from .weights import ImportantWeights, extract_important_weights
 
 MODELS = ("source", "target")  # model roles; domain codes: 0 = source domain, 1 = target domain
-
-
-@dataclass(frozen=True)
-class DiagnoseOptions:
-    """What to compute; every field is recorded in the bundle manifest."""
-
-    layers: tuple[str, ...] | None = None   # analysis layers to analyse (None = all)
-    classes: tuple[str, ...] | None = None  # classes to analyse (None = all)
-    n_steps: int = 50                       # conductance integration steps
-    method: str = "gausslegendre"           # captum approximation method
-    baseline: float = 0.0                   # constant baseline image value
-    top_fraction: float = 0.1               # important neurons: share of each layer (paper: 10 %)
-    weight_fraction: float = 0.01           # important weights: share of each layer pair
-    weight_max_instances: int | None = 200  # per class; more are sampled (seeded) and recorded
-    folds: int = 10                         # CV folds of the domain classifier
-    svm_max_rows: int = 2000                # per domain; more are sampled (seeded) and noted
-    patches: int = 9                        # top activating patches per neuron and domain
-    similar: int = 5                        # patches also for each important neuron's k most similar in the other model
-    patch_size: int = 24                    # px of each stored patch
-    cka_max_instances: int = 500            # target instances used for CKA (seeded sample)
-    tsne_gradient: str = "fft"              # openTSNE negative gradient: "fft" or "bh"
-    batch_size: int = 4                     # instances per conductance batch (small is faster on CPU)
-    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -172,8 +172,8 @@ def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None 
     return ResolvedPair(source_run_id, target_run_id, loaded[0], loaded[1], recipe, target.info.experiment_id)
 
 
-def build_instances(data: PairData, per_class_cap: int | None, seed: int) -> Instances:
-    """Train and validation instances of both domains, at most ``per_class_cap`` per class, split and
+def build_instances(data: PairData, per_class: int | None, seed: int) -> Instances:
+    """Train and validation instances of both domains, at most ``per_class`` per class, split and
     domain (a seeded sample; the cap is recorded in the manifest)."""
     rng = np.random.default_rng(seed)
     rows = []  # (domain code, split code, index)
@@ -182,8 +182,8 @@ def build_instances(data: PairData, per_class_cap: int | None, seed: int) -> Ins
         for split, idx in enumerate((splits.train_indices, splits.val_indices)):
             for c in range(len(data.classes)):
                 members = idx[targets[idx] == c]
-                if per_class_cap is not None and len(members) > per_class_cap:
-                    members = np.sort(rng.choice(members, per_class_cap, replace=False))
+                if per_class is not None and len(members) > per_class:
+                    members = np.sort(rng.choice(members, per_class, replace=False))
                 rows += [(dom, split, int(i)) for i in members]
     domains = (data.source.domain, data.target.domain)
     images = torch.stack([domains[d].dataset[i][0] for d, _, i in rows])
@@ -223,12 +223,12 @@ def _log_report(report_writer: ReportWriter, bundle_dir: Path, folder: Path) -> 
     return True
 
 
-def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(), per_class_cap: int | None = 50,
+def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
              nested: bool = False, report_writer: ReportWriter | None = None, **pair_args) -> str:
     """Diagnose a pair (see :func:`resolve_pair` for ``pair_args``) into a new diagnostics run.
 
     Args:
-        per_class_cap: instances per class, domain and split (None = all).
+        options: what to compute, the analysed sample (``sample_per_class``) included.
         report_writer: ``(bundle folder, output path) -> output path``, rendering the bundle as a
             self-contained HTML page at the output path, logged as ``report.html`` at the run's
             artifact root (the CLI passes ``ui.report.write_report``); None: no report. A writer that
@@ -241,7 +241,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(), per_class_cap: int
     if n_out != len(data.classes):
         raise DiagnosticsError(f"the models predict {n_out} classes but the recipe's domains have "
                                f"{len(data.classes)} ({list(data.classes)}); use the recipe the pair was trained with")
-    instances = build_instances(data, per_class_cap, options.seed)
+    instances = build_instances(data, options.sample_per_class, options.seed)
     try:
         with torch.no_grad():
             pair.target_model(instances.images[:2])
@@ -275,7 +275,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(), per_class_cap: int
                          "diagnostics": run.info.run_id},
                 "pair_id": tags.get(TAGS.pair_id), "model": pair.target_model.arch, "recipe": pair.recipe.name,
                 "domains": {"source": data.source.domain.name, "target": data.target.domain.name},
-                "per_class_cap": per_class_cap, "scores": scores,
+                "sample_per_class": options.sample_per_class, "scores": scores,
                 "software": {"mlflow-transfer": __version__, "torch": torch.__version__, "mlflow": mlflow.__version__,
                              "captum": captum.__version__, "scikit-learn": sklearn.__version__,
                              "numpy": np.__version__, "python": platform.python_version()}}

@@ -29,13 +29,13 @@ class PipelineResult:
     diagnostics_run_id: str | None = None
 
 
-def run_pipeline(recipe: Recipe, *, diagnose_options=None, per_class_cap: int | None = 10,
-                 report_writer=None, trust_pickled: bool = False) -> PipelineResult:
+def run_pipeline(recipe: Recipe, *, diagnose_options=None, report_writer=None,
+                 trust_pickled: bool = False) -> PipelineResult:
     """``main``: source run (reused when an identical one finished before), then the target run.
 
     Both are nested under a ``pipeline`` run (the one ``mlflow run`` created, when it did). With
-    ``diagnose_options`` (a `DiagnoseOptions`), the pair is diagnosed right after, ``per_class_cap``
-    instances per class, domain and split, and ``report_writer`` (see `diagnose`) adds its
+    ``diagnose_options`` (a `DiagnoseOptions`), the pair is diagnosed right after (its
+    ``sample_per_class`` instances per class, domain and split), and ``report_writer`` (see `diagnose`) adds its
     ``report.html``. ``trust_pickled``: allow pickled logged models (see `load_model_weights`).
     """
     data = prepare_data(recipe)
@@ -50,7 +50,7 @@ def run_pipeline(recipe: Recipe, *, diagnose_options=None, per_class_cap: int | 
         diag_id = None
         if diagnose_options is not None:
             diag_id = diagnose(target_run_id=target_id, recipe=recipe, options=diagnose_options,
-                               per_class_cap=per_class_cap, nested=True, report_writer=report_writer,
+                               nested=True, report_writer=report_writer,
                                trust_pickled=trust_pickled)
             mlflow.set_tag(TAGS.diagnostics_run_id, diag_id)
         return PipelineResult(parent.info.run_id, source_id, target_id, bool(reused), pid, diag_id)
