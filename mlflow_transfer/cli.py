@@ -11,7 +11,7 @@ import click
 
 from .errors import TransferError
 from .diagnostics.options import DiagnoseOptions  # torch-free: the options' defaults
-from .runtime import keep_freed_memory
+from .runtime import keep_freed_memory, quiet_library_progress
 
 _RECIPE = click.option("--recipe", default="recipes/digits.yaml", show_default=True,
                        help="Recipe YAML file: the domains, model, training settings and seed.")
@@ -63,6 +63,7 @@ def _user_errors(fn):
         # SIGTERM (e.g. a killed job) unwinds like Ctrl-C, so open runs are closed as FAILED.
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         keep_freed_memory()
+        quiet_library_progress()
         try:
             return fn(*args, **kwargs)
         except TransferError as exc:

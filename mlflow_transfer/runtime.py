@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 import time
 from typing import Iterable, Iterator, TextIO, TypeVar
@@ -37,6 +38,13 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+
+
+def quiet_library_progress(stream: TextIO | None = None) -> None:
+    """Off a terminal (under ``mlflow run``), turn MLflow's artifact download bars off: each would print
+    a line of carriage returns per download. A user's own setting of the variable is kept."""
+    if not (stream or sys.stderr).isatty():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def progress(iterable: Iterable[T], desc: str, unit: str = "it", *, total: int | None = None,

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from mlflow_transfer.config import load_recipe
 from mlflow_transfer.plugin import mark_experiment, transfer_context
-from mlflow_transfer.runtime import progress
+from mlflow_transfer.runtime import progress, quiet_library_progress
 from mlflow_transfer.tags import EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING
 from mlflow_transfer.tracking import train_source
 
@@ -99,3 +99,21 @@ def test_progress_on_a_terminal_is_tqdm():
 
     bar = progress(range(3), desc="tty", stream=Tty())
     assert isinstance(bar, tqdm) and list(bar) == [0, 1, 2]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_mlflows_download_bars_are_off_off_a_terminal_and_a_users_choice_is_kept(monkeypatch):
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as bars
+
+    monkeypatch.delenv(bars.name, raising=False)
+    quiet_library_progress(_Terminal())
+    assert bars.get() is True  # on a terminal MLflow's bars stay
+    quiet_library_progress(io.StringIO())
+    assert bars.get() is False
+    monkeypatch.setenv(bars.name, "true")
+    quiet_library_progress(io.StringIO())
+    assert bars.get() is True
