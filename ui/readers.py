@@ -16,7 +16,8 @@ from typing import Protocol
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.errors import RunLookupError
 
-__all__ = ["DEFAULT_TRACKING_URI", "MemorySource", "PairSource", "TrackingSource", "default_source"]
+__all__ = ["DEFAULT_TRACKING_URI", "MemorySource", "PairSource", "TrackingSource", "default_source",
+           "incomplete"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default store
 OPENED_BUNDLES = 8  # validated bundles a TrackingSource keeps open in memory
@@ -36,6 +37,11 @@ class PairSource(Protocol):
 
     def bundle(self, diagnostics_run_id: str) -> PairBundle:
         """The validated bundle; raises `BundleError` / `RunLookupError` with a fix in the message."""
+
+
+def incomplete(row: dict) -> bool:
+    """Whether a listed pair's diagnostics run did not finish (rows without a status are finished)."""
+    return row.get("status", "FINISHED") != "FINISHED"
 
 
 @dataclass

@@ -16,7 +16,7 @@ from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.errors import BundleError, TransferError
 from mlflow_transfer.validation import check_run_id
 
-from .readers import PairSource
+from .readers import PairSource, incomplete
 
 URL_PARAMS = ("experiment", "pair", "tab", "classes", "reproject", "layer_from", "layer_to", "hide_non_important",
               "hide_source_weights", "neuron")
@@ -26,11 +26,6 @@ log = logging.getLogger("ui")
 
 UNEXPECTED = ("The pair could not be opened because of an unexpected error; the app's server log has the "
               "details. Pick another pair.")
-
-
-def incomplete(row: dict) -> bool:
-    """Whether a listed pair's diagnostics run did not finish (rows without a status are finished)."""
-    return row.get("status", "FINISHED") != "FINISHED"
 
 
 class _FromURL:

@@ -7,6 +7,8 @@ import datetime as dt
 import pandas as pd
 import panel as pn
 
+from ..readers import incomplete
+
 __all__ = ["HOW_TO_DIAGNOSE", "pairs_frame", "pairs_table"]
 
 HOW_TO_DIAGNOSE = ("No diagnosed pair in this experiment yet. Diagnose a fine-tuned run with\n\n"
@@ -33,8 +35,7 @@ def pairs_frame(pairs: list[dict]) -> pd.DataFrame:
         "target accuracy": [p.get("target_accuracy") for p in pairs],
         "transferability": [p.get("transferability_score") for p in pairs],
         "diagnostics run": [p["diagnostics_run_id"] for p in pairs],
-        "bundle": [f"incomplete ({p['status']})" if p.get("status", "FINISHED") != "FINISHED" else "complete"
-                   for p in pairs],
+        "bundle": [f"incomplete ({p['status']})" if incomplete(p) else "complete" for p in pairs],
     }, columns=["recipe", "setting", "date", "target accuracy", "transferability", "diagnostics run", "bundle"])
 
 
