@@ -10,12 +10,14 @@ import holoviews as hv
 import numpy as np
 import panel as pn
 import pytest
+from helpers.views import drawn, find
 from PIL import Image
 
 from mlflow_transfer.bundle import PairBundle
 from ui.readers import MemorySource
 from ui.state import AppState
 from ui.views import features as fv
+from ui.tabs.features import FeaturesTab
 from ui.views.style import SOURCE, TARGET
 
 
@@ -34,10 +36,6 @@ def state(tiny_bundle):
 
 def _opt(element, key):
     return element.opts.get().kwargs[key]
-
-
-def _find(tab, kind, name):
-    return next(o for o in tab.select(kind) if o.name == name)
 
 
 def test_frame_holds_the_stored_coefficients_in_the_stored_neuron_order(bundle):
@@ -159,47 +157,51 @@ def test_a_class_without_discriminability_is_an_empty_state(bundle):
 
 
 def test_tab_follows_the_class_selection_and_writes_it_back(state, bundle):
-    tab = fv.features_tab(state)
-    table = _find(tab, pn.widgets.Tabulator, "feature-ranking")
-    plot = _find(tab, pn.pane.Bokeh, "discriminability")
-    cv = _find(tab, pn.pane.Markdown, "cv-accuracy")
-    assert tab.view.shown == fv.ALL and len(table.value) == len(bundle.discriminability()["coef"])
+    tab = FeaturesTab(state=state)
+    layout = drawn(tab)
+    table = find(layout, pn.widgets.Tabulator, "feature-ranking")
+    assert tab.shown == fv.ALL and len(table.value) == len(bundle.discriminability()["coef"])
     state.select_class("a")
     rec = bundle.discriminability("a")
-    assert tab.view.shown == "a"
+    table, plot = find(layout, pn.widgets.Tabulator, "feature-ranking"), find(layout, pn.pane.Bokeh, "discriminability")
+    cv = find(layout, pn.pane.Markdown, "cv-accuracy")
+    assert tab.shown == "a"
     np.testing.assert_array_equal(np.sort(table.value["discriminability"]), np.sort(rec["coef"]))
     assert f"{rec['cv_mean']:.3f}" in cv.object and f"{rec['cv_mean']:.3f}" in plot.object.title.text
     state.select_class("b", add=True)  # two classes: the view shows all of them, the selection stays
-    assert tab.view.shown == fv.ALL and state.classes == ["a", "b"]
-    select = tab.select(pn.widgets.Select)[0]
+    assert tab.shown == fv.ALL and state.classes == ["a", "b"]
+    select = layout.select(pn.widgets.Select)[0]
     select.value = "b"  # picked here: the other views follow
     assert state.classes == ["b"]
     select.value = fv.ALL
     assert state.classes == []
     select.value = "c"
-    empty = _find(tab, pn.pane.Markdown, "features-empty")
-    assert state.classes == ["c"] and empty.visible and "no target-domain instances" in empty.object
-    assert not table.visible and not plot.visible
-    tab.get_root()  # the whole tab builds its bokeh models
-    state.bundle = PairBundle.open(bundle.reader.root)  # another pair loaded: this tab stops following
+    empty = find(layout, pn.pane.Markdown, "features-empty")
+    assert state.classes == ["c"] and "no target-domain instances" in empty.object
+    assert not layout.select(pn.widgets.Tabulator) and not layout.select(pn.pane.Bokeh)
+    layout.get_root()  # the whole tab builds its bokeh models
+    state.bundle = PairBundle.open(bundle.reader.root)  # another pair loaded: the tab follows it
     state.classes = ["a"]
-    assert tab.view.shown == "c"
+    assert tab.shown == "a" and find(layout, pn.widgets.Tabulator, "feature-ranking").selection == []
 
 
 def test_ticking_a_row_adds_its_axis_and_survives_a_reorder(state, bundle):
-    tab = fv.features_tab(state)
-    table = _find(tab, pn.widgets.Tabulator, "feature-ranking")
-    plot = _find(tab, pn.pane.Bokeh, "discriminability")
+    tab = FeaturesTab(state=state)
+    layout = drawn(tab)
+    table = find(layout, pn.widgets.Tabulator, "feature-ranking")
     label = table.value["label"].iloc[12]
     table.selection = [12]
-    assert tab.view.checked == [label]
-    assert _segments(plot.object)[label][2] == fv.CHECKED_COLOR
-    tab.view.order = "ascending"
+    assert tab.checked == [label]
+    assert _segments(find(layout, pn.pane.Bokeh, "discriminability").object)[label][2] == fv.CHECKED_COLOR
+    tab.order = "ascending"
+    table = find(layout, pn.widgets.Tabulator, "feature-ranking")
     assert table.value["label"].iloc[0] == fv.sort_features(fv.feature_frame(bundle), "ascending")["label"][0]
-    assert list(table.value["label"].iloc[table.selection]) == [label] and tab.view.checked == [label]
-    assert label in _segments(plot.object)
+    assert list(table.value["label"].iloc[table.selection]) == [label] and tab.checked == [label]
+    assert label in _segments(find(layout, pn.pane.Bokeh, "discriminability").object)
+    table.selection = []  # unticked in the reordered list
+    assert tab.checked == []
 
 
 def test_tab_without_a_bundle_says_what_to_do():
     empty = AppState(MemorySource({}, {}, {}))
-    assert "Select a diagnosed pair" in fv.features_tab(empty).object
+    assert "Select a diagnosed pair" in find(drawn(FeaturesTab(state=empty)), pn.pane.Markdown, "no-pair").object

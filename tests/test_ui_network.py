@@ -8,10 +8,12 @@ import pandas as pd
 import panel as pn
 import pytest
 from bokeh.events import Tap
+from helpers.views import drawn
 
 from mlflow_transfer.bundle import PairBundle
 from ui.readers import MemorySource
 from ui.state import AppState
+from ui.tabs.network import NetworkTab
 from ui.views import network as nv
 from ui.views.images import crop_patches
 
@@ -198,7 +200,7 @@ def test_figure_renders_with_bokeh_and_names_the_neuron_index_glyphs(bundle, tab
 
 def test_network_tab_is_linked_both_ways_with_the_app_state(tiny_bundle):
     state = _state(tiny_bundle, layer_from=0, layer_to=2)
-    tab = nv.network_tab(state)
+    tab = drawn(NetworkTab(state=state))
     select = tab.select(pn.widgets.Select)[0]
     slider = tab.select(pn.widgets.IntRangeSlider)[0]
     assert select.value == "a" and slider.value == (0, 2) and slider.end == len(state.bundle.layers) - 1
@@ -232,6 +234,8 @@ def test_network_tab_is_linked_both_ways_with_the_app_state(tiny_bundle):
     assert state.neuron == first["id"]
     detail = next(p for p in tab.select(pn.Column) if p.name == "neuron-detail")
     assert f"neuron {first['neuron']}" in detail[0].object and detail.select(pn.pane.PNG)
+    tab.select(pn.Tabs)[0].active = 1  # the by-depth summaries, drawn when shown
+    tab.get_root()
     names = {p.name for p in tab.select(pn.pane.HoloViews)} | {p.name for p in tab.select(pn.pane.Bokeh)}
     assert {"network", "inheritance", "cka"} <= names
     # a class without similarity data shows the empty state in place of the figure

@@ -25,6 +25,8 @@ from helpers.browser import needs_chromium
 from helpers.bundles import write_tiny_bundle
 from helpers.servers import clean_env, mlflow_server, transfer_ui
 
+from helpers.views import drawn
+
 from mlflow_transfer.bundle import PairBundle
 from ui.app import TABS, build_app
 from ui.readers import MemorySource, TrackingSource
@@ -123,10 +125,8 @@ def _alerts(viewable) -> list:
 
 
 def _render_all_tabs(state) -> list:
-    """Each tab of the app built over ``state`` the way the app builds it (its guard included)."""
-    from ui.views.guard import guarded
-
-    return [guarded(build, title, state.with_fix)(state) for title, build in TABS]
+    """Each tab of the app over ``state``, drawn as when shown (its parts' guards included)."""
+    return [drawn(tab(state=state)) for tab in TABS]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def test_hostile_names_reach_no_pane_as_markup(source, hostile_bundle):
     assert html.escape(HTML_NAME) in shown  # the names are there, as text
     # a layer name with quotes in a patch's alt text (Panel writes it with Python's repr quoting)
     patches = {"source": [{"image": np.zeros((4, 4, 3), np.uint8), "value": 1.0, "index": 0}], "target": []}
-    row = nv._patch_row(patches, "x\" ' onerror=alert(5) \"", 16)
+    row = nv.patch_row(patches, "x\" ' onerror=alert(5) \"", 16)
     assert not [b for fragment in _sent_html(row) for b in _dangerous(fragment)]
     hit = {"kind": "weight", "model": "target", "layer": HTML_NAME, "next_layer": MD_NAME, "a": 0, "b": 1,
            "level": 0.5, "count": 2, "important": True, "inherited": None}
@@ -192,7 +192,7 @@ def test_url_parameters_of_any_shape_are_clamped_or_ignored(source):
     — and ``?tab=-1`` dropped every other parameter of the link, the pair included)."""
     from panel.io.location import Location
 
-    state = AppState(source)
+    state = AppState(source, tab_count=len(TABS))  # as build_app makes it
     assert state.pair == "d1"
     query = {"experiment": "1", "pair": "d2", "tab": "-1", "classes": json.dumps([MD_NAME, 5, "nope"]),
              "layer_from": "99", "layer_to": "x", "reproject": "maybe", "hide_non_important": "[1]",
@@ -273,8 +273,8 @@ def test_an_unreadable_bundle_file_is_an_error_pane_in_its_tab(hostile_bundle, t
     assert state.bundle is not None and state.error == "" and not state.loading
     statistics, instances, network, features = _render_all_tabs(state)
     for tab, rel in ((statistics, "statistics/history.parquet"), (instances, "instances/table.parquet")):
-        assert isinstance(tab, pn.pane.Alert) and tab.name == "view-error"
-        assert rel in tab.object and f"mlflow-transfer diagnose --target-run-id {target}" in tab.object
+        (alert,) = [a for a in tab.select(pn.pane.Alert) if a.name == "view-error"]
+        assert rel in alert.object and f"mlflow-transfer diagnose --target-run-id {target}" in alert.object
         assert not [b for t in _sent_html(tab) for b in _dangerous(t)]
     shown = " ".join(_sent_html(network))  # the figure's part of the network tab is the error pane
     assert _alerts(network) and similarity in shown and "no neuron similarity data" not in shown

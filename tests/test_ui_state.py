@@ -248,13 +248,14 @@ def test_reprojection_of_selected_classes_is_their_own_tsne_and_is_cached(tiny_b
 
 
 def test_reproject_is_part_of_the_link_and_retitles_the_scatter(source):
-    from ui.app import _instances
+    from ui.tabs.instances import InstancesTab
 
     assert "reproject" in URL_PARAMS
     state = AppState(source, classes=["a"], reproject=True)
+    tab = InstancesTab(state=state)
 
     def titles():
-        root = _instances(state).get_root()
+        root = tab.__panel__().get_root()
         return " ".join(str(m.text) for m in root.references() if type(m).__name__ == "Title")
 
     assert "re-projected" in titles()

@@ -20,7 +20,6 @@ from .readers import PairSource, incomplete
 
 URL_PARAMS = ("experiment", "pair", "tab", "classes", "reproject", "layer_from", "layer_to", "hide_non_important",
               "hide_source_weights", "neuron")
-TAB_COUNT = 4  # statistics, instances, network, features (ui.app.TABS)
 
 log = logging.getLogger("ui")
 
@@ -94,7 +93,7 @@ class AppState(param.Parameterized):
     # (ids are checked where they are used: a malformed one is kept, so the banner can say what arrived)
     experiment = _URLString(default="", doc="experiment id")
     pair = _URLString(default="", doc="diagnostics run id of the selected pair")
-    tab = _URLInteger(default=0, bounds=(0, TAB_COUNT - 1), doc="open view: 0 statistics, 1 instances, 2 network, 3 features")
+    tab = _URLInteger(default=0, bounds=(0, None), doc="open tab, by position in ui.app.TABS")
     classes = _URLList(default=[], item_type=str, doc="selected class names (empty: all)")
     reproject = _URLBoolean(default=False, doc="instance view: t-SNE of the selected classes alone")
     layer_from = _URLInteger(default=0, bounds=(0, None), doc="first layer index of the network view")
@@ -110,8 +109,9 @@ class AppState(param.Parameterized):
     error = param.String(default="", doc="what went wrong loading, with the fix ('' = fine)")
     loading = param.Boolean(default=False)
 
-    def __init__(self, source: PairSource, **params):
+    def __init__(self, source: PairSource, *, tab_count: int | None = None, **params):
         self._source = source
+        self._tab_count = tab_count  # the app's tabs: ?tab= is clamped to them (None: not bounded above)
         self._listed: dict[str, list[dict]] = {}  # pairs listed while choosing the experiment to open
         super().__init__(**params)
         self.refresh()
@@ -136,7 +136,10 @@ class AppState(param.Parameterized):
             number = _as_int(value)
             if number is None:
                 return current
-            top = TAB_COUNT - 1 if name == "tab" else (len(self.bundle.layers) - 1 if self.bundle is not None else None)
+            if name == "tab":
+                top = self._tab_count - 1 if self._tab_count else None
+            else:
+                top = len(self.bundle.layers) - 1 if self.bundle is not None else None
             return max(0, number if top is None else min(number, max(top, 0)))
         if name == "classes":
             if isinstance(value, str):
@@ -257,18 +260,6 @@ class AppState(param.Parameterized):
         if not target or _invalid(target, "run id") or "--target-run-id" in message:
             return message
         return f"{message}. To fix: mlflow-transfer diagnose --target-run-id {target}"
-
-    def watch_while(self, alive, fn, *names: str) -> None:
-        """Call ``fn(*events)`` when parameters ``names`` change, as long as ``alive()`` holds; the
-        first change after that drops the watcher. Views are rebuilt (for another pair, another list)
-        while this state lives on, so what they watch must not outlive them."""
-        def call(*events):
-            if not alive():
-                self.param.unwatch(watcher)
-                return
-            fn(*events)
-
-        watcher = self.param.watch(call, list(names))
 
     def select_class(self, name: str, *, add: bool = False) -> None:
         """Select one class (or add it to the selection) — what clicking a class anywhere does."""

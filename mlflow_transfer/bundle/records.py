@@ -30,7 +30,7 @@ MODELS = ("source", "target")
 _MANIFEST_DICTS = ("runs", "domains", "scores", "software", "options")  # optional, objects when present
 
 
-@dataclass
+@dataclass(eq=False)  # one open bundle is one object: views cache what they read from it by identity
 class PairBundle:
     """Typed access to a pair bundle (see the module docstring for the records)."""
 

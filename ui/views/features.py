@@ -8,13 +8,11 @@ scaling. A class without the record (e.g. one with instances in only one domain)
 
 from __future__ import annotations
 
-import functools
 
 import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
-import param
 from bokeh.models import ColumnDataSource, HoverTool, Span
 from bokeh.plotting import figure as bokeh_figure
 
@@ -25,9 +23,9 @@ from .images import crop_patches, data_uri, png_bytes
 from .style import MODEL_MARKER, SOURCE, TARGET
 from .text import escape_md
 
-__all__ = ["ALL", "ORDERS", "TOP_AXES", "cv_details", "cv_summary", "discriminability_plot", "feature_frame",
-           "feature_table", "features_tab", "mirrored_histogram", "missing_message", "read_discriminability",
-           "shown_class", "sort_features", "top_labels"]
+__all__ = ["ALL", "ORDERS", "PAGE_SIZE", "TOP_AXES", "cv_details", "cv_summary", "discriminability_plot",
+           "feature_frame", "feature_table", "mirrored_histogram", "missing_message", "read_discriminability",
+           "sort_features", "top_labels"]
 
 ALL = "__all__"  # the bundle's key for the all-classes record
 ORDERS = ("descending", "ascending")
@@ -283,88 +281,3 @@ def cv_details(record: dict) -> str:
     return (f"**Domain classifier** (linear SVM on the target model's conductance, "
             f"{len(record['labels'])} instances × {len(record['coef'])} neurons): {escape_md(cv_summary(record))}; "
             f"per fold {folds}{train}")
-
-
-def shown_class(state) -> str:
-    """The class the feature view shows: the single selected class, else all classes (``ALL``)."""
-    return state.classes[0] if len(state.classes) == 1 else ALL
-
-
-class _FeatureView(param.Parameterized):
-    """What the tab shows; the widgets edit it, the plot is a function of it."""
-
-    shown = param.Selector(default=ALL, objects=[ALL], doc="class shown (ALL: all classes)")
-    order = param.Selector(default=ORDERS[0], objects=list(ORDERS))
-    checked = param.List(default=[], item_type=str, doc="ticked 'layer:index' labels, sorted")
-
-
-def features_tab(state, *, page_size: int = PAGE_SIZE) -> pn.viewable.Viewable:
-    """The feature view of ``state.bundle``: class select (two-way with ``state.classes``), sort order,
-    the CV accuracy, the discriminability plot and the ranking list (ticking a row adds its axis).
-
-    Named panes: ``cv-accuracy``, ``discriminability``, ``feature-ranking``, ``features-empty``.
-    The returned Column carries the view's own state (shown class, order, checked labels) as ``.view``.
-    """
-    b = state.bundle
-    if b is None:
-        return pn.pane.Markdown("Select a diagnosed pair above.", name="features-empty")
-    view = _FeatureView()
-    view.param.shown.objects = {"all classes": ALL, **{c: c for c in b.classes}}
-    view.shown = shown_class(state)
-    select = pn.widgets.Select.from_param(view.param.shown, label="Class", width=200)
-    order = pn.widgets.RadioButtonGroup.from_param(view.param.order)
-    # each class's record is read once per tab: the plot is redrawn on every tick and order change
-    record_of = functools.cache(functools.partial(read_discriminability, b))
-    record = record_of(view.shown)
-    table = feature_table(feature_frame(b, view.shown, record=record), view.order, record=record,
-                          page_size=page_size)
-    empty = pn.pane.Markdown("", name="features-empty", visible=False)
-    cv = pn.pane.Markdown("", name="cv-accuracy")
-    def plot_of(shown, checked, order):  # re-rendered whenever the class, the order or the ticks change
-        return discriminability_plot(b, shown, checked, order=order, record=record_of(shown))
-
-    plot = pn.pane.Bokeh(pn.bind(plot_of, view.param.shown, view.param.checked, view.param.order),
-                         name="discriminability", sizing_mode="stretch_width", min_height=440)
-
-    def show(rec):
-        for pane in (table, plot, cv):
-            pane.visible = rec is not None
-        empty.param.update(visible=rec is None, object="" if rec else missing_message(b, view.shown))
-        cv.object = cv_details(rec) if rec else ""
-
-    def new_class(event):
-        rec = record_of(event.new)
-        table.param.update(value=sort_features(feature_frame(b, event.new, record=rec), view.order), selection=[],
-                           row_content=_row_content(rec), expanded=[], page=1)
-        show(rec)
-        if event.new != shown_class(state):  # picked here, not followed from elsewhere: tell the other views
-            if event.new == ALL:
-                state.classes = []
-            else:
-                state.select_class(event.new)
-
-    def reorder(event):  # keep the ticks on the same neurons, whose rows move
-        checked, moving[0] = set(view.checked), True
-        try:
-            table.value = sort_features(table.value, event.new)  # Tabulator clears the selection here
-        finally:
-            moving[0] = False
-        table.selection = [i for i, x in enumerate(table.value["label"]) if x in checked]
-
-    def ticked(*_):
-        if not moving[0]:  # not the transient empty selection of a reorder
-            view.checked = sorted(table.value["label"].iloc[table.selection])
-
-    moving = [False]
-
-    view.param.watch(new_class, "shown")
-    view.param.watch(reorder, "order")
-    table.param.watch(ticked, "selection")
-    # the state outlives this tab, which is rebuilt for another pair
-    state.watch_while(lambda: state.bundle is b, lambda *_: setattr(view, "shown", shown_class(state)), "classes")
-    show(record)
-    hint = pn.pane.Markdown(f"The first {TOP_AXES} neurons in this order are drawn as axes; tick more in "
-                            "the list. Positive discriminability pushes towards the target domain.")
-    tab = pn.Column(pn.Row(select, order, hint), empty, cv, plot, table, sizing_mode="stretch_width")
-    tab.view = view  # for tests and embedding
-    return tab

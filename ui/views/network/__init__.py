@@ -9,17 +9,14 @@ histograms and boxplots (with pies of the inherited share) for the rest.
 
 The modules: :mod:`.layout` lays the figure out as tables in one coordinate system (:mod:`.geometry`)
 and says what a click hits, with the weight blocks between layers in :mod:`.weights`; :mod:`.figure`
-draws those tables as one bokeh canvas, :mod:`.detail` is the clicked neuron's panel and :mod:`.tab`
-puts them together with the app's state.
+draws those tables as one bokeh canvas, :mod:`.detail` is the clicked neuron's panel;
+`ui.tabs.network` puts them together with the app's state.
 """
 
 from .detail import neuron_detail, parse_neuron_id, patch_row
 from .figure import LEGEND, MAX_PX, describe_hit, zigzag_figure
 from .geometry import DOMAINS, MODEL_COLOR, OTHER
 from .layout import ZigZag, zigzag_data
-from .tab import network_tab
 
-__all__ = ["DOMAINS", "LEGEND", "MAX_PX", "MODEL_COLOR", "OTHER", "ZigZag", "describe_hit", "network_tab",
-           "neuron_detail", "parse_neuron_id", "patch_row", "zigzag_data", "zigzag_figure"]
-
-_patch_row = patch_row  # the name tests/test_ui_security.py calls it by
+__all__ = ["DOMAINS", "LEGEND", "MAX_PX", "MODEL_COLOR", "OTHER", "ZigZag", "describe_hit", "neuron_detail",
+           "parse_neuron_id", "patch_row", "zigzag_data", "zigzag_figure"]

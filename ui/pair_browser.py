@@ -1,0 +1,69 @@
+"""The header above the tabs, a `Viewer` over the app's `AppState`: the error banner, the tracking
+server, the experiment select and the table of its diagnosed pairs (a row click opens the pair; a pair
+opened otherwise, say by a link, is highlighted)."""
+
+from __future__ import annotations
+
+import panel as pn
+import param
+
+from ui.state import AppState
+from ui.views.guard import error_pane
+from ui.views.pairs import HOW_TO_DIAGNOSE, pairs_table
+from ui.views.text import md_code
+
+__all__ = ["PairBrowser"]
+
+
+class PairBrowser(pn.viewable.Viewer):
+    state = param.ClassSelector(class_=AppState, constant=True, doc="the app's shared state")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._select = pn.widgets.Select(label="Experiment", width=280)
+        self._experiments()
+        self._select.param.watch(self._picked, "value")
+        self._table = None  # the listed pairs' table, once drawn
+
+    @param.depends("state.experiments", "state.experiment", watch=True)
+    def _experiments(self):
+        self._select.param.update(options={e["name"]: e["experiment_id"] for e in self.state.experiments},
+                                  value=self.state.experiment or None)
+
+    def _picked(self, event):
+        if event.new is not None:
+            self.state.experiment = event.new
+
+    @param.depends("state.error")
+    def banner(self):
+        # error texts quote what arrived (a URL parameter, a tag): escaped by error_pane
+        return error_pane(self.state.error, name="error") if self.state.error else pn.Spacer(height=0)
+
+    @param.depends("state.pairs")
+    def pairs(self):
+        s = self.state
+        if not s.pairs:
+            self._table = None
+            return pn.pane.Markdown(HOW_TO_DIAGNOSE if s.experiment else "No experiment on this server.",
+                                    name="empty-pairs")
+        self._table = pairs_table(s.pairs, s.pair)
+        self._table.param.watch(self._opened, "selection")  # the table is this listing's: the watcher goes with it
+        return self._table
+
+    def _opened(self, event):
+        if event.new:
+            self.state.pair = self.state.pairs[event.new[0]]["diagnostics_run_id"]
+
+    @param.depends("state.pair", watch=True)
+    def _highlight(self):
+        if self._table is not None:
+            rows = [i for i, p in enumerate(self.state.pairs) if p["diagnostics_run_id"] == self.state.pair]
+            if self._table.selection != rows:
+                self._table.selection = rows
+
+    def __panel__(self):
+        # Not redrawn on `pair`: a pair picked in the table is already highlighted there, and redrawing
+        # the table on every switch would cost the switch a table redraw.
+        return pn.Column(pn.param.ParamMethod(self.banner), pn.pane.Markdown(f"**Tracking server** "
+                                                                              f"{md_code(self.state.source.uri)}"),
+                         self._select, pn.param.ParamMethod(self.pairs), sizing_mode="stretch_width")

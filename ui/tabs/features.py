@@ -1,0 +1,108 @@
+"""The Features tab (paper §5.4.2, Figure 1 D): a class (two-way with the state's selection), the sort
+order, the domain classifier's CV accuracy, the discriminability plot and the ranking list, where
+ticking a row adds its neuron's axis to the plot."""
+
+from __future__ import annotations
+
+import functools
+
+import panel as pn
+import param
+
+from ui.views import features as fv
+
+from .base import Tab, guarded_part
+
+__all__ = ["FeaturesTab", "shown_class"]
+
+
+def shown_class(classes: list[str]) -> str:
+    """The class the tab shows for a selection: the single selected class, else all classes (``ALL``)."""
+    return classes[0] if len(classes) == 1 else fv.ALL
+
+
+class FeaturesTab(Tab):
+    """Named panes: ``cv-accuracy``, ``discriminability``, ``feature-ranking``, ``features-empty``."""
+
+    title = "Features"
+
+    shown = param.String(default=fv.ALL, doc="class shown (ALL: all classes)")
+    order = param.Selector(default=fv.ORDERS[0], objects=list(fv.ORDERS))
+    checked = param.List(default=[], item_type=str, doc="ticked 'layer:index' labels of the shown class, sorted")
+    page_size = param.Integer(default=fv.PAGE_SIZE, bounds=(1, None), constant=True)
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        # a class's record and list are read once per pair: the plot is redrawn on every tick and order
+        self._record = functools.lru_cache(maxsize=64)(fv.read_discriminability)
+        self._frame = functools.lru_cache(maxsize=64)(self._frame_of)
+        self._select = pn.widgets.Select(label="Class", width=200)
+        self._select.param.watch(lambda e: self.show(e.new), "value")
+        self._order = pn.widgets.RadioButtonGroup.from_param(self.param.order)
+        self._new_pair()
+
+    def show(self, cls: str) -> None:
+        """Show class ``cls`` (``ALL``: all classes); its ticks start empty."""
+        if cls != self.shown:
+            self.param.update(shown=cls, checked=[])  # one update: each part redraws once
+
+    @param.depends("state.bundle", watch=True)
+    def _new_pair(self):
+        b = self.state.bundle
+        self._select.options = {"all classes": fv.ALL, **{c: c for c in (b.classes if b is not None else [])}}
+        self.param.update(shown=shown_class(self.state.classes), checked=[])
+        self._select.value = self.shown
+
+    @param.depends("state.classes", watch=True)
+    def _follow_state(self):
+        self.show(shown_class(self.state.classes))
+
+    @param.depends("shown", watch=True)
+    def _tell_state(self):
+        self._select.value = self.shown
+        if self.shown != shown_class(self.state.classes):  # picked here, not followed: the other views follow
+            self.state.classes = [] if self.shown == fv.ALL else [self.shown]
+
+    def _frame_of(self, bundle, cls):
+        return fv.feature_frame(bundle, cls, record=self._record(bundle, cls))
+
+    @param.depends("state.bundle", "shown")
+    @guarded_part("feature summary")
+    def summary(self):
+        record = self._record(self.state.bundle, self.shown)
+        if record is None:
+            return pn.pane.Markdown(fv.missing_message(self.state.bundle, self.shown), name="features-empty")
+        return pn.pane.Markdown(fv.cv_details(record), name="cv-accuracy")
+
+    @param.depends("state.bundle", "shown", "checked", "order")
+    @guarded_part("discriminability plot")
+    def plot(self):
+        b = self.state.bundle
+        record = self._record(b, self.shown)
+        if record is None:
+            return pn.Spacer(height=0)
+        return pn.pane.Bokeh(fv.discriminability_plot(b, self.shown, self.checked, order=self.order, record=record),
+                             name="discriminability", sizing_mode="stretch_width", min_height=440)
+
+    @param.depends("state.bundle", "shown", "order")
+    @guarded_part("feature ranking")
+    def ranking(self):
+        b = self.state.bundle
+        record = self._record(b, self.shown)
+        if record is None:
+            return pn.Spacer(height=0)
+        table = fv.feature_table(self._frame(b, self.shown), self.order, record=record, page_size=self.page_size)
+        # a new order keeps the ticks on the same neurons, whose rows moved
+        table.selection = [i for i, label in enumerate(table.value["label"]) if label in self.checked]
+        table.param.watch(self._ticked, "selection")  # the table is this class's: the watcher goes with it
+        return table
+
+    def _ticked(self, event):
+        self.checked = sorted(event.obj.value["label"].iloc[event.new])
+
+    def layout(self):
+        hint = pn.pane.Markdown(f"The first {fv.TOP_AXES} neurons in this order are drawn as axes; tick more in "
+                                "the list. Positive discriminability pushes towards the target domain.")
+        return pn.Column(pn.Row(self._select, self._order, hint), self.part(self.summary),
+                         self.part(self.plot, sizing_mode="stretch_width"),
+                         self.part(self.ranking, sizing_mode="stretch_width"), sizing_mode="stretch_width")

@@ -1,0 +1,59 @@
+"""The Instances tab (paper §5.2, Figure 1 B): the selected classes' instances of both domains in 2-D,
+optionally re-projected (t-SNE of the selected classes alone)."""
+
+from __future__ import annotations
+
+import functools
+
+import panel as pn
+import param
+
+from mlflow_transfer.bundle import PairBundle
+from ui.projection import reprojected
+from ui.views import instances as iv
+from ui.views.text import escape_html
+
+from .base import Tab, guarded_part
+
+__all__ = ["InstancesTab"]
+
+
+class InstancesTab(Tab):
+    title = "Instances"
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        # read once per pair: a class change only redraws the scatter
+        self._table = functools.lru_cache(maxsize=1)(PairBundle.instances)
+        # two-way with the state: a class picked elsewhere (the confusion table) shows up here too
+        self._choose = pn.widgets.MultiChoice.from_param(self.state.param.classes, label="Classes", width=360)
+        self._again = pn.widgets.Checkbox.from_param(self.state.param.reproject,
+                                                     label="Re-project the selected classes (t-SNE)",
+                                                     margin=(28, 10, 0, 10))
+        self._class_options()
+
+    @param.depends("state.bundle", watch=True)
+    def _class_options(self):
+        classes = self.state.bundle.classes if self.state.bundle is not None else []
+        # Choices.js (Bokeh's MultiChoice) writes option labels as HTML: the labels are escaped names
+        self._choose.options = {escape_html(c): c for c in classes}
+
+    @param.depends("state.bundle", "state.classes", "state.reproject")
+    @guarded_part("instance scatter")
+    def scatter(self):
+        b, classes = self.state.bundle, self.state.classes
+        inst = self._table(b)
+        xy, note = None, ""
+        if self.state.reproject and classes and len(classes) < len(b.classes):
+            xy = reprojected(b, classes, instances=inst)[1]  # seconds the first time, then cached
+            note = "re-projected: t-SNE of the selected classes alone"
+        frame = iv.instance_frame(inst, b.classes, classes, xy=xy)
+        plot = iv.instance_scatter(frame, b.classes, inst)
+        if note:
+            plot = plot.opts(title=f"Instances ({note})")
+        return pn.Column(pn.pane.HoloViews(plot, sizing_mode="stretch_width", min_height=440, name="instances"),
+                         pn.pane.HTML(iv.class_legend(b.classes, classes)), sizing_mode="stretch_width")
+
+    def layout(self):
+        return pn.Column(pn.Row(self._choose, self._again), self.part(self.scatter, sizing_mode="stretch_width"),
+                         sizing_mode="stretch_width")

@@ -1,0 +1,155 @@
+"""The Network tab (paper §5.3.3, Figures 3–4): the zig-zag figure of one class over a layer range,
+a clicked neuron's detail, and the inheritance line and CKA heatmap by depth.
+
+Linked both ways with the state: the class select ↔ ``classes`` (a multi-class selection made
+elsewhere is not narrowed: the figure shows its first class with similarity data), the layer slider ↔
+``layer_from``/``layer_to``, the checkboxes ↔ the two hide flags; a click on a neuron index sets
+``neuron``, which the detail follows. Panes are named ``network``, ``neuron-detail``,
+``weight-detail``, ``inheritance`` and ``cka``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pandas as pd
+import panel as pn
+import param
+from bokeh.events import Tap
+
+from ui.views import network as nv
+from ui.views.summary import cka_heatmap, inheritance_line
+from ui.views.text import escape_md
+
+from .base import Tab, guarded_part
+
+__all__ = ["NetworkTab"]
+
+WEIGHT_PROMPT = "Click a weight or similarity cell for its value."
+
+
+def _tables(bundle) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The important-neuron and important-weight tables, read once per pair."""
+    return pd.DataFrame(bundle.important_neurons()), pd.DataFrame(bundle.weights())
+
+
+class NetworkTab(Tab):
+    title = "Network"
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._tables = functools.lru_cache(maxsize=1)(_tables)
+        self._select = pn.widgets.Select(label="Class", width=150)
+        self._select.param.watch(self._picked, "value")
+        self._slider = pn.widgets.IntRangeSlider(label="Layers", start=0, end=1, step=1, width=260)
+        self._slider.param.watch(self._slid, "value")
+        self._clicked = pn.pane.Markdown(WEIGHT_PROMPT, name="weight-detail")
+        self._new_pair()
+
+    # --- the class and the layer range, two-way with the state ----------------------------------------
+
+    def shown_class(self) -> str:
+        """The class drawn: the first selected one with similarity data, else the first selected."""
+        b = self.state.bundle
+        selected = self.state.selected_classes or b.classes
+        return next((c for c in selected if c in b.compared_classes), selected[0])
+
+    def _span(self) -> tuple[int, int]:
+        top = max(len(self.state.bundle.layers) - 1, 0)
+        return tuple(sorted((min(self.state.layer_from, top), min(self.state.layer_to, top))))
+
+    @param.depends("state.bundle", watch=True)
+    def _new_pair(self):
+        b = self.state.bundle
+        if b is None:
+            return
+        n = len(b.layers)
+        self._select.param.update(options=b.classes, value=self.shown_class())
+        self._slider.param.update(end=max(n - 1, 1), value=self._span(), visible=n >= 2)
+        self._clicked.object = WEIGHT_PROMPT
+
+    @param.depends("state.classes", watch=True)
+    def _follow_classes(self):
+        if self.state.bundle is not None:
+            self._select.value = self.shown_class()
+
+    @param.depends("state.layer_from", "state.layer_to", watch=True)
+    def _follow_layers(self):
+        if self.state.bundle is not None:
+            self._slider.value = self._span()
+
+    def _picked(self, event):
+        if self.state.bundle is not None and event.new != self.shown_class():  # picked here, not followed
+            self.state.select_class(event.new)
+
+    def _slid(self, event):
+        self.state.param.update(layer_from=event.new[0], layer_to=event.new[1])
+
+    # --- the parts ------------------------------------------------------------------------------------
+
+    @param.depends("state.bundle", "state.layer_from", "state.layer_to")
+    def layer_names(self):
+        b = self.state.bundle
+        if b is None or len(b.layers) < 2:
+            return pn.Spacer(width=0)
+        lo, hi = self._span()
+        return pn.pane.Markdown(f"{escape_md(b.layers[lo])} → {escape_md(b.layers[hi])}", margin=(22, 5, 0, 5))
+
+    @param.depends("state.bundle", "state.classes", "state.layer_from", "state.layer_to",
+                   "state.hide_non_important", "state.hide_source_weights")
+    @guarded_part("network figure")
+    def figure(self):
+        s = self.state
+        data = nv.zigzag_data(s.bundle, self.shown_class(), s.layer_from, s.layer_to,
+                              hide_non_important=s.hide_non_important, hide_source_weights=s.hide_source_weights,
+                              tables=self._tables(s.bundle))
+        if data.message:
+            return pn.pane.Markdown(escape_md(data.message), name="network")
+        fig = nv.zigzag_figure(data)
+        fig.on_event(Tap, functools.partial(self._tapped, data))
+        notes = [pn.pane.Markdown("\n".join(f"- {escape_md(note)}" for note in data.notes), name="network-notes")
+                 ] if data.notes else []
+        return pn.Column(pn.pane.Bokeh(fig, name="network", css_classes=["network-figure"]), *notes)
+
+    def _tapped(self, data, event):
+        hit = data.hit(event.x, event.y) if event.x is not None and event.y is not None else None
+        if hit is None:
+            return
+        if hit["kind"] == "neuron":
+            self.state.neuron = hit["id"]
+        else:
+            self._clicked.object = nv.describe_hit(hit)
+
+    @param.depends("state.bundle", "state.neuron", "state.classes")
+    @guarded_part("neuron detail")
+    def detail(self):
+        return nv.neuron_detail(self.state.bundle, self.shown_class(), self.state.neuron,
+                                on_select=functools.partial(setattr, self.state, "neuron"),
+                                important=self._tables(self.state.bundle)[0])
+
+    @param.depends("state.bundle", "state.classes")
+    @guarded_part("inheritance line")
+    def inheritance(self):
+        return pn.pane.HoloViews(inheritance_line(self.state.bundle, self.shown_class()), name="inheritance",
+                                 sizing_mode="stretch_width", min_height=280)
+
+    @param.depends("state.bundle")
+    @guarded_part("CKA heatmap")
+    def cka(self):
+        return pn.pane.HoloViews(cka_heatmap(self.state.bundle), name="cka", sizing_mode="stretch_width")
+
+    def layout(self):
+        s = self.state.param
+        controls = pn.Row(self._select, self._slider, self.part(self.layer_names),
+                          pn.widgets.Checkbox.from_param(s.hide_non_important, label="Hide non-important regions",
+                                                         margin=(24, 10, 0, 10)),
+                          pn.widgets.Checkbox.from_param(s.hide_source_weights, label="Hide source weights",
+                                                         margin=(24, 10, 0, 10)))
+        legend = pn.pane.Markdown(nv.LEGEND, styles={"font-size": "0.85em"}, margin=(0, 10))
+        # the neuron detail, or the two by-depth summaries side by side: drawn only when shown
+        side = pn.Tabs(("Neuron", self.part(self.detail)),
+                       ("Inheritance and CKA by depth", pn.Column(self.part(self.inheritance), self.part(self.cka))),
+                       dynamic=True)
+        return pn.Column(controls,
+                         pn.Row(pn.Column(self.part(self.figure), self._clicked), pn.Column(legend, side, width=440)),
+                         name="network-tab", sizing_mode="stretch_width")
