@@ -38,7 +38,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the tests' server helpers
-from helpers.servers import BIN, free_port, wait_until_up  # noqa: E402
+from helpers.servers import BIN, free_port, stop, wait_until_up  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -173,12 +173,7 @@ def main() -> None:
                   f"{ratio:.2f}  (goal ≤ 1.10: {'met' if ratio <= 1.10 else 'NOT met'})")
         print(f"load average {os.getloadavg()[0]:.2f} at the end")
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=30)
+        stop(server)
 
 
 if __name__ == "__main__":

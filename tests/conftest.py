@@ -1,5 +1,7 @@
 """Shared fixtures."""
 
+import functools
+
 import pytest
 import torch
 
@@ -12,6 +14,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def sqlite_stores(tmp_path_factory):
+    """Opens real sqlite tracking stores: ``with sqlite_stores(root, "experiment") as store:`` (see
+    ``helpers.tracking.sqlite_store``), each a copy of one empty store made once a session."""
+    from helpers.tracking import make_empty_store, sqlite_store
+
+    template = make_empty_store(tmp_path_factory.mktemp("empty-store") / "mlflow.db")
+    return functools.partial(sqlite_store, template=template)
+
+
+@pytest.fixture()
+def tracking_store(tmp_path, sqlite_stores):
+    """A test's own sqlite tracking store in ``tmp_path``, MLflow pointed at it (experiment "tests"
+    active): a ``helpers.tracking.Store`` with ``root``, ``uri``, ``experiment`` and ``env`` (for
+    subprocesses: MLFLOW_TRACKING_URI set, no run or experiment leaked from this process)."""
+    with sqlite_stores(tmp_path) as store:
+        yield store
+
+
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory, sqlite_stores, request):
+    """One sqlite tracking store that a module's tests share (runs trained once, used by several tests),
+    with an experiment named after the module; otherwise as ``tracking_store``."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    with sqlite_stores(tmp_path_factory.mktemp("store"), name) as store:
+        yield store
 
 
 @pytest.fixture(scope="session")

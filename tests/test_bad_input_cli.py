@@ -12,7 +12,6 @@ import os
 import signal
 import struct
 import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -20,40 +19,28 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import torch
+from helpers import REPO, TESTS
+from helpers.models import MarkerNet
+from helpers.servers import BIN
+from helpers.tracking import TINY, log_model
 from mlflow import MlflowClient
 
 from mlflow_transfer.config import Recipe, load_recipe
 from mlflow_transfer.errors import ModelError, RecipeError, RunLookupError
-from mlflow_transfer.models import build_model
 from mlflow_transfer.tags import TAGS
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
-BIN = Path(sys.executable).parent
-TINY = ("data.source.size=100,data.per_class_cap=12,source.epochs=1,target.epochs=1,"
-        "source.batch_size=32,target.batch_size=32")
 CLASSES = json.dumps([str(d) for d in range(10)])
-
-sys.path.insert(0, str(TESTS))  # `helpers.pickled_model` must import by that name, here and in subprocesses
-from helpers.pickled_model import MarkerNet  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
-def store(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
-                   "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"):
-        env.pop(leaked, None)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("bad-input")
-    yield tmp_path, env
-    mlflow.set_tracking_uri(previous)
+def store(tracking_store):
+    """``(folder, environment)`` of a test's own store; in the environment `helpers.models` imports by
+    that name (a trusted load unpickles MarkerNet in the subprocess) and MLflow's pickle opt-in is unset."""
+    env = {**tracking_store.env, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)
+    return tracking_store.root, env
 
 
 def _cli(env, *args, timeout=300):
@@ -134,8 +121,7 @@ def test_a_logged_model_that_is_not_ready_is_refused(store):
     from mlflow_transfer.tracking.lookup import load_model_weights
 
     with mlflow.start_run():
-        info = mlflow.pytorch.log_model(build_model("alexnet-32", 10).eval(), name="model",
-                                        input_example=torch.rand(2, 3, 32, 32).numpy())
+        info = log_model()
     assert load_model_weights(info.model_uri, "alexnet-32", 10).arch == "alexnet-32"  # pt2: loads by default
     MlflowClient().finalize_logged_model(info.model_id, "FAILED")  # e.g. its upload broke off
     with pytest.raises(ModelError, match=r"to be READY; got status FAILED"):
@@ -294,8 +280,7 @@ def test_decompression_bomb_image_is_a_data_error_naming_the_file(store, width):
 def _model_run(role: str, **tags) -> str:
     with mlflow.start_run() as run:
         mlflow.set_tags({TAGS.role: role, TAGS.model: "alexnet-32", TAGS.classes: CLASSES, **tags})
-        mlflow.pytorch.log_model(build_model("alexnet-32", 10).eval(), name="model",
-                                 input_example=torch.rand(2, 3, 32, 32).numpy())
+        log_model()
     return run.info.run_id
 
 
@@ -323,7 +308,7 @@ def test_mlproject_diagnose_passes_allow_unfinished(store):
     target = _model_run("target", **{TAGS.source_run_id: source})
     MlflowClient().set_terminated(target, "FAILED")
     proc = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", "diagnose",
-                           "--experiment-name", "bad-input", "-P", f"target_run_id={target}",
+                           "--experiment-name", "tests", "-P", f"target_run_id={target}",
                            "-P", "allow_unfinished=false"],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
@@ -338,7 +323,7 @@ def test_a_killed_training_is_found_and_marked_failed(store):
     from mlflow_transfer.tracking.lifecycle import process_tags
 
     tmp, env = store
-    proc = subprocess.Popen([str(BIN / "mlflow-transfer"), "train-source", "--experiment-name", "bad-input",
+    proc = subprocess.Popen([str(BIN / "mlflow-transfer"), "train-source", "--experiment-name", "tests",
                              "--set", TINY + ",source.epochs=200"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, killed = time.time() + 240, None
@@ -372,7 +357,7 @@ def test_runs_of_other_hosts_are_stale_only_after_older_than(store):
     from mlflow_transfer.tracking.lifecycle import find_stale_runs
 
     client = MlflowClient()
-    experiment = client.get_experiment_by_name("bad-input").experiment_id
+    experiment = client.get_experiment_by_name("tests").experiment_id
     hours_ago = lambda h: int((time.time() - h * 3600) * 1000)  # noqa: E731
     old = client.create_run(experiment, start_time=hours_ago(30),
                             tags={TAGS.role: "target", TAGS.host: "elsewhere", TAGS.pid: "1"}).info.run_id
@@ -380,7 +365,7 @@ def test_runs_of_other_hosts_are_stale_only_after_older_than(store):
                                tags={TAGS.role: "target", TAGS.host: "elsewhere", TAGS.pid: "1"}).info.run_id
     untagged = client.create_run(experiment, start_time=hours_ago(30), tags={TAGS.role: "source"}).info.run_id
     foreign = client.create_run(experiment, start_time=hours_ago(30)).info.run_id  # not ours: never touched
-    stale = {r.run_id: r.reason for r in find_stale_runs(experiment_name="bad-input", older_than_hours=24)}
+    stale = {r.run_id: r.reason for r in find_stale_runs(experiment_name="tests", older_than_hours=24)}
     assert set(stale) == {old, untagged}
     assert "on host elsewhere" in stale[old] and "no process tags" in stale[untagged]
     assert {r.run_id for r in find_stale_runs(older_than_hours=1)} == {old, recent, untagged}

@@ -3,54 +3,31 @@ each a subprocess against a temporary sqlite tracking store."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import mlflow
 import pytest
+from helpers import REPO
+from helpers.servers import BIN
+from helpers.tracking import TINY
 from mlflow import MlflowClient
 
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.tags import TAGS
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-TINY = ("data.source.size=100,data.per_class_cap=12,source.epochs=1,target.epochs=1,"
-        "source.batch_size=32,target.batch_size=32")
-
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture()
-def store(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    # in-process tests' mlflow.set_experiment leaves MLFLOW_EXPERIMENT_ID in os.environ: not ours here
-    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        env.pop(leaked, None)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    MlflowClient().search_experiments()  # create the tables now: concurrent first use races
-    yield tmp_path, env
-    mlflow.set_tracking_uri(previous)
-
-
-def _runs():
-    return mlflow.search_runs(search_all_experiments=True, output_format="list")
-
-
-def test_mlflow_run_main_logs_a_source_and_a_target_run(store):
-    tmp, env = store
+def test_mlflow_run_main_logs_a_source_and_a_target_run(tracking_store):
+    tmp, env = tracking_store.root, tracking_store.env
     proc = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local",
                            "--experiment-name", "e2e", "-P", f"set={TINY}", "-P", "sample_per_class=3",
                            "-P", "n_steps=4"],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = {r.data.tags.get(TAGS.role): r for r in _runs()}
+    runs = {r.data.tags.get(TAGS.role): r for r in tracking_store.runs()}
     assert set(runs) == {"pipeline", "source", "target", "diagnostics"}
     assert all(r.info.status == "FINISHED" for r in runs.values())
     pipeline, source, target = runs["pipeline"], runs["source"], runs["target"]
@@ -76,15 +53,15 @@ def test_mlflow_run_main_logs_a_source_and_a_target_run(store):
     assert "report.html" in {a.path for a in MlflowClient().list_artifacts(diag.info.run_id)}
 
 
-def test_mlflow_run_finetune_with_unknown_run_fails_cleanly(store):
-    tmp, env = store
+def test_mlflow_run_finetune_with_unknown_run_fails_cleanly(tracking_store):
+    tmp, env = tracking_store.root, tracking_store.env
     proc = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", "finetune",
                            "-P", "source_run_id=doesnotexist", "-P", f"set={TINY}"],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "mlflow-transfer: error: run 'doesnotexist' does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr.split("mlflow-transfer: error")[0][-2000:]
-    (run,) = _runs()
+    (run,) = tracking_store.runs()
     assert run.info.status == "FAILED"
 
 
@@ -94,9 +71,8 @@ def test_mlflow_run_finetune_with_unknown_run_fails_cleanly(store):
     (["main", "--recipe", "recipes/svhn_mnist.yaml", "--data-root", "/nonexistent"], "svhn: missing"),
     (["finetune", "--source-run-id", "0" * 32], "does not exist"),
 ])
-def test_cli_user_errors_are_one_line(store, args, message):
-    tmp, env = store
-    proc = subprocess.run([str(BIN / "mlflow-transfer"), *args], cwd=REPO, env=env,
+def test_cli_user_errors_are_one_line(tracking_store, args, message):
+    proc = subprocess.run([str(BIN / "mlflow-transfer"), *args], cwd=REPO, env=tracking_store.env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mlflow-transfer: error:")]
@@ -104,16 +80,15 @@ def test_cli_user_errors_are_one_line(store, args, message):
     assert "Traceback" not in proc.stderr
 
 
-def test_interrupted_run_is_marked_failed(store):
-    tmp, env = store
+def test_interrupted_run_is_marked_failed(tracking_store):
     proc = subprocess.Popen([str(BIN / "mlflow-transfer"), "train-source", "--set",
-                             TINY + ",source.epochs=200"], cwd=REPO, env=env,
+                             TINY + ",source.epochs=200"], cwd=REPO, env=tracking_store.env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     run = None
     while time.time() < deadline:  # wait until the run has logged its first epoch
         time.sleep(1)
-        runs = _runs() if Path(tmp, "mlflow.db").exists() else []
+        runs = tracking_store.runs()
         if runs and "loss" in runs[0].data.metrics:
             run = runs[0]
             break

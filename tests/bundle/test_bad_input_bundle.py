@@ -120,29 +120,32 @@ def test_manifest_path_leaving_the_bundle_is_refused(bundle, secret, forged):
             open_it(bundle)
 
 
-def test_symlinked_file_in_a_bundle_is_refused_on_validation_and_read(bundle, tmp_path):
-    outside = tmp_path / "outside.npy"
-    outside.write_bytes((bundle / "cka/matrix.npy").read_bytes())  # same content: the hash still matches
-    (bundle / "cka/matrix.npy").unlink()
-    (bundle / "cka/matrix.npy").symlink_to(outside)
-    with pytest.raises(BundleError, match="Expected cka/matrix.npy as a plain file .*; got a symbolic link"):
+def _linked_from_outside(bundle: Path, rel: str, outside: Path) -> None:
+    """Move ``bundle/rel`` (a file or a folder) to ``outside`` and leave a symbolic link to it in its place:
+    the same content, so the hashes still match."""
+    (bundle / rel).rename(outside)
+    (bundle / rel).symlink_to(outside, target_is_directory=outside.is_dir())
+
+
+def _refused_as_a_link(bundle: Path, file: str, read) -> None:
+    with pytest.raises(BundleError, match=f"Expected {file} as a plain file .*; got a symbolic link"):
         validate_bundle(bundle)
     with pytest.raises(BundleError, match="symbolic link"):
-        BundleReader(bundle, verify=False).read_array("cka/matrix")
+        read(BundleReader(bundle, verify=False))
+
+
+def test_symlinked_file_in_a_bundle_is_refused_on_validation_and_read(bundle, tmp_path):
+    _linked_from_outside(bundle, "cka/matrix.npy", tmp_path / "outside.npy")
+    _refused_as_a_link(bundle, "cka/matrix.npy", lambda reader: reader.read_array("cka/matrix"))
 
 
 def test_symlinked_folder_in_a_bundle_is_refused(bundle, tmp_path):
-    (bundle / "features").rename(tmp_path / "elsewhere")
-    (bundle / "features").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    with pytest.raises(BundleError, match="Expected features/source/l1/.* as a plain file .*; got a symbolic link"):
-        validate_bundle(bundle)
-    with pytest.raises(BundleError, match="symbolic link"):
-        BundleReader(bundle, verify=False).read_png("features/source/l1/patches")
+    _linked_from_outside(bundle, "features", tmp_path / "elsewhere")
+    _refused_as_a_link(bundle, "features/source/l1/.*", lambda reader: reader.read_png("features/source/l1/patches"))
 
 
 def test_symlinked_manifest_is_refused(bundle, tmp_path):
-    (bundle / "manifest.json").rename(tmp_path / "manifest.json")
-    (bundle / "manifest.json").symlink_to(tmp_path / "manifest.json")
+    _linked_from_outside(bundle, "manifest.json", tmp_path / "manifest.json")
     with pytest.raises(BundleError, match="Expected manifest.json as a plain file .*; got a symbolic link"):
         BundleReader(bundle)
 
@@ -288,20 +291,10 @@ def test_foreign_folder_in_the_cache_is_left_alone(tmp_path):
 
 # ------------------------------------------------------ a local store: uploads land whole (point 5)
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad-input-store")
-    previous = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{root}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    experiment_id = MlflowClient().create_experiment("bad-input", artifact_location=str(root / "artifacts"))
-    yield {"root": root, "uri": uri, "experiment_id": experiment_id}
-    mlflow.set_tracking_uri(previous)
-
-
-def _diagnostics_run(store, bundle_root: Path | None, *, upload=log_bundle, status="FINISHED",
+def _diagnostics_run(bundle_root: Path | None, *, upload=log_bundle, status="FINISHED",
                      target_run_id="0123abcd") -> str:
-    with mlflow.start_run(experiment_id=store["experiment_id"]) as run:
+    """A diagnostics run in the active experiment, its bundle uploaded by ``upload``, ended ``status``."""
+    with mlflow.start_run() as run:
         mlflow.set_tags({TAGS.role: "diagnostics", TAGS.target_run_id: target_run_id})
         if bundle_root is not None:
             upload(bundle_root)
@@ -309,13 +302,13 @@ def _diagnostics_run(store, bundle_root: Path | None, *, upload=log_bundle, stat
     return run.info.run_id
 
 
-def _artifacts(store, run_id: str) -> Path:
+def _artifacts(run_id: str) -> Path:
     return Path(mlflow.get_run(run_id).info.artifact_uri.removeprefix("file://")) / "diagnostics"
 
 
-def test_log_bundle_uploads_the_manifest_last(store, tmp_path):
-    run_id = _diagnostics_run(store, _write_bundle(tmp_path / "b", big=True))
-    remote = _artifacts(store, run_id)
+def test_log_bundle_uploads_the_manifest_last(module_store, tmp_path):
+    run_id = _diagnostics_run(_write_bundle(tmp_path / "b", big=True))
+    remote = _artifacts(run_id)
     others = [p.stat() for p in remote.rglob("*") if p.is_file() and p.name != "manifest.json"]
     assert len(others) == 8
     manifest = (remote / "manifest.json").stat()
@@ -325,7 +318,7 @@ def test_log_bundle_uploads_the_manifest_last(store, tmp_path):
     assert manifest.st_ctime_ns >= max(s.st_ctime_ns for s in others)
 
 
-def test_bundle_uploaded_without_its_manifest_is_incomplete_and_not_cached(store, tmp_path):
+def test_bundle_uploaded_without_its_manifest_is_incomplete_and_not_cached(module_store, tmp_path):
     root = _write_bundle(tmp_path / "b")
 
     def killed_before_the_manifest(local):  # what an upload killed before its last call leaves
@@ -333,7 +326,7 @@ def test_bundle_uploaded_without_its_manifest_is_incomplete_and_not_cached(store
             if path.is_file() and path.name != "manifest.json":
                 mlflow.log_artifact(str(path), f"diagnostics/{path.parent.relative_to(local).as_posix()}")
 
-    run_id = _diagnostics_run(store, root, upload=killed_before_the_manifest, target_run_id="feedbeef")
+    run_id = _diagnostics_run(root, upload=killed_before_the_manifest, target_run_id="feedbeef")
     cache = tmp_path / "cache"
     with pytest.raises(BundleError, match=r"bundle is incomplete .*Diagnose again: mlflow-transfer diagnose "
                                           r"--target-run-id feedbeef"):
@@ -341,8 +334,8 @@ def test_bundle_uploaded_without_its_manifest_is_incomplete_and_not_cached(store
     assert not cache.exists() or _tree(cache) == []
 
 
-def test_fetch_replaces_its_own_corrupt_entry_but_not_a_foreign_one(store, tmp_path):
-    run_id = _diagnostics_run(store, _write_bundle(tmp_path / "b"))
+def test_fetch_replaces_its_own_corrupt_entry_but_not_a_foreign_one(module_store, tmp_path):
+    run_id = _diagnostics_run(_write_bundle(tmp_path / "b"))
     cache = tmp_path / "cache"
     fetch_bundle(run_id, cache)
     assert (cache / run_id / CACHE_MARKER).is_file()
@@ -355,23 +348,23 @@ def test_fetch_replaces_its_own_corrupt_entry_but_not_a_foreign_one(store, tmp_p
     assert (cache / run_id / "cka" / "matrix.npy").read_bytes() == b"x"
 
 
-def test_listing_incomplete_runs_is_opt_in_with_a_status(store, tmp_path):
-    done = _diagnostics_run(store, _write_bundle(tmp_path / "b"))
-    failed = _diagnostics_run(store, None, status="FAILED", target_run_id="bad id; rm -rf ~")
-    default = {p["diagnostics_run_id"] for p in list_diagnosed_pairs([store["experiment_id"]])}
+def test_listing_incomplete_runs_is_opt_in_with_a_status(module_store, tmp_path):
+    done = _diagnostics_run(_write_bundle(tmp_path / "b"))
+    failed = _diagnostics_run(None, status="FAILED", target_run_id="bad id; rm -rf ~")
+    default = {p["diagnostics_run_id"] for p in list_diagnosed_pairs([module_store.experiment_id])}
     assert done in default and failed not in default
-    rows = {p["diagnostics_run_id"]: p for p in list_diagnosed_pairs([store["experiment_id"]], include_incomplete=True)}
+    rows = {p["diagnostics_run_id"]: p for p in list_diagnosed_pairs([module_store.experiment_id], include_incomplete=True)}
     assert rows[done]["status"] == "FINISHED" and rows[failed]["status"] == "FAILED"
     assert rows[failed]["target_run_id"] is None  # a tag that is no run id never reaches a command or a path
 
 
 @pytest.mark.parametrize("bad", ["../1", "1 OR 1=1", ""])
-def test_malformed_experiment_id_is_refused_before_the_query(store, bad):
+def test_malformed_experiment_id_is_refused_before_the_query(module_store, bad):
     with pytest.raises(RunLookupError, match="Expected a valid experiment id"):
         list_diagnosed_pairs([bad])
 
 
-def test_unknown_run_is_does_not_exist_only_when_the_store_says_so(store, tmp_path):
+def test_unknown_run_is_does_not_exist_only_when_the_store_says_so(module_store, tmp_path):
     with pytest.raises(RunLookupError, match="does not exist on .* \\(the server says so\\)"):
         fetch_bundle("0" * 32, tmp_path / "cache")
 

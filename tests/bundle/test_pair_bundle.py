@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.models import seeded
 
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.bundle.writer import write_pair_bundle
@@ -24,8 +25,7 @@ def _instances(n=48, seed=0):
 
 @pytest.fixture(scope="module")
 def identical():
-    torch.manual_seed(0)
-    model = build_model("alexnet-32", 3).eval()
+    model = seeded("alexnet-32", 3).eval()
     twin = build_model("alexnet-32", 3).eval()
     twin.load_state_dict(model.state_dict())
     opts = DiagnoseOptions(n_steps=4, folds=3, tsne_gradient="bh", weight_max_instances=8)

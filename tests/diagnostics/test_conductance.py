@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import LayerConductance
+from helpers.models import seeded, with_running_statistics
 from torch import nn
 
 from mlflow_transfer.diagnostics.conductance import METHODS, alphas, layer_conductance
 from mlflow_transfer.errors import DiagnosticsError
-from mlflow_transfer.models import build_model
 
 NUM_CLASSES = 5
 
@@ -34,14 +34,9 @@ _MODELS: dict[str, nn.Module] = {}
 def _alexnet32(dtype=torch.float64) -> nn.Module:
     key = f"alexnet-32/{dtype}"
     if key not in _MODELS:
-        torch.manual_seed(0)
-        model = build_model("alexnet-32", NUM_CLASSES).to(dtype)
+        model = seeded("alexnet-32", NUM_CLASSES).to(dtype)
         # Non-trivial batch-norm statistics, so eval mode matters.
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-        _MODELS[key] = model.eval()
+        _MODELS[key] = with_running_statistics(model, mean=(-0.5, 0.5), var=(0.5, 2.0)).eval()
     return _MODELS[key]
 
 
@@ -99,23 +94,33 @@ def _assert_matches(ours, ref, tol=1e-5):
         assert _rel(ours[name], ref[name]) <= tol, (name, _rel(ours[name], ref[name]))
 
 
+def _matches_captum(model, x, y, layers=None, *, n_steps, method="gausslegendre", reduce="max", batch_size=32,
+                    baselines=0.0, internal_batch_size=None, tol=1e-5) -> dict[str, np.ndarray]:
+    """Our conductance of ``layers`` (the model's analysis layers when None), once checked against
+    captum's, layer by layer, for the same inputs, baselines and integration."""
+    ours = layer_conductance(model, x, y, layers, baselines=baselines, n_steps=n_steps, method=method,
+                             batch_size=batch_size, reduce=reduce)
+    ref = _captum(model, x, y, model.analysis_layers if layers is None else layers, baselines=baselines,
+                  n_steps=n_steps, method=method, reduce=reduce, internal_batch_size=internal_batch_size)
+    _assert_matches(ours, ref, tol)
+    return ours
+
+
 # --------------------------------------------------------------------------- captum agreement
 
+# (instances, batch size, integration method, reduce) of each model's comparison with captum: batches of
+# one, of a part and of more than all instances, every method, both reductions.
+CASES = {"alexnet-32": [(1, 32, "gausslegendre", "max"), (3, 2, "riemann_trapezoid", "max"),
+                        (7, 3, "gausslegendre", "none"), (7, 4, "riemann_trapezoid", "none")],
+         "layer types": [(1, 1, "gausslegendre", "none"), (3, 2, "riemann_trapezoid", "max"),
+                         (7, 3, "riemann_middle", "none"), (7, 5, "gausslegendre", "max")]}
 
-@pytest.mark.parametrize("n, batch_size, method, reduce", [
-    (1, 32, "gausslegendre", "max"),
-    (3, 2, "riemann_trapezoid", "max"),
-    (7, 3, "gausslegendre", "none"),
-    (7, 4, "riemann_trapezoid", "none"),
-])
+
+@pytest.mark.parametrize("n, batch_size, method, reduce", CASES["alexnet-32"])
 def test_alexnet32_all_layers_match_captum_float64(n, batch_size, method, reduce):
-    model = _alexnet32()
-    x, y = _images(n), _labels(n)
-    ours = layer_conductance(model, x, y, n_steps=4, method=method, batch_size=batch_size, reduce=reduce)
     # captum batches over steps (3 at a time) where we batch over instances: same sum, other order.
-    ref = _captum(model, x, y, model.analysis_layers, n_steps=4, method=method, reduce=reduce,
-                  internal_batch_size=3 * n if n > 1 else None)
-    _assert_matches(ours, ref)
+    ours = _matches_captum(_alexnet32(), _images(n), _labels(n), n_steps=4, method=method, batch_size=batch_size,
+                           reduce=reduce, internal_batch_size=3 * n if n > 1 else None)
     if reduce == "max":
         assert ours["conv1"].shape == (n, 48) and ours["fc6"].shape == (n, 256)
     else:
@@ -127,27 +132,16 @@ def test_alexnet32_float32_matches_captum(reduce):
     # float32: the layer outputs and gradients are captum's bit for bit (same per-image arithmetic),
     # only the order of the sum over steps differs; conductance of early layers is a sum of small
     # differences of large activations, so anything looser than that would not stay within 1e-5.
-    model = _alexnet32(torch.float32)
-    x, y = _images(5, dtype=torch.float32), _labels(5)
-    ours = layer_conductance(model, x, y, n_steps=6, batch_size=2, reduce=reduce)
-    ref = _captum(model, x, y, model.analysis_layers, n_steps=6, method="gausslegendre", reduce=reduce)
-    _assert_matches(ours, ref, tol=1e-5)
+    _matches_captum(_alexnet32(torch.float32), _images(5, dtype=torch.float32), _labels(5), n_steps=6, batch_size=2,
+                    reduce=reduce, tol=1e-5)
 
 
-@pytest.mark.parametrize("n, batch_size, method, reduce", [
-    (1, 1, "gausslegendre", "none"),
-    (3, 2, "riemann_trapezoid", "max"),
-    (7, 3, "riemann_middle", "none"),
-    (7, 5, "gausslegendre", "max"),
-])
+@pytest.mark.parametrize("n, batch_size, method, reduce", CASES["layer types"])
 def test_layer_types_conv_batchnorm_pool_linear_match_captum(n, batch_size, method, reduce):
     model = _small()
     layers = {"conv": model.conv, "bn": model.bn, "pool": model.pool, "fc1": model.fc1, "fc2": model.fc2}
-    x, y = _images(n, size=8), _labels(n)
-    ours = layer_conductance(model, x, y, layers, n_steps=7, method=method, batch_size=batch_size,
-                             reduce=reduce)
-    ref = _captum(model, x, y, layers, n_steps=7, method=method, reduce=reduce)
-    _assert_matches(ours, ref)
+    ours = _matches_captum(model, _images(n, size=8), _labels(n), layers, n_steps=7, method=method,
+                           batch_size=batch_size, reduce=reduce)
     assert ours["pool"].shape == ((n, 4) if reduce == "max" else (n, 4, 4, 4))
 
 
@@ -158,10 +152,7 @@ def test_int_target_and_baselines_match_captum():
     shared = _images(1, size=8, seed=5) * 0.1  # one baseline image for all
     per_instance = _images(4, size=8, seed=6) * 0.1
     for baselines in (0.5, shared, per_instance):
-        ours = layer_conductance(model, x, 2, layers, baselines=baselines, n_steps=5, batch_size=3)
-        ref = _captum(model, x, 2, layers, baselines=baselines, n_steps=5, method="gausslegendre",
-                      reduce="max")
-        _assert_matches(ours, ref)
+        _matches_captum(model, x, 2, layers, baselines=baselines, n_steps=5, batch_size=3)
 
 
 def test_frozen_first_layer_matches_captum():
@@ -170,9 +161,7 @@ def test_frozen_first_layer_matches_captum():
     for p in model.conv.parameters():
         p.requires_grad_(False)
     layers = {"conv": model.conv, "fc1": model.fc1}
-    x, y = _images(3, size=8), _labels(3)
-    ours = layer_conductance(model, x, y, layers, n_steps=5, batch_size=2, reduce="none")
-    _assert_matches(ours, _captum(model, x, y, layers, n_steps=5, method="gausslegendre", reduce="none"))
+    _matches_captum(model, _images(3, size=8), _labels(3), layers, n_steps=5, batch_size=2, reduce="none")
 
 
 def test_torchvision_alexnet_with_inplace_relus_matches_captum():
@@ -183,9 +172,7 @@ def test_torchvision_alexnet_with_inplace_relus_matches_captum():
     assert any(getattr(m, "inplace", False) for m in model.modules())  # the case under test
     layers = {"conv1": model.features[0], "conv5": model.features[10], "fc6": model.classifier[1],
               "fc8": model.classifier[6]}
-    x, y = _images(2, size=64, dtype=torch.float32), _labels(2)
-    ours = layer_conductance(model, x, y, layers, n_steps=3, reduce="none")
-    _assert_matches(ours, _captum(model, x, y, layers, n_steps=3, method="gausslegendre", reduce="none"))
+    _matches_captum(model, _images(2, size=64, dtype=torch.float32), _labels(2), layers, n_steps=3, reduce="none")
 
 
 class _EditsInPlaceForBatches(nn.Module):
@@ -210,9 +197,7 @@ def test_in_place_edit_missed_by_the_probe_is_redone_with_copies():
     torch.manual_seed(2)
     model = _EditsInPlaceForBatches().double().eval()
     layers = {"conv": model.conv, "fc": model.fc}
-    x, y = _images(3, size=8), _labels(3)
-    ours = layer_conductance(model, x, y, layers, n_steps=4, reduce="none")
-    _assert_matches(ours, _captum(model, x, y, layers, n_steps=4, method="gausslegendre", reduce="none"))
+    _matches_captum(model, _images(3, size=8), _labels(3), layers, n_steps=4, reduce="none")
 
 
 # --------------------------------------------------------------------------- completeness & by hand

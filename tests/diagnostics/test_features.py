@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.models import seeded
 from torch import nn
 
 from mlflow_transfer.diagnostics.features import receptive_field, top_patches
@@ -36,8 +37,7 @@ def _gradient_box(model, layer, i, j, size=32):
 
 @pytest.mark.parametrize("name", ["conv1", "conv2", "conv3", "conv5"])
 def test_receptive_field_matches_gradient_support(name):
-    torch.manual_seed(0)
-    model = build_model("alexnet-32", 10)
+    model = seeded("alexnet-32", 10)
     layer = model.analysis_layers[name]
     size, jump, start = receptive_field(model, layer)
     for i, j in [(1, 2), (3, 3)]:
@@ -54,8 +54,7 @@ def test_linear_and_unknown_chains_use_whole_image():
 
 
 def test_top_patches_pick_the_strongest_images_and_crop_their_box():
-    torch.manual_seed(0)
-    model = build_model("alexnet-32", 10).eval()
+    model = seeded("alexnet-32", 10).eval()
     images = torch.rand(20, 3, 32, 32)
     layer = model.analysis_layers["conv2"]
     res = top_patches(model, layer, images, [0, 5], k=4, patch_size=8)

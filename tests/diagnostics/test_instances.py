@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from helpers.models import seeded
 from PIL import Image
 from sklearn.manifold import trustworthiness
 
@@ -20,8 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_outputs_match_the_model():
-    torch.manual_seed(0)
-    model = build_model("alexnet-32", 10).eval()
+    model = seeded("alexnet-32", 10).eval()
     x = torch.rand(7, 3, 32, 32)
     labels = np.array([0, 1, 2, 3, 4, 5, 6])
     out = model_outputs(model, x, labels, batch_size=3)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
+from helpers.models import seeded, transfer_net, with_running_statistics
 from torch import nn
 
 from mlflow_transfer.diagnostics import weights as W
 from mlflow_transfer.diagnostics.weights import (
     activated_weights, extract_important_weights, important_weights, layer_inputs)
 from mlflow_transfer.errors import DiagnosticsError
-from mlflow_transfer.models import build_model
-from mlflow_transfer.models.registry import TransferNet
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -250,14 +248,8 @@ def test_important_weights_counts_against_the_literal_procedure():
 
 
 def _alexnet(seed=0):
-    torch.manual_seed(seed)
-    model = build_model("alexnet-32", 10)
-    with torch.no_grad():  # non-trivial batch-norm statistics, so eval vs train mode would differ
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 2.0)
-    return model
+    # non-trivial batch-norm statistics, so eval vs train mode would differ
+    return with_running_statistics(seeded("alexnet-32", 10, seed=seed), mean=(-0.1, 0.1), var=(0.5, 2.0))
 
 
 def _images(n, seed=0):
@@ -429,38 +421,34 @@ class _Residual(nn.Module):
         return x + self.conv(x)
 
 
-def _tiny_net(body: list[tuple[str, nn.Module]], head: list[tuple[str, nn.Module]], layers):
-    return TransferNet("tiny", nn.Sequential(OrderedDict(body)), nn.Sequential(OrderedDict(head)), layers)
-
-
 def test_extract_errors_and_unsupported_pairs():
     block = _Residual()
     conv1, fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 2)
     body = [("conv1", conv1), ("relu", nn.ReLU()), ("block", block), ("pool", nn.AdaptiveAvgPool2d(1)),
             ("flat", nn.Flatten())]
-    residual = _tiny_net(body, [("fc", fc)], [("conv1", conv1), ("block.conv", block.conv), ("fc", fc)])
+    residual = transfer_net(body, [("fc", fc)], [("conv1", conv1), ("block.conv", block.conv), ("fc", fc)])
     x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
     with pytest.raises(DiagnosticsError, match="conv1 → block.conv is not supported.*non-sequential"):
         extract_important_weights(residual, x)
     assert extract_important_weights(residual, x, on_unsupported="skip", k=1) == {}
 
     conv2 = nn.Conv2d(4, 4, 1)
-    mixing = _tiny_net([("conv1", conv1), ("norm", nn.LocalResponseNorm(2)), ("conv2", conv2)], [],
+    mixing = transfer_net([("conv1", conv1), ("norm", nn.LocalResponseNorm(2)), ("conv2", conv2)], [],
                        [("conv1", conv1), ("conv2", conv2)])
     with pytest.raises(DiagnosticsError, match="LocalResponseNorm between them mixes channels"):
         extract_important_weights(mixing, x)
 
     lin, conv = nn.Linear(4, 4), nn.Conv2d(1, 2, 1)
-    backwards = _tiny_net([("lin", lin), ("shape", nn.Unflatten(1, (1, 2, 2)))], [("conv", conv)],
+    backwards = transfer_net([("lin", lin), ("shape", nn.Unflatten(1, (1, 2, 2)))], [("conv", conv)],
                           [("lin", lin), ("conv", conv)])
     with pytest.raises(DiagnosticsError, match="lin → conv is not supported"):
         extract_important_weights(backwards, torch.zeros(1, 4))
 
     a, b = nn.Linear(4, 6), nn.Linear(3, 2)
-    mismatched = _tiny_net([("a", a), ("pool", nn.MaxPool1d(2))], [("b", b)], [("a", a), ("b", b)])
+    mismatched = transfer_net([("a", a), ("pool", nn.MaxPool1d(2))], [("b", b)], [("a", a), ("b", b)])
     with pytest.raises(DiagnosticsError, match="MaxPool1d between them"):
         extract_important_weights(mismatched, torch.zeros(1, 4))
-    skipped_pool = _tiny_net([("a", a)], [("b", b)], [("a", a), ("b", b)])
+    skipped_pool = transfer_net([("a", a)], [("b", b)], [("a", a), ("b", b)])
     with pytest.raises(DiagnosticsError, match="a has 6 outputs but b takes 3 features"):
         extract_important_weights(skipped_pool, torch.zeros(1, 4))
 

@@ -47,6 +47,23 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def stop(proc: subprocess.Popen, *, group: bool = False) -> None:
+    """End ``proc`` unless it has ended already (a test may have killed it): SIGTERM, or SIGKILL to its
+    whole process group when ``group`` (a server started in a session of its own, its workers too);
+    SIGKILL if it has not exited within 30 s."""
+    if proc.poll() is not None:
+        return
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def _serving(args: list[str], url: str, probe: str, cwd: Path, env: dict[str, str], **popen):
     proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
@@ -54,16 +71,7 @@ def _serving(args: list[str], url: str, probe: str, cwd: Path, env: dict[str, st
         wait_until_up(url + probe, proc)
         yield proc
     finally:
-        if proc.poll() is None:  # a test may have killed it already
-            if popen.get("start_new_session"):  # its own process group: the server's workers too
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, group=bool(popen.get("start_new_session")))
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import io
 
 import pytest
 import torch
+from helpers.models import seeded
 from torch import nn
 
 from mlflow_transfer.errors import ModelError
@@ -31,8 +32,7 @@ def named_model(request):
     """(name, model) built once per name for the read-only tests (vgg11_bn and alexnet are large)."""
     name = request.param
     if name not in _CACHE:
-        torch.manual_seed(0)
-        _CACHE[name] = build_model(name, NUM_CLASSES).eval()
+        _CACHE[name] = seeded(name, NUM_CLASSES).eval()
     return name, _CACHE[name]
 
 
@@ -135,8 +135,7 @@ def test_embedding_is_the_input_of_the_first_linear_layer(forward_record):
 
 
 def test_alexnet32_embedding_is_flattened_fc6_input():
-    torch.manual_seed(0)
-    model = build_model("alexnet-32", 10).eval()
+    model = seeded("alexnet-32", 10).eval()
     fc6 = model.analysis_layers["fc6"]
     assert isinstance(fc6, nn.Linear)
     x = _input("alexnet-32", 3)
@@ -193,35 +192,35 @@ def test_too_few_classes(num_classes):
 # --------------------------------------------------------------------------- weights
 
 
+def _saved_with_shifted_buffers(model: nn.Module, path, shift: float):
+    """``path``, holding ``model``'s state dict once its floating-point buffers (batch-norm running
+    statistics) are shifted by ``shift``: non-default, so a load that missed them would show."""
+    with torch.no_grad():
+        for buf in model.buffers():
+            if buf.dtype.is_floating_point:
+                buf.add_(shift)
+    torch.save(model.state_dict(), path)
+    return path
+
+
 @pytest.mark.parametrize("name", ["alexnet-32", "resnet18"])
 def test_own_state_dict_loads_back_exactly(tmp_path, name):
-    torch.manual_seed(0)
-    original = build_model(name, 10)
-    with torch.no_grad():  # make buffers non-default too (BN running stats)
-        for buf in original.buffers():
-            if buf.dtype.is_floating_point:
-                buf.add_(0.25)
-    path = tmp_path / "w.pt"
-    torch.save(original.state_dict(), path)
-    torch.manual_seed(1)
-    fresh = build_model(name, 10)
+    original = seeded(name, 10)
+    path = _saved_with_shifted_buffers(original, tmp_path / "w.pt", 0.25)
+    fresh = seeded(name, 10, seed=1)
     assert not torch.equal(list(fresh.parameters())[0], list(original.parameters())[0])
-    torch.manual_seed(1)
-    loaded = build_model(name, 10, weights=str(path))
+    loaded = seeded(name, 10, seed=1, weights=str(path))
     a, b = original.state_dict(), loaded.state_dict()
     assert set(a) == set(b)
     _state_equal(a, b, a)
 
 
 def test_own_state_dict_with_other_class_count_keeps_backbone(tmp_path):
-    torch.manual_seed(0)
-    original = build_model("alexnet-32", 10)
+    original = seeded("alexnet-32", 10)
     path = tmp_path / "w.pt"
     torch.save(original.state_dict(), path)
-    torch.manual_seed(5)
-    reference = build_model("alexnet-32", 4)
-    torch.manual_seed(5)
-    loaded = build_model("alexnet-32", 4, weights=str(path))
+    reference = seeded("alexnet-32", 4, seed=5)
+    loaded = seeded("alexnet-32", 4, seed=5, weights=str(path))
     a, b, r = original.state_dict(), loaded.state_dict(), reference.state_dict()
     head = [k for k in b if k.startswith("head.fc8.")]
     assert sorted(head) == ["head.fc8.bias", "head.fc8.weight"]
@@ -235,17 +234,10 @@ def test_plain_torchvision_resnet18_state_dict(tmp_path):
 
     torch.manual_seed(123)
     plain = torchvision.models.resnet18(weights=None, num_classes=1000)
-    with torch.no_grad():
-        for buf in plain.buffers():
-            if buf.dtype.is_floating_point:
-                buf.add_(0.5)
-    path = tmp_path / "resnet18_imagenet.pt"
-    torch.save(plain.state_dict(), path)
+    path = _saved_with_shifted_buffers(plain, tmp_path / "resnet18_imagenet.pt", 0.5)
 
-    torch.manual_seed(9)
-    reference = build_model("resnet18", 10)
-    torch.manual_seed(9)
-    model = build_model("resnet18", 10, weights=str(path))
+    reference = seeded("resnet18", 10, seed=9)
+    model = seeded("resnet18", 10, seed=9, weights=str(path))
 
     src = plain.state_dict()
     got = model.plain.state_dict()

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
-
 import mlflow
 import numpy as np
 import pytest
 import torch
+from helpers.models import seeded
+from helpers.tracking import log_model, tiny_recipe
 from mlflow import MlflowClient
 
 from mlflow_transfer.bundle import PairBundle
-from mlflow_transfer.config import load_recipe
 from mlflow_transfer.diagnostics.engine import DiagnoseOptions
 from mlflow_transfer.errors import DiagnosticsError, ModelError, RunLookupError
 from mlflow_transfer.models import build_model
@@ -21,24 +21,13 @@ from mlflow_transfer.tracking import run_pipeline
 from mlflow_transfer.tracking import diagnose as diagnose_module
 from mlflow_transfer.tracking.diagnose import diagnose
 
-TINY = ["data.source.size=100", "data.per_class_cap=12", "source.epochs=1", "target.epochs=1",
-        "source.batch_size=32", "target.batch_size=32"]
 FAST = DiagnoseOptions(n_steps=4, tsne_gradient="bh", weight_max_instances=4, patches=3)
 
 
-def tiny(*extra):
-    return load_recipe("recipes/digits.yaml", TINY + list(extra))
-
-
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("store")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    mlflow.set_experiment("diagnose-tests")
-    result = run_pipeline(tiny())
-    yield result, root
-    mlflow.set_tracking_uri(previous)
+def pair(module_store):
+    """A source and a target run of the tiny recipe (the pipeline without its diagnose)."""
+    return run_pipeline(tiny_recipe())
 
 
 def _bundle(run_id, tmp_path):
@@ -49,23 +38,22 @@ def _bundle(run_id, tmp_path):
 def test_diagnose_a_target_run(pair, tmp_path):
     from ui.report import write_report
 
-    result, _ = pair
-    run_id = diagnose(target_run_id=result.target_run_id, options=dataclasses.replace(FAST, sample_per_class=2), report_writer=write_report)
+    run_id = diagnose(target_run_id=pair.target_run_id, options=dataclasses.replace(FAST, sample_per_class=2), report_writer=write_report)
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
     # the self-contained report lands at the artifact root, beside the bundle
     assert {"diagnostics", "report.html"} <= {a.path for a in MlflowClient().list_artifacts(run_id)}
     tags = run.data.tags
-    assert tags[TAGS.role] == "diagnostics" and tags["mlflow.parentRunId"] == result.target_run_id
-    assert tags[TAGS.source_run_id] == result.source_run_id and tags[TAGS.pair_id] == result.pair_id
+    assert tags[TAGS.role] == "diagnostics" and tags["mlflow.parentRunId"] == pair.target_run_id
+    assert tags[TAGS.source_run_id] == pair.source_run_id and tags[TAGS.pair_id] == pair.pair_id
     b = _bundle(run_id, tmp_path)
     m = b.manifest
-    assert m["runs"] == {"source": result.source_run_id, "target": result.target_run_id, "diagnostics": run_id}
+    assert m["runs"] == {"source": pair.source_run_id, "target": pair.target_run_id, "diagnostics": run_id}
     assert m["software"]["torch"] == torch.__version__ and m["options"]["n_steps"] == 4
     # at most 2 per class, domain and split
     from mlflow_transfer.tracking.context import prepare_data
 
-    data = prepare_data(tiny())
+    data = prepare_data(tiny_recipe())
     expected = sum(min(2, int((d.domain.targets[idx] == c).sum()))
                    for d in (data.source, data.target) for idx in (d.train_indices, d.val_indices)
                    for c in range(10))
@@ -75,21 +63,19 @@ def test_diagnose_a_target_run(pair, tmp_path):
     # the transferability score recomputed from the runs' metric histories
     client = MlflowClient()
     best = {r: max(p.value for p in client.get_metric_history(rid, "acc_target_val"))
-            for r, rid in (("s", result.source_run_id), ("t", result.target_run_id))}
+            for r, rid in (("s", pair.source_run_id), ("t", pair.target_run_id))}
     assert run.data.metrics["transferability_score"] == pytest.approx(best["t"] - best["s"])
     hist = b.history()
     assert set(hist["model"]) == {"source", "target"}
 
 
-def test_diagnose_a_pair_logged_outside_the_recipes(pair, tmp_path):
-    torch.manual_seed(1)
-    src, tgt = build_model("alexnet-32", 10).eval(), build_model("alexnet-32", 10).eval()
-    example = torch.rand(2, 3, 32, 32).numpy()
+def test_diagnose_a_pair_logged_outside_the_recipes(module_store, tmp_path):
+    src, tgt = seeded(seed=1).eval(), build_model("alexnet-32", 10).eval()
     uris = []
     for model in (src, tgt):
         with mlflow.start_run():  # a user's own script: plain MLflow, no mlflow-transfer tags
-            uris.append(mlflow.pytorch.log_model(model, name="model", input_example=example).model_uri)
-    run_id = diagnose(source_model_uri=uris[0], target_model_uri=uris[1], recipe=tiny(), arch="alexnet-32",
+            uris.append(log_model(model).model_uri)
+    run_id = diagnose(source_model_uri=uris[0], target_model_uri=uris[1], recipe=tiny_recipe(), arch="alexnet-32",
                       options=dataclasses.replace(FAST, sample_per_class=2))
     b = _bundle(run_id, tmp_path)
     assert b.manifest["runs"]["source"] is None and b.layers == list(src.analysis_layers)
@@ -100,50 +86,43 @@ def test_diagnose_a_pair_logged_outside_the_recipes(pair, tmp_path):
 
 
 def test_unknown_layer_and_class(pair):
-    result, _ = pair
     with pytest.raises(DiagnosticsError, match="unknown layer"):
-        diagnose(target_run_id=result.target_run_id, options=DiagnoseOptions(layers=("conv9",), sample_per_class=1))
+        diagnose(target_run_id=pair.target_run_id, options=DiagnoseOptions(layers=("conv9",), sample_per_class=1))
     with pytest.raises(DiagnosticsError, match="unknown class"):
-        diagnose(target_run_id=result.target_run_id, options=DiagnoseOptions(classes=("eleven",), sample_per_class=1))
+        diagnose(target_run_id=pair.target_run_id, options=DiagnoseOptions(classes=("eleven",), sample_per_class=1))
 
 
 def test_run_without_model_and_unresolvable_uri(pair):
-    result, _ = pair
     with mlflow.start_run() as bare:
-        mlflow.set_tags({TAGS.role: "target", TAGS.source_run_id: result.source_run_id})
+        mlflow.set_tags({TAGS.role: "target", TAGS.source_run_id: pair.source_run_id})
     with pytest.raises(RunLookupError, match="no logged model"):
-        diagnose(target_run_id=bare.info.run_id, recipe=tiny(), options=FAST)
+        diagnose(target_run_id=bare.info.run_id, recipe=tiny_recipe(), options=FAST)
     with pytest.raises(ModelError, match="does not resolve"):
         diagnose(source_model_uri="models:/m-doesnotexist", target_model_uri="models:/m-doesnotexist",
-                 recipe=tiny(), options=FAST)
+                 recipe=tiny_recipe(), options=FAST)
     with pytest.raises(RunLookupError, match="not a target run"):
-        diagnose(target_run_id=result.source_run_id, options=FAST)
+        diagnose(target_run_id=pair.source_run_id, options=FAST)
 
 
 def test_recipe_that_does_not_fit_the_models(pair):
-    result, _ = pair
     with pytest.raises(DiagnosticsError, match="do not fit the models"):
-        diagnose(target_run_id=result.target_run_id, recipe=tiny("data.image_size=16"), options=dataclasses.replace(FAST, sample_per_class=1))
+        diagnose(target_run_id=pair.target_run_id, recipe=tiny_recipe("data.image_size=16"), options=dataclasses.replace(FAST, sample_per_class=1))
 
 
-def test_incompatible_architectures(pair, tmp_path):
-    result, _ = pair
+def test_incompatible_architectures(module_store):
     with mlflow.start_run():
-        uri = mlflow.pytorch.log_model(build_model("alexnet-32", 10).eval(), name="model",
-                                       input_example=torch.rand(2, 3, 32, 32).numpy()).model_uri
+        uri = log_model().model_uri
     with pytest.raises(ModelError, match="does not match architecture 'vgg11_bn'"):
-        diagnose(source_model_uri=uri, target_model_uri=uri, recipe=tiny(), arch="vgg11_bn", options=FAST)
+        diagnose(source_model_uri=uri, target_model_uri=uri, recipe=tiny_recipe(), arch="vgg11_bn", options=FAST)
 
 
 def test_interrupted_diagnose_leaves_no_bundle_and_a_failed_run(pair, monkeypatch):
-    result, _ = pair
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(diagnose_module, "write_pair_bundle", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        diagnose(target_run_id=result.target_run_id, options=dataclasses.replace(FAST, sample_per_class=1))
+        diagnose(target_run_id=pair.target_run_id, options=dataclasses.replace(FAST, sample_per_class=1))
     run = mlflow.search_runs(filter_string=f"tags.`{TAGS.role}` = 'diagnostics'", output_format="list",
                              order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert run.info.status == "FAILED"
@@ -157,11 +136,10 @@ def test_list_pairs_and_fetch_once_into_the_cache(pair, tmp_path):
     from mlflow_transfer.errors import BundleError
     from mlflow_transfer.tracking.bundles import fetch_bundle, list_diagnosed_pairs
 
-    result, _ = pair
-    run_id = diagnose(target_run_id=result.target_run_id, options=dataclasses.replace(FAST, sample_per_class=1))
+    run_id = diagnose(target_run_id=pair.target_run_id, options=dataclasses.replace(FAST, sample_per_class=1))
     listed = list_diagnosed_pairs(page_size=1)  # several pages
     assert run_id in [p["diagnostics_run_id"] for p in listed]
-    assert all(p["pair_id"] == result.pair_id for p in listed if p["target_run_id"] == result.target_run_id)
+    assert all(p["pair_id"] == pair.pair_id for p in listed if p["target_run_id"] == pair.target_run_id)
     first = fetch_bundle(run_id, tmp_path / "cache")
     # remove the server's copy: the second fetch must come from the cache
     remote = Path(mlflow.get_run(run_id).info.artifact_uri.replace("file://", "")) / "diagnostics"
@@ -178,13 +156,12 @@ def test_list_pairs_and_fetch_once_into_the_cache(pair, tmp_path):
 def test_recipe_with_other_classes_than_the_models(pair, tmp_path):
     from PIL import Image
 
-    result, _ = pair
     for domain in ("a", "b"):
         for cls in ("cat", "dog"):
             (tmp_path / domain / cls).mkdir(parents=True)
             for i in range(6):
                 Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(tmp_path / domain / cls / f"{i}.png")
-    recipe = tiny(f"data.source={{name: imagefolder, root: {tmp_path}, subset: a}}",
+    recipe = tiny_recipe(f"data.source={{name: imagefolder, root: {tmp_path}, subset: a}}",
                   f"data.target={{name: imagefolder, root: {tmp_path}, subset: b}}", "data.per_class_cap=null")
     with pytest.raises(DiagnosticsError, match="predict 10 classes but the recipe's domains have 2"):
-        diagnose(target_run_id=result.target_run_id, recipe=recipe, options=dataclasses.replace(FAST, sample_per_class=1))
+        diagnose(target_run_id=pair.target_run_id, recipe=recipe, options=dataclasses.replace(FAST, sample_per_class=1))

@@ -7,38 +7,28 @@ import re
 
 import mlflow
 import pytest
+from helpers.tracking import tiny_recipe
 from mlflow import MlflowClient
 
-from mlflow_transfer.config import load_recipe
 from mlflow_transfer.plugin import mark_experiment, transfer_context
 from mlflow_transfer.runtime import progress, quiet_library_progress
 from mlflow_transfer.tags import EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING
 from mlflow_transfer.tracking import train_source
-
-TINY = ["data.source.size=100", "data.per_class_cap=12", "source.epochs=1", "source.batch_size=32"]
-
-
-@pytest.fixture()
-def store(tmp_path):
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    yield tmp_path
-    mlflow.set_tracking_uri(previous)
 
 
 def _kind(experiment_id: str) -> str | None:
     return MlflowClient().get_experiment(experiment_id).tags.get(EXPERIMENT_KIND)
 
 
-def test_train_source_marks_its_experiment_as_model_training(store):
+def test_train_source_marks_its_experiment_as_model_training(tracking_store):
     experiment_id = mlflow.set_experiment("ui-fit").experiment_id
     assert _kind(experiment_id) is None
-    run_id = train_source(load_recipe("recipes/digits.yaml", TINY))
+    run_id = train_source(tiny_recipe())
     assert MlflowClient().get_run(run_id).info.experiment_id == experiment_id
     assert _kind(experiment_id) == EXPERIMENT_KIND_TRAINING
 
 
-def test_only_the_package_runs_mark_and_a_set_kind_is_kept(store):
+def test_only_the_package_runs_mark_and_a_set_kind_is_kept(tracking_store):
     user = mlflow.set_experiment("someone-elses").experiment_id
     with transfer_context(), mlflow.start_run():  # a run the package did not start through transfer_run
         pass

@@ -8,35 +8,22 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from helpers.tracking import tiny_recipe
 from mlflow import MlflowClient
 
-from mlflow_transfer.config import load_recipe
 from mlflow_transfer.errors import DataError, ModelError, RunLookupError
 from mlflow_transfer.plugin import transfer_context
 from mlflow_transfer.tags import TAGS
 from mlflow_transfer.tracking import finetune, load_checkpoint, resolve_source_run, run_pipeline, train_source
 from mlflow_transfer.tracking.lookup import logged_model_uri
 
-TINY = ["data.source.size=100", "data.per_class_cap=12", "source.epochs=2", "target.epochs=1",
-        "source.batch_size=32", "target.batch_size=32"]
-
 
 def tiny(*extra):
-    return load_recipe("recipes/digits.yaml", TINY + list(extra))
+    return tiny_recipe("source.epochs=2", *extra)  # two source epochs: a checkpoint to fine-tune from
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("store")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    mlflow.set_experiment("tracking-tests")
-    yield root
-    mlflow.set_tracking_uri(previous)
-
-
-@pytest.fixture(scope="module")
-def source_id(store):
+def source_id(module_store):
     return train_source(tiny())
 
 
@@ -103,7 +90,7 @@ def test_finetune_from_a_source_checkpoint(source_id):
                                                    _state(load_checkpoint(target_id, 0)).values()))
 
 
-def test_pipeline_reuses_an_identical_finished_source(store):
+def test_pipeline_reuses_an_identical_finished_source(module_store):
     # seed 3: no other test trained this source in the module's experiment
     first = run_pipeline(tiny("seed=3"))
     second = run_pipeline(tiny("seed=3", "target.lr=0.0001"))  # only the target differs
@@ -117,7 +104,7 @@ def test_pipeline_reuses_an_identical_finished_source(store):
     assert child.data.tags["mlflow.parentRunId"] == first.pipeline_run_id
 
 
-def test_finetune_rejects_unknown_run(store):
+def test_finetune_rejects_unknown_run(module_store):
     with pytest.raises(RunLookupError, match="does not exist"):
         finetune(tiny(), "0123456789abcdef0123456789abcdef")
 
@@ -128,14 +115,14 @@ def test_finetune_rejects_a_run_that_is_not_a_source(source_id):
         resolve_source_run(target_id)
 
 
-def test_finetune_rejects_a_source_without_model(store):
+def test_finetune_rejects_a_source_without_model(module_store):
     with mlflow.start_run() as run:
         mlflow.set_tags({TAGS.role: "source", TAGS.model: "alexnet-32", TAGS.classes: json.dumps(list("0123456789"))})
     with pytest.raises(RunLookupError, match="no logged model"):
         finetune(tiny(), run.info.run_id)
 
 
-def test_finetune_rejects_a_failed_source(store):
+def test_finetune_rejects_a_failed_source(module_store):
     with pytest.raises(ModelError):
         train_source(tiny("model.weights=/nonexistent/weights.pt"))
     failed = mlflow.search_runs(filter_string=f"tags.`{TAGS.role}` = 'source'", output_format="list",
@@ -145,7 +132,7 @@ def test_finetune_rejects_a_failed_source(store):
         finetune(tiny(), failed.info.run_id)
 
 
-def test_corrupt_checkpoint_is_reported(store, tmp_path):
+def test_corrupt_checkpoint_is_reported(module_store, tmp_path):
     bad = tmp_path / "epoch_001.pt"
     bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
     with mlflow.start_run() as run:
@@ -170,7 +157,7 @@ def test_class_mismatch_between_source_run_and_recipe(source_id, tmp_path):
         finetune(recipe, source_id)
 
 
-def test_run_context_plugin_tags_only_package_runs(store):
+def test_run_context_plugin_tags_only_package_runs(module_store):
     with transfer_context(**{TAGS.recipe: "x"}), mlflow.start_run() as inside:
         pass
     with mlflow.start_run() as outside:

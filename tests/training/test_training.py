@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
+from helpers.models import seeded, tiny_net
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from mlflow_transfer.config import TrainConfig
 from mlflow_transfer.data.domain import tensor_domain
-from mlflow_transfer.models import TransferNet, build_model, freeze_layers
+from mlflow_transfer.models import freeze_layers
 from mlflow_transfer.training.loops import EpochResult, evaluate, fit
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_net(num_classes: int = 2, *, seed: int = 0, dropout: float = 0.2) -> TransferNet:
-    torch.manual_seed(seed)
-    embedding = nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(3, 4, 3, padding=1)), ("relu1", nn.ReLU()),
-        ("pool", nn.AdaptiveAvgPool2d(2)), ("flatten", nn.Flatten()),
-    ]))
-    head = nn.Sequential(OrderedDict([
-        ("fc1", nn.Linear(16, 8)), ("relu2", nn.ReLU()), ("drop", nn.Dropout(dropout)),
-        ("fc2", nn.Linear(8, num_classes)),
-    ]))
-    layers = [("conv1", embedding.conv1), ("fc1", head.fc1), ("fc2", head.fc2)]
-    return TransferNet("tiny", embedding, head, layers)
 
 
 def two_constant_classes(n: int = 40, size: int = 8, seed: int = 0):
@@ -204,8 +190,7 @@ def test_learns_a_tiny_problem(optimizer, lr, optimizer_steps):
 
 def test_alexnet32_trains():
     train = two_constant_classes(16, size=32)
-    torch.manual_seed(0)
-    model = build_model("alexnet-32", 2)
+    model = seeded("alexnet-32", 2)
     before = snapshot(model)
     results = run_fit(model, train, TrainConfig(epochs=2, lr=1e-3, batch_size=8))
     assert [r.epoch for r in results] == [0, 1, 2]
@@ -219,8 +204,7 @@ def test_alexnet32_trains():
 
 def test_frozen_layers_stay_bit_identical(optimizer_steps):
     train = two_constant_classes(16, size=32)
-    torch.manual_seed(0)
-    model = build_model("alexnet-32", 2)
+    model = seeded("alexnet-32", 2)
     frozen = freeze_layers(model, 2)
     assert frozen == ["conv1", "conv2"]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -284,8 +268,7 @@ def test_same_seed_same_weights_alexnet32():
     cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=4)
     states = []
     for _ in range(2):
-        torch.manual_seed(0)
-        model = build_model("alexnet-32", 2)
+        model = seeded("alexnet-32", 2)
         run_fit(model, train, cfg, seed=2, eval_sets={})
         states.append(snapshot(model))
     for key in states[0]:
