@@ -55,9 +55,9 @@ def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> p
         pn.state.location.param.watch(complete_url, "search")
         pn.state.onload(complete_url)
 
-    tabs = pn.Tabs(*[(tab.title, tab(state=state)) for tab in TABS], dynamic=True, active=state.tab,
-                   sizing_mode="stretch_width")
-    # switching pairs keeps the open tab; each tab is drawn when first shown, then follows the state
+    # switching pairs keeps the open tab; a tab is drawn when shown and redrawn only while it is open
+    tabs = pn.Tabs(*[(tab.title, tab(state=state, index=i)) for i, tab in enumerate(TABS)], dynamic=True,
+                   active=state.tab, sizing_mode="stretch_width")
     tabs.link(state, active="tab", bidirectional=True)
     placeholder = pn.pane.Markdown(pn.bind(_placeholder, state.param.bundle, state.param.error),
                                    visible=pn.bind(lambda b: b is None, state.param.bundle))

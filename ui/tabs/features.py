@@ -11,7 +11,7 @@ import param
 
 from ui.views import features as fv
 
-from .base import Tab, guarded_part
+from .base import Tab, part
 
 __all__ = ["FeaturesTab", "shown_class"]
 
@@ -66,16 +66,14 @@ class FeaturesTab(Tab):
     def _frame_of(self, bundle, cls):
         return fv.feature_frame(bundle, cls, record=self._record(bundle, cls))
 
-    @param.depends("state.bundle", "shown")
-    @guarded_part("feature summary")
+    @part("state.bundle", "shown", what="feature summary")
     def summary(self):
         record = self._record(self.state.bundle, self.shown)
         if record is None:
             return pn.pane.Markdown(fv.missing_message(self.state.bundle, self.shown), name="features-empty")
         return pn.pane.Markdown(fv.cv_details(record), name="cv-accuracy")
 
-    @param.depends("state.bundle", "shown", "checked", "order")
-    @guarded_part("discriminability plot")
+    @part("state.bundle", "shown", "checked", "order", what="discriminability plot")
     def plot(self):
         b = self.state.bundle
         record = self._record(b, self.shown)
@@ -84,8 +82,7 @@ class FeaturesTab(Tab):
         return pn.pane.Bokeh(fv.discriminability_plot(b, self.shown, self.checked, order=self.order, record=record),
                              name="discriminability", sizing_mode="stretch_width", min_height=440)
 
-    @param.depends("state.bundle", "shown", "order")
-    @guarded_part("feature ranking")
+    @part("state.bundle", "shown", "order", what="feature ranking")
     def ranking(self):
         b = self.state.bundle
         record = self._record(b, self.shown)
@@ -103,6 +100,6 @@ class FeaturesTab(Tab):
     def layout(self):
         hint = pn.pane.Markdown(f"The first {fv.TOP_AXES} neurons in this order are drawn as axes; tick more in "
                                 "the list. Positive discriminability pushes towards the target domain.")
-        return pn.Column(pn.Row(self._select, self._order, hint), self.part(self.summary),
-                         self.part(self.plot, sizing_mode="stretch_width"),
-                         self.part(self.ranking, sizing_mode="stretch_width"), sizing_mode="stretch_width")
+        return pn.Column(pn.Row(self._select, self._order, hint), self.lazy(self.summary),
+                         self.lazy(self.plot, sizing_mode="stretch_width"),
+                         self.lazy(self.ranking, sizing_mode="stretch_width"), sizing_mode="stretch_width")

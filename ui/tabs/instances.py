@@ -13,7 +13,7 @@ from ui.projection import reprojected
 from ui.views import instances as iv
 from ui.views.text import escape_html
 
-from .base import Tab, guarded_part
+from .base import Tab, part
 
 __all__ = ["InstancesTab"]
 
@@ -38,8 +38,7 @@ class InstancesTab(Tab):
         # Choices.js (Bokeh's MultiChoice) writes option labels as HTML: the labels are escaped names
         self._choose.options = {escape_html(c): c for c in classes}
 
-    @param.depends("state.bundle", "state.classes", "state.reproject")
-    @guarded_part("instance scatter")
+    @part("state.bundle", "state.classes", "state.reproject", what="instance scatter")
     def scatter(self):
         b, classes = self.state.bundle, self.state.classes
         inst = self._table(b)
@@ -55,5 +54,5 @@ class InstancesTab(Tab):
                          pn.pane.HTML(iv.class_legend(b.classes, classes)), sizing_mode="stretch_width")
 
     def layout(self):
-        return pn.Column(pn.Row(self._choose, self._again), self.part(self.scatter, sizing_mode="stretch_width"),
+        return pn.Column(pn.Row(self._choose, self._again), self.lazy(self.scatter, sizing_mode="stretch_width"),
                          sizing_mode="stretch_width")

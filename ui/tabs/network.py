@@ -21,7 +21,7 @@ from ui.views import network as nv
 from ui.views.summary import cka_heatmap, inheritance_line
 from ui.views.text import escape_md
 
-from .base import Tab, guarded_part
+from .base import Tab, part
 
 __all__ = ["NetworkTab"]
 
@@ -95,9 +95,8 @@ class NetworkTab(Tab):
         lo, hi = self._span()
         return pn.pane.Markdown(f"{escape_md(b.layers[lo])} → {escape_md(b.layers[hi])}", margin=(22, 5, 0, 5))
 
-    @param.depends("state.bundle", "state.classes", "state.layer_from", "state.layer_to",
-                   "state.hide_non_important", "state.hide_source_weights")
-    @guarded_part("network figure")
+    @part("state.bundle", "state.classes", "state.layer_from", "state.layer_to",
+          "state.hide_non_important", "state.hide_source_weights", what="network figure")
     def figure(self):
         s = self.state
         data = nv.zigzag_data(s.bundle, self.shown_class(), s.layer_from, s.layer_to,
@@ -120,36 +119,33 @@ class NetworkTab(Tab):
         else:
             self._clicked.object = nv.describe_hit(hit)
 
-    @param.depends("state.bundle", "state.neuron", "state.classes")
-    @guarded_part("neuron detail")
+    @part("state.bundle", "state.neuron", "state.classes", what="neuron detail")
     def detail(self):
         return nv.neuron_detail(self.state.bundle, self.shown_class(), self.state.neuron,
                                 on_select=functools.partial(setattr, self.state, "neuron"),
                                 important=self._tables(self.state.bundle)[0])
 
-    @param.depends("state.bundle", "state.classes")
-    @guarded_part("inheritance line")
+    @part("state.bundle", "state.classes", what="inheritance line")
     def inheritance(self):
         return pn.pane.HoloViews(inheritance_line(self.state.bundle, self.shown_class()), name="inheritance",
                                  sizing_mode="stretch_width", min_height=280)
 
-    @param.depends("state.bundle")
-    @guarded_part("CKA heatmap")
+    @part("state.bundle", what="CKA heatmap")
     def cka(self):
         return pn.pane.HoloViews(cka_heatmap(self.state.bundle), name="cka", sizing_mode="stretch_width")
 
     def layout(self):
         s = self.state.param
-        controls = pn.Row(self._select, self._slider, self.part(self.layer_names),
+        controls = pn.Row(self._select, self._slider, self.lazy(self.layer_names),
                           pn.widgets.Checkbox.from_param(s.hide_non_important, label="Hide non-important regions",
                                                          margin=(24, 10, 0, 10)),
                           pn.widgets.Checkbox.from_param(s.hide_source_weights, label="Hide source weights",
                                                          margin=(24, 10, 0, 10)))
         legend = pn.pane.Markdown(nv.LEGEND, styles={"font-size": "0.85em"}, margin=(0, 10))
         # the neuron detail, or the two by-depth summaries side by side: drawn only when shown
-        side = pn.Tabs(("Neuron", self.part(self.detail)),
-                       ("Inheritance and CKA by depth", pn.Column(self.part(self.inheritance), self.part(self.cka))),
+        side = pn.Tabs(("Neuron", self.lazy(self.detail)),
+                       ("Inheritance and CKA by depth", pn.Column(self.lazy(self.inheritance), self.lazy(self.cka))),
                        dynamic=True)
         return pn.Column(controls,
-                         pn.Row(pn.Column(self.part(self.figure), self._clicked), pn.Column(legend, side, width=440)),
+                         pn.Row(pn.Column(self.lazy(self.figure), self._clicked), pn.Column(legend, side, width=440)),
                          name="network-tab", sizing_mode="stretch_width")

@@ -4,11 +4,10 @@ clicking a row of the table selects its class in every view."""
 from __future__ import annotations
 
 import panel as pn
-import param
 
 from ui.views import overview
 
-from .base import Tab, guarded_part
+from .base import Tab, part
 
 __all__ = ["StatisticsTab"]
 
@@ -16,8 +15,7 @@ __all__ = ["StatisticsTab"]
 class StatisticsTab(Tab):
     title = "Statistics"
 
-    @param.depends("state.bundle")
-    @guarded_part("statistics")
+    @part("state.bundle", what="statistics")
     def view(self):
         b = self.state.bundle
         table = overview.confusion_table(b.confusion())
@@ -35,4 +33,4 @@ class StatisticsTab(Tab):
             self.state.select_class(str(table.value["class"].iloc[event.new[0]]))
 
     def layout(self):
-        return self.part(self.view, sizing_mode="stretch_width")
+        return self.lazy(self.view, sizing_mode="stretch_width")
