@@ -8,6 +8,7 @@ import datashader as ds
 import holoviews as hv
 import numpy as np
 import pandas as pd
+import panel as pn
 import pytest
 from helpers.servers import free_port
 
@@ -276,6 +277,24 @@ def test_the_open_tab_survives_a_pair_switch_and_is_in_the_link(source):
     state.tab = 3
     state.pair = "d1"  # another pair: the views are rebuilt on the same tab
     assert state.bundle is not None and tabs().active == 3
+
+
+def test_a_pair_switch_redraws_only_the_open_tab_and_a_hidden_one_when_it_is_shown(source):
+    app = build_app(source, sync_url=False)
+    state, (tabs,) = app.state, [t for t in app.select(pn.Tabs) if len(t) == 4]
+    app.get_root()
+
+    def accuracy():  # the Statistics tab's chart, as drawn
+        return next(p for p in tabs[0].select(pn.pane.HoloViews) if p.name == "accuracy").object
+
+    drawn = accuracy()
+    for i in range(4):  # every tab visited, the last one left open
+        tabs.active = i
+    assert accuracy() is drawn  # shown again with the same inputs: kept
+    state.pair = "d1"
+    assert state.tab == 3 and accuracy() is drawn  # hidden: not redrawn for the new pair
+    tabs.active = 0
+    assert accuracy() is not drawn  # shown: drawn for the new pair
 
 
 def test_a_killed_or_running_diagnose_is_listed_as_incomplete_and_never_fetched(tmp_path):
