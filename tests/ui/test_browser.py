@@ -16,7 +16,7 @@ import pytest
 from helpers.browser import needs_chromium
 from helpers.servers import BIN, clean_env, free_port, mlflow_server, transfer_ui, wait_until_up
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / "test-output" / "ui"
 TINY = ("data.source.size=100,data.per_class_cap=12,source.epochs=1,target.epochs=1,"
         "source.batch_size=32,target.batch_size=32")
@@ -182,7 +182,7 @@ def test_panel_serve_runs_the_same_app(served, browser):
 
 def test_the_raster_hover_names_row_domain_label_and_prediction(page):
     """The rasterised instance view's tooltip JS (``hover_formatter``), run in Chromium on ``hover_key``
-    values: the half of the hover Python cannot run (tests/test_ui_state.py checks the key's half)."""
+    values: the half of the hover Python cannot run (tests/ui/test_state.py checks the key's half)."""
     import pandas as pd
 
     from ui.views import instances as iv

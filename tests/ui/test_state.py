@@ -182,7 +182,7 @@ def test_many_points_switch_to_a_datashader_raster():
 
 def test_the_raster_hover_key_picks_each_pixels_last_row():
     """max(hover_key) per pixel is the key of the pixel's highest row (the decoder's half is tested
-    in Chromium, tests/test_ui_browser.py)."""
+    in Chromium, tests/ui/test_browser.py)."""
     frame = _many_points(20_000, seed=1)
     key = iv.hover_key(frame, 3)
     assert len(np.unique(key)) == len(frame)
