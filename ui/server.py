@@ -48,8 +48,9 @@ FRAMING_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-
 # builds the session again from its token), at the cost of a second build.
 UNUSED_SESSION_LIFETIME_MS = 5_000
 CHECK_UNUSED_SESSIONS_MS = 2_000
-# A full collection takes ≈ 0.4 s here (the app's libraries hold ~700,000 objects): one for the sessions
-# destroyed in a burst, and at most one per interval while sessions keep closing.
+# A full collection is slow (the app's libraries hold hundreds of thousands of objects; the figure is in
+# benchmarks/results_notes.txt): one for the sessions destroyed in a burst, and at most one per interval
+# while sessions keep closing.
 _RELEASE_DELAY_S = 2.0
 _RELEASE_INTERVAL_S = 30.0
 _WILDCARD_BINDS = ("", "0.0.0.0", "::")

@@ -206,7 +206,7 @@ def discriminability_plot(bundle: PairBundle, cls: str = ALL, checked=(), *, ord
 
     A plain bokeh figure (renderers named ``source domain``, ``target domain``, ``axes`` and
     ``checked axes``; the boundary a ``Span`` named ``boundary``): redrawn on every tick, class and
-    order change, where a HoloViews overlay cost ~0.3 s of server time each.
+    order change, which a HoloViews overlay would slow down (benchmarks/results_notes.txt).
 
     Args:
         checked: ``"layer:index"`` labels ticked in the list; labels not in this class's A are ignored.
