@@ -14,6 +14,7 @@ from torchvision import datasets, transforms
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from ..errors import DataError
+from ..validation import check_choice, check_int
 from .domain import DIGIT_CLASSES, Domain, TransformedDataset
 
 SPLITS = ("train", "test")
@@ -133,10 +134,8 @@ class _LocalSVHN(datasets.SVHN):
 
 
 def _check_args(name: str, split: str, image_size: int) -> None:
-    if split not in SPLITS:
-        raise DataError(f"{name}: unknown split {split!r}; expected one of {list(SPLITS)}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise DataError(f"{name}: image_size must be a positive integer, got {image_size!r}")
+    check_choice(split, f"the {name} split", SPLITS, error=DataError)
+    check_int(image_size, f"the {name} image_size", low=1, error=DataError)
 
 
 def _require_files(name: str, folder: str, files, fix: str) -> None:

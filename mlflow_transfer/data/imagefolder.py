@@ -10,6 +10,7 @@ from PIL import Image
 from torchvision import datasets
 
 from ..errors import DataError
+from ..validation import check_int
 from .domain import Domain, TransformedDataset
 from .external import rgb_transform
 
@@ -29,8 +30,7 @@ def load_imagefolder(*, root: str, image_size: int, subset: str | None = None) -
         A `Domain` named ``subset`` (or the basename of ``root``) whose items are float32
         ``(3, image_size, image_size)`` tensors in [0, 1] and whose labels index ``classes``.
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise DataError(f"imagefolder: image_size must be a positive integer, got {image_size!r}")
+    check_int(image_size, "the imagefolder image_size", low=1, error=DataError)
     domain_dir = _domain_dir(root, subset)
     class_dir = _class_dir(domain_dir)
     base = _ImageFolder(class_dir, loader=_load_rgb, allow_empty=True)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..errors import DataError
+from ..validation import check_int
 from .domain import DIGIT_CLASSES, Domain, tensor_domain
 
 # Text fonts only: matplotlib also ships symbol fonts (cmsy, cmex, STIXSize...) whose digits are glyphs.
@@ -107,8 +108,7 @@ def render_printed_digits(n: int, *, image_size: int = 32, seed: int = 0) -> tup
 
 def load_printed_digits(*, image_size: int = 32, size: int = 3000, seed: int = 0) -> Domain:
     """The ``printed-digits`` domain: ``size`` rendered images (see module docstring)."""
-    if not isinstance(size, int) or size < 10:
-        raise DataError(f"printed-digits `size` must be an integer >= 10 (one per class), got {size!r}")
+    check_int(size, "the printed-digits size", low=10, doc="(at least one image per class)", error=DataError)
     images, labels = render_printed_digits(size, image_size=image_size, seed=seed)
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
     return tensor_domain("printed-digits", DIGIT_CLASSES, tensor, labels)

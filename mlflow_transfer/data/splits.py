@@ -9,6 +9,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Subset
 
 from ..errors import DataError
+from ..validation import check_number
 from .domain import Domain, RelabelledDataset
 
 
@@ -45,8 +46,8 @@ def split_domain(domain: Domain, *, val_fraction: float = 0.15, seed: int = 0,
         label_budget: keep only this many labelled training instances per class (validation is
             untouched), e.g. 10 for a few-shot target.
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    check_number(val_fraction, "val_fraction", low=0.0, high=1.0, low_open=True, high_open=True,
+                 doc="(the share of each class held out for validation)", error=DataError)
     rng = np.random.default_rng(seed)
     targets = domain.targets
     indices = np.arange(len(targets))

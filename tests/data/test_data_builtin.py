@@ -249,8 +249,15 @@ def test_label_budget_keeps_n_train_per_class_and_same_val(handwritten, cap):
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
 def test_val_fraction_out_of_range(fraction):
-    with pytest.raises(DataError, match="val_fraction"):
+    with pytest.raises(DataError, match=r"Expected val_fraction as a finite number in \(0, 1\) .+; got .+\.$"):
         split_domain(make_domain([10, 10]), val_fraction=fraction)
+
+
+@pytest.mark.parametrize("size", [9, 0, 2.5, "100"])
+def test_printed_digits_size_below_one_per_class_is_refused(size):
+    with pytest.raises(DataError, match=r"Expected the printed-digits size as an integer >= 10 \(at least one image "
+                                        r"per class\); got .+\.$"):
+        load_printed_digits(size=size)
 
 
 def test_class_with_one_instance_is_data_error():
