@@ -71,13 +71,17 @@ def sqlite_store(root: Path, experiment: str = "tests", *, template: Path | None
         mlflow.set_tracking_uri(previous)
 
 
-def log_model(model=None) -> mlflow.models.model.ModelInfo:
-    """Log ``model`` (by default an untrained alexnet-32 of 10 classes) in the active run, as `model`, in
-    MLflow's pickle-free pt2 format (the input example makes it exportable)."""
+def log_model(model=None, **options) -> mlflow.models.model.ModelInfo:
+    """Log ``model`` (by default an untrained alexnet-32 of 10 classes) in the active run as `model`: as
+    mlflow-transfer logs its models, in MLflow's pickle-free pt2 format (the input example makes it
+    exportable) with the torch requirement given (inferring it would load the model in a subprocess,
+    ~8 s). ``options`` go to ``mlflow.pytorch.log_model`` over these."""
     import mlflow.pytorch
     import torch
 
     from mlflow_transfer.models import build_model
 
     model = build_model("alexnet-32", 10).eval() if model is None else model
-    return mlflow.pytorch.log_model(model, name="model", input_example=torch.rand(2, 3, 32, 32).numpy())
+    options = {"name": "model", "input_example": torch.rand(2, 3, 32, 32).numpy(),
+               "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"], **options}
+    return mlflow.pytorch.log_model(model, **options)
