@@ -2,13 +2,14 @@
 ids, hostile recipes and images, unfinished runs, and runs left RUNNING by a killed process.
 
 Each bad input must end in one `mlflow-transfer: error:` line (a `TransferError`), exit status 2 and no
-run left RUNNING. Real sqlite stores and real `mlflow-transfer` subprocesses throughout.
+run left RUNNING. Real sqlite stores throughout. The commands run in this process through their click
+entry point (`helpers.cli.invoke`), and as real processes where a process is the point: a training
+killed with SIGKILL, `mlflow run` of the MLproject, and the installed command's own error line.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -19,10 +20,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from helpers import REPO, TESTS
+from helpers import REPO
+from helpers.cli import invoke, one_error_line, run_command
 from helpers.models import MarkerNet
 from helpers.servers import BIN
-from helpers.tracking import TINY, log_model
+from helpers.tracking import TINY, Store, log_model
 from mlflow import MlflowClient
 
 from mlflow_transfer.config import Recipe, load_recipe
@@ -35,33 +37,17 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
-def store(tracking_store):
-    """``(folder, environment)`` of a test's own store; in the environment `helpers.models` imports by
-    that name (a trusted load unpickles MarkerNet in the subprocess) and MLflow's pickle opt-in is unset."""
-    env = {**tracking_store.env, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    env.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)
-    return tracking_store.root, env
-
-
-def _cli(env, *args, timeout=300):
-    return subprocess.run([str(BIN / "mlflow-transfer"), *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def _runs():
-    return mlflow.search_runs(search_all_experiments=True, output_format="list")
+def store(tracking_store, monkeypatch):
+    """A test's own store, with MLflow's pickle opt-in unset (its environment for subprocesses has none)."""
+    monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
+    return tracking_store
 
 
 def _one_error(proc, *fragments):
-    """Exit 2, exactly one error line holding every fragment, no traceback, no run left RUNNING."""
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("mlflow-transfer: error:")]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    assert "Traceback" not in proc.stderr
-    assert [r.info.run_id for r in _runs() if r.info.status == "RUNNING"] == []
-    return errors[0]
+    """One error line holding every fragment, exit status 2, no traceback, and no run left RUNNING."""
+    line = one_error_line(proc, *fragments)
+    assert [r.info.run_id for r in Store.runs() if r.info.status == "RUNNING"] == []
+    return line
 
 
 # --------------------------------------------------------------------------- pickled logged models
@@ -72,35 +58,32 @@ def _pickled_source_run(marker: Path) -> tuple[str, str]:
     with mlflow.start_run() as run:
         mlflow.set_tags({TAGS.role: "source", TAGS.model: "alexnet-32", TAGS.classes: CLASSES,
                          TAGS.recipe: "digits"})
-        uri = mlflow.pytorch.log_model(MarkerNet(marker), name="model", serialization_format="pickle").model_uri
+        uri = log_model(MarkerNet(marker), serialization_format="pickle", input_example=None).model_uri
     marker.unlink(missing_ok=True)  # MLflow itself may reload the model while logging it
     return run.info.run_id, uri
 
 
 def test_finetune_refuses_a_pickled_source_model_unless_trusted(store):
-    tmp, env = store
-    marker = tmp / "unpickled"
+    marker = store.root / "unpickled"
     run_id, _ = _pickled_source_run(marker)
-    proc = _cli(env, "finetune", "--source-run-id", run_id, "--set", TINY)
-    _one_error(proc, "serialization_format='pickle'", "--trust-pickled-models",
-               "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true")
+    _one_error(invoke("finetune", "--source-run-id", run_id, "--set", TINY), "serialization_format='pickle'",
+               "--trust-pickled-models", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true")
     assert not marker.exists()  # refused before anything was unpickled
-    assert [r.data.tags.get(TAGS.role) for r in _runs()] == ["source"]  # no target run was started
+    assert [r.data.tags.get(TAGS.role) for r in store.runs()] == ["source"]  # no target run was started
 
-    proc = _cli(env, "finetune", "--source-run-id", run_id, "--set", TINY, "--trust-pickled-models")
+    proc = invoke("finetune", "--source-run-id", run_id, "--set", TINY, "--trust-pickled-models")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker.exists()
-    target = [r for r in _runs() if r.data.tags.get(TAGS.role) == "target"]
+    target = [r for r in store.runs() if r.data.tags.get(TAGS.role) == "target"]
     assert len(target) == 1 and target[0].info.status == "FINISHED"
 
 
 def test_diagnose_refuses_pickled_model_uris_unless_trusted(store, monkeypatch):
     from mlflow_transfer.tracking.diagnose import resolve_pair
 
-    tmp, env = store
-    marker = tmp / "unpickled"
+    marker = store.root / "unpickled"
     _, uri = _pickled_source_run(marker)
-    proc = _cli(env, "diagnose", "--source-model-uri", uri, "--target-model-uri", uri,
+    proc = invoke("diagnose", "--source-model-uri", uri, "--target-model-uri", uri,
                 "--recipe", "recipes/digits.yaml", "--set", TINY)
     _one_error(proc, f"at {uri}", "--trust-pickled-models")
     assert not marker.exists()
@@ -143,8 +126,7 @@ def test_model_uris_must_name_a_model_on_the_server(store, uri, fragment):
 
 
 def test_diagnose_refuses_a_local_path_as_model_uri(store):
-    _, env = store
-    _one_error(_cli(env, "diagnose", "--source-model-uri", "/", "--target-model-uri", "/",
+    _one_error(invoke("diagnose", "--source-model-uri", "/", "--target-model-uri", "/",
                     "--recipe", "recipes/digits.yaml"), "Expected a model URI of the form", "got '/'")
 
 
@@ -158,8 +140,7 @@ def test_diagnose_refuses_a_local_path_as_model_uri(store):
     (["finetune", "--source-run-id", "abc\x1b[2J"], "--source-run-id"),
 ])
 def test_malformed_run_ids_are_refused_before_any_lookup(store, args, option):
-    _, env = store
-    line = _one_error(_cli(env, *args), f"Expected a {option} value of letters, digits")
+    line = _one_error(invoke(*args), f"Expected a {option} value of letters, digits")
     assert "\x1b" not in line  # a control character in the input never reaches the terminal raw
 
 
@@ -194,10 +175,9 @@ def _bomb_yaml() -> str:
     (b"name: x\ndata: {source: [unclosed\n", "to be valid YAML; got"),
 ])
 def test_hostile_recipe_files_are_one_clear_error(store, content, fragment):
-    tmp, env = store
-    path = tmp / "recipe.yaml"
+    path = store.root / "recipe.yaml"
     path.write_bytes(content)
-    _one_error(_cli(env, "train-source", "--recipe", str(path), timeout=120), str(path), fragment)
+    _one_error(invoke("train-source", "--recipe", str(path)), str(path), fragment)
 
 
 def test_a_huge_recipe_file_is_refused(tmp_path):
@@ -232,9 +212,10 @@ def test_non_finite_floats_are_refused_for_every_float_key(key, value):
 
 def test_nan_learning_rate_from_the_command_line(store):
     assert {"source.lr", "target.momentum", "data.val_fraction"} <= set(FLOAT_KEYS)  # the walk above works
-    _, env = store
-    _one_error(_cli(env, "train-source", "--set", "source.lr=nan"), "Expected `source.lr` to be a finite number")
-    assert _runs() == []
+    # the installed command itself, in a process of its own: one line on its stderr, exit status 2
+    _one_error(run_command(store.env, "train-source", "--set", "source.lr=nan"),
+               "Expected `source.lr` to be a finite number")
+    assert store.runs() == []
 
 
 # --------------------------------------------------------------------------- hostile images
@@ -268,10 +249,9 @@ def _imagefolder_recipe(tmp: Path, bad: bytes) -> Path:
 
 @pytest.mark.parametrize("width", [100_000, 13_000])  # above 2x MAX_IMAGE_PIXELS (PIL errors), above 1x (PIL warns)
 def test_decompression_bomb_image_is_a_data_error_naming_the_file(store, width):
-    tmp, env = store
-    recipe = _imagefolder_recipe(tmp, _png_header_only(width, width))
-    _one_error(_cli(env, "train-source", "--recipe", str(recipe)), "bomb.png", "decompression bomb")
-    assert [r.info.status for r in _runs()] == ["FAILED"]  # the source run that met it
+    recipe = _imagefolder_recipe(store.root, _png_header_only(width, width))
+    _one_error(invoke("train-source", "--recipe", str(recipe)), "bomb.png", "decompression bomb")
+    assert [r.info.status for r in store.runs()] == ["FAILED"]  # the source run that met it
 
 
 # --------------------------------------------------------------------------- unfinished runs
@@ -287,11 +267,10 @@ def _model_run(role: str, **tags) -> str:
 def test_diagnose_refuses_a_pair_with_an_unfinished_run(store):
     from mlflow_transfer.tracking.diagnose import resolve_pair
 
-    _, env = store
     source = _model_run("source")
     target = _model_run("target", **{TAGS.source_run_id: source})
     MlflowClient().set_terminated(target, "FAILED")
-    _one_error(_cli(env, "diagnose", "--target-run-id", target, "--recipe", "recipes/digits.yaml", "--set", TINY),
+    _one_error(invoke("diagnose", "--target-run-id", target, "--recipe", "recipes/digits.yaml", "--set", TINY),
                f"target run {target}", "got status FAILED", "--allow-unfinished")
     MlflowClient().set_terminated(target, "FINISHED")
     MlflowClient().set_terminated(source, "KILLED")
@@ -303,14 +282,13 @@ def test_diagnose_refuses_a_pair_with_an_unfinished_run(store):
 
 
 def test_mlproject_diagnose_passes_allow_unfinished(store):
-    tmp, env = store
     source = _model_run("source")
     target = _model_run("target", **{TAGS.source_run_id: source})
     MlflowClient().set_terminated(target, "FAILED")
     proc = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", "diagnose",
-                           "--experiment-name", "tests", "-P", f"target_run_id={target}",
+                           "--experiment-name", store.experiment, "-P", f"target_run_id={target}",
                            "-P", "allow_unfinished=false"],
-                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=store.root, env=store.env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "got status FAILED. Diagnose a FINISHED pair, or pass --allow-unfinished" in proc.stderr
 
@@ -322,14 +300,13 @@ def test_a_killed_training_is_found_and_marked_failed(store):
     from mlflow_transfer.plugin import transfer_context
     from mlflow_transfer.tracking.lifecycle import process_tags
 
-    tmp, env = store
-    proc = subprocess.Popen([str(BIN / "mlflow-transfer"), "train-source", "--experiment-name", "tests",
-                             "--set", TINY + ",source.epochs=200"], cwd=REPO, env=env,
+    proc = subprocess.Popen([str(BIN / "mlflow-transfer"), "train-source", "--experiment-name", store.experiment,
+                             "--set", TINY + ",source.epochs=200"], cwd=REPO, env=store.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, killed = time.time() + 240, None
     while time.time() < deadline and killed is None:
         time.sleep(1)
-        killed = next((r for r in _runs() if r.info.status == "RUNNING" and TAGS.pid in r.data.tags), None)
+        killed = next((r for r in store.runs() if r.info.status == "RUNNING" and TAGS.pid in r.data.tags), None)
     assert killed is not None, "the training never started its run"
     proc.send_signal(signal.SIGKILL)  # no handler runs: the run stays RUNNING
     proc.wait(timeout=60)
@@ -337,9 +314,9 @@ def test_a_killed_training_is_found_and_marked_failed(store):
     assert killed.data.tags[TAGS.pid] == str(proc.pid)
 
     with transfer_context(**{TAGS.role: "source", **process_tags()}), mlflow.start_run() as live:
-        listed = _cli(env, "runs", "--stale")
-        everything = _cli(env, "runs")
-        marked = _cli(env, "runs", "--stale", "--mark-failed")
+        listed = invoke("runs", "--stale")
+        everything = invoke("runs")
+        marked = invoke("runs", "--stale", "--mark-failed")
         assert MlflowClient().get_run(live.info.run_id).info.status == "RUNNING"
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert killed.info.run_id in listed.stdout and f"its process {proc.pid}" in listed.stdout
@@ -357,7 +334,7 @@ def test_runs_of_other_hosts_are_stale_only_after_older_than(store):
     from mlflow_transfer.tracking.lifecycle import find_stale_runs
 
     client = MlflowClient()
-    experiment = client.get_experiment_by_name("tests").experiment_id
+    experiment = client.get_experiment_by_name(store.experiment).experiment_id
     hours_ago = lambda h: int((time.time() - h * 3600) * 1000)  # noqa: E731
     old = client.create_run(experiment, start_time=hours_ago(30),
                             tags={TAGS.role: "target", TAGS.host: "elsewhere", TAGS.pid: "1"}).info.run_id
@@ -365,7 +342,7 @@ def test_runs_of_other_hosts_are_stale_only_after_older_than(store):
                                tags={TAGS.role: "target", TAGS.host: "elsewhere", TAGS.pid: "1"}).info.run_id
     untagged = client.create_run(experiment, start_time=hours_ago(30), tags={TAGS.role: "source"}).info.run_id
     foreign = client.create_run(experiment, start_time=hours_ago(30)).info.run_id  # not ours: never touched
-    stale = {r.run_id: r.reason for r in find_stale_runs(experiment_name="tests", older_than_hours=24)}
+    stale = {r.run_id: r.reason for r in find_stale_runs(experiment_name=store.experiment, older_than_hours=24)}
     assert set(stale) == {old, untagged}
     assert "on host elsewhere" in stale[old] and "no process tags" in stale[untagged]
     assert {r.run_id for r in find_stale_runs(older_than_hours=1)} == {old, recent, untagged}

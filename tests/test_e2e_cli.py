@@ -10,6 +10,7 @@ import time
 import mlflow
 import pytest
 from helpers import REPO
+from helpers.cli import one_error_line, run_command
 from helpers.servers import BIN
 from helpers.tracking import TINY
 from mlflow import MlflowClient
@@ -72,12 +73,7 @@ def test_mlflow_run_finetune_with_unknown_run_fails_cleanly(tracking_store):
     (["finetune", "--source-run-id", "0" * 32], "does not exist"),
 ])
 def test_cli_user_errors_are_one_line(tracking_store, args, message):
-    proc = subprocess.run([str(BIN / "mlflow-transfer"), *args], cwd=REPO, env=tracking_store.env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("mlflow-transfer: error:")]
-    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    one_error_line(run_command(tracking_store.env, *args), message)
 
 
 def test_interrupted_run_is_marked_failed(tracking_store):

@@ -39,9 +39,10 @@ def wait_until_up(url: str, proc: subprocess.Popen, seconds: float = 120) -> Non
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without the MLflow run/experiment/tracking variables a test run may carry (they
-    would redirect the subprocesses), the venv's bin first on PATH, plus ``extra``."""
+    would redirect the subprocesses) or a user's pickle opt-in, the venv's bin first on PATH, plus ``extra``."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")}
+           if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI",
+                        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION")}
     env["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
     env.update(extra)
     return env
