@@ -9,24 +9,30 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import DiagnosticsError
+from .validation import check_choice
 
-__all__ = ["tsne_projection"]
+__all__ = ["BH_BELOW", "tsne_projection"]
+
+BH_BELOW = 1_000  # points: below this Barnes–Hut gradients are faster, the FFT grid's fixed cost dominating
 
 
 def tsne_projection(embedding: np.ndarray, *, seed: int = 0, perplexity: float = 40.0,
                     learning_rate: float | str = "auto", n_jobs: int = -1,
-                    gradient: str = "fft") -> np.ndarray:
-    """2-D openTSNE projection (FFT-accelerated gradients) of ``embedding`` (N, D) → float32 (N, 2).
+                    gradient: str = "auto") -> np.ndarray:
+    """2-D openTSNE projection of ``embedding`` (N, D) → float32 (N, 2).
 
     Perplexity 40 follows the public viewer; it is lowered to (N − 1) / 3 for small N, as t-SNE
-    needs 3·perplexity neighbours. ``gradient="bh"`` (Barnes–Hut) is faster below ~1,000 points,
-    where the FFT grid's fixed cost per iteration dominates.
+    needs 3·perplexity neighbours. ``gradient``: ``"fft"`` (FFT-accelerated interpolation), ``"bh"``
+    (Barnes–Hut) or ``"auto"``, Barnes–Hut below `BH_BELOW` points and FFT from there on.
     """
     from openTSNE import TSNE
 
     x = np.asarray(embedding, dtype=np.float64)
     if x.ndim != 2 or len(x) < 4:
-        raise DiagnosticsError(f"t-SNE needs a 2-D array of at least 4 instances, got shape {x.shape}")
+        raise DiagnosticsError(f"Expected the embedding as a 2-D array of at least 4 instances (t-SNE needs "
+                               f"neighbours); got shape {x.shape}.")
+    if check_choice(gradient, "the t-SNE gradient", ("auto", "fft", "bh")) == "auto":
+        gradient = "bh" if len(x) < BH_BELOW else "fft"
     perplexity = float(min(perplexity, (len(x) - 1) / 3))
     tsne = TSNE(n_components=2, perplexity=perplexity, learning_rate=learning_rate,
                 negative_gradient_method=gradient, random_state=seed, n_jobs=n_jobs, verbose=False)

@@ -28,6 +28,6 @@ class DiagnoseOptions:
     similar: int = 5                        # patches also for each important neuron's k most similar in the other model
     patch_size: int = 24                    # px of each stored patch
     cka_max_instances: int = 500            # target instances used for CKA (seeded sample)
-    tsne_gradient: str = "fft"              # openTSNE negative gradient: "fft" or "bh"
+    tsne_gradient: str = "auto"             # openTSNE negative gradient: "fft", "bh" or "auto" (by size)
     batch_size: int = 4                     # instances per conductance batch (small is faster on CPU)
     seed: int = 0

@@ -67,8 +67,17 @@ def test_tsne_keeps_clusters_apart_and_is_seeded():
 
 def test_tsne_small_n_and_errors():
     assert tsne_projection(np.random.default_rng(0).normal(size=(10, 3)), n_jobs=1).shape == (10, 2)
-    with pytest.raises(DiagnosticsError, match="at least 4"):
+    with pytest.raises(DiagnosticsError, match=r"Expected the embedding as a 2-D array of at least 4 instances"):
         tsne_projection(np.zeros((3, 2)))
+    with pytest.raises(DiagnosticsError, match=r"Expected the t-SNE gradient as one of \('auto', 'fft', 'bh'\); got 'x'\."):
+        tsne_projection(np.zeros((8, 2)), gradient="x")
+
+
+def test_tsne_gradient_auto_is_barnes_hut_below_a_thousand_points():
+    x = np.random.default_rng(0).normal(size=(60, 5))
+    auto = tsne_projection(x, seed=2, n_jobs=1)
+    np.testing.assert_array_equal(auto, tsne_projection(x, seed=2, n_jobs=1, gradient="bh"))
+    assert not np.array_equal(auto, tsne_projection(x, seed=2, n_jobs=1, gradient="fft"))
 
 
 def test_thumbnails_decode_to_the_images():
