@@ -201,6 +201,27 @@ def test_the_app_reads_only_bundles_and_reaches_mlflow_only_through_its_readers(
     assert "mlflow_transfer.tracking.bundles" in _graph()["ui.readers"]  # the rule sees the one door
 
 
+# the app's own layers, bottom up: what reads bundles and the server, the views (drawn from a bundle,
+# knowing no state), the state, the tabs (Viewers over the state), the app that assembles them
+UI_LAYERS = (("ui.readers", "ui.projection"), ("ui.views",), ("ui.state",), ("ui.tabs", "ui.pair_browser"),
+             ("ui.app",))
+
+
+def _ui_layer(module: str) -> int | None:
+    return next((i for i, names in enumerate(UI_LAYERS) if module == names or module.startswith(names)), None)
+
+
+def test_no_app_module_imports_a_layer_above_its_own():
+    graph = _graph()
+    offenders = [f"{module} imports {target}" for module, targets in graph.items() for target in targets
+                 if _ui_layer(module) is not None and _ui_layer(target) is not None
+                 and _ui_layer(target) > _ui_layer(module)]
+    assert offenders == []
+    # the rule sees each layer's imports
+    assert {"ui.tabs.network", "ui.pair_browser"} <= graph["ui.app"] and "ui.state" in graph["ui.tabs.base"]
+    assert "ui.views.network" in graph["ui.tabs.network"] and "ui.readers" in graph["ui.views.pairs"]
+
+
 def _loaded_after(statement: str) -> set[str]:
     """Top-level and ``mlflow_transfer.*`` modules in ``sys.modules`` after ``statement`` in a fresh
     interpreter (run from the repository root, so ``ui`` imports as the server imports it)."""
