@@ -55,8 +55,12 @@ _TRUST_PICKLED = _bool_option("--trust-pickled-models", "Allow logged models sav
                               "[default: false, only MLflow's pickle-free pt2 format and state dicts]")
 
 
-def _user_errors(fn):
-    """Print user errors as one line and exit non-zero; Ctrl-C / SIGTERM exit 130."""
+def _user_errors(fn=None, *, opens_runs: bool = True):
+    """Print user errors as one line and exit non-zero; Ctrl-C / SIGTERM exit 130 (saying that the
+    command's open runs were closed as FAILED when it ``opens_runs``)."""
+    if fn is None:
+        return lambda f: _user_errors(f, opens_runs=opens_runs)
+    interrupted = "interrupted; the open runs were marked FAILED" if opens_runs else "interrupted"
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
@@ -70,7 +74,7 @@ def _user_errors(fn):
             click.echo(f"mlflow-transfer: error: {_one_line(str(exc))}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("mlflow-transfer: interrupted; the open runs were marked FAILED", err=True)
+            click.echo(f"mlflow-transfer: {interrupted}", err=True)
             sys.exit(130)
 
     return wrapper
@@ -235,7 +239,7 @@ def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_ur
 @main.command("validate-bundle", help="Check a downloaded diagnostics bundle folder (manifest, schema "
                                       "version, every file's size and hash).")
 @click.argument("path", type=click.Path(file_okay=False))
-@_user_errors
+@_user_errors(opens_runs=False)
 def validate_bundle_cmd(path):
     from .bundle import validate_bundle
 
@@ -252,7 +256,7 @@ def validate_bundle_cmd(path):
 @click.option("--experiment-name", default="", help="Open this experiment [default: the first with a "
               "diagnosed pair].")
 @click.option("--pair", default="", help="Open this diagnostics run id [default: the newest pair].")
-@_user_errors
+@_user_errors(opens_runs=False)
 def ui_cmd(host, port, tracking_uri, experiment_name, pair):
     from ui.server import serve
 
@@ -310,7 +314,7 @@ def finetune_cmd(source_run_id, source_epoch, recipe, overrides, data_root, trac
 @_TRACKING
 @click.option("--experiment-name", default=None, envvar="MLFLOW_EXPERIMENT_NAME",
               help="Only this experiment [default: all experiments].")
-@_user_errors
+@_user_errors(opens_runs=False)
 def runs_cmd(stale, mark_failed, older_than, tracking_uri, experiment_name):
     import datetime
 

@@ -14,6 +14,7 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -172,3 +173,16 @@ def test_the_shared_reprojection_cache_is_bounded_in_bytes(tiny_bundle, monkeypa
     assert projection.reprojected(b, ["a", "b"])[1] is first  # still cached
     projection.reprojected(b, ["a", "c"])
     assert len(projection._CACHE) == 1 and all(v is not first for v in projection._CACHE.values())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_a_kill_stops_the_app_without_claiming_runs_marked_failed(tmp_path, sig):
+    """The app opens no run: stopping it prints nothing about FAILED runs, and no traceback."""
+    app = Served(tmp_path)
+    app.proc.send_signal(sig)
+    assert app.proc.wait(timeout=30) in (0, 130)
+    time.sleep(0.5)  # the reader thread drains the last lines
+    said = []
+    while not app.lines.empty():
+        said.append(app.lines.get())
+    assert not [line for line in said if "FAILED" in line or "Traceback" in line], said
