@@ -2,19 +2,24 @@
 
 Colour = class, cross = source domain, circle = target domain, dark ring = mispredicted by the target
 model; hovering shows the thumbnail, domain, true label and the target model's prediction. Above
-`RASTER_THRESHOLD` points the scatter is shaded by Datashader on the server (one image per zoom level)
-and hovering names the instance under the cursor (its row in the bundle's instance table, domain,
-true label and prediction), so a million points stay usable.
+`RASTER_THRESHOLD` points the scatter is shaded by Datashader on the server, one image per zoom at the
+plot's size, and hovering names the instance under the cursor (its row in the bundle's instance table,
+domain, true label and prediction) from an invisible image of keys sent along, so a million points
+stay usable. A zoom's time goes to the server's one pass over the points and its shading, and to the
+bytes the browser receives and paints; the comments below say how each is kept small.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import datashader as ds
+import datashader.transfer_functions as tf
 import holoviews as hv
 import numpy as np
 import pandas as pd
-from bokeh.models import CustomJSHover
-from holoviews.operation.datashader import datashade, rasterize
+from bokeh.models import ColumnDataSource, CustomJSHover
+from datashader.colors import rgb
 from holoviews.plotting.bokeh.callbacks import RangeXYCallback
 
 from .images import data_uri
@@ -62,15 +67,27 @@ def _thumbnails(instances: dict, rows: np.ndarray) -> list[str]:
     return [data_uri(thumbs[r]) for r in rows]
 
 
-# HoloViews waits until a plot's ranges have been still for 100 ms before re-aggregating; the 50 ms
-# level-of-detail timeout below already folds a wheel gesture into one update, so 20 ms is enough.
-RangeXYCallback.debounce = 20
+# Bokeh reports ranges once per gesture (a pan's end, a wheel's level-of-detail timeout below), so
+# there is nothing left for HoloViews to debounce on the server; and its debounce waits in steps of
+# 50 ms, so any debounce at all delays every zoom by 50 ms where None waits 10 ms.
+RangeXYCallback.debounce = None
 
 
-def _prompt_ranges(plot, _element) -> None:
+def _raster_figure(plot, _element, cmap: dict[str, str]) -> None:
     """Report a zoom to the server 50 ms after the wheel stops instead of Bokeh's 500 ms
-    level-of-detail timeout, which would otherwise alone exceed the 0.5 s re-rasterise goal."""
-    plot.state.lod_timeout = 50
+    level-of-detail timeout, a wait the user would see on every zoom; paint on a plain canvas:
+    HoloViews asks for WebGL, which draws nothing faster for images but copies the whole WebGL
+    canvas onto the page at every paint, slow where the browser renders without a GPU; and key the
+    class colours in a legend, as HoloViews' datashade does (an invisible glyph per class)."""
+    figure = plot.state
+    figure.lod_timeout = 50
+    figure.output_backend = "canvas"
+    if not any("class_legend" in r.tags for r in figure.renderers):  # (hooks run again on every redraw)
+        source = ColumnDataSource({"x": [0] * len(cmap), "y": [0] * len(cmap), "class": list(cmap),
+                                   "color": list(cmap.values())})
+        key = figure.scatter("x", "y", source=source, color="color", legend_field="class", visible=False)
+        key.tags = ["class_legend", "hv_legend"]  # HoloViews keeps the legend items of hv_legend glyphs
+        figure.legend.location = "top_right"
 
 
 _TOOLTIP = """<div><img src="@thumbnail" width="48" height="48" style="image-rendering:pixelated">
@@ -96,41 +113,143 @@ def hover_key(frame: pd.DataFrame, n_classes: int) -> np.ndarray:
     return key.astype(np.float64)
 
 
+# A hover pixel without an instance, when the keys travel as uint32 (NaN when they need float64).
+NO_INSTANCE = 2 ** 32 - 1
+
+
 def hover_formatter(classes: list[str]) -> CustomJSHover:
-    """The tooltip's formatter for a pixel of the max(:func:`hover_key`) image (NaN where no instance):
-    ``#row · domain · true class · predicted class``, decoded in the browser."""
-    return CustomJSHover(args={"names": list(classes), "bits": _class_bits(len(classes))}, code="""
-if (!Number.isFinite(value)) return "none";
+    """The tooltip's formatter for a pixel of the max(:func:`hover_key`) image (NaN or `NO_INSTANCE`
+    where no instance): ``#row · domain · true class · predicted class``, decoded in the browser."""
+    return CustomJSHover(args={"names": list(classes), "bits": _class_bits(len(classes)), "none": NO_INSTANCE},
+                         code="""
+if (!Number.isFinite(value) || value === none) return "none";
 const s = 2 ** bits, pred = value % s, rest = Math.floor(value / s), label = rest % s;
 const rest2 = Math.floor(rest / s), domain = rest2 % 2 ? "target" : "source", row = Math.floor(rest2 / 2);
 return `#${row} · ${domain} domain · true ${names[label]} · predicted ${names[pred]}`;
 """)
 
 
+def shade_counts(counts: np.ndarray, colors: list[str], min_alpha: int = 80) -> np.ndarray:
+    """(H, W) uint32 RGBA of a (H, W, C) uint32 count per pixel and class: the image HoloViews'
+    ``datashade(aggregator=count_cat, color_key=..., min_alpha=min_alpha)`` makes (Datashader's
+    ``shade`` with ``how="eq_hist"``, then every transparent pixel zeroed).
+
+    Colour = the classes' colours weighted by their counts, opacity = the pixel's total count,
+    histogram-equalised over the drawn pixels into [min_alpha, 255]. The arithmetic is Datashader's
+    (float32 colour sums), so the image is the same bit for bit while a pixel's counts times 255
+    stay exact in float32. Written out rather than called because Datashader's ``shade`` is most
+    of a zoom's work on the server: it works every pixel and class through float32 copies, where
+    this divides and equalises the drawn pixels only; and it mixes colours in one matrix product
+    over all pixels, which has OpenBLAS start its threads, and on a machine whose cores are busy
+    those wait for each other — here the product runs in blocks of `_BLOCK` pixels, each too small
+    for OpenBLAS to thread.
+    """
+    h, w, n = counts.shape
+    flat = counts.reshape(-1, n)
+    out = np.zeros(h * w, np.uint32)
+    baseline = int(flat.min()) if flat.size else 0  # Datashader mixes colours above the smallest count
+    mass = flat.astype(np.float32)
+    if baseline:
+        mass -= np.float32(baseline)
+    weights = np.ones((n, 4), np.float32)
+    weights[:, :3] = [rgb(c) for c in colors]
+    sums = np.empty((h * w, 4), np.float32)  # red, green, blue sums and the weight of each pixel
+    for start in range(0, h * w, _BLOCK):
+        np.matmul(mass[start:start + _BLOCK], weights, out=sums[start:start + _BLOCK])
+    drawn = np.arange(h * w) if baseline else np.flatnonzero(sums[:, 3])
+    if len(drawn):
+        part = sums[drawn]
+        rgba = np.empty((len(drawn), 4), np.uint8)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rgba[:, :3] = (part[:, :3] / part[:, 3:]).astype(np.uint8)
+        # (no weight above the baseline: Datashader's mean of the colours)
+        rgba[part[:, 3] == 0, :3] = (weights[:, :3].sum(0) / np.float32(n)).astype(np.uint8)
+        rgba[:, 3] = _alpha(part[:, 3].astype(np.uint64) + baseline * n, empty=len(drawn) < h * w,
+                            min_alpha=min_alpha)
+        rgba[rgba[:, 3] == 0] = 0
+        out[drawn] = rgba.view(np.uint32).ravel()
+    return out.reshape(h, w)
+
+
+_BLOCK = 4096
+
+
+def _alpha(total: np.ndarray, empty: bool, min_alpha: int) -> np.ndarray:
+    """uint8 opacity of the drawn pixels' total counts, as Datashader's eq_hist (which equalises
+    floats when some pixel is empty, integers otherwise) and its rescale_discrete_levels."""
+    level = (total.astype(np.float64) if empty else total) - total.min()
+    scaled, levels = tf.eq_hist(level, np.zeros(len(level), bool))
+    lo, hi = float(scaled.min()), float(scaled.max())
+    multiple = -0.5 / 98 * levels + (1.5 + 1 / 98)  # 1.5 at 2 levels down to 1 at 100
+    if multiple > 1:
+        lo, hi = max(hi - multiple * (hi - lo), 0), 1
+    alpha = np.interp(scaled, np.hstack([lo, hi]), np.array([min_alpha, 255]), left=0, right=255)
+    return np.nan_to_num(alpha, copy=False).astype(np.uint8)
+
+
+def _pooled_keys(key: np.ndarray, wide: bool) -> np.ndarray:
+    """max(hover key) over 2×2 pixels (an odd last row or column pooled with NaN): uint32 with
+    `NO_INSTANCE` where no instance, or float64 with NaN when the keys need more than 32 bits."""
+    h, w = key.shape
+    if h % 2 or w % 2:
+        key = np.pad(key, ((0, h % 2), (0, w % 2)), constant_values=np.nan)
+    rows = np.fmax(key[0::2], key[1::2])
+    pooled = np.fmax(rows[:, 0::2], rows[:, 1::2])
+    return pooled if wide else np.nan_to_num(pooled, nan=NO_INSTANCE).astype(np.uint32)
+
+
+def _raster(frame: pd.DataFrame, classes: list[str], cmap: dict[str, str]) -> hv.DynamicMap:
+    """Datashader's image of ``frame`` for the plot's current ranges and size, and above it the
+    invisible hover layer, redrawn on each zoom, pan or resize."""
+    key = hover_key(frame, len(classes))
+    wide = bool(len(key)) and key.max() >= NO_INSTANCE
+    # Sorted by x, so that a zoom aggregates only the slice of points between the view's x bounds.
+    by_x = np.argsort(frame["x"].to_numpy(np.float64), kind="stable")
+    data = pd.DataFrame({"x": frame["x"].to_numpy(np.float64)[by_x], "y": frame["y"].to_numpy(np.float64)[by_x],
+                         "class": pd.Categorical(frame["class"], categories=classes)[by_x], "key": key[by_x]})
+    xs = data["x"].to_numpy()
+    colors = [cmap[c] for c in classes]
+    extent = [_span(data["x"]), _span(data["y"])]
+
+    def draw(x_range=None, y_range=None, width=None, height=None, scale=1.0):  # PlotSize scales width, height
+        (x0, x1), (y0, y1) = x_range or extent[0], y_range or extent[1]
+        # One pass over the points, at the plot's size in CSS pixels (a device pixel ratio of 2
+        # would send four times the pixels for the same look of single-pixel points).
+        canvas = ds.Canvas(plot_width=width or 400, plot_height=height or 400, x_range=(x0, x1), y_range=(y0, y1))
+        shown = data.iloc[np.searchsorted(xs, x0, "left"):np.searchsorted(xs, x1, "right")]
+        agg = canvas.points(shown, "x", "y", ds.summary(counts=ds.count_cat("class"), key=ds.max("key")))
+        rgba = shade_counts(agg["counts"].data, colors)[::-1]  # Datashader's first row is the bottom one
+        image = hv.RGB(rgba.view(np.uint8).reshape(*rgba.shape, 4), bounds=(x0, y0, x1, y1))
+        # Hover resolves 2×2 pixels: a quarter of the key bytes, and a pixel's neighbour is as
+        # close as a hand can point; uint32 (while the keys fit) is half the bytes of float64.
+        keys = _pooled_keys(agg["key"].data, wide)[::-1]
+        h, w = agg["key"].shape  # the pooled image covers an even number of pixels each way
+        bounds = (x0, y0, x0 + 2 * keys.shape[1] * (x1 - x0) / w, y0 + 2 * keys.shape[0] * (y1 - y0) / h)
+        return image * hv.Image(keys, bounds=bounds, vdims=["key"])
+
+    hover = hv.opts.Image(alpha=0, tools=["hover"], hover_tooltips=[("instance", "@image{custom}")],
+                          hover_formatters={"@image": hover_formatter(classes)}, colorbar=False)
+    return hv.DynamicMap(draw, streams=[hv.streams.RangeXY(), hv.streams.PlotSize()]).opts(hover)
+
+
+def _span(values: pd.Series) -> tuple[float, float]:
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
+
+
 def instance_scatter(frame: pd.DataFrame, classes: list[str], instances: dict | None = None,
-                     threshold: int = RASTER_THRESHOLD) -> hv.Element | hv.Overlay:
+                     threshold: int = RASTER_THRESHOLD) -> hv.Element | hv.Overlay | hv.DynamicMap:
     """The scatter of :func:`instance_frame` rows (points ≤ ``threshold``) or its Datashader raster.
 
     ``instances`` supplies the thumbnails shown on hover (omitted: no images in the tooltip).
     """
-    opts = dict(responsive=True, min_height=420, xaxis=None, yaxis=None)
+    opts = {"responsive": True, "min_height": 420, "xaxis": None, "yaxis": None}
     if frame.empty:
         return hv.Points([], ["x", "y"]).opts(**opts, title="No instances of the selected classes")
     cmap = {c: class_color(i) for i, c in enumerate(classes)}
     if len(frame) > threshold:
-        points = hv.Points(frame.assign(key=hover_key(frame, len(classes))), ["x", "y"], ["class", "row", "key"])
-        # Shaded on the server: the browser gets one RGBA image (4 bytes a pixel) instead of a count per
-        # class and pixel (40 bytes with 10 classes), which it would have to colour itself.
-        image = datashade(points, aggregator=ds.count_cat("class"), color_key=cmap, min_alpha=80)
-        # Hover names the instance under the cursor from a second, invisible aggregate: the max of
-        # hover_key, whose high bits are the row, so it picks the pixel's last instance as max(row)
-        # would, and whose low bits carry its domain, label and prediction for the tooltip to decode.
-        # One max costs 0.02 s for 1M points where Datashader's per-pixel selector (which fetches
-        # the row's columns) costs 0.3–0.5 s on each zoom.
-        who = rasterize(points, aggregator=ds.max("key"), pixel_ratio=0.5).opts(  # 2×2 px cells: a quarter of the bytes
-            alpha=0, tools=["hover"], hover_tooltips=[("instance", "@image{custom}")],
-            hover_formatters={"@image": hover_formatter(classes)}, colorbar=False)
-        return (image * who).opts(hv.opts.Overlay(**opts, title="Instances (t-SNE)", hooks=[_prompt_ranges]))
+        figure = partial(_raster_figure, cmap=cmap)
+        return _raster(frame, classes, cmap).opts(hv.opts.Overlay(**opts, title="Instances (t-SNE)", hooks=[figure]))
     frame = frame.assign(thumbnail=_thumbnails(instances, frame["row"].to_numpy()) if instances else "")
     vdims = ["class", "domain", "prediction", "mispredicted", "thumbnail", "row"]
     tooltips = _TOOLTIP if instances else [("domain", "@domain"), ("true", "@class"), ("predicted", "@prediction")]
