@@ -4,11 +4,12 @@ Goals (issue 4): (1) switching to another pair whose bundle is already cached up
 ≤ 3 s; (2) the instance view with 1,000,000 points paints first in ≤ 3 s and re-rasterises after a
 zoom in ≤ 0.5 s. Each is printed with its ratio to the goal and to a baseline from the same run.
 
-Set-up (self-contained): two real pair bundles are built here (``diagnose_pair`` on two untrained
-alexnet-32 pairs, ``--classes`` × ``--per-class`` random images, n_steps 2, different seeds and
-scores) and a generated instance frame (``--points`` rows in Gaussian blobs, one per class, the columns
-of ``instance_frame``). This script then re-runs itself as the server (``--serve``, a subprocess, so
-its CPU time is its own), which serves with ``pn.serve`` on 127.0.0.1:
+Set-up (self-contained): two real pair bundles are built here by the tests' factory
+(``tests/helpers/bundles.py``: two untrained alexnet-32 pairs, ``--classes`` × ``--per-class`` random
+images, different seeds and scores) and a generated instance frame (``--points`` rows in Gaussian
+blobs, one per class, the columns of ``instance_frame``). This script then re-runs itself as the
+server (``--serve``, a subprocess, so its CPU time is its own), which serves with ``pn.serve`` on
+127.0.0.1:
 
 * ``/app`` — ``build_app(MemorySource(...))`` over the two bundle folders: "cached" as in a bundle
   already downloaded (each switch opens the folder again, hash check included; the time of that is
@@ -66,12 +67,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, REPO / "tests"):  # the app, and the tests' bundle factory and browser
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+from helpers.browser import CHROMIUM, CHROMIUM_ARGS
+from helpers.bundles import write_tiny_bundle
+
 SWITCH_GOAL, FIRST_PAINT_GOAL, ZOOM_GOAL = 3.0, 3.0, 0.5
 SCORES = (0.125, -0.05)  # transferability scores of the two pairs: the badge tells them apart
 TABS = ("Statistics", "Instances", "Network", "Features")
@@ -81,40 +83,12 @@ TABS = ("Statistics", "Instances", "Network", "Features")
 # Data
 
 
-def build_bundle(root: Path, seed: int, n_classes: int, per_class: int, score: float) -> None:
-    """A real pair bundle of two untrained alexnet-32 models on random images (as conftest's tiny_bundle)."""
-    import torch
-
-    from mlflow_transfer.bundle.writer import write_pair_bundle
-    from mlflow_transfer.diagnostics.engine import (
-        DiagnoseOptions,
-        Instances,
-        diagnose_pair,
-    )
-    from mlflow_transfer.models import build_model
-
-    torch.manual_seed(seed)
-    source = build_model("alexnet-32", n_classes).eval()
-    target = build_model("alexnet-32", n_classes).eval()
-    n = n_classes * per_class
-    idx = np.arange(n)
-    rng = np.random.default_rng(seed)
-    domain = (idx % 2).astype(np.int8)
-    labels = ((idx // 2) % n_classes).astype(np.int64)
-    split = (rng.random(n) < 0.3).astype(np.int8)
-    images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-    opts = DiagnoseOptions(n_steps=2, folds=3, tsne_gradient="bh", weight_max_instances=4, patches=2, seed=seed)
-    diag = diagnose_pair(source, target, Instances(images, labels, domain, split, idx),
-                         tuple(str(c) for c in range(n_classes)), opts)
-
-    def curve(k: int) -> list[float]:
-        return np.round(np.sort(rng.uniform(0.1, 0.95, k)), 3).tolist()
-
-    history = {("source", "target_val"): ([0, 1, 2], curve(3)), ("target", "target_val"): ([0, 1, 2], curve(3)),
-               ("source", "source_train"): ([0, 1, 2], curve(3))}
-    write_pair_bundle(root, diag, history=history,
-                      meta={"runs": {"source": f"s{seed}", "target": f"t{seed}", "diagnostics": f"d{seed}"},
-                            "scores": {"transferability_score": score}})
+def build_bundles(roots: list[Path], n_classes: int, per_class: int) -> None:
+    """The two pairs: ``n_classes`` × ``per_class`` instances each, seeds 1 and 2, scores `SCORES`."""
+    for i, root in enumerate(roots):
+        write_tiny_bundle(root, tuple(str(c) for c in range(n_classes)), n_instances=n_classes * per_class,
+                          seed=i + 1, meta={"runs": {"source": f"s{i}", "target": f"t{i}", "diagnostics": f"d{i}"},
+                                            "scores": {"transferability_score": SCORES[i]}})
 
 
 def generated_frame(n: int, n_classes: int = 10, seed: int = 0):
@@ -587,8 +561,7 @@ def main() -> None:
         t = time.perf_counter()
         roots = [tmp / "pair-a", tmp / "pair-b"]
         with contextlib.redirect_stderr(io.StringIO()):  # the engine's progress lines are not results
-            for i, root in enumerate(roots):
-                build_bundle(root, seed=i + 1, n_classes=args.classes, per_class=args.per_class, score=SCORES[i])
+            build_bundles(roots, args.classes, args.per_class)
         print(f"built 2 bundles ({args.classes} classes × {args.per_class} instances per domain pair, n_steps 2) "
               f"in {time.perf_counter() - t:.0f} s", flush=True)
         py_open = _seconds(lambda: PairBundle.open(roots[0]))
