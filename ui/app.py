@@ -21,7 +21,9 @@ from ui.tabs.instances import InstancesTab
 from ui.tabs.network import NetworkTab
 from ui.tabs.statistics import StatisticsTab
 
-pn.extension("tabulator", notifications=False, loading_indicator=True)
+# No spinner by default: each one shown and hidden costs the browser a layout of the page, and a pair
+# loads within one server callback, whose changes reach the browser together anyway.
+pn.extension("tabulator", notifications=False, loading_indicator=False)
 
 TABS = (StatisticsTab, InstancesTab, NetworkTab, FeaturesTab)  # in this order; ?tab= is the position
 
@@ -55,7 +57,8 @@ def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> p
         pn.state.location.param.watch(complete_url, "search")
         pn.state.onload(complete_url)
 
-    # switching pairs keeps the open tab; a tab is drawn when shown and redrawn only while it is open
+    # Switching pairs keeps the open tab. Only the open tab is in the browser (dynamic): Bokeh lays
+    # out every model it holds on each change, hidden ones included.
     tabs = pn.Tabs(*[(tab.title, tab(state=state, index=i)) for i, tab in enumerate(TABS)], dynamic=True,
                    active=state.tab, sizing_mode="stretch_width")
     tabs.link(state, active="tab", bidirectional=True)
@@ -63,7 +66,7 @@ def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> p
                                    visible=pn.bind(lambda b: b is None, state.param.bundle))
     views = pn.Column(placeholder, pn.Column(tabs, visible=pn.bind(lambda b: b is not None, state.param.bundle),
                                              sizing_mode="stretch_width"),
-                      loading=state.param.loading, sizing_mode="stretch_width")
+                      sizing_mode="stretch_width")
     app = pn.Column(pn.pane.Markdown("# mlflow-transfer — what knowledge moved"), PairBrowser(state=state), views,
                     sizing_mode="stretch_width")
     app.state = state  # for tests and embedding

@@ -156,7 +156,7 @@ def test_feature_view_renders_the_ranking_and_the_biplot(served, page):
     page.get_by_text("Features", exact=True).click()
     page.get_by_text("-fold CV accuracy").first.wait_for(timeout=60_000)
     page.locator(".tabulator-row").last.wait_for(timeout=30_000)
-    page.locator("canvas").nth(1).wait_for(timeout=30_000)  # the biplot is drawn (its own part of the tab)
+    page.locator("canvas >> visible=true").first.wait_for(timeout=30_000)  # the biplot is drawn (its own part)
     _shot(page, "features")
 
 

@@ -284,17 +284,18 @@ def test_a_pair_switch_redraws_only_the_open_tab_and_a_hidden_one_when_it_is_sho
     state, (tabs,) = app.state, [t for t in app.select(pn.Tabs) if len(t) == 4]
     app.get_root()
 
-    def accuracy():  # the Statistics tab's chart, as drawn
-        return next(p for p in tabs[0].select(pn.pane.HoloViews) if p.name == "accuracy").object
+    def accuracy():  # the Statistics tab's chart, as drawn (None: none)
+        return next((p.object for p in tabs[0].select(pn.pane.HoloViews) if p.name == "accuracy"), None)
 
     drawn = accuracy()
     for i in range(4):  # every tab visited, the last one left open
         tabs.active = i
-    assert accuracy() is drawn  # shown again with the same inputs: kept
+    assert drawn is not None and accuracy() is drawn  # shown again with the same inputs: kept
     state.pair = "d1"
-    assert state.tab == 3 and accuracy() is drawn  # hidden: not redrawn for the new pair
+    # hidden: not redrawn for the new pair, and the old pair's chart no longer kept in the browser
+    assert state.tab == 3 and accuracy() is None
     tabs.active = 0
-    assert accuracy() is not drawn  # shown: drawn for the new pair
+    assert accuracy() is not None and accuracy() is not drawn  # shown: drawn for the new pair
 
 
 def test_a_killed_or_running_diagnose_is_listed_as_incomplete_and_never_fetched(tmp_path):

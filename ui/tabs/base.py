@@ -23,6 +23,7 @@ from ui.views.guard import guarded
 __all__ = ["Tab", "part"]
 
 NO_PAIR = "Select a diagnosed pair above."
+_NOTHING = object()  # no bundle shown yet (None is a state's bundle too)
 
 
 def part(*dependencies: str, what: str):
@@ -30,7 +31,8 @@ def part(*dependencies: str, what: str):
     parameters, as for ``@param.depends``). Without a bundle it draws the "select a pair" note; an
     exception becomes the error pane of `ui.views.guard.guarded` (a `TransferError` with the command
     that fixes its cause, `AppState.with_fix`). While its tab is hidden, or when shown again with the
-    same inputs, the part keeps what it drew (Panel's ``Skip``)."""
+    same inputs, the part keeps what it drew (Panel's ``Skip``); the app tells the state which tab opens
+    before the tab is drawn, so an out-of-date part is redrawn before it reaches the browser."""
     values = [operator.attrgetter(d) for d in dependencies]
 
     def wrap(method):
@@ -62,17 +64,36 @@ class Tab(pn.viewable.Viewer):
 
     def __init__(self, **params):
         super().__init__(**params)
-        self._layout = None
+        self._layout = None  # the tab's parts, built once
+        self._page = None    # what the app shows: the parts while open or current, else a placeholder
+        self._shown_for = _NOTHING  # the bundle the parts were last shown for
         self._drawn: dict[str, list] = {}  # each part's inputs when it was last drawn
 
     def layout(self) -> pn.viewable.Viewable:
         raise NotImplementedError
 
-    def lazy(self, method, **kwargs) -> pn.param.ParamMethod:
-        """``method`` (a `part` of this tab) as a pane evaluated when first shown."""
-        return pn.param.ParamMethod(method, lazy=True, loading_indicator=True, **kwargs)
+    def lazy(self, method, *, loading_indicator: bool = False, **kwargs) -> pn.param.ParamMethod:
+        """``method`` (a `part` of this tab) as a pane evaluated when first shown. A spinner over the
+        part while it is redrawn only where that can take seconds: each one costs the browser a layout."""
+        return pn.param.ParamMethod(method, lazy=True, loading_indicator=loading_indicator, **kwargs)
+
+    @param.depends("state.bundle", "state.tab")
+    def _shown(self):
+        """The parts while the tab is open (or hidden but still current), else a placeholder: a hidden
+        tab's parts are not sent to the browser out of date. The parts watch the same parameters and were
+        created first, so on opening they are brought up to date before they are sent."""
+        if self.index is None or self.state.tab == self.index:
+            if self._shown_for is self.state.bundle:
+                raise param.Skip  # already showing the parts, which redraw themselves
+            self._shown_for = self.state.bundle
+            return self._layout
+        if self._shown_for is self.state.bundle:
+            raise param.Skip  # hidden, still this pair's: kept, shown again at no cost
+        self._shown_for = _NOTHING  # hidden and of another pair: not kept in the browser
+        return pn.Spacer(height=0)
 
     def __panel__(self) -> pn.viewable.Viewable:
-        if self._layout is None:  # built once: its parts are the session's, like the state
+        if self._page is None:
             self._layout = self.layout()
-        return self._layout
+            self._page = pn.param.ParamMethod(self._shown, sizing_mode="stretch_width")
+        return self._page

@@ -54,5 +54,5 @@ class InstancesTab(Tab):
                          pn.pane.HTML(iv.class_legend(b.classes, classes)), sizing_mode="stretch_width")
 
     def layout(self):
-        return pn.Column(pn.Row(self._choose, self._again), self.lazy(self.scatter, sizing_mode="stretch_width"),
+        return pn.Column(pn.Row(self._choose, self._again), self.lazy(self.scatter, loading_indicator=True, sizing_mode="stretch_width"),
                          sizing_mode="stretch_width")
