@@ -77,14 +77,13 @@ def build_report_html(bundle: PairBundle) -> str:
         frame = frame.iloc[keep].reset_index(drop=True)
     thumbs = len(frame) <= MAX_THUMBNAILS
     scatter = instance_view.instance_scatter(frame, bundle.classes, instances if thumbs else None,
-                                             threshold=max(len(frame), 1))
+                                             threshold=max(len(frame), 1), height=520)
     plots = {
-        "accuracy": overview.accuracy_curves(bundle.history()).opts(hv.opts.Overlay(height=340)),
-        "instances": scatter.opts(height=520),
         "inheritance": summary.inheritance_line(bundle).opts(hv.opts.Overlay(height=340)),
         "cka": summary.cka_heatmap(bundle).opts(height=340),
     }
-    models = {name: hv.render(obj, backend="bokeh") for name, obj in plots.items()}
+    models = {"accuracy": overview.accuracy_curves(bundle.history(), height=340), "instances": scatter,
+              **{name: hv.render(obj, backend="bokeh") for name, obj in plots.items()}}
     js, css = _inline_resources(list(models.values()))
     divs = {name: _plot_html(name, model) for name, model in models.items()}
 

@@ -115,9 +115,9 @@ def test_report_samples_a_large_scatter_and_says_so(tiny_bundle, tmp_path, monke
     drawn = []
     real = report.instance_view.instance_scatter
 
-    def spy(frame, classes, instances=None, threshold=None):
+    def spy(frame, classes, instances=None, threshold=None, **kwargs):
         drawn.append((frame, instances, threshold))
-        return real(frame, classes, instances, threshold=threshold)
+        return real(frame, classes, instances, threshold=threshold, **kwargs)
 
     monkeypatch.setattr(report.instance_view, "instance_scatter", spy)
     text = report.write_report(tiny_bundle, tmp_path / "sub" / "r.html").read_text(encoding="utf-8")

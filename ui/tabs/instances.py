@@ -7,6 +7,7 @@ import functools
 
 import panel as pn
 import param
+from bokeh.model import Model
 
 from mlflow_transfer.bundle import PairBundle
 from ui.projection import reprojected
@@ -42,15 +43,14 @@ class InstancesTab(Tab):
     def scatter(self):
         b, classes = self.state.bundle, self.state.classes
         inst = self._table(b)
-        xy, note = None, ""
+        xy, title = None, "Instances (t-SNE)"
         if self.state.reproject and classes and len(classes) < len(b.classes):
             xy = reprojected(b, classes, instances=inst)[1]  # seconds the first time, then cached
-            note = "re-projected: t-SNE of the selected classes alone"
+            title = "Instances (re-projected: t-SNE of the selected classes alone)"
         frame = iv.instance_frame(inst, b.classes, classes, xy=xy)
-        plot = iv.instance_scatter(frame, b.classes, inst)
-        if note:
-            plot = plot.opts(title=f"Instances ({note})")
-        return pn.Column(pn.pane.HoloViews(plot, sizing_mode="stretch_width", min_height=440, name="instances"),
+        plot = iv.instance_scatter(frame, b.classes, inst, title=title)
+        pane = pn.pane.Bokeh if isinstance(plot, Model) else pn.pane.HoloViews  # the raster is HoloViews'
+        return pn.Column(pane(plot, sizing_mode="stretch_width", min_height=440, name="instances"),
                          pn.pane.HTML(iv.class_legend(b.classes, classes)), sizing_mode="stretch_width")
 
     def layout(self):

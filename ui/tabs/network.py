@@ -87,10 +87,10 @@ class NetworkTab(Tab):
 
     # --- the parts ------------------------------------------------------------------------------------
 
-    @param.depends("state.bundle", "state.layer_from", "state.layer_to")
+    @part("state.bundle", "state.layer_from", "state.layer_to", what="layer names")
     def layer_names(self):
         b = self.state.bundle
-        if b is None or len(b.layers) < 2:
+        if len(b.layers) < 2:
             return pn.Spacer(width=0)
         lo, hi = self._span()
         return pn.pane.Markdown(f"{escape_md(b.layers[lo])} → {escape_md(b.layers[hi])}", margin=(22, 5, 0, 5))

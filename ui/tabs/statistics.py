@@ -22,8 +22,8 @@ class StatisticsTab(Tab):
         table.param.watch(self._pick, "selection")  # the table is this pair's: the watcher goes with it
         score = b.manifest.get("scores", {}).get("transferability_score")
         side = sum(overview.CONFUSION_WIDTHS.values()) + 10
-        return pn.Row(pn.pane.HoloViews(overview.accuracy_curves(b.history()), sizing_mode="stretch_width",
-                                        min_height=340, name="accuracy"),
+        return pn.Row(pn.pane.Bokeh(overview.accuracy_curves(b.history()), sizing_mode="stretch_width",
+                                    min_height=340, name="accuracy"),
                       pn.Column(overview.transferability_badge(score), table, width=side),
                       sizing_mode="stretch_width")
 

@@ -8,7 +8,6 @@ scaling. A class without the record (e.g. one with instances in only one domain)
 
 from __future__ import annotations
 
-
 import holoviews as hv
 import numpy as np
 import pandas as pd
@@ -31,7 +30,7 @@ ALL = "__all__"  # the bundle's key for the all-classes record
 ORDERS = ("descending", "ascending")
 TOP_AXES = 5       # biplot axes drawn without ticking (paper: "top five neurons ... depending on the order")
 FEW_PATCHES = 3    # patches per domain shown in a list row
-PAGE_SIZE = 30     # list rows per page; remote paging sends only these to the browser
+PAGE_SIZE = 15     # list rows per page; remote paging sends only these to the browser
 PAPER_FOLDS = 10
 AXIS_COLOR, CHECKED_COLOR = "#333333", "#2ca02c"  # red/blue are reserved for the domains
 COLUMNS = ["rank", "layer", "neuron", "discriminability", "|discriminability|", "patches",

@@ -18,7 +18,8 @@ import datashader.transfer_functions as tf
 import holoviews as hv
 import numpy as np
 import pandas as pd
-from bokeh.models import ColumnDataSource, CustomJSHover
+from bokeh.models import ColumnDataSource, CustomJSHover, HoverTool
+from bokeh.plotting import figure as bokeh_figure
 from datashader.colors import rgb
 from holoviews.plotting.bokeh.callbacks import RangeXYCallback
 
@@ -238,31 +239,45 @@ def _span(values: pd.Series) -> tuple[float, float]:
 
 
 def instance_scatter(frame: pd.DataFrame, classes: list[str], instances: dict | None = None,
-                     threshold: int = RASTER_THRESHOLD) -> hv.Element | hv.Overlay | hv.DynamicMap:
-    """The scatter of :func:`instance_frame` rows (points ≤ ``threshold``) or its Datashader raster.
+                     threshold: int = RASTER_THRESHOLD, *, title: str = "Instances (t-SNE)",
+                     height: int = 440) -> bokeh_figure | hv.DynamicMap:
+    """The scatter of :func:`instance_frame` rows (points ≤ ``threshold``: a plain bokeh figure, redrawn
+    on every class change and pair switch without HoloViews' per-element option pass) or its Datashader
+    raster (a HoloViews DynamicMap, re-aggregated on each zoom).
 
     ``instances`` supplies the thumbnails shown on hover (omitted: no images in the tooltip).
     """
-    opts = {"responsive": True, "min_height": 420, "xaxis": None, "yaxis": None}
-    if frame.empty:
-        return hv.Points([], ["x", "y"]).opts(**opts, title="No instances of the selected classes")
     cmap = {c: class_color(i) for i, c in enumerate(classes)}
     if len(frame) > threshold:
         figure = partial(_raster_figure, cmap=cmap)
-        return _raster(frame, classes, cmap).opts(hv.opts.Overlay(**opts, title="Instances (t-SNE)", hooks=[figure]))
-    frame = frame.assign(thumbnail=_thumbnails(instances, frame["row"].to_numpy()) if instances else "")
-    vdims = ["class", "domain", "prediction", "mispredicted", "thumbnail", "row"]
-    tooltips = _TOOLTIP if instances else [("domain", "@domain"), ("true", "@class"), ("predicted", "@prediction")]
-    layers = []
+        return _raster(frame, classes, cmap).opts(hv.opts.Overlay(responsive=True, min_height=height - 20,
+                                                                  xaxis=None, yaxis=None, title=title,
+                                                                  hooks=[figure]))
+    fig = bokeh_figure(title=title if len(frame) else "No instances of the selected classes", height=height,
+                       sizing_mode="stretch_width", tools="pan,wheel_zoom,box_zoom,reset,save,tap",
+                       toolbar_location="above")
+    fig.axis.visible = False
+    fig.grid.visible = False
+    if frame.empty:
+        return fig
+    frame = frame.assign(thumbnail=_thumbnails(instances, frame["row"].to_numpy()) if instances else "",
+                         color=[cmap[c] for c in frame["class"]])
+    columns = ["x", "y", "class", "domain", "prediction", "thumbnail", "row", "color"]
+    shown = []
     for domain, marker in (("source", "x"), ("target", "circle")):
-        part = frame[frame["domain"] == domain]
-        layers.append(hv.Points(part, ["x", "y"], vdims, label=f"{domain} domain").opts(
-            color="class", cmap=cmap, marker=marker, size=7 if marker == "circle" else 8, line_width=2 if marker == "x" else 1,
-            alpha=0.85, hover_tooltips=tooltips, show_legend=False, tools=["tap"]))
-    wrong = frame[frame["mispredicted"]]
-    layers.append(hv.Points(wrong, ["x", "y"], vdims, label="mispredicted (target model)").opts(
-        marker="circle", size=12, fill_alpha=0.0, line_color="black", line_width=1.5, hover_tooltips=tooltips))
-    return hv.Overlay(layers).opts(**opts, title="Instances (t-SNE)", legend_position="top_right")
+        part = ColumnDataSource(frame.loc[frame["domain"] == domain, columns])
+        shown.append(fig.scatter("x", "y", source=part, marker=marker, color="color", alpha=0.85,
+                                 size=7 if marker == "circle" else 8, line_width=2 if marker == "x" else 1,
+                                 name=f"{domain} domain"))
+    wrong = ColumnDataSource(frame.loc[frame["mispredicted"], columns])
+    shown.append(fig.scatter("x", "y", source=wrong, marker="circle", size=12, fill_alpha=0.0, line_color="black",
+                             line_width=1.5, legend_label="mispredicted (target model)",
+                             name="mispredicted (target model)"))
+    # field values in the tooltip are escaped by bokeh (no {safe}); the thumbnails are our data URIs
+    tooltips = _TOOLTIP if instances else [("domain", "@domain"), ("true", "@class"), ("predicted", "@prediction")]
+    fig.add_tools(HoverTool(renderers=shown, tooltips=tooltips))
+    fig.legend.location = "top_right"
+    return fig
 
 
 def class_legend(classes: list[str], selected: list[str] | None = None) -> str:

@@ -4,40 +4,48 @@ from __future__ import annotations
 
 import math
 
-import holoviews as hv
 import pandas as pd
 import panel as pn
+from bokeh.models import ColumnDataSource, HoverTool
+from bokeh.plotting import figure as bokeh_figure
 
 from .style import DATASET_COLOR, DATASET_LABEL, MODEL_MARKER, SOURCE, TARGET
 
 __all__ = ["CONFUSION_WIDTHS", "accuracy_curves", "confusion_frame", "confusion_table", "transferability_badge"]
 
 
-def accuracy_curves(history: dict) -> hv.Overlay:
+def accuracy_curves(history: dict, *, height: int = 320) -> bokeh_figure:
     """One line per model × dataset: epochs on x, accuracy [0, 1] on y, colour = dataset, crosses for
     the source model and circles for the target model; legend entries end in the model's name.
+
+    A plain bokeh figure (renderers named by their legend entry): it is redrawn on every pair switch,
+    where a HoloViews overlay spends most of its time on options and labels (benchmarks/results_notes.txt).
 
     Args:
         history: the bundle's ``statistics/history`` table (columns model, dataset, epoch, accuracy).
     """
+    fig = bokeh_figure(title="Accuracy per epoch", x_axis_label="epoch", y_axis_label="accuracy",
+                       y_range=(0, 1.02), height=height, sizing_mode="stretch_width",
+                       tools="pan,wheel_zoom,box_zoom,reset,save", toolbar_location="above")
     frame = pd.DataFrame(history)
-    layers = []
-    if not frame.empty:
-        for (model, dataset), part in frame.groupby(["model", "dataset"], sort=True):
-            part = part.sort_values("epoch")
-            label = f"{DATASET_LABEL.get(dataset, dataset)} ({model} model)"
-            color = DATASET_COLOR.get(dataset, "#333333")
-            kdims, vdims = [hv.Dimension("epoch", label="epoch")], [hv.Dimension("accuracy", range=(0, 1))]
-            curve = hv.Curve(part, kdims, vdims, label=label).opts(color=color)
-            points = hv.Scatter(part, kdims, vdims, label=label).opts(
-                color=color, marker=MODEL_MARKER.get(model, "circle"), size=8,
-                line_width=2 if model == "source" else 1, fill_alpha=0.0 if model == "target" else 1.0)
-            layers += [curve, points]
-    if not layers:  # a pair diagnosed from model URIs has no run history
-        layers = [hv.Curve([], "epoch", "accuracy").relabel("no per-epoch history logged")]
-    return hv.Overlay(layers).opts(
-        hv.opts.Overlay(title="Accuracy per epoch", ylim=(0, 1.02), legend_position="bottom_right",
-                        responsive=True, min_height=320, show_grid=True))
+    if frame.empty:  # a pair diagnosed from model URIs has no run history
+        fig.title.text = "Accuracy per epoch: no per-epoch history logged"
+        return fig
+    points = []
+    for (model, dataset), part in frame.groupby(["model", "dataset"], sort=True):
+        part = part.sort_values("epoch")
+        label = f"{DATASET_LABEL.get(dataset, dataset)} ({model} model)"  # drawn as canvas text: no markup
+        color = DATASET_COLOR.get(dataset, "#333333")
+        source = ColumnDataSource({"epoch": part["epoch"].to_numpy(), "accuracy": part["accuracy"].to_numpy(),
+                                   "series": [label] * len(part)})
+        fig.line("epoch", "accuracy", source=source, color=color, line_width=2, legend_label=label, name=label)
+        points.append(fig.scatter("epoch", "accuracy", source=source, color=color, size=8,
+                                  marker=MODEL_MARKER.get(model, "circle"), line_width=2 if model == "source" else 1,
+                                  fill_alpha=0.0 if model == "target" else 1.0, legend_label=label, name=label))
+    fig.add_tools(HoverTool(renderers=points, tooltips=[("", "@series"), ("epoch", "@epoch"),
+                                                        ("accuracy", "@accuracy{0.000}")]))
+    fig.legend.location = "bottom_right"
+    return fig
 
 
 def transferability_badge(score: float | None) -> pn.pane.HTML:
