@@ -15,7 +15,7 @@ server (``--serve``, a subprocess, so its CPU time is its own), which serves wit
 * ``/app`` — ``build_app(MemorySource(...))`` over the two bundle folders: "cached" as in a bundle
   already downloaded (each switch opens the folder again, hash check included; the time of that is
   printed, as it is what a bundle kept open in memory saves);
-* ``/raster`` — ``pn.pane.HoloViews(instance_scatter(frame))`` for the generated frame (Datashader);
+* ``/raster`` — ``pn.panel(instance_scatter(frame))`` for the generated frame (Datashader);
 * ``/raster_small`` and ``/scatter_small`` — the first ``--small`` rows of it (default 20,000, the
   raster threshold), rasterised anyway and as the plain scatter the app shows at that size.
 
@@ -183,8 +183,9 @@ def serve(args) -> None:
         classes = [str(c) for c in range(args.classes)]
 
         def scatter(f, threshold):
-            return pn.pane.HoloViews(instance_scatter(f, classes, threshold=threshold),
-                                     sizing_mode="stretch_width", min_height=440, name="instances")
+            # a bokeh figure up to the threshold, a HoloViews DynamicMap above it, as in the app
+            return pn.panel(instance_scatter(f, classes, threshold=threshold), sizing_mode="stretch_width",
+                            min_height=440, name="instances")
 
         routes.update({"raster": lambda: scatter(frame, 0), "raster_small": lambda: scatter(small, 0),
                        "scatter_small": lambda: scatter(small, len(small))})

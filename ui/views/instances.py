@@ -255,7 +255,7 @@ def instance_scatter(frame: pd.DataFrame, classes: list[str], instances: dict | 
                                                                   hooks=[figure]))
     fig = bokeh_figure(title=title if len(frame) else "No instances of the selected classes", height=height,
                        sizing_mode="stretch_width", tools="pan,wheel_zoom,box_zoom,reset,save,tap",
-                       toolbar_location="above")
+                       active_scroll="wheel_zoom", toolbar_location="above")  # explored by zooming, as the raster
     fig.axis.visible = False
     fig.grid.visible = False
     if frame.empty:
