@@ -31,8 +31,8 @@ def part(*dependencies: str, what: str):
     parameters, as for ``@param.depends``). Without a bundle it draws the "select a pair" note; an
     exception becomes the error pane of `ui.views.guard.guarded` (a `TransferError` with the command
     that fixes its cause, `AppState.with_fix`). While its tab is hidden, or when shown again with the
-    same inputs, the part keeps what it drew (Panel's ``Skip``); the app tells the state which tab opens
-    before the tab is drawn, so an out-of-date part is redrawn before it reaches the browser."""
+    same inputs, the part keeps what it drew (Panel's ``Skip``); a hidden tab of another pair shows a
+    placeholder instead (`Tab._shown`), so an out-of-date part never reaches the browser."""
     values = [operator.attrgetter(d) for d in dependencies]
 
     def wrap(method):
