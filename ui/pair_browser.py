@@ -7,7 +7,7 @@ from __future__ import annotations
 import panel as pn
 import param
 
-from ui.state import AppState
+from ui.tabs.base import StateView
 from ui.views.guard import error_pane
 from ui.views.pairs import HOW_TO_DIAGNOSE, pairs_table
 from ui.views.text import md_code
@@ -15,9 +15,7 @@ from ui.views.text import md_code
 __all__ = ["PairBrowser"]
 
 
-class PairBrowser(pn.viewable.Viewer):
-    state = param.ClassSelector(class_=AppState, constant=True, doc="the app's shared state")
-
+class PairBrowser(StateView):
     def __init__(self, **params):
         super().__init__(**params)
         self._select = pn.widgets.Select(label="Experiment", width=280)
@@ -61,7 +59,7 @@ class PairBrowser(pn.viewable.Viewer):
             if self._table.selection != rows:
                 self._table.selection = rows
 
-    def __panel__(self):
+    def layout(self):
         # Not redrawn on `pair`: a pair picked in the table is already highlighted there, and redrawing
         # the table on every switch would cost the switch a table redraw.
         return pn.Column(pn.param.ParamMethod(self.banner), pn.pane.Markdown(f"**Tracking server** "

@@ -20,7 +20,7 @@ import param
 from ui.state import AppState
 from ui.views.guard import guarded
 
-__all__ = ["Tab", "part"]
+__all__ = ["StateView", "Tab", "part"]
 
 NO_PAIR = "Select a diagnosed pair above."
 _NOTHING = object()  # no bundle shown yet (None is a state's bundle too)
@@ -53,10 +53,28 @@ def part(*dependencies: str, what: str):
     return wrap
 
 
-class Tab(pn.viewable.Viewer):
-    """A tab of the app. Subclasses set `title` and return their layout from `layout`."""
+class StateView(pn.viewable.Viewer):
+    """A part of the app over its one `AppState`: subclasses return their layout from `layout`, built
+    once (its panes watch the state, so a second copy would watch it too)."""
 
     state = param.ClassSelector(class_=AppState, constant=True, doc="the app's shared state")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._layout = None
+
+    def layout(self) -> pn.viewable.Viewable:
+        raise NotImplementedError
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        if self._layout is None:
+            self._layout = self.layout()
+        return self._layout
+
+
+class Tab(StateView):
+    """A tab of the app. Subclasses set `title` and return their parts' layout from `layout`."""
+
     index = param.Integer(default=None, allow_None=True, constant=True,
                           doc="position in the app's tabs (``state.tab``); None: always shown")
 
@@ -64,13 +82,9 @@ class Tab(pn.viewable.Viewer):
 
     def __init__(self, **params):
         super().__init__(**params)
-        self._layout = None  # the tab's parts, built once
         self._page = None    # what the app shows: the parts while open or current, else a placeholder
         self._shown_for = _NOTHING  # the bundle the parts were last shown for
         self._drawn: dict[str, list] = {}  # each part's inputs when it was last drawn
-
-    def layout(self) -> pn.viewable.Viewable:
-        raise NotImplementedError
 
     def lazy(self, method, *, loading_indicator: bool = False, **kwargs) -> pn.param.ParamMethod:
         """``method`` (a `part` of this tab) as a pane evaluated when first shown. A spinner over the
@@ -94,6 +108,6 @@ class Tab(pn.viewable.Viewer):
 
     def __panel__(self) -> pn.viewable.Viewable:
         if self._page is None:
-            self._layout = self.layout()
+            super().__panel__()  # the parts first: they watch the state before the page does
             self._page = pn.param.ParamMethod(self._shown, sizing_mode="stretch_width")
         return self._page

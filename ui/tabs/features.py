@@ -33,7 +33,8 @@ class FeaturesTab(Tab):
 
     def __init__(self, **params):
         super().__init__(**params)
-        # a class's record and list are read once per pair: the plot is redrawn on every tick and order
+        # a class's record and list are read once while its pair is open: the plot is redrawn on every
+        # tick and order
         self._record = functools.lru_cache(maxsize=64)(fv.read_discriminability)
         self._frame = functools.lru_cache(maxsize=64)(self._frame_of)
         self._select = pn.widgets.Select(label="Class", width=200)
@@ -49,6 +50,8 @@ class FeaturesTab(Tab):
     @param.depends("state.bundle", watch=True)
     def _new_pair(self):
         b = self.state.bundle
+        self._record.cache_clear()  # the previous pair's records are not kept alive
+        self._frame.cache_clear()
         self._select.options = {"all classes": fv.ALL, **{c: c for c in (b.classes if b is not None else [])}}
         self.param.update(shown=shown_class(self.state.classes), checked=[])
         self._select.value = self.shown

@@ -50,9 +50,8 @@ class NetworkTab(Tab):
 
     def shown_class(self) -> str:
         """The class drawn: the first selected one with similarity data, else the first selected."""
-        b = self.state.bundle
-        selected = self.state.selected_classes or b.classes
-        return next((c for c in selected if c in b.compared_classes), selected[0])
+        selected, compared = self.state.selected_classes, self.state.bundle.compared_classes
+        return next((c for c in selected if c in compared), selected[0])
 
     def _span(self) -> tuple[int, int]:
         top = max(len(self.state.bundle.layers) - 1, 0)
