@@ -19,7 +19,7 @@ def accuracy_curves(history: dict, *, height: int = 320) -> bokeh_figure:
     the source model and circles for the target model; legend entries end in the model's name.
 
     A plain bokeh figure (renderers named by their legend entry): it is redrawn on every pair switch,
-    where a HoloViews overlay spends most of its time on options and labels (benchmarks/results_notes.txt).
+    which a HoloViews overlay made slower (benchmarks/results_notes.txt).
 
     Args:
         history: the bundle's ``statistics/history`` table (columns model, dataset, epoch, accuracy).
