@@ -1,9 +1,10 @@
-"""Times the default digits recipe end to end (source + target + diagnose) and reports the domain gap.
+"""Times `make demo`'s job end to end and stage by stage, and reports the domain gap.
 
-Runs `mlflow-transfer main` on recipes/digits.yaml into a fresh temporary sqlite store, in a
-subprocess (as `make demo` does, minus `mlflow run`'s own start-up), then reads the numbers back from
-the logged metrics. Prints wall time against the 4-minute goal (a ratio) and the three accuracies the
-foundation issue asks for.
+Runs what `make demo` runs before the app — `mlflow run . --env-manager local -P recipe=…` — into a
+fresh temporary sqlite store, then reads the numbers back from the logged runs: the whole job against
+the 5-minute goal (a ratio), each run's time (source, target, diagnose) and each diagnose stage
+(`seconds_*` metrics: conductance, feature visualisation, ...), and the accuracies the foundation
+issue asks for. The app's own start-up is `bench_startup.py`'s.
 
     .venv/bin/python benchmarks/bench_demo_pipeline.py [--recipe recipes/digits.yaml]
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_S = 240.0           # source + target (foundation issue)
+DEMO_GOAL_S = 300.0      # the whole `mlflow run` of make demo (faithful-diagnostics issue)
 DIAGNOSE_GOAL_S = 180.0  # diagnose with the default caps (diagnostics issue)
 
 
@@ -33,7 +35,10 @@ def main() -> None:
         for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
             env.pop(leaked, None)
         start = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "mlflow-transfer"), "main", "--recipe", args.recipe],
+        # `mlflow run` calls `python`: the venv's, as the Makefile puts it first on PATH
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        subprocess.run([str(Path(sys.executable).parent / "mlflow"), "run", ".", "--env-manager", "local",
+                        "-P", f"recipe={args.recipe}", "--experiment-name", "bench-demo"],
                        cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - start
 
@@ -46,7 +51,12 @@ def main() -> None:
                 mlflow.search_runs(search_all_experiments=True, output_format="list")}
         src, tgt = runs["source"].data.metrics, runs["target"].data.metrics
         train = sum((runs[r].info.end_time - runs[r].info.start_time) / 1000 for r in ("source", "target"))
-        print(f"recipe {args.recipe}: whole `main` (source, target, diagnose) in {wall:.1f} s")
+        print(f"recipe {args.recipe}: `mlflow run .` (source, target, diagnose, report) in {wall:.1f} s "
+              f"(goal {DEMO_GOAL_S:.0f} s; ratio {wall / DEMO_GOAL_S:.2f})")
+        for role in ("source", "target", "diagnostics"):
+            if role in runs:
+                r = runs[role].info
+                print(f"  {role} run: {(r.end_time - r.start_time) / 1000:.1f} s")
         print(f"  source + target runs: {train:.1f} s (goal {GOAL_S:.0f} s; ratio {train / GOAL_S:.2f} of the budget)")
         if "diagnostics" in runs:
             d = runs["diagnostics"]
@@ -59,8 +69,9 @@ def main() -> None:
         print(f"  source model, handwritten validation:       {src['final_acc_target_val']:.3f}")
         gap = tgt["final_acc_target_val"] - src["final_acc_target_val"]
         print(f"  domain gap (target - source on handwritten): {100 * gap:.1f} points  (goal >= 30)")
-        best = tgt["best_acc_target_val"] - src["best_acc_target_val"]
-        print(f"  transferability score (best target - best source, target val): {best:+.3f}")
+        if "diagnostics" in runs and "transferability_score" in runs["diagnostics"].data.metrics:
+            score = runs["diagnostics"].data.metrics["transferability_score"]
+            print(f"  transferability score (fine-tuned epochs; best target - best source): {score:+.3f}")
 
 
 if __name__ == "__main__":
