@@ -15,7 +15,15 @@ state.
 """
 
 from .detail import neuron_detail, parse_neuron_id, patch_row
-from .figure import LEGEND, MAX_PX, SIMILARITY_SCALES, WEIGHT_PALETTE, describe_hit, similarity_mapper, zigzag_figure
+from .figure import (
+    LEGEND,
+    MAX_PX,
+    SIMILARITY_SCALES,
+    WEIGHT_PALETTE,
+    describe_hit,
+    similarity_mapper,
+    zigzag_figure,
+)
 from .geometry import DOMAINS, MODEL_COLOR, OTHER
 from .layout import ZigZag, zigzag_data
 from .link import kernel_figure, kernel_row, weight_detail

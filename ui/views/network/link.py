@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import panel as pn
-from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Range1d
+from bokeh.models import (
+    ColorBar,
+    ColumnDataSource,
+    HoverTool,
+    LinearColorMapper,
+    Range1d,
+)
 from bokeh.plotting import figure as bokeh_figure
 
 from mlflow_transfer.bundle import PairBundle
