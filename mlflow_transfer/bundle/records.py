@@ -7,6 +7,7 @@ Layout (names without extension; ``c<i>`` is class index i, models are ``source`
 ``instances/embedding_{model}`` (N×D), ``conductance/{model}/{layer}`` (N×units),
 ``neurons/important`` (table), ``similarity/c<i>/{layer}`` (Us×Ut), ``weights/important`` (table),
 ``weights/{model}/c<i>/{layer}/{counts,levels}`` (N_next×N_prev, links to the next layer),
+``weights/{model}/kernels/{layer}/{values,kernels,rows}`` (the parameters behind each link, per model),
 ``comparison/layers`` (table), ``discriminability/{c<i>|all}/*``, ``features/{model}/{layer}/*``
 (sprite PNG + indices/values), ``cka/matrix``.
 
@@ -138,10 +139,39 @@ class PairBundle:
         return {"counts": self.reader.read_array(f"{base}/counts"),
                 "levels": self.reader.read_array(f"{base}/levels")}
 
+    def weight_kernels(self, model: str, layer: str) -> dict | None:
+        """The parameters behind the links from ``layer`` to the next analysis layer in ``model`` (the
+        same for every class): ``values`` (N_next, N_prev) float16, each link's parameters summed;
+        ``kernels`` float16, the links' feature maps into the next-layer neurons ``rows`` ((R,) int64,
+        ascending): (R, N_prev, kh, kw) conv kernels, (R, N_prev, h, w) a linear layer's weights on
+        each input channel's map, or (R, N_prev) weight rows. None when the bundle has none (no such
+        pair, or a bundle written before they were recorded)."""
+        base = f"weights/{model}/kernels/{layer}"
+        if f"{base}/values" not in self.reader.names("array", base + "/"):
+            return None
+        return {f: self.reader.read_array(f"{base}/{f}") for f in ("values", "kernels", "rows")}
+
+    def link_kernel(self, model: str, layer: str, a: int, b: int) -> np.ndarray | None:
+        """The feature map of link a → b (neuron a of ``layer``, b of the next layer) in ``model``:
+        (kh, kw), (h, w) or, for linear → linear, the whole weight row of b (N_prev,). None when the
+        bundle has no kernels for the pair or did not keep b's."""
+        found = self.weight_kernels(model, layer)
+        if found is None:
+            return None
+        rows = found["rows"]
+        i = int(np.searchsorted(rows, b))
+        if i >= len(rows) or rows[i] != b or not 0 <= a < found["kernels"].shape[1]:
+            return None
+        k = found["kernels"][i]
+        return k if k.ndim == 1 else k[a]
+
     def layer_comparison(self) -> dict:
         return self.reader.read_table("comparison/layers")
 
     def discriminability(self, cls: str = "__all__") -> dict:
+        """Algorithm 1's record of ``cls`` ("__all__": all classes): its arrays by name (labels, coef,
+        basis, coordinates, axes, hist_*, cv_scores, ranked and, in newer bundles, ``scaled``, the
+        (M, P) float32 matrix A the SVM was trained on) and its summary's fields."""
         key = f"discriminability/{self._key(cls)}"
         out = {name.rsplit("/", 1)[1]: self.reader.read_array(name) for name in self.reader.names("array", key + "/")}
         out.update(self._record(f"{key}/summary"))

@@ -99,6 +99,12 @@ def write_pair_bundle(root: str | Path, diag: PairDiagnostics, *, history: dict 
                 base = f"weights/{m}/{_key(classes, cls)}/{layer}"
                 w.write_array(f"{base}/counts", iw.count_matrix.astype(np.int32))
                 w.write_array(f"{base}/levels", iw.mean_level.astype(np.float32))
+    for m in MODELS:  # the parameters behind every link, once per model: weight colours and clicked kernels
+        for (layer, _), lk in diag.kernels.get(m, {}).items():
+            base = f"weights/{m}/kernels/{layer}"  # float16: display precision, half the bytes
+            w.write_array(f"{base}/values", lk.values.astype(np.float16))
+            w.write_array(f"{base}/kernels", lk.kernels.astype(np.float16))
+            w.write_array(f"{base}/rows", lk.rows.astype(np.int64))
     cmp = {k: [] for k in ("class_index", "layer", "depth", "n_important_weights", "n_inherited_weights",
                            "inherited_weight_share", "n_important_neurons", "mean_best_similarity")}
     for cls, per_layer in diag.comparison.items():
@@ -116,6 +122,7 @@ def write_pair_bundle(root: str | Path, diag: PairDiagnostics, *, history: dict 
         for f in ("labels", "coef", "basis", "coordinates", "axes", "hist_source", "hist_target",
                   "hist_edges", "cv_scores", "ranked"):
             w.write_array(f"{key}/{f}", np.asarray(getattr(d, f)))
+        w.write_array(f"{key}/scaled", d.scaled.astype(np.float32))  # A: the plot re-projects ticked columns
         w.write_json(f"{key}/summary", {
             "cv_mean": d.cv_mean, "cv_std": d.cv_std, "folds_used": d.folds_used, "note": d.note,
             "intercept": float(d.intercept), "train_accuracy": d.train_accuracy,

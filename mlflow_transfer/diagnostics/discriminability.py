@@ -57,8 +57,11 @@ class Discriminability:
         coordinates: (M, 2) float64 ``scaled @ basis``: x = signed distance along the SVM normal
             (the decision boundary is the vertical line x = -intercept / ||coef||), y = position
             along the principal direction. Units: scaled conductance.
-        axes: (P, 2) float64 biplot line of each neuron: row j of ``basis`` times
-            ``|coef_j| / max |coef|``, so the most discriminative neuron's line has length ≤ 1.
+        axes: (P, 2) float64 biplot line of each neuron: row j of ``basis`` (neuron j's original
+            axis projected on [u, g]) times one factor for all, ``1 / max_j ||basis_j||``, so the
+            longest line has length 1. Its horizontal part is ``u_j`` times that factor, so the lines'
+            horizontal lengths are proportional to ``|coef_j|`` (§5.4.2: "the lengths of the axes
+            lines on the horizontal direction indicate their domain discriminability").
         hist_source, hist_target: (P, bins) int64 per-neuron histogram counts of the *unscaled*
             conductance of source / target rows; each row sums to Ms / Mt.
         hist_edges: (P, bins + 1) float64 bin edges shared by both domains (units of conductance).
@@ -193,7 +196,7 @@ def _domain_discriminability(a_source: np.ndarray, a_target: np.ndarray, folds: 
         signs = np.where(np.diag(r) < 0, -1.0, 1.0)
         basis = q * signs
     abs_coef = np.abs(coef)
-    axes = basis * (abs_coef / abs_coef.max())[:, None]
+    axes = basis / np.linalg.norm(basis, axis=1).max()  # one factor: horizontal parts stay ∝ |coef|
 
     hist_source = np.empty((p, bins), dtype=np.int64)
     hist_target = np.empty((p, bins), dtype=np.int64)

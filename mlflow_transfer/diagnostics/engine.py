@@ -29,7 +29,7 @@ from .options import DiagnoseOptions
 from .ranking import top_k_neurons
 from .similarity import LayerComparison, layer_summary, neuron_similarity, weight_correspondence
 from .statistics import ConfusionTable, confusion_table
-from .weights import ImportantWeights, extract_important_weights
+from .weights import ImportantWeights, LinkKernels, extract_important_weights, link_kernels
 
 MODELS = ("source", "target")  # model roles; domain codes: 0 = source domain, 1 = target domain
 
@@ -75,6 +75,9 @@ class PairDiagnostics:
     timings: dict[str, float] = field(default_factory=dict)  # stage → seconds
     peak_memory_mb: float = 0.0                              # peak RSS of the process
     notes: list[str] = field(default_factory=list)
+    # model → (layer, next layer) → the parameters behind every link (class-independent; the pairs
+    # that have weight matrices)
+    kernels: dict[str, dict[tuple[str, str], LinkKernels]] = field(default_factory=dict)
 
     def layer_summary_table(self) -> dict[str, np.ndarray | list]:
         """Per layer, averaged over classes: inherited share of important weights, mean best similarity."""
@@ -230,6 +233,8 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     if not analysed:
         raise DiagnosticsError("Expected a class with target-domain instances; got none, so there is "
                                "nothing to diagnose.")
+    with stage("weights"):
+        kernels = _link_kernels(models, important, weights, analysed, notes)
     comparison["__all__"] = {n: _mean_comparison([comparison[c][n] for c in analysed]) for n in layer_names}
     with stage("svm"):
         tgt_all, src_all = np.flatnonzero(domain == 1), np.flatnonzero(domain == 0)
@@ -280,7 +285,23 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     return PairDiagnostics(tuple(classes), layer_names, options, instances, outputs, projection, thumbnails,
                            conductance, important, similarity, weights, correspondence, comparison,
                            discrim, discrim_neurons, confusion, patches, cka, dict(stage.times),
-                           peak / 2 ** 20, notes)
+                           peak / 2 ** 20, notes, kernels=kernels)
+
+
+def _link_kernels(models, important, weights, classes, notes) -> dict[str, dict[tuple[str, str], LinkKernels]]:
+    """Each model's link parameters for the pairs that have weight matrices; where a pair's kernels are
+    capped, those into the next layer's neurons important for some class in either model are kept
+    (those whose cells the network view draws, and so can be clicked)."""
+    order = list(models["target"].analysis_layers)
+    pairs = sorted({p for c in classes for p in weights["target"].get(c, {})}, key=lambda p: order.index(p[0]))
+    out = {r: {} for r in models}
+    for prev, nxt in pairs:
+        keep = sorted({int(j) for r in models for c in classes for j in important[r][c][nxt]})
+        for role, model in models.items():
+            out[role][(prev, nxt)] = found = link_kernels(model, prev, nxt, keep_rows=keep)
+            if found.note:
+                notes.append(f"{role} model: {found.note}")
+    return out
 
 
 def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:

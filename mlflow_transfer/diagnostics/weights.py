@@ -59,10 +59,13 @@ from mlflow_transfer.validation import check_array, check_choice, check_int, che
 
 __all__ = [
     "ImportantWeights",
+    "LinkKernels",
+    "KERNEL_MAX_ELEMENTS",
     "activated_weights",
     "extract_important_weights",
     "important_weights",
     "layer_inputs",
+    "link_kernels",
     "DEFAULT_WEIGHT_FRACTION",
 ]
 
@@ -384,6 +387,97 @@ def _weight_summaries(module: nn.Module, n_prev: int) -> tuple[np.ndarray, np.nd
     weight = module.weight.detach().to("cpu", torch.float32)
     grouped = weight.reshape(weight.shape[0], n_prev, -1)
     return grouped.abs().amax(dim=-1).numpy(), grouped.mean(dim=-1).numpy()
+
+
+# --------------------------------------------------------------------------------------------------
+# The parameters behind each link (the network view's weight values and clicked feature maps)
+
+# Most parameters one layer pair's kernels keep (per model): 4 Mi elements, 8 MiB in float16. A small
+# conv pair (e.g. 128 × 128 × 3 × 3 = 147 456) is kept whole; AlexNet's fc7 (4096 × 4096) is not, and
+# keeps only the rows of the next layer's neurons the caller asks for (its important ones).
+KERNEL_MAX_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class LinkKernels:
+    """The parameters behind the links a → b of one model's layer pair, independent of any class.
+
+    Attributes:
+        kind: as :attr:`ImportantWeights.kind`.
+        values: (N_next, N_prev) float32, each link's parameters summed: the kernel slice W[b, a]
+            (conv → conv), the block W[b, block(a)] (conv → linear) or W[b, a]. The sum is the link's
+            gain for a constant input (its activated level per unit of input a), so it keeps the sign
+            of what the link passes on and decomposes the pre-activation like the levels do.
+        kernels: float32 "feature maps" of the links into the next-layer neurons ``rows``:
+            (R, N_prev, kh, kw) the conv kernels (conv → conv); (R, N_prev, h, w) the linear weights
+            of each input channel's map, torch's flatten order (conv → linear); (R, N_prev) the
+            weight rows (linear → linear).
+        rows: (R,) int64 ascending, the next-layer neurons b that ``kernels`` holds: all of them
+            unless the whole would exceed ``max_elements``.
+        note: why rows are missing, "" when ``kernels`` is whole.
+    """
+
+    kind: str
+    values: np.ndarray
+    kernels: np.ndarray
+    rows: np.ndarray
+    note: str = ""
+
+
+def _map_shape(model: nn.Module, prev: nn.Module, nxt: nn.Module, block: int) -> tuple[int, int]:
+    """(h, w) of the map that one channel of ``prev`` flattens into before ``nxt``: an adaptive pool's
+    output size between them when there is one, else a square map, else a row of ``block`` features."""
+    chain = _flat_chain(model)
+    ids = [id(m) for m in chain]
+    if id(prev) in ids and id(nxt) in ids:
+        for m in reversed(chain[ids.index(id(prev)) + 1:ids.index(id(nxt))]):
+            if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+                size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size, m.output_size)
+                if None not in size and size[0] * size[1] == block:
+                    return int(size[0]), int(size[1])
+                break
+    side = int(round(block ** 0.5))
+    return (side, side) if side * side == block else (1, block)
+
+
+def link_kernels(model: nn.Module, prev: str, nxt: str, *, keep_rows=None,
+                 max_elements: int = KERNEL_MAX_ELEMENTS) -> LinkKernels:
+    """The parameters behind every link between analysis layers ``prev`` → ``nxt`` of ``model``
+    (a supported pair, see the module docstring), as :class:`LinkKernels`.
+
+    Args:
+        keep_rows: the next-layer neurons whose kernels to keep when all of them would exceed
+            ``max_elements`` (then kept in ascending order while they fit; None: the first ones).
+        max_elements: the most kernel parameters kept, >= 1.
+    """
+    layers = getattr(model, "analysis_layers", None)
+    if not isinstance(layers, Mapping) or prev not in layers or nxt not in layers:
+        raise DiagnosticsError(f"Expected analysis layers {prev!r} and {nxt!r} of the model; got "
+                               f"{list(layers) if isinstance(layers, Mapping) else 'no analysis layers'}.")
+    check_int(max_elements, "max_elements", low=1)
+    module = layers[nxt]
+    kind, n_prev = _pair_kind(module, _n_out(layers[prev]), pair=(prev, nxt))
+    if isinstance(layers[prev], nn.Conv2d) and isinstance(module, nn.Linear):
+        kind = CONV_LINEAR
+    weight = module.weight.detach().to("cpu", torch.float32)
+    n_next = weight.shape[0]
+    if kind == CONV_CONV:
+        maps = weight  # (N_next, N_prev, kh, kw)
+    elif kind == CONV_LINEAR:
+        maps = weight.reshape(n_next, n_prev, *_map_shape(model, layers[prev], module, weight.shape[1] // n_prev))
+    else:
+        maps = weight  # (N_next, N_prev)
+    values = maps.reshape(n_next, n_prev, -1).sum(dim=-1).numpy().astype(np.float32)
+    per_row = max(int(np.prod(maps.shape[1:])), 1)
+    rows, note = np.arange(n_next, dtype=np.int64), ""
+    if n_next * per_row > max_elements:
+        wanted = np.arange(n_next) if keep_rows is None else np.unique(np.asarray(keep_rows, dtype=np.int64))
+        wanted = wanted[(wanted >= 0) & (wanted < n_next)]
+        fit = max(max_elements // per_row, 1)
+        rows = wanted[:fit].astype(np.int64)
+        note = (f"{prev} → {nxt}: kernels of {len(rows)} of {n_next} {nxt} neurons kept (all {n_next} would be "
+                f"{n_next * per_row} parameters, over the cap of {max_elements})")
+    return LinkKernels(kind, values, maps[torch.from_numpy(rows)].numpy().astype(np.float32), rows, note)
 
 
 # --------------------------------------------------------------------------------------------------

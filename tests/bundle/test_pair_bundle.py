@@ -24,12 +24,17 @@ def _instances(n=48, seed=0):
 
 
 @pytest.fixture(scope="module")
-def identical():
+def identical_models():
     model = seeded("alexnet-32", 3).eval()
     twin = build_model("alexnet-32", 3).eval()
     twin.load_state_dict(model.state_dict())
+    return model, twin
+
+
+@pytest.fixture(scope="module")
+def identical(identical_models):
     opts = DiagnoseOptions(n_steps=4, folds=3, tsne_gradient="bh", weight_max_instances=8)
-    return diagnose_pair(model, twin, _instances(), CLASSES, opts)
+    return diagnose_pair(*identical_models, _instances(), CLASSES, opts)
 
 
 def test_identical_models_inherit_everything(identical):
@@ -49,7 +54,7 @@ def test_identical_models_inherit_everything(identical):
     assert d.confusion.matrix_target.sum() == val.sum()
 
 
-def test_bundle_round_trip(identical, tmp_path):
+def test_bundle_round_trip(identical, identical_models, tmp_path):
     d = identical
     history = {("source", "target_val"): ([0, 1, 2], [0.1, 0.4, 0.5]), ("target", "target_val"): ([0, 1], [0.5, 0.9])}
     manifest = write_pair_bundle(tmp_path / "b", d, history=history, meta={"runs": {"source": "s", "target": "t"}})
@@ -77,6 +82,24 @@ def test_bundle_round_trip(identical, tmp_path):
     np.testing.assert_array_equal(matrices["counts"], tw.count_matrix)
     np.testing.assert_array_equal(matrices["levels"], tw.mean_level)
     assert b.weight_matrices("target", "a", d.layers[-1]) is None  # the last layer has no next layer
+    # the parameters behind each link, per model, as the modules hold them (float16 in the bundle)
+    layers = d.layers
+    for prev, nxt, shape in ((layers[0], layers[1], (96, 48, 3, 3)), ("conv5", "fc6", (256, 96, 4, 4)),
+                             ("fc6", "fc7", (128, 256))):
+        for m, model in (("source", identical_models[0]), ("target", identical_models[1])):
+            found = b.weight_kernels(m, prev)
+            weight = model.analysis_layers[nxt].weight.detach().numpy().reshape(shape[0], -1)
+            assert found["kernels"].dtype == np.float16 and found["kernels"].shape == shape
+            np.testing.assert_array_equal(found["rows"], np.arange(shape[0]))
+            np.testing.assert_allclose(found["kernels"].reshape(shape[0], -1), weight, rtol=1e-3, atol=1e-4)
+            np.testing.assert_allclose(found["values"], weight.reshape(shape[0], shape[1], -1).sum(-1),
+                                       rtol=1e-2, atol=1e-3)
+            a, bb = 5, 7
+            np.testing.assert_array_equal(b.link_kernel(m, prev, a, bb),
+                                          found["kernels"][bb] if len(shape) == 2 else found["kernels"][bb, a])
+    assert b.weight_kernels("target", d.layers[-1]) is None and b.link_kernel("target", "conv1", 999, 0) is None
+    # A, the matrix the domain classifier was trained on
+    np.testing.assert_allclose(b.discriminability("a")["scaled"], d.discriminability["a"].scaled, atol=1e-6)
     comp = b.layer_comparison()
     assert len(comp["layer"]) == (len(CLASSES) + 1) * len(d.layers)
     disc = b.discriminability("__all__")

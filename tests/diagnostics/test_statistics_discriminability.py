@@ -225,8 +225,12 @@ def test_projection_basis_coordinates_and_biplot_axes(swap):
     decision = r.scaled @ r.coef + r.intercept
     boundary = -r.intercept / np.linalg.norm(r.coef)
     np.testing.assert_array_equal(decision > 0, r.coordinates[:, 0] > boundary)
-    for j in range(5):
-        np.testing.assert_allclose(r.axes[j], w[j] * abs(r.coef[j]) / np.abs(r.coef).max())
+    # biplot axes: the rows of W under one common factor (the longest line 1), so their horizontal
+    # lengths are proportional to |coef| (§5.4.2), whatever their vertical parts
+    np.testing.assert_allclose(r.axes, w / max(np.hypot(w[:, 0], w[:, 1])), atol=1e-12)
+    assert max(np.hypot(r.axes[:, 0], r.axes[:, 1])) == pytest.approx(1.0)
+    ratio = np.abs(r.axes[:, 0]) / np.abs(r.coef)
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-9)
 
 
 def test_histograms_count_every_row_with_shared_edges():

@@ -461,3 +461,56 @@ def test_extract_errors_and_unsupported_pairs():
         extract_important_weights(model, _images(1), on_unsupported="ignore")
     with pytest.raises(DiagnosticsError, match=r"Expected k \(weights kept per instance\) as an integer in \[1, 1280\] \(layer pair fc7 → fc8 has 1280 weights\)"):
         extract_important_weights(model, _images(1), k=2000)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The parameters behind each link (the network view's weight values and clicked feature maps)
+
+
+def _planted_net():
+    """conv1 (3→4, 3×3) → conv2 (4→2, 3×3) → 2×2 adaptive pool → fc1 (8→3) → fc2 (3→2), weights = arange."""
+    conv1, conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 2, 3, padding=1)
+    fc1, fc2 = nn.Linear(8, 3), nn.Linear(3, 2)
+    with torch.no_grad():
+        for m in (conv1, conv2, fc1, fc2):
+            m.weight.copy_(torch.arange(m.weight.numel(), dtype=torch.float32).reshape(m.weight.shape) - 5)
+    return transfer_net([("conv1", conv1), ("relu1", nn.ReLU()), ("conv2", conv2), ("pool", nn.AdaptiveAvgPool2d(2)),
+                         ("flatten", nn.Flatten())], [("fc1", fc1), ("relu", nn.ReLU()), ("fc2", fc2)],
+                        [("conv1", conv1), ("conv2", conv2), ("fc1", fc1), ("fc2", fc2)])
+
+
+def test_link_kernels_by_hand_for_the_three_kinds_of_pair():
+    net = _planted_net()
+    cc = W.link_kernels(net, "conv1", "conv2")  # conv2's kernel of input channel a into output b
+    assert cc.kind == "conv-conv" and cc.kernels.shape == (2, 4, 3, 3) and cc.note == ""
+    first = np.arange(9, dtype=np.float32).reshape(3, 3) - 5  # W[0, 0]: elements 0..8, minus 5
+    np.testing.assert_array_equal(cc.kernels[0, 0], first)
+    np.testing.assert_array_equal(cc.rows, [0, 1])
+    assert cc.values[0, 0] == first.sum() == -9.0 and cc.values[1, 3] == sum(range(63, 72)) - 45  # signed sums
+    cl = W.link_kernels(net, "conv2", "fc1")  # fc1's 8 features = 2 channels × the pool's 2×2 map
+    assert cl.kind == "conv-linear" and cl.kernels.shape == (3, 2, 2, 2)
+    np.testing.assert_array_equal(cl.kernels[2, 1], np.array([[20, 21], [22, 23]]) - 5)  # W[2, 4:8]
+    np.testing.assert_array_equal(cl.values, (np.arange(24).reshape(3, 2, 4) - 5).sum(-1))
+    ll = W.link_kernels(net, "fc1", "fc2")
+    assert ll.kind == "linear-linear" and ll.kernels.shape == (2, 3)
+    np.testing.assert_array_equal(ll.kernels, np.arange(6).reshape(2, 3) - 5)
+    np.testing.assert_array_equal(ll.values, ll.kernels)
+
+
+def test_link_kernels_over_the_cap_keep_the_asked_rows_and_say_so():
+    net = _planted_net()
+    capped = W.link_kernels(net, "conv1", "conv2", keep_rows=[1, 7, -1], max_elements=40)  # a row = 36
+    np.testing.assert_array_equal(capped.rows, [1])
+    np.testing.assert_array_equal(capped.kernels[0], W.link_kernels(net, "conv1", "conv2").kernels[1])
+    assert "1 of 2 conv2 neurons" in capped.note and capped.values.shape == (2, 4)  # values stay whole
+    with pytest.raises(DiagnosticsError, match="analysis layers"):
+        W.link_kernels(net, "conv1", "nope")
+
+
+def test_map_shape_without_an_adaptive_pool_is_square_or_a_row():
+    conv, fc = nn.Conv2d(3, 2, 3), nn.Linear(2 * 9, 2)
+    net = transfer_net([("conv", conv), ("flatten", nn.Flatten())], [("fc", fc)], [("conv", conv), ("fc", fc)])
+    assert W.link_kernels(net, "conv", "fc").kernels.shape == (2, 2, 3, 3)
+    fc6 = nn.Linear(2 * 6, 2)
+    net = transfer_net([("conv", conv), ("flatten", nn.Flatten())], [("fc", fc6)], [("conv", conv), ("fc", fc6)])
+    assert W.link_kernels(net, "conv", "fc").kernels.shape == (2, 2, 1, 6)

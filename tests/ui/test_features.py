@@ -93,7 +93,7 @@ def test_mirrored_histogram_has_source_up_and_target_down(bundle):
 
 def test_plot_shows_the_stored_projection_with_the_domain_markers(bundle):
     rec = bundle.discriminability("a")
-    plot = fv.discriminability_plot(bundle, "a")
+    plot = fv.discriminability_plot(bundle, "a", projection="all")
     for label, code, color, marker in (("source domain", 0, SOURCE, "x"), ("target domain", 1, TARGET, "circle")):
         r = plot.select_one({"name": label})
         np.testing.assert_allclose(np.column_stack([r.data_source.data["u"], r.data_source.data["g"]]),
@@ -105,6 +105,9 @@ def test_plot_shows_the_stored_projection_with_the_domain_markers(bundle):
     title = plot.title.text
     assert f"{rec['cv_mean']:.3f}" in title and f"{rec['cv_std']:.3f}" in title
     assert f"{rec['folds_used']}-fold" in title and "fewer than the paper's 10 folds" in title
+    assert "over all neurons" in title
+    # the bundle's A is the matrix the stored projection was made from
+    np.testing.assert_allclose(rec["scaled"] @ rec["basis"], rec["coordinates"], atol=1e-5)
 
 
 def _segments(plot) -> dict:
@@ -118,23 +121,68 @@ def _segments(plot) -> dict:
     return out
 
 
-def test_biplot_axes_are_the_top_five_plus_the_checked_ones_with_length_proportional_to_coef(bundle):
+def _points(plot) -> np.ndarray:
+    """The drawn instances (u, g), source rows then target rows."""
+    return np.vstack([np.column_stack([plot.select_one({"name": f"{d} domain"}).data_source.data[c] for c in "ug"])
+                      for d in ("source", "target")])
+
+
+# Hand-worked record: 3 neurons, coef (3, 4, 0) so u = (0.6, 0.8, 0), g = (0, 0, 1); 2 source, 2 target rows.
+PLANTED = {"labels": np.array([0, 0, 1, 1]), "coef": np.array([3.0, 4.0, 0.0]), "ranked": np.array([1, 0, 2]),
+           "neurons": [["l", 0], ["l", 1], ["l", 2]], "intercept": 0.0, "folds_used": 2, "cv_mean": 1.0,
+           "cv_std": 0.0, "note": "", "basis": np.array([[0.6, 0.0], [0.8, 0.0], [0.0, 1.0]]),
+           "scaled": np.array([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0], [-1.0, -1.0, 1.0], [0.5, 0.0, 0.5]])}
+PLANTED["coordinates"] = PLANTED["scaled"] @ PLANTED["basis"]
+
+
+def test_activated_projection_and_axes_by_hand():
+    # top two activated ("l:1", "l:0"): A·W over columns 1, 0 only, worked by hand
+    plot = fv.discriminability_plot(None, "x", top=2, record=PLANTED)
+    np.testing.assert_allclose(_points(plot), [[0.6, 0.0], [0.8, 0.0], [-1.4, 0.0], [0.3, 0.0]])
+    segs = _segments(plot)
+    # W's rows scaled so the longest (l:1, 0.8) reaches the farthest instance (1.4): 1.4 and 0.6 / 0.8 · 1.4
+    assert segs["l:1"][:2] == pytest.approx((1.4, 0.0)) and segs["l:0"][:2] == pytest.approx((1.05, 0.0))
+    assert "2 activated neurons" in plot.title.text
+    # ticking l:2 (coef 0) activates it: it enters the projection, and its axis is vertical (no horizontal length)
+    plot = fv.discriminability_plot(None, "x", ["l:2"], top=2, record=PLANTED)
+    np.testing.assert_allclose(_points(plot), [[0.6, -1.0], [0.8, 0.0], [-1.4, 1.0], [0.3, 0.5]])
+    r = np.hypot(1.4, 1.0)  # farthest instance; the longest row of W (l:2) has norm 1
+    segs = _segments(plot)
+    assert segs["l:1"][:2] == pytest.approx((0.8 * r, 0.0)) and segs["l:0"][:2] == pytest.approx((0.6 * r, 0.0))
+    assert segs["l:2"][:2] == pytest.approx((0.0, r)) and segs["l:2"][2] == fv.CHECKED_COLOR
+    # the all-neuron option draws every column's projection, the axes still only of the activated ones
+    plot = fv.discriminability_plot(None, "x", top=2, record=PLANTED, projection="all")
+    np.testing.assert_allclose(_points(plot), PLANTED["coordinates"])
+    assert set(_segments(plot)) == {"l:0", "l:1"}
+    # a bundle without A (older schema) falls back to all neurons and says so
+    old = {k: v for k, v in PLANTED.items() if k != "scaled"}
+    plot = fv.discriminability_plot(None, "x", top=2, record=old)
+    np.testing.assert_allclose(_points(plot), PLANTED["coordinates"])
+    assert "no A" in plot.title.text
+    with pytest.raises(ValueError, match="projection"):
+        fv.discriminability_plot(None, "x", record=PLANTED, projection="some")
+
+
+def test_biplot_axes_are_the_top_five_plus_the_checked_ones_with_horizontal_length_proportional_to_coef(bundle):
     rec = bundle.discriminability("__all__")
     labels = [f"{layer}:{n}" for layer, n in rec["neurons"]]
     top5 = [labels[j] for j in rec["ranked"][:5]]
     extra = labels[rec["ranked"][40]]
-    segs = _segments(fv.discriminability_plot(bundle, "__all__", checked=[extra, top5[0], "conv9:999"]))
+    plot = fv.discriminability_plot(bundle, "__all__", checked=[extra, top5[0], "conv9:999"])
+    segs = _segments(plot)
     assert set(segs) == {*top5, extra}
     assert segs[extra][2] == fv.CHECKED_COLOR and {segs[x][2] for x in top5} == {fv.AXIS_COLOR}
-    length = {x: np.hypot(*segs[x][:2]) for x in segs}
-    ratio = [length[x] / abs(rec["coef"][labels.index(x)]) for x in segs]
-    np.testing.assert_allclose(ratio, ratio[0])  # proportional to |coef|
-    radius = np.linalg.norm(rec["coordinates"], axis=1).max()
-    assert length[top5[0]] == pytest.approx(radius)  # the longest reaches the farthest instance
-    for x in segs:  # direction: the neuron's stored biplot axis
+    ratio = [abs(segs[x][0]) / abs(rec["coef"][labels.index(x)]) for x in segs]
+    np.testing.assert_allclose(ratio, ratio[0])  # horizontal lengths proportional to |coef|
+    active = [labels.index(x) for x in segs]
+    coords = rec["scaled"][:, active] @ rec["basis"][active]  # A·W over the activated neurons
+    np.testing.assert_allclose(np.sort(_points(plot), axis=0), np.sort(coords, axis=0), atol=1e-9)
+    radius = np.linalg.norm(coords, axis=1).max()
+    assert max(np.hypot(*segs[x][:2]) for x in segs) == pytest.approx(radius)  # the longest reaches the farthest
+    for x in segs:  # direction: the neuron's row of W
         j = labels.index(x)
-        assert np.cross(segs[x][:2], rec["axes"][j]) == pytest.approx(0, abs=1e-9)
-        assert np.dot(segs[x][:2], rec["axes"][j]) > 0
+        assert np.cross(segs[x][:2], rec["basis"][j]) == pytest.approx(0, abs=1e-9)
+        assert np.dot(segs[x][:2], rec["basis"][j]) > 0
     bottom5 = [labels[j] for j in rec["ranked"][::-1][:5]]
     assert set(_segments(fv.discriminability_plot(bundle, "__all__", order="ascending"))) == set(bottom5)
 
@@ -200,6 +248,18 @@ def test_ticking_a_row_adds_its_axis_and_survives_a_reorder(state, bundle):
     assert label in _segments(find(layout, pn.pane.Bokeh, "discriminability").object)
     table.selection = []  # unticked in the reordered list
     assert tab.checked == []
+
+
+def test_projection_switch_redraws_the_plot_over_all_neurons(state, bundle):
+    tab = FeaturesTab(state=state)
+    layout = drawn(tab)
+    rec = bundle.discriminability()
+    assert tab.projection == "activated" and "activated neurons" in find(layout, pn.pane.Bokeh,
+                                                                         "discriminability").object.title.text
+    find(layout, pn.widgets.RadioButtonGroup, "projection").value = "all"
+    plot = find(layout, pn.pane.Bokeh, "discriminability").object
+    assert tab.projection == "all" and "over all neurons" in plot.title.text
+    np.testing.assert_allclose(np.sort(_points(plot), axis=0), np.sort(rec["coordinates"], axis=0))
 
 
 def test_tab_without_a_bundle_says_what_to_do():

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import pytest
+import torch
 from bokeh.events import Tap
 from helpers.views import drawn
 
@@ -193,9 +194,11 @@ def test_figure_renders_with_bokeh_and_names_the_neuron_index_glyphs(bundle, tab
     assert len(named) == 1 and len(named[0].data_source.data["id"]) == len(z.indices)
     assert len(fig.renderers) < 20  # one renderer per kind of glyph, not per layer
     cells = next(r for r in fig.renderers if "row_model" in r.data_source.data)
-    shades = cells.glyph.fill_color.transform  # the shades span the shown cells' cosines, as the colour bar says
+    shades = cells.glyph.fill_color.transform  # the paper's fixed scale by default, stated by the colour bar
+    assert (shades.low, shades.high) == (0.0, 1.0) and shades in [bar.color_mapper for bar in fig.right]
+    auto = next(r for r in nv.zigzag_figure(z, similarity_scale="auto").renderers if "row_model" in r.data_source.data)
+    shades = auto.glyph.fill_color.transform  # the option: the shades span the shown cells' cosines
     assert (shades.low, shades.high) == pytest.approx((z.cells["similarity"].min(), z.cells["similarity"].max()))
-    assert [bar.color_mapper for bar in fig.right] == [shades]
 
 
 def test_network_tab_is_linked_both_ways_with_the_app_state(tiny_bundle):
@@ -244,3 +247,184 @@ def test_network_tab_is_linked_both_ways_with_the_app_state(tiny_bundle):
     empty = [p for p in tab.select(pn.pane.Markdown) if p.name == "network"]
     assert empty and "no neuron similarity data" in empty[0].object
     tab.get_root()  # the whole tab builds a bokeh document
+
+
+# --------------------------------------------------------------------------------------------------
+# The encodings of §5.3.3 / Figure 4: weight values, box thickness, edge counts, similarity scale, kernels
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    """The tiny bundle's two models, rebuilt as `helpers.bundles.write_tiny_bundle` builds them (seed 0):
+    the reference for the weight values and kernels the bundle stores."""
+    from mlflow_transfer.models import build_model
+
+    torch.manual_seed(0)
+    return {"source": build_model("alexnet-32", 3).eval(), "target": build_model("alexnet-32", 3).eval()}
+
+
+def test_weight_cells_are_coloured_by_the_signed_sum_of_the_links_kernel(bundle, tables, tiny_models):
+    z = nv.zigzag_data(bundle, "a", 0, len(bundle.layers) - 1, tables=tables)
+    w = z.weight_cells
+    checked = 0
+    for (model, layer, nxt), part in w.groupby(["model", "layer", "next_layer"]):
+        weight = tiny_models[model].analysis_layers[nxt].weight.detach().double().numpy()
+        n_prev = len(bundle.weight_matrices(model, "a", layer)["levels"][0])
+        sums = weight.reshape(weight.shape[0], n_prev, -1).sum(-1)  # (N_next, N_prev), from the module itself
+        expected = sums[part["b"], part["a"]]
+        np.testing.assert_allclose(part["value"], expected, rtol=2e-3, atol=2e-3)  # float16 in the bundle
+        clear = np.abs(expected) > 1e-2
+        assert (np.sign(part["tone"])[clear] == np.sign(expected)[clear]).all()  # the colour's side of 0
+        assert part["tone"].abs().max() <= 1.0
+        checked += clear.sum()
+    assert checked > 50
+    fig = nv.zigzag_figure(z)
+    cells = fig.select_one({"name": "weight-cells"})
+    mapper = cells.glyph.fill_color.transform  # diverging, centred at 0: negative one side, positive the other
+    assert cells.glyph.fill_color.field == "tone" and (mapper.low, mapper.high) == (-1, 1)
+    assert list(mapper.palette) == list(nv.WEIGHT_PALETTE) and mapper in [bar.color_mapper for bar in fig.right]
+    # the switch: the activated level in grey, as before
+    levels = nv.zigzag_data(bundle, "a", 0, 2, tables=tables, weight_encoding="activated level")
+    cells = nv.zigzag_figure(levels).select_one({"name": "weight-cells"})
+    assert cells.glyph.fill_color.field == "shade" and levels.weight_encoding == "activated level"
+    with pytest.raises(ValueError, match="encoding"):
+        nv.zigzag_data(bundle, "a", 0, 2, tables=tables, weight_encoding="brightness")
+
+
+def test_planted_weight_values_give_the_tone_and_the_boxes(bundle, tables, monkeypatch):
+    real = bundle.weight_kernels
+
+    def planted(model, layer):
+        found = real(model, layer)
+        if found is None:
+            return None
+        values = np.ones(found["values"].shape, np.float16)
+        values[:, 0] = -4.0  # every link from neuron 0 of the previous layer: strongly negative
+        return {**found, "values": values}
+
+    monkeypatch.setattr(bundle, "weight_kernels", planted)
+    z = nv.zigzag_data(bundle, "a", 0, 2, tables=tables)
+    w = z.weight_cells
+    assert (w[w["a"] == 0]["tone"] == -1.0).all() and (w[w["a"] != 0]["tone"] == 0.25).all()
+    assert len(w[w["a"] == 0]) > 0
+    # boxes summarise the values: a row neuron of the previous layer is all -4 or all 1
+    boxes = z.boxes[(z.boxes["side"] == "prev")]
+    assert set(boxes["median"]) <= {-4.0, 1.0} and len(boxes)
+    levels = nv.zigzag_data(bundle, "a", 0, 2, tables=tables, weight_encoding="activated level")
+    assert not set(levels.boxes["median"]) <= {-4.0, 1.0}
+
+
+def test_box_thickness_is_proportional_to_the_important_links_in_the_row(bundle, tables):
+    z = nv.zigzag_data(bundle, "b", 0, len(bundle.layers) - 1, tables=tables)
+    regions = z.regions[z.regions["kind"] == "weights"]
+    for (model, layer), block in z.boxes.groupby(["model", "layer"]):
+        most = block["n_important"].max()
+        expected = 0.8 * block["n_important"] / most if most else 0.0 * block["n_important"]
+        np.testing.assert_allclose(block["thickness"], expected)
+        # drawn across the row: boxes of the important rows sit in the strip to their right (thickness
+        # along y), those of the important columns in the strip below (thickness along x)
+        right = regions[(regions["model"] == model) & (regions["layer"] == layer) & (regions["region"] == "imp×non")]
+        for r in block.itertuples():
+            cy = (r.y0 + r.y1) / 2
+            in_rows = ((right["y0"] <= cy) & (cy <= right["y1"]) & (right["x0"] <= r.x0)).any()
+            across = r.y1 - r.y0 if in_rows else r.x1 - r.x0
+            assert across == pytest.approx(r.thickness)
+    assert z.boxes["thickness"].max() == pytest.approx(0.8) and (z.boxes["thickness"] < 0.8).any()
+
+
+def test_edge_counts_are_the_important_weights_meeting_each_group(bundle, tables):
+    z = nv.zigzag_data(bundle, "b", 0, 3, tables=tables)
+    wt = tables[1]
+    assert len(z.edges) == 4 * len(z.regions[(z.regions["kind"] == "weights") & (z.regions["region"] == "imp×imp")])
+    for e in z.edges.itertuples():
+        links = wt[(wt["model"] == e.model) & (wt["class_index"] == 1) & (wt["layer"] == e.layer)]
+        end = "a" if e.neurons_of == e.layer else "b"
+        important = set(_imp(tables, e.model, 1, e.neurons_of))
+        inside = links[end].isin(important)
+        assert e.n == (inside.sum() if e.group == "important" else (~inside).sum()), e
+        assert e.label == str(e.n)
+    # each side's two groups share all the block's important weights
+    for _, side in z.edges.groupby(["model", "layer", "axis"]):
+        links = wt[(wt["model"] == side["model"].iloc[0]) & (wt["class_index"] == 1) &
+                   (wt["layer"] == side["layer"].iloc[0])]
+        assert side["n"].sum() == len(links)
+    fig = nv.zigzag_figure(z)
+    assert len(fig.select_one({"name": "edge-counts"}).data_source.data["n"]) == len(z.edges)
+    lean = nv.zigzag_data(bundle, "b", 0, 3, tables=tables, hide_non_important=True)
+    assert set(lean.edges["group"]) == {"important"}
+
+
+def test_similarity_brightness_on_the_papers_fixed_scale():
+    fixed = nv.similarity_mapper(np.array([0.91, 0.99]))
+    assert (fixed.low, fixed.high) == (0.0, 1.0)
+    assert fixed.palette[0].lower() == "#ffffff" and fixed.palette[-1].lower() == "#000000"  # 0 white, 1 black
+    auto = nv.similarity_mapper(np.array([0.91, 0.99]), "auto")
+    assert (auto.low, auto.high) == pytest.approx((0.91, 0.99))
+    with pytest.raises(ValueError, match="scale"):
+        nv.similarity_mapper(np.array([0.5]), "log")
+
+
+def _kernel_image(row, model):
+    """The 2-D image (or 1-D bars) a kernel figure of ``model`` draws."""
+    fig = next(p.object for p in row.select(pn.pane.Bokeh) if p.object.select_one({"name": f"kernel-{model}"}))
+    r = fig.select_one({"name": f"kernel-{model}"})
+    data = r.data_source.data
+    return (np.asarray(data["image"][0]) if "image" in data else np.asarray(data["top"])), fig
+
+
+def test_clicked_kernels_are_the_modules_weights_in_both_models(bundle, tiny_models):
+    for prev, nxt, a, b in (("conv2", "conv3", 4, 9), ("conv5", "fc6", 3, 17), ("fc6", "fc7", 11, 5)):
+        row = nv.kernel_row(bundle, "target", prev, nxt, a, b)
+        assert row.name == "weight-kernels"
+        for model in ("source", "target"):
+            weight = tiny_models[model].analysis_layers[nxt].weight.detach().numpy()
+            expected = {"conv3": lambda: weight[b, a], "fc6": lambda: weight[b].reshape(96, 4, 4)[a],
+                        "fc7": lambda: weight[b]}[nxt]()
+            image, fig = _kernel_image(row, model)
+            np.testing.assert_allclose(image, expected, rtol=1e-3, atol=1e-4)
+            if nxt == "fc7":  # the weight row with the clicked input marked
+                assert list(fig.select_one({"name": "clicked-input"}).data_source.data["x"]) == [a]
+        highs = set()
+        for model in ("source", "target"):
+            glyph = _kernel_image(row, model)[1].select_one({"name": f"kernel-{model}"}).glyph
+            highs.add((glyph.fill_color.transform if nxt == "fc7" else glyph.color_mapper).high)
+        assert len(highs) == 1  # one scale for both models
+    assert "No kernel" in nv.kernel_row(bundle, "target", bundle.layers[-1], "none", 0, 0).object  # the last layer
+
+
+def test_a_bundle_without_weight_values_shows_levels_and_says_so(bundle, tables, monkeypatch):
+    monkeypatch.setattr(type(bundle), "weight_kernels", lambda *a, **k: None)
+    z = nv.zigzag_data(bundle, "a", 0, 2, tables=tables)
+    assert z.weight_cells["value"].isna().all() and any("No weight values" in n for n in z.notes)
+    assert len(z.boxes) and z.boxes["median"].notna().all()
+    nv.zigzag_figure(z)  # NaN tones are drawn in the mapper's nan colour
+    assert "No kernel" in nv.kernel_row(bundle, "target", "conv1", "conv2", 0, 0).object
+
+
+def test_network_tab_switches_and_a_clicked_weight_shows_its_kernels(tiny_bundle, tiny_models):
+    state = _state(tiny_bundle, layer_from=0, layer_to=2)
+    tab = NetworkTab(state=state)
+    layout = drawn(tab)
+
+    def figure():
+        return next(p for p in layout.select(pn.pane.Bokeh) if p.name == "network").object
+
+    assert figure().select_one({"name": "weight-cells"}).glyph.fill_color.field == "tone"
+    next(w for w in layout.select(pn.widgets.RadioButtonGroup) if w.name == "weight-encoding").value = \
+        "activated level"
+    assert tab.weight_encoding == "activated level"
+    assert figure().select_one({"name": "weight-cells"}).glyph.fill_color.field == "shade"
+    next(w for w in layout.select(pn.widgets.RadioButtonGroup) if w.name == "similarity-scale").value = "auto"
+    cells = next(r for r in figure().renderers if "row_model" in r.data_source.data)
+    assert cells.glyph.fill_color.transform.low > 0
+    z = nv.zigzag_data(state.bundle, "a", 0, 2)
+    cell = z.weight_cells.iloc[0]
+    fig = figure()
+    fig._trigger_event(Tap(fig, x=(cell["x0"] + cell["x1"]) / 2, y=(cell["y0"] + cell["y1"]) / 2))
+    detail = next(p for p in layout.select(pn.Column) if p.name == "weight-detail")
+    assert f"#{cell['a']}" in detail[0].object
+    kernels = next(p for p in detail.select(pn.Column) if p.name == "weight-kernels")
+    image, _ = _kernel_image(kernels, "source")
+    weight = tiny_models["source"].analysis_layers[cell["next_layer"]].weight.detach().numpy()
+    np.testing.assert_allclose(image, weight[cell["b"], cell["a"]], rtol=1e-3, atol=1e-4)
+    layout.get_root()

@@ -1,6 +1,7 @@
 """The Features tab (paper §5.4.2, Figure 1 D): a class (two-way with the state's selection), the sort
-order, the domain classifier's CV accuracy, the discriminability plot and the ranking list, where
-ticking a row adds its neuron's axis to the plot."""
+order, the projection (over the activated neurons or all), the domain classifier's CV accuracy, the
+discriminability plot and the ranking list, where ticking a row activates its neuron: it enters the
+plot's projection and gets an axis."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class FeaturesTab(Tab):
 
     shown = param.String(default=fv.ALL, doc="class shown (ALL: all classes)")
     order = param.Selector(default=fv.ORDERS[0], objects=list(fv.ORDERS))
+    projection = param.Selector(default=fv.PROJECTIONS[0], objects=list(fv.PROJECTIONS),
+                                doc="A·W over the activated neurons (paper §5.4.2) or over all of them")
     checked = param.List(default=[], item_type=str, doc="ticked 'layer:index' labels of the shown class, sorted")
     page_size = param.Integer(default=fv.PAGE_SIZE, bounds=(1, None), constant=True)
 
@@ -40,6 +43,7 @@ class FeaturesTab(Tab):
         self._select = pn.widgets.Select(label="Class", width=200)
         self._select.param.watch(lambda e: self.show(e.new), "value")
         self._order = pn.widgets.RadioButtonGroup.from_param(self.param.order)
+        self._projection = pn.widgets.RadioButtonGroup.from_param(self.param.projection, name="projection")
         self._new_pair()
 
     def show(self, cls: str) -> None:
@@ -76,13 +80,14 @@ class FeaturesTab(Tab):
             return pn.pane.Markdown(fv.missing_message(self.state.bundle, self.shown), name="features-empty")
         return pn.pane.Markdown(fv.cv_details(record), name="cv-accuracy")
 
-    @part("state.bundle", "shown", "checked", "order", what="discriminability plot")
+    @part("state.bundle", "shown", "checked", "order", "projection", what="discriminability plot")
     def plot(self):
         b = self.state.bundle
         record = self._record(b, self.shown)
         if record is None:
             return pn.Spacer(height=0)
-        return pn.pane.Bokeh(fv.discriminability_plot(b, self.shown, self.checked, order=self.order, record=record),
+        return pn.pane.Bokeh(fv.discriminability_plot(b, self.shown, self.checked, order=self.order, record=record,
+                                                     projection=self.projection),
                              name="discriminability", sizing_mode="stretch_width", min_height=440)
 
     @part("state.bundle", "shown", "order", what="feature ranking")
@@ -101,8 +106,9 @@ class FeaturesTab(Tab):
         self.checked = sorted(event.obj.value["label"].iloc[event.new])
 
     def layout(self):
-        hint = pn.pane.Markdown(f"The first {fv.TOP_AXES} neurons in this order are drawn as axes; tick more in "
-                                "the list. Positive discriminability pushes towards the target domain.")
-        return pn.Column(pn.Row(self._select, self._order, hint), self.lazy(self.summary),
+        hint = pn.pane.Markdown(f"The first {fv.TOP_AXES} neurons in this order are activated (projected and drawn "
+                                "as axes); tick more in the list. Positive discriminability pushes towards the "
+                                "target domain.")
+        return pn.Column(pn.Row(self._select, self._order, self._projection, hint), self.lazy(self.summary),
                          self.lazy(self.plot, sizing_mode="stretch_width"),
                          self.lazy(self.ranking, sizing_mode="stretch_width"), sizing_mode="stretch_width")

@@ -4,8 +4,11 @@ a clicked neuron's detail, and the inheritance line and CKA heatmap by depth.
 Linked both ways with the state: the class select ↔ ``classes`` (a multi-class selection made
 elsewhere is not narrowed: the figure shows its first class with similarity data), the layer slider ↔
 ``layer_from``/``layer_to``, the checkboxes ↔ the two hide flags; a click on a neuron index sets
-``neuron``, which the detail follows. Panes are named ``network``, ``neuron-detail``,
-``weight-detail``, ``inheritance`` and ``cka``.
+``neuron``, which the detail follows. Two switches are the tab's own parameters: what the weight
+blocks show (``weight_encoding``: the weight values, or the activated levels) and the similarity
+scale (``similarity_scale``: the paper's fixed [0, 1], or the shown range). A click on a weight cell
+shows its description and kernel in both models. Panes are named ``network``, ``neuron-detail``,
+``weight-detail`` (a column), ``inheritance`` and ``cka``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ def _tables(bundle) -> tuple[pd.DataFrame, pd.DataFrame]:
 class NetworkTab(Tab):
     title = "Network"
 
+    weight_encoding = param.Selector(default=nv.WEIGHT_ENCODINGS[0], objects=list(nv.WEIGHT_ENCODINGS),
+                                     doc="what the weight blocks show (paper §5.3.3: the weight values)")
+    similarity_scale = param.Selector(default=nv.SIMILARITY_SCALES[0], objects=list(nv.SIMILARITY_SCALES),
+                                      doc="similarity greys over the paper's fixed [0, 1] or the shown range")
+
     def __init__(self, **params):
         super().__init__(**params)
         self._tables = functools.lru_cache(maxsize=1)(_tables)
@@ -43,7 +51,7 @@ class NetworkTab(Tab):
         self._select.param.watch(self._picked, "value")
         self._slider = pn.widgets.IntRangeSlider(label="Layers", start=0, end=1, step=1, width=260)
         self._slider.param.watch(self._slid, "value")
-        self._clicked = pn.pane.Markdown(WEIGHT_PROMPT, name="weight-detail")
+        self._clicked = pn.Column(pn.pane.Markdown(WEIGHT_PROMPT), name="weight-detail")
         self._new_pair()
 
     # --- the class and the layer range, two-way with the state ----------------------------------------
@@ -65,7 +73,7 @@ class NetworkTab(Tab):
         n = len(b.layers)
         self._select.param.update(options=b.classes, value=self.shown_class())
         self._slider.param.update(end=max(n - 1, 1), value=self._span(), visible=n >= 2)
-        self._clicked.object = WEIGHT_PROMPT
+        self._clicked.objects = [pn.pane.Markdown(WEIGHT_PROMPT)]
 
     @param.depends("state.classes", watch=True)
     def _follow_classes(self):
@@ -95,15 +103,16 @@ class NetworkTab(Tab):
         return pn.pane.Markdown(f"{escape_md(b.layers[lo])} → {escape_md(b.layers[hi])}", margin=(22, 5, 0, 5))
 
     @part("state.bundle", "state.classes", "state.layer_from", "state.layer_to",
-          "state.hide_non_important", "state.hide_source_weights", what="network figure")
+          "state.hide_non_important", "state.hide_source_weights", "weight_encoding", "similarity_scale",
+          what="network figure")
     def figure(self):
         s = self.state
         data = nv.zigzag_data(s.bundle, self.shown_class(), s.layer_from, s.layer_to,
                               hide_non_important=s.hide_non_important, hide_source_weights=s.hide_source_weights,
-                              tables=self._tables(s.bundle))
+                              tables=self._tables(s.bundle), weight_encoding=self.weight_encoding)
         if data.message:
             return pn.pane.Markdown(escape_md(data.message), name="network")
-        fig = nv.zigzag_figure(data)
+        fig = nv.zigzag_figure(data, similarity_scale=self.similarity_scale)
         fig.on_event(Tap, functools.partial(self._tapped, data))
         notes = [pn.pane.Markdown("\n".join(f"- {escape_md(note)}" for note in data.notes), name="network-notes")
                  ] if data.notes else []
@@ -115,8 +124,10 @@ class NetworkTab(Tab):
             return
         if hit["kind"] == "neuron":
             self.state.neuron = hit["id"]
+        elif hit["kind"] == "weight":
+            self._clicked.objects = nv.weight_detail(self.state.bundle, hit)
         else:
-            self._clicked.object = nv.describe_hit(hit)
+            self._clicked.objects = [pn.pane.Markdown(nv.describe_hit(hit))]
 
     @part("state.bundle", "state.neuron", "state.classes", what="neuron detail")
     def detail(self):
@@ -139,7 +150,11 @@ class NetworkTab(Tab):
                           pn.widgets.Checkbox.from_param(s.hide_non_important, label="Hide non-important regions",
                                                          margin=(24, 10, 0, 10)),
                           pn.widgets.Checkbox.from_param(s.hide_source_weights, label="Hide source weights",
-                                                         margin=(24, 10, 0, 10)))
+                                                         margin=(24, 10, 0, 10)),
+                          pn.widgets.RadioButtonGroup.from_param(self.param.weight_encoding, name="weight-encoding",
+                                                                 margin=(20, 5, 0, 5)),
+                          pn.widgets.RadioButtonGroup.from_param(self.param.similarity_scale, name="similarity-scale",
+                                                                 margin=(20, 5, 0, 5)))
         legend = pn.pane.Markdown(nv.LEGEND, styles={"font-size": "0.85em"}, margin=(0, 10))
         # the neuron detail, or the two by-depth summaries side by side: drawn only when shown
         side = pn.Tabs(("Neuron", self.lazy(self.detail)),

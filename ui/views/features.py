@@ -2,8 +2,10 @@
 
 Everything comes from the bundle's ``discriminability/<class>`` record (Algorithm 1 run on the
 *target* model's conductance of its important neurons; ``neurons`` names the columns of A) and the
-target model's ``features/target/<layer>`` patch sprites. Nothing is recomputed here except display
-scaling. A class without the record (e.g. one with instances in only one domain) is an empty state.
+target model's ``features/target/<layer>`` patch sprites. Nothing is recomputed here but display
+scaling and the plot's projection A·W restricted to the activated neurons (the stored A, ``scaled``,
+times rows of the stored W, ``basis``). A class without the record (e.g. one with instances in only
+one domain) is an empty state.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from .images import crop_patches, data_uri, png_bytes
 from .style import MODEL_MARKER, SOURCE, TARGET
 from .text import escape_md
 
-__all__ = ["ALL", "ORDERS", "PAGE_SIZE", "TOP_AXES", "cv_details", "cv_summary", "discriminability_plot",
-           "feature_frame", "feature_table", "mirrored_histogram", "missing_message", "read_discriminability",
-           "sort_features", "top_labels"]
+__all__ = ["ALL", "ORDERS", "PAGE_SIZE", "PROJECTIONS", "TOP_AXES", "activated_columns", "biplot_axes",
+           "cv_details", "cv_summary", "discriminability_plot", "feature_frame", "feature_table",
+           "mirrored_histogram", "missing_message", "projected", "read_discriminability", "sort_features",
+           "top_labels"]
 
 ALL = "__all__"  # the bundle's key for the all-classes record
 ORDERS = ("descending", "ascending")
+PROJECTIONS = ("activated", "all")  # A·W over the activated neurons (§5.4.2), or over every neuron
 TOP_AXES = 5       # biplot axes drawn without ticking (paper: "top five neurons ... depending on the order")
 FEW_PATCHES = 3    # patches per domain shown in a list row
 PAGE_SIZE = 15     # list rows per page; remote paging sends only these to the browser
@@ -178,30 +182,64 @@ def cv_summary(record: dict, *, note: bool = True) -> str:
     return text + (f" ({': '.join(remarks)})" if remarks else "")
 
 
-def _axes_frame(record: dict, frame: pd.DataFrame, labels: list[str], radius: float) -> pd.DataFrame:
-    """Biplot segments from the origin for ``labels``: direction = the neuron's stored axis (its
-    original axis projected on [u, g]), length = radius · |coef_j| / max |coef|."""
-    axes, coef = np.asarray(record["axes"], np.float64), np.abs(np.asarray(record["coef"], np.float64))
-    rows = frame.set_index("label").loc[labels]
-    out = []
-    for label, j in zip(labels, rows["column"]):
-        direction = axes[j] if np.linalg.norm(axes[j]) > 0 else np.asarray(record["basis"][j], np.float64)
-        norm = np.linalg.norm(direction)
-        if norm == 0:  # a neuron with coef 0 and no projection has no line to draw
-            continue
-        x1, y1 = direction / norm * radius * coef[j] / coef.max()
-        out.append({"x0": 0.0, "y0": 0.0, "x1": x1, "y1": y1, "label": label, "discriminability": record["coef"][j]})
-    return pd.DataFrame(out, columns=["x0", "y0", "x1", "y1", "label", "discriminability"])
+def activated_columns(frame: pd.DataFrame, checked=(), order: str = "descending", top: int = TOP_AXES
+                      ) -> tuple[list[str], list[str]]:
+    """The activated neurons (§5.4.2): the first ``top`` labels of the list in ``order``, and the
+    ``checked`` labels of this class's A beyond those (sorted); labels not in A are ignored."""
+    default = top_labels(frame, order, top)
+    return default, sorted((set(checked) & set(frame["label"])) - set(default))
+
+
+def projected(record: dict, columns=None) -> np.ndarray | None:
+    """(M, 2) instances projected as A·W (§5.4.2) with A's and W's rows restricted to ``columns`` (j
+    indices of A's columns; None: all neurons, the stored ``coordinates``). None when the record has
+    no A (``scaled``: bundles written before it was stored) and ``columns`` is not None.
+
+    With only the activated columns, x is the decision value of the SVM restricted to them (the
+    others held at 0, the middle of their scaled range) over ||coef||, so the stored boundary line
+    x = -b/||coef|| still separates its two decisions."""
+    if columns is None:
+        return np.asarray(record["coordinates"], np.float64)
+    if "scaled" not in record:
+        return None
+    cols = np.asarray(list(columns), np.int64)
+    a = np.asarray(record["scaled"], np.float64)[:, cols]
+    return a @ np.asarray(record["basis"], np.float64)[cols]
+
+
+def biplot_axes(record: dict, columns, radius: float) -> np.ndarray:
+    """(len(columns), 2) biplot line ends of the neurons ``columns``: their rows of W = [u, g] under one
+    common factor, so the longest line is ``radius`` long and every line's horizontal length,
+    radius · |u_j| / max ||W_j||, is proportional to |coef_j| (§5.4.2: the horizontal lengths show
+    the domain discriminability)."""
+    w = np.asarray(record["basis"], np.float64)[np.asarray(list(columns), np.int64)].reshape(-1, 2)
+    longest = float(np.hypot(w[:, 0], w[:, 1]).max(initial=0.0))
+    return w * (radius / longest) if longest > 0 else w
+
+
+def _axes_frame(record: dict, frame: pd.DataFrame, labels: list[str], checked: list[str],
+                radius: float) -> pd.DataFrame:
+    """Biplot segments from the origin for ``labels`` (default) and ``checked``, on one common scale."""
+    names = list(labels) + list(checked)
+    columns = frame.set_index("label").loc[names, "column"].to_numpy(np.int64) if names else np.zeros(0, np.int64)
+    ends = biplot_axes(record, columns, radius)
+    coef = np.asarray(record["coef"], np.float64)
+    return pd.DataFrame({"x0": 0.0, "y0": 0.0, "x1": ends[:, 0], "y1": ends[:, 1], "label": names,
+                         "discriminability": coef[columns], "checked": [n in checked for n in names]},
+                        columns=["x0", "y0", "x1", "y1", "label", "discriminability", "checked"])
 
 
 def discriminability_plot(bundle: PairBundle, cls: str = ALL, checked=(), *, order: str = "descending",
-                          top: int = TOP_AXES, record: dict | None = None) -> bokeh_figure:
-    """Domain discriminability plot: instances (rows of A) projected on [u, g] — u, the SVM normal,
-    horizontal (the decision boundary is the dashed vertical line), g, the first principal component,
-    vertical; red crosses source, blue circles target. Biplot axes from the origin, labelled
-    ``layer:index``, for the first ``top`` neurons of the list in ``order`` plus the ``checked``
-    labels (green); each line's length is proportional to |coef|, the longest reaching the farthest
-    instance. The title gives the k-fold CV accuracy.
+                          top: int = TOP_AXES, record: dict | None = None,
+                          projection: str = PROJECTIONS[0]) -> bokeh_figure:
+    """Domain discriminability plot (§5.4.2): instances (rows of A) projected as A·W on [u, g] — u, the
+    SVM normal, horizontal (the decision boundary is the dashed vertical line), g, the first principal
+    component, vertical; red crosses source, blue circles target. The activated neurons are the first
+    ``top`` of the list in ``order`` plus the ``checked`` labels (green): with ``projection``
+    "activated" only their columns of A and rows of W enter the projection, with "all" every neuron's
+    do (the stored coordinates). Each activated neuron's biplot axis, labelled ``layer:index``, is its
+    row of W on one common scale (the longest reaching the farthest instance), so its horizontal
+    length is proportional to |coef|. The title gives the k-fold CV accuracy and the projection.
 
     A plain bokeh figure (renderers named ``source domain``, ``target domain``, ``axes`` and
     ``checked axes``; the boundary a ``Span`` named ``boundary``): redrawn on every tick, class and
@@ -210,7 +248,10 @@ def discriminability_plot(bundle: PairBundle, cls: str = ALL, checked=(), *, ord
     Args:
         checked: ``"layer:index"`` labels ticked in the list; labels not in this class's A are ignored.
         record: ``cls``'s record when the caller already read it.
+        projection: "activated" or "all"; a bundle without A (older) draws "all" and says so.
     """
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
     fig = bokeh_figure(tools="pan,wheel_zoom,box_zoom,reset,save", toolbar_location="above",
                        sizing_mode="stretch_width", height=440, x_axis_label="u: SVM normal (→ target)",
                        y_axis_label="g: first principal component")
@@ -218,8 +259,18 @@ def discriminability_plot(bundle: PairBundle, cls: str = ALL, checked=(), *, ord
     if rec is None:
         fig.title.text = f"No domain discriminability for {cls}"
         return fig
-    fig.title.text = f"Domain classifier: {cv_summary(rec, note=False)}"
-    coords, labels = np.asarray(rec["coordinates"], np.float64), np.asarray(rec["labels"])
+    frame = _base_frame(rec)
+    default, extra = activated_columns(frame, checked, order, top)
+    active = frame.set_index("label").loc[default + extra, "column"].to_numpy(np.int64)
+    coords = projected(rec, active) if projection == "activated" else None
+    if coords is None:
+        coords = projected(rec)
+        shown = ("all neurons" if projection == "all" else
+                 "all neurons: this bundle has no A to project the activated ones, diagnose the pair again")
+    else:
+        shown = f"{len(active)} activated neurons"
+    fig.title.text = f"Domain classifier: {cv_summary(rec, note=False)}; A·W over {shown}"
+    labels = np.asarray(rec["labels"])
     points = []
     for domain, code, color in (("source", 0, SOURCE), ("target", 1, TARGET)):
         part = pd.DataFrame(coords[labels == code], columns=["u", "g"]).assign(domain=domain)
@@ -233,12 +284,10 @@ def discriminability_plot(bundle: PairBundle, cls: str = ALL, checked=(), *, ord
     if "intercept" in rec and norm > 0:  # decision value ||coef||·u + b = 0
         fig.add_layout(Span(location=-float(rec["intercept"]) / norm, dimension="height", line_color="#666666",
                             line_dash="dashed", line_width=1, name="boundary"))
-    frame = _base_frame(rec)
-    default = top_labels(frame, order, top)
-    extra = sorted((set(checked) & set(frame["label"])) - set(default))
     radius = float(np.linalg.norm(coords, axis=1).max(initial=0)) or 1.0
-    for names, color, name in ((default, AXIS_COLOR, "axes"), (extra, CHECKED_COLOR, "checked axes")):
-        segs = ColumnDataSource(_axes_frame(rec, frame, names, radius))
+    segments = _axes_frame(rec, frame, default, extra, radius)
+    for color, name, ticked in ((AXIS_COLOR, "axes", False), (CHECKED_COLOR, "checked axes", True)):
+        segs = ColumnDataSource(segments[segments["checked"] == ticked].drop(columns="checked"))
         axes = fig.segment("x0", "y0", "x1", "y1", source=segs, color=color, line_width=2, name=name)
         fig.add_tools(HoverTool(renderers=[axes], tooltips=[("neuron", "@label"),
                                                             ("discriminability", "@discriminability{0.000}")]))

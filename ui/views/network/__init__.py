@@ -9,14 +9,26 @@ histograms and boxplots (with pies of the inherited share) for the rest.
 
 The modules: :mod:`.layout` lays the figure out as tables in one coordinate system (:mod:`.geometry`)
 and says what a click hits, with the weight blocks between layers in :mod:`.weights`; :mod:`.figure`
-draws those tables as one bokeh canvas, :mod:`.detail` is the clicked neuron's panel;
-`ui.tabs.network` puts them together with the app's state.
+draws those tables as one bokeh canvas, :mod:`.detail` is the clicked neuron's panel and :mod:`.link`
+the clicked weight's (its kernel in both models); `ui.tabs.network` puts them together with the app's
+state.
 """
 
 from .detail import neuron_detail, parse_neuron_id, patch_row
-from .figure import LEGEND, MAX_PX, describe_hit, zigzag_figure
+from .figure import (
+    LEGEND,
+    MAX_PX,
+    SIMILARITY_SCALES,
+    WEIGHT_PALETTE,
+    describe_hit,
+    similarity_mapper,
+    zigzag_figure,
+)
 from .geometry import DOMAINS, MODEL_COLOR, OTHER
 from .layout import ZigZag, zigzag_data
+from .link import kernel_figure, kernel_row, weight_detail
+from .weights import WEIGHT_ENCODINGS
 
-__all__ = ["DOMAINS", "LEGEND", "MAX_PX", "MODEL_COLOR", "OTHER", "ZigZag", "describe_hit", "neuron_detail",
-           "parse_neuron_id", "patch_row", "zigzag_data", "zigzag_figure"]
+__all__ = ["DOMAINS", "LEGEND", "MAX_PX", "MODEL_COLOR", "OTHER", "SIMILARITY_SCALES", "WEIGHT_ENCODINGS",
+           "WEIGHT_PALETTE", "ZigZag", "describe_hit", "kernel_figure", "kernel_row", "neuron_detail",
+           "parse_neuron_id", "patch_row", "similarity_mapper", "weight_detail", "zigzag_data", "zigzag_figure"]

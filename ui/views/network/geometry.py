@@ -162,3 +162,5 @@ class Draft:
     regions: list = field(default_factory=list)
     indices: list = field(default_factory=list)
     titles: list = field(default_factory=list)
+    edges: list = field(default_factory=list)
+    notes: list = field(default_factory=list)

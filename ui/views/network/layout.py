@@ -13,7 +13,7 @@ import pandas as pd
 from mlflow_transfer.bundle import PairBundle
 
 from .geometry import LABEL, OTHER, RECT, Draft, Grid, hist_bars, non_important, region_frame
-from .weights import weight_blocks
+from .weights import WEIGHT_ENCODINGS, weight_blocks
 
 __all__ = ["ZigZag", "zigzag_data"]
 
@@ -34,17 +34,25 @@ class ZigZag:
         weight_cells: weights, important × important: model, layer, next_layer, a (neuron of ``layer``),
             b (neuron of ``next_layer``), level, count, shade (level / block max, clipped to [0, 1]),
             important (one of the model's important weights), inherited (target: bool; source: None),
-            edge (outline colour).
+            edge (outline colour), value (the link's weight value, the signed sum of its parameters;
+            NaN in a bundle without them), tone (value / the block's largest |value|, in [-1, 1]).
         dots: red dots (x, y centres) on ``weight_cells`` rows with ``inherited`` True.
         boxes: one per important neuron of a boxplot region: model, layer, next_layer, neuron, side
             ("prev"/"next": which layer the neuron is in), n (links), q1, median, q3, min, max,
-            n_important, n_inherited, share (n_inherited / n_important; NaN when none is important).
+            n_important, n_inherited, share (n_inherited / n_important; NaN when none is important),
+            thickness (of the box: proportional to n_important, the most in the block drawn 0.8); the
+            boxes summarise ``weight_encoding``'s quantity.
         box_lines: whiskers and medians as segments (x0, y0, x1, y1).
         pies: polygon dicts (x, y arrays + share, neuron, part) of the pie glyphs (target weights only).
         weight_bars: histogram bars of the non-important × non-important weights: model, layer, lo, hi, count.
         regions: every region's frame: kind ("similarity"/"weights"), model, layer, region, n, edge.
         indices: the neuron index glyphs: x, y (centre), model, layer, neuron, rank, axis ("row"/"col"), id.
         titles: layer names (x, y, text).
+        edges: Figure 4 C's edge counts, per weight block, side and neuron group: a bracket (x0, y0, x1,
+            y1) and its label's centre (x, y); model, layer, next_layer, axis ("row"/"col": the block's
+            side), neurons_of (the layer of that side), group ("important"/"non-important"), n (the
+            model's important weights meeting that group), label.
+        weight_encoding: what the weight blocks show, one of ``WEIGHT_ENCODINGS``.
     """
 
     cls: str
@@ -65,6 +73,8 @@ class ZigZag:
     regions: pd.DataFrame = field(default_factory=pd.DataFrame)
     indices: pd.DataFrame = field(default_factory=pd.DataFrame)
     titles: pd.DataFrame = field(default_factory=pd.DataFrame)
+    edges: pd.DataFrame = field(default_factory=pd.DataFrame)
+    weight_encoding: str = WEIGHT_ENCODINGS[0]
 
     def hit(self, x: float, y: float) -> dict | None:
         """What lies at (x, y): ``{"kind": "neuron", "id": "model:layer:index", ...}``, a weight
@@ -161,13 +171,13 @@ def _fill_tables(z: ZigZag, draft: Draft) -> None:
     z.sim_bars = pd.DataFrame(draft.sim_bars, columns=RECT + ["lo", "hi", "count", "layer", "region"])
     z.weight_cells = pd.DataFrame(draft.weight_cells, columns=RECT + ["model", "layer", "next_layer", "a", "b",
                                                                       "level", "count", "shade", "important",
-                                                                      "inherited", "edge"])
+                                                                      "inherited", "edge", "value", "tone"])
     inh = z.weight_cells[z.weight_cells["inherited"].map(lambda v: v is True).astype(bool)]
     z.dots = pd.DataFrame({"x": (inh["x0"] + inh["x1"]) / 2, "y": (inh["y0"] + inh["y1"]) / 2,
                            "model": inh["model"], "layer": inh["layer"], "a": inh["a"], "b": inh["b"]})
     z.boxes = pd.DataFrame(draft.boxes, columns=RECT + ["model", "layer", "next_layer", "neuron", "side", "n", "q1",
                                                         "median", "q3", "min", "max", "n_important", "n_inherited",
-                                                        "share"])
+                                                        "share", "thickness"])
     z.box_lines = pd.DataFrame(draft.box_lines, columns=RECT)
     z.pies = draft.pies
     z.weight_bars = pd.DataFrame(draft.weight_bars, columns=RECT + ["lo", "hi", "count", "model", "layer"])
@@ -175,11 +185,14 @@ def _fill_tables(z: ZigZag, draft: Draft) -> None:
     z.indices = pd.DataFrame(draft.indices, columns=RECT + ["x", "y", "model", "layer", "neuron", "rank", "axis",
                                                             "id"])
     z.titles = pd.DataFrame(draft.titles, columns=["x", "y", "text"])
+    z.edges = pd.DataFrame(draft.edges, columns=RECT + ["x", "y", "model", "layer", "next_layer", "axis", "neurons_of",
+                                                        "group", "n", "label"])
 
 
 def zigzag_data(bundle: PairBundle, cls: str, layer_from: int, layer_to: int, *,
                 hide_non_important: bool = False, hide_source_weights: bool = False,
-                tables: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> ZigZag:
+                tables: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+                weight_encoding: str = WEIGHT_ENCODINGS[0]) -> ZigZag:
     """Lay out the zig-zag figure of class ``cls`` for layers ``layer_from..layer_to`` (inclusive
     indices into ``bundle.layers``, in either order, clipped to the bundle).
 
@@ -189,6 +202,8 @@ def zigzag_data(bundle: PairBundle, cls: str, layer_from: int, layer_to: int, *,
     Args:
         tables: the bundle's ``important_neurons()`` and ``weights()`` as frames, when the caller
             already read them (they are the same for every class and range).
+        weight_encoding: what the boxplots and histograms of the weight blocks summarise, the weight
+            values (default, §5.3.3) or the activated levels (``WEIGHT_ENCODINGS``).
 
     Returns:
         A :class:`ZigZag`; its ``message`` says why nothing is drawn (unknown class, no similarity
@@ -206,15 +221,18 @@ def zigzag_data(bundle: PairBundle, cls: str, layer_from: int, layer_to: int, *,
                                                               pd.DataFrame(bundle.weights()))
     class_index = bundle.classes.index(cls)
     grid = Grid.of(imp_table, class_index, layers, show_non=not hide_non_important)
-    z = ZigZag(cls, layers, rows=grid.rows, width=grid.xb[-1].end, height=grid.yb[-1].end)
+    margin = 1.5 if len(layers) > 1 else 0.0  # the edge counts beside the last blocks
+    z = ZigZag(cls, layers, rows=grid.rows, width=grid.xb[-1].end + margin, height=grid.yb[-1].end + margin,
+               weight_encoding=weight_encoding)
     if len(layers) == 1:
         z.notes.append("One layer selected: widen the layer range to see the weights between layers.")
     draft = Draft()
     _similarity_blocks(grid, sims, draft)
     _index_labels(grid, draft)
-    missing = weight_blocks(bundle, cls, grid, w_table, class_index, hide_source_weights, draft)
+    missing = weight_blocks(bundle, cls, grid, w_table, class_index, hide_source_weights, draft, weight_encoding)
     if missing:
         z.notes.append("No weight matrices for " + ", ".join(missing) + " (the last layer, a pair across a "
                        "residual junction, or a bundle older than schema 1.1: diagnose the pair again).")
+    z.notes += draft.notes
     _fill_tables(z, draft)
     return z
