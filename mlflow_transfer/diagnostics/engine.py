@@ -26,12 +26,14 @@ from ._hooks import run_with_hooks
 from .features import NeuronPatches, top_patches_many
 from .instances import ModelOutputs, model_outputs, png_thumbnails
 from .options import DiagnoseOptions
+from .predictions import ValidationSets, predict_validation
 from .ranking import top_k_neurons
 from .similarity import LayerComparison, layer_summary, neuron_similarity, weight_correspondence
 from .statistics import ConfusionTable, confusion_table
 from .weights import ImportantWeights, extract_important_weights
 
 MODELS = ("source", "target")  # model roles; domain codes: 0 = source domain, 1 = target domain
+WHOLE, SAMPLE = "whole validation set", "analysed sample"  # what the confusion tables were computed on
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class PairDiagnostics:
     timings: dict[str, float] = field(default_factory=dict)  # stage → seconds
     peak_memory_mb: float = 0.0                              # peak RSS of the process
     notes: list[str] = field(default_factory=list)
+    confusion_source_domain: ConfusionTable | None = None    # source validation set (None: no such rows)
+    statistics_basis: str = SAMPLE                           # WHOLE or SAMPLE: what both confusions rest on
 
     def layer_summary_table(self) -> dict[str, np.ndarray | list]:
         """Per layer, averaged over classes: inherited share of important weights, mean best similarity."""
@@ -133,7 +137,8 @@ class _Stages:
 
 
 def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: Instances,
-                  classes: tuple[str, ...], options: DiagnoseOptions = DiagnoseOptions()) -> PairDiagnostics:
+                  classes: tuple[str, ...], options: DiagnoseOptions = DiagnoseOptions(),
+                  validation: ValidationSets | None = None) -> PairDiagnostics:
     """Compute every diagnostic of the paper for a pair of models sharing one architecture.
 
     Args:
@@ -142,6 +147,9 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
             extraction, similarity), the source-domain rows enter the instance view and the domain
             discriminability.
         classes: class names; label i is classes[i].
+        validation: the two domains' whole validation sets (see `ValidationSets`), streamed through
+            both models for the confusion tables of §5.1, whatever the analysis cap. None: those
+            tables rest on the analysed sample's validation rows (``statistics_basis`` says which).
     """
     _check_pair(source_model, target_model)
     models = {"source": source_model, "target": target_model}
@@ -246,9 +254,8 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
             discrim_neurons["__all__"] = [(n, int(j)) for n in layer_names for j in top_all[n]]
 
     with stage("statistics"):
-        val = np.flatnonzero((domain == 1) & (instances.split == 1))
-        confusion = confusion_table(labels[val], outputs["source"].prediction[val],
-                                    outputs["target"].prediction[val], classes)
+        confusion, confusion_source, basis = _statistics(models, instances, outputs, classes, validation,
+                                                         options.batch_size)
 
     patches = {r: {} for r in models}
     with stage("features"):
@@ -280,7 +287,26 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     return PairDiagnostics(tuple(classes), layer_names, options, instances, outputs, projection, thumbnails,
                            conductance, important, similarity, weights, correspondence, comparison,
                            discrim, discrim_neurons, confusion, patches, cka, dict(stage.times),
-                           peak / 2 ** 20, notes)
+                           peak / 2 ** 20, notes, confusion_source_domain=confusion_source,
+                           statistics_basis=basis)
+
+
+def _statistics(models, instances, outputs, classes, validation, batch_size):
+    """Confusion tables of both models on the target and the source validation set, and their basis."""
+    if validation is not None:
+        found = {}
+        for name, data in (("target", validation.target), ("source", validation.source)):
+            if data is None:
+                continue
+            p = predict_validation(models, data, len(classes), name=name, batch_size=batch_size)
+            found[name] = confusion_table(p.labels, p.predictions["source"], p.predictions["target"], classes)
+        return found["target"], found.get("source"), WHOLE
+    tables = {}
+    for code, name in ((1, "target"), (0, "source")):
+        val = np.flatnonzero((instances.domain == code) & (instances.split == 1))
+        tables[name] = confusion_table(instances.labels[val], outputs["source"].prediction[val],
+                                       outputs["target"].prediction[val], classes) if len(val) or code else None
+    return tables["target"], tables["source"], SAMPLE
 
 
 def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
