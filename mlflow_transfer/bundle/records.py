@@ -131,6 +131,20 @@ class PairBundle:
     def instances(self) -> dict:
         return self.reader.read_table("instances/table")
 
+    def analysed_counts(self) -> np.ndarray:
+        """(C, 2, 2) int64: the analysed sample's instances per class, domain (0 source, 1 target) and
+        split (0 train, 1 validation) — what the instance, network and features views rest on (read
+        from three columns of ``instances/table``, not its thumbnails)."""
+        table = self.reader.read_table("instances/table", columns=["label", "domain", "split"])
+        counts = np.zeros((len(self.classes), 2, 2), np.int64)
+        labels, domain, split = (np.asarray(table[k], np.int64) for k in ("label", "domain", "split"))
+        ok = (labels >= 0) & (labels < len(self.classes)) & np.isin(domain, (0, 1)) & np.isin(split, (0, 1))
+        if not ok.all():
+            raise self.reader.corrupt("instances/table's label, domain and split as class, 0/1 and 0/1 codes",
+                                      f"{int((~ok).sum())} rows outside them")
+        np.add.at(counts, (labels, domain, split), 1)
+        return counts
+
     def embedding(self, model: str) -> np.ndarray:
         return self.reader.read_array(f"instances/embedding_{model}")
 
