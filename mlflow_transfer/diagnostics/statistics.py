@@ -92,7 +92,7 @@ def best_trained_accuracy(history, model: str) -> float:
                                f"{len(steps)} steps and {len(values)} accuracies.")
     if np.any(steps < 0) or np.any(steps != np.round(steps)):
         raise DiagnosticsError(f"Expected the {model} model's steps as epochs (whole numbers >= 0); got "
-                               f"{steps.tolist()[:10]}.")
+                               f"[{', '.join(f'{x:g}' for x in steps[:10])}].")
     trained = values[steps >= 1]
     if len(trained) == 0:
         raise DiagnosticsError(

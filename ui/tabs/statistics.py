@@ -27,7 +27,7 @@ class StatisticsTab(Tab):
 
     def __init__(self, **params):
         super().__init__(**params)
-        self._switch = pn.widgets.RadioButtonGroup(options=DOMAINS, value=self.domain, name="domain")
+        self._switch = pn.widgets.RadioButtonGroup(options=DOMAINS, value=self.domain)
         self._switch.param.watch(lambda e: setattr(self, "domain", e.new), "value")
 
     @part("state.bundle", what="statistics")
