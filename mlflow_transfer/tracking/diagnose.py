@@ -3,7 +3,11 @@
 The diagnostics run (role ``diagnostics``) is tagged with both run ids and the pair id and nested
 under the target run when there is one. The bundle is written to a temporary folder and logged
 whole under ``diagnostics/``; metrics (per-layer inheritance with ``step = layer index``, the
-transferability score, the domain classifier's CV accuracy) are logged after it. Any failure marks
+transferability score, the domain classifier's CV accuracy) are logged after it. The score and
+``target_val_accuracy`` come from the runs' histories over trained epochs only (step >= 1); a pair
+without one (a target with only step 0) gets no score but ``transferability_note`` in the manifest,
+saying why. The confusion tables rest on both domains' whole validation sets (streamed), whatever
+``sample_per_class`` caps the analysed sample to. Any failure marks
 the run FAILED and leaves no complete-looking bundle (the manifest is the last file written).
 
 With a ``report_writer`` (the CLI passes ``ui.report.write_report``; this layer never imports ``ui``),
