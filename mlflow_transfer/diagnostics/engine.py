@@ -71,7 +71,7 @@ class PairDiagnostics:
     comparison: dict[str, dict[str, LayerComparison]]        # class (+ "__all__") → layer
     discriminability: dict[str, Discriminability]            # class (+ "__all__")
     discriminability_neurons: dict[str, list[tuple[str, int]]]  # class → (layer, neuron) per column
-    confusion: ConfusionTable                                # target validation set
+    confusion: ConfusionTable                                # target validation set (see statistics_basis)
     patches: dict[str, dict[str, dict[int, tuple[NeuronPatches, NeuronPatches]]]]  # model → layer → neuron → (src, tgt)
     cka: np.ndarray                                          # (L, L) source layers × target layers
     timings: dict[str, float] = field(default_factory=dict)  # stage → seconds
@@ -152,6 +152,11 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
             tables rest on the analysed sample's validation rows (``statistics_basis`` says which).
     """
     _check_pair(source_model, target_model)
+    if validation is not None and (not isinstance(validation, ValidationSets) or validation.target is None):
+        # before the costly stages: the statistics come last
+        raise DiagnosticsError("Expected validation as ValidationSets(target=..., source=...) with the target "
+                               f"validation set; got {type(validation).__name__}"
+                               f"{' without a target set' if isinstance(validation, ValidationSets) else ''}.")
     models = {"source": source_model, "target": target_model}
     layers = _select_layers(target_model, options.layers)
     layer_names = tuple(layers)

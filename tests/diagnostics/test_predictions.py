@@ -13,7 +13,13 @@ from torch.utils.data import TensorDataset
 
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.bundle.writer import write_pair_bundle
-from mlflow_transfer.diagnostics.engine import SAMPLE, WHOLE, DiagnoseOptions, Instances, diagnose_pair
+from mlflow_transfer.diagnostics.engine import (
+    SAMPLE,
+    WHOLE,
+    DiagnoseOptions,
+    Instances,
+    diagnose_pair,
+)
 from mlflow_transfer.diagnostics.predictions import ValidationSets, predict_validation
 from mlflow_transfer.errors import DiagnosticsError
 
@@ -151,3 +157,15 @@ def test_the_bundle_holds_both_domains_tables_and_what_they_rest_on(diagnosed, t
     old = PairBundle.open(write_pair_bundle(tmp_path / "old", none, meta={"scores": {}}) and tmp_path / "old")
     assert old.domain_confusion("source") is None and old.domain_confusion("target") is not None
     assert old.statistics_basis()["validation_counts"] == {"target": 2, "source": None}
+
+
+def test_diagnose_pair_refuses_validation_sets_without_a_target_set():
+    models = _models()
+    x, y = _data(4, 0)
+    inst = Instances(x, y.numpy(), np.array([0, 0, 1, 1], np.int8), np.array([0, 1, 0, 1], np.int8), np.arange(4))
+    for bad, match in ((ValidationSets(target=None), "with the target validation set; got ValidationSets without a target set"),
+                       ({"target": x}, "Expected validation as ValidationSets.*; got dict")):
+        with pytest.raises(DiagnosticsError, match=match):
+            diagnose_pair(models["source"], models["target"], inst, ("a", "b", "c"),
+                          DiagnoseOptions(n_steps=2, folds=2, tsne_gradient="bh", patches=1, patch_size=4),
+                          validation=bad)
