@@ -2,7 +2,8 @@
 
 `write_report` turns a pair bundle folder into one HTML file that MLflow's artifact viewer (or any
 browser, offline) shows without the app: a title naming the pair (run ids, model, domains), the
-accuracy curves and the transferability score (paper §5.1), the five-column confusion table, the
+accuracy curves and the transferability score (paper §5.1; or why there is none), the five-column
+confusion tables of the target and the source validation sets with the instances they rest on, the
 instance scatter of all classes (§5.2) and the per-layer inheritance summary with the layer CKA
 matrix (§5.3).
 
@@ -40,6 +41,7 @@ from mlflow_transfer.bundle import PairBundle
 from .views import instances as instance_view
 from .views import overview, summary
 from .views.style import SOURCE, TARGET
+from .views.text import rests_on
 
 __all__ = ["MAX_POINTS", "MAX_THUMBNAILS", "build_report_html", "write_report"]
 
@@ -87,7 +89,7 @@ def build_report_html(bundle: PairBundle) -> str:
     js, css = _inline_resources(list(models.values()))
     divs = {name: _plot_html(name, model) for name, model in models.items()}
 
-    score = (manifest.get("scores") or {}).get("transferability_score")
+    score, score_note = bundle.transferability()
     if n_all > MAX_POINTS:
         scatter_note = (f"A seeded random sample of {len(frame):,} of the bundle's {n_all:,} instances is "
                         f"drawn (seed {SAMPLE_SEED}); the app shows all of them.")
@@ -97,8 +99,8 @@ def build_report_html(bundle: PairBundle) -> str:
         scatter_note += f" Hover shows text only (thumbnails are embedded up to {MAX_THUMBNAILS:,} points)."
     body = _BODY.format(
         title=html.escape(_title(manifest)), header=_header(manifest),
-        accuracy=divs["accuracy"], badge=overview.transferability_badge(score).object,
-        confusion=confusion_html(bundle.confusion()), instances=divs["instances"],
+        accuracy=divs["accuracy"], badge=overview.transferability_badge(score, score_note).object,
+        confusion=_confusions_html(bundle), instances=divs["instances"],
         scatter_note=html.escape(scatter_note), inheritance=divs["inheritance"], cka=divs["cka"],
         footer=_footer(manifest), source=SOURCE, target=TARGET)
     return _PAGE.format(title=html.escape(_title(manifest)), css=css, js=js, style=_STYLE, body=body,
@@ -137,6 +139,22 @@ def confusion_html(confusion: dict) -> str:
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (f"<table class='confusion'><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _confusions_html(bundle: PairBundle) -> str:
+    """Each domain's confusion table that the bundle holds (target first), under a line saying what it
+    rests on (`rests_on`)."""
+    basis = bundle.statistics_basis()["basis"]
+    out = []
+    for domain in ("target", "source"):
+        confusion = bundle.domain_confusion(domain)
+        if confusion is None:
+            continue
+        what = (f"Whole {domain} validation set" if basis == "whole validation set"
+                else f"Analysed sample's {domain} validation rows")
+        out.append(f"<p class='note'>{html.escape(rests_on(what, confusion['support']))}</p>"
+                   + confusion_html(confusion))
+    return "".join(out)
 
 
 def _missing(value) -> bool:
@@ -243,9 +261,11 @@ _BODY = """<h1>{title}</h1>
 <div class="meta">{header}</div>
 <h2>Statistics</h2>
 <p class="note">Accuracy of the <span class="legend-key">source model</span> (crosses) and the
-<span class="legend-key">target model</span> (circles) on each dataset, epoch by epoch; the
-transferability score is the best target-model minus the best source-model accuracy on the target
-validation set. The table compares both models class by class on the target validation set.</p>
+<span class="legend-key">target model</span> (circles) on each dataset, epoch by epoch; the target
+model's epoch 0 (hollow square) is the source model before fine-tuning. The transferability score is
+the best fine-tuned target-model minus the best trained source-model accuracy on the target validation
+set, over epochs ≥ 1 only. The tables compare both models class by class on the target (then the
+source) validation set.</p>
 <div class="row">
 <div class="grow">{accuracy}</div>
 <div class="side">{badge}{confusion}</div>

@@ -286,15 +286,16 @@ class BundleReader:
             raise self._unreadable(path, "a numeric .npy array", exc) from None
         return array
 
-    def read_table(self, name: str) -> dict[str, np.ndarray | list]:
-        """Columns of a Parquet table: numeric columns as numpy arrays, others as lists."""
+    def read_table(self, name: str, columns: list[str] | None = None) -> dict[str, np.ndarray | list]:
+        """Columns of a Parquet table (all, or only ``columns``): numeric columns as numpy arrays, others
+        as lists."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         path = self._path(name, "table")
         try:
             with pa.OSFile(str(path)) as fh:  # one file, never a dataset folder
-                table = pq.read_table(fh)
+                table = pq.read_table(fh, columns=columns)
         except (pa.ArrowException, ValueError, OSError) as exc:
             raise self._unreadable(path, "a Parquet table", exc) from None
         out = {}

@@ -2,7 +2,14 @@
 
 Layout (names without extension; ``c<i>`` is class index i, models are ``source``/``target``):
 ``statistics/history`` (table: model, dataset, epoch, accuracy), ``statistics/summary`` (json),
-``statistics/confusion`` (table, the paper's five columns) and ``statistics/confusion_{model}`` (C×C),
+``statistics/confusion`` (table, the paper's five columns plus support, both models on the target
+validation set) and ``statistics/confusion_{model}`` (C×C); ``statistics/source_domain/confusion`` and
+``statistics/source_domain/confusion_{model}``, the same on the source validation set (optional:
+absent in bundles of schema 1.1 and older); ``statistics/summary`` says what both rest on: ``basis``
+("whole validation set", or "analysed sample" — the validation rows of the capped sample; absent in
+older bundles, which used it) and ``validation_counts`` ({"target": N, "source": N or null}), and the
+manifest's ``transferability_note`` (copied into the summary) why a pair has no transferability score
+(e.g. a target run with no fine-tuned epoch);
 ``instances/table`` (one row per instance, t-SNE x/y, predictions, PNG thumbnail bytes),
 ``instances/embedding_{model}`` (N×D), ``conductance/{model}/{layer}`` (N×units),
 ``neurons/important`` (table), ``similarity/c<i>/{layer}`` (Us×Ut), ``weights/important`` (table),
@@ -28,6 +35,8 @@ from ..neighbours import most_similar
 from .io import BundleReader, shown
 
 MODELS = ("source", "target")
+SOURCE_DOMAIN = "statistics/source_domain"  # the source validation set's confusion records
+BASIS_WHOLE, BASIS_SAMPLE = "whole validation set", "analysed sample"
 _MANIFEST_DICTS = ("runs", "domains", "scores", "software", "options")  # optional, objects when present
 
 
@@ -89,8 +98,53 @@ class PairBundle:
     def confusion_matrix(self, model: str) -> np.ndarray:
         return self.reader.read_array(f"statistics/confusion_{model}")
 
+    def domain_confusion(self, domain: str = "target") -> dict | None:
+        """The confusion table (both models, per class) on ``domain``'s validation set; None when the
+        bundle has none for the source domain (older bundles, or no source validation rows)."""
+        if domain == "target":
+            return self.confusion()
+        if domain != "source":
+            raise BundleError(f"Expected domain 'source' or 'target'; got {domain!r}")
+        name = f"{SOURCE_DOMAIN}/confusion"
+        return self.reader.read_table(name) if name in self.reader.names("table", SOURCE_DOMAIN + "/") else None
+
+    def statistics_basis(self) -> dict:
+        """What the confusion tables rest on: ``basis`` (`BASIS_WHOLE` or `BASIS_SAMPLE`; bundles
+        written before the record existed used the analysed sample) and ``validation_counts``
+        ({"target": int | None, "source": int | None}: instances; None when not recorded)."""
+        summary = self.summary()
+        basis = summary.get("basis", BASIS_SAMPLE)
+        counts = summary.get("validation_counts")
+        counts = counts if isinstance(counts, dict) else {}
+        return {"basis": basis if basis in (BASIS_WHOLE, BASIS_SAMPLE) else BASIS_SAMPLE,
+                "validation_counts": {d: counts[d] if isinstance(counts.get(d), int) else None
+                                      for d in ("target", "source")}}
+
+    def transferability(self) -> tuple[float | None, str | None]:
+        """The transferability score (manifest ``scores``) and, when there is none, why: the note the
+        diagnostics recorded, or None (e.g. a pair diagnosed from model URIs has no run history)."""
+        score = (self.manifest.get("scores") or {}).get("transferability_score")
+        note = self.manifest.get("transferability_note")
+        if not isinstance(score, (int, float)) or isinstance(score, bool):
+            score = None
+        return score, note if isinstance(note, str) and score is None else None
+
     def instances(self) -> dict:
         return self.reader.read_table("instances/table")
+
+    def analysed_counts(self) -> np.ndarray:
+        """(C, 2, 2) int64: the analysed sample's instances per class, domain (0 source, 1 target) and
+        split (0 train, 1 validation) — what the instance, network and features views rest on (read
+        from three columns of ``instances/table``, not its thumbnails)."""
+        table = self.reader.read_table("instances/table", columns=["label", "domain", "split"])
+        counts = np.zeros((len(self.classes), 2, 2), np.int64)
+        labels, domain, split = (np.asarray(table[k], np.int64) for k in ("label", "domain", "split"))
+        ok = (labels >= 0) & (labels < len(self.classes)) & np.isin(domain, (0, 1)) & np.isin(split, (0, 1))
+        if not ok.all():
+            raise self.reader.corrupt("instances/table's label, domain and split as class, 0/1 and 0/1 codes",
+                                      f"{int((~ok).sum())} rows outside them")
+        np.add.at(counts, (labels, domain, split), 1)
+        return counts
 
     def embedding(self, model: str) -> np.ndarray:
         return self.reader.read_array(f"instances/embedding_{model}")

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..diagnostics.engine import PairDiagnostics
 from .io import BundleWriter
-from .records import MODELS
+from .records import MODELS, SOURCE_DOMAIN
 
 __all__ = ["write_pair_bundle"]
 
@@ -44,16 +44,9 @@ def write_pair_bundle(root: str | Path, diag: PairDiagnostics, *, history: dict 
         rows["epoch"] += [int(e) for e in epochs]
         rows["accuracy"] += [float(v) for v in values]
     w.write_table("statistics/history", rows)
-    records = diag.confusion.to_records()
-    w.write_table("statistics/confusion", {
-        "class_index": [r["class_index"] for r in records], "class": [r["class"] for r in records],
-        "support": [r["support"] for r in records],
-        "source_accuracy": [_nan_float(r["source_accuracy"]) for r in records],
-        "target_accuracy": [_nan_float(r["target_accuracy"]) for r in records],
-        "difference": [_nan_float(r["difference"]) for r in records],
-        "misclassified_into": [", ".join(f"{n} ({k})" for n, k in r["misclassified_into"]) for r in records]})
-    w.write_array("statistics/confusion_source", diag.confusion.matrix_source)
-    w.write_array("statistics/confusion_target", diag.confusion.matrix_target)
+    _write_confusion(w, "statistics/confusion", diag.confusion)  # the target validation set
+    if diag.confusion_source_domain is not None:
+        _write_confusion(w, f"{SOURCE_DOMAIN}/confusion", diag.confusion_source_domain)
     # instances (§5.2)
     inst, out = diag.instances, diag.outputs
     w.write_table("instances/table", {
@@ -155,10 +148,29 @@ def write_pair_bundle(root: str | Path, diag: PairDiagnostics, *, history: dict 
     summary = {"layers": list(diag.layers), "classes": classes, "notes": diag.notes,
                "timings_s": {k: round(v, 3) for k, v in diag.timings.items()},
                "peak_memory_mb": round(diag.peak_memory_mb, 1)}
+    summary["basis"] = diag.statistics_basis
+    summary["validation_counts"] = {"target": int(diag.confusion.support.sum()), "source": (
+        None if diag.confusion_source_domain is None else int(diag.confusion_source_domain.support.sum()))}
+    if (meta or {}).get("transferability_note"):
+        summary["transferability_note"] = meta["transferability_note"]
     w.write_json("statistics/summary", {**summary, **{k: _nan_to_none(v) for k, v in (meta or {}).get(
         "scores", {}).items()}})
     return w.finish(classes=classes, layers=list(diag.layers), options=dataclasses.asdict(diag.options),
                     n_instances=int(len(inst.labels)), **(meta or {}))
+
+
+def _write_confusion(w: BundleWriter, name: str, table) -> None:
+    """``name`` (the five-column table plus support) and ``{name}_{model}`` (each model's C×C matrix)."""
+    records = table.to_records()
+    w.write_table(name, {
+        "class_index": [r["class_index"] for r in records], "class": [r["class"] for r in records],
+        "support": [r["support"] for r in records],
+        "source_accuracy": [_nan_float(r["source_accuracy"]) for r in records],
+        "target_accuracy": [_nan_float(r["target_accuracy"]) for r in records],
+        "difference": [_nan_float(r["difference"]) for r in records],
+        "misclassified_into": [", ".join(f"{n} ({k})" for n, k in r["misclassified_into"]) for r in records]})
+    w.write_array(f"{name}_source", table.matrix_source)
+    w.write_array(f"{name}_target", table.matrix_target)
 
 
 def _nan_float(v):

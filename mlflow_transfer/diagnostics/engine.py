@@ -26,12 +26,14 @@ from ._hooks import run_with_hooks
 from .features import NeuronPatches, top_patches_many
 from .instances import ModelOutputs, model_outputs, png_thumbnails
 from .options import DiagnoseOptions
+from .predictions import ValidationSets, predict_validation
 from .ranking import top_k_neurons
 from .similarity import LayerComparison, layer_summary, neuron_similarity, weight_correspondence
 from .statistics import ConfusionTable, confusion_table
 from .weights import ImportantWeights, LinkKernels, extract_important_weights, link_kernels
 
 MODELS = ("source", "target")  # model roles; domain codes: 0 = source domain, 1 = target domain
+WHOLE, SAMPLE = "whole validation set", "analysed sample"  # what the confusion tables were computed on
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class PairDiagnostics:
     comparison: dict[str, dict[str, LayerComparison]]        # class (+ "__all__") → layer
     discriminability: dict[str, Discriminability]            # class (+ "__all__")
     discriminability_neurons: dict[str, list[tuple[str, int]]]  # class → (layer, neuron) per column
-    confusion: ConfusionTable                                # target validation set
+    confusion: ConfusionTable                                # target validation set (see statistics_basis)
     patches: dict[str, dict[str, dict[int, tuple[NeuronPatches, NeuronPatches]]]]  # model → layer → neuron → (src, tgt)
     cka: np.ndarray                                          # (L, L) source layers × target layers
     timings: dict[str, float] = field(default_factory=dict)  # stage → seconds
@@ -78,6 +80,8 @@ class PairDiagnostics:
     # model → (layer, next layer) → the parameters behind every link (class-independent; the pairs
     # that have weight matrices)
     kernels: dict[str, dict[tuple[str, str], LinkKernels]] = field(default_factory=dict)
+    confusion_source_domain: ConfusionTable | None = None    # source validation set (None: no such rows)
+    statistics_basis: str = SAMPLE                           # WHOLE or SAMPLE: what both confusions rest on
 
     def layer_summary_table(self) -> dict[str, np.ndarray | list]:
         """Per layer, averaged over classes: inherited share of important weights, mean best similarity."""
@@ -136,7 +140,8 @@ class _Stages:
 
 
 def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: Instances,
-                  classes: tuple[str, ...], options: DiagnoseOptions = DiagnoseOptions()) -> PairDiagnostics:
+                  classes: tuple[str, ...], options: DiagnoseOptions = DiagnoseOptions(),
+                  validation: ValidationSets | None = None) -> PairDiagnostics:
     """Compute every diagnostic of the paper for a pair of models sharing one architecture.
 
     Args:
@@ -145,8 +150,16 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
             extraction, similarity), the source-domain rows enter the instance view and the domain
             discriminability.
         classes: class names; label i is classes[i].
+        validation: the two domains' whole validation sets (see `ValidationSets`), streamed through
+            both models for the confusion tables of §5.1, whatever the analysis cap. None: those
+            tables rest on the analysed sample's validation rows (``statistics_basis`` says which).
     """
     _check_pair(source_model, target_model)
+    if validation is not None and (not isinstance(validation, ValidationSets) or validation.target is None):
+        # before the costly stages: the statistics come last
+        raise DiagnosticsError("Expected validation as ValidationSets(target=..., source=...) with the target "
+                               f"validation set; got {type(validation).__name__}"
+                               f"{' without a target set' if isinstance(validation, ValidationSets) else ''}.")
     models = {"source": source_model, "target": target_model}
     layers = _select_layers(target_model, options.layers)
     layer_names = tuple(layers)
@@ -251,9 +264,8 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
             discrim_neurons["__all__"] = [(n, int(j)) for n in layer_names for j in top_all[n]]
 
     with stage("statistics"):
-        val = np.flatnonzero((domain == 1) & (instances.split == 1))
-        confusion = confusion_table(labels[val], outputs["source"].prediction[val],
-                                    outputs["target"].prediction[val], classes)
+        confusion, confusion_source, basis = _statistics(models, instances, outputs, classes, validation,
+                                                         options.batch_size)
 
     patches = {r: {} for r in models}
     with stage("features"):
@@ -285,7 +297,26 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     return PairDiagnostics(tuple(classes), layer_names, options, instances, outputs, projection, thumbnails,
                            conductance, important, similarity, weights, correspondence, comparison,
                            discrim, discrim_neurons, confusion, patches, cka, dict(stage.times),
-                           peak / 2 ** 20, notes, kernels=kernels)
+                           peak / 2 ** 20, notes, kernels=kernels, confusion_source_domain=confusion_source,
+                           statistics_basis=basis)
+
+
+def _statistics(models, instances, outputs, classes, validation, batch_size):
+    """Confusion tables of both models on the target and the source validation set, and their basis."""
+    if validation is not None:
+        found = {}
+        for name, data in (("target", validation.target), ("source", validation.source)):
+            if data is None:
+                continue
+            p = predict_validation(models, data, len(classes), name=name, batch_size=batch_size)
+            found[name] = confusion_table(p.labels, p.predictions["source"], p.predictions["target"], classes)
+        return found["target"], found.get("source"), WHOLE
+    tables = {}
+    for code, name in ((1, "target"), (0, "source")):
+        val = np.flatnonzero((instances.domain == code) & (instances.split == 1))
+        tables[name] = confusion_table(instances.labels[val], outputs["source"].prediction[val],
+                                       outputs["target"].prediction[val], classes) if len(val) or code else None
+    return tables["target"], tables["source"], SAMPLE
 
 
 def _link_kernels(models, important, weights, classes, notes) -> dict[str, dict[tuple[str, str], LinkKernels]]:

@@ -1,7 +1,12 @@
 """Statistical measures of Ma et al. (VAST 2020) §5.1: transferability score and confusion table.
 
 Both summarise how the source model (trained on the source domain only) and the target model (the
-transferred one) perform on the *target* validation set.
+transferred one) perform on the *target* validation set (the confusion table also on the source one).
+
+A run's accuracy history starts at step 0, the model before any training step: for the target run that
+is the unchanged source model, for the source run its random initialisation. Neither is a trained
+epoch, so :func:`transferability_from_history` scores trained epochs only (step ≥ 1): counting the
+target's step 0 would floor the score near 0 and hide negative transfer, the signal it exists for.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from sklearn.metrics import confusion_matrix
 from ..errors import DiagnosticsError
 from ..validation import check_array, check_labels
 
-__all__ = ["ConfusionTable", "confusion_table", "transferability_score"]
+__all__ = ["ConfusionTable", "best_trained_accuracy", "confusion_table", "transferability_from_history",
+           "transferability_score"]
 
 
 def _accuracy_series(values, name: str) -> np.ndarray:
@@ -50,6 +56,71 @@ def transferability_score(source_target_val: np.ndarray, target_target_val: np.n
     source = _accuracy_series(source_target_val, "source_target_val")
     target = _accuracy_series(target_target_val, "target_target_val")
     return float(target.max() - source.max())
+
+
+# what step 0 of each model's run is, for the message when a run has nothing after it
+_BEFORE = {"source": "its random initialisation, before training",
+           "target": "the unchanged source model, before fine-tuning"}
+_HOW = {"source": "Train the source model for at least one epoch (source.epochs >= 1)",
+        "target": "Fine-tune the target model for at least one epoch (target.epochs >= 1) and diagnose that run"}
+
+
+def best_trained_accuracy(history, model: str) -> float:
+    """The best accuracy of ``model``'s run over its trained epochs (step ≥ 1) only.
+
+    Args:
+        history: ``(steps, accuracies)``, two sequences of one length: the run's metric history on
+            the target validation set (MLflow steps, any order; accuracies as fractions in [0, 1]).
+        model: ``"source"`` or ``"target"``, for the message.
+
+    Raises:
+        DiagnosticsError: the two sequences differ in length, a step is not a whole number ≥ 0, an
+            accuracy is invalid (as in :func:`transferability_score`), or no step is ≥ 1.
+    """
+    if model not in _BEFORE:
+        raise DiagnosticsError(f"Expected model 'source' or 'target'; got {model!r}.")
+    try:
+        steps_in, values_in = history
+    except (TypeError, ValueError):
+        raise DiagnosticsError(f"Expected the {model} model's history as (steps, accuracies); got "
+                               f"{type(history).__name__}.") from None
+    steps = check_array(steps_in, f"{model} steps", ndim=1, layout="(epochs,)", min_shape=(1,),
+                        hints={"shape": "Pass one step per logged accuracy."})
+    values = _accuracy_series(values_in, f"{model} accuracies")
+    if len(steps) != len(values):
+        raise DiagnosticsError(f"Expected one step per accuracy in the {model} model's history; got "
+                               f"{len(steps)} steps and {len(values)} accuracies.")
+    if np.any(steps < 0) or np.any(steps != np.round(steps)):
+        raise DiagnosticsError(f"Expected the {model} model's steps as epochs (whole numbers >= 0); got "
+                               f"[{', '.join(f'{x:g}' for x in steps[:10])}].")
+    trained = values[steps >= 1]
+    if len(trained) == 0:
+        raise DiagnosticsError(
+            f"Expected the {model} run's accuracy on the target validation set for at least one trained "
+            f"epoch (step >= 1); got only step 0, which is {_BEFORE[model]}, so there is no "
+            f"transferability score. {_HOW[model]}.")
+    return float(trained.max())
+
+
+def transferability_from_history(source_history, target_history) -> float:
+    """The transferability score of §5.1 from the two runs' histories, trained epochs only.
+
+    Args:
+        source_history: ``(steps, accuracies)`` of the source model on the target validation set.
+        target_history: ``(steps, accuracies)`` of the target model on the same set.
+
+    Returns:
+        The best target-model accuracy over fine-tuned epochs (step ≥ 1) minus the best source-model
+        accuracy over trained epochs (step ≥ 1), in [-1, 1]: negative when fine-tuning hurt. Step 0 is
+        left out of both (see the module docstring): the target's is the source model itself, the
+        source's its untrained initialisation.
+
+    Raises:
+        DiagnosticsError: see :func:`best_trained_accuracy`; in particular a run with only step 0.
+    """
+    target = best_trained_accuracy(target_history, "target")
+    source = best_trained_accuracy(source_history, "source")
+    return transferability_score([source], [target])
 
 
 @dataclass(frozen=True)

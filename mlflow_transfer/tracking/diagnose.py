@@ -3,7 +3,11 @@
 The diagnostics run (role ``diagnostics``) is tagged with both run ids and the pair id and nested
 under the target run when there is one. The bundle is written to a temporary folder and logged
 whole under ``diagnostics/``; metrics (per-layer inheritance with ``step = layer index``, the
-transferability score, the domain classifier's CV accuracy) are logged after it. Any failure marks
+transferability score, the domain classifier's CV accuracy) are logged after it. The score and
+``target_val_accuracy`` come from the runs' histories over trained epochs only (step >= 1); a pair
+without one (a target with only step 0) gets no score but ``transferability_note`` in the manifest,
+saying why. The confusion tables rest on both domains' whole validation sets (streamed), whatever
+``sample_per_class`` caps the analysed sample to. Any failure marks
 the run FAILED and leaves no complete-looking bundle (the manifest is the last file written).
 
 With a ``report_writer`` (the CLI passes ``ui.report.write_report``; this layer never imports ``ui``),
@@ -31,7 +35,8 @@ from mlflow import MlflowClient
 from ..bundle.writer import write_pair_bundle
 from ..config import Recipe, parse_recipe
 from ..diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
-from ..diagnostics.statistics import transferability_score
+from ..diagnostics.predictions import ValidationSets
+from ..diagnostics.statistics import best_trained_accuracy, transferability_from_history
 from ..errors import DiagnosticsError, RecipeError, RunLookupError
 from ..models import TransferNet
 from ..tags import TAGS
@@ -204,6 +209,27 @@ def _history(run_id: str | None, role: str) -> dict:
     return out
 
 
+def _scores(history: dict) -> tuple[dict, str | None]:
+    """The transferability score and the target's best fine-tuned accuracy (what the pair browser lists
+    beside it), both over trained epochs only (step >= 1, see `transferability_from_history`); and,
+    when there is no score although both runs have a history, why (e.g. a target with only step 0)."""
+    scores, note = {}, None
+    source, target = history.get(("source", "target_val")), history.get(("target", "target_val"))
+    if target is not None:
+        try:
+            scores["target_val_accuracy"] = best_trained_accuracy(target, "target")
+        except DiagnosticsError as exc:
+            note = str(exc)
+    if source is not None and target is not None and note is None:
+        try:
+            scores["transferability_score"] = transferability_from_history(source, target)
+        except DiagnosticsError as exc:
+            note = str(exc)
+    if note:
+        log.warning("no transferability score: %s", note)
+    return scores, note
+
+
 def _log_report(report_writer: ReportWriter, bundle_dir: Path, folder: Path) -> bool:
     """Render ``bundle_dir`` with ``report_writer`` and log it as ``report.html`` at the artifact root of
     the active run. A failing writer (any ``Exception``) is reported, not raised: a warning on the
@@ -258,15 +284,12 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
         tags["mlflow.parentRunId"] = pair.target_run_id
     with transfer_run("diagnostics", pair.recipe, nested=nested, name=f"{pair.recipe.name}-diagnostics",
                       extra_tags=tags, experiment_id=pair.experiment_id) as run:
-        diag = diagnose_pair(pair.source_model, pair.target_model, instances, tuple(data.classes), options)
+        # the confusion tables rest on both domains' whole validation sets, whatever the analysis cap
+        validation = ValidationSets(target=data.target.val, source=data.source.val)
+        diag = diagnose_pair(pair.source_model, pair.target_model, instances, tuple(data.classes), options,
+                             validation=validation)
         history = {**_history(pair.source_run_id, "source"), **_history(pair.target_run_id, "target")}
-        scores = {}
-        if ("source", "target_val") in history and ("target", "target_val") in history:
-            scores["transferability_score"] = transferability_score(
-                np.array(history[("source", "target_val")][1]), np.array(history[("target", "target_val")][1]))
-        if ("target", "target_val") in history:
-            # what the pair browser lists next to the score
-            scores["target_val_accuracy"] = float(np.max(history[("target", "target_val")][1]))
+        scores, score_note = _scores(history)
         import captum
         import sklearn
 
@@ -276,6 +299,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
                 "pair_id": tags.get(TAGS.pair_id), "model": pair.target_model.arch, "recipe": pair.recipe.name,
                 "domains": {"source": data.source.domain.name, "target": data.target.domain.name},
                 "sample_per_class": options.sample_per_class, "scores": scores,
+                **({"transferability_note": score_note} if score_note else {}),
                 "software": {"mlflow-transfer": __version__, "torch": torch.__version__, "mlflow": mlflow.__version__,
                              "captum": captum.__version__, "scikit-learn": sklearn.__version__,
                              "numpy": np.__version__, "python": platform.python_version()}}

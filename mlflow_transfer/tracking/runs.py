@@ -1,7 +1,8 @@
 """Source training and fine-tuning, logged to MLflow (the source→target pipeline is `pipeline`).
 
 Each run logs, with ``step=epoch`` (0 = before training): ``loss`` and ``acc_source_train``,
-``acc_source_val``, ``acc_target_train``, ``acc_target_val``; a state-dict checkpoint per epoch under
+``acc_source_val``, ``acc_target_train``, ``acc_target_val``; then ``final_acc_*`` (last epoch) and
+``best_acc_*`` (over trained epochs, step >= 1: step 0 is no training step); a state-dict checkpoint per epoch under
 ``checkpoints/``; the final model (``torch.export`` format, with a signature); tags from `TAGS`.
 A run is FINISHED only after its last artifact landed; any exception (or Ctrl-C) marks it FAILED.
 """

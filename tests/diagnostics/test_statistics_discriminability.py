@@ -17,7 +17,12 @@ from sklearn.svm import SVC
 
 from mlflow_transfer.diagnostics.discriminability import (
     Discriminability, domain_discriminability, rank_neurons)
-from mlflow_transfer.diagnostics.statistics import confusion_table, transferability_score
+from mlflow_transfer.diagnostics.statistics import (
+    best_trained_accuracy,
+    confusion_table,
+    transferability_from_history,
+    transferability_score,
+)
 from mlflow_transfer.errors import DiagnosticsError
 
 NAN = float("nan")
@@ -51,6 +56,44 @@ def test_transferability_score_by_hand():
 def test_transferability_score_rejects(source, target, match):
     with pytest.raises(DiagnosticsError, match=match):
         transferability_score(source, target)
+
+
+def test_the_score_from_histories_leaves_step_0_out():
+    """Step 0 of the target run is the unchanged source model: above every fine-tuned epoch here, it
+    must not be the target's best (the old score, max over all steps, gave 0.9 - 0.8 = +0.1)."""
+    source = ([0, 1, 2, 3], [0.1, 0.6, 0.8, 0.7])  # step 0: random initialisation, left out too
+    target = ([0, 1, 2], [0.9, 0.3, 0.5])
+    assert transferability_from_history(source, target) == pytest.approx(0.5 - 0.8)
+    assert best_trained_accuracy(target, "target") == pytest.approx(0.5)
+    # a source whose random start happened to score best is scored on its trained epochs only
+    assert transferability_from_history(([0, 1], [0.95, 0.4]), ([0, 1], [0.4, 0.7])) == pytest.approx(0.3)
+    # steps in any order (as MLflow may return them), numpy input, floats that are whole numbers
+    assert transferability_from_history((np.array([2.0, 0.0, 1.0]), np.array([0.6, 0.9, 0.2])),
+                                        ([1, 0], [0.65, 0.99])) == pytest.approx(0.05)
+
+
+def test_a_target_with_only_step_0_has_no_score_and_says_why():
+    with pytest.raises(DiagnosticsError) as info:
+        transferability_from_history(([0, 1], [0.1, 0.5]), ([0], [0.5]))
+    message = str(info.value)
+    assert "target run" in message and "only step 0" in message and "before fine-tuning" in message
+    assert "target.epochs >= 1" in message and "no transferability score" in message
+    with pytest.raises(DiagnosticsError, match=r"source run.*only step 0, which is its random initialisation"):
+        transferability_from_history(([0], [0.1]), ([0, 1], [0.1, 0.5]))
+
+
+@pytest.mark.parametrize("history, match", [
+    (([0, 1], [0.5]), r"one step per accuracy in the target model's history; got 2 steps and 1 accuracies"),
+    (([0, -1], [0.5, 0.6]), r"steps as epochs \(whole numbers >= 0\); got \[0, -1\]"),
+    (([0, 1.5], [0.5, 0.6]), r"whole numbers >= 0"),
+    (([0, 1], [0.5, 60.0]), r"Divide percentages by 100"),
+    (([0, 1], [0.5, NAN]), r"finite accuracies"),
+    ((), r"Expected the target model's history as \(steps, accuracies\); got tuple"),
+    (None, r"Expected the target model's history as \(steps, accuracies\); got NoneType"),
+])
+def test_best_trained_accuracy_rejects(history, match):
+    with pytest.raises(DiagnosticsError, match=match):
+        best_trained_accuracy(history, "target")
 
 
 # ---------------------------------------------------------------- confusion table

@@ -60,13 +60,36 @@ def test_diagnose_a_target_run(pair, tmp_path):
     assert len(b.instances()["label"]) == expected
     # class with fewer instances than CV folds: the fallback is said and recorded
     assert any("fold" in note for note in b.summary()["notes"])
-    # the transferability score recomputed from the runs' metric histories
+    # the transferability score recomputed from the runs' metric histories, trained epochs only
     client = MlflowClient()
-    best = {r: max(p.value for p in client.get_metric_history(rid, "acc_target_val"))
+    best = {r: max(p.value for p in client.get_metric_history(rid, "acc_target_val") if p.step >= 1)
             for r, rid in (("s", pair.source_run_id), ("t", pair.target_run_id))}
     assert run.data.metrics["transferability_score"] == pytest.approx(best["t"] - best["s"])
+    assert run.data.metrics["target_val_accuracy"] == pytest.approx(best["t"])
     hist = b.history()
     assert set(hist["model"]) == {"source", "target"}
+    _check_whole_validation_sets(b, pair, data)
+
+
+def _weighted(table: dict, column: str) -> float:
+    """Per-class accuracies weighted by support: the accuracy on the whole set."""
+    acc, support = np.asarray(table[column], float), np.asarray(table["support"], float)
+    return float(np.nansum(acc * support) / support.sum())  # a class without instances weighs 0
+
+
+def _check_whole_validation_sets(b, pair, data):
+    """The confusion tables rest on both domains' whole validation sets, whatever the analysis cap: the
+    per-class accuracies weighted by support reproduce the runs' logged final accuracies."""
+    final = {r: MlflowClient().get_run(rid).data.metrics for r, rid in (("source", pair.source_run_id),
+                                                                       ("target", pair.target_run_id))}
+    target, source = b.domain_confusion("target"), b.domain_confusion("source")
+    assert int(np.sum(target["support"])) == len(data.target.val_indices)
+    assert int(np.sum(source["support"])) == len(data.source.val_indices)
+    assert b.statistics_basis() == {"basis": "whole validation set", "validation_counts": {
+        "target": len(data.target.val_indices), "source": len(data.source.val_indices)}}
+    for model in ("source", "target"):
+        assert _weighted(target, f"{model}_accuracy") == pytest.approx(final[model]["final_acc_target_val"], abs=1e-6)
+        assert _weighted(source, f"{model}_accuracy") == pytest.approx(final[model]["final_acc_source_val"], abs=1e-6)
 
 
 def test_diagnose_a_pair_logged_outside_the_recipes(module_store, tmp_path):
@@ -165,3 +188,68 @@ def test_recipe_with_other_classes_than_the_models(pair, tmp_path):
                   f"data.target={{name: imagefolder, root: {tmp_path}, subset: b}}", "data.per_class_cap=null")
     with pytest.raises(DiagnosticsError, match="predict 10 classes but the recipe's domains have 2"):
         diagnose(target_run_id=pair.target_run_id, recipe=recipe, options=dataclasses.replace(FAST, sample_per_class=1))
+
+
+# ------------------------------------------------------------------ the transferability score (issue 11)
+
+# The source domain is the target one, so the source model is already good on the target validation set;
+# fine-tuning with a learning rate far too high then wrecks it: negative transfer, made of recipe options.
+HURT = ("data.source.name=handwritten-digits", "data.source.size=null", "data.per_class_cap=40",
+        "source.epochs=5", "source.lr=0.002", "target.lr=0.05")
+
+
+def _app_badge(bundle_dir) -> str:
+    """The transferability badge as the app's statistics tab draws it over ``bundle_dir``."""
+    import panel as pn
+    from helpers.views import drawn, find
+
+    from ui.readers import MemorySource
+    from ui.state import AppState
+    from ui.tabs.statistics import StatisticsTab
+
+    row = {"diagnostics_run_id": "d1", "recipe": "r", "model": "alexnet-32", "source_domain": "s",
+           "target_domain": "t", "start_time": 1_700_000_000_000, "transferability_score": None,
+           "target_accuracy": None, "frozen_layers": "[]"}
+    state = AppState(MemorySource({"1": "e"}, {"1": [row]}, {"d1": bundle_dir}))
+    return str(find(drawn(StatisticsTab(state=state)), pn.pane.HTML, "transferability").object)
+
+
+def test_fine_tuning_that_hurts_gives_a_negative_score_shown_negative(module_store, tmp_path):
+    hurt = run_pipeline(tiny_recipe(*HURT))
+    client = MlflowClient()
+    history = {r: {p.step: p.value for p in client.get_metric_history(rid, "acc_target_val")}
+               for r, rid in (("source", hurt.source_run_id), ("target", hurt.target_run_id))}
+    fine_tuned = max(v for s, v in history["target"].items() if s >= 1)
+    trained = max(v for s, v in history["source"].items() if s >= 1)
+    # the planted truth: the target's step 0 (the source model itself) beats every fine-tuned epoch, so
+    # a score that counted it (the old one) would be near 0 instead of this
+    assert history["target"][0] > fine_tuned + 0.3 and trained > fine_tuned + 0.3
+    run_id = diagnose(target_run_id=hurt.target_run_id, options=dataclasses.replace(FAST, sample_per_class=1))
+    b = _bundle(run_id, tmp_path)
+    score = b.manifest["scores"]["transferability_score"]
+    assert score == pytest.approx(fine_tuned - trained) and score < -0.3
+    assert client.get_run(run_id).data.metrics["transferability_score"] == pytest.approx(score)
+    assert "transferability_note" not in b.manifest
+    badge = _app_badge(b.reader.root)
+    assert f"{score:+.3f}".startswith("-") and f"{score:+.3f}" in badge and "#c0392b" in badge  # minus, red
+
+
+def test_a_target_without_a_fine_tuned_epoch_gets_a_reason_instead_of_a_score(pair, tmp_path):
+    from ui.report import write_report
+
+    with mlflow.start_run() as bare:  # a target run logged by hand, stopped before its first epoch
+        log_model(build_model("alexnet-32", 10).eval())
+        mlflow.set_tags({TAGS.role: "target", TAGS.source_run_id: pair.source_run_id, TAGS.model: "alexnet-32"})
+        mlflow.log_metric("acc_target_val", 0.3, step=0)
+    run_id = diagnose(target_run_id=bare.info.run_id, recipe=tiny_recipe(),
+                      options=dataclasses.replace(FAST, sample_per_class=1))
+    b = _bundle(run_id, tmp_path)
+    assert "transferability_score" not in b.manifest["scores"] and "target_val_accuracy" not in b.manifest["scores"]
+    note = b.manifest["transferability_note"]
+    assert "only step 0" in note and "before fine-tuning" in note and "target.epochs >= 1" in note
+    assert b.summary()["transferability_note"] == note and b.transferability() == (None, note)
+    metrics = MlflowClient().get_run(run_id).data.metrics
+    assert "transferability_score" not in metrics and "target_val_accuracy" not in metrics
+    assert "only step 0" in _app_badge(b.reader.root)
+    page = write_report(b.reader.root, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "no score" in page and "only step 0" in page

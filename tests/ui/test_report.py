@@ -98,10 +98,17 @@ def test_report_holds_the_plots_table_and_title(written, tiny_bundle):
         assert sum(title in i["text"] for i in page.items) == 1, title
     # the instance scatter carries the thumbnails for hover as data: URIs
     assert page.items[1]["text"].count("data:image/png;base64,") >= 48
-    # the confusion table: header + one row per class, in the bundle's order
+    # the confusion tables, target then source validation set: header + one row per class, in the
+    # bundle's order, each under the line saying what it rests on
     b = PairBundle.open(tiny_bundle)
-    assert page.cells[0][0] == "class" and [row[0] for row in page.cells[1:]] == b.classes
-    assert page.cells[1][-1] == str(int(b.confusion()["support"][0]))
+    n = len(b.classes) + 1
+    for i, domain in enumerate(("target", "source")):
+        cells = page.cells[i * n:(i + 1) * n]
+        assert cells[0][0] == "class" and [row[0] for row in cells[1:]] == b.classes
+        support = b.domain_confusion(domain)["support"]
+        assert [row[-1] for row in cells[1:]] == [str(int(k)) for k in support]
+        assert f"Analysed sample&#x27;s {domain} validation rows: {int(sum(support))} instances" in text
+    assert len(page.cells) == 2 * n
     # title and header: pair run ids, the transferability score
     assert "<title>Transfer diagnostics" in text
     for run_id in ("s1", "t1", "d1"):

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import panel as pn
 import param
 
 from ui.views import features as fv
+from ui.views.text import escape_md, rests_on
 
 from .base import Tab, part
 
@@ -78,7 +80,9 @@ class FeaturesTab(Tab):
         record = self._record(self.state.bundle, self.shown)
         if record is None:
             return pn.pane.Markdown(fv.missing_message(self.state.bundle, self.shown), name="features-empty")
-        return pn.pane.Markdown(fv.cv_details(record), name="cv-accuracy")
+        rows = np.bincount(np.asarray(record["labels"], np.int64), minlength=2)[:2]  # 0 source, 1 target
+        caption = escape_md(rests_on("Domain classifier's analysed instances", rows, per="domain"))
+        return pn.pane.Markdown(f"{fv.cv_details(record)}\n\n{caption}", name="cv-accuracy")
 
     @part("state.bundle", "shown", "checked", "order", "projection", what="discriminability plot")
     def plot(self):

@@ -12,7 +12,7 @@ from bokeh.model import Model
 from mlflow_transfer.bundle import PairBundle
 from ui.projection import reprojected
 from ui.views import instances as iv
-from ui.views.text import escape_html
+from ui.views.text import escape_html, rests_on
 
 from .base import Tab, part
 
@@ -50,7 +50,10 @@ class InstancesTab(Tab):
         frame = iv.instance_frame(inst, b.classes, classes, xy=xy)
         plot = iv.instance_scatter(frame, b.classes, inst, title=title)
         pane = pn.pane.Bokeh if isinstance(plot, Model) else pn.pane.HoloViews  # the raster is HoloViews'
-        return pn.Column(pane(plot, sizing_mode="stretch_width", min_height=440, name="instances"),
+        counts = b.analysed_counts()
+        caption = escape_html(rests_on("Analysed sample", counts[counts > 0], per="class, domain and split"))
+        return pn.Column(pn.pane.HTML(caption, name="rests-on", styles={"font-size": "0.85em", "color": "#555"}),
+                         pane(plot, sizing_mode="stretch_width", min_height=440, name="instances"),
                          pn.pane.HTML(iv.class_legend(b.classes, classes)), sizing_mode="stretch_width")
 
     def layout(self):

@@ -22,7 +22,7 @@ from bokeh.events import Tap
 
 from ui.views import network as nv
 from ui.views.summary import cka_heatmap, inheritance_line
-from ui.views.text import escape_md
+from ui.views.text import escape_html, escape_md, rests_on
 
 from .base import Tab, part
 
@@ -129,6 +129,13 @@ class NetworkTab(Tab):
         else:
             self._clicked.objects = [pn.pane.Markdown(nv.describe_hit(hit))]
 
+    @part("state.bundle", "state.classes", what="instance count")
+    def rests(self):
+        b, cls = self.state.bundle, self.shown_class()
+        n = int(b.analysed_counts()[b.classes.index(cls), 1].sum())
+        return pn.pane.HTML(escape_html(rests_on(f"Class {cls}, analysed target-domain instances", n, per=None)),
+                            name="rests-on", styles={"font-size": "0.85em", "color": "#555"})
+
     @part("state.bundle", "state.neuron", "state.classes", what="neuron detail")
     def detail(self):
         return nv.neuron_detail(self.state.bundle, self.shown_class(), self.state.neuron,
@@ -160,6 +167,6 @@ class NetworkTab(Tab):
         side = pn.Tabs(("Neuron", self.lazy(self.detail)),
                        ("Inheritance and CKA by depth", pn.Column(self.lazy(self.inheritance), self.lazy(self.cka))),
                        dynamic=True)
-        return pn.Column(controls,
+        return pn.Column(controls, self.lazy(self.rests),
                          pn.Row(pn.Column(self.lazy(self.figure), self._clicked), pn.Column(legend, side, width=440)),
                          name="network-tab", sizing_mode="stretch_width")

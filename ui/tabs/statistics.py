@@ -1,31 +1,61 @@
-"""The Statistics tab (paper §5.1, Figure 1 A): accuracy curves, transferability score, confusion table;
+"""The Statistics tab (paper §5.1, Figure 1 A): accuracy curves, transferability score, confusion table of
+the target validation set (or, switched, the source validation set) with the instances it rests on;
 clicking a row of the table selects its class in every view."""
 
 from __future__ import annotations
 
 import panel as pn
+import param
 
 from ui.views import overview
+from ui.views.text import escape_html, rests_on
 
 from .base import Tab, part
 
-__all__ = ["StatisticsTab"]
+__all__ = ["DOMAINS", "StatisticsTab"]
+
+DOMAINS = {"target validation set": "target", "source validation set": "source"}
 
 
 class StatisticsTab(Tab):
+    """Named panes: ``accuracy``, ``transferability``, ``rests-on``, ``confusion`` (or ``confusion-missing``)."""
+
     title = "Statistics"
+
+    domain = param.Selector(default="target", objects=list(DOMAINS.values()),
+                            doc="whose validation set the confusion table shows")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._switch = pn.widgets.RadioButtonGroup(options=DOMAINS, value=self.domain)
+        self._switch.param.watch(lambda e: setattr(self, "domain", e.new), "value")
 
     @part("state.bundle", what="statistics")
     def view(self):
         b = self.state.bundle
-        table = overview.confusion_table(b.confusion())
+        return pn.pane.Bokeh(overview.accuracy_curves(b.history()), sizing_mode="stretch_width",
+                             min_height=340, name="accuracy")
+
+    @part("state.bundle", what="transferability score")
+    def badge(self):
+        return overview.transferability_badge(*self.state.bundle.transferability())
+
+    @part("state.bundle", "domain", what="confusion table")
+    def table(self):
+        b = self.state.bundle
+        confusion = b.domain_confusion(self.domain)
+        if confusion is None:
+            return pn.pane.Markdown(f"This bundle has no confusion table of the {self.domain} validation set "
+                                    "(it was diagnosed before they were recorded); diagnose the pair again "
+                                    "for one.", name="confusion-missing")
+        basis = b.statistics_basis()["basis"]
+        what = (f"Whole {self.domain} validation set" if basis == "whole validation set"
+                else f"Analysed sample's {self.domain} validation rows")
+        caption = pn.pane.HTML(escape_html(rests_on(what, confusion["support"]) + " (support column)"),
+                               name="rests-on", styles={"font-size": "0.85em", "color": "#555"})
+        table = overview.confusion_table(confusion)
         table.param.watch(self._pick, "selection")  # the table is this pair's: the watcher goes with it
-        score = b.manifest.get("scores", {}).get("transferability_score")
-        side = sum(overview.CONFUSION_WIDTHS.values()) + 10
-        return pn.Row(pn.pane.Bokeh(overview.accuracy_curves(b.history()), sizing_mode="stretch_width",
-                                    min_height=340, name="accuracy"),
-                      pn.Column(overview.transferability_badge(score), table, width=side),
-                      sizing_mode="stretch_width")
+        return pn.Column(caption, table)
 
     def _pick(self, event):
         if event.new:
@@ -33,4 +63,7 @@ class StatisticsTab(Tab):
             self.state.select_class(str(table.value["class"].iloc[event.new[0]]))
 
     def layout(self):
-        return self.lazy(self.view, sizing_mode="stretch_width")
+        side = sum(overview.CONFUSION_WIDTHS.values()) + 10
+        return pn.Row(self.lazy(self.view, sizing_mode="stretch_width"),
+                      pn.Column(self.lazy(self.badge), self._switch, self.lazy(self.table), width=side),
+                      sizing_mode="stretch_width")

@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import panel as pn
 from bokeh.models import ColumnDataSource, HoverTool
 from bokeh.plotting import figure as bokeh_figure
 
 from .style import DATASET_COLOR, DATASET_LABEL, MODEL_MARKER, SOURCE, TARGET
+from .text import escape_html
 
-__all__ = ["CONFUSION_WIDTHS", "accuracy_curves", "confusion_frame", "confusion_table", "transferability_badge"]
+__all__ = ["BEFORE_FINE_TUNING", "CONFUSION_WIDTHS", "accuracy_curves", "confusion_frame", "confusion_table",
+           "transferability_badge"]
+
+# legend entry (and renderer name) of the target model's step 0: the unchanged source model
+BEFORE_FINE_TUNING = "before fine-tuning (target model, epoch 0)"
+_STAGE = {("source", True): "before training (random initialisation)",
+          ("target", True): "before fine-tuning: the unchanged source model, not in the score",
+          ("source", False): "trained epoch", ("target", False): "fine-tuned epoch"}
 
 
 def accuracy_curves(history: dict, *, height: int = 320) -> bokeh_figure:
     """One line per model × dataset: epochs on x, accuracy [0, 1] on y, colour = dataset, crosses for
     the source model and circles for the target model; legend entries end in the model's name.
+
+    The target model's epoch 0 is the source model before any fine-tuning step, not a fine-tuned
+    epoch (the transferability score leaves it out): its points are drawn as hollow squares under one
+    legend entry, `BEFORE_FINE_TUNING`, and every point's hover says which stage it is.
 
     A plain bokeh figure (renderers named by their legend entry): it is redrawn on every pair switch,
     which a HoloViews overlay made slower (benchmarks/results_notes.txt).
@@ -36,27 +49,41 @@ def accuracy_curves(history: dict, *, height: int = 320) -> bokeh_figure:
         part = part.sort_values("epoch")
         label = f"{DATASET_LABEL.get(dataset, dataset)} ({model} model)"  # drawn as canvas text: no markup
         color = DATASET_COLOR.get(dataset, "#333333")
-        source = ColumnDataSource({"epoch": part["epoch"].to_numpy(), "accuracy": part["accuracy"].to_numpy(),
-                                   "series": [label] * len(part)})
+        epochs = part["epoch"].to_numpy()
+        columns = {"epoch": epochs, "accuracy": part["accuracy"].to_numpy(), "series": [label] * len(part),
+                   "stage": [_STAGE.get((model, int(e) == 0), "") for e in epochs]}
+        source = ColumnDataSource(columns)
         fig.line("epoch", "accuracy", source=source, color=color, line_width=2, legend_label=label, name=label)
-        points.append(fig.scatter("epoch", "accuracy", source=source, color=color, size=8,
+        before = (epochs == 0) if model == "target" else np.zeros(len(epochs), bool)
+        kept = ColumnDataSource({k: np.asarray(v)[~before] for k, v in columns.items()})
+        points.append(fig.scatter("epoch", "accuracy", source=kept, color=color, size=8,
                                   marker=MODEL_MARKER.get(model, "circle"), line_width=2 if model == "source" else 1,
                                   fill_alpha=0.0 if model == "target" else 1.0, legend_label=label, name=label))
-    fig.add_tools(HoverTool(renderers=points, tooltips=[("", "@series"), ("epoch", "@epoch"),
+        if before.any():
+            start = ColumnDataSource({k: np.asarray(v)[before] for k, v in columns.items()})
+            points.append(fig.scatter("epoch", "accuracy", source=start, color=color, size=11, marker="square",
+                                      line_width=2, fill_color="white", legend_label=BEFORE_FINE_TUNING,
+                                      name=BEFORE_FINE_TUNING))
+    fig.add_tools(HoverTool(renderers=points, tooltips=[("", "@series"), ("epoch", "@epoch"), ("", "@stage"),
                                                         ("accuracy", "@accuracy{0.000}")]))
     fig.legend.location = "bottom_right"
     return fig
 
 
-def transferability_badge(score: float | None) -> pn.pane.HTML:
-    """The transferability score (best target-model minus best source-model accuracy on the target
-    validation set), signed and coloured: green when transfer helped, red when it hurt."""
+def transferability_badge(score: float | None, note: str | None = None) -> pn.pane.HTML:
+    """The transferability score (best fine-tuned target-model minus best trained source-model accuracy
+    on the target validation set, epochs ≥ 1), signed and coloured: green when transfer helped, red
+    (with its minus sign) when it hurt. Without a score: ``note`` — why there is none, recorded by the
+    diagnostics (escaped) — or "n/a (no run history)" (a pair diagnosed from model URIs)."""
+    detail = ""
     if score is None or (isinstance(score, float) and math.isnan(score)):
-        body, color = "n/a (no run history)", "#666"
+        body, color = ("no score" if note else "n/a (no run history)"), "#666"
+        if note:
+            detail = f"<div class='transferability-note' style='font-size:0.85em;color:#8a5a00'>{escape_html(note)}</div>"
     else:
         body, color = f"{score:+.3f}", "#2a8a2a" if score >= 0 else "#c0392b"
     return pn.pane.HTML(f"<div class='transferability'><div style='font-size:0.9em'>Transferability score"
-                        f"</div><div style='font-size:2em;font-weight:bold;color:{color}'>{body}</div></div>",
+                        f"</div><div style='font-size:2em;font-weight:bold;color:{color}'>{body}</div>{detail}</div>",
                         name="transferability")
 
 

@@ -7,6 +7,8 @@ onerror=…>`` would run as script. So each such string passes through one of th
 into a pane: `escape_html` for HTML, `escape_md` (or `md_code`) for Markdown, `message_md` for a
 message that quotes commands between backticks. Bokeh glyph text, titles, tooltips (``@field``
 values) and Tabulator's plain cells escape on their own.
+
+`rests_on` is the one wording of how many instances a view rests on (each tab's caption line).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import html
 import re
 
-__all__ = ["escape_html", "escape_md", "md_code", "message_md", "shorten"]
+__all__ = ["escape_html", "escape_md", "md_code", "message_md", "rests_on", "shorten"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # a newline could start a Markdown block (a heading, a list)
 # Characters with an inline meaning in Markdown-it and Panel's plugins: escapes, code, emphasis,
@@ -60,3 +62,23 @@ def shorten(value, limit: int = 120) -> str:
     """``str(value)`` cut to ``limit`` characters (with an ellipsis): a URL parameter shown back."""
     text = str(value)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def rests_on(basis: str, counts, per: str | None = "class") -> str:
+    """How many instances a view rests on, as plain text (escape it where rendered):
+    ``"<basis>: <total> instances, <n> per <per>"``, ``"<lo>–<hi> per <per>"`` when the groups differ,
+    or only the total when ``per`` is None — e.g. ``rests_on("Whole target validation set", support)``
+    → ``"Whole target validation set: 180 instances, 16–20 per class"``.
+
+    Args:
+        basis: what the instances are.
+        counts: the number of instances in each group (class; class, domain and split; domain), or one
+            number with ``per=None``.
+    """
+    values = [int(c) for c in (counts if hasattr(counts, "__iter__") else [counts])]
+    total = sum(values)
+    text = f"{basis}: {total:,} instance{'' if total == 1 else 's'}"
+    if per is None or not values:
+        return text
+    lo, hi = min(values), max(values)
+    return f"{text}, {lo:,} per {per}" if lo == hi else f"{text}, {lo:,}–{hi:,} per {per}"
