@@ -28,7 +28,7 @@ def identical():
     model = seeded("alexnet-32", 3).eval()
     twin = build_model("alexnet-32", 3).eval()
     twin.load_state_dict(model.state_dict())
-    opts = DiagnoseOptions(n_steps=4, folds=3, tsne_gradient="bh", weight_max_instances=8)
+    opts = DiagnoseOptions(n_steps=4, folds=3, tsne_gradient="bh", weight_max_instances=8, feature_vis_steps=2)
     return diagnose_pair(model, twin, _instances(), CLASSES, opts)
 
 
