@@ -2,7 +2,7 @@
 
 Everything comes from the bundle's ``discriminability/<class>`` record (Algorithm 1 run on the
 *target* model's conductance of its important neurons; ``neurons`` names the columns of A) and the
-target model's ``features/target/<layer>`` patch sprites. Nothing is recomputed here except display
+target model's ``features/target/<layer>`` patch sprites and feature visualisations. Nothing is recomputed here except display
 scaling. A class without the record (e.g. one with instances in only one domain) is an empty state.
 """
 

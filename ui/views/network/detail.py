@@ -1,5 +1,6 @@
-"""The neuron detail beside the zig-zag figure (paper Figure 1 C.1): a clicked neuron's top activating
-patches and the most similar neurons of the other model, each with theirs."""
+"""The neuron detail beside the zig-zag figure (paper Figure 1 C.1): a clicked neuron's feature
+visualisation and top activating patches, and the most similar neurons of the other model, each with
+theirs."""
 
 from __future__ import annotations
 
@@ -66,8 +67,9 @@ def neuron_detail(bundle: PairBundle, cls: str, neuron_id: str, *, k: int = 5, o
                   patch_px: int = 48, important: pd.DataFrame | None = None) -> pn.Column:
     """The detail panel of a clicked neuron (paper Figure 1 C.1), named ``neuron-detail``.
 
-    Shows the neuron's top activating patches of each data domain and the ``k`` most similar neurons of
-    the other model for class ``cls`` (from ``bundle.similarity``), each with its similarity and patches.
+    Shows the neuron's feature visualisation (``bundle.feature_vis``; "none" in a bundle without it) and
+    top activating patches of each data domain, and the ``k`` most similar neurons of the other model for
+    class ``cls`` (from ``bundle.similarity``), each with its similarity, visualisation and patches.
 
     Args:
         neuron_id: ``"model:layer:index"``; '' or malformed gives a hint instead.
