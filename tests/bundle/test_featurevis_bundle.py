@@ -4,6 +4,7 @@ the cache across pairs) and the bundle (``features/{model}/{layer}/vis`` and ``P
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import numpy as np
@@ -45,12 +46,11 @@ class _Counter:
 
 @pytest.fixture(scope="module")
 def pair():
-    torch.set_num_threads(1)
     return seeded("alexnet-32", 3, seed=1).eval(), seeded("alexnet-32", 3, seed=2).eval()
 
 
 @pytest.fixture(scope="module")
-def diag(pair, tmp_path_factory):
+def diag(pair):
     return diagnose_pair(*pair, _instances(), CLASSES, OPTS)
 
 
@@ -120,7 +120,6 @@ def test_a_vis_sprite_of_the_wrong_shape_is_a_bundle_error(diag, tmp_path):
     path = root / "features" / "target" / layer / "vis.png"
     Image.fromarray(np.zeros((33, 32, 3), np.uint8)).save(path)  # not one 32-px tile per neuron
     manifest = json.loads((root / "manifest.json").read_text())  # re-sign it: only the shape is wrong
-    import hashlib
     for entry in manifest["files"]:
         if entry["path"] == f"features/target/{layer}/vis.png":
             entry["bytes"], entry["sha256"] = path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
