@@ -42,6 +42,7 @@ def test_mlflow_run_main_logs_a_source_and_a_target_run(tracking_store):
     bundle = PairBundle.open(local)
     assert bundle.manifest["runs"]["target"] == target.info.run_id
     assert bundle.manifest["sample_per_class"] == 3 and bundle.manifest["options"]["n_steps"] == 4
+    assert bundle.manifest["options"]["feature_vis_steps"] == 1 and bundle.feature_vis("target", "conv1") is not None
     assert pipeline.data.params["set"] == TINY  # logged by `mlflow run` itself
     assert target.data.tags[TAGS.source_run_id] == source.info.run_id
     assert target.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
