@@ -33,7 +33,7 @@ _PIXELATED = ["img {image-rendering: pixelated;}"]
 
 def vis_pane(image, label: str, size: int) -> pn.viewable.Viewable:
     """A neuron's feature visualisation (optimised image, `ui.views.images.vis_image`), named
-    ``feature-vis``, ``size`` pixels square; a short "no visualisation" when ``image`` is None."""
+    ``feature-vis``, ``size`` pixels square; "none" when ``image`` is None (none stored for the neuron)."""
     head = pn.pane.HTML("<span style='font-size:0.85em'>optimised</span>", margin=(12, 2, 0, 6))
     if image is None:
         return pn.Row(head, pn.pane.HTML("<i style='font-size:0.8em'>none</i>", margin=(12, 2, 0, 2)),
