@@ -134,16 +134,20 @@ def _diagnose_options(fn):
                      help="Share of each layer's neurons kept as important (paper: 10 %)."),
         click.option("--seed", default=DiagnoseOptions.seed, show_default=True,
                      help="Seed of instance sampling, t-SNE and CV folds."),
+        click.option("--feature-vis-steps", default=DiagnoseOptions.feature_vis_steps, show_default=True,
+                     type=click.IntRange(min=0), help="Optimisation steps of each neuron's feature "
+                     "visualisation (activation maximisation); 0 turns it off."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _options(layers, classes, sample_per_class, n_steps, top_fraction, seed):
+def _options(layers, classes, sample_per_class, n_steps, top_fraction, seed, feature_vis_steps):
     split = lambda text: tuple(p.strip() for p in text.split(",") if p.strip()) or None  # noqa: E731
     return DiagnoseOptions(layers=split(layers), classes=split(classes), sample_per_class=sample_per_class,
-                           n_steps=n_steps, top_fraction=top_fraction, seed=seed)
+                           n_steps=n_steps, top_fraction=top_fraction, seed=seed,
+                           feature_vis_steps=feature_vis_steps)
 
 
 class _Report:
@@ -183,11 +187,12 @@ class _Report:
 @_TRUST_PICKLED
 @_user_errors
 def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_diagnose, layers, classes,
-             sample_per_class, n_steps, top_fraction, seed, trust_pickled_models):
+             sample_per_class, n_steps, top_fraction, seed, feature_vis_steps, trust_pickled_models):
     from .tracking import run_pipeline
 
     _setup(tracking_uri, experiment_name)
-    options = _options(layers, classes, sample_per_class, n_steps, top_fraction, seed) if run_diagnose else None
+    options = (_options(layers, classes, sample_per_class, n_steps, top_fraction, seed, feature_vis_steps)
+               if run_diagnose else None)
     report = _Report()
     result = run_pipeline(_load(recipe, overrides, data_root), diagnose_options=options,
                           report_writer=report, trust_pickled=trust_pickled_models)
@@ -221,7 +226,7 @@ def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_di
 @_user_errors
 def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_uri, recipe, arch, overrides,
                  data_root, tracking_uri, experiment_name, layers, classes, sample_per_class, n_steps,
-                 top_fraction, seed, trust_pickled_models, allow_unfinished):
+                 top_fraction, seed, feature_vis_steps, trust_pickled_models, allow_unfinished):
     from .tracking.diagnose import diagnose
 
     _check_ids(target_run_id=target_run_id, source_run_id=source_run_id)
@@ -230,7 +235,8 @@ def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_ur
     run_id = diagnose(target_run_id=target_run_id or None, source_run_id=source_run_id or None,
                       source_model_uri=source_model_uri or None, target_model_uri=target_model_uri or None,
                       recipe=_load(recipe, overrides, data_root) if recipe else None, arch=arch or None,
-                      options=_options(layers, classes, sample_per_class, n_steps, top_fraction, seed),
+                      options=_options(layers, classes, sample_per_class, n_steps, top_fraction, seed,
+                                       feature_vis_steps),
                       report_writer=report, trust_pickled=trust_pickled_models,
                       allow_unfinished=allow_unfinished)
     click.echo(f"diagnostics run {run_id}: bundle at runs:/{run_id}/diagnostics, {report.note(run_id)}")

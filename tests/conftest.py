@@ -24,6 +24,20 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def featurevis_cache(tmp_path_factory):
+    """The feature-visualisation image cache in the session's temporary folder, never the user's home
+    (subprocesses inherit it)."""
+    name = "MLFLOW_TRANSFER_FEATUREVIS_CACHE"
+    before = os.environ.get(name)
+    os.environ[name] = str(tmp_path_factory.mktemp("featurevis-cache"))
+    yield os.environ[name]
+    if before is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = before
+
+
 @pytest.fixture(scope="session")
 def sqlite_stores(tmp_path_factory):
     """Opens real sqlite tracking stores: ``with sqlite_stores(root, "experiment") as store:`` (see

@@ -25,7 +25,7 @@ def test_mlflow_run_main_logs_a_source_and_a_target_run(tracking_store):
     tmp, env = tracking_store.root, tracking_store.env
     proc = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local",
                            "--experiment-name", "e2e", "-P", f"set={TINY}", "-P", "sample_per_class=3",
-                           "-P", "n_steps=4"],
+                           "-P", "n_steps=4", "-P", "feature_vis_steps=1"],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = {r.data.tags.get(TAGS.role): r for r in tracking_store.runs()}
@@ -42,6 +42,7 @@ def test_mlflow_run_main_logs_a_source_and_a_target_run(tracking_store):
     bundle = PairBundle.open(local)
     assert bundle.manifest["runs"]["target"] == target.info.run_id
     assert bundle.manifest["sample_per_class"] == 3 and bundle.manifest["options"]["n_steps"] == 4
+    assert bundle.manifest["options"]["feature_vis_steps"] == 1 and bundle.feature_vis("target", "conv1") is not None
     assert pipeline.data.params["set"] == TINY  # logged by `mlflow run` itself
     assert target.data.tags[TAGS.source_run_id] == source.info.run_id
     assert target.data.tags["mlflow.parentRunId"] == pipeline.info.run_id

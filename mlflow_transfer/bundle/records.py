@@ -16,7 +16,8 @@ manifest's ``transferability_note`` (copied into the summary) why a pair has no 
 ``weights/{model}/c<i>/{layer}/{counts,levels}`` (N_next×N_prev, links to the next layer),
 ``weights/{model}/kernels/{layer}/{values,kernels,rows}`` (the parameters behind each link, per model),
 ``comparison/layers`` (table), ``discriminability/{c<i>|all}/*``, ``features/{model}/{layer}/*``
-(sprite PNG + indices/values), ``cka/matrix``.
+(sprite PNG + indices/values; ``vis``, optional: one feature-visualisation tile per neuron, stacked
+downwards in the order of ``neurons``), ``cka/matrix``.
 
 The reader side only: numpy, pyarrow and PIL (through `BundleReader`), no torch — this is the app's
 only door to a diagnosed pair. `write_pair_bundle` (in `writer`) writes these records from a
@@ -237,6 +238,22 @@ class PairBundle:
                 "indices": self.reader.read_array(f"{base}/indices"),
                 "values": self.reader.read_array(f"{base}/values"),
                 "sprite": self.reader.read_png(f"{base}/patches")}
+
+    def feature_vis(self, model: str, layer: str) -> dict | None:
+        """The feature visualisations (§5.3.3) of the neurons with patches in ``model``'s ``layer``:
+        ``neurons`` int64 (n,) and ``images`` uint8 (n, S, S, 3), row i the optimised image of neuron
+        ``neurons[i]``. None when the bundle has none (feature visualisation off, a layer without
+        patches, or a bundle older than the record)."""
+        base = f"features/{model}/{layer}"
+        if f"{base}/vis" not in self.reader.names("image", base + "/"):
+            return None
+        neurons, sprite = self.reader.read_array(f"{base}/neurons"), self.reader.read_png(f"{base}/vis")
+        tile = sprite.shape[1] if sprite.ndim == 3 else 0
+        if neurons.ndim != 1 or sprite.ndim != 3 or sprite.shape[2] != 3 or tile == 0 or \
+                sprite.shape[0] != len(neurons) * tile:
+            raise self.reader.corrupt(f"{base}/vis as one square RGB tile per neuron ({len(neurons)} neurons)",
+                                      f"an image of shape {sprite.shape}")
+        return {"neurons": neurons, "images": sprite.reshape(len(neurons), tile, tile, 3)}
 
     def cka(self) -> np.ndarray:
         return self.reader.read_array("cka/matrix")

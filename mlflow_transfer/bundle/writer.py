@@ -144,6 +144,12 @@ def write_pair_bundle(root: str | Path, diag: PairDiagnostics, *, history: dict 
             w.write_array(f"{base}/indices", indices)
             w.write_array(f"{base}/values", values)
             w.write_png(f"{base}/patches", sprite)
+            vis = diag.feature_vis.get(m, {}).get(layer)
+            if vis is not None:  # one S×S tile per neuron, stacked downwards in the order of `neurons`
+                vis_neurons, images = vis
+                if list(vis_neurons) != neurons:
+                    raise ValueError(f"feature visualisations of {m} {layer} are not of the patched neurons")
+                w.write_png(f"{base}/vis", images.reshape(-1, *images.shape[2:]))
     w.write_array("cka/matrix", diag.cka.astype(np.float64))
     summary = {"layers": list(diag.layers), "classes": classes, "notes": diag.notes,
                "timings_s": {k: round(v, 3) for k, v in diag.timings.items()},

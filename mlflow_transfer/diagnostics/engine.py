@@ -19,11 +19,13 @@ from ..errors import DiagnosticsError
 from ..runtime import progress
 from ..neighbours import most_similar
 from ..projection import tsne_projection
+from ..validation import check_int
 from .cka import cka_matrix
 from .conductance import layer_conductance
 from .discriminability import Discriminability, domain_discriminability
 from ._hooks import run_with_hooks
 from .features import NeuronPatches, top_patches_many
+from .featurevis import visualise_layers
 from .instances import ModelOutputs, model_outputs, png_thumbnails
 from .options import DiagnoseOptions
 from .predictions import ValidationSets, predict_validation
@@ -82,6 +84,9 @@ class PairDiagnostics:
     kernels: dict[str, dict[tuple[str, str], LinkKernels]] = field(default_factory=dict)
     confusion_source_domain: ConfusionTable | None = None    # source validation set (None: no such rows)
     statistics_basis: str = SAMPLE                           # WHOLE or SAMPLE: what both confusions rest on
+    # model → layer → (neurons int64 (n,), uint8 (n, S, S, 3)): feature visualisations of the neurons with
+    # patches, in the order of sorted(patches[model][layer]); empty when feature_vis_steps is 0
+    feature_vis: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
 
     def layer_summary_table(self) -> dict[str, np.ndarray | list]:
         """Per layer, averaged over classes: inherited share of important weights, mean best similarity."""
@@ -160,6 +165,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
         raise DiagnosticsError("Expected validation as ValidationSets(target=..., source=...) with the target "
                                f"validation set; got {type(validation).__name__}"
                                f"{' without a target set' if isinstance(validation, ValidationSets) else ''}.")
+    vis_steps = check_int(options.feature_vis_steps, "feature_vis_steps", low=0, doc="(0 turns it off)")
     models = {"source": source_model, "target": target_model}
     layers = _select_layers(target_model, options.layers)
     layer_names = tuple(layers)
@@ -281,6 +287,16 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                                              for d, rows in zip(per_domain, (src_idx, tgt_idx)))
                                     for j in neurons}
 
+    feature_vis = {}
+    with stage("featurevis"):
+        if vis_steps > 0:  # the same neurons as the patches; the source's from the cache
+            for role, model in models.items():  # when another pair of its run already made them
+                done = visualise_layers(model, {n: (model.analysis_layers[n], sorted(patches[role][n]))
+                                                for n in layer_names if patches[role][n]},
+                                        image_size=int(instances.images.shape[-1]),
+                                        steps=vis_steps, seed=options.seed)
+                feature_vis[role] = {n: (done.neurons[n], done.images[n]) for n in done.neurons}
+
     with stage("cka"):
         rows = np.flatnonzero(domain == 1)
         if len(rows) > options.cka_max_instances:
@@ -298,7 +314,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                            conductance, important, similarity, weights, correspondence, comparison,
                            discrim, discrim_neurons, confusion, patches, cka, dict(stage.times),
                            peak / 2 ** 20, notes, kernels=kernels, confusion_source_domain=confusion_source,
-                           statistics_basis=basis)
+                           statistics_basis=basis, feature_vis=feature_vis)
 
 
 def _statistics(models, instances, outputs, classes, validation, batch_size):

@@ -31,3 +31,4 @@ class DiagnoseOptions:
     tsne_gradient: str = "auto"             # openTSNE negative gradient: "fft", "bh" or "auto" (by size)
     batch_size: int = 4                     # instances per conductance batch (small is faster on CPU)
     seed: int = 0
+    feature_vis_steps: int = 32             # activation-maximisation steps per feature visualisation (0 = off)

@@ -33,7 +33,7 @@ def identical_models():
 
 @pytest.fixture(scope="module")
 def identical(identical_models):
-    opts = DiagnoseOptions(n_steps=4, folds=3, tsne_gradient="bh", weight_max_instances=8)
+    opts = DiagnoseOptions(n_steps=4, folds=3, tsne_gradient="bh", weight_max_instances=8, feature_vis_steps=2)
     return diagnose_pair(*identical_models, _instances(), CLASSES, opts)
 
 

@@ -21,7 +21,7 @@ from mlflow_transfer.tracking import run_pipeline
 from mlflow_transfer.tracking import diagnose as diagnose_module
 from mlflow_transfer.tracking.diagnose import diagnose
 
-FAST = DiagnoseOptions(n_steps=4, tsne_gradient="bh", weight_max_instances=4, patches=3)
+FAST = DiagnoseOptions(n_steps=4, tsne_gradient="bh", weight_max_instances=4, patches=3, feature_vis_steps=1)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,8 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui-store")
     env = clean_env(MLFLOW_TRANSFER_CACHE=str(root / "cache"))
     subprocess.run([str(BIN / "mlflow-transfer"), "main", "--set", TINY, "--tracking-uri", f"sqlite:///{root}/mlflow.db",
-                    "--experiment-name", "ui-tests", "--n-steps", "2", "--sample-per-class", "2"],
+                    "--experiment-name", "ui-tests", "--n-steps", "2", "--sample-per-class", "2",
+                    "--feature-vis-steps", "1"],
                    cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
     with mlflow_server(root, env) as (uri, _), transfer_ui(uri, root, env) as (url, _):
         TRACKING.update(uri=uri, env=env, root=root)

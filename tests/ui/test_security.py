@@ -177,6 +177,8 @@ def test_hostile_names_reach_no_pane_as_markup(source, hostile_bundle):
     patches = {"source": [{"image": np.zeros((4, 4, 3), np.uint8), "value": 1.0, "index": 0}], "target": []}
     row = nv.patch_row(patches, "x\" ' onerror=alert(5) \"", 16)
     assert not [b for fragment in _sent_html(row) for b in _dangerous(fragment)]
+    row = nv.patch_row(patches, "x\" ' onerror=alert(5) \"", 16, np.zeros((4, 4, 3), np.uint8))  # + feature vis
+    assert not [b for fragment in _sent_html(row) for b in _dangerous(fragment)]
     hit = {"kind": "weight", "model": "target", "layer": HTML_NAME, "next_layer": MD_NAME, "a": 0, "b": 1,
            "level": 0.5, "count": 2, "important": True, "inherited": None}
     assert not _dangerous(_sent_html(pn.pane.Markdown(nv.describe_hit(hit)))[0])

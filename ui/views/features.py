@@ -2,8 +2,8 @@
 
 Everything comes from the bundle's ``discriminability/<class>`` record (Algorithm 1 run on the
 *target* model's conductance of its important neurons; ``neurons`` names the columns of A) and the
-target model's ``features/target/<layer>`` patch sprites. Nothing is recomputed here but display
-scaling and the plot's projection A·W restricted to the activated neurons (the stored A, ``scaled``,
+target model's ``features/target/<layer>`` patch sprites and feature visualisations. Nothing is
+recomputed here but display scaling and the plot's projection A·W restricted to the activated neurons (the stored A, ``scaled``,
 times rows of the stored W, ``basis``). A class without the record (e.g. one with instances in only
 one domain) is an empty state.
 """
@@ -20,7 +20,7 @@ from bokeh.plotting import figure as bokeh_figure
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.errors import BundleError
 
-from .images import crop_patches, data_uri, png_bytes
+from .images import crop_patches, data_uri, png_bytes, vis_image
 from .style import MODEL_MARKER, SOURCE, TARGET
 from .text import escape_md
 
@@ -37,7 +37,7 @@ FEW_PATCHES = 3    # patches per domain shown in a list row
 PAGE_SIZE = 15     # list rows per page; remote paging sends only these to the browser
 PAPER_FOLDS = 10
 AXIS_COLOR, CHECKED_COLOR = "#333333", "#2ca02c"  # red/blue are reserved for the domains
-COLUMNS = ["rank", "layer", "neuron", "discriminability", "|discriminability|", "patches",
+COLUMNS = ["rank", "layer", "neuron", "discriminability", "|discriminability|", "patches", "visualisation",
            "conductance", "column", "label"]
 
 
@@ -67,6 +67,24 @@ def _patch_html(strips: list[np.ndarray | None]) -> str:
             f'image-rendering:pixelated;margin:1px">'
             for s, dom, color in zip(strips, ("source", "target"), (SOURCE, TARGET)) if s is not None]
     return "<br>".join(imgs)
+
+
+def _vis_cells(bundle: PairBundle, keys: list[tuple[str, int]]) -> list[str]:
+    """Per (layer, neuron): the target model's feature visualisation as an ``<img>`` (HTML), or a short
+    note when the bundle holds none for it (feature visualisation off, or an older bundle)."""
+    records = {}
+    for layer in {layer for layer, _ in keys}:
+        try:
+            records[layer] = bundle.feature_vis("target", layer)
+        except BundleError:
+            records[layer] = None
+    cells = []
+    for layer, n in keys:
+        image = vis_image(records[layer], n)
+        cells.append("not in this bundle" if image is None else
+                     f'<img src="{data_uri(png_bytes(image))}" title="optimised image (target model)" '
+                     f'style="height:48px;image-rendering:pixelated;margin:1px">')
+    return cells
 
 
 def _histogram_svg(source: np.ndarray, target: np.ndarray, width: int = 120, height: int = 40) -> str:
@@ -114,7 +132,8 @@ def _base_frame(record: dict) -> pd.DataFrame:
     return pd.DataFrame({
         "rank": rank,
         "layer": [layer for layer, _ in neurons], "neuron": [n for _, n in neurons],
-        "discriminability": coef, "|discriminability|": np.abs(coef), "patches": "", "conductance": "",
+        "discriminability": coef, "|discriminability|": np.abs(coef), "patches": "", "visualisation": "",
+        "conductance": "",
         "column": np.arange(len(coef)), "label": [f"{layer}:{n}" for layer, n in neurons]}, columns=COLUMNS)
 
 
@@ -126,7 +145,8 @@ def feature_frame(bundle: PairBundle, cls: str = ALL, *, patches: int = FEW_PATC
     stored ``ranked``), ``layer``, ``neuron`` (index in the layer), ``discriminability`` (signed SVM
     coefficient; > 0 pushes towards the target domain), ``|discriminability|``, ``patches`` (HTML:
     up to ``patches`` top patches of the target model per domain), ``conductance`` (HTML: mirrored
-    histogram sparkline), ``column`` (j, the row of coef/axes/hist_* for this neuron), ``label``
+    histogram sparkline), ``visualisation`` (HTML: the target model's feature visualisation of the
+    neuron, or "not in this bundle"), ``column`` (j, the row of coef/axes/hist_* for this neuron), ``label``
     (``"layer:index"``). Empty (same columns) when ``cls`` has no discriminability record.
     ``record``: ``cls``'s record when the caller already read it.
     """
@@ -138,6 +158,7 @@ def feature_frame(bundle: PairBundle, cls: str = ALL, *, patches: int = FEW_PATC
     strips = _patch_strips(bundle, keys, patches)
     hs, ht = np.asarray(rec["hist_source"]), np.asarray(rec["hist_target"])
     frame["patches"] = [_patch_html(strips.get(key, [None, None])) or "no patches stored" for key in keys]
+    frame["visualisation"] = _vis_cells(bundle, keys)
     frame["conductance"] = [_histogram_svg(hs[j], ht[j]) for j in frame["column"]]
     return frame
 
@@ -308,9 +329,10 @@ def feature_table(frame: pd.DataFrame, order: str = "descending", *, record: dic
         sort_features(frame, order), show_index=False, pagination="remote", page_size=page_size,
         selectable="checkbox", disabled=True, layout="fit_data", hidden_columns=["column", "label"],
         sortable=False, row_content=_row_content(record),
-        formatters={"patches": {"type": "html"}, "conductance": {"type": "html"},
+        formatters={"patches": {"type": "html"}, "visualisation": {"type": "html"}, "conductance": {"type": "html"},
                     "discriminability": money, "|discriminability|": money},
-        titles={"conductance": "conductance (source ↑ / target ↓)", "patches": "top patches (target model)"},
+        titles={"conductance": "conductance (source ↑ / target ↓)", "patches": "top patches (target model)",
+                "visualisation": "optimised image"},
         name="feature-ranking", sizing_mode="stretch_width")
 
 

@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-__all__ = ["crop_patches", "data_uri", "png_bytes"]
+__all__ = ["crop_patches", "data_uri", "png_bytes", "vis_image"]
 
 _DOMAINS = ("source", "target")  # sprite row order within a neuron
 
@@ -46,3 +46,12 @@ def crop_patches(record: dict, neuron: int) -> dict[str, list[dict]]:
         out[name] = [{"image": sprite[row:row + p, j * p:(j + 1) * p], "value": float(values[i, dom, j]),
                       "index": int(indices[i, dom, j])} for j in range(k) if indices[i, dom, j] >= 0]
     return out
+
+
+def vis_image(record: dict | None, neuron: int) -> np.ndarray | None:
+    """A neuron's feature visualisation (S, S, 3) uint8 from a ``bundle.feature_vis()`` record; None when
+    the record is None (a bundle without them) or holds no image of ``neuron``."""
+    if record is None:
+        return None
+    hits = np.flatnonzero(np.asarray(record["neurons"]) == neuron)
+    return record["images"][int(hits[0])] if hits.size else None

@@ -1,5 +1,6 @@
-"""The neuron detail beside the zig-zag figure (paper Figure 1 C.1): a clicked neuron's top activating
-patches and the most similar neurons of the other model, each with theirs."""
+"""The neuron detail beside the zig-zag figure (paper Figure 1 C.1): a clicked neuron's feature
+visualisation and top activating patches, and the most similar neurons of the other model, each with
+theirs."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import panel as pn
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.errors import BundleError
 
-from ..images import crop_patches, png_bytes
+from ..images import crop_patches, png_bytes, vis_image
 from ..text import escape_html, escape_md, md_code, shorten
 from .geometry import DOMAINS, MODEL_COLOR, OTHER
 
-__all__ = ["neuron_detail", "parse_neuron_id", "patch_row"]
+__all__ = ["neuron_detail", "parse_neuron_id", "patch_row", "vis_pane"]
 
 
 def parse_neuron_id(neuron_id: str) -> tuple[str, str, int] | None:
@@ -30,10 +31,23 @@ def parse_neuron_id(neuron_id: str) -> tuple[str, str, int] | None:
 _PIXELATED = ["img {image-rendering: pixelated;}"]
 
 
-def patch_row(patches: dict[str, list[dict]], label: str, size: int) -> pn.layout.Row:
+def vis_pane(image, label: str, size: int) -> pn.viewable.Viewable:
+    """A neuron's feature visualisation (optimised image, `ui.views.images.vis_image`), named
+    ``feature-vis``, ``size`` pixels square; "none" when ``image`` is None (none stored for the neuron)."""
+    head = pn.pane.HTML("<span style='font-size:0.85em'>optimised</span>", margin=(12, 2, 0, 6))
+    if image is None:
+        return pn.Row(head, pn.pane.HTML("<i style='font-size:0.8em'>none</i>", margin=(12, 2, 0, 2)),
+                      margin=0, name="feature-vis")
+    return pn.Row(head, pn.pane.PNG(png_bytes(image), width=size, height=size, margin=1, name="feature-vis-image",
+                                    alt_text=escape_html(f"{label} feature visualisation"),
+                                    stylesheets=_PIXELATED), margin=0, name="feature-vis")
+
+
+def patch_row(patches: dict[str, list[dict]], label: str, size: int, vis=False) -> pn.layout.Row:
     """Each domain's patches (as :func:`crop_patches` gives them) in one row, ``size`` pixels square;
-    ``label`` (plain text) names the neuron in their alt texts."""
-    items = []
+    ``label`` (plain text) names the neuron in their alt texts. ``vis``: the neuron's feature
+    visualisation, shown first (None: "none"; False, the default: not shown)."""
+    items = [] if vis is False else [vis_pane(vis, label, size)]
     for domain in DOMAINS:
         items.append(pn.pane.HTML(f"<span style='color:{MODEL_COLOR[domain]};font-size:0.85em'>{domain}</span>",
                                   margin=(12, 2, 0, 6)))
@@ -53,8 +67,9 @@ def neuron_detail(bundle: PairBundle, cls: str, neuron_id: str, *, k: int = 5, o
                   patch_px: int = 48, important: pd.DataFrame | None = None) -> pn.Column:
     """The detail panel of a clicked neuron (paper Figure 1 C.1), named ``neuron-detail``.
 
-    Shows the neuron's top activating patches of each data domain and the ``k`` most similar neurons of
-    the other model for class ``cls`` (from ``bundle.similarity``), each with its similarity and patches.
+    Shows the neuron's feature visualisation (``bundle.feature_vis``; "none" in a bundle without it) and
+    top activating patches of each data domain, and the ``k`` most similar neurons of the other model for
+    class ``cls`` (from ``bundle.similarity``), each with its similarity, visualisation and patches.
 
     Args:
         neuron_id: ``"model:layer:index"``; '' or malformed gives a hint instead.
@@ -79,6 +94,16 @@ def neuron_detail(bundle: PairBundle, cls: str, neuron_id: str, *, k: int = 5, o
     def crop(m, n):
         return crop_patches(records[m], n) if records[m] is not None else {d: [] for d in DOMAINS}
 
+    visuals = {}  # feature visualisations; a bundle without them shows "none"
+
+    def vis(m, n):
+        if m not in visuals:
+            try:
+                visuals[m] = bundle.feature_vis(m, layer)
+            except BundleError:
+                visuals[m] = None
+        return vis_image(visuals[m], n)
+
     table = important if important is not None else pd.DataFrame(bundle.important_neurons())
     rank = table[(table["model"] == model) & (table["layer"] == layer) & (table["neuron"] == index) &
                  (table["class_index"] == bundle.classes.index(cls))]["rank"] if cls in bundle.classes else []
@@ -87,7 +112,7 @@ def neuron_detail(bundle: PairBundle, cls: str, neuron_id: str, *, k: int = 5, o
     # model is one of DOMAINS (parse_neuron_id); layer and class names come from the bundle: escaped
     items = [pn.pane.Markdown(f"### <span style='color:{MODEL_COLOR[model]}'>{model}</span> model · {escape_md(layer)} · "
                               f"neuron {index}\n{status}. Top activating patches:", margin=(0, 5)),
-             patch_row(crop(model, index), f"{model} {layer} #{index}", patch_px)]
+             patch_row(crop(model, index), f"{model} {layer} #{index}", patch_px, vis(model, index))]
     if cls not in bundle.compared_classes:
         items.append(pn.pane.Markdown(f"Class {md_code(cls)} has no similarity data (no target-domain instances)."))
         return pn.Column(*items, name="neuron-detail")
@@ -105,6 +130,7 @@ def neuron_detail(bundle: PairBundle, cls: str, neuron_id: str, *, k: int = 5, o
             button = pn.widgets.Button(label="open", color="light", width=55, margin=(5, 2))
             button.on_click(lambda _e, nid=f"{other}:{layer}:{int(n)}": on_select(nid))
             head.append(button)
-        items.append(pn.Row(*head, patch_row(crop(other, int(n)), f"{other} {layer} #{int(n)}", patch_px // 2 + 8),
+        items.append(pn.Row(*head, patch_row(crop(other, int(n)), f"{other} {layer} #{int(n)}", patch_px // 2 + 8,
+                                             vis(other, int(n))),
                             margin=0))
     return pn.Column(*items, name="neuron-detail")
