@@ -7,7 +7,8 @@ Layout (names without extension; ``c<i>`` is class index i, models are ``source`
 ``instances/embedding_{model}`` (N×D), ``conductance/{model}/{layer}`` (N×units),
 ``neurons/important`` (table), ``similarity/c<i>/{layer}`` (Us×Ut), ``weights/important`` (table),
 ``weights/{model}/c<i>/{layer}/{counts,levels}`` (N_next×N_prev, links to the next layer),
-``comparison/layers`` (table), ``discriminability/{c<i>|all}/*``, ``features/{model}/{layer}/*``
+``comparison/layers`` (table), ``neurons/stability`` and ``neurons/silent`` (tables, schema 1.x with
+issue 11; absent in older bundles), ``discriminability/{c<i>|all}/*``, ``features/{model}/{layer}/*``
 (sprite PNG + indices/values), ``cka/matrix``.
 
 The reader side only: numpy, pyarrow and PIL (through `BundleReader`), no torch — this is the app's
@@ -140,6 +141,50 @@ class PairBundle:
 
     def layer_comparison(self) -> dict:
         return self.reader.read_table("comparison/layers")
+
+    def stability(self, cls: str, model: str = "target") -> dict[str, dict] | None:
+        """Per layer, the bootstrap stability of ``model``'s important neurons of ``cls``: ``{layer:
+        {"stability": float (NaN: not computed), "k", "n_instances", "n_resamples": int, "reason": str
+        (why not computed, "" when computed; bundle text: escape it)}}``. Empty for a class that was not
+        analysed; None when the bundle predates the record."""
+        rows = self._class_rows("neurons/stability", cls, model, (
+            "layer", "k", "n_instances", "n_resamples", "stability", "reason"))
+        if rows is None:
+            return None
+        try:
+            return {str(r["layer"]): {"stability": float("nan") if r["stability"] is None else float(r["stability"]),
+                                      "k": int(r["k"]), "n_instances": int(r["n_instances"]),
+                                      "n_resamples": int(r["n_resamples"]), "reason": str(r["reason"] or "")}
+                    for r in rows}
+        except (TypeError, ValueError) as exc:
+            raise self.reader.corrupt("table neurons/stability of numbers and text", str(exc)) from None
+
+    def silent_neurons(self, cls: str, model: str = "target") -> dict[str, tuple[int, int]] | None:
+        """Per layer, ``(n_silent, n_neurons)``: ``model``'s neurons without conductance signal over the
+        class's instances (they have no counterpart in the comparison). Empty for a class that was not
+        analysed; None when the bundle predates the record."""
+        rows = self._class_rows("neurons/silent", cls, model, ("layer", "n_neurons", "n_silent"))
+        if rows is None:
+            return None
+        try:
+            return {str(r["layer"]): (int(r["n_silent"]), int(r["n_neurons"])) for r in rows}
+        except (TypeError, ValueError) as exc:
+            raise self.reader.corrupt("table neurons/silent of counts", str(exc)) from None
+
+    def _class_rows(self, name: str, cls: str, model: str, columns: tuple[str, ...]) -> list[dict] | None:
+        if name not in self.reader.names("table", name):
+            return None
+        index = self.classes.index(cls) if cls in self.classes else None
+        if index is None:
+            raise BundleError(f"class {cls!r} is not in this bundle; it has {self.classes}")
+        table = self.reader.read_table(name)
+        missing = [c for c in ("model", "class_index", *columns) if c not in table]
+        if missing:
+            raise self.reader.corrupt(f"table {name} with columns {['model', 'class_index', *columns]}",
+                                      f"no column(s) {missing}")
+        n = len(table["model"])
+        keep = [i for i in range(n) if table["model"][i] == model and table["class_index"][i] == index]
+        return [{c: table[c][i] for c in columns} for i in keep]
 
     def discriminability(self, cls: str = "__all__") -> dict:
         key = f"discriminability/{self._key(cls)}"

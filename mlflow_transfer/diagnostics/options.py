@@ -31,3 +31,4 @@ class DiagnoseOptions:
     tsne_gradient: str = "auto"             # openTSNE negative gradient: "fft", "bh" or "auto" (by size)
     batch_size: int = 4                     # instances per conductance batch (small is faster on CPU)
     seed: int = 0
+    stability_resamples: int = 20           # bootstrap resamples for the important sets' stability (>= 10)
