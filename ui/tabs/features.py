@@ -10,6 +10,7 @@ import panel as pn
 import param
 
 from ui.views import features as fv
+from ui.views.stability import feature_stability_md
 
 from .base import Tab, part
 
@@ -22,7 +23,8 @@ def shown_class(classes: list[str]) -> str:
 
 
 class FeaturesTab(Tab):
-    """Named panes: ``cv-accuracy``, ``discriminability``, ``feature-ranking``, ``features-empty``."""
+    """Named panes: ``cv-accuracy``, ``discriminability``, ``feature-ranking``, ``features-empty``,
+    ``feature-stability`` (the important sets' stability per layer: how far the ranked neurons hold)."""
 
     title = "Features"
 
@@ -76,6 +78,10 @@ class FeaturesTab(Tab):
             return pn.pane.Markdown(fv.missing_message(self.state.bundle, self.shown), name="features-empty")
         return pn.pane.Markdown(fv.cv_details(record), name="cv-accuracy")
 
+    @part("state.bundle", "shown", what="feature stability")
+    def stability(self):
+        return pn.pane.Markdown(feature_stability_md(self.state.bundle, self.shown), name="feature-stability")
+
     @part("state.bundle", "shown", "checked", "order", what="discriminability plot")
     def plot(self):
         b = self.state.bundle
@@ -103,6 +109,6 @@ class FeaturesTab(Tab):
     def layout(self):
         hint = pn.pane.Markdown(f"The first {fv.TOP_AXES} neurons in this order are drawn as axes; tick more in "
                                 "the list. Positive discriminability pushes towards the target domain.")
-        return pn.Column(pn.Row(self._select, self._order, hint), self.lazy(self.summary),
+        return pn.Column(pn.Row(self._select, self._order, hint), self.lazy(self.summary), self.lazy(self.stability),
                          self.lazy(self.plot, sizing_mode="stretch_width"),
                          self.lazy(self.ranking, sizing_mode="stretch_width"), sizing_mode="stretch_width")

@@ -5,7 +5,8 @@ Linked both ways with the state: the class select ↔ ``classes`` (a multi-class
 elsewhere is not narrowed: the figure shows its first class with similarity data), the layer slider ↔
 ``layer_from``/``layer_to``, the checkboxes ↔ the two hide flags; a click on a neuron index sets
 ``neuron``, which the detail follows. Panes are named ``network``, ``neuron-detail``,
-``weight-detail``, ``inheritance`` and ``cka``.
+``weight-detail``, ``layer-stability`` (the important sets' stability and silent neurons per shown
+layer), ``inheritance`` and ``cka``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import param
 from bokeh.events import Tap
 
 from ui.views import network as nv
+from ui.views.stability import layer_stability_md
 from ui.views.summary import cka_heatmap, inheritance_line
 from ui.views.text import escape_md
 
@@ -118,6 +120,12 @@ class NetworkTab(Tab):
         else:
             self._clicked.object = nv.describe_hit(hit)
 
+    @part("state.bundle", "state.classes", "state.layer_from", "state.layer_to", what="layer stability")
+    def stability(self):
+        lo, hi = self._span()
+        return pn.pane.Markdown(layer_stability_md(self.state.bundle, self.shown_class(),
+                                                   self.state.bundle.layers[lo:hi + 1]), name="layer-stability")
+
     @part("state.bundle", "state.neuron", "state.classes", what="neuron detail")
     def detail(self):
         return nv.neuron_detail(self.state.bundle, self.shown_class(), self.state.neuron,
@@ -146,5 +154,6 @@ class NetworkTab(Tab):
                        ("Inheritance and CKA by depth", pn.Column(self.lazy(self.inheritance), self.lazy(self.cka))),
                        dynamic=True)
         return pn.Column(controls,
-                         pn.Row(pn.Column(self.lazy(self.figure), self._clicked), pn.Column(legend, side, width=440)),
+                         pn.Row(pn.Column(self.lazy(self.figure), self._clicked, self.lazy(self.stability)),
+                                pn.Column(legend, side, width=440)),
                          name="network-tab", sizing_mode="stretch_width")
