@@ -41,11 +41,15 @@ def _values(diag, model: str) -> np.ndarray:
 
 
 def _measure(pair, data, caps, seed: int) -> None:
+    # ratios against cap 10 (the former default) when it is measured, else against the first cap;
+    # cap 10 is then measured first so that every ratio has its baseline
+    order = sorted(caps, key=lambda c: c != 10)
+    base_cap = order[0]
     base = None
-    chosen = None
+    rows = {}
     print(f"{'cap':>5} {'tgt/class':>9} {'median tgt':>10} {'q10 tgt':>8} {'min tgt':>8} {'median src':>10} "
-          f"{'diagnose s':>10} {'ratio':>6} {'stability s':>11}")
-    for cap in caps:
+          f"{'diagnose s':>10} {'ratio':>6} {'stability s':>11}   (ratio: diagnose time / cap {base_cap}'s)")
+    for cap in order:
         instances = build_instances(data, cap, seed)
         options = DiagnoseOptions(sample_per_class=cap, seed=seed)
         start = time.perf_counter()
@@ -61,8 +65,10 @@ def _measure(pair, data, caps, seed: int) -> None:
         per_layer = {layer: np.nanmedian([diag.stability["target"][c][layer].stability for c in diag.stability["target"]])
                      for layer in diag.layers}
         print("      target median per layer: " + ", ".join(f"{k} {v:.2f}" for k, v in per_layer.items()), flush=True)
-        if chosen is None and median >= GOAL:
-            chosen = cap
+        print(f"      {len(instances.labels)} instances; stages (s): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in diag.timings.items()), flush=True)
+        rows[cap] = median
+    chosen = next((c for c in sorted(rows, key=lambda c: float("inf") if c is None else c) if rows[c] >= GOAL), None)
     print(f"smallest cap with target median stability >= {GOAL}: {chosen if chosen else 'none of ' + str(caps)}")
 
 
