@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from mlflow_transfer.config import load_recipe  # noqa: E402
 from mlflow_transfer.diagnostics.engine import diagnose_pair  # noqa: E402
 from mlflow_transfer.diagnostics.options import DiagnoseOptions  # noqa: E402
+from mlflow_transfer.diagnostics.similarity import NO_MATCH, best_source_neurons  # noqa: E402
 from mlflow_transfer.runtime import keep_freed_memory  # noqa: E402
 from mlflow_transfer.tracking.context import prepare_data  # noqa: E402
 from mlflow_transfer.tracking.diagnose import build_instances, resolve_pair  # noqa: E402
@@ -36,11 +37,45 @@ from mlflow_transfer.tracking.pipeline import run_pipeline  # noqa: E402
 GOAL = 0.8
 
 
+def _former_match(sim: np.ndarray) -> np.ndarray:
+    """The correspondence rule before issue 11: argmax (lowest index on a tie) above 0, and the same
+    index kept whenever it ties the column maximum (silent neurons included)."""
+    best = np.argmax(sim, axis=0)
+    cols = np.arange(sim.shape[1])
+    value = sim[best, cols]
+    matched = np.where(value > 0, best, -1)
+    return np.where(sim[cols, cols] >= value, cols, matched) if sim.shape[0] == sim.shape[1] else matched
+
+
+def _shares(diag) -> None:
+    """Per layer pair, the inherited share (mean over classes) with the current and the former rule."""
+    print("      inherited share per layer (now / former same-index rule; target silent neurons per class):")
+    for n, nxt in zip(diag.layers, diag.layers[1:]):
+        now, former = [], []
+        for cls, pairs in diag.correspondence.items():
+            w = diag.weights["target"][cls].get((n, nxt))
+            if w is None or not len(w.pairs):
+                continue
+            source = set(map(tuple, diag.weights["source"][cls][(n, nxt)].pairs.tolist()))
+            a, b = _former_match(diag.similarity[cls][n]), _former_match(diag.similarity[cls][nxt])
+            former.append(np.mean([a[x] != -1 and b[y] != -1 and (a[x], b[y]) in source for x, y in w.pairs]))
+            now.append(pairs[(n, nxt)].mean())
+        silent = np.mean([diag.silent["target"][c][n].sum() for c in diag.silent["target"]])
+        size = next(iter(diag.silent["target"].values()))[n].size
+        same = []  # of the matched target neurons, the share matched to their own index
+        for c in diag.correspondence:
+            m = best_source_neurons(diag.similarity[c][n], silent_source=diag.silent["source"][c][n],
+                                    silent_target=diag.silent["target"][c][n])
+            same.append(np.mean(m[m != NO_MATCH] == np.flatnonzero(m != NO_MATCH)) if (m != NO_MATCH).any() else np.nan)
+        print(f"      {n} → {nxt}: {np.mean(now):.3f} / {np.mean(former):.3f}; {n}: silent {silent:.1f} of {size}, "
+              f"matched to the same index {np.nanmean(same):.2f}")
+
+
 def _values(diag, model: str) -> np.ndarray:
     return np.array([s.stability for per_layer in diag.stability[model].values() for s in per_layer.values()])
 
 
-def _measure(pair, data, caps, seed: int) -> None:
+def _measure(pair, data, caps, seed: int, shares: bool = False) -> None:
     # ratios against cap 10 (the former default) when it is measured, else against the first cap;
     # cap 10 is then measured first so that every ratio has its baseline
     order = sorted(caps, key=lambda c: c != 10)
@@ -68,6 +103,8 @@ def _measure(pair, data, caps, seed: int) -> None:
         print(f"      {len(instances.labels)} instances; stages (s): "
               + ", ".join(f"{k} {v:.1f}" for k, v in diag.timings.items()), flush=True)
         rows[cap] = median
+        if shares:
+            _shares(diag)
     chosen = next((c for c in sorted(rows, key=lambda c: float("inf") if c is None else c) if rows[c] >= GOAL), None)
     print(f"smallest cap with target median stability >= {GOAL}: {chosen if chosen else 'none of ' + str(caps)}")
 
@@ -81,6 +118,8 @@ def main() -> None:
     p.add_argument("--store", help="folder for the sqlite store when training (kept, for reuse with "
                                    "--tracking-uri sqlite:///<store>/mlflow.db); default: a temporary one")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shares", action="store_true",
+                   help="also print the inherited share per layer with the current and the former correspondence rule")
     args = p.parse_args()
     keep_freed_memory()
     caps = [None if c == "all" else int(c) for c in args.caps.split(",")]
@@ -98,7 +137,7 @@ def main() -> None:
             print(f"trained the pair of {args.recipe} in {time.perf_counter() - start:.0f} s "
                   f"(target run {target_run_id})", flush=True)
         pair = resolve_pair(target_run_id=target_run_id, recipe=recipe)
-        _measure(pair, prepare_data(recipe), caps, args.seed)
+        _measure(pair, prepare_data(recipe), caps, args.seed, shares=args.shares)
 
 
 if __name__ == "__main__":
