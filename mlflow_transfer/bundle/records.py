@@ -15,9 +15,10 @@ manifest's ``transferability_note`` (copied into the summary) why a pair has no 
 ``neurons/important`` (table), ``similarity/c<i>/{layer}`` (Us×Ut), ``weights/important`` (table),
 ``weights/{model}/c<i>/{layer}/{counts,levels}`` (N_next×N_prev, links to the next layer),
 ``weights/{model}/kernels/{layer}/{values,kernels,rows}`` (the parameters behind each link, per model),
-``comparison/layers`` (table), ``discriminability/{c<i>|all}/*``, ``features/{model}/{layer}/*``
-(sprite PNG + indices/values; ``vis``, optional: one feature-visualisation tile per neuron, stacked
-downwards in the order of ``neurons``), ``cka/matrix``.
+``comparison/layers`` (table), ``neurons/stability`` and ``neurons/silent`` (tables; absent before
+schema 1.2), ``discriminability/{c<i>|all}/*``, ``features/{model}/{layer}/*`` (sprite PNG +
+indices/values; ``vis``, optional: one feature-visualisation tile per neuron, stacked downwards in the
+order of ``neurons``), ``cka/matrix``.
 
 The reader side only: numpy, pyarrow and PIL (through `BundleReader`), no torch — this is the app's
 only door to a diagnosed pair. `write_pair_bundle` (in `writer`) writes these records from a
@@ -222,6 +223,50 @@ class PairBundle:
 
     def layer_comparison(self) -> dict:
         return self.reader.read_table("comparison/layers")
+
+    def stability(self, cls: str, model: str = "target") -> dict[str, dict] | None:
+        """Per layer, the bootstrap stability of ``model``'s important neurons of ``cls``: ``{layer:
+        {"stability": float (NaN: not computed), "k", "n_instances", "n_resamples": int, "reason": str
+        (why not computed, "" when computed; bundle text: escape it)}}``. Empty for a class that was not
+        analysed; None when the bundle predates the record."""
+        rows = self._class_rows("neurons/stability", cls, model, (
+            "layer", "k", "n_instances", "n_resamples", "stability", "reason"))
+        if rows is None:
+            return None
+        try:
+            return {str(r["layer"]): {"stability": float("nan") if r["stability"] is None else float(r["stability"]),
+                                      "k": int(r["k"]), "n_instances": int(r["n_instances"]),
+                                      "n_resamples": int(r["n_resamples"]), "reason": str(r["reason"] or "")}
+                    for r in rows}
+        except (TypeError, ValueError) as exc:
+            raise self.reader.corrupt("table neurons/stability of numbers and text", str(exc)) from None
+
+    def silent_neurons(self, cls: str, model: str = "target") -> dict[str, tuple[int, int]] | None:
+        """Per layer, ``(n_silent, n_neurons)``: ``model``'s neurons without conductance signal over the
+        class's instances (they have no counterpart in the comparison). Empty for a class that was not
+        analysed; None when the bundle predates the record."""
+        rows = self._class_rows("neurons/silent", cls, model, ("layer", "n_neurons", "n_silent"))
+        if rows is None:
+            return None
+        try:
+            return {str(r["layer"]): (int(r["n_silent"]), int(r["n_neurons"])) for r in rows}
+        except (TypeError, ValueError) as exc:
+            raise self.reader.corrupt("table neurons/silent of counts", str(exc)) from None
+
+    def _class_rows(self, name: str, cls: str, model: str, columns: tuple[str, ...]) -> list[dict] | None:
+        if name not in self.reader.names("table", name):
+            return None
+        index = self.classes.index(cls) if cls in self.classes else None
+        if index is None:
+            raise BundleError(f"class {cls!r} is not in this bundle; it has {self.classes}")
+        table = self.reader.read_table(name)
+        missing = [c for c in ("model", "class_index", *columns) if c not in table]
+        if missing:
+            raise self.reader.corrupt(f"table {name} with columns {['model', 'class_index', *columns]}",
+                                      f"no column(s) {missing}")
+        n = len(table["model"])
+        keep = [i for i in range(n) if table["model"][i] == model and table["class_index"][i] == index]
+        return [{c: table[c][i] for c in columns} for i in keep]
 
     def discriminability(self, cls: str = "__all__") -> dict:
         """Algorithm 1's record of ``cls`` ("__all__": all classes): its arrays by name (labels, coef,

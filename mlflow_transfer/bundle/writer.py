@@ -109,6 +109,23 @@ def write_pair_bundle(root: str | Path, diag: PairDiagnostics, *, history: dict 
                       "n_important_neurons", "mean_best_similarity"):
                 cmp[f].append(getattr(r, f))
     w.write_table("comparison/layers", cmp)
+    # issue 11: stability of each important set, silent neurons per model, class and layer
+    st = {k: [] for k in ("model", "class_index", "layer", "k", "n_instances", "n_resamples", "stability",
+                          "reason")}
+    sil = {k: [] for k in ("model", "class_index", "layer", "n_neurons", "n_silent")}
+    for m in MODELS:
+        for cls, per_layer in diag.stability.get(m, {}).items():
+            for layer, r in per_layer.items():
+                st["model"].append(m); st["class_index"].append(classes.index(cls)); st["layer"].append(layer)
+                st["k"].append(r.k); st["n_instances"].append(r.n_instances)
+                st["n_resamples"].append(r.n_resamples); st["stability"].append(float(r.stability))
+                st["reason"].append(r.reason)
+        for cls, per_layer in diag.silent.get(m, {}).items():
+            for layer, mask in per_layer.items():
+                sil["model"].append(m); sil["class_index"].append(classes.index(cls)); sil["layer"].append(layer)
+                sil["n_neurons"].append(int(mask.size)); sil["n_silent"].append(int(np.count_nonzero(mask)))
+    w.write_table("neurons/stability", st)
+    w.write_table("neurons/silent", sil)
     # domain discriminability (§5.4)
     for cls, d in diag.discriminability.items():
         key = f"discriminability/{_key(classes, cls)}"

@@ -29,8 +29,9 @@ from .featurevis import visualise_layers
 from .instances import ModelOutputs, model_outputs, png_thumbnails
 from .options import DiagnoseOptions
 from .predictions import ValidationSets, predict_validation
-from .ranking import top_k_neurons
-from .similarity import LayerComparison, layer_summary, neuron_similarity, weight_correspondence
+from .ranking import resolve_k, top_k_neurons
+from .similarity import LayerComparison, layer_summary, neuron_similarity, silent_neurons, weight_correspondence
+from .stability import Stability, important_set_stability
 from .statistics import ConfusionTable, confusion_table
 from .weights import ImportantWeights, LinkKernels, extract_important_weights, link_kernels
 
@@ -87,6 +88,8 @@ class PairDiagnostics:
     # model → layer → (neurons int64 (n,), uint8 (n, S, S, 3)): feature visualisations of the neurons with
     # patches, in the order of sorted(patches[model][layer]); empty when feature_vis_steps is 0
     feature_vis: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    stability: dict[str, dict[str, dict[str, Stability]]] = field(default_factory=dict)  # model → class → layer
+    silent: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)    # model → class → layer → (U,) bool
 
     def layer_summary_table(self) -> dict[str, np.ndarray | list]:
         """Per layer, averaged over classes: inherited share of important weights, mean best similarity."""
@@ -197,6 +200,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                 batch_size=options.batch_size, progress=True)
 
     important = {r: {} for r in models}
+    stability, silent = {r: {} for r in models}, {r: {} for r in models}
     similarity, weights, correspondence, comparison = {}, {r: {} for r in models}, {}, {}
     discrim, discrim_neurons = {}, {}
     pairs = list(zip(layer_names, layer_names[1:]))
@@ -211,6 +215,17 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
             for role in models:
                 important[role][cls] = {n: top_k_neurons(conductance[role][n][tgt_rows], options.top_fraction)
                                         for n in layer_names}
+        with stage("stability"):
+            for role in models:
+                stability[role][cls] = {
+                    n: important_set_stability(conductance[role][n][tgt_rows],
+                                               resolve_k(conductance[role][n].shape[1], options.top_fraction),
+                                               n_resamples=options.stability_resamples, seed=options.seed)
+                    for n in layer_names}
+                silent[role][cls] = {n: silent_neurons(conductance[role][n][tgt_rows]) for n in layer_names}
+            reason = next((st.reason for st in stability["target"][cls].values() if st.reason), "")
+            if reason:  # depends on the class's instance count only: one note per class
+                notes.append(f"class {cls!r}: stability of the important neurons not computed: {reason}")
         with stage("similarity"):
             similarity[cls] = {n: neuron_similarity(conductance["source"][n][tgt_rows],
                                                     conductance["target"][n][tgt_rows]) for n in layer_names}
@@ -225,7 +240,8 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
             correspondence[cls] = {
                 p: weight_correspondence(weights["target"][cls][p].pairs, weights["source"][cls][p].pairs,
                                          similarity[cls][p[0]], similarity[cls][p[1]],
-                                         prefer_same_index=True)
+                                         silent_i=(silent["source"][cls][p[0]], silent["target"][cls][p[0]]),
+                                         silent_next=(silent["source"][cls][p[1]], silent["target"][cls][p[1]]))
                 for p in pairs if p in weights["target"][cls]}
             comparison[cls] = {
                 n: layer_summary(similarity[cls][n], important["target"][cls][n],
@@ -314,7 +330,8 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                            conductance, important, similarity, weights, correspondence, comparison,
                            discrim, discrim_neurons, confusion, patches, cka, dict(stage.times),
                            peak / 2 ** 20, notes, kernels=kernels, confusion_source_domain=confusion_source,
-                           statistics_basis=basis, feature_vis=feature_vis)
+                           statistics_basis=basis, feature_vis=feature_vis,
+                           stability=stability, silent=silent)
 
 
 def _statistics(models, instances, outputs, classes, validation, batch_size):

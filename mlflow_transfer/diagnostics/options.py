@@ -13,7 +13,8 @@ from dataclasses import dataclass
 class DiagnoseOptions:
     """What to compute; every field is recorded in the bundle manifest."""
 
-    sample_per_class: int | None = 10       # analysed instances per class, domain and split (None = all)
+    sample_per_class: int | None = 10       # analysed instances per class, domain and split (None = all);
+                                            # demo pair: median stability 0.90 (benchmarks/results_stability.txt)
     layers: tuple[str, ...] | None = None   # analysis layers to analyse (None = all)
     classes: tuple[str, ...] | None = None  # classes to analyse (None = all)
     n_steps: int = 50                       # conductance integration steps
@@ -32,3 +33,4 @@ class DiagnoseOptions:
     batch_size: int = 4                     # instances per conductance batch (small is faster on CPU)
     seed: int = 0
     feature_vis_steps: int = 32             # activation-maximisation steps per feature visualisation (0 = off)
+    stability_resamples: int = 20           # bootstrap resamples for the important sets' stability (>= 10)

@@ -7,6 +7,15 @@ one per model, are similar when their vectors point the same way (cosine similar
 source neurons most similar to n1 and n2 are joined by an important source weight.
 
 Matrices are indexed [source neuron, target neuron] throughout.
+
+Correspondence rules (issue 11): a neuron with no conductance signal over the class's instances
+(:func:`silent_neurons`) is *silent* and has no counterpart, and is never one; a target neuron whose
+largest similarity is shared (within :data:`TIE_ATOL`) by several source neurons is *ambiguous* and has
+no counterpart either. Neither rule looks at neuron indices: an earlier rule kept the same index on a
+tie, which matched every silent neuron of a fine-tuned pair to itself and inflated the inherited share.
+Ties among non-zero maxima arise when source columns point the same way (e.g. neurons that conduct on
+one and the same instance only); picking one of them, by index or otherwise, would claim a
+correspondence the attributions cannot tell apart.
 """
 
 from __future__ import annotations
@@ -27,11 +36,21 @@ __all__ = [
     "best_source_neurons",
     "layer_summary",
     "neuron_similarity",
+    "silent_neurons",
     "weight_correspondence",
 ]
 
 NO_MATCH = -1
 """Value of :func:`best_source_neurons` for a target neuron that has no similar source neuron."""
+
+SILENT_RTOL = 1e-6
+"""A neuron is silent when its largest |conductance| over the class's instances is at most this share
+of the layer's largest: conductance is stored as float32 (about 7 digits), so a column a million times
+below the layer's peak is rounding, not signal — and its cosine, after normalisation, would be noise."""
+
+TIE_ATOL = 1e-9
+"""Similarities within this of a column's maximum tie with it: cosines of columns pointing the same
+way differ by rounding only (about 1e-16 in float64)."""
 
 
 @dataclass(frozen=True)
@@ -103,29 +122,55 @@ def best_matches(similarity: np.ndarray, k: int = 1) -> np.ndarray:
     return order.T.astype(np.int64)
 
 
-def best_source_neurons(similarity: np.ndarray, min_similarity: float = 0.0) -> np.ndarray:
-    """For each target neuron, its most similar source neuron, or ``NO_MATCH`` (-1) if none is similar.
+def best_source_neurons(similarity: np.ndarray, min_similarity: float = 0.0, *,
+                        silent_source: np.ndarray | None = None,
+                        silent_target: np.ndarray | None = None) -> np.ndarray:
+    """For each target neuron, its most similar source neuron, or ``NO_MATCH`` (-1) if there is none.
 
-    This is the n -> n' lookup of section 5.3.2. A target neuron is only matched when its best
-    similarity is strictly greater than ``min_similarity``: with the default 0, a neuron whose
-    attribution vector is zero (similarity 0 to everything), or that only anti-correlates with the
-    source layer, has no counterpart — an argmax over all-equal values would otherwise pick source
-    neuron 0 arbitrarily. Pass ``min_similarity=-math.inf`` for the literal argmax of the paper.
+    This is the n -> n' lookup of section 5.3.2, with the module's correspondence rules: a target
+    neuron is matched only when its best similarity is strictly greater than ``min_similarity`` (with
+    the default 0, a zero attribution vector — similarity 0 to everything — or a neuron that only
+    anti-correlates has no counterpart), it is not silent, and exactly one source neuron reaches that
+    best similarity (within :data:`TIE_ATOL`); silent source neurons are never candidates. Pass
+    ``min_similarity=-math.inf`` for the paper's plain argmax (ties still have no match).
 
     Args:
         similarity: (Us, Ut) matrix from :func:`neuron_similarity`, indexed [source, target].
         min_similarity: threshold in [-inf, 1); a match needs a similarity above it.
+        silent_source: (Us,) bool, the source neurons without signal (:func:`silent_neurons`); None: none.
+        silent_target: (Ut,) bool, likewise for the target neurons.
 
     Returns:
-        (Ut,) int64 array of source neuron indices (lowest index among equal maxima), or -1.
+        (Ut,) int64 array of source neuron indices, or -1.
 
     Raises:
-        DiagnosticsError: if ``similarity`` is not a 2-D finite array or the threshold is not a number
-            below 1.
+        DiagnosticsError: if ``similarity`` is not a 2-D finite array, the threshold is not a number
+            below 1, or a silent mask is not a bool array of its side's length.
     """
     sim = _check_matrix(similarity, "similarity matrix", "(source neurons, target neurons)")
     threshold = _check_threshold(min_similarity)
-    return _best_source(sim, threshold)
+    return _best_source(sim, threshold, _check_mask(silent_source, sim.shape[0], "silent_source"),
+                        _check_mask(silent_target, sim.shape[1], "silent_target"))
+
+
+def silent_neurons(conductance: np.ndarray, rtol: float = SILENT_RTOL) -> np.ndarray:
+    """Which neurons have no conductance signal over the given instances (one class's).
+
+    Args:
+        conductance: (M, U) conductance of one model's layer on the class's M instances.
+        rtol: neuron j is silent when ``max_p |c[p, j]| <= rtol * max_{p, j} |c[p, j]|``; every neuron
+            of an all-zero layer is silent. In [0, 1).
+
+    Returns:
+        (U,) bool array, True for a silent neuron.
+
+    Raises:
+        DiagnosticsError: if the array is not 2-D, has no row or column, or is not finite.
+    """
+    array = _check_matrix(conductance, "conductance", "(instances, neurons)")
+    rtol = check_number(rtol, "rtol", low=0.0, high=1.0, high_open=True)
+    peak = np.abs(array).max(axis=0)
+    return peak <= rtol * peak.max()
 
 
 def weight_correspondence(
@@ -134,14 +179,17 @@ def weight_correspondence(
     sim_i: np.ndarray,
     sim_next: np.ndarray,
     min_similarity: float = 0.0,
-    prefer_same_index: bool = False,
+    *,
+    silent_i: tuple[np.ndarray, np.ndarray] | None = None,
+    silent_next: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Whether each important target weight is inherited from an important source weight.
 
     For an important target weight n1 -> n2 between layers i and i+1, n1' and n2' are the source
     neurons most similar to n1 (in ``sim_i``) and to n2 (in ``sim_next``), as in
-    :func:`best_source_neurons`; the weight is inherited when (n1', n2') is one of the important source
-    weights. A weight one of whose ends has no similar source neuron is not inherited.
+    :func:`best_source_neurons` (silent and ambiguous neurons have none); the weight is inherited when
+    (n1', n2') is one of the important source weights. A weight one of whose ends has no counterpart
+    is not inherited. No rule prefers the same neuron index, even for a fine-tuned pair.
 
     Args:
         target_weights: (K, 2) integer array of important target weights, rows (n1, n2) with n1 a
@@ -151,24 +199,28 @@ def weight_correspondence(
         sim_i: (Us_i, Ut_i) neuron similarity of layer i, indexed [source, target].
         sim_next: (Us_{i+1}, Ut_{i+1}) neuron similarity of layer i+1, indexed [source, target].
         min_similarity: threshold of :func:`best_source_neurons` (default 0).
-        prefer_same_index: for layers of equal width (a fine-tuned pair), map target neuron j to
-            source neuron j unless another source neuron is strictly more similar; a neuron with a
-            zero attribution vector then keeps its own index instead of having no match.
+        silent_i: (source mask (Us_i,), target mask (Ut_i,)) of silent neurons of layer i
+            (:func:`silent_neurons` of each model's conductance on the class); None: none silent.
+        silent_next: the same for layer i+1.
 
     Returns:
         (K,) bool array, True where the target weight has a correspondence in the source model.
 
     Raises:
         DiagnosticsError: if a weight list is not an integer (K, 2) array, an index falls outside its
-            layer, a similarity matrix is not a 2-D finite array, or the threshold is not below 1.
+            layer, a similarity matrix is not a 2-D finite array, the threshold is not below 1, or a
+            silent mask does not fit its layer.
     """
     s_i = _check_matrix(sim_i, "similarity matrix of layer i", "(source neurons, target neurons)")
     s_next = _check_matrix(sim_next, "similarity matrix of layer i+1", "(source neurons, target neurons)")
     tgt = _check_weights(target_weights, "target", bounds=(s_i.shape[1], s_next.shape[1]))
     src = _check_weights(source_weights, "source", bounds=(s_i.shape[0], s_next.shape[0]))
     threshold = _check_threshold(min_similarity)
-    return _correspondence(tgt, src, _best_source(s_i, threshold, prefer_same_index),
-                           _best_source(s_next, threshold, prefer_same_index),
+    masks = [(_check_mask(None if pair is None else pair[0], s.shape[0], f"{name}[0] (source)"),
+              _check_mask(None if pair is None else pair[1], s.shape[1], f"{name}[1] (target)"))
+             for pair, s, name in ((silent_i, s_i, "silent_i"), (silent_next, s_next, "silent_next"))]
+    return _correspondence(tgt, src, _best_source(s_i, threshold, *masks[0]),
+                           _best_source(s_next, threshold, *masks[1]),
                            n_source_next=s_next.shape[0])
 
 
@@ -221,17 +273,18 @@ def _cosine(src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
     return np.clip(cosine_similarity(src.T, tgt.T), -1.0, 1.0)
 
 
-def _best_source(sim: np.ndarray, threshold: float, prefer_same_index: bool = False) -> np.ndarray:
-    best = np.argmax(sim, axis=0)  # first maximum: lowest source index among ties
+def _best_source(sim: np.ndarray, threshold: float, silent_source: np.ndarray | None = None,
+                 silent_target: np.ndarray | None = None) -> np.ndarray:
+    if silent_source is not None:
+        sim = np.where(silent_source[:, None], -np.inf, sim)  # never a candidate
+    best = np.argmax(sim, axis=0)
     columns = np.arange(sim.shape[1])
     best_value = sim[best, columns]
-    matched = np.where(best_value > threshold, best, NO_MATCH).astype(np.int64)
-    if prefer_same_index and sim.shape[0] == sim.shape[1]:
-        # Fine-tuning initialises target neuron j from source neuron j: keep j unless another source
-        # neuron is strictly more similar (this also matches neurons without attribution signal).
-        same = sim[columns, columns]
-        matched = np.where(same >= best_value, columns, matched)
-    return matched
+    tied = np.count_nonzero(sim >= best_value - TIE_ATOL, axis=0) > 1
+    ok = (best_value > threshold) & ~tied
+    if silent_target is not None:
+        ok &= ~silent_target
+    return np.where(ok, best, NO_MATCH).astype(np.int64)
 
 
 def _correspondence(
@@ -264,6 +317,17 @@ def _check_weights(weights: np.ndarray, side: str, bounds: tuple[int, int]) -> n
                 f"that layer's similarity matrix); got values from {values.min()} to {values.max()}. "
                 "Are the weights and similarity matrices of the same layers?")
     return pairs
+
+
+def _check_mask(mask, size: int, name: str) -> np.ndarray | None:
+    if mask is None:
+        return None
+    flags = check_array(mask, name, ndim=1, kind="bool", layout=f"({size},)",
+                        hints={"kind": "Pass the array silent_neurons returns."})
+    if flags.shape[0] != size:
+        raise DiagnosticsError(f"Expected {name} as a bool array of one flag per neuron ({size}); got "
+                               f"{flags.shape[0]}. Pass silent_neurons of the same model's layer.")
+    return flags
 
 
 def _check_threshold(min_similarity: float) -> float:

@@ -10,6 +10,7 @@ from helpers.models import seeded
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.bundle.writer import write_pair_bundle
 from mlflow_transfer.diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
+from mlflow_transfer.diagnostics.similarity import NO_MATCH, best_source_neurons
 from mlflow_transfer.errors import BundleError, DiagnosticsError
 from mlflow_transfer.models import build_model
 
@@ -37,16 +38,30 @@ def identical(identical_models):
     return diagnose_pair(*identical_models, _instances(), CLASSES, opts)
 
 
-def test_identical_models_inherit_everything(identical):
+def test_identical_models_inherit_every_weight_whose_ends_have_a_counterpart(identical):
     d = identical
     for layer in d.layers:
         np.testing.assert_allclose(d.conductance["source"][layer], d.conductance["target"][layer])
         for cls in CLASSES:
             np.testing.assert_array_equal(d.important["source"][cls][layer], d.important["target"][cls][layer])
     table = d.layer_summary_table()
-    shares = table["inherited_weight_share"][:-1]  # the last layer has no outgoing weights
-    np.testing.assert_allclose(shares, 1.0)
-    assert np.isnan(table["inherited_weight_share"][-1])
+    assert np.isnan(table["inherited_weight_share"][-1])  # the last layer has no outgoing weights
+    # Every neuron with a counterpart is matched to itself, and an important weight is inherited exactly
+    # when both its ends have one: a silent neuron, or one whose attribution vector several neurons
+    # share (an untrained net's neurons that conduct on one and the same instance), has none.
+    share = {}
+    for cls, pairs in d.correspondence.items():
+        match = {n: best_source_neurons(d.similarity[cls][n], silent_source=d.silent["source"][cls][n],
+                                        silent_target=d.silent["target"][cls][n]) for n in d.layers}
+        for n in d.layers:
+            ok = match[n] != NO_MATCH
+            np.testing.assert_array_equal(match[n][ok], np.flatnonzero(ok))
+            np.testing.assert_array_equal(d.silent["source"][cls][n], d.silent["target"][cls][n])
+        for (n, nxt), flags in pairs.items():
+            w = d.weights["target"][cls][(n, nxt)].pairs
+            np.testing.assert_array_equal(flags, (match[n][w[:, 0]] != NO_MATCH) & (match[nxt][w[:, 1]] != NO_MATCH))
+            share.setdefault(n, []).append(flags.mean())
+    assert share["conv1"] == [1.0] * len(CLASSES)  # no silent or tied neuron this early: the whole share
     np.testing.assert_allclose(np.diag(d.cka), 1.0, atol=1e-6)
     np.testing.assert_array_equal(d.outputs["source"].prediction, d.outputs["target"].prediction)
     # the confusion table covers the target validation rows
@@ -144,3 +159,53 @@ def test_patches_cover_the_most_similar_neurons_of_every_important_neuron(tiny_b
                     assert set(top5.tolist()) <= stored[other], (cls, layer, model, j)
                     checked += 1
     assert checked > 20
+
+
+def test_stability_and_silent_neurons_round_trip(identical, tmp_path):
+    d = identical
+    write_pair_bundle(tmp_path / "b", d)
+    b = PairBundle.open(tmp_path / "b")
+    for model in ("source", "target"):
+        for cls in ("a", "b"):
+            read = b.stability(cls, model)
+            assert list(read) == list(d.layers)
+            for layer, r in read.items():
+                s = d.stability[model][cls][layer]
+                assert r == {"stability": s.stability, "k": s.k, "n_instances": s.n_instances,
+                             "n_resamples": s.n_resamples, "reason": ""}
+                assert r["n_instances"] == 8 and r["n_resamples"] == 20 and 0.0 <= r["stability"] <= 1.0
+            silent = b.silent_neurons(cls, model)
+            assert silent == {layer: (int(d.silent[model][cls][layer].sum()), d.silent[model][cls][layer].size)
+                              for layer in d.layers}
+    # identical models: the same stability and silent neurons
+    assert b.stability("a", "source") == b.stability("a", "target")
+    assert b.silent_neurons("b", "source") == b.silent_neurons("b", "target")
+    # a class without target instances in the bundle would read as empty; unknown classes are refused
+    with pytest.raises(BundleError, match="not in this bundle"):
+        b.stability("zzz")
+
+
+def test_a_class_with_too_few_instances_has_stability_not_computed_with_the_reason(tmp_path):
+    model = seeded("alexnet-32", 3).eval()
+    inst = _instances(48)
+    keep = ~((inst.domain == 1) & (inst.labels == 2)) | (inst.index < 36)  # class c keeps 4 target rows
+    rows = np.flatnonzero(keep)
+    few = Instances(inst.images[rows], inst.labels[rows], inst.domain[rows], inst.split[rows], inst.index[rows])
+    assert ((few.domain == 1) & (few.labels == 2)).sum() == 4
+    d = diagnose_pair(model, seeded("alexnet-32", 3, seed=1).eval(), few, CLASSES,
+                      DiagnoseOptions(n_steps=2, folds=3, tsne_gradient="bh", weight_max_instances=4, patches=1))
+    write_pair_bundle(tmp_path / "b", d)
+    b = PairBundle.open(tmp_path / "b")
+    reason = "only 4 analysed instance(s); the bootstrap needs at least 5 (raise the analysis cap)"
+    for layer, r in b.stability("c").items():
+        assert np.isnan(r["stability"]) and r["reason"] == reason and r["n_resamples"] == 0
+    assert all(r["reason"] == "" for r in b.stability("a").values())
+    assert f"class 'c': stability of the important neurons not computed: {reason}" in d.notes
+
+
+def test_a_bundle_without_the_records_reads_as_not_in_this_bundle(identical, tmp_path):
+    from helpers.bundles import without_records
+
+    write_pair_bundle(tmp_path / "b", identical)
+    b = PairBundle.open(without_records(tmp_path / "b", "neurons/stability", "neurons/silent"))
+    assert b.stability("a") is None and b.silent_neurons("a", "source") is None

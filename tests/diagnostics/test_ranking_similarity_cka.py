@@ -256,8 +256,9 @@ def test_zero_attribution_vectors_have_similarity_zero_and_no_match():
     np.testing.assert_allclose(sim, [[0.0, 1.0], [0.0, 0.0]], atol=1e-12)
     assert sim[1].tolist() == [0.0, 0.0] and sim[0, 0] == 0.0  # zero vectors: exactly 0
     np.testing.assert_array_equal(best_source_neurons(sim), [NO_MATCH, 0])
-    # The paper's literal argmax: every source neuron ties at 0, the first one wins.
-    np.testing.assert_array_equal(best_source_neurons(sim, min_similarity=-math.inf), [0, 0])
+    # The paper's plain argmax: every source neuron ties at 0 — ambiguous, so still no match (the
+    # former rule let the first index win).
+    np.testing.assert_array_equal(best_source_neurons(sim, min_similarity=-math.inf), [NO_MATCH, 0])
 
 
 def test_negative_best_similarity_is_no_match_unless_asked():
@@ -523,21 +524,3 @@ def test_cka_matrix_rejects_bad_inputs():
         cka_matrix(ok, {"dead": np.zeros((6, 3))})
     with pytest.raises(DiagnosticsError, match=r"source layer 'dead' are the same for every input"):
         cka_matrix({"dead": np.zeros((6, 3))}, ok)
-
-
-def test_prefer_same_index_keeps_the_inherited_neuron_unless_another_is_strictly_better():
-    from mlflow_transfer.diagnostics.similarity import weight_correspondence as wc
-
-    # target neuron 0 has no signal (zero column); neuron 1 is strictly closer to source neuron 2.
-    sim = np.array([[0.0, 0.2, 0.1], [0.0, 0.5, 0.3], [0.0, 0.9, 0.3]])
-    target = np.array([[0, 0], [1, 1], [2, 2]])
-    source = np.array([[0, 0], [2, 2], [1, 1]])
-    eye = np.eye(3)
-    # plain: zero neuron unmatched; same-index: it keeps index 0
-    np.testing.assert_array_equal(wc(target[:1], source, sim, eye), [False])
-    np.testing.assert_array_equal(wc(target[:1], source, sim, eye, prefer_same_index=True), [True])
-    # neuron 1 maps to source 2 (0.9 > 0.5) either way; (2, 1) is not an important source weight
-    np.testing.assert_array_equal(wc(target[1:2], source, sim, eye, prefer_same_index=True), [False])
-    # neuron 2: tie 0.3 between source 1 and 2 -> plain picks 1, same-index keeps 2
-    np.testing.assert_array_equal(wc(target[2:], source, sim, eye), [False])
-    np.testing.assert_array_equal(wc(target[2:], source, sim, eye, prefer_same_index=True), [True])

@@ -52,3 +52,22 @@ def write_tiny_bundle(root: Path, classes: tuple[str, ...] = ("a", "b", "c"), *,
         torch.set_num_threads(threads)
     write_pair_bundle(root, diag, history=history, meta=meta or TINY_META)
     return root
+
+
+def without_records(root: Path, *names: str) -> Path:
+    """Make the bundle at ``root`` look older: delete the records ``names`` (e.g. "neurons/stability")
+    and their manifest entries, as a bundle written before those records existed."""
+    import json
+
+    manifest_path = Path(root) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    kept = []
+    for entry in manifest["files"]:
+        stem = entry["path"].rsplit(".", 1)[0]
+        if stem in names:
+            (Path(root) / entry["path"]).unlink()
+        else:
+            kept.append(entry)
+    manifest["files"] = kept
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return Path(root)

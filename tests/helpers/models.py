@@ -48,11 +48,14 @@ def transfer_net(body: list[tuple[str, nn.Module]], head: list[tuple[str, nn.Mod
     return TransferNet("tiny", nn.Sequential(OrderedDict(body)), nn.Sequential(OrderedDict(head)), layers)
 
 
-def tiny_net(num_classes: int = 2, *, seed: int = 0, dropout: float = 0.2) -> TransferNet:
+def tiny_net(num_classes: int = 2, *, seed: int = 0, dropout: float = 0.2, channels: int = 4,
+             hidden: int = 8) -> TransferNet:
     """conv1 → ReLU → 2×2 pool | fc1 → ReLU → dropout → fc2 on 3-channel images of any size: trains in
-    milliseconds; the same ``seed`` gives the same weights."""
+    milliseconds; the same ``seed`` gives the same weights. ``channels`` and ``hidden`` are the widths
+    of conv1 and fc1 (wider layers for tests that need more neurons)."""
     torch.manual_seed(seed)
-    conv1, fc1, fc2 = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(16, 8), nn.Linear(8, num_classes)
+    conv1, fc1 = nn.Conv2d(3, channels, 3, padding=1), nn.Linear(4 * channels, hidden)
+    fc2 = nn.Linear(hidden, num_classes)
     return transfer_net([("conv1", conv1), ("relu1", nn.ReLU()), ("pool", nn.AdaptiveAvgPool2d(2)),
                          ("flatten", nn.Flatten())],
                         [("fc1", fc1), ("relu2", nn.ReLU()), ("drop", nn.Dropout(dropout)), ("fc2", fc2)],

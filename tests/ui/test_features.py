@@ -265,3 +265,29 @@ def test_projection_switch_redraws_the_plot_over_all_neurons(state, bundle):
 def test_tab_without_a_bundle_says_what_to_do():
     empty = AppState(MemorySource({}, {}, {}))
     assert "Select a diagnosed pair" in find(drawn(FeaturesTab(state=empty)), pn.pane.Markdown, "no-pair").object
+
+
+def test_feature_view_states_the_stability_of_the_ranked_neurons_layers(state, bundle, tmp_path):
+    import shutil
+
+    from helpers.bundles import without_records
+    from ui.views.stability import NOT_IN_BUNDLE
+
+    tab = FeaturesTab(state=state)
+    layout = drawn(tab)
+    caption = find(layout, pn.pane.Markdown, "feature-stability")
+    for layer in bundle.layers:  # all classes: the median over the analysed classes
+        median = np.median([bundle.stability(c)[layer]["stability"] for c in bundle.compared_classes])
+        assert f"{layer} {median:.2f}" in caption.object
+    state.select_class("b")
+    caption = find(layout, pn.pane.Markdown, "feature-stability")
+    assert "important neurons of b" in caption.object
+    for layer, r in bundle.stability("b").items():
+        assert f"{layer} {r['stability']:.2f}" in caption.object
+    state.select_class("c")
+    assert "not analysed" in find(layout, pn.pane.Markdown, "feature-stability").object
+    old = without_records(shutil.copytree(bundle.reader.root, tmp_path / "old"), "neurons/stability")
+    state.bundle = PairBundle.open(old)
+    state.select_class("a")
+    assert find(layout, pn.pane.Markdown, "feature-stability").object == NOT_IN_BUNDLE
+    assert find(layout, pn.widgets.Tabulator, "feature-ranking")  # the rest is drawn as before

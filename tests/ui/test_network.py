@@ -428,3 +428,60 @@ def test_network_tab_switches_and_a_clicked_weight_shows_its_kernels(tiny_bundle
     weight = tiny_models["source"].analysis_layers[cell["next_layer"]].weight.detach().numpy()
     np.testing.assert_allclose(image, weight[cell["b"], cell["a"]], rtol=1e-3, atol=1e-4)
     layout.get_root()
+
+
+def _md_rows(text: str) -> dict[str, list[str]]:
+    rows = [line.strip("| ").split(" | ") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    return {r[0]: r[1:] for r in rows[1:]}  # layer -> cells, header dropped
+
+
+def test_layer_stability_table_shows_each_layers_stability_and_silent_counts(bundle):
+    from ui.views.stability import layer_stability_md
+
+    text = layer_stability_md(bundle, "b", bundle.layers[1:4])
+    rows = _md_rows(text)
+    assert list(rows) == bundle.layers[1:4]
+    for layer, (k, st_t, st_s, sil_t, sil_s) in rows.items():
+        t, s = bundle.stability("b", "target")[layer], bundle.stability("b", "source")[layer]
+        assert k == str(t["k"]) and st_t.startswith(f"{t['stability']:.2f}") and st_s.startswith(f"{s['stability']:.2f}")
+        assert ("(unsettled)" in st_t) == (t["stability"] < 0.8)
+        assert sil_t == "{} / {}".format(*bundle.silent_neurons("b", "target")[layer])
+        assert sil_s == "{} / {}".format(*bundle.silent_neurons("b", "source")[layer])
+    assert "20 resamples of 12 instances" in text
+    assert "not analysed" in layer_stability_md(bundle, "c")
+
+
+def test_stability_text_says_why_not_computed_and_escapes_the_reason():
+    from ui.views.stability import stability_text
+
+    assert stability_text({"stability": 0.912, "reason": ""}) == "0.91"
+    assert stability_text({"stability": 0.5, "reason": ""}) == "0.50 (unsettled)"
+    from ui.views.text import escape_md
+
+    reason = "<img src=x onerror=alert(1)> [x](javascript:y)"
+    assert stability_text({"stability": float("nan"), "reason": reason}) == f"not computed: {escape_md(reason)}"
+    assert escape_md(reason) != reason
+
+
+def test_network_tab_shows_the_stability_of_the_shown_class_and_layers(tiny_bundle):
+    state = _state(tiny_bundle, layer_from=0, layer_to=2)
+    tab = drawn(NetworkTab(state=state))
+
+    def pane():
+        return next(p for p in tab.select(pn.pane.Markdown) if p.name == "layer-stability")
+
+    assert list(_md_rows(pane().object)) == state.bundle.layers[:3] and "Important neurons of a" in pane().object
+    state.param.update(classes=["b"], layer_from=2, layer_to=4)
+    assert list(_md_rows(pane().object)) == state.bundle.layers[2:5] and "Important neurons of b" in pane().object
+
+
+def test_a_bundle_without_stability_says_so_in_the_network_tab(tiny_bundle, tmp_path):
+    import shutil
+
+    from helpers.bundles import without_records
+    from ui.views.stability import NOT_IN_BUNDLE
+
+    old = without_records(shutil.copytree(tiny_bundle, tmp_path / "old"), "neurons/stability", "neurons/silent")
+    tab = drawn(NetworkTab(state=_state(old)))
+    assert next(p for p in tab.select(pn.pane.Markdown) if p.name == "layer-stability").object == NOT_IN_BUNDLE
+    assert next(p for p in tab.select(pn.pane.Bokeh) if p.name == "network")  # the rest is drawn as before

@@ -12,6 +12,7 @@ import panel as pn
 import param
 
 from ui.views import features as fv
+from ui.views.stability import feature_stability_md
 from ui.views.text import escape_md, rests_on
 
 from .base import Tab, part
@@ -25,7 +26,8 @@ def shown_class(classes: list[str]) -> str:
 
 
 class FeaturesTab(Tab):
-    """Named panes: ``cv-accuracy``, ``discriminability``, ``feature-ranking``, ``features-empty``."""
+    """Named panes: ``cv-accuracy``, ``discriminability``, ``feature-ranking``, ``features-empty``,
+    ``feature-stability`` (the important sets' stability per layer: how far the ranked neurons hold)."""
 
     title = "Features"
 
@@ -84,6 +86,10 @@ class FeaturesTab(Tab):
         caption = escape_md(rests_on("Domain classifier's analysed instances", rows, per="domain"))
         return pn.pane.Markdown(f"{fv.cv_details(record)}\n\n{caption}", name="cv-accuracy")
 
+    @part("state.bundle", "shown", what="feature stability")
+    def stability(self):
+        return pn.pane.Markdown(feature_stability_md(self.state.bundle, self.shown), name="feature-stability")
+
     @part("state.bundle", "shown", "checked", "order", "projection", what="discriminability plot")
     def plot(self):
         b = self.state.bundle
@@ -114,5 +120,6 @@ class FeaturesTab(Tab):
                                 "as axes); tick more in the list. Positive discriminability pushes towards the "
                                 "target domain.")
         return pn.Column(pn.Row(self._select, self._order, self._projection, hint), self.lazy(self.summary),
+                         self.lazy(self.stability),
                          self.lazy(self.plot, sizing_mode="stretch_width"),
                          self.lazy(self.ranking, sizing_mode="stretch_width"), sizing_mode="stretch_width")

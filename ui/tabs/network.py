@@ -8,7 +8,8 @@ elsewhere is not narrowed: the figure shows its first class with similarity data
 blocks show (``weight_encoding``: the weight values, or the activated levels) and the similarity
 scale (``similarity_scale``: the paper's fixed [0, 1], or the shown range). A click on a weight cell
 shows its description and kernel in both models. Panes are named ``network``, ``neuron-detail``,
-``weight-detail`` (a column), ``inheritance`` and ``cka``.
+``weight-detail`` (a column), ``layer-stability`` (the important sets' stability and silent neurons
+per shown layer), ``inheritance`` and ``cka``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import param
 from bokeh.events import Tap
 
 from ui.views import network as nv
+from ui.views.stability import layer_stability_md
 from ui.views.summary import cka_heatmap, inheritance_line
 from ui.views.text import escape_html, escape_md, rests_on
 
@@ -136,6 +138,12 @@ class NetworkTab(Tab):
         return pn.pane.HTML(escape_html(rests_on(f"Class {cls}, analysed target-domain instances", n, per=None)),
                             name="rests-on", styles={"font-size": "0.85em", "color": "#555"})
 
+    @part("state.bundle", "state.classes", "state.layer_from", "state.layer_to", what="layer stability")
+    def stability(self):
+        lo, hi = self._span()
+        return pn.pane.Markdown(layer_stability_md(self.state.bundle, self.shown_class(),
+                                                   self.state.bundle.layers[lo:hi + 1]), name="layer-stability")
+
     @part("state.bundle", "state.neuron", "state.classes", what="neuron detail")
     def detail(self):
         return nv.neuron_detail(self.state.bundle, self.shown_class(), self.state.neuron,
@@ -168,5 +176,6 @@ class NetworkTab(Tab):
                        ("Inheritance and CKA by depth", pn.Column(self.lazy(self.inheritance), self.lazy(self.cka))),
                        dynamic=True)
         return pn.Column(controls, self.lazy(self.rests),
-                         pn.Row(pn.Column(self.lazy(self.figure), self._clicked), pn.Column(legend, side, width=440)),
+                         pn.Row(pn.Column(self.lazy(self.figure), self._clicked, self.lazy(self.stability)),
+                                pn.Column(legend, side, width=440)),
                          name="network-tab", sizing_mode="stretch_width")
