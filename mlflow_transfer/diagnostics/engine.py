@@ -33,7 +33,7 @@ from .ranking import resolve_k, top_k_neurons
 from .similarity import LayerComparison, layer_summary, neuron_similarity, silent_neurons, weight_correspondence
 from .stability import Stability, important_set_stability
 from .statistics import ConfusionTable, confusion_table
-from .weights import ImportantWeights, LinkKernels, extract_important_weights, link_kernels
+from .weights import ImportantWeights, LinkKernels, extract_important_weights, pair_link_kernels
 
 MODELS = ("source", "target")  # model roles; domain codes: 0 = source domain, 1 = target domain
 WHOLE, SAMPLE = "whole validation set", "analysed sample"  # what the confusion tables were computed on
@@ -269,7 +269,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
         raise DiagnosticsError("Expected a class with target-domain instances; got none, so there is "
                                "nothing to diagnose.")
     with stage("weights"):
-        kernels = _link_kernels(models, important, weights, analysed, notes)
+        kernels = pair_link_kernels(models, important, weights, analysed, notes)
     comparison["__all__"] = {n: _mean_comparison([comparison[c][n] for c in analysed]) for n in layer_names}
     with stage("svm"):
         tgt_all, src_all = np.flatnonzero(domain == 1), np.flatnonzero(domain == 0)
@@ -350,22 +350,6 @@ def _statistics(models, instances, outputs, classes, validation, batch_size):
         tables[name] = confusion_table(instances.labels[val], outputs["source"].prediction[val],
                                        outputs["target"].prediction[val], classes) if len(val) or code else None
     return tables["target"], tables["source"], SAMPLE
-
-
-def _link_kernels(models, important, weights, classes, notes) -> dict[str, dict[tuple[str, str], LinkKernels]]:
-    """Each model's link parameters for the pairs that have weight matrices; where a pair's kernels are
-    capped, those into the next layer's neurons important for some class in either model are kept
-    (those whose cells the network view draws, and so can be clicked)."""
-    order = list(models["target"].analysis_layers)
-    pairs = sorted({p for c in classes for p in weights["target"].get(c, {})}, key=lambda p: order.index(p[0]))
-    out = {r: {} for r in models}
-    for prev, nxt in pairs:
-        keep = sorted({int(j) for r in models for c in classes for j in important[r][c][nxt]})
-        for role, model in models.items():
-            out[role][(prev, nxt)] = found = link_kernels(model, prev, nxt, keep_rows=keep)
-            if found.note:
-                notes.append(f"{role} model: {found.note}")
-    return out
 
 
 def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:

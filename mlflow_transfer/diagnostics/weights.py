@@ -66,6 +66,7 @@ __all__ = [
     "important_weights",
     "layer_inputs",
     "link_kernels",
+    "pair_link_kernels",
     "DEFAULT_WEIGHT_FRACTION",
 ]
 
@@ -478,6 +479,24 @@ def link_kernels(model: nn.Module, prev: str, nxt: str, *, keep_rows=None,
         note = (f"{prev} → {nxt}: kernels of {len(rows)} of {n_next} {nxt} neurons kept (all {n_next} would be "
                 f"{n_next * per_row} parameters, over the cap of {max_elements})")
     return LinkKernels(kind, values, maps[torch.from_numpy(rows)].numpy().astype(np.float32), rows, note)
+
+
+def pair_link_kernels(models: Mapping[str, nn.Module], important, weights, classes,
+                      notes: list[str]) -> dict[str, dict[tuple[str, str], LinkKernels]]:
+    """For a diagnosed pair (``important``, ``weights``: the engine's, per model and class), each model's
+    link parameters for the layer pairs that have weight matrices; where a pair's kernels are capped,
+    those into the next layer's neurons important for some class in either model are kept (those whose
+    cells the network view draws, and so can be clicked). A cap's note is appended to ``notes``."""
+    order = list(models["target"].analysis_layers)
+    pairs = sorted({p for c in classes for p in weights["target"].get(c, {})}, key=lambda p: order.index(p[0]))
+    out = {r: {} for r in models}
+    for prev, nxt in pairs:
+        keep = sorted({int(j) for r in models for c in classes for j in important[r][c][nxt]})
+        for role, model in models.items():
+            out[role][(prev, nxt)] = found = link_kernels(model, prev, nxt, keep_rows=keep)
+            if found.note:
+                notes.append(f"{role} model: {found.note}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
