@@ -149,6 +149,12 @@ class PairBundle:
             score = None
         return score, note if isinstance(note, str) and score is None else None
 
+    def transferability_basis(self) -> str | None:
+        """What the score compares when it is not the paper's (issue 12, label spaces that differ: each
+        model's best accuracy on its own task), or None. Bundle text: escape it."""
+        basis = self.manifest.get("transferability_basis")
+        return basis if isinstance(basis, str) else None
+
     def instances(self) -> dict:
         return self.reader.read_table("instances/table")
 

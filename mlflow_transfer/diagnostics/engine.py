@@ -240,6 +240,8 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     # a layer whose weights differ in shape (the replaced head) inherits nothing: no correspondence into it
     differ = {n for n in layer_names if source_model.analysis_layers[n].weight.shape
               != target_model.analysis_layers[n].weight.shape}
+    if model_classes is not None:  # the target's own head, even when it has as many classes as the source's
+        differ.add(list(target_model.analysis_layers)[-1])
     for cls in progress(wanted, desc="classes", unit="class"):
         c = classes.index(cls)
         tgt_rows = np.flatnonzero((domain == 1) & (labels == c))
