@@ -281,8 +281,10 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
                              ("source", pair.source_model, data.source_classes)):
         n_out = model.analysis_layers[list(model.analysis_layers)[-1]].out_features
         if n_out != len(own):
-            raise DiagnosticsError(f"the {role} model predicts {n_out} classes but the recipe's {role} domain has "
-                                   f"{len(own)} ({list(own)}); use the recipe the pair was trained with")
+            who = ("the models predict", "the recipe's domains have") if data.source_classes == data.target_classes \
+                else (f"the {role} model predicts", f"the recipe gives the {role} domain")
+            raise DiagnosticsError(f"{who[0]} {n_out} classes but {who[1]} {len(own)} ({list(own)}); use the "
+                                   "recipe the pair was trained with")
     instances = build_instances(data, options.sample_per_class, options.seed)
     try:
         with torch.no_grad():
