@@ -2,6 +2,7 @@
 
 :func:`diagnose_pair` is pure: models and tensors in, a :class:`PairDiagnostics` of numpy arrays and
 small records out. Reading runs and writing bundles belong to the tracking and bundle layers.
+This module is long because it is the one place that orders every stage of the paper's diagnostics for a pair.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from ._hooks import run_with_hooks
 from .features import NeuronPatches, top_patches_many
 from .featurevis import visualise_layers
 from .instances import ModelOutputs, png_thumbnails
-from .labelspaces import label_maps, own_outputs, pooled_comparison, unknown_accuracy_nan
+from .labelspaces import head_prefix, label_maps, own_outputs, pooled_comparison, replaced_layers, shared_only, \
+    unknown_accuracy_nan
 from .options import DiagnoseOptions
 from .predictions import ValidationSets, predict_validation
 from .ranking import resolve_k, top_k_neurons
@@ -122,18 +124,13 @@ def _check_pair(source: nn.Module, target: nn.Module, head_may_differ: bool = Fa
                                    f"{type(m).__name__}.")
     a, b = source.state_dict(), target.state_dict()
     if head_may_differ:  # label spaces that differ: the last layer is the target's own (issue 12)
-        head = _head_prefix(target)
+        head = head_prefix(target)
         a, b = ({k: v for k, v in d.items() if not k.startswith(head)} for d in (a, b))
     if list(source.analysis_layers) != list(target.analysis_layers) or \
             any(k not in b or a[k].shape != b[k].shape for k in a):
         raise DiagnosticsError("Expected source and target models of one architecture with the same layers "
                                f"and shapes; got incompatible architectures ({getattr(source, 'arch', '?')} "
                                f"vs {getattr(target, 'arch', '?')}).")
-
-
-def _head_prefix(model: nn.Module) -> str:
-    last = list(model.analysis_layers.values())[-1]
-    return next(f"{n}." for n, m in model.named_modules() if m is last)
 
 
 def _layer_outputs(model, images, layers, batch_size=128) -> dict[str, np.ndarray]:
@@ -175,12 +172,8 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
         validation: the two domains' whole validation sets (see `ValidationSets`), streamed through
             both models for the confusion tables of §5.1, whatever the analysis cap. None: those
             tables rest on the analysed sample's validation rows (``statistics_basis`` says which).
-        model_classes: label spaces that differ (issue 12): ``{"source": names, "target": names}``, each
-            model's classes in its label order, all among ``classes`` (every label, the validation sets'
-            included, is an index into ``classes``). Each model's conductance goes towards its own index of
-            an instance's class name, or, for a class it does not know, towards its predicted class;
-            class-level analyses run on the classes both know; the all-class comparison pools every
-            target-domain instance, and the replaced last layer gets no inheritance. None: one label space.
+        model_classes: label spaces that differ, ``{"source": names, "target": names}`` (all labels index
+            ``classes``; see `labelspaces` for what is computed then). None: one label space.
     """
     _check_pair(source_model, target_model, head_may_differ=model_classes is not None)
     to_own, from_own, shared = label_maps(classes, model_classes)
@@ -201,22 +194,13 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     labels, domain = instances.labels, instances.domain
     notes: list[str] = []
     if model_classes is not None:
-        unshared = [c for c in wanted if c not in shared]
-        if unshared:
-            notes.append(f"classes {unshared} are not known to both models: no class-level analyses for them")
-        wanted = [c for c in wanted if c in shared]
-        if not shared:
-            notes.append("no shared classes: the models' label spaces have no class in common, so there are no "
-                         "class-level analyses; the layer-level ones (CKA, inheritance, instances, "
-                         "discriminability) cover every target class")
+        wanted = shared_only(wanted, shared, notes)
     stage = _Stages()
     rng = np.random.default_rng(options.seed)
 
     with stage("outputs"):
-        own_pred = {}
-        outputs = {}
-        for r, m in models.items():
-            outputs[r], own_pred[r] = own_outputs(m, instances.images, to_own[r][labels], from_own[r])
+        both = {r: own_outputs(m, instances.images, to_own[r][labels], from_own[r]) for r, m in models.items()}
+        outputs, own_pred = {r: v[0] for r, v in both.items()}, {r: v[1] for r, v in both.items()}
     with stage("tsne"):
         projection = tsne_projection(outputs["target"].embedding, seed=options.seed,
                                      gradient=options.tsne_gradient)
@@ -238,10 +222,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     discrim, discrim_neurons = {}, {}
     pairs = list(zip(layer_names, layer_names[1:]))
     # a layer whose weights differ in shape (the replaced head) inherits nothing: no correspondence into it
-    differ = {n for n in layer_names if source_model.analysis_layers[n].weight.shape
-              != target_model.analysis_layers[n].weight.shape}
-    if model_classes is not None:  # the target's own head, even when it has as many classes as the source's
-        differ.add(list(target_model.analysis_layers)[-1])
+    differ = replaced_layers(source_model, target_model, layer_names, model_classes is not None)
     for cls in progress(wanted, desc="classes", unit="class"):
         c = classes.index(cls)
         tgt_rows = np.flatnonzero((domain == 1) & (labels == c))

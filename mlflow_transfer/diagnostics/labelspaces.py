@@ -4,6 +4,11 @@ The engine works in the pair's label space (every instance label is an index int
 these helpers map it to each model's own label space by class name, and compute what stays defined
 when the two models know different classes: predictions in the pair's space, confusion accuracies
 undefined where a model does not know the class, and the layer comparison over every target instance.
+
+With ``model_classes`` given, `engine.diagnose_pair` sends each model's conductance towards its own index
+of an instance's class name, or, for a class the model does not know, towards its predicted class; runs
+the class-level analyses on the classes both know; pools every target-domain instance for the all-class
+comparison; and gives the replaced last layer no inheritance (its weights are not the source's).
 """
 
 from __future__ import annotations
@@ -20,6 +25,34 @@ from .statistics import ConfusionTable
 from .weights import extract_important_weights
 
 MODELS = ("source", "target")
+
+
+def head_prefix(model) -> str:
+    """The state-dict prefix of the model's last analysis layer (its head)."""
+    last = list(model.analysis_layers.values())[-1]
+    return next(f"{n}." for n, m in model.named_modules() if m is last)
+
+
+def replaced_layers(source, target, layer_names, label_spaces_differ: bool) -> set[str]:
+    """The analysed layers whose weights are not the source's by construction: another shape, or the
+    target's own head when the label spaces differ (even with as many classes as the source's)."""
+    differ = {n for n in layer_names
+              if source.analysis_layers[n].weight.shape != target.analysis_layers[n].weight.shape}
+    if label_spaces_differ:
+        differ.add(list(target.analysis_layers)[-1])
+    return differ
+
+
+def shared_only(wanted: list[str], shared: tuple[str, ...], notes: list[str]) -> list[str]:
+    """The classes of ``wanted`` both models know; a note for those left out, and for none shared."""
+    unshared = [c for c in wanted if c not in shared]
+    if unshared:
+        notes.append(f"classes {unshared} are not known to both models: no class-level analyses for them")
+    if not shared:
+        notes.append("no shared classes: the models' label spaces have no class in common, so there are no "
+                     "class-level analyses; the layer-level ones (CKA, inheritance, instances, "
+                     "discriminability) cover every target class")
+    return [c for c in wanted if c in shared]
 
 
 def label_maps(classes, model_classes) -> tuple[dict, dict, tuple[str, ...]]:

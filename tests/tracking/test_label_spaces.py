@@ -5,7 +5,6 @@ Each pair is trained, diagnosed, and read back by the bundle reader, the app's t
 
 from __future__ import annotations
 
-import dataclasses
 
 import mlflow
 import numpy as np
