@@ -165,3 +165,12 @@ def test_the_app_says_which_classes_are_shared_and_offers_only_those(pairs):
     features = FeaturesTab(state=state(subset))
     drawn(features)
     assert list(features._select.options) == ["all classes", *"43210"]
+    # nothing shared: every tab still draws (the all-class and layer-level views), without an error box
+    from ui.tabs.instances import InstancesTab
+
+    for tab in (FeaturesTab, InstancesTab, StatisticsTab, NetworkTab):
+        layout = drawn(tab(state=state(disjoint)))
+        assert [a for a in layout.select(pn.pane.Alert) if a.name == "view-error"] == [], tab.__name__
+    features = FeaturesTab(state=state(disjoint))
+    drawn(features)
+    assert list(features._select.options) == ["all classes"]

@@ -60,3 +60,12 @@ def test_class_names_and_the_basis_are_escaped(tiny_bundle, tmp_path):
                 target_classes=classes[1:], shared_classes=[], transferability_basis=HOSTILE)
     page = build_report_html(b)
     assert HOSTILE not in page and "No shared classes" in page
+
+
+def test_the_hover_says_a_fresh_heads_epoch_0_is_at_chance():
+    history = {"model": ["target", "target"], "dataset": ["target_val"] * 2, "epoch": [0, 1], "accuracy": [0.2, 0.8]}
+    (start,) = [r for r in overview.accuracy_curves(history, fresh_head=True).renderers
+                if r.name == overview.BEFORE_FINE_TUNING]
+    assert "fresh last layer (chance accuracy)" in start.data_source.data["stage"][0]
+    (start,) = [r for r in overview.accuracy_curves(history).renderers if r.name == overview.BEFORE_FINE_TUNING]
+    assert "unchanged source model" in start.data_source.data["stage"][0]
