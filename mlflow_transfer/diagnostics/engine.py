@@ -212,7 +212,8 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
         own = to_own[role][labels]  # towards the model's own index of the class (its prediction if unknown)
         with stage("conductance"):
             conductance[role] = layer_conductance(
-                model, instances.images, torch.as_tensor(np.where(own < 0, own_pred[role], own)), {n: model.analysis_layers[n] for n in layer_names},
+                model, instances.images, torch.as_tensor(np.where(own < 0, own_pred[role], own)),
+                {n: model.analysis_layers[n] for n in layer_names},
                 baselines=options.baseline, n_steps=options.n_steps, method=options.method,
                 batch_size=options.batch_size, progress=True)
 

@@ -30,20 +30,28 @@ DISJOINT = ("source.classes=[0,1,2,3,4]", "target.classes=[5,6,7,8,9]", "target.
 SUBSET = ("target.classes=[4,3,2,1,0]", "target.new_head=true")
 
 
-@pytest.fixture(scope="module")
-def pairs(module_store, tmp_path_factory):
-    """name → (recipe, pipeline result, diagnostics run id, opened bundle) of both pairs."""
-    from ui.report import write_report
+class _Pairs(dict):
+    """name → (recipe, pipeline result, diagnostics run id, opened bundle, report path), each pair trained
+    and diagnosed when a test first asks for it."""
 
-    out = {}
-    for name, extra in (("disjoint", DISJOINT), ("subset", SUBSET)):
-        recipe = tiny_recipe(*extra)
+    def __init__(self, folders):
+        super().__init__()
+        self.folders = folders
+
+    def __missing__(self, name):
+        from ui.report import write_report
+
+        recipe = tiny_recipe(*{"disjoint": DISJOINT, "subset": SUBSET}[name])
         result = run_pipeline(recipe)
         run_id = diagnose(target_run_id=result.target_run_id, options=FAST, report_writer=write_report)
-        folder = tmp_path_factory.mktemp(name)
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(folder))
-        out[name] = (recipe, result, run_id, PairBundle.open(f"{local}/diagnostics"), f"{local}/report.html")
-    return out
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(self.folders.mktemp(name)))
+        self[name] = (recipe, result, run_id, PairBundle.open(f"{local}/diagnostics"), f"{local}/report.html")
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def pairs(module_store, tmp_path_factory):
+    return _Pairs(tmp_path_factory)
 
 
 def _metrics(run_id):
