@@ -30,7 +30,8 @@ from .lookup import MODEL_NAME, checkpoint_path, load_checkpoint, load_logged_mo
 
 def _log_recipe(recipe: Recipe, data: PairData, role: str = "source") -> None:
     existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    params = {k: ("" if v is None else str(v)) for k, v in recipe.flat().items() if k not in existing}
+    params = {k: ("" if v is None else json.dumps(list(v)) if isinstance(v, tuple) else str(v))
+              for k, v in recipe.flat().items() if k not in existing}  # a class list as JSON
     mlflow.log_params(params)
     mlflow.log_dict(recipe.to_dict(), "recipe.json")
     mlflow.set_tags({

@@ -124,3 +124,13 @@ def test_a_new_head_keeps_every_other_weight_and_is_seeded():
             assert torch.equal(a.state_dict()[name], value), name
     assert torch.equal(a.analysis_layers["fc8"].weight, b.analysis_layers["fc8"].weight)
     assert not torch.equal(a.analysis_layers["fc8"].weight, with_new_head(source, 3, seed=6).analysis_layers["fc8"].weight)
+
+
+def test_the_command_line_takes_a_class_list_and_names_unknown_classes(tracking_store):
+    from helpers.cli import invoke, one_error_line
+    from helpers.tracking import TINY
+
+    # the list's commas stay in the value: `--set` splits only outside brackets
+    proc = invoke("train-source", "--set", f"{TINY},target.classes=[5,cat],target.new_head=true")
+    one_error_line(proc, "unknown class(es) ['cat']", "The domain's classes are ['0', '1'")
+    assert tracking_store.runs() == []  # refused before any run started
