@@ -7,7 +7,10 @@ transferability score, the domain classifier's CV accuracy) are logged after it.
 ``target_val_accuracy`` come from the runs' histories over trained epochs only (step >= 1); a pair
 without one (a target with only step 0) gets no score but ``transferability_note`` in the manifest,
 saying why. The confusion tables rest on both domains' whole validation sets (streamed), whatever
-``sample_per_class`` caps the analysed sample to. Any failure marks
+``sample_per_class`` caps the analysed sample to. Label spaces that differ (a target run with
+``target.new_head``, issue 12): each model is loaded with its own head, the diagnostics work in
+`PairData.pair_classes` with ``model_classes``, and the score compares each model on its own task
+(``transferability_basis`` in the manifest). Any failure marks
 the run FAILED and leaves no complete-looking bundle (the manifest is the last file written).
 
 With a ``report_writer`` (the CLI passes ``ui.report.write_report``; this layer never imports ``ui``),

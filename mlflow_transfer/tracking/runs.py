@@ -5,6 +5,9 @@ Each run logs, with ``step=epoch`` (0 = before training): ``loss`` and ``acc_sou
 ``best_acc_*`` (over trained epochs, step >= 1: step 0 is no training step); a state-dict checkpoint per epoch under
 ``checkpoints/``; the final model (``torch.export`` format, with a signature); tags from `TAGS`.
 A run is FINISHED only after its last artifact landed; any exception (or Ctrl-C) marks it FAILED.
+With label spaces that differ (``target.new_head``, issue 12) a run is scored on the other domain's shared
+classes only, in its own labels (none shared: no such ``acc_*``), and the target starts from the source's
+weights under a fresh last layer (its step 0 is at chance).
 """
 
 from __future__ import annotations
