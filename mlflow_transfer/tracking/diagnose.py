@@ -54,8 +54,8 @@ REPORT_NAME = "report.html"
 REPORT_ERROR_NAME = "report_error.txt"
 ReportWriter = Callable[[Path, Path], Path]  # (bundle folder, HTML file to write there) -> that file
 DATASETS = ("source_train", "source_val", "target_train", "target_val")
-OWN_TASK_BASIS = ("label spaces differ: the target model's best accuracy on its validation set minus the source "
-                  "model's best on its own (source) validation set")
+OWN_TASK_BASIS = ("some target classes are unknown to the source model: the target model's best accuracy on its "
+                  "validation set minus the source model's best on its own (source) validation set")
 
 
 @dataclass(frozen=True)
@@ -311,14 +311,16 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
         # the confusion tables rest on both domains' whole validation sets, whatever the analysis cap
         validation = ValidationSets(target=data.target.val, source=data.source.val)
         own = None
-        if data.source_classes != data.target_classes:  # issue 12: labels in the pair's label space
+        if data.source_classes != data.target_classes or pair.recipe.target.new_head:  # issue 12: pair labels
             validation = ValidationSets(target=data.target.val, source=shared_subset(
                 data.source, "val", data.pair_classes))
             own = {"source": data.source_classes, "target": data.target_classes}
         diag = diagnose_pair(pair.source_model, pair.target_model, instances, tuple(data.pair_classes), options,
                              validation=validation, model_classes=own)
         history = {**_history(pair.source_run_id, "source"), **_history(pair.target_run_id, "target")}
-        scores, score_note = _scores(history, own_task=own is not None)
+        # the source is scored on the whole target task only when it knows every target class
+        own_task = not set(data.target_classes) <= set(data.source_classes)
+        scores, score_note = _scores(history, own_task=own_task)
         import captum
         import sklearn
 
@@ -328,7 +330,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
                 "pair_id": tags.get(TAGS.pair_id), "model": pair.target_model.arch, "recipe": pair.recipe.name,
                 "domains": {"source": data.source.domain.name, "target": data.target.domain.name},
                 "sample_per_class": options.sample_per_class, "scores": scores,
-                **({"transferability_basis": OWN_TASK_BASIS} if own is not None else {}),
+                **({"transferability_basis": OWN_TASK_BASIS} if own_task else {}),
                 **({"transferability_note": score_note} if score_note else {}),
                 "software": {"mlflow-transfer": __version__, "torch": torch.__version__, "mlflow": mlflow.__version__,
                              "captum": captum.__version__, "scikit-learn": sklearn.__version__,

@@ -109,7 +109,7 @@ def test_nothing_shared_diagnoses_the_layers_and_says_there_are_no_class_level_r
 
 
 def test_shared_classes_are_analysed_with_each_models_own_index_of_the_class(pairs):
-    recipe, result, _, b, report = pairs["subset"]
+    recipe, result, run_id, b, report = pairs["subset"]
     spaces = b.label_spaces()
     assert spaces["shared"] == list("43210") and spaces["target"] == list("43210")
     assert spaces["source"] == list("0123456789")
@@ -142,6 +142,12 @@ def test_shared_classes_are_analysed_with_each_models_own_index_of_the_class(pai
     assert [b.classes[p] for p in pred] == [data.source_classes[p] for p in own_pred]
     page = open(report, encoding="utf-8").read()
     assert "Shared classes" in page and "No shared classes" not in page
+    # the source knows every target class: the paper's score, the source on the target validation set
+    client = MlflowClient()
+    best = {k: max(p.value for p in client.get_metric_history(rid, "acc_target_val") if p.step >= 1)
+            for k, rid in (("s", result.source_run_id), ("t", result.target_run_id))}
+    assert _metrics(run_id).metrics["transferability_score"] == pytest.approx(best["t"] - best["s"])
+    assert b.transferability_basis() is None
 
 
 def test_the_app_says_which_classes_are_shared_and_offers_only_those(pairs):
