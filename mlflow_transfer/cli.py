@@ -80,10 +80,22 @@ def _user_errors(fn=None, *, opens_runs: bool = True):
     return wrapper
 
 
+def _split_outside_brackets(text: str) -> list[str]:
+    """``text`` split at the commas outside [...] and {...}: ``target.classes=[5,6],source.epochs=2`` is two
+    overrides (a list value keeps its commas)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth <= 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
 def _load(recipe: str, overrides: tuple[str, ...], data_root: str):
     from .config import load_recipe
 
-    items = [part for item in overrides for part in item.split(",") if part.strip()]
+    items = [part for item in overrides for part in _split_outside_brackets(item) if part.strip()]
     if data_root:
         items.append(f"data.root={data_root}")
     return load_recipe(recipe, items)

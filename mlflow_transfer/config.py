@@ -61,6 +61,9 @@ class TrainConfig:
     momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
     weight_decay: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     freeze_depth: int = field(default=0, metadata={"min": 0})  # first k analysis layers frozen
+    # issue 12: the classes of this run's domain to keep (None: all), relabelled 0..m-1 in this order
+    classes: tuple[str, ...] | None = None
+    new_head: bool = False  # target only: replace the source's last layer by a fresh one of len(classes)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class Recipe:
         Two recipes with the same key train the same source model, so ``main`` reuses it.
         """
         relevant = {k: v for k, v in self.to_dict().items() if k not in ("target", "description")}
+        if self.target.classes is not None:  # the source run is also evaluated on the target's classes
+            relevant["target_classes"] = list(self.target.classes)
         blob = json.dumps([relevant, code_version], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -142,6 +147,8 @@ def _value(hint, value, key: str, meta):
         raise RecipeError(f"`{key}` must not be empty")
     if dataclasses.is_dataclass(base):
         return _build(base, value, key)
+    if typing.get_origin(base) is tuple:  # a list of names (`target.classes`): each a non-empty string
+        return _names(value, key)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if base is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
@@ -162,6 +169,19 @@ def _value(hint, value, key: str, meta):
     if "max" in meta and value > meta["max"]:
         raise RecipeError(f"`{key}` must be <= {meta['max']}, got {value!r}")
     return value
+
+
+def _names(value, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or \
+            not all(isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip() for v in value):
+        raise RecipeError(f"Expected `{key}` to be a non-empty list of class names, e.g. [\"0\", \"1\"]; got "
+                          f"{value!r}. Leave it out to keep every class of the domain.")
+    names = [str(v) for v in value]  # YAML reads [0, 1] as numbers: digit classes are named "0", "1"
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise RecipeError(f"Expected `{key}` to name each class once; got {repeated} more than once. "
+                          "Remove the repeats.")
+    return tuple(names)
 
 
 def parse_recipe(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -202,6 +222,14 @@ def _check_domains(recipe: Recipe) -> None:
     if recipe.data.image_size < need:
         raise RecipeError(f"`data.image_size` {recipe.data.image_size} is too small for {recipe.model.name} "
                           f"(needs >= {need})")
+    if recipe.source.new_head:
+        raise RecipeError("`source.new_head` must be false: the source model is built with its own head; "
+                          "a fresh head for other classes is `target.new_head: true`")
+    src, tgt = recipe.source.classes, recipe.target.classes
+    if src is not None and tgt is not None and set(src) != set(tgt) and not recipe.target.new_head:
+        raise RecipeError(f"`target.classes` {list(tgt)} differ from `source.classes` {list(src)}: the target model needs "
+                          "a head for its own classes. Set `target.new_head: true` (the source's last layer is "
+                          "replaced by a fresh one), or give both the same classes.")
     if recipe.source.freeze_depth:
         raise RecipeError("`source.freeze_depth` must be 0: the source model trains from scratch; "
                           "freezing applies to `target.freeze_depth`")

@@ -84,7 +84,9 @@ def build_report_html(bundle: PairBundle) -> str:
         "inheritance": summary.inheritance_line(bundle).opts(hv.opts.Overlay(height=340)),
         "cka": summary.cka_heatmap(bundle).opts(height=340),
     }
-    models = {"accuracy": overview.accuracy_curves(bundle.history(), height=340), "instances": scatter,
+    spaces = bundle.label_spaces()  # issue 12: which classes both models know
+    models = {"accuracy": overview.accuracy_curves(bundle.history(), height=340, fresh_head=spaces["differ"]),
+              "instances": scatter,
               **{name: hv.render(obj, backend="bokeh") for name, obj in plots.items()}}
     js, css = _inline_resources(list(models.values()))
     divs = {name: _plot_html(name, model) for name, model in models.items()}
@@ -99,7 +101,8 @@ def build_report_html(bundle: PairBundle) -> str:
         scatter_note += f" Hover shows text only (thumbnails are embedded up to {MAX_THUMBNAILS:,} points)."
     body = _BODY.format(
         title=html.escape(_title(manifest)), header=_header(manifest),
-        accuracy=divs["accuracy"], badge=overview.transferability_badge(score, score_note).object,
+        accuracy=divs["accuracy"], badge=overview.transferability_badge(score, score_note).object
+        + overview.label_spaces_html(spaces, bundle.transferability_basis()),
         confusion=_confusions_html(bundle), instances=divs["instances"],
         scatter_note=html.escape(scatter_note), inheritance=divs["inheritance"], cka=divs["cka"],
         footer=_footer(manifest), source=SOURCE, target=TARGET)
@@ -202,12 +205,23 @@ def _header(manifest: dict) -> str:
              ("model", manifest.get("model")),
              ("domains", f"{domains['source']} → {domains['target']}" if domains else None),
              ("classes", ", ".join(map(str, manifest.get("classes", [])))),
+             *_label_space_items(manifest),
              ("instances", manifest.get("n_instances")),
              ("analysed instances per class, domain and split",
               # bundles written before the rename call it per_class_cap
               manifest.get("sample_per_class", manifest.get("per_class_cap")))]
     return "".join(f"<div><span class='k'>{html.escape(k)}</span> <code>{html.escape(str(v))}</code></div>"
                    for k, v in items if v not in (None, ""))
+
+
+def _label_space_items(manifest: dict) -> list[tuple[str, str]]:
+    """Issue 12: each model's classes and the shared ones, when the label spaces differ (strings from the
+    manifest: `_header` escapes them)."""
+    source, target, shared = (manifest.get(f"{k}_classes") for k in ("source", "target", "shared"))
+    if not (isinstance(source, list) and isinstance(target, list) and source != target):
+        return []
+    return [("source classes", ", ".join(map(str, source))), ("target classes", ", ".join(map(str, target))),
+            ("shared classes", ", ".join(map(str, shared or [])) or "none (no shared classes)")]
 
 
 def _footer(manifest: dict) -> str:

@@ -15,7 +15,10 @@ manifest's ``transferability_note`` (copied into the summary) why a pair has no 
 ``neurons/important`` (table), ``similarity/c<i>/{layer}`` (Us×Ut), ``weights/important`` (table),
 ``weights/{model}/c<i>/{layer}/{counts,levels}`` (N_next×N_prev, links to the next layer),
 ``weights/{model}/kernels/{layer}/{values,kernels,rows}`` (the parameters behind each link, per model),
-``comparison/layers`` (table), ``neurons/stability`` and ``neurons/silent`` (tables; absent before
+``comparison/layers`` (table; class_index -1: all classes, pooled over every target instance when the
+label spaces differ), the manifest's ``source_classes``, ``target_classes`` and ``shared_classes``
+(issue 12, each model's label space and the classes both know; absent in older bundles: all shared),
+``neurons/stability`` and ``neurons/silent`` (tables; absent before
 schema 1.2), ``discriminability/{c<i>|all}/*``, ``features/{model}/{layer}/*`` (sprite PNG +
 indices/values; ``vis``, optional: one feature-visualisation tile per neuron, stacked downwards in the
 order of ``neurons``), ``cka/matrix``.
@@ -88,6 +91,21 @@ class PairBundle:
             raise BundleError(f"class {cls!r} is not in this bundle; it has {self.classes}")
         return f"c{self.classes.index(cls)}"
 
+    def label_spaces(self) -> dict:
+        """Issue 12: ``{"source": [...], "target": [...], "shared": [...]}``, each model's classes and the
+        classes both know (the class-level records exist for these only), and ``"differ"``: whether the
+        two label spaces differ. A bundle without the record (older schema) has one label space: every
+        class in all three lists. Class names are bundle text: escape them."""
+        m, classes = self.manifest, self.classes
+        found = {k: m.get(f"{k}_classes") for k in ("source", "target", "shared")}
+        if all(v is None for v in found.values()):
+            return {"source": classes, "target": classes, "shared": classes, "differ": False}
+        for key, value in found.items():
+            if not isinstance(value, list) or not all(isinstance(v, str) and v in classes for v in value):
+                raise self.reader.corrupt(f"manifest field '{key}_classes' as a list of the bundle's class names",
+                                          shown(value))
+        return {**found, "differ": found["source"] != found["target"]}
+
     def history(self) -> dict:
         return self.reader.read_table("statistics/history")
 
@@ -130,6 +148,12 @@ class PairBundle:
         if not isinstance(score, (int, float)) or isinstance(score, bool):
             score = None
         return score, note if isinstance(note, str) and score is None else None
+
+    def transferability_basis(self) -> str | None:
+        """What the score compares when it is not the paper's (issue 12, label spaces that differ: each
+        model's best accuracy on its own task), or None. Bundle text: escape it."""
+        basis = self.manifest.get("transferability_basis")
+        return basis if isinstance(basis, str) else None
 
     def instances(self) -> dict:
         return self.reader.read_table("instances/table")

@@ -179,7 +179,15 @@ def write_pair_bundle(root: str | Path, diag: PairDiagnostics, *, history: dict 
     w.write_json("statistics/summary", {**summary, **{k: _nan_to_none(v) for k, v in (meta or {}).get(
         "scores", {}).items()}})
     return w.finish(classes=classes, layers=list(diag.layers), options=dataclasses.asdict(diag.options),
-                    n_instances=int(len(inst.labels)), **(meta or {}))
+                    n_instances=int(len(inst.labels)), **_label_spaces(diag), **(meta or {}))
+
+
+def _label_spaces(diag: PairDiagnostics) -> dict:
+    """Issue 12: each model's classes and the shared ones, for the manifest (one label space: all shared)."""
+    own = diag.model_classes or {m: tuple(diag.classes) for m in MODELS}
+    shared = diag.shared_classes if diag.shared_classes is not None else tuple(diag.classes)
+    return {"source_classes": list(own["source"]), "target_classes": list(own["target"]),
+            "shared_classes": list(shared)}
 
 
 def _write_confusion(w: BundleWriter, name: str, table) -> None:

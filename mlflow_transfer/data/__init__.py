@@ -13,7 +13,7 @@ from typing import Callable
 
 from ..errors import DataError
 from .domain import Domain
-from .splits import DomainSplits, align_classes, split_domain
+from .splits import DomainSplits, align_classes, select_classes, split_domain
 
 
 @dataclass(frozen=True)
@@ -91,4 +91,4 @@ def load_domain(name: str, *, image_size: int, seed: int = 0, **options) -> Doma
     return kind.loader(image_size=image_size, seed=seed, **options)
 
 
-__all__ = ["DOMAINS", "Domain", "DomainSplits", "align_classes", "load_domain", "split_domain"]
+__all__ = ["DOMAINS", "Domain", "DomainSplits", "align_classes", "load_domain", "select_classes", "split_domain"]

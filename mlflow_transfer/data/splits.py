@@ -91,3 +91,25 @@ def align_classes(source: Domain, target: Domain) -> Domain:
     mapping = np.array([position[name] for name in target.classes], dtype=np.int64)
     return Domain(target.name, tuple(source.classes), RelabelledDataset(target.dataset, mapping),
                   mapping[target.targets])
+
+
+def select_classes(domain: Domain, names, key: str) -> Domain:
+    """``domain`` restricted to the classes ``names`` (in that order), relabelled 0..m-1 (issue 12's
+    ``source.classes``/``target.classes``; ``key`` names the recipe key, for the message).
+
+    Raises:
+        DataError: a name that is not a class of the domain; the message lists the domain's classes.
+    """
+    names = tuple(str(n) for n in names)
+    unknown = [n for n in names if n not in domain.classes]
+    if unknown:
+        raise DataError(f"Expected `{key}` to name classes of {domain.name!r}; got unknown class(es) {unknown}. "
+                        f"The domain's classes are {list(domain.classes)}.")
+    if names == tuple(domain.classes):
+        return domain
+    mapping = np.full(len(domain.classes), -1, dtype=np.int64)  # old label -> new label (-1: dropped)
+    for new, name in enumerate(names):
+        mapping[domain.classes.index(name)] = new
+    keep = np.flatnonzero(mapping[domain.targets] >= 0)
+    dataset = RelabelledDataset(Subset(domain.dataset, keep.tolist()), mapping)
+    return Domain(domain.name, names, dataset, mapping[domain.targets[keep]])

@@ -2,6 +2,7 @@
 
 :func:`diagnose_pair` is pure: models and tensors in, a :class:`PairDiagnostics` of numpy arrays and
 small records out. Reading runs and writing bundles belong to the tracking and bundle layers.
+This module is long because it is the one place that orders every stage of the paper's diagnostics for a pair.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from .discriminability import Discriminability, domain_discriminability
 from ._hooks import run_with_hooks
 from .features import NeuronPatches, top_patches_many
 from .featurevis import visualise_layers
-from .instances import ModelOutputs, model_outputs, png_thumbnails
+from .instances import ModelOutputs, png_thumbnails
+from .labelspaces import head_prefix, label_maps, own_outputs, pooled_comparison, replaced_layers, shared_only, \
+    unknown_accuracy_nan
 from .options import DiagnoseOptions
 from .predictions import ValidationSets, predict_validation
 from .ranking import resolve_k, top_k_neurons
@@ -90,6 +93,10 @@ class PairDiagnostics:
     feature_vis: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     stability: dict[str, dict[str, dict[str, Stability]]] = field(default_factory=dict)  # model → class → layer
     silent: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)    # model → class → layer → (U,) bool
+    # issue 12: each model's own label space (names, in its label order) and the classes both know
+    # (class-level records exist for these only); empty: one label space, `classes`, all shared
+    model_classes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    shared_classes: tuple[str, ...] | None = None
 
     def layer_summary_table(self) -> dict[str, np.ndarray | list]:
         """Per layer, averaged over classes: inherited share of important weights, mean best similarity."""
@@ -110,12 +117,15 @@ def _select_layers(model: nn.Module, names) -> dict[str, nn.Module]:
     return {n: model.analysis_layers[n] for n in available if n in names}  # keep forward order
 
 
-def _check_pair(source: nn.Module, target: nn.Module) -> None:
+def _check_pair(source: nn.Module, target: nn.Module, head_may_differ: bool = False) -> None:
     for role, m in (("source", source), ("target", target)):
         if not hasattr(m, "analysis_layers"):
             raise DiagnosticsError(f"Expected the {role} model as a TransferNet (with analysis layers); got "
                                    f"{type(m).__name__}.")
     a, b = source.state_dict(), target.state_dict()
+    if head_may_differ:  # label spaces that differ: the last layer is the target's own (issue 12)
+        head = head_prefix(target)
+        a, b = ({k: v for k, v in d.items() if not k.startswith(head)} for d in (a, b))
     if list(source.analysis_layers) != list(target.analysis_layers) or \
             any(k not in b or a[k].shape != b[k].shape for k in a):
         raise DiagnosticsError("Expected source and target models of one architecture with the same layers "
@@ -149,7 +159,8 @@ class _Stages:
 
 def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: Instances,
                   classes: tuple[str, ...], options: DiagnoseOptions = DiagnoseOptions(),
-                  validation: ValidationSets | None = None) -> PairDiagnostics:
+                  validation: ValidationSets | None = None,
+                  model_classes: dict[str, tuple[str, ...]] | None = None) -> PairDiagnostics:
     """Compute every diagnostic of the paper for a pair of models sharing one architecture.
 
     Args:
@@ -161,8 +172,11 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
         validation: the two domains' whole validation sets (see `ValidationSets`), streamed through
             both models for the confusion tables of §5.1, whatever the analysis cap. None: those
             tables rest on the analysed sample's validation rows (``statistics_basis`` says which).
+        model_classes: label spaces that differ, ``{"source": names, "target": names}`` (all labels index
+            ``classes``; see `labelspaces` for what is computed then). None: one label space.
     """
-    _check_pair(source_model, target_model)
+    _check_pair(source_model, target_model, head_may_differ=model_classes is not None)
+    to_own, from_own, shared = label_maps(classes, model_classes)
     if validation is not None and (not isinstance(validation, ValidationSets) or validation.target is None):
         # before the costly stages: the statistics come last
         raise DiagnosticsError("Expected validation as ValidationSets(target=..., source=...) with the target "
@@ -172,30 +186,34 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     models = {"source": source_model, "target": target_model}
     layers = _select_layers(target_model, options.layers)
     layer_names = tuple(layers)
-    wanted = list(options.classes or classes)
+    wanted = list(options.classes or shared)
     unknown = [c for c in wanted if c not in classes]
     if unknown:
         raise DiagnosticsError(f"Expected classes among the pair's classes {list(classes)}; got unknown "
                                f"class(es) {unknown}.")
     labels, domain = instances.labels, instances.domain
     notes: list[str] = []
+    if model_classes is not None:
+        wanted = shared_only(wanted, shared, notes)
     stage = _Stages()
     rng = np.random.default_rng(options.seed)
 
     with stage("outputs"):
-        outputs = {r: model_outputs(m, instances.images, labels) for r, m in models.items()}
+        both = {r: own_outputs(m, instances.images, to_own[r][labels], from_own[r]) for r, m in models.items()}
+        outputs, own_pred = {r: v[0] for r, v in both.items()}, {r: v[1] for r, v in both.items()}
     with stage("tsne"):
         projection = tsne_projection(outputs["target"].embedding, seed=options.seed,
                                      gradient=options.tsne_gradient)
     with stage("thumbnails"):
         thumbnails = png_thumbnails(instances.images)
 
-    target_labels = torch.as_tensor(labels)
     conductance = {}
     for role, model in models.items():
+        own = to_own[role][labels]  # towards the model's own index of the class (its prediction if unknown)
         with stage("conductance"):
             conductance[role] = layer_conductance(
-                model, instances.images, target_labels, {n: model.analysis_layers[n] for n in layer_names},
+                model, instances.images, torch.as_tensor(np.where(own < 0, own_pred[role], own)),
+                {n: model.analysis_layers[n] for n in layer_names},
                 baselines=options.baseline, n_steps=options.n_steps, method=options.method,
                 batch_size=options.batch_size, progress=True)
 
@@ -204,6 +222,8 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     similarity, weights, correspondence, comparison = {}, {r: {} for r in models}, {}, {}
     discrim, discrim_neurons = {}, {}
     pairs = list(zip(layer_names, layer_names[1:]))
+    # a layer whose weights differ in shape (the replaced head) inherits nothing: no correspondence into it
+    differ = replaced_layers(source_model, target_model, layer_names, model_classes is not None)
     for cls in progress(wanted, desc="classes", unit="class"):
         c = classes.index(cls)
         tgt_rows = np.flatnonzero((domain == 1) & (labels == c))
@@ -242,7 +262,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                                          similarity[cls][p[0]], similarity[cls][p[1]],
                                          silent_i=(silent["source"][cls][p[0]], silent["target"][cls][p[0]]),
                                          silent_next=(silent["source"][cls][p[1]], silent["target"][cls][p[1]]))
-                for p in pairs if p in weights["target"][cls]}
+                for p in pairs if p in weights["target"][cls] and p[1] not in differ}
             comparison[cls] = {
                 n: layer_summary(similarity[cls][n], important["target"][cls][n],
                                  correspondence[cls].get(next((p for p in pairs if p[0] == n), None),
@@ -265,12 +285,18 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                     notes.append(f"class {cls!r}: domain discriminability not computed: {exc}")
 
     analysed = [c for c in wanted if c in similarity]
-    if not analysed:
+    if not analysed and model_classes is None:
         raise DiagnosticsError("Expected a class with target-domain instances; got none, so there is "
                                "nothing to diagnose.")
     with stage("weights"):
         kernels = pair_link_kernels(models, important, weights, analysed, notes)
-    comparison["__all__"] = {n: _mean_comparison([comparison[c][n] for c in analysed]) for n in layer_names}
+    if model_classes is None:
+        comparison["__all__"] = {n: _mean_comparison([comparison[c][n] for c in analysed]) for n in layer_names}
+    else:  # label spaces differ: every target class, pooled (the shared ones may be few or none)
+        with stage("weights"):
+            comparison["__all__"] = pooled_comparison(models, conductance, instances.images,
+                                                       np.flatnonzero(domain == 1), layer_names, pairs, differ,
+                                                       options)
     with stage("svm"):
         tgt_all, src_all = np.flatnonzero(domain == 1), np.flatnonzero(domain == 0)
         for name, rows_ in (("source", src_all), ("target", tgt_all)):
@@ -287,13 +313,19 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
 
     with stage("statistics"):
         confusion, confusion_source, basis = _statistics(models, instances, outputs, classes, validation,
-                                                         options.batch_size)
+                                                         options.batch_size, from_own)
+        if model_classes is not None:  # a model's accuracy on a class it does not know is undefined
+            confusion, confusion_source = (None if t is None else unknown_accuracy_nan(t, to_own)
+                                           for t in (confusion, confusion_source))
 
     patches = {r: {} for r in models}
     with stage("features"):
         src_idx, tgt_idx = np.flatnonzero(domain == 0), np.flatnonzero(domain == 1)
         for role, model in models.items():
             wanted_neurons = _patch_neurons(role, important, similarity, analysed, layer_names, options.similar)
+            if not any(wanted_neurons.values()):  # no class-level analyses (no shared classes): no patches
+                patches[role] = {n: {} for n in layer_names}
+                continue
             requests = {n: (model.analysis_layers[n], wanted_neurons[n]) for n in layer_names}
             per_domain = [top_patches_many(model, requests, instances.images[rows], k=options.patches,
                                            patch_size=options.patch_size) if len(rows) else None
@@ -331,18 +363,22 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                            discrim, discrim_neurons, confusion, patches, cka, dict(stage.times),
                            peak / 2 ** 20, notes, kernels=kernels, confusion_source_domain=confusion_source,
                            statistics_basis=basis, feature_vis=feature_vis,
-                           stability=stability, silent=silent)
+                           stability=stability, silent=silent,
+                           model_classes={r: tuple(model_classes[r]) for r in MODELS} if model_classes else {},
+                           shared_classes=shared if model_classes is not None else None)
 
 
-def _statistics(models, instances, outputs, classes, validation, batch_size):
-    """Confusion tables of both models on the target and the source validation set, and their basis."""
+def _statistics(models, instances, outputs, classes, validation, batch_size, from_own=None):
+    """Confusion tables of both models on the target and the source validation set, and their basis
+    (``from_own``: each model's own label → pair label, when the label spaces differ)."""
     if validation is not None:
         found = {}
         for name, data in (("target", validation.target), ("source", validation.source)):
             if data is None:
                 continue
             p = predict_validation(models, data, len(classes), name=name, batch_size=batch_size)
-            found[name] = confusion_table(p.labels, p.predictions["source"], p.predictions["target"], classes)
+            pred = {r: p.predictions[r] if from_own is None else from_own[r][p.predictions[r]] for r in MODELS}
+            found[name] = confusion_table(p.labels, pred["source"], pred["target"], classes)
         return found["target"], found.get("source"), WHOLE
     tables = {}
     for code, name in ((1, "target"), (0, "source")):
@@ -388,3 +424,4 @@ def _mean_comparison(rows: list[LayerComparison]) -> LayerComparison:
         inherited_weight_share=mean("inherited_weight_share"),
         n_important_neurons=int(sum(r.n_important_neurons for r in rows)),
         mean_best_similarity=mean("mean_best_similarity"))
+

@@ -222,3 +222,18 @@ def freeze_layers(model: TransferNet, depth: int) -> list[str]:
         for p in model.analysis_layers[name].parameters():
             p.requires_grad_(False)
     return names[:depth]
+
+
+def with_new_head(model: TransferNet, num_classes: int, *, seed: int = 0) -> TransferNet:
+    """A copy of ``model`` (same architecture and weights) whose last analysis layer is a fresh one with
+    ``num_classes`` outputs, initialised from ``seed`` (fine-tuning for another label space, issue 12)."""
+    torch.manual_seed(seed)  # the fresh layer's initialisation is part of the run's reproducibility
+    fresh = build_model(model.arch, num_classes)
+    last = list(fresh.analysis_layers.values())[-1]
+    head = next(f"{n}." for n, m in fresh.named_modules() if m is last)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
+    result = fresh.load_state_dict(state, strict=False)
+    if any(not k.startswith(head) for k in result.missing_keys):  # same arch: only the head is new
+        raise ModelError(f"Expected the model to fit {model.arch!r} outside its last layer; got missing "
+                         f"parameters {result.missing_keys[:5]}.")
+    return fresh.train(model.training)

@@ -7,7 +7,10 @@ transferability score, the domain classifier's CV accuracy) are logged after it.
 ``target_val_accuracy`` come from the runs' histories over trained epochs only (step >= 1); a pair
 without one (a target with only step 0) gets no score but ``transferability_note`` in the manifest,
 saying why. The confusion tables rest on both domains' whole validation sets (streamed), whatever
-``sample_per_class`` caps the analysed sample to. Any failure marks
+``sample_per_class`` caps the analysed sample to. Label spaces that differ (a target run with
+``target.new_head``, issue 12): each model is loaded with its own head, the diagnostics work in
+`PairData.pair_classes` with ``model_classes``, and the score compares each model on its own task
+(``transferability_basis`` in the manifest). Any failure marks
 the run FAILED and leaves no complete-looking bundle (the manifest is the last file written).
 
 With a ``report_writer`` (the CLI passes ``ui.report.write_report``; this layer never imports ``ui``),
@@ -42,7 +45,7 @@ from ..models import TransferNet
 from ..tags import TAGS
 from .bundles import log_bundle
 from .lookup import check_model_uri, get_run, load_model_weights, logged_model_uri
-from .context import PairData, pair_id, prepare_data, transfer_run
+from .context import PairData, pair_id, prepare_data, shared_subset, transfer_run
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ REPORT_NAME = "report.html"
 REPORT_ERROR_NAME = "report_error.txt"
 ReportWriter = Callable[[Path, Path], Path]  # (bundle folder, HTML file to write there) -> that file
 DATASETS = ("source_train", "source_val", "target_train", "target_val")
+OWN_TASK_BASIS = ("some target classes are unknown to the source model: the target model's best accuracy on its "
+                  "validation set minus the source model's best on its own (source) validation set")
 
 
 @dataclass(frozen=True)
@@ -129,12 +134,14 @@ def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None 
                                    "and --recipe (which names the two data domains)")
         check_model_uri(source_model_uri)  # before anything reads from them
         check_model_uri(target_model_uri)
-        data_classes = len(prepare_data(recipe).classes)
+        data = prepare_data(recipe)
         arch = arch or recipe.model.name
         for uri in (source_model_uri, target_model_uri):
             _check_image_size(uri, recipe)
-        return ResolvedPair(None, None, _model_from_uri(source_model_uri, arch, data_classes, trust_pickled),
-                            _model_from_uri(target_model_uri, arch, data_classes, trust_pickled),
+        # each model in its own label space (issue 12: they differ when the recipe has target.new_head)
+        return ResolvedPair(None, None,
+                            _model_from_uri(source_model_uri, arch, len(data.source_classes), trust_pickled),
+                            _model_from_uri(target_model_uri, arch, len(data.target_classes), trust_pickled),
                             recipe, None)
     if not target_run_id:
         raise DiagnosticsError("say which pair to diagnose: --target-run-id (and optionally "
@@ -167,13 +174,17 @@ def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None 
     if models[0][1] != models[1][1]:
         raise DiagnosticsError(f"incompatible architectures: source run is {models[0][1]!r}, target run "
                                f"is {models[1][1]!r}; a pair must share one architecture")
-    if models[0][2] is not None and models[1][2] is not None and models[0][2] != models[1][2]:
+    if models[0][2] is not None and models[1][2] is not None and models[0][2] != models[1][2] \
+            and target.data.tags.get(TAGS.new_head) != "true" and not recipe.target.new_head:
         raise DiagnosticsError(f"the source run has {models[0][2]} classes and the target run {models[1][2]}; "
                                "a pair must have the same class set")
     for uri, _, _ in models:
         _check_image_size(uri, recipe)
-    n_classes = models[1][2] or len(prepare_data(recipe).classes)
-    loaded = [_model_from_uri(uri, a, n_classes, trust_pickled) for uri, a, _ in models]
+    if any(n is None for _, _, n in models):
+        data = prepare_data(recipe)
+        fallback = (len(data.source_classes), len(data.target_classes))
+        models = [(uri, a, n or fallback[i]) for i, (uri, a, n) in enumerate(models)]
+    loaded = [_model_from_uri(uri, a, n, trust_pickled) for uri, a, n in models]
     return ResolvedPair(source_run_id, target_run_id, loaded[0], loaded[1], recipe, target.info.experiment_id)
 
 
@@ -185,14 +196,16 @@ def build_instances(data: PairData, per_class: int | None, seed: int) -> Instanc
     for dom, splits in enumerate((data.source, data.target)):
         targets = splits.domain.targets
         for split, idx in enumerate((splits.train_indices, splits.val_indices)):
-            for c in range(len(data.classes)):
+            for c in range(len(splits.domain.classes)):
                 members = idx[targets[idx] == c]
                 if per_class is not None and len(members) > per_class:
                     members = np.sort(rng.choice(members, per_class, replace=False))
                 rows += [(dom, split, int(i)) for i in members]
     domains = (data.source.domain, data.target.domain)
     images = torch.stack([domains[d].dataset[i][0] for d, _, i in rows])
-    labels = np.array([domains[d].targets[i] for d, _, i in rows], dtype=np.int64)
+    # labels in the pair's label space (`PairData.pair_classes`; the source's when both are one)
+    to_pair = [np.array([data.pair_classes.index(c) for c in dm.classes], dtype=np.int64) for dm in domains]
+    labels = np.array([to_pair[d][domains[d].targets[i]] for d, _, i in rows], dtype=np.int64)
     codes = np.array(rows, dtype=np.int64).reshape(-1, 3)
     return Instances(images, labels, codes[:, 0].astype(np.int8), codes[:, 1].astype(np.int8), codes[:, 2])
 
@@ -209,12 +222,16 @@ def _history(run_id: str | None, role: str) -> dict:
     return out
 
 
-def _scores(history: dict) -> tuple[dict, str | None]:
+def _scores(history: dict, own_task: bool = False) -> tuple[dict, str | None]:
     """The transferability score and the target's best fine-tuned accuracy (what the pair browser lists
     beside it), both over trained epochs only (step >= 1, see `transferability_from_history`); and,
-    when there is no score although both runs have a history, why (e.g. a target with only step 0)."""
+    when there is no score although both runs have a history, why (e.g. a target with only step 0).
+    ``own_task`` (label spaces that differ, issue 12): the source's accuracy is on its own task (the
+    source validation set), so the score is the target's best on its task minus the source's on its."""
     scores, note = {}, None
     source, target = history.get(("source", "target_val")), history.get(("target", "target_val"))
+    if own_task:
+        source = history.get(("source", "source_val"))
     if target is not None:
         try:
             scores["target_val_accuracy"] = best_trained_accuracy(target, "target")
@@ -263,10 +280,14 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
     """
     pair = resolve_pair(**pair_args)
     data = prepare_data(pair.recipe)
-    n_out = pair.target_model.analysis_layers[list(pair.target_model.analysis_layers)[-1]].out_features
-    if n_out != len(data.classes):
-        raise DiagnosticsError(f"the models predict {n_out} classes but the recipe's domains have "
-                               f"{len(data.classes)} ({list(data.classes)}); use the recipe the pair was trained with")
+    for role, model, own in (("target", pair.target_model, data.target_classes),
+                             ("source", pair.source_model, data.source_classes)):
+        n_out = model.analysis_layers[list(model.analysis_layers)[-1]].out_features
+        if n_out != len(own):
+            who = ("the models predict", "the recipe's domains have") if data.source_classes == data.target_classes \
+                else (f"the {role} model predicts", f"the recipe gives the {role} domain")
+            raise DiagnosticsError(f"{who[0]} {n_out} classes but {who[1]} {len(own)} ({list(own)}); use the "
+                                   "recipe the pair was trained with")
     instances = build_instances(data, options.sample_per_class, options.seed)
     try:
         with torch.no_grad():
@@ -277,6 +298,9 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
                                "size the models were trained on") from None
     tags = {TAGS.source_domain: data.source.domain.name, TAGS.target_domain: data.target.domain.name,
             TAGS.classes: json.dumps(list(data.classes)), TAGS.model: pair.target_model.arch}
+    if data.source_classes != data.target_classes:  # issue 12: the target model's label space, and the source's
+        tags.update({TAGS.classes: json.dumps(list(data.target_classes)),
+                     TAGS.source_classes: json.dumps(list(data.source_classes))})
     if pair.source_run_id:
         tags[TAGS.source_run_id] = pair.source_run_id
         tags[TAGS.target_run_id] = pair.target_run_id
@@ -286,10 +310,17 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
                       extra_tags=tags, experiment_id=pair.experiment_id) as run:
         # the confusion tables rest on both domains' whole validation sets, whatever the analysis cap
         validation = ValidationSets(target=data.target.val, source=data.source.val)
-        diag = diagnose_pair(pair.source_model, pair.target_model, instances, tuple(data.classes), options,
-                             validation=validation)
+        own = None
+        if data.source_classes != data.target_classes or pair.recipe.target.new_head:  # issue 12: pair labels
+            validation = ValidationSets(target=data.target.val, source=shared_subset(
+                data.source, "val", data.pair_classes))
+            own = {"source": data.source_classes, "target": data.target_classes}
+        diag = diagnose_pair(pair.source_model, pair.target_model, instances, tuple(data.pair_classes), options,
+                             validation=validation, model_classes=own)
         history = {**_history(pair.source_run_id, "source"), **_history(pair.target_run_id, "target")}
-        scores, score_note = _scores(history)
+        # the source is scored on the whole target task only when it knows every target class
+        own_task = not set(data.target_classes) <= set(data.source_classes)
+        scores, score_note = _scores(history, own_task=own_task)
         import captum
         import sklearn
 
@@ -299,6 +330,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
                 "pair_id": tags.get(TAGS.pair_id), "model": pair.target_model.arch, "recipe": pair.recipe.name,
                 "domains": {"source": data.source.domain.name, "target": data.target.domain.name},
                 "sample_per_class": options.sample_per_class, "scores": scores,
+                **({"transferability_basis": OWN_TASK_BASIS} if own_task else {}),
                 **({"transferability_note": score_note} if score_note else {}),
                 "software": {"mlflow-transfer": __version__, "torch": torch.__version__, "mlflow": mlflow.__version__,
                              "captum": captum.__version__, "scikit-learn": sklearn.__version__,

@@ -5,6 +5,9 @@ Each run logs, with ``step=epoch`` (0 = before training): ``loss`` and ``acc_sou
 ``best_acc_*`` (over trained epochs, step >= 1: step 0 is no training step); a state-dict checkpoint per epoch under
 ``checkpoints/``; the final model (``torch.export`` format, with a signature); tags from `TAGS`.
 A run is FINISHED only after its last artifact landed; any exception (or Ctrl-C) marks it FAILED.
+With label spaces that differ (``target.new_head``, issue 12) a run is scored on the other domain's shared
+classes only, in its own labels (none shared: no such ``acc_*``), and the target starts from the source's
+weights under a fresh last layer (its step 0 is at chance).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from mlflow.models import infer_signature
 
 from ..config import Recipe
 from ..errors import DataError, RecipeError
-from ..models import TransferNet, build_model, freeze_layers
+from ..models import TransferNet, build_model, freeze_layers, with_new_head
 from ..tags import TAGS
 from ..training import EpochResult, fit
 from .context import PairData, code_version, pair_id, prepare_data, transfer_run
@@ -28,15 +31,20 @@ from .lookup import MODEL_NAME, checkpoint_path, load_checkpoint, load_logged_mo
     logged_model_uri, resolve_source_run
 
 
-def _log_recipe(recipe: Recipe, data: PairData) -> None:
+def _log_recipe(recipe: Recipe, data: PairData, role: str = "source") -> None:
     existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    params = {k: ("" if v is None else str(v)) for k, v in recipe.flat().items() if k not in existing}
+    params = {k: ("" if v is None else json.dumps(list(v)) if isinstance(v, tuple) else str(v))
+              for k, v in recipe.flat().items() if k not in existing}  # a class list as JSON
     mlflow.log_params(params)
     mlflow.log_dict(recipe.to_dict(), "recipe.json")
     mlflow.set_tags({
         TAGS.source_domain: data.source.domain.name, TAGS.target_domain: data.target.domain.name,
         TAGS.classes: json.dumps(list(data.classes)), TAGS.model: recipe.model.name,
     })
+    if role == "target":  # issue 12: the target model's own label space, and the source's beside it
+        mlflow.set_tags({TAGS.classes: json.dumps(list(data.target_classes)),
+                         TAGS.source_classes: json.dumps(list(data.source_classes)),
+                         TAGS.new_head: str(recipe.target.new_head).lower()})
     mlflow.log_params({
         "n_source_train": len(data.source.train_indices), "n_source_val": len(data.source.val_indices),
         "n_target_train": len(data.target.train_indices), "n_target_val": len(data.target.val_indices),
@@ -62,7 +70,7 @@ class _EpochLogger:
 def _train_and_log(model: TransferNet, train_set, recipe: Recipe, data: PairData, cfg, desc: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         logger = _EpochLogger(Path(tmp))
-        fit(model, train_set, data.eval_sets(), cfg, seed=recipe.seed, on_epoch=logger, desc=desc)
+        fit(model, train_set, data.eval_sets(desc), cfg, seed=recipe.seed, on_epoch=logger, desc=desc)
     final = {f"final_{k}": v for k, v in logger.history[-1].items() if k.startswith("acc_")}
     best = {f"best_{k}": max(h[k] for h in logger.history[1:]) for k in logger.history[-1] if k.startswith("acc_")}
     mlflow.log_metrics({**final, **best})
@@ -102,9 +110,11 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
     """
     source = resolve_source_run(source_run_id)
     data = data or prepare_data(recipe)
-    if tuple(data.classes) != source.classes:
+    if tuple(data.source_classes) != source.classes:
         raise DataError(f"source run {source_run_id} was trained on classes {list(source.classes)}, "
-                        f"but the recipe's domains have {list(data.classes)}")
+                        f"but the recipe's source domain has {list(data.source_classes)}"
+                        f"{'' if recipe.source.classes is None else ' (source.classes)'}; use the recipe "
+                        "the source run was trained with")
     if source.arch != recipe.model.name:
         raise RecipeError(f"`model.name` is {recipe.model.name!r} but source run {source_run_id} "
                           f"trained {source.arch!r}; use the same architecture")
@@ -112,9 +122,11 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
              else load_checkpoint(source_run_id, source_epoch))
     extra = {TAGS.source_run_id: source_run_id}
     with transfer_run("target", recipe, nested=nested, name=f"{recipe.name}-target", extra_tags=extra) as run:
-        _log_recipe(recipe, data)
+        _log_recipe(recipe, data, "target")
         if source_epoch is not None:
             mlflow.set_tag(TAGS.source_epoch, str(source_epoch))
+        if recipe.target.new_head:  # issue 12: the source's weights, a fresh (seeded) last layer
+            model = with_new_head(model, len(data.target_classes), seed=recipe.seed)
         frozen = freeze_layers(model, recipe.target.freeze_depth)
         mlflow.set_tag(TAGS.frozen_layers, json.dumps(frozen))
         _train_and_log(model, data.target.train, recipe, data, recipe.target, "target")

@@ -60,7 +60,9 @@ class FeaturesTab(Tab):
         b = self.state.bundle
         self._record.cache_clear()  # the previous pair's records are not kept alive
         self._frame.cache_clear()
-        self._select.options = {"all classes": fv.ALL, **{c: c for c in (b.classes if b is not None else [])}}
+        # only classes with class-level records (label spaces that differ: the shared ones)
+        self._select.options = {"all classes": fv.ALL,
+                                **{c: c for c in (b.label_spaces()["shared"] if b is not None else [])}}
         self.param.update(shown=shown_class(self.state.classes), checked=[])
         self._select.value = self.shown
 

@@ -73,13 +73,17 @@ class NetworkTab(Tab):
         if b is None:
             return
         n = len(b.layers)
-        self._select.param.update(options=b.classes, value=self.shown_class())
+        # only classes with class-level records (label spaces that differ: the shared ones, maybe none)
+        options = b.label_spaces()["shared"]
+        shown = self.shown_class()
+        self._select.param.update(options=options, value=shown if shown in options else None,
+                                  disabled=not options)
         self._slider.param.update(end=max(n - 1, 1), value=self._span(), visible=n >= 2)
         self._clicked.objects = [pn.pane.Markdown(WEIGHT_PROMPT)]
 
     @param.depends("state.classes", watch=True)
     def _follow_classes(self):
-        if self.state.bundle is not None:
+        if self.state.bundle is not None and self.shown_class() in self._select.options:
             self._select.value = self.shown_class()
 
     @param.depends("state.layer_from", "state.layer_to", watch=True)
@@ -88,7 +92,7 @@ class NetworkTab(Tab):
             self._slider.value = self._span()
 
     def _picked(self, event):
-        if self.state.bundle is not None and event.new != self.shown_class():  # picked here, not followed
+        if self.state.bundle is not None and event.new is not None and event.new != self.shown_class():
             self.state.select_class(event.new)
 
     def _slid(self, event):

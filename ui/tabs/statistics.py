@@ -18,7 +18,8 @@ DOMAINS = {"target validation set": "target", "source validation set": "source"}
 
 
 class StatisticsTab(Tab):
-    """Named panes: ``accuracy``, ``transferability``, ``rests-on``, ``confusion`` (or ``confusion-missing``)."""
+    """Named panes: ``accuracy``, ``transferability``, ``label-spaces`` (empty unless the models' classes
+    differ), ``rests-on``, ``confusion`` (or ``confusion-missing``)."""
 
     title = "Statistics"
 
@@ -33,8 +34,14 @@ class StatisticsTab(Tab):
     @part("state.bundle", what="statistics")
     def view(self):
         b = self.state.bundle
-        return pn.pane.Bokeh(overview.accuracy_curves(b.history()), sizing_mode="stretch_width",
-                             min_height=340, name="accuracy")
+        return pn.pane.Bokeh(overview.accuracy_curves(b.history(), fresh_head=b.label_spaces()["differ"]),
+                             sizing_mode="stretch_width", min_height=340, name="accuracy")
+
+    @part("state.bundle", what="label spaces")
+    def label_spaces(self):
+        b = self.state.bundle
+        return pn.pane.HTML(overview.label_spaces_html(b.label_spaces(), b.transferability_basis()),
+                            name="label-spaces")
 
     @part("state.bundle", what="transferability score")
     def badge(self):
@@ -65,5 +72,6 @@ class StatisticsTab(Tab):
     def layout(self):
         side = sum(overview.CONFUSION_WIDTHS.values()) + 10
         return pn.Row(self.lazy(self.view, sizing_mode="stretch_width"),
-                      pn.Column(self.lazy(self.badge), self._switch, self.lazy(self.table), width=side),
+                      pn.Column(self.lazy(self.badge), self.lazy(self.label_spaces), self._switch,
+                                self.lazy(self.table), width=side),
                       sizing_mode="stretch_width")

@@ -13,8 +13,8 @@ from bokeh.plotting import figure as bokeh_figure
 from .style import DATASET_COLOR, DATASET_LABEL, MODEL_MARKER, SOURCE, TARGET
 from .text import escape_html
 
-__all__ = ["BEFORE_FINE_TUNING", "CONFUSION_WIDTHS", "accuracy_curves", "confusion_frame", "confusion_table",
-           "transferability_badge"]
+__all__ = ["BEFORE_FINE_TUNING", "CONFUSION_WIDTHS", "NO_SHARED_CLASSES", "accuracy_curves", "confusion_frame",
+           "confusion_table", "label_spaces_html", "transferability_badge"]
 
 # legend entry (and renderer name) of the target model's step 0: the unchanged source model
 BEFORE_FINE_TUNING = "before fine-tuning (target model, epoch 0)"
@@ -23,7 +23,10 @@ _STAGE = {("source", True): "before training (random initialisation)",
           ("source", False): "trained epoch", ("target", False): "fine-tuned epoch"}
 
 
-def accuracy_curves(history: dict, *, height: int = 320) -> bokeh_figure:
+_FRESH_HEAD = "before fine-tuning: the source model with a fresh last layer (chance accuracy), not in the score"
+
+
+def accuracy_curves(history: dict, *, height: int = 320, fresh_head: bool = False) -> bokeh_figure:
     """One line per model × dataset: epochs on x, accuracy [0, 1] on y, colour = dataset, crosses for
     the source model and circles for the target model; legend entries end in the model's name.
 
@@ -36,6 +39,8 @@ def accuracy_curves(history: dict, *, height: int = 320) -> bokeh_figure:
 
     Args:
         history: the bundle's ``statistics/history`` table (columns model, dataset, epoch, accuracy).
+        fresh_head: the target model's last layer was replaced (label spaces that differ): its epoch 0
+            is at chance, and the hover says so.
     """
     fig = bokeh_figure(title="Accuracy per epoch", x_axis_label="epoch", y_axis_label="accuracy",
                        y_range=(0, 1.02), height=height, sizing_mode="stretch_width",
@@ -51,7 +56,8 @@ def accuracy_curves(history: dict, *, height: int = 320) -> bokeh_figure:
         color = DATASET_COLOR.get(dataset, "#333333")
         epochs = part["epoch"].to_numpy()
         columns = {"epoch": epochs, "accuracy": part["accuracy"].to_numpy(), "series": [label] * len(part),
-                   "stage": [_STAGE.get((model, int(e) == 0), "") for e in epochs]}
+                   "stage": [_FRESH_HEAD if fresh_head and model == "target" and int(e) == 0
+                             else _STAGE.get((model, int(e) == 0), "") for e in epochs]}
         source = ColumnDataSource(columns)
         fig.line("epoch", "accuracy", source=source, color=color, line_width=2, legend_label=label, name=label)
         before = (epochs == 0) if model == "target" else np.zeros(len(epochs), bool)
@@ -110,3 +116,29 @@ def confusion_table(confusion: dict, **kwargs) -> pn.widgets.Tabulator:
         confusion_frame(confusion), show_index=False, selectable=1, disabled=True, layout="fit_data_stretch",
         formatters={"source accuracy": {**fmt, "color": SOURCE}, "target accuracy": {**fmt, "color": TARGET}},
         widths=CONFUSION_WIDTHS, name="confusion", **kwargs)
+
+
+NO_SHARED_CLASSES = "No shared classes"
+
+
+def label_spaces_html(spaces: dict, basis: str | None = None) -> str:
+    """Which classes the two models know, from `PairBundle.label_spaces` (issue 12), as escaped HTML; ""
+    when both know the same classes. ``basis``: what the transferability score means then (manifest)."""
+    if not spaces.get("differ"):
+        return ""
+
+    def names(values) -> str:
+        return escape_html(", ".join(values)) if values else "none"
+
+    shared = spaces["shared"]
+    lead = (f"<b>{NO_SHARED_CLASSES}</b>: the models' label spaces have no class in common, so this pair has no "
+            "class-level analyses (per-class neurons, similarity, weights, discriminability); the layer-level "
+            "views (CKA, inheritance, instances, all-class discriminability) cover every target class."
+            if not shared else
+            f"<b>Shared classes</b> (class-level analyses): {names(shared)}. The layer-level views cover every "
+            "target class.")
+    rows = (f"<div>{lead}</div><div>Source model: {len(spaces['source'])} classes ({names(spaces['source'])}); "
+            f"target model (new head): {len(spaces['target'])} classes ({names(spaces['target'])}).</div>")
+    if basis:
+        rows += f"<div>Transferability score: {escape_html(basis)}.</div>"
+    return f"<div class='label-spaces' style='font-size:0.85em;color:#444'>{rows}</div>"

@@ -98,6 +98,12 @@ def _refusal(bundle: PairBundle, cls: str, layers: list[str]) -> ZigZag | None:
         return ZigZag(cls, [], message=f"Class '{cls}' is not in this pair (it has {', '.join(bundle.classes)}).")
     if not layers:
         return ZigZag(cls, [], message="This bundle has no analysis layers.")
+    spaces = bundle.label_spaces()
+    if cls not in spaces["shared"]:  # issue 12: a class one of the models does not know
+        shared = ", ".join(spaces["shared"]) or "none: the models have no class in common"
+        return ZigZag(cls, layers, message=(
+            f"Class '{cls}' is not known to both models (their label spaces differ), so it has no class-level "
+            f"records. Shared classes: {shared}."))
     if cls not in bundle.compared_classes:
         return ZigZag(cls, layers, message=(
             f"Class '{cls}' has no neuron similarity data: it has no target-domain instances, so its "
