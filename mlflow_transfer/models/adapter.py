@@ -1,0 +1,305 @@
+"""Any PyTorch classifier as a model the diagnostics accept (`AdaptedNet`, built by `adapt_classifier`).
+
+A model logged by someone else has its own module names and its own forward; nothing here assumes a
+registry shape. From one probe forward pass with hooks:
+
+* the **analysis layers** are its ``nn.Conv2d`` and ``nn.Linear`` modules in forward-execution order,
+  under their module paths (``layer1.0.conv1``); a module called more than once per pass (a shared
+  layer) has no single output to attribute and is left out, with a note;
+* the **embedding** is the input of the last ``nn.Linear`` called (the paper's "activation right
+  before the fully connected layers" for a one-layer head), or the output of the module named by
+  ``embedding_layer``; it is captured by a hook in the same pass that gives the logits, because a
+  foreign model's logits need not be ``head(embedding)``.
+
+Which consecutive pairs are a **plain chain** (weight extraction's formulas hold: layer i+1's input is
+a function of layer i's output alone, through channel-preserving ops) is read from the model's
+``torch.export`` graph (`chain_pairs`): walking back from layer i+1's input, every op met must take one
+activation (batch norm, activations, pooling, dropout, flatten/reshape) until layer i's op is reached.
+An op joining two activations (a residual ``add``, ``cat``, attention's ``matmul``) or another op makes
+the pair not plain; the reason is kept in ``pair_notes`` and goes to the manifest's notes.
+
+A model loaded from MLflow's ``pt2`` format is an unflattened exported program whose leaves are
+interpreter modules; `materialise_layers` turns each conv/linear leaf back into a real ``nn.Conv2d`` /
+``nn.Linear`` holding the same tensors, so that hooks, shapes and the diagnostics' formulas see the
+usual modules.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+ANALYSED = (nn.Conv2d, nn.Linear)
+# Ops that keep a channel's identity between two layers (one activation in, same channels out).
+CHAIN_OPS = frozenset({
+    "batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional",
+    "relu", "relu_", "gelu", "silu", "silu_", "sigmoid", "tanh", "leaky_relu", "leaky_relu_", "elu",
+    "hardtanh", "hardtanh_", "relu6", "hardswish", "hardswish_", "max_pool2d", "max_pool2d_with_indices",
+    "avg_pool2d", "adaptive_avg_pool2d", "dropout", "dropout_", "feature_dropout", "flatten", "view",
+    "reshape", "_unsafe_view", "clone", "contiguous", "alias", "detach", "identity",
+})
+_TUPLE_OPS = ("batch_norm", "max_pool2d_with_indices")  # whose element 0 is the activation
+_LAYER_OPS = {"conv2d": nn.Conv2d, "linear": nn.Linear}
+
+
+class AdaptedNet(nn.Module):
+    """A foreign classifier wrapped for the diagnostics (see the module docstring).
+
+    Attributes:
+        net: the wrapped module (its state-dict keys carry the prefix ``net.``).
+        arch: a label for messages and the manifest (``pytorch:<class name>``).
+        analysis_layers: ordered module path → ``nn.Conv2d``/``nn.Linear``, forward-execution order.
+        embedding_layer: the module path whose input (default: the last Linear) or output
+            (``embedding_layer`` given) is the embedding; ``embedding_kind`` says which.
+        plain_pairs: consecutive analysis-layer pairs that form a plain chain (weight records).
+        pair_notes: (layer, next layer) → why that pair gets no weight records.
+        notes: what else the adapter decided (layers left out, a graph it could not read).
+        num_outputs: the logits' width.
+    """
+
+    def __init__(self, net: nn.Module, *, arch: str, layers: list[tuple[str, nn.Module]],
+                 embedding: tuple[str, str], plain_pairs, pair_notes: dict, notes: list[str],
+                 num_outputs: int):
+        super().__init__()
+        self.net = net
+        self.arch = arch
+        object.__setattr__(self, "_layers", OrderedDict(layers))  # already submodules of net
+        self.embedding_layer, self.embedding_kind = embedding
+        self.plain_pairs = frozenset(plain_pairs)
+        self.pair_notes = dict(pair_notes)
+        self.notes = list(notes)
+        self.num_outputs = int(num_outputs)
+
+    @property
+    def analysis_layers(self) -> "OrderedDict[str, nn.Module]":
+        return self._layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def embed_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding (N, D), logits (N, classes)) from one forward pass."""
+        module = self.net.get_submodule(self.embedding_layer)
+        grabbed = []
+        if self.embedding_kind == "input":
+            handle = module.register_forward_pre_hook(lambda m, args: grabbed.append(args[0]))
+        else:
+            handle = module.register_forward_hook(lambda m, args, out: grabbed.append(out))
+        try:
+            logits = self.net(x)
+        finally:
+            handle.remove()
+        return grabbed[-1].flatten(1), logits
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+
+
+def adapt_classifier(net: nn.Module, example: torch.Tensor, *, embedding_layer: str | None = None,
+                     exported=None, what: str = "the model") -> AdaptedNet:
+    """``net`` (any classifier of images (N, C, H, W) → logits (N, classes)) as an `AdaptedNet`.
+
+    Args:
+        example: a float batch of at least 2 inputs of the size the model takes.
+        embedding_layer: module path whose output is the embedding; None: the last Linear's input.
+        exported: the model's ``torch.export.ExportedProgram`` if already known (a pt2 model);
+            otherwise ``net`` is exported here to read its graph (on failure no pair is plain, noted).
+        what: names the model in messages (e.g. its URI).
+
+    Raises:
+        ModelError: the model fails on ``example``, does not return (N, classes) logits, has no
+            Conv2d/Linear layer, or ``embedding_layer`` is not one of its modules.
+    """
+    net.eval()
+    order, logits, calls = _probe(net, example, what)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != len(example):
+        got = getattr(logits, "shape", type(logits).__name__)
+        raise ModelError(f"Expected {what} to be a classifier returning logits (N, classes) for images "
+                         f"(N, C, H, W); got {tuple(got) if isinstance(got, torch.Size) else got}. "
+                         "Pass a model URI of a PyTorch image classifier.")
+    names, notes = [], []
+    for name in order:
+        if calls[name] > 1:
+            notes.append(f"layer {name!r} runs {calls[name]} times per forward pass (a shared module); it "
+                         "has no single output to attribute and is not analysed")
+        else:
+            names.append(name)
+    if not names:
+        raise ModelError(f"Expected {what} to contain nn.Conv2d or nn.Linear layers that run once per forward "
+                         "pass; got none. Diagnose a convolutional or transformer image classifier.")
+    modules = dict(net.named_modules())
+    if embedding_layer is None:
+        linears = [n for n in names if isinstance(modules[n], nn.Linear)]
+        if not linears:
+            raise ModelError(f"Expected {what} to end in an nn.Linear layer (its input is the embedding); got "
+                             f"none among {names}. Pass --embedding-layer with a module path.")
+        embedding = (linears[-1], "input")
+    else:
+        if embedding_layer not in modules or embedding_layer == "":
+            raise ModelError(f"Expected --embedding-layer as a module path of {what}; got {embedding_layer!r}. "
+                             f"Its modules include {_some(list(modules)[1:])}.")
+        embedding = (embedding_layer, "output")
+    pairs = list(zip(names, names[1:]))
+    try:
+        if exported is None:
+            exported = torch.export.export(net, (example,), strict=False)
+        decisions = chain_pairs(exported, pairs)
+    except Exception as exc:  # noqa: BLE001 -- a graph torch cannot read costs the weight records only
+        notes.append(f"the model's graph could not be read ({_first_line(exc)}); no weight records")
+        decisions = {p: "the model's graph could not be read" for p in pairs}
+    plain = [p for p, why in decisions.items() if why is None]
+    pair_notes = {p: why for p, why in decisions.items() if why is not None}
+    adapted = AdaptedNet(net, arch=f"pytorch:{type(net).__name__}", layers=[(n, modules[n]) for n in names],
+                         embedding=embedding, plain_pairs=plain, pair_notes=pair_notes, notes=notes,
+                         num_outputs=logits.shape[1])
+    return adapted.eval()
+
+
+def _some(names: list[str], k: int = 12) -> str:
+    return ", ".join(names[:k]) + (f" … ({len(names)} in all)" if len(names) > k else "")
+
+
+def _probe(net: nn.Module, example: torch.Tensor, what: str):
+    """(analysed module paths in first-call order, logits, calls per path) from one forward pass."""
+    order, calls, handles = [], {}, []
+
+    def hook_for(name):
+        def hook(module, args, out):
+            if name not in calls:
+                order.append(name)
+            calls[name] = calls.get(name, 0) + 1
+        return hook
+
+    for name, module in net.named_modules():
+        if isinstance(module, ANALYSED):
+            handles.append(module.register_forward_hook(hook_for(name)))
+    try:
+        with torch.no_grad():
+            logits = net(example)
+    except Exception as exc:  # noqa: BLE001 -- any failure on the example is the input's fault here
+        raise ModelError(f"Expected {what} to take images of shape {tuple(example.shape[1:])} (the recipe's "
+                         f"size); got {_first_line(exc)}. Set data.image_size to the size the model was "
+                         "trained on.") from None
+    finally:
+        for h in handles:
+            h.remove()
+    return order, logits, calls
+
+
+def _op_name(node) -> str:
+    target = node.target
+    if target is operator.getitem:
+        return "getitem"
+    return str(getattr(target, "_opname", getattr(target, "__name__", target)))
+
+
+def _module_path(node) -> str | None:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    return path if isinstance(path, str) else None
+
+
+def chain_pairs(exported, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+    """For each (layer, next layer) pair of module paths: None when the pair is a plain chain in the
+    graph of ``exported`` (a ``torch.export.ExportedProgram``), else why not (see the module docstring)."""
+    graph = exported.graph
+    user = set(exported.graph_signature.user_inputs)
+    active = set()  # nodes whose value is a tensor (or tuple of them) computed from the user inputs
+    ops: dict[str, list] = {}
+    for node in graph.nodes:
+        val = node.meta.get("val")
+        tensorish = isinstance(val, torch.Tensor) or (isinstance(val, (tuple, list)) and
+                                                      any(isinstance(v, torch.Tensor) for v in val))
+        if node.op == "placeholder":
+            if node.name in user:
+                active.add(node)
+            continue
+        if tensorish and any(i in active for i in node.all_input_nodes):
+            active.add(node)
+        if node.op == "call_function" and _op_name(node) in _LAYER_OPS:
+            path = _module_path(node)
+            if path is not None:
+                ops.setdefault(path, []).append(node)
+    out = {}
+    for prev, nxt in pairs:
+        out[(prev, nxt)] = _chain_reason(ops.get(prev, []), ops.get(nxt, []), active, prev, nxt)
+    return out
+
+
+def _chain_reason(prev_ops, next_ops, active, prev, nxt) -> str | None:
+    if len(prev_ops) != 1 or len(next_ops) != 1:
+        return "a layer is not one op in the model's graph"
+    start = next_ops[0].args[0]
+    node, steps = start, 0
+    while node is not prev_ops[0]:
+        steps += 1
+        if node.op != "call_function" or steps > 10_000:
+            return f"{nxt}'s input does not come from {prev}"
+        name = _op_name(node)
+        inputs = [i for i in node.all_input_nodes if i in active]
+        if len(inputs) > 1:
+            return (f"{name} joins {len(inputs)} activations between them (a residual junction, a "
+                    "concatenation or attention)")
+        if name == "getitem":
+            if _op_name(inputs[0]) not in _TUPLE_OPS or node.args[1] != 0:
+                return f"{_op_name(inputs[0])} between them is not a channel-preserving op"
+        elif name not in CHAIN_OPS:
+            return f"{name} between them is not a channel-preserving op (batch norm, activation, pooling, " \
+                   "dropout, flatten)"
+        if not inputs:
+            return f"{nxt}'s input does not come from {prev}"
+        node = inputs[0]
+    return None
+
+
+def materialise_layers(module: nn.Module) -> nn.Module:
+    """``module`` (an unflattened exported program) with each leaf that is one ``conv2d``/``linear`` op
+    replaced by a real ``nn.Conv2d``/``nn.Linear`` holding the same tensors; other modules untouched."""
+    for path, leaf in list(module.named_modules()):
+        graph = getattr(leaf, "graph", None)
+        if not path or graph is None or isinstance(leaf, ANALYSED) or list(leaf.children()):
+            continue
+        calls = [n for n in graph.nodes if n.op == "call_function"]
+        if len(calls) != 1 or _op_name(calls[0]) not in _LAYER_OPS:
+            continue
+        real = _rebuilt(leaf, calls[0])
+        if real is not None:
+            parent, _, name = path.rpartition(".")
+            setattr(module.get_submodule(parent) if parent else module, name, real)
+    return module
+
+
+def _rebuilt(leaf: nn.Module, call) -> nn.Module | None:
+    args = list(call.args)
+    if any(getattr(a, "op", None) == "placeholder" for a in args[1:]) or \
+            getattr(args[0], "op", None) != "placeholder":
+        return None  # weights passed in, or input not the module's argument: not a plain layer
+
+    def tensor(a):
+        return None if a is None else leaf.get_parameter(a.target) if a.target in dict(leaf.named_parameters()) \
+            else leaf.get_buffer(a.target)
+
+    weight = tensor(args[1])
+    bias = tensor(args[2]) if len(args) > 2 else None
+    with torch.no_grad():
+        if _op_name(call) == "linear":
+            real = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        else:
+            if call.target != torch.ops.aten.conv2d.default:
+                return None
+            stride, padding, dilation, groups = (args + [None] * 7)[3:7]
+            real = nn.Conv2d(weight.shape[1] * (groups or 1), weight.shape[0], tuple(weight.shape[2:]),
+                             stride=tuple(stride or (1, 1)), padding=tuple(padding or (0, 0)),
+                             dilation=tuple(dilation or (1, 1)), groups=groups or 1, bias=bias is not None)
+        real.weight.copy_(weight)
+        if bias is not None:
+            real.bias.copy_(bias)
+    return real.to(weight.device)
