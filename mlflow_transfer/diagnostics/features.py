@@ -4,7 +4,8 @@ For a conv channel the patch is the receptive field of the position where the ch
 (zero padding included, shown black),
 computed from the kernel/stride/padding chain of the embedding (conv and pooling layers of a
 ``Sequential``); for a linear unit, and for architectures whose chain is not a plain sequence
-(ResNet blocks), the whole image is the receptive field.
+(ResNet blocks), the whole image is the receptive field. A linear layer over tokens (a transformer's)
+ranks images by the unit's maximum over tokens.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def top_patches_many(model: nn.Module, requests: dict[str, tuple[nn.Module, list
 
     def hook(name, neurons):
         def grab(module, args, out):
+            if isinstance(module, nn.Linear) and out.ndim > 2:  # over tokens: the unit's max over them
+                out = out.movedim(-1, 1).flatten(2).amax(2)
             out = out[:, neurons]
             if out.ndim == 4:
                 value, pos = out.flatten(2).max(2)
