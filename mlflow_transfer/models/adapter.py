@@ -237,27 +237,27 @@ def chain_pairs(exported, pairs: list[tuple[str, str]]) -> dict[tuple[str, str],
 def _chain_reason(prev_ops, next_ops, active, prev, nxt) -> str | None:
     if len(prev_ops) != 1 or len(next_ops) != 1:
         return "a layer is not one op in the model's graph"
-    start = next_ops[0].args[0]
-    node, steps = start, 0
+    node, steps, first_bad = next_ops[0].args[0], 0, None
+    # Walk back the one-activation ops to layer i; a junction met on the way is the reason that
+    # matters most (it says where a second path comes in), else the first op that is not plain.
     while node is not prev_ops[0]:
         steps += 1
-        if node.op != "call_function" or steps > 10_000:
-            return f"{nxt}'s input does not come from {prev}"
+        if getattr(node, "op", None) != "call_function" or steps > 10_000:
+            return first_bad or f"{nxt}'s input does not come from {prev}"
         name = _op_name(node)
         inputs = [i for i in node.all_input_nodes if i in active]
         if len(inputs) > 1:
             return (f"{name} joins {len(inputs)} activations between them (a residual junction, a "
                     "concatenation or attention)")
-        if name == "getitem":
-            if _op_name(inputs[0]) not in _TUPLE_OPS or node.args[1] != 0:
-                return f"{_op_name(inputs[0])} between them is not a channel-preserving op"
-        elif name not in CHAIN_OPS:
-            return f"{name} between them is not a channel-preserving op (batch norm, activation, pooling, " \
-                   "dropout, flatten)"
         if not inputs:
-            return f"{nxt}'s input does not come from {prev}"
+            return first_bad or f"{nxt}'s input does not come from {prev}"
+        plain = name in CHAIN_OPS or (name == "getitem" and _op_name(inputs[0]) in _TUPLE_OPS
+                                      and node.args[1] == 0)
+        if not plain and first_bad is None:
+            first_bad = (f"{name} between them is not a channel-preserving op (batch norm, activation, "
+                         "pooling, dropout, flatten)")
         node = inputs[0]
-    return None
+    return first_bad
 
 
 def materialise_layers(module: nn.Module) -> nn.Module:
