@@ -199,7 +199,8 @@ def _op_name(node) -> str:
     return str(getattr(target, "_opname", getattr(target, "__name__", target)))
 
 
-def _module_path(node) -> str | None:
+def module_path(node) -> str | None:
+    """The path of the innermost module an exported graph's ``node`` ran in (its ``nn_module_stack``)."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return None
@@ -225,7 +226,7 @@ def chain_pairs(exported, pairs: list[tuple[str, str]]) -> dict[tuple[str, str],
         if tensorish and any(i in active for i in node.all_input_nodes):
             active.add(node)
         if node.op == "call_function" and _op_name(node) in _LAYER_OPS:
-            path = _module_path(node)
+            path = module_path(node)
             if path is not None:
                 ops.setdefault(path, []).append(node)
     out = {}
