@@ -14,8 +14,11 @@ from mlflow_transfer.diagnostics.conductance import layer_conductance
 from mlflow_transfer.diagnostics.instances import model_outputs
 from mlflow_transfer.diagnostics.weights import extract_important_weights
 from mlflow_transfer.errors import ModelError
-
-from mlflow_transfer.models.adapter import adapt_classifier, materialise_layers, module_path
+from mlflow_transfer.models.adapter import (
+    adapt_classifier,
+    materialise_layers,
+    module_path,
+)
 
 X = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
