@@ -110,18 +110,6 @@ def _select_layers(model: nn.Module, names) -> dict[str, nn.Module]:
     return {n: model.analysis_layers[n] for n in available if n in names}  # keep forward order
 
 
-def _adapter_notes(model: nn.Module, layer_names: tuple[str, ...]) -> list[str]:
-    """What an adapted foreign model (`models.adapter.AdaptedNet`) decided: layers left out, and the
-    analysed consecutive pairs that get no weight records because its graph is not a plain chain there."""
-    notes = [f"model: {n}" for n in getattr(model, "notes", ())]
-    reasons = getattr(model, "pair_notes", {})
-    for pair in zip(layer_names, layer_names[1:]):
-        if getattr(model, "plain_pairs", None) is not None and pair not in model.plain_pairs:
-            why = reasons.get(pair, "the two layers are not consecutive in the model")
-            notes.append(f"no weight records for {pair[0]} → {pair[1]}: {why}")
-    return notes
-
-
 def _check_pair(source: nn.Module, target: nn.Module) -> None:
     for role, m in (("source", source), ("target", target)):
         if not hasattr(m, "analysis_layers"):
@@ -190,7 +178,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
         raise DiagnosticsError(f"Expected classes among the pair's classes {list(classes)}; got unknown "
                                f"class(es) {unknown}.")
     labels, domain = instances.labels, instances.domain
-    notes: list[str] = _adapter_notes(target_model, layer_names)
+    notes: list[str] = list(getattr(target_model, "diagnosis_notes", lambda _: [])(layer_names))  # adapted
     stage = _Stages()
     rng = np.random.default_rng(options.seed)
 

@@ -82,6 +82,16 @@ class AdaptedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def diagnosis_notes(self, layer_names) -> list[str]:
+        """For the manifest: layers left out, and the analysed consecutive pairs (of ``layer_names``)
+        that get no weight records because the graph is not a plain chain there."""
+        notes = [f"model: {n}" for n in self.notes]
+        for pair in zip(layer_names, layer_names[1:]):
+            if pair not in self.plain_pairs:
+                why = self.pair_notes.get(pair, "the two layers are not consecutive in the model")
+                notes.append(f"no weight records for {pair[0]} → {pair[1]}: {why}")
+        return notes
+
     def embed_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding (N, D), logits (N, classes)) from one forward pass."""
         module = self.net.get_submodule(self.embedding_layer)
