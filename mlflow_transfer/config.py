@@ -61,6 +61,7 @@ class TrainConfig:
     momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
     weight_decay: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     freeze_depth: int = field(default=0, metadata={"min": 0})  # first k analysis layers frozen
+    model_uri: str | None = None  # source only: a logged model (runs:/…, models:/…) as the source, untrained
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,9 @@ def _check_domains(recipe: Recipe) -> None:
     if recipe.source.freeze_depth:
         raise RecipeError("`source.freeze_depth` must be 0: the source model trains from scratch; "
                           "freezing applies to `target.freeze_depth`")
+    if recipe.target.model_uri is not None:
+        raise RecipeError("Expected `target.model_uri` to be unset; got a value. The target starts from the "
+                          "source: set `source.model_uri` to fine-tune a logged model.")
 
 
 def field_default(key: str):

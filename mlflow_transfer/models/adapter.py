@@ -27,6 +27,7 @@ usual modules.
 from __future__ import annotations
 
 import operator
+import re
 from collections import OrderedDict
 
 import torch
@@ -107,6 +108,31 @@ class AdaptedNet(nn.Module):
         return grabbed[-1].flatten(1), logits
 
 
+class _Exportable(nn.Module):
+    """``net`` with a one-tensor ``forward(x)`` for ``torch.export`` (an unflattened program takes
+    ``*args``), holding its children, parameters and buffers under their own names."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self._modules.update(net._modules)
+        self._parameters.update(net._parameters)
+        self._buffers.update(net._buffers)
+        object.__setattr__(self, "impl", net)  # not a submodule: its children are already ours
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.impl(x)
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """What to log for ``model``: an adapted model's own network, as ``torch.export`` (MLflow's pt2
+    format) takes it, so that the logged model keeps the original module names; others unchanged."""
+    if not isinstance(model, AdaptedNet):
+        return model
+    # named after the original class: the exported graph records it, and the next load reads it back
+    name = re.sub(r"\W", "_", model.arch.partition(":")[2]) or "Exportable"
+    return type(name, (_Exportable,), {"__module__": __name__})(model.net)
+
+
 def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
 
@@ -165,10 +191,19 @@ def adapt_classifier(net: nn.Module, example: torch.Tensor, *, embedding_layer: 
         decisions = {p: "the model's graph could not be read" for p in pairs}
     plain = [p for p, why in decisions.items() if why is None]
     pair_notes = {p: why for p, why in decisions.items() if why is not None}
-    adapted = AdaptedNet(net, arch=f"pytorch:{type(net).__name__}", layers=[(n, modules[n]) for n in names],
+    adapted = AdaptedNet(net, arch=f"pytorch:{_class_name(net, exported)}", layers=[(n, modules[n]) for n in names],
                          embedding=embedding, plain_pairs=plain, pair_notes=pair_notes, notes=notes,
                          num_outputs=logits.shape[1])
     return adapted.eval()
+
+
+def _class_name(net: nn.Module, exported) -> str:
+    # an unflattened pt2 model's class is torch's; the graph remembers the original one
+    for node in exported.graph.nodes if exported is not None and not isinstance(net, ANALYSED) else ():
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            return str(next(iter(stack.values()))[1]).rpartition(".")[2] or type(net).__name__
+    return type(net).__name__
 
 
 def _some(names: list[str], k: int = 12) -> str:

@@ -38,7 +38,7 @@ from ..diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
 from ..diagnostics.predictions import ValidationSets
 from ..diagnostics.statistics import best_trained_accuracy, transferability_from_history
 from ..errors import DiagnosticsError, RecipeError, RunLookupError
-from ..models import TransferNet
+from ..models import MODELS, TransferNet
 from ..tags import TAGS
 from .bundles import log_bundle
 from .lookup import check_model_uri, get_run, load_classifier, load_model_weights, logged_model_uri
@@ -184,7 +184,9 @@ def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None 
             raise RunLookupError(f"run {run.info.run_id} has no logged model named 'model'; train it "
                                  "with mlflow-transfer or log it with mlflow.pytorch.log_model(..., name='model')")
         tags = run.data.tags
-        arch_i = arch or tags.get(TAGS.model)  # None: a run of another tool, its model adapted
+        arch_i = arch or tags.get(TAGS.model)
+        if arch is None and arch_i not in MODELS:
+            arch_i = None  # a run of another tool, or one that imported a logged model: adapted
         n = len(json.loads(tags[TAGS.classes])) if TAGS.classes in tags else None
         models.append((uri, arch_i, n))
     recipe = recipe or _recipe_of(target_run_id)

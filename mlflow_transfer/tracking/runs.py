@@ -5,6 +5,14 @@ Each run logs, with ``step=epoch`` (0 = before training): ``loss`` and ``acc_sou
 ``best_acc_*`` (over trained epochs, step >= 1: step 0 is no training step); a state-dict checkpoint per epoch under
 ``checkpoints/``; the final model (``torch.export`` format, with a signature); tags from `TAGS`.
 A run is FINISHED only after its last artifact landed; any exception (or Ctrl-C) marks it FAILED.
+
+A recipe with ``source.model_uri`` fine-tunes a model someone else logged: its source run trains
+nothing. It records the model's URI (tag ``transfer.source_model_uri``), evaluates the model once and
+logs those accuracies at step 0 and again at step 1 — the imported model *is* the trained source, so
+the histories' rule "trained epochs are step >= 1" gives it its score — and logs it again as its own
+``model`` (pt2, the original module names), so the target run, ``diagnose`` and the app treat the pair
+like any other. A foreign model is adapted (`models.adapter`); its exported graph keeps batch norm in
+eval mode while fine-tuning (running statistics are not updated).
 """
 
 from __future__ import annotations
@@ -20,11 +28,12 @@ from mlflow.models import infer_signature
 
 from ..config import Recipe
 from ..errors import DataError, RecipeError
-from ..models import TransferNet, build_model, freeze_layers
+from ..models import MODELS, TransferNet, build_model, freeze_layers
+from ..models.adapter import exportable
 from ..tags import TAGS
-from ..training import EpochResult, fit
+from ..training import EpochResult, evaluate, fit
 from .context import PairData, code_version, pair_id, prepare_data, transfer_run
-from .lookup import MODEL_NAME, checkpoint_path, load_checkpoint, load_logged_model, \
+from .lookup import MODEL_NAME, checkpoint_path, load_checkpoint, load_classifier, load_logged_model, \
     logged_model_uri, resolve_source_run
 
 
@@ -76,7 +85,7 @@ def _log_model(model: TransferNet, data: PairData) -> None:
     with torch.inference_mode():
         output = model(example).numpy()
     mlflow.pytorch.log_model(
-        model, name=MODEL_NAME, input_example=example.numpy(),
+        exportable(model), name=MODEL_NAME, input_example=example.numpy(),
         signature=infer_signature(example.numpy(), output),
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
@@ -87,9 +96,25 @@ def train_source(recipe: Recipe, *, data: PairData | None = None, nested: bool =
     extra = {TAGS.source_key: recipe.source_key(code_version())}
     with transfer_run("source", recipe, nested=nested, name=f"{recipe.name}-source", extra_tags=extra) as run:
         _log_recipe(recipe, data)
+        if recipe.source.model_uri:
+            _import_source(recipe, data)
+            return run.info.run_id
         model = build_model(recipe.model.name, len(data.classes), weights=recipe.model.weights)
         _train_and_log(model, data.source.train, recipe, data, recipe.source, "source")
         return run.info.run_id
+
+
+def _import_source(recipe: Recipe, data: PairData) -> None:
+    """The active source run stands for the logged model ``source.model_uri`` (see the module docstring)."""
+    uri = recipe.source.model_uri
+    model = load_classifier(uri, len(data.classes), image_size=recipe.data.image_size,
+                            registry_arch=recipe.model.name)
+    mlflow.set_tags({TAGS.source_model_uri: uri, TAGS.model: model.arch})
+    metrics = {f"acc_{name}": evaluate(model, ds) for name, ds in data.eval_sets().items()}
+    for step in (0, 1):
+        mlflow.log_metrics(metrics, step=step)
+    mlflow.log_metrics({f"{kind}_{k}": v for k, v in metrics.items() for kind in ("final", "best")})
+    _log_model(model, data)
 
 
 def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None, nested: bool = False,
@@ -105,16 +130,23 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
     if tuple(data.classes) != source.classes:
         raise DataError(f"source run {source_run_id} was trained on classes {list(source.classes)}, "
                         f"but the recipe's domains have {list(data.classes)}")
-    if source.arch != recipe.model.name:
+    foreign = source.arch not in MODELS  # a source run that imported another tool's model
+    if source.arch != recipe.model.name and not foreign:
         raise RecipeError(f"`model.name` is {recipe.model.name!r} but source run {source_run_id} "
                           f"trained {source.arch!r}; use the same architecture")
-    model = (load_logged_model(source, trust_pickled=trust_pickled) if source_epoch is None
-             else load_checkpoint(source_run_id, source_epoch))
+    if foreign and source_epoch is None:
+        model = load_classifier(source.model_uri, len(source.classes), image_size=recipe.data.image_size,
+                                trust_pickled=trust_pickled)
+    else:
+        model = (load_logged_model(source, trust_pickled=trust_pickled) if source_epoch is None
+                 else load_checkpoint(source_run_id, source_epoch))
     extra = {TAGS.source_run_id: source_run_id}
     with transfer_run("target", recipe, nested=nested, name=f"{recipe.name}-target", extra_tags=extra) as run:
         _log_recipe(recipe, data)
         if source_epoch is not None:
             mlflow.set_tag(TAGS.source_epoch, str(source_epoch))
+        if foreign:
+            mlflow.set_tag(TAGS.model, model.arch)
         frozen = freeze_layers(model, recipe.target.freeze_depth)
         mlflow.set_tag(TAGS.frozen_layers, json.dumps(frozen))
         _train_and_log(model, data.target.train, recipe, data, recipe.target, "target")

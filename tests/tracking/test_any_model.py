@@ -153,3 +153,29 @@ def test_bad_input_leaves_no_run(logged, module_store):
     assert len(_diagnostics_runs()) == before
     assert not [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
                 if r.info.status == "RUNNING"]
+
+
+def test_finetune_from_a_model_someone_else_logged(logged):
+    from mlflow_transfer.tags import TAGS
+    from mlflow_transfer.tracking import run_pipeline
+    from mlflow_transfer.tracking.lookup import load_classifier, logged_model_uri
+
+    source_uri, _, model = logged["cnn"]
+    result = run_pipeline(tiny_recipe(f"source.model_uri={source_uri}"), diagnose_options=FAST)
+    client = MlflowClient()
+    source, target = client.get_run(result.source_run_id), client.get_run(result.target_run_id)
+    assert source.data.tags[TAGS.source_model_uri] == source_uri
+    assert source.data.tags[TAGS.model] == target.data.tags[TAGS.model] == "pytorch:OwnNamesCNN"
+    # the source run's one evaluation is the imported model's own accuracy, at step 0 and step 1
+    history = client.get_metric_history(result.source_run_id, "acc_target_val")
+    assert sorted(p.step for p in history) == [0, 1] and len({p.value for p in history}) == 1
+    # the source run re-logs the same model under the original names; the target was trained from it
+    again = load_classifier(logged_model_uri(source), 10, image_size=32)
+    tuned = load_classifier(logged_model_uri(target), 10, image_size=32)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(again(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+    assert list(tuned.analysis_layers) == ["stem", "body.mix", "classify"]
+    assert not torch.equal(tuned.analysis_layers["stem"].weight, model.stem.weight)
+    assert client.get_run(result.diagnostics_run_id).info.status == "FINISHED"
+    assert "transferability_score" in client.get_run(result.diagnostics_run_id).data.metrics
