@@ -200,9 +200,9 @@ def adapt_classifier(net: nn.Module, example: torch.Tensor, *, embedding_layer: 
 def _class_name(net: nn.Module, exported) -> str:
     # an unflattened pt2 model's class is torch's; the graph remembers the original one
     for node in exported.graph.nodes if exported is not None and not isinstance(net, ANALYSED) else ():
-        stack = node.meta.get("nn_module_stack")
-        if stack:
-            return str(next(iter(stack.values()))[1]).rpartition(".")[2] or type(net).__name__
+        for path, cls in (node.meta.get("nn_module_stack") or {}).values():
+            if path == "" and isinstance(cls, str) and "." in cls:  # the root module's entry
+                return cls.rpartition(".")[2]
     return type(net).__name__
 
 

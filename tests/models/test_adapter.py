@@ -133,11 +133,20 @@ def test_exported_model_back_as_real_layers():
         np.testing.assert_allclose(net(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
     adapted = adapt_classifier(net, X, exported=ep)
     reference = adapt_classifier(model, X)
+    assert adapted.arch == reference.arch == "pytorch:ResNet"  # the original class, from the graph
     assert list(adapted.analysis_layers) == list(reference.analysis_layers)
     assert adapted.plain_pairs == reference.plain_pairs
     cond = layer_conductance(adapted, X[:2], 3, {"c": adapted.analysis_layers["layer1.0.conv1"]}, n_steps=4)["c"]
     ref = layer_conductance(reference, X[:2], 3, {"c": reference.analysis_layers["layer1.0.conv1"]}, n_steps=4)["c"]
     np.testing.assert_allclose(cond, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_exported_vit_keeps_its_class_name():
+    model = foreign("vit")
+    ep = torch.export.export(model, (X,), dynamic_shapes=({0: torch.export.Dim.AUTO},), strict=False)
+    adapted = adapt_classifier(materialise_layers(torch.export.unflatten(ep)), X, exported=ep)
+    assert adapted.arch == "pytorch:TinyViT"
+    assert list(adapted.analysis_layers) == list(adapt_classifier(model, X).analysis_layers)
 
 
 def test_shared_layer_is_left_out_with_a_note():
