@@ -65,9 +65,13 @@ class AdaptedNet(nn.Module):
 
     def __init__(self, net: nn.Module, *, arch: str, layers: list[tuple[str, nn.Module]],
                  embedding: tuple[str, str], plain_pairs, pair_notes: dict, notes: list[str],
-                 num_outputs: int):
+                 num_outputs: int, normalisation=None):
         super().__init__()
         self.net = net
+        mean, std = normalisation or ((0.0,), (1.0,))
+        # (x − mean) / std in front of net, not saved: the logged model stays the user's own
+        self.register_buffer("input_mean", torch.tensor(mean).reshape(1, -1, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std).reshape(1, -1, 1, 1), persistent=False)
         self.arch = arch
         object.__setattr__(self, "_layers", OrderedDict(layers))  # already submodules of net
         self.embedding_layer, self.embedding_kind = embedding
@@ -81,7 +85,7 @@ class AdaptedNet(nn.Module):
         return self._layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net((x - self.input_mean) / self.input_std)
 
     def diagnosis_notes(self, layer_names) -> list[str]:
         """For the manifest: layers left out, and the analysed consecutive pairs (of ``layer_names``)
@@ -102,7 +106,7 @@ class AdaptedNet(nn.Module):
         else:
             handle = module.register_forward_hook(lambda m, args, out: grabbed.append(out))
         try:
-            logits = self.net(x)
+            logits = self(x)
         finally:
             handle.remove()
         return grabbed[-1].flatten(1), logits
@@ -138,7 +142,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def adapt_classifier(net: nn.Module, example: torch.Tensor, *, embedding_layer: str | None = None,
-                     exported=None, what: str = "the model") -> AdaptedNet:
+                     exported=None, what: str = "the model", normalisation=None) -> AdaptedNet:
     """``net`` (any classifier of images (N, C, H, W) → logits (N, classes)) as an `AdaptedNet`.
 
     Args:
@@ -147,12 +151,17 @@ def adapt_classifier(net: nn.Module, example: torch.Tensor, *, embedding_layer: 
         exported: the model's ``torch.export.ExportedProgram`` if already known (a pt2 model);
             otherwise ``net`` is exported here to read its graph (on failure no pair is plain, noted).
         what: names the model in messages (e.g. its URI).
+        normalisation: (mean, std) per channel (or one value) the model expects its inputs normalised
+            with; the adapted model takes images in [0, 1] and applies it in front of ``net``.
 
     Raises:
         ModelError: the model fails on ``example``, does not return (N, classes) logits, has no
             Conv2d/Linear layer, or ``embedding_layer`` is not one of its modules.
     """
     net.eval()
+    if normalisation is not None:  # the probe sees what the model will see
+        mean, std = (torch.tensor(v, dtype=example.dtype).reshape(1, -1, 1, 1) for v in normalisation)
+        example = (example - mean) / std
     order, logits, calls = _probe(net, example, what)
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != len(example):
         got = getattr(logits, "shape", type(logits).__name__)
@@ -193,7 +202,7 @@ def adapt_classifier(net: nn.Module, example: torch.Tensor, *, embedding_layer: 
     pair_notes = {p: why for p, why in decisions.items() if why is not None}
     adapted = AdaptedNet(net, arch=f"pytorch:{_class_name(net, exported)}", layers=[(n, modules[n]) for n in names],
                          embedding=embedding, plain_pairs=plain, pair_notes=pair_notes, notes=notes,
-                         num_outputs=logits.shape[1])
+                         num_outputs=logits.shape[1], normalisation=normalisation)
     return adapted.eval()
 
 

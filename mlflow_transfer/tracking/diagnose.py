@@ -108,7 +108,7 @@ def _any_model_from_uri(uri: str, num_classes: int, recipe: Recipe, registry_arc
     channels = shape[0] if shape is not None and len(shape) == 3 else 3
     return load_classifier(uri, num_classes, image_size=recipe.data.image_size, channels=channels,
                            registry_arch=registry_arch, embedding_layer=embedding_layer,
-                           trust_pickled=trust_pickled)
+                           trust_pickled=trust_pickled, normalisation=recipe.model.normalisation())
 
 
 def _check_same_layers(source, target) -> None:

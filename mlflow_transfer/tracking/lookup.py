@@ -240,7 +240,7 @@ def _exported_file(local: Path) -> Path | None:
 
 def load_classifier(uri: str, num_classes: int, *, image_size: int, channels: int = 3,
                     registry_arch: str | None = None, embedding_layer: str | None = None,
-                    trust_pickled: bool = False):
+                    trust_pickled: bool = False, normalisation=None):
     """The logged model at ``uri`` as a model the diagnostics accept, for any PyTorch classifier.
 
     Loaded through MLflow's own loader with the pickle rules of `load_model_weights`. When its
@@ -249,7 +249,8 @@ def load_classifier(uri: str, num_classes: int, *, image_size: int, channels: in
     ``embedding_layer``) it is adapted (`models.adapter.adapt_classifier`): a pt2 model is read back
     with ``torch.export.unflatten`` (MLflow has just checked the archive is pickle-free), so module
     names, hooks and gradients work, and its conv/linear leaves are rebuilt as real modules; a
-    pickled module (with the opt-in) is adapted as it is.
+    pickled module (with the opt-in) is adapted as it is. ``normalisation`` (mean, std): what the
+    adapted model applies in front of it (the recipe's ``model.mean``/``model.std``).
 
     Raises:
         ModelError: as `load_model_weights`; a state dict without an architecture; a model that is
@@ -294,7 +295,7 @@ def load_classifier(uri: str, num_classes: int, *, image_size: int, channels: in
     example = torch.rand(3, channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
     _check_any_batch(net, example, uri)
     return adapt_classifier(net, example, embedding_layer=embedding_layer, exported=exported,
-                            what=f"the model at {uri}")
+                            what=f"the model at {uri}", normalisation=normalisation)
 
 
 def _check_any_batch(net, example, uri: str) -> None:

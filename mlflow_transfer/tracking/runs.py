@@ -108,7 +108,7 @@ def _import_source(recipe: Recipe, data: PairData) -> None:
     """The active source run stands for the logged model ``source.model_uri`` (see the module docstring)."""
     uri = recipe.source.model_uri
     model = load_classifier(uri, len(data.classes), image_size=recipe.data.image_size,
-                            registry_arch=recipe.model.name)
+                            registry_arch=recipe.model.name, normalisation=recipe.model.normalisation())
     mlflow.set_tags({TAGS.source_model_uri: uri, TAGS.model: model.arch})
     metrics = {f"acc_{name}": evaluate(model, ds) for name, ds in data.eval_sets().items()}
     for step in (0, 1):
@@ -136,7 +136,7 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
                           f"trained {source.arch!r}; use the same architecture")
     if foreign and source_epoch is None:
         model = load_classifier(source.model_uri, len(source.classes), image_size=recipe.data.image_size,
-                                trust_pickled=trust_pickled)
+                                trust_pickled=trust_pickled, normalisation=recipe.model.normalisation())
     else:
         model = (load_logged_model(source, trust_pickled=trust_pickled) if source_epoch is None
                  else load_checkpoint(source_run_id, source_epoch))

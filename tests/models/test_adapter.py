@@ -168,3 +168,28 @@ def test_not_a_classifier_and_wrong_input_size():
         adapt_classifier(nn.Sequential(nn.Conv2d(3, 4, 3)), X)
     with pytest.raises(ModelError, match="take images of shape.*image_size"):
         adapt_classifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2)), X)
+
+
+def test_input_normalisation_is_applied_in_front_of_the_model():
+    model = foreign("cnn")
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    adapted = adapt_classifier(model, X, normalisation=(mean, std))
+    by_hand = (X - torch.tensor(mean).reshape(1, 3, 1, 1)) / torch.tensor(std).reshape(1, 3, 1, 1)
+    with torch.no_grad():
+        np.testing.assert_allclose(adapted(X).numpy(), model(by_hand).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(model_outputs(adapted, X).embedding, model.features(by_hand).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    assert set(adapted.state_dict()) == {f"net.{k}" for k in model.state_dict()}  # not saved
+
+
+def test_recipe_normalisation_keys():
+    from helpers.tracking import tiny_recipe
+
+    from mlflow_transfer.errors import RecipeError
+
+    assert tiny_recipe().model.normalisation() is None
+    assert tiny_recipe("model.mean=0.5", "model.std=0.25").model.normalisation() == ((0.5,), (0.25,))
+    with pytest.raises(RecipeError, match="model.std.*positive"):
+        tiny_recipe("model.std=0,1,1")
+    with pytest.raises(RecipeError, match="model.mean.*three comma-separated"):
+        tiny_recipe("model.mean=0.1,0.2")
