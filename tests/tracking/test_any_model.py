@@ -179,3 +179,16 @@ def test_finetune_from_a_model_someone_else_logged(logged):
     assert not torch.equal(tuned.analysis_layers["stem"].weight, model.stem.weight)
     assert client.get_run(result.diagnostics_run_id).info.status == "FINISHED"
     assert "transferability_score" in client.get_run(result.diagnostics_run_id).data.metrics
+
+
+def test_a_pickled_foreign_model_only_with_the_opt_in(module_store):
+    """A module pickled by log_model(serialization_format="pickle") runs code when loaded: refused unless
+    trusted; trusted, it is adapted as the eager module it is (its graph read by torch.export)."""
+    with mlflow.start_run():
+        uri = mlflow.pytorch.log_model(foreign("cnn"), name="model", input_example=EXAMPLE.numpy(),
+                                       serialization_format="pickle", pip_requirements=["torch"]).model_uri
+    with pytest.raises(ModelError, match="trust-pickled-models"):
+        resolve_pair(source_model_uri=uri, target_model_uri=uri, recipe=tiny_recipe())
+    pair = resolve_pair(source_model_uri=uri, target_model_uri=uri, recipe=tiny_recipe(), trust_pickled=True)
+    assert isinstance(pair.source_model, AdaptedNet) and type(pair.source_model.net).__name__ == "OwnNamesCNN"
+    assert pair.source_model.plain_pairs == {("stem", "body.mix"), ("body.mix", "classify")}
