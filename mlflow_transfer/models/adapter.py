@@ -79,6 +79,7 @@ class AdaptedNet(nn.Module):
         self.pair_notes = dict(pair_notes)
         self.notes = list(notes)
         self.num_outputs = int(num_outputs)
+        self.receptive_fields: dict[str, tuple[int, int, int] | None] = {}  # set by adapt_classifier
 
     @property
     def analysis_layers(self) -> "OrderedDict[str, nn.Module]":
@@ -195,14 +196,17 @@ def adapt_classifier(net: nn.Module, example: torch.Tensor, *, embedding_layer: 
         if exported is None:
             exported = torch.export.export(net, (example,), strict=False)
         decisions = chain_pairs(exported, pairs)
+        fields = receptive_fields(exported, names)
     except Exception as exc:  # noqa: BLE001 -- a graph torch cannot read costs the weight records only
         notes.append(f"the model's graph could not be read ({_first_line(exc)}); no weight records")
         decisions = {p: "the model's graph could not be read" for p in pairs}
+        fields = {}
     plain = [p for p, why in decisions.items() if why is None]
     pair_notes = {p: why for p, why in decisions.items() if why is not None}
     adapted = AdaptedNet(net, arch=f"pytorch:{_class_name(net, exported)}", layers=[(n, modules[n]) for n in names],
                          embedding=embedding, plain_pairs=plain, pair_notes=pair_notes, notes=notes,
                          num_outputs=logits.shape[1], normalisation=normalisation)
+    adapted.receptive_fields = fields
     return adapted.eval()
 
 
@@ -265,20 +269,9 @@ def module_path(node) -> str | None:
 def chain_pairs(exported, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
     """For each (layer, next layer) pair of module paths: None when the pair is a plain chain in the
     graph of ``exported`` (a ``torch.export.ExportedProgram``), else why not (see the module docstring)."""
-    graph = exported.graph
-    user = set(exported.graph_signature.user_inputs)
-    active = set()  # nodes whose value is a tensor (or tuple of them) computed from the user inputs
+    active = _active_nodes(exported)
     ops: dict[str, list] = {}
-    for node in graph.nodes:
-        val = node.meta.get("val")
-        tensorish = isinstance(val, torch.Tensor) or (isinstance(val, (tuple, list)) and
-                                                      any(isinstance(v, torch.Tensor) for v in val))
-        if node.op == "placeholder":
-            if node.name in user:
-                active.add(node)
-            continue
-        if tensorish and any(i in active for i in node.all_input_nodes):
-            active.add(node)
+    for node in exported.graph.nodes:
         if node.op == "call_function" and _op_name(node) in _LAYER_OPS:
             path = module_path(node)
             if path is not None:
@@ -313,6 +306,74 @@ def _chain_reason(prev_ops, next_ops, active, prev, nxt) -> str | None:
                          "pooling, dropout, flatten)")
         node = inputs[0]
     return first_bad
+
+
+_SPATIAL_OPS = {"conv2d": (1, None), "max_pool2d": (1, 1), "max_pool2d_with_indices": (1, 1),
+                "avg_pool2d": (1, 1)}  # op → (kernel: weight shape / arg index, stride arg index or None)
+
+
+def receptive_fields(exported, names: list[str]) -> dict[str, tuple[int, int, int] | None]:
+    """Per conv layer name: (size, jump, start) of its output units in input pixels (as
+    `diagnostics.features.receptive_field`), when the graph from the input to it is one chain of convs,
+    poolings and position-wise ops; else None (the whole image). Linear layers are left out."""
+    active = _active_nodes(exported)
+    ops = {}
+    for node in exported.graph.nodes:
+        if node.op == "call_function" and _op_name(node) == "conv2d" and module_path(node) in names:
+            ops.setdefault(module_path(node), []).append(node)
+    return {name: _field(found[0], active) if len(found) == 1 else None for name, found in ops.items()}
+
+
+def _active_nodes(exported) -> set:
+    """Nodes whose value is a tensor (or tuple of them) computed from the user inputs."""
+    user = set(exported.graph_signature.user_inputs)
+    active = set()
+    for node in exported.graph.nodes:
+        val = node.meta.get("val")
+        tensorish = isinstance(val, torch.Tensor) or (isinstance(val, (tuple, list)) and
+                                                      any(isinstance(v, torch.Tensor) for v in val))
+        if node.op == "placeholder":
+            if node.name in user:
+                active.add(node)
+        elif tensorish and any(i in active for i in node.all_input_nodes):
+            active.add(node)
+    return active
+
+
+def _field(node, active) -> tuple[int, int, int] | None:
+    chain = []
+    while node.op != "placeholder":
+        if node.op != "call_function":
+            return None
+        name = _op_name(node)
+        inputs = [i for i in node.all_input_nodes if i in active]
+        if len(inputs) != 1:
+            return None
+        if name in _SPATIAL_OPS:
+            chain.append(node)
+        elif name in CHAIN_OPS - {"flatten", "view", "reshape", "_unsafe_view"} or name == "getitem":
+            pass
+        else:
+            return None
+        node = inputs[0]
+    size, jump, start = 1, 1, 0
+    for op in reversed(chain):  # forward order
+        args = list(op.args) + [None] * 6
+        if _op_name(op) == "conv2d":
+            if op.target != torch.ops.aten.conv2d.default:
+                return None  # e.g. padding="same"
+            k = int(args[1].meta["val"].shape[-1])
+            s, p, d = args[3] or [1], args[4] or [0], args[5] or [1]
+        else:
+            k, s, p = args[1], args[2] or args[1], args[3] or [0]
+            d = args[4] or [1]
+            k = k[0] if isinstance(k, (list, tuple)) else k
+        s, p, d = (int(v[0] if isinstance(v, (list, tuple)) else v) for v in (s, p, d))
+        size += (int(k) - 1) * d * jump
+        start -= p * jump
+        jump *= s
+    return size, jump, start
+
 
 
 def materialise_layers(module: nn.Module) -> nn.Module:

@@ -193,3 +193,32 @@ def test_recipe_normalisation_keys():
         tiny_recipe("model.std=0,1,1")
     with pytest.raises(RecipeError, match="model.mean.*three comma-separated"):
         tiny_recipe("model.mean=0.1,0.2")
+
+
+def test_receptive_fields_from_the_graph():
+    """Hand-worked: stem 3×3 pad 1 → (3, 1, −1); a 2×2 max pool then body.mix 3×3 pad 1 → (8, 2, −3);
+    resnet18's 7×7/2 pad 3, 3×3/2 pad 1 pool, then 3×3 convs → (19, 4, −9), (27, 4, −13); after a
+    residual add the whole image (None)."""
+    from mlflow_transfer.diagnostics.features import receptive_field
+
+    cnn = adapt_classifier(foreign("cnn"), X)
+    assert cnn.receptive_fields == {"stem": (3, 1, -1), "body.mix": (8, 2, -3)}
+    assert receptive_field(cnn, cnn.analysis_layers["body.mix"]) == (8, 2, -3)
+    assert receptive_field(cnn, cnn.analysis_layers["classify"]) is None
+    resnet = adapt_classifier(foreign("resnet18"), X)
+    fields = resnet.receptive_fields
+    assert fields["conv1"] == (7, 2, -3)
+    assert fields["layer1.0.conv1"] == (19, 4, -9) and fields["layer1.0.conv2"] == (27, 4, -13)
+    assert fields["layer1.1.conv1"] is None
+    # the box agrees with the gradient support of one unit (a chain without max pooling's sparsity)
+    model = foreign("cnn")
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    grabbed = {}
+    handle = model.stem.register_forward_hook(lambda m, a, o: grabbed.__setitem__("o", o))
+    model(x)
+    handle.remove()
+    grabbed["o"][0, :, 5, 9].sum().backward()
+    rows, cols = np.nonzero(x.grad[0].abs().sum(0).numpy())
+    size, jump, start = cnn.receptive_fields["stem"]
+    assert (rows.min(), rows.max() + 1) == (start + 5 * jump, start + 5 * jump + size)
+    assert (cols.min(), cols.max() + 1) == (start + 9 * jump, start + 9 * jump + size)
