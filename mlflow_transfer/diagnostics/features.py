@@ -43,7 +43,7 @@ def receptive_field(model: nn.Module, layer: nn.Module) -> tuple[int, int, int] 
     Unit (i, j) sees rows ``start + i·jump … start + i·jump + size − 1`` (same for columns).
     """
     fields = getattr(model, "receptive_fields", None)
-    if fields is not None:  # an adapted model: read from its graph (models.adapter.receptive_fields)
+    if fields is not None:  # an adapted model: read from its graph (models.graph.receptive_fields)
         return next((fields.get(n) for n, m in model.analysis_layers.items() if m is layer), None)
     size, jump, start = 1, 1, 0
     chain = model.embedding if isinstance(getattr(model, "embedding", None), nn.Sequential) else None

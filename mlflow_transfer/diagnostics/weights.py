@@ -597,7 +597,7 @@ def _supported_pairs(model: nn.Module, layers: Mapping[str, nn.Module],
                      on_unsupported: str) -> list[tuple[str, str]]:
     names = list(layers)
     decided = getattr(model, "plain_pairs", None)
-    if decided is not None:  # an adapted model: its export graph decided (models.adapter.chain_pairs)
+    if decided is not None:  # an adapted model: its export graph decided (models.graph.chain_pairs)
         return _graph_pairs(model, names, decided, on_unsupported)
     chain = _flat_chain(model)
     position = {id(m): i for i, m in enumerate(chain)}

@@ -14,11 +14,8 @@ from mlflow_transfer.diagnostics.conductance import layer_conductance
 from mlflow_transfer.diagnostics.instances import model_outputs
 from mlflow_transfer.diagnostics.weights import extract_important_weights
 from mlflow_transfer.errors import ModelError
-from mlflow_transfer.models.adapter import (
-    adapt_classifier,
-    materialise_layers,
-    module_path,
-)
+from mlflow_transfer.models.adapter import adapt_classifier, materialise_layers
+from mlflow_transfer.models.graph import module_path
 
 X = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
@@ -37,7 +34,7 @@ def _graph_order(model: nn.Module) -> list[str]:
     ("vit", ["patch"] + [f"blocks.{b}.{m}" for b in (0, 1) for m in ("attn.qkv", "attn.proj", "fc1", "fc2")]
      + ["head"]),
 ])
-def test_layers_in_execution_order_undermodule_paths(kind, expected):
+def test_layers_in_execution_order_under_module_paths(kind, expected):
     model = foreign(kind)
     adapted = adapt_classifier(model, X)
     assert list(adapted.analysis_layers) == expected == _graph_order(model)
