@@ -11,6 +11,9 @@
   marker file appears, loading it ran code the file carried. It must import by this module's name
   (``helpers.models`` with ``tests/`` on the path) so that a trusted load, also in a subprocess, can
   unpickle it.
+- ``foreign(kind)``: a classifier that is no registry model (issue 12), as a user would log it:
+  ``OwnNamesCNN`` (three layers under its own names), ``TinyViT`` (patch conv, two transformer blocks,
+  written so torch.export keeps the batch dynamic) or torchvision's ``resnet18``.
 """
 
 from __future__ import annotations
