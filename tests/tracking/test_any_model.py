@@ -192,3 +192,19 @@ def test_a_pickled_foreign_model_only_with_the_opt_in(module_store):
     pair = resolve_pair(source_model_uri=uri, target_model_uri=uri, recipe=tiny_recipe(), trust_pickled=True)
     assert isinstance(pair.source_model, AdaptedNet) and type(pair.source_model.net).__name__ == "OwnNamesCNN"
     assert pair.source_model.plain_pairs == {("stem", "body.mix"), ("body.mix", "classify")}
+
+
+def test_a_model_exported_for_one_batch_size_is_refused(module_store):
+    """A forward that fixes the batch size (here a reshape to the input example's 2 rows) makes
+    torch.export specialise it: such a model cannot be diagnosed in batches, and the message says why."""
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 4, 8, stride=8), nn.Linear(4 * 16, 10)
+
+        def forward(self, x):
+            return self.head(self.conv(x).reshape(2, -1))
+
+    uri = _log(Fixed().eval())
+    with pytest.raises(ModelError, match="take any batch size"):
+        resolve_pair(source_model_uri=uri, target_model_uri=uri, recipe=tiny_recipe())
