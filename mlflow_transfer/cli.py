@@ -226,7 +226,11 @@ def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_di
                                                       "pair trained outside the recipes; needs --recipe.")
 @click.option("--target-model-uri", default="", help="Target model URI (with --source-model-uri).")
 @click.option("--recipe", default="", help="Recipe naming the data domains [default: the target run's].")
-@click.option("--arch", default="", help="Model architecture for model URIs [default: the recipe's model].")
+@click.option("--arch", default="", help="Registry architecture to load the models into [default: the "
+              "recipe's (URIs) or run's model when the weights fit it, else any PyTorch classifier is adapted: "
+              "its Conv2d/Linear modules by module path].")
+@click.option("--embedding-layer", default="", help="Module path whose output is a foreign model's "
+              "embedding [default: the input of its last Linear layer].")
 @_SET
 @_DATA_ROOT
 @_TRACKING
@@ -236,7 +240,8 @@ def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_di
 @_bool_option("--allow-unfinished", "Diagnose a pair even if a run did not finish (FAILED, KILLED or "
               "still RUNNING): its model and metrics are whatever was logged when it stopped. [default: false]")
 @_user_errors
-def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_uri, recipe, arch, overrides,
+def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_uri, recipe, arch, embedding_layer,
+                 overrides,
                  data_root, tracking_uri, experiment_name, layers, classes, sample_per_class, n_steps,
                  top_fraction, seed, feature_vis_steps, trust_pickled_models, allow_unfinished):
     from .tracking.diagnose import diagnose
@@ -250,7 +255,7 @@ def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_ur
                       options=_options(layers, classes, sample_per_class, n_steps, top_fraction, seed,
                                        feature_vis_steps),
                       report_writer=report, trust_pickled=trust_pickled_models,
-                      allow_unfinished=allow_unfinished)
+                      allow_unfinished=allow_unfinished, embedding_layer=embedding_layer or None)
     click.echo(f"diagnostics run {run_id}: bundle at runs:/{run_id}/diagnostics, {report.note(run_id)}")
 
 

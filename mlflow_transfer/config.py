@@ -49,6 +49,16 @@ class DataConfig:
 class ModelConfig:
     name: str = "alexnet-32"
     weights: str | None = None  # local state-dict file for the source model's initialisation
+    # A logged foreign model's input normalisation, "0.485,0.456,0.406" (one value or one per channel):
+    # applied in front of it (images stay in [0, 1] everywhere else); registry models ignore it.
+    mean: str | None = field(default=None, metadata={"numbers_as_text": True})
+    std: str | None = field(default=None, metadata={"numbers_as_text": True})
+
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """(mean, std) per channel for an adapted model, or None (checked by `parse_recipe`)."""
+        if self.mean is None and self.std is None:
+            return None
+        return _floats(self.mean or "0", "model.mean"), _floats(self.std or "1", "model.std")
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class TrainConfig:
     # issue 12: the classes of this run's domain to keep (None: all), relabelled 0..m-1 in this order
     classes: tuple[str, ...] | None = None
     new_head: bool = False  # target only: replace the source's last layer by a fresh one of len(classes)
+    model_uri: str | None = None  # source only: a logged model (runs:/…, models:/…) as the source, untrained
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,8 @@ def _value(hint, value, key: str, meta):
             value = float(value)
         except ValueError:
             pass
+    if base is str and meta.get("numbers_as_text") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # `mean: 0.5` in YAML is a number; the key takes "0.5" or "0.5,0.4,0.3"
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise RecipeError(f"`{key}` must be of type {base.__name__}, got {value!r}")
     if base is float and not math.isfinite(value):  # nan passes every < and > check
@@ -233,6 +246,23 @@ def _check_domains(recipe: Recipe) -> None:
     if recipe.source.freeze_depth:
         raise RecipeError("`source.freeze_depth` must be 0: the source model trains from scratch; "
                           "freezing applies to `target.freeze_depth`")
+    recipe.model.normalisation()  # checks model.mean / model.std
+    if recipe.target.model_uri is not None:
+        raise RecipeError("Expected `target.model_uri` to be unset; got a value. The target starts from the "
+                          "source: set `source.model_uri` to fine-tune a logged model.")
+
+
+def _floats(text: str, key: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 3) or not all(math.isfinite(v) for v in values):
+        raise RecipeError(f"Expected `{key}` as one number or three comma-separated numbers (per RGB channel, "
+                          f"e.g. 0.485,0.456,0.406); got {text!r}.")
+    if key.endswith("std") and min(values) <= 0:
+        raise RecipeError(f"Expected `{key}` as positive numbers (a standard deviation); got {text!r}.")
+    return values
 
 
 def field_default(key: str):

@@ -29,6 +29,7 @@ TAGS = SimpleNamespace(
     pid=PREFIX + "pid",                      # its process id
     process_start=PREFIX + "process_start",  # "<boot id>:<start ticks>": a reused pid is another process
     stale_reason=PREFIX + "stale_reason",    # why `mlflow-transfer runs --stale --mark-failed` ended it
+    source_model_uri=PREFIX + "source_model_uri",  # on a source run that imported a logged model
 )
 
 ROLES = ("pipeline", "source", "target", "diagnostics")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlflow_transfer.config import DomainConfig, Recipe, TrainConfig, load_recipe, parse_recipe
+from mlflow_transfer.config import DomainConfig, ModelConfig, Recipe, TrainConfig, load_recipe, parse_recipe
 from mlflow_transfer.data import DOMAINS
 from mlflow_transfer.errors import RecipeError
 from mlflow_transfer.models import MODELS
@@ -289,7 +289,8 @@ def test_flat_keys_are_dotted_and_values_match():
         assert node == value, key
     n_train = len(dataclasses.fields(TrainConfig))
     n_domain = len(dataclasses.fields(DomainConfig))
-    assert len(flat) == 3 + (5 + 2 * n_domain) + 2 + 2 * n_train  # name/seed/description, data, model, runs
+    n_model = len(dataclasses.fields(ModelConfig))
+    assert len(flat) == 3 + (5 + 2 * n_domain) + n_model + 2 * n_train  # name/seed/description, data, model, runs
 
 
 CODE = "abc123"

@@ -87,7 +87,9 @@ def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
             often faster (the activations stay in cache and fewer fresh pages are allocated).
         reduce: ``"max"``: one value per unit — the channel's maximum over spatial positions of the
             per-position conductance for layers with outputs (N, C, *spatial) (as in the paper), the
-            unit itself for (N, units) outputs; ``"none"``: the layer-output-shaped conductance.
+            unit itself for (N, units) outputs, and for an ``nn.Linear`` over tokens (N, T, units)
+            the unit's maximum over tokens (tokens are a linear layer's positions);
+            ``"none"``: the layer-output-shaped conductance.
         progress: report progress over the batches on stderr (:func:`mlflow_transfer.runtime.progress`:
             a bar on a terminal, else a line per 10 %).
 
@@ -204,8 +206,10 @@ def _conductance(model, inputs, baselines, target, probe: _Probe, alphas, batch_
                  progress) -> dict[str, np.ndarray]:
     n = inputs.shape[0]
     results = {}
+    tokens = {name for name, shape in probe.shapes.items()
+              if isinstance(probe.layers[name], nn.Linear) and len(shape) >= 2}  # (N, T, units)
     for name, shape in probe.shapes.items():
-        units = shape if reduce == "none" or len(shape) < 2 else shape[:1]
+        units = shape if reduce == "none" or len(shape) < 2 else shape[-1:] if name in tokens else shape[:1]
         results[name] = np.empty((n, *units), dtype=np.float32)
     for start in progress_over(range(0, n, batch_size), desc=f"conductance ({n} instances)", unit="batch",
                                enabled=progress):
@@ -215,6 +219,7 @@ def _conductance(model, inputs, baselines, target, probe: _Probe, alphas, batch_
         tgt = target if isinstance(target, int) else target[start:stop].repeat(len(alphas))
         for name, cond in _batch(model, x, base, tgt, probe, alphas).items():
             if reduce == "max" and cond.ndim > 2:
+                cond = cond.movedim(-1, 1) if name in tokens else cond
                 cond = cond.amax(dim=tuple(range(2, cond.ndim)))
             results[name][start:stop] = cond.to(torch.float32).cpu().numpy()
     return results

@@ -113,7 +113,7 @@ def _select_layers(model: nn.Module, names) -> dict[str, nn.Module]:
     unknown = [n for n in names if n not in available]
     if unknown:
         raise DiagnosticsError(f"Expected layers among the analysis layers {available}; got unknown "
-                               f"layer(s) {unknown}.")
+                               f"layer(s) {unknown}. Pass --layers with names from that list.")
     return {n: model.analysis_layers[n] for n in available if n in names}  # keep forward order
 
 
@@ -192,7 +192,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
         raise DiagnosticsError(f"Expected classes among the pair's classes {list(classes)}; got unknown "
                                f"class(es) {unknown}.")
     labels, domain = instances.labels, instances.domain
-    notes: list[str] = []
+    notes: list[str] = list(getattr(target_model, "diagnosis_notes", lambda _: [])(layer_names))  # adapted
     if model_classes is not None:
         wanted = shared_only(wanted, shared, notes)
     stage = _Stages()

@@ -3,8 +3,9 @@
 For a conv channel the patch is the receptive field of the position where the channel peaks
 (zero padding included, shown black),
 computed from the kernel/stride/padding chain of the embedding (conv and pooling layers of a
-``Sequential``); for a linear unit, and for architectures whose chain is not a plain sequence
-(ResNet blocks), the whole image is the receptive field.
+``Sequential``; for an adapted model, the same chain read from its export graph); for a linear unit, and for architectures whose chain is not a plain sequence
+(ResNet blocks), the whole image is the receptive field. A linear layer over tokens (a transformer's)
+ranks images by the unit's maximum over tokens.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def receptive_field(model: nn.Module, layer: nn.Module) -> tuple[int, int, int] 
 
     Unit (i, j) sees rows ``start + i·jump … start + i·jump + size − 1`` (same for columns).
     """
+    fields = getattr(model, "receptive_fields", None)
+    if fields is not None:  # an adapted model: read from its graph (models.graph.receptive_fields)
+        return next((fields.get(n) for n, m in model.analysis_layers.items() if m is layer), None)
     size, jump, start = 1, 1, 0
     chain = model.embedding if isinstance(getattr(model, "embedding", None), nn.Sequential) else None
     if chain is None or isinstance(layer, nn.Linear):
@@ -99,6 +103,8 @@ def top_patches_many(model: nn.Module, requests: dict[str, tuple[nn.Module, list
 
     def hook(name, neurons):
         def grab(module, args, out):
+            if isinstance(module, nn.Linear) and out.ndim > 2:  # over tokens: the unit's max over them
+                out = out.movedim(-1, 1).flatten(2).amax(2)
             out = out[:, neurons]
             if out.ndim == 4:
                 value, pos = out.flatten(2).max(2)

@@ -118,7 +118,7 @@ def visualise_neurons(model: nn.Module, layer: nn.Module, neurons, *, image_size
     receptive field and noise around it), rectified first as the ReLU after it would (leaky, slope
     0.1): the analysis layers' conv outputs are taken before batch norm and ReLU, where a plain mean
     is linear in the image's mean colour for a first layer (an edge kernel, summing to zero, would see
-    nothing); for a Linear unit, its activation. The model is put in eval mode
+    nothing); for a Linear unit, its activation (over tokens: rectified and averaged like a channel). The model is put in eval mode
     with its parameters frozen for the call; its mode, ``requires_grad`` flags and hooks are as before
     afterwards. Seeded and deterministic on CPU.
 
@@ -152,6 +152,8 @@ def visualise_neurons(model: nn.Module, layer: nn.Module, neurons, *, image_size
     grabbed = {}
 
     def grab(module, args, out):
+        if isinstance(module, nn.Linear) and out.ndim > 2:
+            out = out.movedim(-1, 1)  # a linear layer over tokens: units first, tokens as positions
         grabbed["out"] = out
         raise _Reached
 

@@ -33,8 +33,11 @@ class ModelOutputs:
 
 def model_outputs(model: nn.Module, images: torch.Tensor, labels: np.ndarray | None = None, *,
                   batch_size: int = 256) -> ModelOutputs:
-    """Run a `TransferNet` (``embedding`` then ``head``) over ``images`` (N, 3, S, S) in eval mode."""
-    if not (hasattr(model, "embedding") and hasattr(model, "head")):
+    """Run a `TransferNet` (``embedding`` then ``head``) over ``images`` (N, 3, S, S) in eval mode; a
+    model with ``embed_and_logits`` (an adapted foreign classifier, `models.adapter`) gives both from one
+    pass, since its logits need not be a head applied to its embedding."""
+    joint = getattr(model, "embed_and_logits", None)
+    if joint is None and not (hasattr(model, "embedding") and hasattr(model, "head")):
         raise DiagnosticsError(f"Expected model as a TransferNet with `embedding` and `head`; got "
                                f"{type(model).__name__}. Build it with mlflow_transfer.models.build_model.")
     if images.ndim != 4:
@@ -45,9 +48,14 @@ def model_outputs(model: nn.Module, images: torch.Tensor, labels: np.ndarray | N
     try:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                emb = model.embedding(images[start:start + batch_size])
+                batch = images[start:start + batch_size]
+                if joint is not None:
+                    emb, logits = joint(batch)
+                else:
+                    emb = model.embedding(batch)
+                    logits = model.head(emb)
                 embeddings.append(emb.float().numpy())
-                probs.append(torch.softmax(model.head(emb), dim=1).float().numpy())
+                probs.append(torch.softmax(logits, dim=1).float().numpy())
     finally:
         model.train(was_training)
     if not embeddings:

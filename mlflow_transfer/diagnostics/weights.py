@@ -25,7 +25,9 @@ layer pair:
 * conv → linear: the conv output is flattened (torch order: channel-major), so channel a feeds the
   contiguous block of features ``a·s … (a+1)·s − 1`` with ``s = F / N_prev`` (the pooled map size).
   ``level[p, b, a] = Σ_{f ∈ block(a)} W[b, f] · x_p[f]``, the contribution of channel a to unit b.
-* linear → linear: ``level[p, b, a] = W[b, a] · x_p[a]`` (block size 1 of the case above).
+* linear → linear: ``level[p, b, a] = W[b, a] · x_p[a]`` (block size 1 of the case above). For a
+  linear layer over tokens (input (M, T, F), a transformer's MLP) the level is the maximum over tokens
+  of ``W[b, a] · x_p[t, a]``, as conv levels are the maximum over positions.
 
 In all three, ``Σ_a level`` plus the bias is the pre-activation of unit b (for conv: at each position
 before the max), so the levels decompose layer i+1's output exactly; biases are not weights and get
@@ -36,7 +38,8 @@ Only chains that the pair's formula describes are supported: both layers must si
 ``nn.Sequential`` structure with nothing between them but channel-preserving modules (batch norm,
 elementwise activations, pooling, dropout, flatten). Pairs across residual junctions (ResNet blocks)
 or through channel-mixing modules raise :class:`DiagnosticsError` naming the pair, or are left out
-with ``on_unsupported="skip"``.
+with ``on_unsupported="skip"``. A model that carries ``plain_pairs`` (an adapted foreign classifier,
+``models.adapter``) has its pairs decided by its ``torch.export`` graph instead.
 
 Memory: levels are computed in chunks of instances (and, for large conv layers, of output channels)
 so no intermediate exceeds ``_MAX_ELEMENTS`` floats (128 MiB), and :func:`extract_important_weights`
@@ -254,6 +257,12 @@ def _levels_chunks(module: nn.Module, kind: str, n_prev: int, x: torch.Tensor,
         yield from _conv_levels(module, weight, x, batch_size)
         return
     n_next, features = weight.shape
+    if x.ndim == 3:  # a linear layer over tokens (M, T, F): linear → linear, max over tokens
+        step = max(1, min(batch_size, _MAX_ELEMENTS // max(1, x.shape[1] * n_next * features)))
+        with torch.no_grad():
+            for start in range(0, x.shape[0], step):
+                yield torch.einsum("pta,ba->ptba", x[start:start + step], weight).amax(dim=1).numpy()
+        return
     size = features // n_prev
     # (N_next, N_prev, s): channel a's block of features, in torch's channel-major flatten order.
     blocks = weight.reshape(n_next, n_prev, size)
@@ -587,6 +596,9 @@ def extract_important_weights(model: nn.Module, inputs: np.ndarray | torch.Tenso
 def _supported_pairs(model: nn.Module, layers: Mapping[str, nn.Module],
                      on_unsupported: str) -> list[tuple[str, str]]:
     names = list(layers)
+    decided = getattr(model, "plain_pairs", None)
+    if decided is not None:  # an adapted model: its export graph decided (models.graph.chain_pairs)
+        return _graph_pairs(model, names, decided, on_unsupported)
     chain = _flat_chain(model)
     position = {id(m): i for i, m in enumerate(chain)}
     pairs = []
@@ -612,6 +624,20 @@ def _supported_pairs(model: nn.Module, layers: Mapping[str, nn.Module],
                 f"Layer pair {prev} → {nxt} is not supported for weight extraction: {reason}. Only direct "
                 "conv → conv, conv → linear and linear → linear chains are; pass on_unsupported='skip' "
                 "to leave such pairs out.")
+    return pairs
+
+
+def _graph_pairs(model: nn.Module, names: list[str], plain, on_unsupported: str) -> list[tuple[str, str]]:
+    pairs = []
+    notes = getattr(model, "pair_notes", {})
+    for pair in zip(names[:-1], names[1:]):
+        if pair in plain:
+            pairs.append(pair)
+        elif on_unsupported == "raise":
+            raise DiagnosticsError(
+                f"Layer pair {pair[0]} → {pair[1]} is not supported for weight extraction: "
+                f"{notes.get(pair, 'the two layers are not consecutive in the model')}. Only plain chains "
+                "are; pass on_unsupported='skip' to leave such pairs out.")
     return pairs
 
 
@@ -677,10 +703,11 @@ def _check_layer_input(module: nn.Module, layer_input, name: str | None = None) 
                 f"Expected the input of {label} (a conv with {module.in_channels} input channels) as "
                 f"(M, {module.in_channels}, H, W) with M >= 1; got shape {tuple(x.shape)}.")
     elif isinstance(module, nn.Linear):
-        if x.ndim != 2 or x.shape[1] != module.in_features or x.shape[0] < 1:
+        if x.ndim not in (2, 3) or x.shape[-1] != module.in_features or x.shape[0] < 1:
             raise DiagnosticsError(
                 f"Expected the input of {label} (a linear layer with {module.in_features} input "
-                f"features) as (M, {module.in_features}) with M >= 1; got shape {tuple(x.shape)}.")
+                f"features) as (M, {module.in_features}) or over tokens (M, T, {module.in_features}) with "
+                f"M >= 1; got shape {tuple(x.shape)}.")
     if not torch.isfinite(x).all():
         raise DiagnosticsError(
             f"Expected the input of {label} as finite values; got NaN or infinite values. Check the model "

@@ -41,10 +41,10 @@ from ..diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
 from ..diagnostics.predictions import ValidationSets
 from ..diagnostics.statistics import best_trained_accuracy, transferability_from_history
 from ..errors import DiagnosticsError, RecipeError, RunLookupError
-from ..models import TransferNet
+from ..models import MODELS, TransferNet
 from ..tags import TAGS
 from .bundles import log_bundle
-from .lookup import check_model_uri, get_run, load_model_weights, logged_model_uri
+from .lookup import check_model_uri, get_run, load_classifier, load_model_weights, logged_model_uri
 from .context import PairData, pair_id, prepare_data, shared_subset, transfer_run
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,25 @@ def _model_from_uri(uri: str, arch: str, num_classes: int, trust_pickled: bool =
     return load_model_weights(uri, arch, num_classes, trust_pickled=trust_pickled)
 
 
+def _any_model_from_uri(uri: str, num_classes: int, recipe: Recipe, registry_arch: str | None,
+                        embedding_layer: str | None, trust_pickled: bool):
+    """Any logged PyTorch classifier (no --arch): the registry model when it fits ``registry_arch``,
+    else adapted (`lookup.load_classifier`), probed at the recipe's image size."""
+    shape = _input_shape(uri)
+    channels = shape[0] if shape is not None and len(shape) == 3 else 3
+    return load_classifier(uri, num_classes, image_size=recipe.data.image_size, channels=channels,
+                           registry_arch=registry_arch, embedding_layer=embedding_layer,
+                           trust_pickled=trust_pickled, normalisation=recipe.model.normalisation())
+
+
+def _check_same_layers(source, target) -> None:
+    # before any run starts: two adapted models of different architectures cannot be paired
+    if list(source.analysis_layers) != list(target.analysis_layers):
+        raise DiagnosticsError(f"Expected source and target models with the same analysis layers; got "
+                               f"{list(source.analysis_layers)[:6]}… and {list(target.analysis_layers)[:6]}…. "
+                               "A pair must share one architecture (the target fine-tuned from the source).")
+
+
 FINISHED_OPTION = "--allow-unfinished"
 
 
@@ -120,13 +139,16 @@ def _check_finished(run, role: str, allow_unfinished: bool) -> None:
 def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None = None,
                  source_model_uri: str | None = None, target_model_uri: str | None = None,
                  recipe: Recipe | None = None, arch: str | None = None, trust_pickled: bool = False,
-                 allow_unfinished: bool = False) -> ResolvedPair:
+                 allow_unfinished: bool = False, embedding_layer: str | None = None) -> ResolvedPair:
     """Find the two models and the recipe (data domains) of a pair.
 
     Either a target run (its source found through ``transfer.source_run_id``), an explicit pair of
     run ids, or two model URIs plus a recipe naming the data domains. Runs must be FINISHED unless
     ``allow_unfinished``; models must be pickle-free unless ``trust_pickled`` (see
-    `load_model_weights`).
+    `load_model_weights`). With ``arch`` (``--arch``) the models are loaded into that registry
+    architecture; without it, a model whose parameters fit the recipe's (URIs) or run's registry
+    architecture is loaded so, and any other PyTorch classifier is adapted (`lookup.load_classifier`;
+    ``embedding_layer`` names the module whose output is its embedding).
     """
     if source_model_uri or target_model_uri:
         if not (source_model_uri and target_model_uri and recipe):
@@ -135,13 +157,17 @@ def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None 
         check_model_uri(source_model_uri)  # before anything reads from them
         check_model_uri(target_model_uri)
         data = prepare_data(recipe)
-        arch = arch or recipe.model.name
         for uri in (source_model_uri, target_model_uri):
             _check_image_size(uri, recipe)
         # each model in its own label space (issue 12: they differ when the recipe has target.new_head)
-        return ResolvedPair(None, None,
-                            _model_from_uri(source_model_uri, arch, len(data.source_classes), trust_pickled),
-                            _model_from_uri(target_model_uri, arch, len(data.target_classes), trust_pickled),
+        counts = (len(data.source_classes), len(data.target_classes))
+        if arch is None:
+            loaded = [_any_model_from_uri(uri, n, recipe, recipe.model.name, embedding_layer, trust_pickled)
+                      for uri, n in zip((source_model_uri, target_model_uri), counts)]
+            _check_same_layers(*loaded)
+            return ResolvedPair(None, None, loaded[0], loaded[1], recipe, None)
+        return ResolvedPair(None, None, _model_from_uri(source_model_uri, arch, counts[0], trust_pickled),
+                            _model_from_uri(target_model_uri, arch, counts[1], trust_pickled),
                             recipe, None)
     if not target_run_id:
         raise DiagnosticsError("say which pair to diagnose: --target-run-id (and optionally "
@@ -166,8 +192,8 @@ def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None 
                                  "with mlflow-transfer or log it with mlflow.pytorch.log_model(..., name='model')")
         tags = run.data.tags
         arch_i = arch or tags.get(TAGS.model)
-        if arch_i is None:
-            raise RunLookupError(f"run {run.info.run_id} does not say its architecture; pass --arch")
+        if arch is None and arch_i not in MODELS:
+            arch_i = None  # a run of another tool, or one that imported a logged model: adapted
         n = len(json.loads(tags[TAGS.classes])) if TAGS.classes in tags else None
         models.append((uri, arch_i, n))
     recipe = recipe or _recipe_of(target_run_id)
@@ -184,8 +210,20 @@ def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None 
         data = prepare_data(recipe)
         fallback = (len(data.source_classes), len(data.target_classes))
         models = [(uri, a, n or fallback[i]) for i, (uri, a, n) in enumerate(models)]
-    loaded = [_model_from_uri(uri, a, n, trust_pickled) for uri, a, n in models]
+    loaded = [_model_from_uri(uri, a, n, trust_pickled) if a is not None and embedding_layer is None
+              else _any_model_from_uri(uri, n, recipe, a, embedding_layer, trust_pickled)
+              for uri, a, n in models]
+    _check_same_layers(*loaded)
     return ResolvedPair(source_run_id, target_run_id, loaded[0], loaded[1], recipe, target.info.experiment_id)
+
+
+def _check_layer_names(model, names) -> None:
+    # before the run starts: a misspelt --layers name must not leave a FAILED run behind
+    unknown = [n for n in names or () if n not in model.analysis_layers]
+    if unknown:
+        raise DiagnosticsError(f"Expected --layers among the model's analysis layers (its Conv2d and Linear "
+                               f"modules, by module path, in forward order): {list(model.analysis_layers)}; got "
+                               f"unknown layer(s) {unknown}. Pass names from that list.")
 
 
 def build_instances(data: PairData, per_class: int | None, seed: int) -> Instances:
@@ -282,12 +320,14 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
     data = prepare_data(pair.recipe)
     for role, model, own in (("target", pair.target_model, data.target_classes),
                              ("source", pair.source_model, data.source_classes)):
-        n_out = model.analysis_layers[list(model.analysis_layers)[-1]].out_features
+        n_out = getattr(model, "num_outputs", None) or \
+            model.analysis_layers[list(model.analysis_layers)[-1]].out_features
         if n_out != len(own):
             who = ("the models predict", "the recipe's domains have") if data.source_classes == data.target_classes \
                 else (f"the {role} model predicts", f"the recipe gives the {role} domain")
             raise DiagnosticsError(f"{who[0]} {n_out} classes but {who[1]} {len(own)} ({list(own)}); use the "
                                    "recipe the pair was trained with")
+    _check_layer_names(pair.target_model, options.layers)
     instances = build_instances(data, options.sample_per_class, options.seed)
     try:
         with torch.no_grad():

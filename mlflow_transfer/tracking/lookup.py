@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from ..errors import ModelError, RunLookupError
 from ..models import TransferNet, build_model, load_state
+from ..models.adapter import adapt_classifier, materialise_layers
 from ..models.registry import model_from_state
 from ..tags import TAGS
 from ..validation import check_relative_path, check_run_id, contained
@@ -223,6 +225,90 @@ def load_model_weights(uri: str, arch: str, num_classes: int, *, trust_pickled: 
                              f"({_first_line(exc)}); log it again with mlflow.pytorch.log_model") from None
     state = loaded if isinstance(loaded, dict) else dict(loaded.state_dict())
     return model_from_state(state, arch, num_classes, f"the model at {uri}").eval()
+
+
+def _exported_file(local: Path) -> Path | None:
+    """The ``model.pt2`` archive of a downloaded MLflow model folder, if it is one (pt2 format)."""
+    try:
+        flavor = Model.load(str(local / "MLmodel")).flavors["pytorch"]
+        data = contained(local, str(flavor["model_data"]), "model data path", ModelError)
+    except Exception:  # noqa: BLE001 -- _load_module_or_state has already refused a malformed model
+        return None
+    pt2 = data / "model.pt2"
+    return pt2 if data.is_dir() and pt2.is_file() and not (data / "model.pth").exists() else None
+
+
+def load_classifier(uri: str, num_classes: int, *, image_size: int, channels: int = 3,
+                    registry_arch: str | None = None, embedding_layer: str | None = None,
+                    trust_pickled: bool = False, normalisation=None):
+    """The logged model at ``uri`` as a model the diagnostics accept, for any PyTorch classifier.
+
+    Loaded through MLflow's own loader with the pickle rules of `load_model_weights`. When its
+    parameters fit ``registry_arch`` (a model of our own runs, or the recipe's architecture) it is that
+    registry `TransferNet`, exactly as `load_model_weights` makes it; otherwise (or with an
+    ``embedding_layer``) it is adapted (`models.adapter.adapt_classifier`): a pt2 model is read back
+    with ``torch.export.unflatten`` (MLflow has just checked the archive is pickle-free), so module
+    names, hooks and gradients work, and its conv/linear leaves are rebuilt as real modules; a
+    pickled module (with the opt-in) is adapted as it is. ``normalisation`` (mean, std): what the
+    adapted model applies in front of it (the recipe's ``model.mean``/``model.std``).
+
+    Raises:
+        ModelError: as `load_model_weights`; a state dict without an architecture; a model that is
+            not a classifier of (N, ``channels``, ``image_size``, ``image_size``) images, or accepts one
+            batch size only.
+    """
+    check_model_uri(uri)
+    if uri.startswith("models:/m-") and "/" not in uri[len("models:/"):]:
+        _check_ready(uri[len("models:/"):], uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        except Exception as exc:  # noqa: BLE001 -- MLflow raises many types for a bad URI
+            raise ModelError(f"model URI {uri!r} does not resolve to a loadable PyTorch model "
+                             f"({_first_line(exc)}); check the URI (runs:/<run id>/model or "
+                             "models:/<name>/<version>) and MLFLOW_TRACKING_URI") from None
+        try:
+            loaded = _load_module_or_state(local, uri, trust_pickled)
+            if isinstance(loaded, dict):
+                if registry_arch is None:
+                    raise ModelError(f"Expected a logged PyTorch model at {uri}; got a state dict, which does not "
+                                     "say its architecture. Pass --arch, or log the model with "
+                                     "mlflow.pytorch.log_model.")
+                return model_from_state(loaded, registry_arch, num_classes, f"the model at {uri}").eval()
+            if registry_arch is not None and embedding_layer is None:
+                try:
+                    return model_from_state(dict(loaded.state_dict()), registry_arch, num_classes,
+                                            f"the model at {uri}").eval()
+                except ModelError:
+                    pass  # not the registry architecture: a classifier of its own
+            pt2 = _exported_file(local) if local.is_dir() else None
+            exported = torch.export.load(str(pt2)) if pt2 is not None else None
+            net = materialise_layers(torch.export.unflatten(exported)) if exported is not None else loaded
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- torch/MLflow raise many types for a corrupt model
+            raise ModelError(f"model URI {uri!r} does not resolve to a loadable PyTorch model "
+                             f"({_first_line(exc)}); log it again with mlflow.pytorch.log_model") from None
+    if not isinstance(net, torch.nn.Module):
+        raise ModelError(f"Expected a PyTorch classifier (an nn.Module) at {uri}; got {type(net).__name__}. "
+                         "Pass the URI of a model logged with mlflow.pytorch.log_model.")
+    example = torch.rand(3, channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    _check_any_batch(net, example, uri)
+    return adapt_classifier(net, example, embedding_layer=embedding_layer, exported=exported,
+                            what=f"the model at {uri}", normalisation=normalisation)
+
+
+def _check_any_batch(net, example, uri: str) -> None:
+    # torch.export specialises the batch size when the model's code fixes it (e.g. nn.MultiheadAttention
+    # with batch_first); such a model runs only on its input example's batch size.
+    try:
+        with torch.no_grad():
+            net(example)
+    except Exception as exc:  # noqa: BLE001 -- only the fixed-batch case is said here; adapt_classifier says the rest
+        if "shape[0]" in str(exc) and "dynamic" in str(exc).lower():
+            raise ModelError(f"Expected the model at {uri} to take any batch size; got a model exported for one "
+                             f"batch size only ({_first_line(exc)}). Log it again with a forward that does not "
+                             "fix the batch size (torch.export must keep dimension 0 dynamic).") from None
 
 
 def load_checkpoint(run_id: str, epoch: int) -> TransferNet:

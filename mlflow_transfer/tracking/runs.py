@@ -8,6 +8,14 @@ A run is FINISHED only after its last artifact landed; any exception (or Ctrl-C)
 With label spaces that differ (``target.new_head``, issue 12) a run is scored on the other domain's shared
 classes only, in its own labels (none shared: no such ``acc_*``), and the target starts from the source's
 weights under a fresh last layer (its step 0 is at chance).
+
+A recipe with ``source.model_uri`` fine-tunes a model someone else logged: its source run trains
+nothing. It records the model's URI (tag ``transfer.source_model_uri``), evaluates the model once and
+logs those accuracies at step 0 and again at step 1 — the imported model *is* the trained source, so
+the histories' rule "trained epochs are step >= 1" gives it its score — and logs it again as its own
+``model`` (pt2, the original module names), so the target run, ``diagnose`` and the app treat the pair
+like any other. A foreign model is adapted (`models.adapter`); its exported graph keeps batch norm in
+eval mode while fine-tuning (running statistics are not updated).
 """
 
 from __future__ import annotations
@@ -23,11 +31,12 @@ from mlflow.models import infer_signature
 
 from ..config import Recipe
 from ..errors import DataError, RecipeError
-from ..models import TransferNet, build_model, freeze_layers, with_new_head
+from ..models import MODELS, TransferNet, build_model, freeze_layers, with_new_head
+from ..models.adapter import exportable
 from ..tags import TAGS
-from ..training import EpochResult, fit
+from ..training import EpochResult, evaluate, fit
 from .context import PairData, code_version, pair_id, prepare_data, transfer_run
-from .lookup import MODEL_NAME, checkpoint_path, load_checkpoint, load_logged_model, \
+from .lookup import MODEL_NAME, checkpoint_path, load_checkpoint, load_classifier, load_logged_model, \
     logged_model_uri, resolve_source_run
 
 
@@ -84,7 +93,7 @@ def _log_model(model: TransferNet, data: PairData) -> None:
     with torch.inference_mode():
         output = model(example).numpy()
     mlflow.pytorch.log_model(
-        model, name=MODEL_NAME, input_example=example.numpy(),
+        exportable(model), name=MODEL_NAME, input_example=example.numpy(),
         signature=infer_signature(example.numpy(), output),
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
@@ -95,9 +104,25 @@ def train_source(recipe: Recipe, *, data: PairData | None = None, nested: bool =
     extra = {TAGS.source_key: recipe.source_key(code_version())}
     with transfer_run("source", recipe, nested=nested, name=f"{recipe.name}-source", extra_tags=extra) as run:
         _log_recipe(recipe, data)
+        if recipe.source.model_uri:
+            _import_source(recipe, data)
+            return run.info.run_id
         model = build_model(recipe.model.name, len(data.classes), weights=recipe.model.weights)
         _train_and_log(model, data.source.train, recipe, data, recipe.source, "source")
         return run.info.run_id
+
+
+def _import_source(recipe: Recipe, data: PairData) -> None:
+    """The active source run stands for the logged model ``source.model_uri`` (see the module docstring)."""
+    uri = recipe.source.model_uri
+    model = load_classifier(uri, len(data.classes), image_size=recipe.data.image_size,
+                            registry_arch=recipe.model.name, normalisation=recipe.model.normalisation())
+    mlflow.set_tags({TAGS.source_model_uri: uri, TAGS.model: model.arch})
+    metrics = {f"acc_{name}": evaluate(model, ds) for name, ds in data.eval_sets().items()}
+    for step in (0, 1):
+        mlflow.log_metrics(metrics, step=step)
+    mlflow.log_metrics({f"{kind}_{k}": v for k, v in metrics.items() for kind in ("final", "best")})
+    _log_model(model, data)
 
 
 def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None, nested: bool = False,
@@ -115,16 +140,28 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
                         f"but the recipe's source domain has {list(data.source_classes)}"
                         f"{'' if recipe.source.classes is None else ' (source.classes)'}; use the recipe "
                         "the source run was trained with")
-    if source.arch != recipe.model.name:
+    foreign = source.arch not in MODELS  # a source run that imported another tool's model
+    if source.arch != recipe.model.name and not foreign:
         raise RecipeError(f"`model.name` is {recipe.model.name!r} but source run {source_run_id} "
                           f"trained {source.arch!r}; use the same architecture")
-    model = (load_logged_model(source, trust_pickled=trust_pickled) if source_epoch is None
-             else load_checkpoint(source_run_id, source_epoch))
+    if foreign and recipe.target.new_head:  # an adapted model has no head the registry can rebuild
+        raise RecipeError(f"Expected `target.new_head: false` for source run {source_run_id}, which imported "
+                          f"a model of another tool ({source.arch}); got true. A new head is built for the "
+                          f"registry architectures {sorted(MODELS)} only: fine-tune over the source's classes, "
+                          "or log the model with the head you want.")
+    if foreign and source_epoch is None:
+        model = load_classifier(source.model_uri, len(source.classes), image_size=recipe.data.image_size,
+                                trust_pickled=trust_pickled, normalisation=recipe.model.normalisation())
+    else:
+        model = (load_logged_model(source, trust_pickled=trust_pickled) if source_epoch is None
+                 else load_checkpoint(source_run_id, source_epoch))
     extra = {TAGS.source_run_id: source_run_id}
     with transfer_run("target", recipe, nested=nested, name=f"{recipe.name}-target", extra_tags=extra) as run:
         _log_recipe(recipe, data, "target")
         if source_epoch is not None:
             mlflow.set_tag(TAGS.source_epoch, str(source_epoch))
+        if foreign:
+            mlflow.set_tag(TAGS.model, model.arch)
         if recipe.target.new_head:  # issue 12: the source's weights, a fresh (seeded) last layer
             model = with_new_head(model, len(data.target_classes), seed=recipe.seed)
         frozen = freeze_layers(model, recipe.target.freeze_depth)

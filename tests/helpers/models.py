@@ -11,6 +11,9 @@
   marker file appears, loading it ran code the file carried. It must import by this module's name
   (``helpers.models`` with ``tests/`` on the path) so that a trusted load, also in a subprocess, can
   unpickle it.
+- ``foreign(kind)``: a classifier that is no registry model (issue 12), as a user would log it:
+  ``OwnNamesCNN`` (three layers under its own names), ``TinyViT`` (patch conv, two transformer blocks,
+  written so torch.export keeps the batch dynamic) or torchvision's ``resnet18``.
 """
 
 from __future__ import annotations
@@ -73,3 +76,85 @@ class MarkerNet(TransferNet):
     def __setstate__(self, state):
         Path(state["marker"]).write_text("unpickled: code from the model file ran\n")
         super().__setstate__(state)
+
+
+# --- Foreign classifiers (issue 12): plain nn.Modules with their own names, as a user would log them.
+
+class OwnNamesCNN(nn.Module):
+    """Three analysis layers under the model's own names (``stem``, ``body.mix``, ``classify``), a
+    functional forward (F.relu, F.max_pool2d, torch.flatten) and no registry shape."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.body = nn.Sequential(OrderedDict([("mix", nn.Conv2d(6, 8, 3, padding=1)), ("norm", nn.BatchNorm2d(8)),
+                                               ("act", nn.ReLU())]))
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.classify = nn.Linear(8 * 4, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of ``classify`` (the embedding), written out for the tests' reference."""
+        x = torch.nn.functional.max_pool2d(torch.relu(self.stem(x)), 2)
+        return torch.flatten(self.pool(self.body(x)), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape  # written with the batch size read from x, so torch.export keeps it dynamic
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = ((q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5).softmax(-1)
+        return self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm1, self.attn, self.norm2 = nn.LayerNorm(dim), _Attention(dim, heads), nn.LayerNorm(dim)
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class TinyViT(nn.Module):
+    """A ViT-like classifier: conv patch embedding (8 px patches), a cls token, 2 transformer blocks
+    (attention: qkv → proj; MLP: fc1 → GELU → fc2), layer norm, and a Linear head on the cls token."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 16, heads: int = 2, patch: int = 8):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, patch, stride=patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.Sequential(_Block(dim, heads), _Block(dim, heads))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of ``head`` (the embedding): the normalised cls token."""
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], 1)
+        return self.norm(self.blocks(tokens))[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def foreign(kind: str, num_classes: int = 10, *, seed: int = 0) -> nn.Module:
+    """A seeded foreign classifier in eval mode: ``"cnn"`` (`OwnNamesCNN`), ``"vit"`` (`TinyViT`) or
+    ``"resnet18"`` (torchvision's, untrained); batch norms get random running statistics."""
+    torch.manual_seed(seed)
+    if kind == "resnet18":
+        from torchvision.models import resnet18
+
+        model = resnet18(weights=None, num_classes=num_classes)
+    else:
+        model = {"cnn": OwnNamesCNN, "vit": TinyViT}[kind](num_classes)
+    return with_running_statistics(model, (-0.2, 0.2)).eval()

@@ -197,3 +197,46 @@ def test_the_raster_hover_names_row_domain_label_and_prediction(page):
     got = page.evaluate(run, [[*iv.hover_key(frame, len(names)).tolist(), float("nan")], fmt.code, fmt.args])
     assert got == [f"#{r.row} · {r.domain} domain · true {names[r.label]} · predicted {names[r.pred]}"
                    for r in frame.itertuples()] + ["none"]
+
+
+@pytest.fixture(scope="module")
+def served_foreign(tmp_path_factory):
+    """A pair made from a tiny ViT-like classifier logged with plain `mlflow.pytorch.log_model` (no
+    registry architecture): `main` with the recipe's `source.model_uri`, served like the demo pair."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from helpers.models import foreign
+
+    root = tmp_path_factory.mktemp("ui-foreign")
+    store = f"sqlite:///{root}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)
+    try:
+        experiment = mlflow.MlflowClient().create_experiment("foreign", artifact_location=(root / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            uri = mlflow.pytorch.log_model(foreign("vit"), name="model", input_example=torch.rand(2, 3, 32, 32).numpy(),
+                                           pip_requirements=["torch"]).model_uri
+    finally:
+        mlflow.set_tracking_uri(previous)
+    env = clean_env(MLFLOW_TRANSFER_CACHE=str(root / "cache"))
+    subprocess.run([str(BIN / "mlflow-transfer"), "main", "--set", f"{TINY},source.model_uri={uri}",
+                    "--tracking-uri", store, "--experiment-name", "foreign", "--n-steps", "2",
+                    "--sample-per-class", "2", "--feature-vis-steps", "1"],
+                   cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    with mlflow_server(root, env) as (uri_, _), transfer_ui(uri_, root, env) as (url, _):
+        yield url
+
+
+def test_a_foreign_vit_pair_in_the_network_view(served_foreign, page):
+    page.goto(served_foreign)
+    page.get_by_text("Transferability score").wait_for(timeout=60_000)
+    page.get_by_text("Network", exact=True).click()
+    target = page.wait_for_function(_FIRST_NEURON_INDEX, timeout=60_000).json_value()
+    _, layer, _ = target["id"].split(":")
+    assert layer in {"patch", "head"} | {f"blocks.{b}.{m}" for b in (0, 1)
+                                         for m in ("attn.qkv", "attn.proj", "fc1", "fc2")}
+    page.mouse.click(target["x"], target["y"])
+    page.wait_for_function("() => new URLSearchParams(location.search).get('neuron')", timeout=30_000)
+    assert page.get_by_text("most similar").count() >= 1
+    _shot(page, "network-foreign-vit")
