@@ -27,6 +27,7 @@ TAGS = SimpleNamespace(
     pid=PREFIX + "pid",                      # its process id
     process_start=PREFIX + "process_start",  # "<boot id>:<start ticks>": a reused pid is another process
     stale_reason=PREFIX + "stale_reason",    # why `mlflow-transfer runs --stale --mark-failed` ended it
+    device=PREFIX + "device",                # the torch device a source/target/diagnostics run computed on
 )
 
 ROLES = ("pipeline", "source", "target", "diagnostics")
