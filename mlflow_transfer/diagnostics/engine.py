@@ -19,7 +19,7 @@ from ..errors import DiagnosticsError
 from ..runtime import progress
 from ..neighbours import most_similar
 from ..projection import tsne_projection
-from ..validation import check_int
+from ..validation import check_int, check_number
 from .cka import cka_matrix
 from .conductance import layer_conductance
 from .discriminability import Discriminability, domain_discriminability
@@ -27,11 +27,12 @@ from ._hooks import run_with_hooks
 from .features import NeuronPatches, top_patches_many
 from .featurevis import visualise_layers
 from .instances import ModelOutputs, model_outputs, png_thumbnails
-from .options import DiagnoseOptions
+from .options import DiagnoseOptions, resolve_n_steps
 from .predictions import ValidationSets, predict_validation
 from .ranking import resolve_k, top_k_neurons
 from .similarity import LayerComparison, layer_summary, neuron_similarity, silent_neurons, weight_correspondence
 from .stability import Stability, important_set_stability
+from .steps import PROBE_SIZE, StepChoice, choose_n_steps
 from .statistics import ConfusionTable, confusion_table
 from .weights import ImportantWeights, LinkKernels, extract_important_weights, pair_link_kernels
 
@@ -90,6 +91,7 @@ class PairDiagnostics:
     feature_vis: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     stability: dict[str, dict[str, dict[str, Stability]]] = field(default_factory=dict)  # model → class → layer
     silent: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)    # model → class → layer → (U,) bool
+    conductance_steps: dict[str, StepChoice] = field(default_factory=dict)  # model → the n_steps used and why
 
     def layer_summary_table(self) -> dict[str, np.ndarray | list]:
         """Per layer, averaged over classes: inherited share of important weights, mean best similarity."""
@@ -123,9 +125,24 @@ def _check_pair(source: nn.Module, target: nn.Module) -> None:
                                f"vs {getattr(target, 'arch', '?')}).")
 
 
+def _conductance_steps(model: nn.Module, instances: Instances, layers: dict[str, nn.Module],
+                       options: DiagnoseOptions) -> StepChoice:
+    """The model's n_steps: fixed by the options, or chosen on a seeded probe of analysed target
+    instances (own generator: the engine's other draws stay as they were)."""
+    n_steps = resolve_n_steps(options.n_steps)
+    if n_steps != "auto":
+        return StepChoice(n_steps, float("nan"), None, mode="fixed")
+    rows = np.flatnonzero(instances.domain == 1)
+    rows = rows if len(rows) else np.arange(len(instances.labels))
+    rows = np.sort(np.random.default_rng(options.seed).choice(rows, min(PROBE_SIZE, len(rows)), replace=False))
+    return choose_n_steps(model, instances.images[rows], torch.as_tensor(instances.labels[rows]), layers,
+                          tolerance=options.completeness_tolerance, baselines=options.baseline,
+                          method=options.method, batch_size=options.batch_size)
+
+
 def _layer_outputs(model, images, layers, batch_size=128) -> dict[str, np.ndarray]:
     grabbed: dict[str, list] = {n: [] for n in layers}
-    run_with_hooks(model, images, {m: (lambda mod, i, o, n=n: grabbed[n].append(o.flatten(1).float().numpy().copy()))
+    run_with_hooks(model, images, {m: (lambda mod, i, o, n=n: grabbed[n].append(o.flatten(1).float().cpu().numpy().copy()))
                                    for n, m in layers.items()}, batch_size)
     return {n: np.concatenate(v) for n, v in grabbed.items()}
 
@@ -169,6 +186,9 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                                f"validation set; got {type(validation).__name__}"
                                f"{' without a target set' if isinstance(validation, ValidationSets) else ''}.")
     vis_steps = check_int(options.feature_vis_steps, "feature_vis_steps", low=0, doc="(0 turns it off)")
+    resolve_n_steps(options.n_steps)  # before the costly stages
+    check_number(options.completeness_tolerance, "completeness_tolerance", low=0, low_open=True,
+                 doc="(relative completeness error allowed to n_steps 'auto', e.g. 0.01)")
     models = {"source": source_model, "target": target_model}
     layers = _select_layers(target_model, options.layers)
     layer_names = tuple(layers)
@@ -191,12 +211,18 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
         thumbnails = png_thumbnails(instances.images)
 
     target_labels = torch.as_tensor(labels)
+    with stage("steps"):
+        steps = {role: _conductance_steps(model, instances, {n: model.analysis_layers[n] for n in layer_names},
+                                          options) for role, model in models.items()}
+    for role, choice in steps.items():
+        if choice.note:
+            notes.append(f"{role} model, conductance steps: {choice.note}")
     conductance = {}
     for role, model in models.items():
         with stage("conductance"):
             conductance[role] = layer_conductance(
                 model, instances.images, target_labels, {n: model.analysis_layers[n] for n in layer_names},
-                baselines=options.baseline, n_steps=options.n_steps, method=options.method,
+                baselines=options.baseline, n_steps=steps[role].n_steps, method=options.method,
                 batch_size=options.batch_size, progress=True)
 
     important = {r: {} for r in models}
@@ -331,7 +357,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                            discrim, discrim_neurons, confusion, patches, cka, dict(stage.times),
                            peak / 2 ** 20, notes, kernels=kernels, confusion_source_domain=confusion_source,
                            statistics_basis=basis, feature_vis=feature_vis,
-                           stability=stability, silent=silent)
+                           stability=stability, silent=silent, conductance_steps=steps)
 
 
 def _statistics(models, instances, outputs, classes, validation, batch_size):

@@ -39,6 +39,7 @@ from ..diagnostics.predictions import ValidationSets
 from ..diagnostics.statistics import best_trained_accuracy, transferability_from_history
 from ..errors import DiagnosticsError, RecipeError, RunLookupError
 from ..models import TransferNet
+from ..runtime import resolve_device
 from ..tags import TAGS
 from .bundles import log_bundle
 from .lookup import check_model_uri, get_run, load_model_weights, logged_model_uri
@@ -250,7 +251,8 @@ def _log_report(report_writer: ReportWriter, bundle_dir: Path, folder: Path) -> 
 
 
 def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
-             nested: bool = False, report_writer: ReportWriter | None = None, **pair_args) -> str:
+             nested: bool = False, report_writer: ReportWriter | None = None, device: str = "auto",
+             **pair_args) -> str:
     """Diagnose a pair (see :func:`resolve_pair` for ``pair_args``) into a new diagnostics run.
 
     Args:
@@ -259,9 +261,15 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
             self-contained HTML page at the output path, logged as ``report.html`` at the run's
             artifact root (the CLI passes ``ui.report.write_report``); None: no report. A writer that
             raises only costs the report (see the module docstring).
+        device: where both models compute (`mlflow_transfer.runtime.resolve_device`: ``auto``, ``cpu``,
+            ``cuda``, ``mps``); recorded in the manifest's ``runtime`` block and the run's tag. Not
+            read from the recipe: a recipe logged with a run says where that run trained.
     Returns: the diagnostics run id.
     """
+    torch_device = resolve_device(device)  # an absent device fails before anything is read or opened
     pair = resolve_pair(**pair_args)
+    pair.source_model.to(torch_device)
+    pair.target_model.to(torch_device)
     data = prepare_data(pair.recipe)
     n_out = pair.target_model.analysis_layers[list(pair.target_model.analysis_layers)[-1]].out_features
     if n_out != len(data.classes):
@@ -270,13 +278,14 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
     instances = build_instances(data, options.sample_per_class, options.seed)
     try:
         with torch.no_grad():
-            pair.target_model(instances.images[:2])
+            pair.target_model(instances.images[:2].to(torch_device))
     except RuntimeError as exc:
         raise DiagnosticsError(f"the recipe's images ({tuple(instances.images.shape[1:])}) do not fit the "
                                f"models: {str(exc).splitlines()[0][:160]}; set data.image_size to the "
                                "size the models were trained on") from None
     tags = {TAGS.source_domain: data.source.domain.name, TAGS.target_domain: data.target.domain.name,
-            TAGS.classes: json.dumps(list(data.classes)), TAGS.model: pair.target_model.arch}
+            TAGS.classes: json.dumps(list(data.classes)), TAGS.model: pair.target_model.arch,
+            TAGS.device: str(torch_device)}
     if pair.source_run_id:
         tags[TAGS.source_run_id] = pair.source_run_id
         tags[TAGS.target_run_id] = pair.target_run_id
@@ -288,6 +297,10 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
         validation = ValidationSets(target=data.target.val, source=data.source.val)
         diag = diagnose_pair(pair.source_model, pair.target_model, instances, tuple(data.classes), options,
                              validation=validation)
+        # the steps each model's conductance used (the manifest's conductance_steps has the candidates)
+        mlflow.log_params({f"n_steps_{role}": c.n_steps for role, c in diag.conductance_steps.items()})
+        mlflow.log_metrics({f"completeness_error_{role}": c.completeness_error
+                            for role, c in diag.conductance_steps.items() if np.isfinite(c.completeness_error)})
         history = {**_history(pair.source_run_id, "source"), **_history(pair.target_run_id, "target")}
         scores, score_note = _scores(history)
         import captum
@@ -302,7 +315,9 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
                 **({"transferability_note": score_note} if score_note else {}),
                 "software": {"mlflow-transfer": __version__, "torch": torch.__version__, "mlflow": mlflow.__version__,
                              "captum": captum.__version__, "scikit-learn": sklearn.__version__,
-                             "numpy": np.__version__, "python": platform.python_version()}}
+                             "numpy": np.__version__, "python": platform.python_version()},
+                "runtime": {"device": str(torch_device), "device_option": device,
+                            "torch_threads": torch.get_num_threads()}}
         with tempfile.TemporaryDirectory() as tmp:
             write_pair_bundle(Path(tmp) / BUNDLE_DIR, diag, history=history, meta=meta)
             log_bundle(Path(tmp) / BUNDLE_DIR, artifact_path=BUNDLE_DIR)  # manifest last: whole or incomplete
