@@ -289,7 +289,7 @@ def test_flat_keys_are_dotted_and_values_match():
         assert node == value, key
     n_train = len(dataclasses.fields(TrainConfig))
     n_domain = len(dataclasses.fields(DomainConfig))
-    assert len(flat) == 3 + (5 + 2 * n_domain) + 2 + 2 * n_train  # name/seed/description, data, model, runs
+    assert len(flat) == 3 + (5 + 2 * n_domain) + 2 + 2 * n_train + 1  # name/seed/description, data, model, runs, runtime
 
 
 CODE = "abc123"

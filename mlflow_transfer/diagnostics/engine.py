@@ -19,7 +19,7 @@ from ..errors import DiagnosticsError
 from ..runtime import progress
 from ..neighbours import most_similar
 from ..projection import tsne_projection
-from ..validation import check_int, check_number
+from ..validation import check_fraction, check_int
 from .cka import cka_matrix
 from .conductance import layer_conductance
 from .discriminability import Discriminability, domain_discriminability
@@ -32,7 +32,7 @@ from .predictions import ValidationSets, predict_validation
 from .ranking import resolve_k, top_k_neurons
 from .similarity import LayerComparison, layer_summary, neuron_similarity, silent_neurons, weight_correspondence
 from .stability import Stability, important_set_stability
-from .steps import PROBE_SIZE, StepChoice, choose_n_steps
+from .steps import StepChoice, steps_for
 from .statistics import ConfusionTable, confusion_table
 from .weights import ImportantWeights, LinkKernels, extract_important_weights, pair_link_kernels
 
@@ -125,21 +125,6 @@ def _check_pair(source: nn.Module, target: nn.Module) -> None:
                                f"vs {getattr(target, 'arch', '?')}).")
 
 
-def _conductance_steps(model: nn.Module, instances: Instances, layers: dict[str, nn.Module],
-                       options: DiagnoseOptions) -> StepChoice:
-    """The model's n_steps: fixed by the options, or chosen on a seeded probe of analysed target
-    instances (own generator: the engine's other draws stay as they were)."""
-    n_steps = resolve_n_steps(options.n_steps)
-    if n_steps != "auto":
-        return StepChoice(n_steps, float("nan"), None, mode="fixed")
-    rows = np.flatnonzero(instances.domain == 1)
-    rows = rows if len(rows) else np.arange(len(instances.labels))
-    rows = np.sort(np.random.default_rng(options.seed).choice(rows, min(PROBE_SIZE, len(rows)), replace=False))
-    return choose_n_steps(model, instances.images[rows], torch.as_tensor(instances.labels[rows]), layers,
-                          tolerance=options.completeness_tolerance, baselines=options.baseline,
-                          method=options.method, batch_size=options.batch_size)
-
-
 def _layer_outputs(model, images, layers, batch_size=128) -> dict[str, np.ndarray]:
     grabbed: dict[str, list] = {n: [] for n in layers}
     run_with_hooks(model, images, {m: (lambda mod, i, o, n=n: grabbed[n].append(o.flatten(1).float().cpu().numpy().copy()))
@@ -186,9 +171,8 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                                f"validation set; got {type(validation).__name__}"
                                f"{' without a target set' if isinstance(validation, ValidationSets) else ''}.")
     vis_steps = check_int(options.feature_vis_steps, "feature_vis_steps", low=0, doc="(0 turns it off)")
-    resolve_n_steps(options.n_steps)  # before the costly stages
-    check_number(options.completeness_tolerance, "completeness_tolerance", low=0, low_open=True,
-                 doc="(relative completeness error allowed to n_steps 'auto', e.g. 0.01)")
+    resolve_n_steps(options.n_steps)  # checked before the costly stages
+    check_fraction(options.completeness_tolerance, "completeness_tolerance")
     models = {"source": source_model, "target": target_model}
     layers = _select_layers(target_model, options.layers)
     layer_names = tuple(layers)
@@ -212,11 +196,10 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
 
     target_labels = torch.as_tensor(labels)
     with stage("steps"):
-        steps = {role: _conductance_steps(model, instances, {n: model.analysis_layers[n] for n in layer_names},
-                                          options) for role, model in models.items()}
-    for role, choice in steps.items():
-        if choice.note:
-            notes.append(f"{role} model, conductance steps: {choice.note}")
+        steps = {role: steps_for(model, instances.images, labels, domain,
+                                 {n: model.analysis_layers[n] for n in layer_names}, options)
+                 for role, model in models.items()}
+    notes += [f"{role} model, conductance steps: {c.note}" for role, c in steps.items() if c.note]
     conductance = {}
     for role, model in models.items():
         with stage("conductance"):

@@ -30,11 +30,12 @@ from ..errors import DiagnosticsError
 from ..validation import check_int, check_number
 from .conductance import layer_conductance
 from .options import CANDIDATE_STEPS as CANDIDATES
+from .options import DiagnoseOptions, resolve_n_steps
 
 DEFAULT_TOLERANCE = 0.01
 PROBE_SIZE = 16                   # instances of the probe batch (seeded sample of the analysed targets)
 
-__all__ = ["CANDIDATES", "StepChoice", "choose_n_steps", "completeness_errors", "cut_layers"]
+__all__ = ["CANDIDATES", "StepChoice", "choose_n_steps", "completeness_errors", "cut_layers", "steps_for"]
 
 
 @dataclass(frozen=True)
@@ -186,3 +187,19 @@ def choose_n_steps(model: nn.Module, inputs: torch.Tensor, target, layers: dict[
         why = f"no candidate met the tolerance {tolerance:g} (error {errors[last]:.3g} at {last} steps)"
     return StepChoice(last, errors[last], float(tolerance), errors, tuple(cuts), len(inputs), False,
                       note="; ".join(p for p in (f"{why}; using the largest, n_steps {last}", note) if p))
+
+
+def steps_for(model: nn.Module, images: torch.Tensor, labels: np.ndarray, domain: np.ndarray,
+              layers: dict[str, nn.Module], options: DiagnoseOptions) -> StepChoice:
+    """The n_steps a diagnosis uses for ``model``: fixed by ``options.n_steps``, or (``"auto"``) chosen
+    on a probe of ``PROBE_SIZE`` analysed target-domain instances (all instances when there are no
+    target rows) drawn with its own seeded generator, so the engine's other draws stay as they were."""
+    n_steps = resolve_n_steps(options.n_steps)
+    if n_steps != "auto":
+        return StepChoice(n_steps, float("nan"), None, mode="fixed")
+    rows = np.flatnonzero(np.asarray(domain) == 1)
+    rows = rows if len(rows) else np.arange(len(labels))
+    rows = np.sort(np.random.default_rng(options.seed).choice(rows, min(PROBE_SIZE, len(rows)), replace=False))
+    return choose_n_steps(model, images[rows], torch.as_tensor(np.asarray(labels)[rows]), layers,
+                          tolerance=options.completeness_tolerance, baselines=options.baseline,
+                          method=options.method, batch_size=options.batch_size)
