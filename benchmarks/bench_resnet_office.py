@@ -5,10 +5,11 @@ What diagnose analyses: ``sample_per_class`` (10) instances per class, domain an
 validation, 15 % validation), so with Office-31's class sizes about 1,050 of the 3,612 images; the
 whole validation sets are streamed once through both models for the confusion tables. Timed here:
 
-- ``outputs``: one inference pass of both models over every image (an upper bound of the forward
-  passes of the outputs, statistics and CKA stages);
+- ``outputs``: one inference pass of both models over ``--outputs-timed`` images, scaled to every
+  image (an upper bound of the forward passes of the outputs, statistics and CKA stages);
 - ``steps``: the adaptive n_steps choice (16-instance probe, candidates up to the first that meets
-  the tolerance), per model;
+  the tolerance), per model — or, with ``--n-steps N``, its cost estimated from the timed
+  conductance (16 probe instances × the points of every candidate up to N);
 - ``conductance``: Layer Conductance of all analysis layers at the chosen n_steps on ``--timed``
   instances, then scaled to the analysed sample of both models (labelled as an estimate).
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from mlflow_transfer.diagnostics.conductance import layer_conductance
+from mlflow_transfer.diagnostics.options import CANDIDATE_STEPS
 from mlflow_transfer.diagnostics.steps import PROBE_SIZE, choose_n_steps
 from mlflow_transfer.models import build_model
 from mlflow_transfer.runtime import keep_freed_memory, resolve_device
@@ -44,6 +46,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--tolerance", type=float, default=0.01)
     p.add_argument("--n-steps", default="auto", help="auto, or a number to skip the choice")
+    p.add_argument("--outputs-timed", type=int, default=N_SOURCE + N_TARGET, help="images of the timed inference pass")
     args = p.parse_args()
     keep_freed_memory()
     device = resolve_device(args.device)
@@ -55,13 +58,15 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
 
     t0 = time.perf_counter()
+    timed = min(args.outputs_timed, N_SOURCE + N_TARGET)
     with torch.inference_mode():
-        for start in range(0, N_SOURCE + N_TARGET, 64):
-            x = torch.rand(min(64, N_SOURCE + N_TARGET - start), 3, 224, 224, generator=g).to(device)
+        for start in range(0, timed, 64):
+            x = torch.rand(min(64, timed - start), 3, 224, 224, generator=g).to(device)
             for m in models.values():
                 m(x)
-    t_out = time.perf_counter() - t0
-    print(f"  outputs (both models, all {N_SOURCE + N_TARGET} images, inference): {t_out:8.1f} s")
+    t_out = (time.perf_counter() - t0) * (N_SOURCE + N_TARGET) / timed
+    print(f"  outputs (both models, all {N_SOURCE + N_TARGET} images, inference): {t_out:8.1f} s"
+          f"{'' if timed == N_SOURCE + N_TARGET else f' (estimate from {timed} images)'}")
 
     x = torch.rand(max(PROBE_SIZE, args.timed), 3, 224, 224, generator=g)
     y = torch.randint(0, CLASSES, (len(x),), generator=g)
@@ -82,6 +87,10 @@ def main() -> None:
         t0 = time.perf_counter()
         layer_conductance(m, x[:args.timed], y[:args.timed], layers, n_steps=steps, batch_size=args.batch_size)
         per = (time.perf_counter() - t0) / args.timed
+        if args.n_steps != "auto":
+            points = sum(c + 1 for c in CANDIDATE_STEPS if c <= steps)
+            print(f"  {role}: steps choice up to n_steps {steps} (estimate): "
+                  f"{PROBE_SIZE * points * per / (steps + 1) / 60:.1f} min")
         total_cond += per * n_analysed
         print(f"  {role}: conductance at n_steps {steps}, {len(layers)} layers: {per:.2f} s per instance "
               f"(timed on {args.timed}) -> {per * n_analysed / 60:.1f} min for {n_analysed} instances (estimate)")
