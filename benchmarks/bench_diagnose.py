@@ -8,6 +8,9 @@ copy of the source, so the timing does not depend on training). Paper scale is
 
     .venv/bin/python benchmarks/bench_diagnose.py --n-source 15000 --n-target 1500
     .venv/bin/python benchmarks/bench_diagnose.py --n-source 1500 --n-target 150   # 1/10 scale
+
+``--steps auto`` (the default, as `diagnose`) lets each model choose its n_steps (``--tolerance``); the
+comparison then also reports the chosen n_steps against the reference (50).
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-source", type=int, default=15000)
     p.add_argument("--n-target", type=int, default=1500)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", default="auto", help="diagnose's n_steps: auto or a number")
+    p.add_argument("--tolerance", type=float, default=DiagnoseOptions.completeness_tolerance)
+    p.add_argument("--reference-steps", type=int, default=50, help="the n_steps the overlaps are against")
     p.add_argument("--compare-steps", default="8,16,32")
     p.add_argument("--compare-per-class", type=int, default=150,
                    help="target instances per class used for the n_steps comparison")
@@ -67,7 +72,9 @@ def main() -> None:
           f"(32x32) in {t_data:.1f} s; torch threads {torch.get_num_threads()}")
 
     t0 = time.perf_counter()
-    diag = diagnose_pair(source, target, inst, tuple(str(d) for d in range(10)), DiagnoseOptions(n_steps=args.steps))
+    steps = args.steps if args.steps == "auto" else int(args.steps)
+    diag = diagnose_pair(source, target, inst, tuple(str(d) for d in range(10)),
+                         DiagnoseOptions(n_steps=steps, completeness_tolerance=args.tolerance))
     t_diag = time.perf_counter() - t0
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,12 +82,15 @@ def main() -> None:
         write_pair_bundle(f"{tmp}/b", diag)
         t_write = time.perf_counter() - t0
     total = t_diag + t_write
-    print(f"diagnose (n_steps {args.steps}, all {len(diag.layers)} layers, both models): {total:.1f} s "
+    print(f"diagnose (n_steps {args.steps}, tolerance {args.tolerance}, all {len(diag.layers)} layers, both models): {total:.1f} s "
           f"= {total / 60:.1f} min (goal 60 min; paper 210 min for conductance alone)")
     for stage, seconds in sorted(diag.timings.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:<12} {seconds:8.1f} s")
     print(f"  {'bundle write':<12} {t_write:8.1f} s")
     print(f"peak memory (RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    for role, choice in diag.conductance_steps.items():
+        print(f"n_steps {role}: {choice.n_steps} ({choice.mode}; completeness error {choice.completeness_error:.4f}, "
+              f"tolerance {choice.tolerance}, candidates {choice.candidates})")
     for note in diag.notes:
         print(f"note: {note}")
 
@@ -95,11 +105,12 @@ def main() -> None:
                 for c in range(10) for n in diag.layers if (inst.labels[rows] == c).any()}
 
     t0 = time.perf_counter()
-    reference = top_sets(layer_conductance(target, x, y, n_steps=args.steps))
+    reference = top_sets(layer_conductance(target, x, y, n_steps=args.reference_steps))
     t_ref = time.perf_counter() - t0
     print(f"\nn_steps comparison on {len(rows)} target instances (target model, top-10 % sets per class and layer):")
-    print(f"  n_steps {args.steps:>3}: {t_ref:7.1f} s   overlap 1.000 (reference)")
-    for steps in (int(s) for s in args.compare_steps.split(",") if s):
+    print(f"  n_steps {args.reference_steps:>3}: {t_ref:7.1f} s   overlap 1.000 (reference)")
+    compare = {int(s) for s in args.compare_steps.split(",") if s} | {diag.conductance_steps["target"].n_steps}
+    for steps in sorted(compare - {args.reference_steps}):
         t0 = time.perf_counter()
         sets = top_sets(layer_conductance(target, x, y, n_steps=steps))
         seconds = time.perf_counter() - t0

@@ -10,7 +10,7 @@ from functools import wraps
 import click
 
 from .errors import TransferError
-from .diagnostics.options import DiagnoseOptions  # torch-free: the options' defaults
+from .diagnostics.options import DiagnoseOptions, resolve_n_steps  # torch-free: the options' defaults
 from .runtime import keep_freed_memory, quiet_library_progress
 
 _RECIPE = click.option("--recipe", default="recipes/digits.yaml", show_default=True,
@@ -25,6 +25,10 @@ _TRACKING = click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING
                               "else sqlite:///mlflow.db].")
 _EXPERIMENT = click.option("--experiment-name", default=None, envvar="MLFLOW_EXPERIMENT_NAME",
                            help="Experiment to log into (ignored under `mlflow run`, which chooses it).")
+_DEVICE_HELP = ("Device to compute on: auto (CUDA if present, else MPS, else CPU), cpu, cuda or mps; a device "
+                "that is not present is an error")
+_DEVICE = click.option("--device", default="", metavar="auto|cpu|cuda|mps",
+                       help=_DEVICE_HELP + ". [default: the recipe's runtime.device, auto]")
 
 
 def _one_line(text: str) -> str:
@@ -92,12 +96,14 @@ def _split_outside_brackets(text: str) -> list[str]:
     return parts + [text[start:]]
 
 
-def _load(recipe: str, overrides: tuple[str, ...], data_root: str):
+def _load(recipe: str, overrides: tuple[str, ...], data_root: str, device: str = ""):
     from .config import load_recipe
 
     items = [part for item in overrides for part in _split_outside_brackets(item) if part.strip()]
     if data_root:
         items.append(f"data.root={data_root}")
+    if device:  # --device is the recipe's runtime.device, so the run records it like any recipe value
+        items.append(f"runtime.device={device.strip().lower()}")
     return load_recipe(recipe, items)
 
 
@@ -139,8 +145,10 @@ def _diagnose_options(fn):
         click.option("--sample-per-class", default=DiagnoseOptions.sample_per_class, show_default=True,
                      type=click.IntRange(min=1), help="Analysed sample: instances per class, domain and split "
                      "(train/validation) whose conductance, similarity, patches and SVM are computed."),
-        click.option("--n-steps", default=DiagnoseOptions.n_steps, show_default=True, type=click.IntRange(min=1),
-                     help="Integration steps of Layer Conductance (captum's n_steps)."),
+        click.option("--n-steps", default=str(DiagnoseOptions.n_steps), show_default=True, metavar="auto|N",
+                     callback=_n_steps_option, help="Integration steps of Layer Conductance (captum's n_steps): a "
+                     "number fixes them; auto picks, per model, the smallest of 8, 16, 32, 50, 100 whose relative "
+                     "completeness error on a probe batch is within --completeness-tolerance."),
         click.option("--top-fraction", default=DiagnoseOptions.top_fraction, show_default=True,
                      type=click.FloatRange(0, 1, min_open=True),
                      help="Share of each layer's neurons kept as important (paper: 10 %)."),
@@ -149,17 +157,30 @@ def _diagnose_options(fn):
         click.option("--feature-vis-steps", default=DiagnoseOptions.feature_vis_steps, show_default=True,
                      type=click.IntRange(min=0), help="Optimisation steps of each neuron's feature "
                      "visualisation (activation maximisation); 0 turns it off."),
+        click.option("--completeness-tolerance", default=DiagnoseOptions.completeness_tolerance, show_default=True,
+                     type=click.FloatRange(0, 1, min_open=True), help="With --n-steps auto: the relative "
+                     "completeness error |sum of a layer's conductance - (F(x) - F(baseline))| / |F(x) - F(baseline)| "
+                     "allowed (0.01 = 1 %)."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _options(layers, classes, sample_per_class, n_steps, top_fraction, seed, feature_vis_steps):
+def _n_steps_option(ctx, param, value):
+    """--n-steps as "auto" or a whole number >= 1; anything else is a usage error naming both forms."""
+    try:
+        return resolve_n_steps(value)
+    except TransferError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _options(layers, classes, sample_per_class, n_steps, top_fraction, seed, feature_vis_steps,
+             completeness_tolerance=DiagnoseOptions.completeness_tolerance):
     split = lambda text: tuple(p.strip() for p in text.split(",") if p.strip()) or None  # noqa: E731
     return DiagnoseOptions(layers=split(layers), classes=split(classes), sample_per_class=sample_per_class,
                            n_steps=n_steps, top_fraction=top_fraction, seed=seed,
-                           feature_vis_steps=feature_vis_steps)
+                           feature_vis_steps=feature_vis_steps, completeness_tolerance=completeness_tolerance)
 
 
 class _Report:
@@ -197,16 +218,18 @@ class _Report:
               help="Diagnose the pair right after fine-tuning.")
 @_diagnose_options
 @_TRUST_PICKLED
+@_DEVICE
 @_user_errors
 def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_diagnose, layers, classes,
-             sample_per_class, n_steps, top_fraction, seed, feature_vis_steps, trust_pickled_models):
+             sample_per_class, n_steps, top_fraction, seed, feature_vis_steps, completeness_tolerance,
+             trust_pickled_models, device):
     from .tracking import run_pipeline
 
     _setup(tracking_uri, experiment_name)
-    options = (_options(layers, classes, sample_per_class, n_steps, top_fraction, seed, feature_vis_steps)
-               if run_diagnose else None)
+    options = (_options(layers, classes, sample_per_class, n_steps, top_fraction, seed, feature_vis_steps,
+                        completeness_tolerance) if run_diagnose else None)
     report = _Report()
-    result = run_pipeline(_load(recipe, overrides, data_root), diagnose_options=options,
+    result = run_pipeline(_load(recipe, overrides, data_root, device), diagnose_options=options,
                           report_writer=report, trust_pickled=trust_pickled_models)
     note = " (reused: identical recipe, parameters and code)" if result.source_reused else ""
     _summary(f"pair {result.pair_id}{note}",
@@ -239,12 +262,18 @@ def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_di
 @_TRUST_PICKLED
 @_bool_option("--allow-unfinished", "Diagnose a pair even if a run did not finish (FAILED, KILLED or "
               "still RUNNING): its model and metrics are whatever was logged when it stopped. [default: false]")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|mps",
+              help=_DEVICE_HELP + " (a recipe's runtime.device is not used: it says where that run trained).")
 @_user_errors
 def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_uri, recipe, arch, embedding_layer,
                  overrides,
                  data_root, tracking_uri, experiment_name, layers, classes, sample_per_class, n_steps,
-                 top_fraction, seed, feature_vis_steps, trust_pickled_models, allow_unfinished):
+                 top_fraction, seed, feature_vis_steps, completeness_tolerance, trust_pickled_models,
+                 allow_unfinished, device):
+    from .runtime import resolve_device
     from .tracking.diagnose import diagnose
+
+    resolve_device(device)  # before any lookup: an absent device is the first thing said
 
     _check_ids(target_run_id=target_run_id, source_run_id=source_run_id)
     _setup(tracking_uri, experiment_name)
@@ -253,9 +282,9 @@ def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_ur
                       source_model_uri=source_model_uri or None, target_model_uri=target_model_uri or None,
                       recipe=_load(recipe, overrides, data_root) if recipe else None, arch=arch or None,
                       options=_options(layers, classes, sample_per_class, n_steps, top_fraction, seed,
-                                       feature_vis_steps),
+                                       feature_vis_steps, completeness_tolerance),
                       report_writer=report, trust_pickled=trust_pickled_models,
-                      allow_unfinished=allow_unfinished, embedding_layer=embedding_layer or None)
+                      allow_unfinished=allow_unfinished, embedding_layer=embedding_layer or None, device=device)
     click.echo(f"diagnostics run {run_id}: bundle at runs:/{run_id}/diagnostics, {report.note(run_id)}")
 
 
@@ -293,12 +322,13 @@ def ui_cmd(host, port, tracking_uri, experiment_name, pair):
 @_DATA_ROOT
 @_TRACKING
 @_EXPERIMENT
+@_DEVICE
 @_user_errors
-def train_source_cmd(recipe, overrides, data_root, tracking_uri, experiment_name):
+def train_source_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, device):
     from .tracking import train_source
 
     _setup(tracking_uri, experiment_name)
-    run_id = train_source(_load(recipe, overrides, data_root))
+    run_id = train_source(_load(recipe, overrides, data_root, device))
     _summary("source run", {"source": run_id})
 
 
@@ -312,9 +342,10 @@ def train_source_cmd(recipe, overrides, data_root, tracking_uri, experiment_name
 @_TRACKING
 @_EXPERIMENT
 @_TRUST_PICKLED
+@_DEVICE
 @_user_errors
 def finetune_cmd(source_run_id, source_epoch, recipe, overrides, data_root, tracking_uri, experiment_name,
-                 trust_pickled_models):
+                 trust_pickled_models, device):
     from .errors import RecipeError
     from .tracking import finetune
 
@@ -322,7 +353,7 @@ def finetune_cmd(source_run_id, source_epoch, recipe, overrides, data_root, trac
     _setup(tracking_uri, experiment_name)
     if source_epoch and not (source_epoch.isascii() and source_epoch.isdigit() and len(source_epoch) <= 6):
         raise RecipeError(f"--source-epoch must be a whole number of epochs, got {source_epoch!r}")
-    run_id = finetune(_load(recipe, overrides, data_root), source_run_id,
+    run_id = finetune(_load(recipe, overrides, data_root, device), source_run_id,
                       source_epoch=int(source_epoch) if source_epoch else None, trust_pickled=trust_pickled_models)
     _summary("target run", {"source": source_run_id, "target": run_id})
 

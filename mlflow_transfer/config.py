@@ -78,6 +78,14 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """Where the work runs; not part of what the experiment is (see `Recipe.source_key`)."""
+
+    # auto = CUDA if present, else MPS, else CPU (mlflow_transfer.runtime.resolve_device); --device overrides
+    device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda", "mps"))
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A whole experiment; see recipes/*.yaml for annotated examples."""
 
@@ -88,6 +96,7 @@ class Recipe:
     target: TrainConfig = TrainConfig()
     seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1})  # torch and numpy take 32 bits
     description: str = ""
+    runtime: RuntimeConfig = RuntimeConfig()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -100,8 +109,11 @@ class Recipe:
         """Hash of everything that determines the source run (not ``target.*``), plus the code.
 
         Two recipes with the same key train the same source model, so ``main`` reuses it.
+        ``runtime`` (the device) is left out: it says where the model is computed, not what it is
+        (``auto`` even resolves differently per machine), so a source trained on a GPU is reused by a
+        CPU run of the same recipe, and keys of recipes older than the section stay as they were.
         """
-        relevant = {k: v for k, v in self.to_dict().items() if k not in ("target", "description")}
+        relevant = {k: v for k, v in self.to_dict().items() if k not in ("target", "description", "runtime")}
         if self.target.classes is not None:  # the source run is also evaluated on the target's classes
             relevant["target_classes"] = list(self.target.classes)
         blob = json.dumps([relevant, code_version], sort_keys=True, default=str)

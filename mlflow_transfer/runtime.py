@@ -1,5 +1,6 @@
 """Process-level behaviour: malloc tuning for the command line and benchmarks (never called on
-import), and the one progress reporter every long loop uses.
+import), the one progress reporter every long loop uses, and the one device resolver
+(:func:`resolve_device`) that training, diagnose and feature visualisation share.
 
 glibc hands every freed block above ``M_MMAP_THRESHOLD`` (a few MB after its dynamic adjustment)
 back to the kernel, so the next same-sized tensor arrives as fresh pages that the kernel must fault
@@ -38,6 +39,54 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # what --device / runtime.device accept
+
+
+def available_devices() -> list[str]:
+    """The device kinds torch can use in this process, CPU first (e.g. ``["cpu", "cuda"]``)."""
+    import torch
+
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def resolve_device(name: str = "auto"):
+    """The ``torch.device`` that ``name`` (``auto``, ``cpu``, ``cuda``, ``cuda:<i>``, ``mps``) stands for.
+
+    ``auto`` is CUDA when present, else MPS, else the CPU — so on a machine without an accelerator it is
+    the CPU and results are those of a CPU run. An explicit device that is absent is a user error
+    naming the devices present and the fix, never a silent fallback (a run asked for a GPU must not
+    quietly take hours on the CPU).
+
+    Raises:
+        TransferError: an unknown name, or a device this machine does not have.
+    """
+    import torch
+
+    from .errors import TransferError
+
+    text = name.strip().lower() if isinstance(name, str) else name
+    kind, _, index = text.partition(":") if isinstance(text, str) else ("", "", "")
+    if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
+        raise TransferError(f"Expected a device among {list(DEVICES)} (or cuda:<index>); got {name!r}. "
+                            "Pass --device auto (the best device present) or --device cpu.")
+    present = available_devices()
+    if kind == "auto":
+        kind = "cuda" if "cuda" in present else "mps" if "mps" in present else "cpu"
+        return torch.device(kind)
+    if kind not in present or (index and int(index) >= torch.cuda.device_count()):
+        count = f" ({torch.cuda.device_count()} CUDA device(s))" if "cuda" in present else ""
+        raise TransferError(f"Expected device {text!r} to be present; got only {present}{count} on this "
+                            f"machine. Pass --device auto (the best device present) or --device cpu, or "
+                            f"set runtime.device=auto in the recipe.")
+    return torch.device(text)
 
 
 def quiet_library_progress(stream: TextIO | None = None) -> None:

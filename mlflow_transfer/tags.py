@@ -30,6 +30,7 @@ TAGS = SimpleNamespace(
     process_start=PREFIX + "process_start",  # "<boot id>:<start ticks>": a reused pid is another process
     stale_reason=PREFIX + "stale_reason",    # why `mlflow-transfer runs --stale --mark-failed` ended it
     source_model_uri=PREFIX + "source_model_uri",  # on a source run that imported a logged model
+    device=PREFIX + "device",                # the torch device a source/target/diagnostics run computed on
 )
 
 ROLES = ("pipeline", "source", "target", "diagnostics")

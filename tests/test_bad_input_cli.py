@@ -349,3 +349,21 @@ def test_runs_of_other_hosts_are_stale_only_after_older_than(store):
     assert foreign not in {r.run_id for r in find_stale_runs(older_than_hours=0)}
     with pytest.raises(RunLookupError, match="Expected an experiment named 'nope'"):
         find_stale_runs(experiment_name="nope")
+
+
+# --------------------------------------------------------------------------- devices (issue 12)
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", [("train-source", "--set", TINY), ("main", "--set", TINY),
+                                     ("diagnose", "--target-run-id", "0" * 32)])
+def test_an_absent_device_is_one_error_line_exit_2_and_no_run(store, command):
+    # CUDA is genuinely absent on this machine: the message names the devices present and the fix
+    _one_error(invoke(*command, "--device", "cuda"), "Expected device 'cuda' to be present; got only ['cpu']",
+               "--device auto", "--device cpu")
+    assert store.runs() == []  # refused before any run was opened
+
+
+def test_a_bad_n_steps_is_a_usage_error_naming_both_forms(store):
+    proc = invoke("diagnose", "--target-run-id", "0" * 32, "--n-steps", "lots")
+    assert proc.returncode == 2 and "--n-steps auto" in proc.stderr and "Traceback" not in proc.stderr
+    assert store.runs() == []

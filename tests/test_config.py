@@ -290,7 +290,7 @@ def test_flat_keys_are_dotted_and_values_match():
     n_train = len(dataclasses.fields(TrainConfig))
     n_domain = len(dataclasses.fields(DomainConfig))
     n_model = len(dataclasses.fields(ModelConfig))
-    assert len(flat) == 3 + (5 + 2 * n_domain) + n_model + 2 * n_train  # name/seed/description, data, model, runs
+    assert len(flat) == 3 + (5 + 2 * n_domain) + n_model + 2 * n_train + 1  # name/seed/description, data, model, runs, runtime
 
 
 CODE = "abc123"

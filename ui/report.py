@@ -209,7 +209,10 @@ def _header(manifest: dict) -> str:
              ("instances", manifest.get("n_instances")),
              ("analysed instances per class, domain and split",
               # bundles written before the rename call it per_class_cap
-              manifest.get("sample_per_class", manifest.get("per_class_cap")))]
+              manifest.get("sample_per_class", manifest.get("per_class_cap"))),
+             ("conductance steps", _steps_text(manifest.get("conductance_steps"))),
+             ("device", (manifest.get("runtime") or {}).get("device") if isinstance(manifest.get("runtime"), dict)
+              else None)]
     return "".join(f"<div><span class='k'>{html.escape(k)}</span> <code>{html.escape(str(v))}</code></div>"
                    for k, v in items if v not in (None, ""))
 
@@ -222,6 +225,23 @@ def _label_space_items(manifest: dict) -> list[tuple[str, str]]:
         return []
     return [("source classes", ", ".join(map(str, source))), ("target classes", ", ".join(map(str, target))),
             ("shared classes", ", ".join(map(str, shared or [])) or "none (no shared classes)")]
+
+
+def _steps_text(steps) -> str:
+    """The manifest's ``conductance_steps`` (issue 12) in words; bundle values, escaped by the caller."""
+    if not isinstance(steps, dict):
+        return "not in this bundle"
+
+    def one(role, c):
+        if not isinstance(c, dict):
+            return f"{role} ?"
+        err, tol = c.get("completeness_error"), c.get("tolerance")
+        if c.get("mode") != "auto" or not isinstance(err, (int, float)):
+            return f"{role} {c.get('n_steps')} (fixed)"
+        met = "" if c.get("met", True) or not isinstance(tol, (int, float)) else f", tolerance {tol:.2%} not met"
+        return f"{role} {c.get('n_steps')} (auto, completeness error {err:.2%}{met})"
+
+    return ", ".join(one(role, c) for role, c in steps.items())
 
 
 def _footer(manifest: dict) -> str:

@@ -248,6 +248,19 @@ class PairBundle:
     def layer_comparison(self) -> dict:
         return self.reader.read_table("comparison/layers")
 
+    def conductance_steps(self) -> dict[str, dict] | None:
+        """Per model role, the integration steps its conductance used (manifest ``conductance_steps``):
+        ``{"n_steps": int, "completeness_error": float | None, "tolerance": float | None, "candidates":
+        {str(n_steps): error}, "mode": "auto" | "fixed", ...}``. None when the bundle predates the record."""
+        found = self.manifest.get("conductance_steps")
+        if found is None:
+            return None
+        if not isinstance(found, dict) or not all(isinstance(v, dict) and isinstance(v.get("n_steps"), int)
+                                                  for v in found.values()):
+            raise self.reader.corrupt("manifest field 'conductance_steps' as model → {n_steps, ...}",
+                                      str(found)[:80])
+        return {str(k): dict(v) for k, v in found.items()}
+
     def stability(self, cls: str, model: str = "target") -> dict[str, dict] | None:
         """Per layer, the bootstrap stability of ``model``'s important neurons of ``cls``: ``{layer:
         {"stability": float (NaN: not computed), "k", "n_instances", "n_resamples": int, "reason": str

@@ -178,8 +178,11 @@ def write_pair_bundle(root: str | Path, diag: PairDiagnostics, *, history: dict 
         summary["transferability_note"] = meta["transferability_note"]
     w.write_json("statistics/summary", {**summary, **{k: _nan_to_none(v) for k, v in (meta or {}).get(
         "scores", {}).items()}})
+    # issue 12: the n_steps each model's conductance used, and its completeness error (optional for readers)
+    steps = {role: choice.record() for role, choice in diag.conductance_steps.items()}
     return w.finish(classes=classes, layers=list(diag.layers), options=dataclasses.asdict(diag.options),
-                    n_instances=int(len(inst.labels)), **_label_spaces(diag), **(meta or {}))
+                    n_instances=int(len(inst.labels)), **_label_spaces(diag),
+                    **({"conductance_steps": steps} if steps else {}), **(meta or {}))
 
 
 def _label_spaces(diag: PairDiagnostics) -> dict:

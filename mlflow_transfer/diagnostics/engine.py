@@ -20,7 +20,7 @@ from ..errors import DiagnosticsError
 from ..runtime import progress
 from ..neighbours import most_similar
 from ..projection import tsne_projection
-from ..validation import check_int
+from ..validation import check_fraction, check_int
 from .cka import cka_matrix
 from .conductance import layer_conductance
 from .discriminability import Discriminability, domain_discriminability
@@ -30,11 +30,12 @@ from .featurevis import visualise_layers
 from .instances import ModelOutputs, png_thumbnails
 from .labelspaces import head_prefix, label_maps, own_outputs, pooled_comparison, replaced_layers, shared_only, \
     unknown_accuracy_nan
-from .options import DiagnoseOptions
+from .options import DiagnoseOptions, resolve_n_steps
 from .predictions import ValidationSets, predict_validation
 from .ranking import resolve_k, top_k_neurons
 from .similarity import LayerComparison, layer_summary, neuron_similarity, silent_neurons, weight_correspondence
 from .stability import Stability, important_set_stability
+from .steps import StepChoice, steps_for
 from .statistics import ConfusionTable, confusion_table
 from .weights import ImportantWeights, LinkKernels, extract_important_weights, pair_link_kernels
 
@@ -97,6 +98,7 @@ class PairDiagnostics:
     # (class-level records exist for these only); empty: one label space, `classes`, all shared
     model_classes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     shared_classes: tuple[str, ...] | None = None
+    conductance_steps: dict[str, StepChoice] = field(default_factory=dict)  # model → the n_steps used and why
 
     def layer_summary_table(self) -> dict[str, np.ndarray | list]:
         """Per layer, averaged over classes: inherited share of important weights, mean best similarity."""
@@ -135,7 +137,7 @@ def _check_pair(source: nn.Module, target: nn.Module, head_may_differ: bool = Fa
 
 def _layer_outputs(model, images, layers, batch_size=128) -> dict[str, np.ndarray]:
     grabbed: dict[str, list] = {n: [] for n in layers}
-    run_with_hooks(model, images, {m: (lambda mod, i, o, n=n: grabbed[n].append(o.flatten(1).float().numpy().copy()))
+    run_with_hooks(model, images, {m: (lambda mod, i, o, n=n: grabbed[n].append(o.flatten(1).float().cpu().numpy().copy()))
                                    for n, m in layers.items()}, batch_size)
     return {n: np.concatenate(v) for n, v in grabbed.items()}
 
@@ -183,6 +185,8 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                                f"validation set; got {type(validation).__name__}"
                                f"{' without a target set' if isinstance(validation, ValidationSets) else ''}.")
     vis_steps = check_int(options.feature_vis_steps, "feature_vis_steps", low=0, doc="(0 turns it off)")
+    resolve_n_steps(options.n_steps)  # checked before the costly stages
+    check_fraction(options.completeness_tolerance, "completeness_tolerance")
     models = {"source": source_model, "target": target_model}
     layers = _select_layers(target_model, options.layers)
     layer_names = tuple(layers)
@@ -207,14 +211,20 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     with stage("thumbnails"):
         thumbnails = png_thumbnails(instances.images)
 
+    # each model's own index of the class (its prediction where it does not know the class, issue 12)
+    own_targets = {r: np.where(to_own[r][labels] < 0, own_pred[r], to_own[r][labels]) for r in models}
+    with stage("steps"):
+        steps = {role: steps_for(model, instances.images, own_targets[role], domain,
+                                 {n: model.analysis_layers[n] for n in layer_names}, options)
+                 for role, model in models.items()}
+    notes += [f"{role} model, conductance steps: {c.note}" for role, c in steps.items() if c.note]
     conductance = {}
     for role, model in models.items():
-        own = to_own[role][labels]  # towards the model's own index of the class (its prediction if unknown)
         with stage("conductance"):
             conductance[role] = layer_conductance(
-                model, instances.images, torch.as_tensor(np.where(own < 0, own_pred[role], own)),
+                model, instances.images, torch.as_tensor(own_targets[role]),
                 {n: model.analysis_layers[n] for n in layer_names},
-                baselines=options.baseline, n_steps=options.n_steps, method=options.method,
+                baselines=options.baseline, n_steps=steps[role].n_steps, method=options.method,
                 batch_size=options.batch_size, progress=True)
 
     important = {r: {} for r in models}
@@ -363,7 +373,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                            discrim, discrim_neurons, confusion, patches, cka, dict(stage.times),
                            peak / 2 ** 20, notes, kernels=kernels, confusion_source_domain=confusion_source,
                            statistics_basis=basis, feature_vis=feature_vis,
-                           stability=stability, silent=silent,
+                           stability=stability, silent=silent, conductance_steps=steps,
                            model_classes={r: tuple(model_classes[r]) for r in MODELS} if model_classes else {},
                            shared_classes=shared if model_classes is not None else None)
 

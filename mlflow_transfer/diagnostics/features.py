@@ -115,8 +115,8 @@ def top_patches_many(model: nn.Module, requests: dict[str, tuple[nn.Module, list
         return grab
 
     run_with_hooks(model, images, {layer: hook(n, ns) for n, (layer, ns) in wanted.items()}, batch_size)
-    return {name: _patches(model, layer, neurons, torch.cat(peaks[name]).numpy(),
-                           torch.cat(where[name]).numpy() if where[name] else None, images, k, patch_size)
+    return {name: _patches(model, layer, neurons, torch.cat(peaks[name]).cpu().numpy(),
+                           torch.cat(where[name]).cpu().numpy() if where[name] else None, images, k, patch_size)
             for name, (layer, neurons) in wanted.items()}
 
 

@@ -45,17 +45,19 @@ def model_outputs(model: nn.Module, images: torch.Tensor, labels: np.ndarray | N
     was_training = model.training
     model.eval()
     embeddings, probs = [], []
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else images.device  # batches follow the model
     try:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                batch = images[start:start + batch_size]
+                batch = images[start:start + batch_size].to(device)
                 if joint is not None:
                     emb, logits = joint(batch)
                 else:
                     emb = model.embedding(batch)
                     logits = model.head(emb)
-                embeddings.append(emb.float().numpy())
-                probs.append(torch.softmax(logits, dim=1).float().numpy())
+                embeddings.append(emb.float().cpu().numpy())
+                probs.append(torch.softmax(logits, dim=1).float().cpu().numpy())
     finally:
         model.train(was_training)
     if not embeddings:

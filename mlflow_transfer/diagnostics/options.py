@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import DiagnosticsError
+
+CANDIDATE_STEPS = (8, 16, 32, 50, 100)  # what n_steps "auto" tries, smallest first (diagnostics/steps.py)
+
 
 @dataclass(frozen=True)
 class DiagnoseOptions:
@@ -17,7 +21,8 @@ class DiagnoseOptions:
                                             # demo pair: median stability 0.90 (benchmarks/results_stability.txt)
     layers: tuple[str, ...] | None = None   # analysis layers to analyse (None = all)
     classes: tuple[str, ...] | None = None  # classes to analyse (None = all)
-    n_steps: int = 50                       # conductance integration steps
+    n_steps: int | str = "auto"             # conductance integration steps: "auto" = per model, the smallest
+                                            # of 8/16/32/50/100 within completeness_tolerance (diagnostics/steps.py)
     method: str = "gausslegendre"           # captum approximation method
     baseline: float = 0.0                   # constant baseline image value
     top_fraction: float = 0.1               # important neurons: share of each layer (paper: 10 %)
@@ -34,3 +39,19 @@ class DiagnoseOptions:
     seed: int = 0
     feature_vis_steps: int = 32             # activation-maximisation steps per feature visualisation (0 = off)
     stability_resamples: int = 20           # bootstrap resamples for the important sets' stability (>= 10)
+    completeness_tolerance: float = 0.01    # n_steps "auto": relative completeness error allowed (1 %)
+
+
+def resolve_n_steps(value) -> int | str:
+    """``"auto"`` or a whole number >= 1 (an int, or its digits as text, as the command line passes it)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isascii() and text.isdigit() and len(text) <= 6:
+            value = int(text)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    raise DiagnosticsError(f"Expected n_steps as 'auto' (per model, the smallest of {list(CANDIDATE_STEPS)} "
+                           f"meeting the completeness tolerance) or a whole number >= 1; got {str(value)[:40]!r}. "
+                           "Pass --n-steps auto or e.g. --n-steps 50.")

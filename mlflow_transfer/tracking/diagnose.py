@@ -42,6 +42,7 @@ from ..diagnostics.predictions import ValidationSets
 from ..diagnostics.statistics import best_trained_accuracy, transferability_from_history
 from ..errors import DiagnosticsError, RecipeError, RunLookupError
 from ..models import MODELS, TransferNet
+from ..runtime import resolve_device
 from ..tags import TAGS
 from .bundles import log_bundle
 from .lookup import check_model_uri, get_run, load_classifier, load_model_weights, logged_model_uri
@@ -305,7 +306,8 @@ def _log_report(report_writer: ReportWriter, bundle_dir: Path, folder: Path) -> 
 
 
 def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
-             nested: bool = False, report_writer: ReportWriter | None = None, **pair_args) -> str:
+             nested: bool = False, report_writer: ReportWriter | None = None, device: str = "auto",
+             **pair_args) -> str:
     """Diagnose a pair (see :func:`resolve_pair` for ``pair_args``) into a new diagnostics run.
 
     Args:
@@ -314,9 +316,15 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
             self-contained HTML page at the output path, logged as ``report.html`` at the run's
             artifact root (the CLI passes ``ui.report.write_report``); None: no report. A writer that
             raises only costs the report (see the module docstring).
+        device: where both models compute (`mlflow_transfer.runtime.resolve_device`: ``auto``, ``cpu``,
+            ``cuda``, ``mps``); recorded in the manifest's ``runtime`` block and the run's tag. Not
+            read from the recipe: a recipe logged with a run says where that run trained.
     Returns: the diagnostics run id.
     """
+    torch_device = resolve_device(device)  # an absent device fails before anything is read or opened
     pair = resolve_pair(**pair_args)
+    pair.source_model.to(torch_device)
+    pair.target_model.to(torch_device)
     data = prepare_data(pair.recipe)
     for role, model, own in (("target", pair.target_model, data.target_classes),
                              ("source", pair.source_model, data.source_classes)):
@@ -331,13 +339,14 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
     instances = build_instances(data, options.sample_per_class, options.seed)
     try:
         with torch.no_grad():
-            pair.target_model(instances.images[:2])
+            pair.target_model(instances.images[:2].to(torch_device))
     except RuntimeError as exc:
         raise DiagnosticsError(f"the recipe's images ({tuple(instances.images.shape[1:])}) do not fit the "
                                f"models: {str(exc).splitlines()[0][:160]}; set data.image_size to the "
                                "size the models were trained on") from None
     tags = {TAGS.source_domain: data.source.domain.name, TAGS.target_domain: data.target.domain.name,
-            TAGS.classes: json.dumps(list(data.classes)), TAGS.model: pair.target_model.arch}
+            TAGS.classes: json.dumps(list(data.classes)), TAGS.model: pair.target_model.arch,
+            TAGS.device: str(torch_device)}
     if data.source_classes != data.target_classes:  # issue 12: the target model's label space, and the source's
         tags.update({TAGS.classes: json.dumps(list(data.target_classes)),
                      TAGS.source_classes: json.dumps(list(data.source_classes))})
@@ -357,6 +366,10 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
             own = {"source": data.source_classes, "target": data.target_classes}
         diag = diagnose_pair(pair.source_model, pair.target_model, instances, tuple(data.pair_classes), options,
                              validation=validation, model_classes=own)
+        # the steps each model's conductance used (the manifest's conductance_steps has the candidates)
+        mlflow.log_params({f"n_steps_{role}": c.n_steps for role, c in diag.conductance_steps.items()})
+        mlflow.log_metrics({f"completeness_error_{role}": c.completeness_error
+                            for role, c in diag.conductance_steps.items() if np.isfinite(c.completeness_error)})
         history = {**_history(pair.source_run_id, "source"), **_history(pair.target_run_id, "target")}
         # the source is scored on the whole target task only when it knows every target class
         own_task = not set(data.target_classes) <= set(data.source_classes)
@@ -374,7 +387,9 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
                 **({"transferability_note": score_note} if score_note else {}),
                 "software": {"mlflow-transfer": __version__, "torch": torch.__version__, "mlflow": mlflow.__version__,
                              "captum": captum.__version__, "scikit-learn": sklearn.__version__,
-                             "numpy": np.__version__, "python": platform.python_version()}}
+                             "numpy": np.__version__, "python": platform.python_version()},
+                "runtime": {"device": str(torch_device), "device_option": device,
+                            "torch_threads": torch.get_num_threads()}}
         with tempfile.TemporaryDirectory() as tmp:
             write_pair_bundle(Path(tmp) / BUNDLE_DIR, diag, history=history, meta=meta)
             log_bundle(Path(tmp) / BUNDLE_DIR, artifact_path=BUNDLE_DIR)  # manifest last: whole or incomplete

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import mlflow
 
 from ..config import Recipe
+from ..runtime import resolve_device
 from ..tags import TAGS
 from .context import pair_id, prepare_data, transfer_run
 from .diagnose import diagnose
@@ -38,6 +39,7 @@ def run_pipeline(recipe: Recipe, *, diagnose_options=None, report_writer=None,
     ``sample_per_class`` instances per class, domain and split), and ``report_writer`` (see `diagnose`) adds its
     ``report.html``. ``trust_pickled``: allow pickled logged models (see `load_model_weights`).
     """
+    resolve_device(recipe.runtime.device)  # an absent device fails before any run opens
     data = prepare_data(recipe)
     with transfer_run("pipeline", recipe, nested=False, name=f"{recipe.name}-pipeline") as parent:
         reused = find_reusable_source(recipe, parent.info.experiment_id)
@@ -51,6 +53,6 @@ def run_pipeline(recipe: Recipe, *, diagnose_options=None, report_writer=None,
         if diagnose_options is not None:
             diag_id = diagnose(target_run_id=target_id, recipe=recipe, options=diagnose_options,
                                nested=True, report_writer=report_writer,
-                               trust_pickled=trust_pickled)
+                               trust_pickled=trust_pickled, device=recipe.runtime.device)
             mlflow.set_tag(TAGS.diagnostics_run_id, diag_id)
         return PipelineResult(parent.info.run_id, source_id, target_id, bool(reused), pid, diag_id)

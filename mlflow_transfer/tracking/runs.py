@@ -33,6 +33,7 @@ from ..config import Recipe
 from ..errors import DataError, RecipeError
 from ..models import MODELS, TransferNet, build_model, freeze_layers, with_new_head
 from ..models.adapter import exportable
+from ..runtime import resolve_device
 from ..tags import TAGS
 from ..training import EpochResult, evaluate, fit
 from .context import PairData, code_version, pair_id, prepare_data, transfer_run
@@ -71,15 +72,17 @@ class _EpochLogger:
         mlflow.log_metrics(result.metrics, step=result.epoch)
         self.history.append(result.metrics)
         path = self.folder / Path(checkpoint_path(result.epoch)).name
-        torch.save(result.model.state_dict(), path)
+        # CPU tensors, so a checkpoint of a GPU run loads anywhere (weights_only, no map_location)
+        torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, path)
         mlflow.log_artifact(str(path), artifact_path=str(Path(checkpoint_path(0)).parent))
         path.unlink()
 
 
-def _train_and_log(model: TransferNet, train_set, recipe: Recipe, data: PairData, cfg, desc: str) -> dict:
+def _train_and_log(model: TransferNet, train_set, recipe: Recipe, data: PairData, cfg, desc: str,
+                   device=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         logger = _EpochLogger(Path(tmp))
-        fit(model, train_set, data.eval_sets(desc), cfg, seed=recipe.seed, on_epoch=logger, desc=desc)
+        fit(model, train_set, data.eval_sets(desc), cfg, seed=recipe.seed, on_epoch=logger, desc=desc, device=device)
     final = {f"final_{k}": v for k, v in logger.history[-1].items() if k.startswith("acc_")}
     best = {f"best_{k}": max(h[k] for h in logger.history[1:]) for k in logger.history[-1] if k.startswith("acc_")}
     mlflow.log_metrics({**final, **best})
@@ -88,7 +91,7 @@ def _train_and_log(model: TransferNet, train_set, recipe: Recipe, data: PairData
 
 
 def _log_model(model: TransferNet, data: PairData) -> None:
-    model.eval()
+    model.cpu().eval()  # the logged model is a CPU model, whatever device trained it
     example = torch.stack([data.target.domain.dataset[int(i)][0] for i in data.target.val_indices[:2]])
     with torch.inference_mode():
         output = model(example).numpy()
@@ -100,15 +103,16 @@ def _log_model(model: TransferNet, data: PairData) -> None:
 
 def train_source(recipe: Recipe, *, data: PairData | None = None, nested: bool = False) -> str:
     """Train the recipe's source model from scratch on the source domain; returns the run id."""
+    device = resolve_device(recipe.runtime.device)  # an absent device fails before the run opens
     data = data or prepare_data(recipe)
-    extra = {TAGS.source_key: recipe.source_key(code_version())}
+    extra = {TAGS.source_key: recipe.source_key(code_version()), TAGS.device: str(device)}
     with transfer_run("source", recipe, nested=nested, name=f"{recipe.name}-source", extra_tags=extra) as run:
         _log_recipe(recipe, data)
         if recipe.source.model_uri:
             _import_source(recipe, data)
             return run.info.run_id
         model = build_model(recipe.model.name, len(data.classes), weights=recipe.model.weights)
-        _train_and_log(model, data.source.train, recipe, data, recipe.source, "source")
+        _train_and_log(model, data.source.train, recipe, data, recipe.source, "source", device)
         return run.info.run_id
 
 
@@ -133,6 +137,7 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
         source_epoch: start from that epoch's checkpoint of the source run instead of its final model.
         trust_pickled: allow a source model logged in pickle format (it runs code when loaded).
     """
+    device = resolve_device(recipe.runtime.device)  # an absent device fails before the run opens
     source = resolve_source_run(source_run_id)
     data = data or prepare_data(recipe)
     if tuple(data.source_classes) != source.classes:
@@ -155,7 +160,7 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
     else:
         model = (load_logged_model(source, trust_pickled=trust_pickled) if source_epoch is None
                  else load_checkpoint(source_run_id, source_epoch))
-    extra = {TAGS.source_run_id: source_run_id}
+    extra = {TAGS.source_run_id: source_run_id, TAGS.device: str(device)}
     with transfer_run("target", recipe, nested=nested, name=f"{recipe.name}-target", extra_tags=extra) as run:
         _log_recipe(recipe, data, "target")
         if source_epoch is not None:
@@ -166,7 +171,7 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
             model = with_new_head(model, len(data.target_classes), seed=recipe.seed)
         frozen = freeze_layers(model, recipe.target.freeze_depth)
         mlflow.set_tag(TAGS.frozen_layers, json.dumps(frozen))
-        _train_and_log(model, data.target.train, recipe, data, recipe.target, "target")
+        _train_and_log(model, data.target.train, recipe, data, recipe.target, "target", device)
         if pair_tag:
             mlflow.set_tag(TAGS.pair_id, pair_id(recipe, source_run_id, run.info.run_id))
         return run.info.run_id

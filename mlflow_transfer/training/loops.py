@@ -39,8 +39,9 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> float
     was_training = model.training
     model.eval()
     correct = total = 0
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # follow the model
     for x, y in _loader(dataset, batch_size, False, 0):
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
         total += len(y)
     model.train(was_training)
     return correct / max(total, 1)
@@ -54,14 +55,21 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def fit(model: nn.Module, train_set: Dataset, eval_sets: Mapping[str, Dataset], cfg: TrainConfig, *,
-        seed: int, on_epoch: Callable[[EpochResult], None], desc: str = "train") -> None:
+        seed: int, on_epoch: Callable[[EpochResult], None], desc: str = "train",
+        device: torch.device | str | None = None) -> None:
     """Train ``model`` on ``train_set`` for ``cfg.epochs`` epochs with cross-entropy.
 
     Before the first epoch and after every epoch, the model is evaluated on each of ``eval_sets``
     (name → dataset; reported as ``acc_<name>``) and ``on_epoch`` is called with the results.
     Frozen parameters (``requires_grad=False``) are left out of the optimiser. With
     ``cfg.schedule == "cosine"`` the learning rate decays from ``cfg.lr`` to 0 over all batches.
+    ``device`` (e.g. from `mlflow_transfer.runtime.resolve_device`): the model is moved there and
+    each batch with it; None keeps the model where it is. Shuffling and initialisation draw from the
+    CPU generator either way, so a CPU run is unchanged by the option.
     """
+    if device is not None:
+        model.to(device)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     torch.manual_seed(seed)
     optimizer = _optimizer(model, cfg)
     loss_fn = nn.CrossEntropyLoss()
@@ -82,6 +90,7 @@ def fit(model: nn.Module, train_set: Dataset, eval_sets: Mapping[str, Dataset], 
         total_loss, seen = 0.0, 0
         for x, y in progress(train_loader, desc=f"{desc} epoch {epoch}", unit="batch", leave=False,
                              mininterval=1.0):
+            x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             loss.backward()

@@ -253,3 +253,23 @@ def test_a_target_without_a_fine_tuned_epoch_gets_a_reason_instead_of_a_score(pa
     assert "only step 0" in _app_badge(b.reader.root)
     page = write_report(b.reader.root, tmp_path / "report.html").read_text(encoding="utf-8")
     assert "no score" in page and "only step 0" in page
+
+
+def test_diagnose_records_the_device_and_each_models_chosen_steps(pair, tmp_path):
+    # issue 12: the resolved device in the tag and the manifest; n_steps auto per model in the manifest,
+    # the run's params and metrics (a loose tolerance keeps the search at its first candidate)
+    options = dataclasses.replace(FAST, sample_per_class=2, n_steps="auto", completeness_tolerance=0.9)
+    run_id = diagnose(target_run_id=pair.target_run_id, options=options, device="cpu")
+    run = MlflowClient().get_run(run_id)
+    assert run.data.tags[TAGS.device] == "cpu"
+    m = _bundle(run_id, tmp_path).manifest
+    assert m["runtime"]["device"] == "cpu" and m["runtime"]["device_option"] == "cpu"
+    assert m["options"]["n_steps"] == "auto" and m["options"]["completeness_tolerance"] == 0.9
+    for role in ("source", "target"):
+        steps = m["conductance_steps"][role]
+        assert (steps["n_steps"], steps["mode"], steps["met"]) == (8, "auto", True)
+        assert run.data.params[f"n_steps_{role}"] == "8"
+        assert run.data.metrics[f"completeness_error_{role}"] == pytest.approx(steps["completeness_error"])
+    for trained in (pair.source_run_id, pair.target_run_id):  # the pipeline trained on auto = this CPU
+        data = MlflowClient().get_run(trained).data
+        assert data.tags[TAGS.device] == "cpu" and data.params["runtime.device"] == "auto"

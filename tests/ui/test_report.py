@@ -209,3 +209,20 @@ def test_a_failing_report_keeps_the_run_and_says_why(tiny_bundle, tmp_path, capl
     assert names == {"report.html", "report_error.txt"}
     assert "ValueError: no fonts here" in caplog.text and "report.html was not written" in caplog.text
     assert "without writing" in note  # the last failure's reason
+
+
+def test_report_states_the_conductance_steps_or_that_the_bundle_has_none():
+    # issue 12: the manifest's conductance_steps in words; a bundle without it says so; odd values do not crash
+    auto = {"n_steps": 16, "completeness_error": 0.0042, "tolerance": 0.01, "met": True, "mode": "auto"}
+    unmet = {"n_steps": 100, "completeness_error": 0.014, "tolerance": 0.01, "met": False, "mode": "auto"}
+    assert report._steps_text({"source": auto, "target": unmet}) == (
+        "source 16 (auto, completeness error 0.42%), target 100 (auto, completeness error 1.40%, tolerance 1.00% not met)")
+    assert report._steps_text({"source": {"n_steps": 2, "mode": "fixed", "completeness_error": None}}) == "source 2 (fixed)"
+    assert report._steps_text(None) == "not in this bundle"
+    assert report._steps_text({"source": "<b>"}) == "source ?"
+    assert report._steps_text([1]) == "not in this bundle"
+
+
+def test_report_of_the_tiny_bundle_names_its_fixed_steps(written):
+    _, _, text = written
+    assert "conductance steps</span> <code>source 2 (fixed), target 2 (fixed)</code>" in text
