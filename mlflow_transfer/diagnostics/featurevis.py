@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import DiagnosticsError
+from ..runtime import progress
 from ..validation import check_array, check_int, check_layers_of, check_module, check_number
 from . import viscache
 
@@ -216,7 +217,8 @@ def visualise_layers(model: nn.Module, requests: dict[str, tuple[nn.Module, list
                 "lr": float(lr), "arch": str(getattr(model, "arch", type(model).__name__))}
     shape = (int(image_size), int(image_size), 3)
     out_neurons, out_images, computed, cached = {}, {}, 0, 0
-    for name, (layer, neurons) in requests.items():
+    # a line per layer: the stage takes tens of seconds on a CPU and would otherwise be silent
+    for name, (layer, neurons) in progress(list(requests.items()), desc="feature visualisation", unit="layer"):
         neurons = np.array([int(n) for n in neurons], np.int64)
         keys = [viscache.key(weights, name, int(n), settings) for n in neurons] if root is not False else []
         found = [viscache.load(root, k, shape) for k in keys] if root is not False else [None] * len(neurons)
