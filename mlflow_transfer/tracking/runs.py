@@ -111,6 +111,7 @@ def train_source(recipe: Recipe, *, data: PairData | None = None, nested: bool =
         if recipe.source.model_uri:
             _import_source(recipe, data)
             return run.info.run_id
+        torch.manual_seed(recipe.seed)  # the initial weights are part of the recipe's reproducibility
         model = build_model(recipe.model.name, len(data.classes), weights=recipe.model.weights)
         _train_and_log(model, data.source.train, recipe, data, recipe.source, "source", device)
         return run.info.run_id
