@@ -318,8 +318,12 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
         if len(src_all):
             top_all = {n: top_k_neurons(conductance["target"][n][tgt_all], options.top_fraction) for n in layer_names}
             a = np.concatenate([conductance["target"][n][:, top_all[n]] for n in layer_names], 1)
-            discrim["__all__"] = domain_discriminability(a[src_all], a[tgt_svm], folds=options.folds, seed=options.seed)
-            discrim_neurons["__all__"] = [(n, int(j)) for n in layer_names for j in top_all[n]]
+            try:  # e.g. a fine-tuning that diverged into dead units: the rest of the diagnosis still stands
+                discrim["__all__"] = domain_discriminability(a[src_all], a[tgt_svm], folds=options.folds,
+                                                             seed=options.seed)
+                discrim_neurons["__all__"] = [(n, int(j)) for n in layer_names for j in top_all[n]]
+            except DiagnosticsError as exc:
+                notes.append(f"all classes: domain discriminability not computed: {exc}")
 
     with stage("statistics"):
         confusion, confusion_source, basis = _statistics(models, instances, outputs, classes, validation,
