@@ -193,6 +193,23 @@ def check_model_uri(uri: str) -> str:
                      f"(or models:/<name>/<version>); got {uri!r}. Copy it from `mlflow ui`.")
 
 
+@contextlib.contextmanager
+def _downloaded(uri: str):
+    """The logged model at ``uri`` (checked: `check_model_uri`, READY), downloaded into a temporary
+    folder that is removed afterwards."""
+    check_model_uri(uri)
+    if uri.startswith("models:/m-") and "/" not in uri[len("models:/"):]:
+        _check_ready(uri[len("models:/"):], uri)  # before downloading a half-uploaded model
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        except Exception as exc:  # noqa: BLE001 -- MLflow raises many types for a bad URI
+            raise ModelError(f"model URI {uri!r} does not resolve to a loadable PyTorch model "
+                             f"({_first_line(exc)}); check the URI (runs:/<run id>/model or "
+                             "models:/<name>/<version>) and MLFLOW_TRACKING_URI") from None
+        yield local
+
+
 def load_model_weights(uri: str, arch: str, num_classes: int, *, trust_pickled: bool = False) -> TransferNet:
     """The logged model at ``uri`` (``models:/…``, ``runs:/…``), as a fresh ``arch`` holding its weights.
 
@@ -206,16 +223,7 @@ def load_model_weights(uri: str, arch: str, num_classes: int, *, trust_pickled: 
     Raises:
         ModelError: unresolvable URI, not READY, pickled without the opt-in, or not fitting ``arch``.
     """
-    check_model_uri(uri)
-    if uri.startswith("models:/m-") and "/" not in uri[len("models:/"):]:
-        _check_ready(uri[len("models:/"):], uri)  # before downloading a half-uploaded model
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        except Exception as exc:  # noqa: BLE001 -- MLflow raises many types for a bad URI
-            raise ModelError(f"model URI {uri!r} does not resolve to a loadable PyTorch model "
-                             f"({_first_line(exc)}); check the URI (runs:/<run id>/model or "
-                             "models:/<name>/<version>) and MLFLOW_TRACKING_URI") from None
+    with _downloaded(uri) as local:
         try:
             loaded = _load_module_or_state(local, uri, trust_pickled)
         except ModelError:
@@ -257,16 +265,7 @@ def load_classifier(uri: str, num_classes: int, *, image_size: int, channels: in
             not a classifier of (N, ``channels``, ``image_size``, ``image_size``) images, or accepts one
             batch size only.
     """
-    check_model_uri(uri)
-    if uri.startswith("models:/m-") and "/" not in uri[len("models:/"):]:
-        _check_ready(uri[len("models:/"):], uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        except Exception as exc:  # noqa: BLE001 -- MLflow raises many types for a bad URI
-            raise ModelError(f"model URI {uri!r} does not resolve to a loadable PyTorch model "
-                             f"({_first_line(exc)}); check the URI (runs:/<run id>/model or "
-                             "models:/<name>/<version>) and MLFLOW_TRACKING_URI") from None
+    with _downloaded(uri) as local:
         try:
             loaded = _load_module_or_state(local, uri, trust_pickled)
             if isinstance(loaded, dict):
