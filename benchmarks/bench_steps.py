@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench_diagnose import perturbed_copy_pair  # the benchmarks folder is the script's sys.path[0]
+
 from mlflow_transfer.data import load_domain
 from mlflow_transfer.diagnostics.conductance import layer_conductance
 from mlflow_transfer.diagnostics.options import CANDIDATE_STEPS
@@ -46,14 +48,7 @@ def _train(model, x, y, epochs, seed):
 
 
 def _pairs(args, src, tgt):
-    torch.manual_seed(args.seed)
-    source = build_model("alexnet-32", 10).eval()
-    target = build_model("alexnet-32", 10).eval()
-    target.load_state_dict(source.state_dict())
-    with torch.no_grad():
-        for param in target.parameters():
-            param.add_(0.05 * param.std().nan_to_num() * torch.randn_like(param))
-    yield "untrained", source, target
+    yield "untrained", *perturbed_copy_pair(args.seed)
     if args.train_epochs:
         t0 = time.perf_counter()
         source = _train(build_model("alexnet-32", 10), *src, args.train_epochs, args.seed)
