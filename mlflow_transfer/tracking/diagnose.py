@@ -154,7 +154,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
     pair = resolve_pair(**pair_args)
     pair.source_model.to(torch_device)
     pair.target_model.to(torch_device)
-    data = prepare_data(pair.recipe)
+    data = pair.data or prepare_data(pair.recipe)
     for role, model, own in (("target", pair.target_model, data.target_classes),
                              ("source", pair.source_model, data.source_classes)):
         n_out = getattr(model, "num_outputs", None) or \

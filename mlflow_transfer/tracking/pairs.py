@@ -20,7 +20,7 @@ from ..config import Recipe, parse_recipe
 from ..errors import DiagnosticsError, RecipeError, RunLookupError
 from ..models import MODELS, TransferNet
 from ..tags import TAGS
-from .context import prepare_data
+from .context import PairData, prepare_data
 from .lookup import check_model_uri, get_run, load_classifier, load_model_weights, logged_model_uri
 
 __all__ = ["FINISHED_OPTION", "ResolvedPair", "check_layer_names", "resolve_pair"]
@@ -34,6 +34,7 @@ class ResolvedPair:
     target_model: TransferNet
     recipe: Recipe
     experiment_id: str | None
+    data: PairData | None = None  # the recipe's data when resolving needed it (not read twice)
 
 
 def _recipe_of(run_id: str) -> Recipe:
@@ -133,10 +134,10 @@ def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None 
             loaded = [_any_model_from_uri(uri, n, recipe, recipe.model.name, embedding_layer, trust_pickled)
                       for uri, n in zip((source_model_uri, target_model_uri), counts)]
             _check_same_layers(*loaded)
-            return ResolvedPair(None, None, loaded[0], loaded[1], recipe, None)
+            return ResolvedPair(None, None, loaded[0], loaded[1], recipe, None, data)
         return ResolvedPair(None, None, _model_from_uri(source_model_uri, arch, counts[0], trust_pickled),
                             _model_from_uri(target_model_uri, arch, counts[1], trust_pickled),
-                            recipe, None)
+                            recipe, None, data)
     if not target_run_id:
         raise DiagnosticsError("say which pair to diagnose: --target-run-id (and optionally "
                                "--source-run-id), or --source-model-uri/--target-model-uri with --recipe")
@@ -174,6 +175,7 @@ def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None 
                                "a pair must have the same class set")
     for uri, _, _ in models:
         _check_image_size(uri, recipe)
+    data = None
     if any(n is None for _, _, n in models):
         data = prepare_data(recipe)
         fallback = (len(data.source_classes), len(data.target_classes))
@@ -182,7 +184,8 @@ def resolve_pair(*, target_run_id: str | None = None, source_run_id: str | None 
               else _any_model_from_uri(uri, n, recipe, a, embedding_layer, trust_pickled)
               for uri, a, n in models]
     _check_same_layers(*loaded)
-    return ResolvedPair(source_run_id, target_run_id, loaded[0], loaded[1], recipe, target.info.experiment_id)
+    return ResolvedPair(source_run_id, target_run_id, loaded[0], loaded[1], recipe, target.info.experiment_id,
+                        data)
 
 
 def check_layer_names(model, names) -> None:
