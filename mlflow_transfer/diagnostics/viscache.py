@@ -5,7 +5,8 @@ Keys are SHA-256 digests of the model's weights (every state-dict tensor: name, 
 layer name, the neuron and the settings. Files are written atomically (a temporary file in the cache
 folder, then renamed over the key) and read back without pickle; a file that is not a regular file, does
 not load, or has another shape or dtype is a miss — recomputed and replaced, never trusted. Only files
-named by a key (or this module's temporary files) are ever written; nothing is deleted.
+named by a key (or this module's temporary files) are ever written; nothing is deleted but its own
+temporary file when a write fails.
 """
 
 from __future__ import annotations
