@@ -374,7 +374,7 @@ def _kernel_image(row, model):
 
 def test_clicked_kernels_are_the_modules_weights_in_both_models(bundle, tiny_models):
     for prev, nxt, a, b in (("conv2", "conv3", 4, 9), ("conv5", "fc6", 3, 17), ("fc6", "fc7", 11, 5)):
-        row = nv.kernel_row(bundle, "target", prev, nxt, a, b)
+        row = nv.kernel_row(bundle, prev, nxt, a, b)
         assert row.name == "weight-kernels"
         for model in ("source", "target"):
             weight = tiny_models[model].analysis_layers[nxt].weight.detach().numpy()
@@ -389,7 +389,7 @@ def test_clicked_kernels_are_the_modules_weights_in_both_models(bundle, tiny_mod
             glyph = _kernel_image(row, model)[1].select_one({"name": f"kernel-{model}"}).glyph
             highs.add((glyph.fill_color.transform if nxt == "fc7" else glyph.color_mapper).high)
         assert len(highs) == 1  # one scale for both models
-    assert "No kernel" in nv.kernel_row(bundle, "target", bundle.layers[-1], "none", 0, 0).object  # the last layer
+    assert "No kernel" in nv.kernel_row(bundle, bundle.layers[-1], "none", 0, 0).object  # the last layer
 
 
 def test_a_bundle_without_weight_values_shows_levels_and_says_so(bundle, tables, monkeypatch):
@@ -398,7 +398,7 @@ def test_a_bundle_without_weight_values_shows_levels_and_says_so(bundle, tables,
     assert z.weight_cells["value"].isna().all() and any("No weight values" in n for n in z.notes)
     assert len(z.boxes) and z.boxes["median"].notna().all()
     nv.zigzag_figure(z)  # NaN tones are drawn in the mapper's nan colour
-    assert "No kernel" in nv.kernel_row(bundle, "target", "conv1", "conv2", 0, 0).object
+    assert "No kernel" in nv.kernel_row(bundle, "conv1", "conv2", 0, 0).object
 
 
 def test_network_tab_switches_and_a_clicked_weight_shows_its_kernels(tiny_bundle, tiny_models):

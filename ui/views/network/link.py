@@ -56,10 +56,10 @@ def kernel_figure(kernel: np.ndarray, title: str, vmax: float, *, mark: int | No
     return fig
 
 
-def kernel_row(bundle: PairBundle, model: str, layer: str, next_layer: str, a: int, b: int) -> pn.viewable.Viewable:
+def kernel_row(bundle: PairBundle, layer: str, next_layer: str, a: int, b: int) -> pn.viewable.Viewable:
     """Link a → b (neuron a of ``layer``, b of ``next_layer``) in the source and the target model, side by
-    side on one scale (the larger |weight| of the two), named ``weight-kernels``; ``model`` (the clicked
-    block's) is named first in the caption. A note when the bundle has no such kernels."""
+    side on one scale (the larger |weight| of the two), named ``weight-kernels``. A note when the bundle has
+    no such kernels."""
     kernels = {m: bundle.link_kernel(m, layer, a, b) for m in DOMAINS}
     found = {m: k for m, k in kernels.items() if k is not None}
     if not found:
@@ -88,4 +88,4 @@ def weight_detail(bundle: PairBundle, hit: dict) -> list[pn.viewable.Viewable]:
     """The parts shown for a clicked weight cell (``hit`` from ``ZigZag.hit``): its description, then
     its feature map in both models."""
     return [pn.pane.Markdown(describe_hit(hit)),
-            kernel_row(bundle, hit["model"], hit["layer"], hit["next_layer"], int(hit["a"]), int(hit["b"]))]
+            kernel_row(bundle, hit["layer"], hit["next_layer"], int(hit["a"]), int(hit["b"]))]
