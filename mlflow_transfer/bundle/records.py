@@ -11,7 +11,8 @@ older bundles, which used it) and ``validation_counts`` ({"target": N, "source":
 manifest's ``transferability_note`` (copied into the summary) why a pair has no transferability score
 (e.g. a target run with no fine-tuned epoch);
 ``instances/table`` (one row per instance, t-SNE x/y, predictions, PNG thumbnail bytes),
-``instances/embedding_{model}`` (N×D), ``conductance/{model}/{layer}`` (N×units),
+``instances/embedding_{model}`` (N×D), ``conductance/{model}/{layer}`` (N×units; NaN on the rows no
+diagnostic reads: the source model's source-domain rows, the target model's outside the domain classifiers'),
 ``neurons/important`` (table), ``similarity/c<i>/{layer}`` (Us×Ut), ``weights/important`` (table),
 ``weights/{model}/c<i>/{layer}/{counts,levels}`` (N_next×N_prev, links to the next layer),
 ``weights/{model}/kernels/{layer}/{values,kernels,rows}`` (the parameters behind each link, per model),

@@ -2,13 +2,21 @@
 
 Conductance (Dhamdhere et al., 2018) of hidden neuron ``j`` for input ``x``, baseline ``x'`` and
 class ``c`` is the path integral ∫₀¹ ∂F_c/∂y_j · dy_j/dα dα of the model output ``F_c`` along the
-straight path ``x' + α(x − x')``, where ``y_j`` is the neuron's activation. We reproduce
-:class:`captum.attr.LayerConductance` — same alphas (:func:`alphas`, captum's points for each
-method, with ``n_steps + 1`` points), same finite-difference sum
-``Σ_k (y(α_{k+1}) − y(α_k)) · ∂F_c/∂y(α_k)`` — but one forward and one backward pass over the
-scaled inputs serve *all* requested layers (forward hooks keep each layer's output and one
-``torch.autograd.grad`` call returns the gradients for all of them), where captum needs one full
-pass per layer.
+straight path ``x' + α(x − x')``, where ``y_j`` is the neuron's activation. One forward and one
+backward pass over the scaled inputs serve *all* requested layers (forward hooks keep each layer's
+output and one ``torch.autograd.grad`` call returns the gradients for all of them), where
+:class:`captum.attr.LayerConductance` needs one full pass per layer.
+
+Two sums over the ``n_steps + 1`` evaluated points, the same evaluations for both:
+
+- captum's methods (``"gausslegendre"``, ``"riemann_*"``) reproduce captum — same alphas
+  (:func:`alphas`), same finite differences ``Σ_k (y(α_{k+1}) − y(α_k)) · ∂F_c/∂y(α_k)``, which take
+  the gradient at the left end of each step (first order: the completeness error falls ~1/n_steps);
+- ``"trapezoid"`` (the diagnosis default) evaluates the uniform grid with both ends of the path and
+  takes the mean of the gradients at both ends of each step,
+  ``Σ_k (y(α_{k+1}) − y(α_k)) · ½(∂F_c/∂y(α_k) + ∂F_c/∂y(α_{k+1}))`` — exact where the model is
+  linear along a step, second order where it is smooth, and on ReLU networks about half captum's
+  completeness error at equal n_steps (``benchmarks/results_paper_scale.txt``).
 """
 
 from __future__ import annotations
@@ -26,22 +34,23 @@ from ..validation import check_choice, check_int, check_layers_of, check_module
 
 REDUCTIONS = ("max", "none")
 # captum's integral approximations (captum.attr._utils.approximation_methods.SUPPORTED_METHODS).
-METHODS = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
+CAPTUM_METHODS = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
+METHODS = (*CAPTUM_METHODS, "trapezoid")
 _STEP_LOOP_MIN = 1 << 16  # elements per step above which the step loop beats one vectorised sum
 
-__all__ = ["METHODS", "REDUCTIONS", "alphas", "layer_conductance"]
+__all__ = ["CAPTUM_METHODS", "METHODS", "REDUCTIONS", "alphas", "layer_conductance"]
 
 
 def alphas(method: str, n: int) -> list[float] | np.ndarray:
-    """The ``n`` points in [0, 1] where captum's ``method`` evaluates the path, as captum computes them.
+    """The ``n`` points in [0, 1] where ``method`` evaluates the path; captum's methods as captum computes them.
 
     Gauss–Legendre: numpy's nodes on [-1, 1] mapped to [0, 1] as ``0.5 · (1 + x)``; Riemann: torch's
     ``linspace`` over the rule's interval. Written out here because captum keeps them in a private
-    module; tests compare them with captum's own.
+    module; tests compare them with captum's own. ``"trapezoid"``: the uniform grid with both ends.
     """
     if method == "gausslegendre":
         return 0.5 * (1 + np.polynomial.legendre.leggauss(n)[0])
-    if method == "riemann_trapezoid":
+    if method in ("riemann_trapezoid", "trapezoid"):
         return torch.linspace(0, 1, n).tolist()
     if method == "riemann_left":
         return torch.linspace(0, 1 - 1 / n, n).tolist()
@@ -49,20 +58,20 @@ def alphas(method: str, n: int) -> list[float] | np.ndarray:
         return torch.linspace(1 / (2 * n), 1 - 1 / (2 * n), n).tolist()
     if method == "riemann_right":
         return torch.linspace(1 / n, 1, n).tolist()
-    raise DiagnosticsError(f"Expected method as one of {METHODS} (captum's approximation methods); "
-                           f"got {method!r}.")
+    raise DiagnosticsError(f"Expected method as one of {METHODS} (captum's approximation methods, or "
+                           f"the trapezoid rule); got {method!r}.")
 
 
 def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int,
                       layers: dict[str, nn.Module] | None = None, *, baselines: torch.Tensor | float = 0.0,
-                      n_steps: int = 50, method: str = "gausslegendre", batch_size: int = 32,
+                      n_steps: int = 50, method: str = "trapezoid", batch_size: int = 32,
                       reduce: str = "max", progress: bool = False) -> dict[str, np.ndarray]:
     """Conductance of every neuron of every layer in ``layers`` towards class ``target``.
 
-    The same numbers as ``captum.attr.LayerConductance(model, layer).attribute(inputs, baselines,
-    target=target, n_steps=n_steps, method=method)`` run once per layer — the layer outputs and
-    gradients are captum's bit for bit, only the order of the additions over steps differs — but all
-    layers share one forward and one backward pass per batch, on torch's intra-op threads (all cores
+    For captum's methods the same numbers as ``captum.attr.LayerConductance(model,
+    layer).attribute(inputs, baselines, target=target, n_steps=n_steps, method=method)`` run once per
+    layer — the layer outputs and gradients are captum's bit for bit, only the order of the additions
+    over steps differs — but all layers share one forward and one backward pass per batch, on torch's intra-op threads (all cores
     by default). The model runs in eval mode (dropout off, batch-norm running statistics); its
     per-module train/eval flags are restored and the hooks removed afterwards, even on error.
 
@@ -79,8 +88,9 @@ def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
             (1, C, H, W) or (N, C, H, W)). Default 0 (a black image).
         n_steps: number of finite-difference steps; the layer is evaluated at ``n_steps + 1``
             points of the path.
-        method: captum's integral approximation: ``"gausslegendre"``, ``"riemann_left"``,
-            ``"riemann_right"``, ``"riemann_middle"`` or ``"riemann_trapezoid"``.
+        method: captum's integral approximation (``"gausslegendre"``, ``"riemann_left"``,
+            ``"riemann_right"``, ``"riemann_middle"`` or ``"riemann_trapezoid"``), or ``"trapezoid"``
+            (the trapezoid rule on the uniform grid; see the module docstring).
         batch_size: instances per forward/backward pass; each pass holds
             ``batch_size × (n_steps + 1)`` scaled images with their graph, so memory grows linearly
             with it. Results do not depend on it (beyond rounding); on a CPU small batches are
@@ -110,7 +120,7 @@ def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
     n = inputs.shape[0]
     check_int(n_steps, "n_steps", low=1)
     check_int(batch_size, "batch_size", low=1)
-    check_choice(method, "method (captum's approximation methods)", METHODS)
+    check_choice(method, "method (captum's approximation methods or trapezoid)", METHODS)
     check_choice(reduce, "reduce", REDUCTIONS)
     baselines = _baselines(baselines, inputs)
     target = _target(target, n, inputs.device)
@@ -127,7 +137,7 @@ def layer_conductance(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
             num_classes = probe.run(model, inputs[:1])
             _target_range(target, num_classes)
             return _conductance(model, inputs, baselines, target, probe, points, batch_size, reduce,
-                                progress)
+                                progress, trapezoid=method == "trapezoid")
     finally:
         probe.remove()
         for m, flag in states.items():
@@ -203,7 +213,7 @@ class _Probe:
 
 
 def _conductance(model, inputs, baselines, target, probe: _Probe, alphas, batch_size, reduce,
-                 progress) -> dict[str, np.ndarray]:
+                 progress, trapezoid) -> dict[str, np.ndarray]:
     n = inputs.shape[0]
     results = {}
     tokens = {name for name, shape in probe.shapes.items()
@@ -217,7 +227,7 @@ def _conductance(model, inputs, baselines, target, probe: _Probe, alphas, batch_
         x = inputs[start:stop]
         base = baselines[start:stop] if torch.is_tensor(baselines) and baselines.shape[0] == n else baselines
         tgt = target if isinstance(target, int) else target[start:stop].repeat(len(alphas))
-        for name, cond in _batch(model, x, base, tgt, probe, alphas).items():
+        for name, cond in _batch(model, x, base, tgt, probe, alphas, trapezoid).items():
             if reduce == "max" and cond.ndim > 2:
                 cond = cond.movedim(-1, 1) if name in tokens else cond
                 cond = cond.amax(dim=tuple(range(2, cond.ndim)))
@@ -225,7 +235,7 @@ def _conductance(model, inputs, baselines, target, probe: _Probe, alphas, batch_
     return results
 
 
-def _batch(model, x, baseline, target, probe: _Probe, alphas) -> dict[str, torch.Tensor]:
+def _batch(model, x, baseline, target, probe: _Probe, alphas, trapezoid) -> dict[str, torch.Tensor]:
     """Conductance (B, *layer shape) of each probed layer for one batch of B instances."""
     b = x.shape[0]
     with torch.no_grad():
@@ -254,26 +264,30 @@ def _batch(model, x, baseline, target, probe: _Probe, alphas) -> dict[str, torch
     with torch.inference_mode():
         for name, grad in zip(names, grads):
             evals = probe.saved[name].detach()
-            out[name] = _sum_of_steps(evals.reshape(steps + 1, b, -1), grad.reshape(steps + 1, b, -1))
+            out[name] = _sum_of_steps(evals.reshape(steps + 1, b, -1), grad.reshape(steps + 1, b, -1),
+                                      trapezoid)
             out[name] = out[name].reshape(b, *evals.shape[1:])
     probe.saved.clear()
     return out
 
 
-def _sum_of_steps(evals: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    """captum's sum Σ_k (y(α_{k+1}) − y(α_k)) · ∂F/∂y(α_k): (steps + 1, B, L) twice → (B, L).
-
-    The same products as captum; only the order of the additions over k differs (≈ 1 ulp).
+def _sum_of_steps(evals: torch.Tensor, grads: torch.Tensor, trapezoid: bool = False) -> torch.Tensor:
+    """Σ_k (y(α_{k+1}) − y(α_k)) · ∂F/∂y(α_k) (captum's products; only the order of the additions over
+    k differs, ≈ 1 ulp), or with ``trapezoid`` the mean gradient of both ends: (steps + 1, B, L) twice → (B, L).
     """
     if evals[0].numel() < _STEP_LOOP_MIN:
-        return ((evals[1:] - evals[:-1]) * grads[:-1]).sum(dim=0)
+        slope = (grads[:-1] + grads[1:]) * 0.5 if trapezoid else grads[:-1]
+        return ((evals[1:] - evals[:-1]) * slope).sum(dim=0)
     # Step by step on (B, L) slices, so the working set stays in cache instead of streaming a
     # (steps, B, L) temporary through memory three times.
     acc = torch.zeros_like(evals[0])
     diff = torch.empty_like(evals[0])
+    slope = torch.empty_like(grads[0])
     for k in range(evals.shape[0] - 1):
         torch.sub(evals[k + 1], evals[k], out=diff)
-        acc.addcmul_(diff, grads[k])
+        if trapezoid:
+            torch.add(grads[k], grads[k + 1], out=slope).mul_(0.5)
+        acc.addcmul_(diff, slope if trapezoid else grads[k])
     return acc
 
 

@@ -22,7 +22,6 @@ from ..neighbours import most_similar
 from ..projection import tsne_projection
 from ..validation import check_fraction, check_int
 from .cka import cka_matrix
-from .conductance import layer_conductance
 from .discriminability import Discriminability, domain_discriminability
 from ._hooks import run_with_hooks
 from .features import NeuronPatches, top_patches_many
@@ -33,6 +32,7 @@ from .labelspaces import head_prefix, label_maps, own_outputs, pooled_comparison
 from .options import DiagnoseOptions, resolve_n_steps
 from .predictions import ValidationSets, predict_validation
 from .ranking import resolve_k, top_k_neurons
+from .rows import conductance_on, svm_note, svm_rows
 from .similarity import LayerComparison, layer_summary, neuron_similarity, silent_neurons, weight_correspondence
 from .stability import Stability, important_set_stability
 from .steps import StepChoice, steps_for
@@ -218,11 +218,21 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                                  {n: model.analysis_layers[n] for n in layer_names}, options)
                  for role, model in models.items()}
     notes += [f"{role} model, conductance steps: {c.note}" for role, c in steps.items() if c.note]
+    # Only the rows something reads get conductance (NaN elsewhere): the target-domain rows for both
+    # models, and the domain classifier's source-domain rows for the target model, drawn first for that.
+    svm_plan = svm_rows(labels, domain, classes, wanted, options.svm_max_rows, rng)
+    notes += [n for n in [svm_note(svm_plan, labels, domain, classes, options.seed)] if n]
+    tgt_all = np.flatnonzero(domain == 1)
+    if not len(tgt_all):
+        raise DiagnosticsError("Expected target-domain instances (domain 1); got none, so there is nothing "
+                               "to diagnose.")
+    conductance_rows = {"source": tgt_all,
+                        "target": np.union1d(tgt_all, np.concatenate([s for s, _ in svm_plan.values()]))}
     conductance = {}
     for role, model in models.items():
         with stage("conductance"):
-            conductance[role] = layer_conductance(
-                model, instances.images, torch.as_tensor(own_targets[role]),
+            conductance[role] = conductance_on(
+                model, instances.images, own_targets[role], conductance_rows[role],
                 {n: model.analysis_layers[n] for n in layer_names},
                 baselines=options.baseline, n_steps=steps[role].n_steps, method=options.method,
                 batch_size=options.batch_size, progress=True)
@@ -284,7 +294,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
             else:
                 columns = [(n, int(j)) for n in layer_names for j in important["target"][cls][n]]
                 a = np.concatenate([conductance["target"][n][:, important["target"][cls][n]] for n in layer_names], 1)
-                src_rows, tgt_rows = _sample(src_rows, options.svm_max_rows, rng), _sample(tgt_rows, options.svm_max_rows, rng)
+                src_rows, tgt_rows = svm_plan[cls]
                 try:
                     discrim[cls] = domain_discriminability(a[src_rows], a[tgt_rows], folds=options.folds,
                                                            seed=options.seed)
@@ -308,13 +318,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                                                        np.flatnonzero(domain == 1), layer_names, pairs, differ,
                                                        options)
     with stage("svm"):
-        tgt_all, src_all = np.flatnonzero(domain == 1), np.flatnonzero(domain == 0)
-        for name, rows_ in (("source", src_all), ("target", tgt_all)):
-            if len(rows_) > options.svm_max_rows:  # a linear SVC's cost grows faster than its rows
-                notes.append(f"all-class domain classifier: {options.svm_max_rows} of {len(rows_)} "
-                             f"{name}-domain instances sampled (seed {options.seed})")
-        src_all = _sample(src_all, options.svm_max_rows, rng)
-        tgt_svm = _sample(tgt_all, options.svm_max_rows, rng)
+        src_all, tgt_svm = svm_plan["__all__"]
         if len(src_all):
             top_all = {n: top_k_neurons(conductance["target"][n][tgt_all], options.top_fraction) for n in layer_names}
             a = np.concatenate([conductance["target"][n][:, top_all[n]] for n in layer_names], 1)
@@ -400,10 +404,6 @@ def _statistics(models, instances, outputs, classes, validation, batch_size, fro
         tables[name] = confusion_table(instances.labels[val], outputs["source"].prediction[val],
                                        outputs["target"].prediction[val], classes) if len(val) or code else None
     return tables["target"], tables["source"], SAMPLE
-
-
-def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
-    return rows if len(rows) <= limit else np.sort(rng.choice(rows, limit, replace=False))
 
 
 def _patch_neurons(role, important, similarity, classes, layer_names, k) -> dict[str, list[int]]:

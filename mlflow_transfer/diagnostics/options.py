@@ -23,13 +23,15 @@ class DiagnoseOptions:
     classes: tuple[str, ...] | None = None  # classes to analyse (None = all)
     n_steps: int | str = "auto"             # conductance integration steps: "auto" = per model, the smallest
                                             # of 8/16/32/50/100 within completeness_tolerance (diagnostics/steps.py)
-    method: str = "gausslegendre"           # captum approximation method
+    method: str = "trapezoid"               # conductance sum: "trapezoid" or one of captum's methods
+                                            # (diagnostics/conductance.py)
     baseline: float = 0.0                   # constant baseline image value
     top_fraction: float = 0.1               # important neurons: share of each layer (paper: 10 %)
     weight_fraction: float = 0.01           # important weights: share of each layer pair
     weight_max_instances: int | None = 200  # per class; more are sampled (seeded) and recorded
     folds: int = 10                         # CV folds of the domain classifier
-    svm_max_rows: int = 2000                # per domain; more are sampled (seeded) and noted
+    svm_max_rows: int = 2000                # domain classifier rows per domain; both domains are sampled
+                                            # (seeded, noted) to the smaller one's count, at most this
     patches: int = 9                        # top activating patches per neuron and domain
     similar: int = 5                        # patches also for each important neuron's k most similar in the other model
     patch_size: int = 24                    # px of each stored patch

@@ -112,7 +112,7 @@ def cut_layers(model: nn.Module, layers: dict[str, nn.Module], example: torch.Te
 
 
 def completeness_errors(model: nn.Module, inputs: torch.Tensor, target, layers: dict[str, nn.Module], *,
-                        n_steps: int, baselines: float | torch.Tensor = 0.0, method: str = "gausslegendre",
+                        n_steps: int, baselines: float | torch.Tensor = 0.0, method: str = DiagnoseOptions.method,
                         batch_size: int = 16) -> dict[str, float]:
     """Relative completeness error (see the module docstring) of each layer in ``layers`` at ``n_steps``.
 
@@ -150,7 +150,7 @@ def _output_difference(model, inputs, target, baselines) -> np.ndarray:
 
 def choose_n_steps(model: nn.Module, inputs: torch.Tensor, target, layers: dict[str, nn.Module], *,
                    tolerance: float = DEFAULT_TOLERANCE, candidates=CANDIDATES,
-                   baselines: float | torch.Tensor = 0.0, method: str = "gausslegendre",
+                   baselines: float | torch.Tensor = 0.0, method: str = DiagnoseOptions.method,
                    batch_size: int = 16) -> StepChoice:
     """The smallest of ``candidates`` whose completeness error on ``inputs`` (the probe) is ≤ ``tolerance``.
 

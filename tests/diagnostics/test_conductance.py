@@ -11,7 +11,7 @@ from captum.attr import LayerConductance
 from helpers.models import seeded, with_running_statistics
 from torch import nn
 
-from mlflow_transfer.diagnostics.conductance import METHODS, alphas, layer_conductance
+from mlflow_transfer.diagnostics.conductance import CAPTUM_METHODS, alphas, layer_conductance
 from mlflow_transfer.errors import DiagnosticsError
 
 NUM_CLASSES = 5
@@ -267,6 +267,58 @@ def test_hand_worked_two_neuron_network():
     np.testing.assert_allclose(got["hidden"], [[0.0, 3.5]], atol=1e-6)
 
 
+def test_hand_worked_two_neuron_network_trapezoid():
+    # The same path as above with the trapezoid rule: each step takes the mean of the gradients at its
+    # two ends. h1: 10 × 0.5 × 2 = 10 as before. h2 switches on inside step k = 2 (α 0.2 → 0.3): that
+    # step counts half, ½ × 0.5 × (−1) = −0.25, then steps 3..9 fully, −3.5: −3.75 (exact: −3.8).
+    net = _two_neuron_net()
+    x = torch.tensor([[1.0, 2.0]], dtype=torch.float64).reshape(1, 2, 1, 1)
+    got = layer_conductance(net, x, 0, {"hidden": net[1]}, n_steps=10, method="trapezoid")
+    np.testing.assert_allclose(got["hidden"], [[10.0, -3.75]], atol=1e-6)
+
+
+@pytest.mark.parametrize("reduce", ["max", "none"])
+def test_trapezoid_is_the_mean_of_captums_sums_both_ways_along_the_path(reduce):
+    # Reference from captum alone: its sum on riemann_trapezoid points takes each step's gradient at the
+    # left end; run from the input back to the baseline, it takes the other end (with the sign of the
+    # reversed steps). The trapezoid rule is the mean of the two, per neuron.
+    model, x, y = _alexnet32(), _images(3), _labels(3)
+    layers = model.analysis_layers
+    forward = _captum(model, x, y, layers, n_steps=6, method="riemann_trapezoid", reduce="none")
+    backward = {}
+    for name, layer in layers.items():
+        back = LayerConductance(model, layer).attribute(torch.zeros_like(x), x, target=y, n_steps=6,
+                                                        method="riemann_trapezoid")
+        backward[name] = back.detach().numpy()
+    ref = {}
+    for name in layers:
+        mean = (forward[name] - backward[name]) / 2
+        ref[name] = mean.reshape(*mean.shape[:2], -1).max(-1) if reduce == "max" and mean.ndim > 2 else mean
+    ours = layer_conductance(model, x, y, n_steps=6, method="trapezoid", batch_size=2, reduce=reduce)
+    _assert_matches(ours, ref, tol=1e-6)  # float32 storage
+
+
+def test_trapezoid_is_second_order_on_a_smooth_model():
+    # planted truth: on a smooth path (tanh) the trapezoid rule's completeness error falls ~4× per
+    # doubling of the steps, captum's left-end sum ~2×
+    torch.manual_seed(3)
+    conv, fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 8 * 8, NUM_CLASSES)
+    model = nn.Sequential(conv, nn.Tanh(), nn.Flatten(), fc, nn.Tanh()).double().eval()
+    x, y = _images(4, size=8), _labels(4)
+    with torch.no_grad():
+        gap = (model(x) - model(torch.zeros_like(x))).gather(1, y[:, None])[:, 0].numpy()
+
+    def error(method, n):
+        cond = layer_conductance(model, x, y, {"conv": conv}, n_steps=n, method=method, reduce="none")["conv"]
+        return np.abs(cond.reshape(4, -1).astype(np.float64).sum(1) - gap).sum()
+
+    trapezoid = [error("trapezoid", n) for n in (4, 8, 16)]
+    left = [error("riemann_trapezoid", n) for n in (4, 8, 16)]
+    assert trapezoid[0] / trapezoid[1] > 3.5 and trapezoid[1] / trapezoid[2] > 3.5, trapezoid
+    assert left[1] / left[2] < 2.5, left
+    assert trapezoid[2] < left[2] / 10
+
+
 # --------------------------------------------------------------------------- behaviour
 
 
@@ -407,7 +459,7 @@ def _call(**overrides):
     (dict(n_steps=0), r"Expected n_steps as an integer >= 1; got 0\."),
     (dict(n_steps=2.0), r"Expected n_steps as an integer >= 1; got 2.0\."),
     (dict(batch_size=0), r"Expected batch_size as an integer >= 1; got 0\."),
-    (dict(method="simpson"), r"Expected method \(captum's approximation methods\) as one of .*gausslegendre.*; got 'simpson'\."),
+    (dict(method="simpson"), r"Expected method \(captum's approximation methods or trapezoid\) as one of .*gausslegendre.*; got 'simpson'\."),
     (dict(reduce="mean"), r"Expected reduce as one of \('max', 'none'\); got 'mean'\."),
     (dict(baselines=torch.zeros(3, 3, 8, 8, dtype=torch.float64)),
      r"Expected baselines that broadcast to inputs \(2, 3, 8, 8\); got shape \(3, 3, 8, 8\)\."),
@@ -450,13 +502,13 @@ def test_rejects_bad_layers_and_models():
     assert all(not m._forward_hooks for model in models for m in model.modules())
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CAPTUM_METHODS)
 @pytest.mark.parametrize("n", [2, 3, 7, 51, 101])
 def test_alphas_are_captums(method, n):
     """The package computes captum's points itself (captum keeps them private); tests may import them."""
     from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 
-    assert set(METHODS) == set(SUPPORTED_METHODS)
+    assert set(CAPTUM_METHODS) == set(SUPPORTED_METHODS)
     ours = np.asarray(alphas(method, n), dtype=np.float64)
     theirs = np.asarray(approximation_parameters(method)[1](n), dtype=np.float64)
     assert ours.shape == theirs.shape == (n,)

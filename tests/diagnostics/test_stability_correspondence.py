@@ -356,12 +356,15 @@ def test_diagnose_pair_reads_each_model_and_class_its_own_rows(monkeypatch):
     inst = _planted_instances()
     planted, perms = _planted_conductance(inst, source, target, widths)
 
-    def fake_conductance(model, images, labels, layers, **kwargs):
+    def fake_conductance(model, images, labels, rows, layers, **kwargs):
         role = 0 if model is source else 1
-        return {n: planted[n][role] if n in planted else np.random.default_rng(1).uniform(size=(len(images), 2))
-                for n in layers}
+        found = {n: planted[n][role].copy() if n in planted else np.random.default_rng(1).uniform(size=(len(images), 2))
+                 for n in layers}
+        for values in found.values():  # as the engine's: NaN on the rows it does not ask for
+            values[np.setdiff1d(np.arange(len(images)), rows)] = np.nan
+        return found
 
-    monkeypatch.setattr(engine, "layer_conductance", fake_conductance)
+    monkeypatch.setattr(engine, "conductance_on", fake_conductance)
     opts = DiagnoseOptions(n_steps=2, folds=3, tsne_gradient="bh", weight_max_instances=4, patches=1,
                            top_fraction=0.1, seed=0, layers=("conv1", "fc1"))
     diag = diagnose_pair(source, target, inst, ("a", "b"), opts)

@@ -68,7 +68,7 @@ def _reference_error(model, layer, x, y, n_steps, method="gausslegendre"):
 def test_completeness_error_matches_captum_and_forward_differences_and_shrinks_with_steps():
     net, layers = _chain()
     x, y = _images(6), torch.tensor([0, 1, 2, 0, 1, 2])
-    errors = {n: completeness_errors(net, x, y, layers, n_steps=n) for n in (8, 100)}
+    errors = {n: completeness_errors(net, x, y, layers, n_steps=n, method="gausslegendre") for n in (8, 100)}
     for n, per_layer in errors.items():
         for name, layer in layers.items():
             # layer_conductance stores float32: the sums agree to its rounding, not to float64's
@@ -89,7 +89,10 @@ def test_a_linear_path_with_trapezoid_points_is_complete_at_any_step_count():
         errors = completeness_errors(net, x, y, {"conv": conv, "fc": fc}, n_steps=n, method="riemann_trapezoid")
         assert max(errors.values()) < 1e-6  # float32 storage of the conductance
     # Gauss–Legendre points stop short of 0 and 1: the same path is then measurably incomplete
-    assert min(completeness_errors(net, x, y, {"conv": conv, "fc": fc}, n_steps=1).values()) > 1e-3
+    assert min(completeness_errors(net, x, y, {"conv": conv, "fc": fc}, n_steps=1,
+                                   method="gausslegendre").values()) > 1e-3
+    # the trapezoid rule (the default) uses the same points as riemann_trapezoid: complete too
+    assert max(completeness_errors(net, x, y, {"conv": conv, "fc": fc}, n_steps=1).values()) < 1e-6
 
 
 def test_the_choice_is_the_smallest_candidate_within_the_tolerance():

@@ -109,8 +109,8 @@ def test_token_conductance_is_captums_maxed_over_tokens():
     adapted = adapt_classifier(foreign("vit"), X)
     layer = adapted.analysis_layers["blocks.1.fc1"]
     target = torch.tensor([1, 4, 7])
-    ours = layer_conductance(adapted, X, target, {"fc1": layer}, n_steps=8)["fc1"]
-    full = layer_conductance(adapted, X, target, {"fc1": layer}, n_steps=8, reduce="none")["fc1"]
+    ours = layer_conductance(adapted, X, target, {"fc1": layer}, n_steps=8, method="gausslegendre")["fc1"]
+    full = layer_conductance(adapted, X, target, {"fc1": layer}, n_steps=8, method="gausslegendre", reduce="none")["fc1"]
     captum = LayerConductance(adapted, layer).attribute(X, target=target, n_steps=8).detach().numpy()
     assert ours.shape == (3, 32) and full.shape == captum.shape == (3, 17, 32)  # units, not tokens
     np.testing.assert_allclose(full, captum, rtol=1e-4, atol=1e-6)
