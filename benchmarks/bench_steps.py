@@ -19,9 +19,8 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 
-from bench_diagnose import perturbed_copy_pair  # the benchmarks folder is the script's sys.path[0]
+from bench_diagnose import perturbed_copy_pair, train  # the benchmarks folder is the script's sys.path[0]
 
 from mlflow_transfer.data import load_domain
 from mlflow_transfer.diagnostics.conductance import layer_conductance
@@ -35,26 +34,14 @@ PAPER_CONDUCTANCE_50_S = 1739.6  # results_paper_scale.txt, 2026-11 run: conduct
 PAPER_OTHER_S = 1874.5 - 1739.6  # every other stage and the bundle write
 
 
-def _train(model, x, y, epochs, seed):
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    model.train()
-    for _ in range(epochs):
-        for b in torch.randperm(len(x)).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[b]), y[b]).backward()
-            opt.step()
-    return model.eval()
-
-
 def _pairs(args, src, tgt):
     yield "untrained", *perturbed_copy_pair(args.seed)
     if args.train_epochs:
         t0 = time.perf_counter()
-        source = _train(build_model("alexnet-32", 10), *src, args.train_epochs, args.seed)
+        source = train(build_model("alexnet-32", 10), *src, args.train_epochs, args.seed)
         target = build_model("alexnet-32", 10)
         target.load_state_dict(source.state_dict())
-        target = _train(target, *tgt, args.train_epochs, args.seed + 1)
+        target = train(target, *tgt, args.train_epochs, args.seed + 1)
         acc = float((target(tgt[0]).argmax(1) == tgt[1]).float().mean())
         print(f"\n(trained pair: {args.train_epochs} epoch(s) each, target accuracy on its data {acc:.3f}, "
               f"{time.perf_counter() - t0:.0f} s, not timed below)")
@@ -68,6 +55,7 @@ def main() -> None:
     p.add_argument("--train-epochs", type=int, default=2, help="0: only the untrained pair")
     p.add_argument("--tolerances", default="0.01,0.02,0.05,0.1")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--methods", default="gausslegendre,trapezoid", help="conductance sums compared")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     keep_freed_memory()
@@ -85,33 +73,37 @@ def main() -> None:
     tolerances = [float(v) for v in args.tolerances.split(",")]
 
     for name, source, target in _pairs(args, src, tgt):
-        print(f"\n== {name} pair (target model; errors: max over its cut layers, pooled over the probe)")
-        layers = dict(target.analysis_layers)
-        times, sets, errors = {}, {}, {}
-        for steps in CANDIDATE_STEPS:
-            errors[steps] = max(completeness_errors(target, px, py, layers, n_steps=steps,
-                                                    batch_size=args.batch_size).values())
-            t0 = time.perf_counter()
-            cond = layer_conductance(target, x, y, n_steps=steps, batch_size=args.batch_size)
-            times[steps] = time.perf_counter() - t0
-            sets[steps] = {(c, n): set(top_k_neurons(cond[n][(y == c).numpy()]).tolist())
-                           for c in range(10) for n in layers if (y == c).any()}
-        ref = sets[50]
-        print(f"  {'n_steps':>7} {'error':>8} {'s/inst':>8} {'vs 50':>6} {'overlap mean':>13} {'min':>6}")
-        for steps in CANDIDATE_STEPS:
-            ov = [len(sets[steps][k] & ref[k]) / len(ref[k]) for k in ref]
-            print(f"  {steps:>7} {errors[steps]:8.4f} {times[steps] / args.n:8.4f} {times[steps] / times[50]:6.2f}"
-                  f" {np.mean(ov):13.3f} {np.min(ov):6.3f}")
-        for tol in tolerances:
-            chosen = {role: choose_n_steps(m, px, py, dict(m.analysis_layers), tolerance=tol,
-                                           batch_size=args.batch_size) for role, m in (("source", source),
-                                                                                        ("target", target))}
-            est = PAPER_OTHER_S + PAPER_CONDUCTANCE_50_S / 2 * sum(times[c.n_steps] / times[50]
-                                                                   for c in chosen.values())
-            ov = np.mean([len(sets[chosen["target"].n_steps][k] & ref[k]) / len(ref[k]) for k in ref])
-            print(f"  tolerance {tol:<5g}: n_steps source {chosen['source'].n_steps:>3} "
-                  f"(met {chosen['source'].met}), target {chosen['target'].n_steps:>3} (met {chosen['target'].met}); "
-                  f"target overlap vs 50 {ov:.3f}; paper-scale estimate {est / 60:5.1f} min (31.2 at 50)")
+        for method in args.methods.split(","):
+            print(f"\n== {name} pair, method {method} (target model; errors: max over its cut layers, "
+                  "pooled over the probe)")
+            layers = dict(target.analysis_layers)
+            times, sets, errors = {}, {}, {}
+            for steps in CANDIDATE_STEPS:
+                errors[steps] = max(completeness_errors(target, px, py, layers, n_steps=steps, method=method,
+                                                        batch_size=args.batch_size).values())
+                t0 = time.perf_counter()
+                cond = layer_conductance(target, x, y, n_steps=steps, method=method,
+                                         batch_size=args.batch_size)
+                times[steps] = time.perf_counter() - t0
+                sets[steps] = {(c, n): set(top_k_neurons(cond[n][(y == c).numpy()]).tolist())
+                               for c in range(10) for n in layers if (y == c).any()}
+            ref = sets[50]
+            print(f"  {'n_steps':>7} {'error':>8} {'s/inst':>8} {'vs 50':>6} {'overlap mean':>13} {'min':>6}")
+            for steps in CANDIDATE_STEPS:
+                ov = [len(sets[steps][k] & ref[k]) / len(ref[k]) for k in ref]
+                print(f"  {steps:>7} {errors[steps]:8.4f} {times[steps] / args.n:8.4f} {times[steps] / times[50]:6.2f}"
+                      f" {np.mean(ov):13.3f} {np.min(ov):6.3f}")
+            for tol in tolerances:
+                chosen = {role: choose_n_steps(m, px, py, dict(m.analysis_layers), tolerance=tol, method=method,
+                                               batch_size=args.batch_size) for role, m in (("source", source),
+                                                                                            ("target", target))}
+                est = PAPER_OTHER_S + PAPER_CONDUCTANCE_50_S / 2 * sum(times[c.n_steps] / times[50]
+                                                                       for c in chosen.values())
+                ov = np.mean([len(sets[chosen["target"].n_steps][k] & ref[k]) / len(ref[k]) for k in ref])
+                print(f"  tolerance {tol:<5g}: n_steps source {chosen['source'].n_steps:>3} "
+                      f"(met {chosen['source'].met}), target {chosen['target'].n_steps:>3} (met {chosen['target'].met}); "
+                      f"target overlap vs 50 {ov:.3f}; paper-scale estimate {est / 60:5.1f} min (31.2 at 50; "
+                      "conductance on every row, as in that run)")
 
 
 if __name__ == "__main__":
