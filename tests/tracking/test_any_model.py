@@ -4,13 +4,16 @@ without --arch against a real sqlite store, and opened by the app's readers (iss
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 
 import mlflow
 import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 from helpers.cli import invoke
+from helpers.servers import BIN
 from helpers.models import foreign
 from helpers.tracking import TINY, tiny_recipe
 from mlflow import MlflowClient
@@ -114,6 +117,22 @@ def test_cli_diagnoses_model_uris_without_arch(logged):
     assert done.returncode == 0, done.stderr[-2000:]
     run_id = done.stdout.split("diagnostics run ")[1].split(":")[0]
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"
+
+
+def test_mlproject_diagnose_takes_model_uris(logged, module_store):
+    # the MLproject entry point passes the model-URI pair through to the same command
+    source_uri, target_uri, _ = logged["cnn"]
+    params = {"source_model_uri": source_uri, "target_model_uri": target_uri, "recipe": "recipes/digits.yaml",
+              "set": TINY, "sample_per_class": "1", "n_steps": "4", "feature_vis_steps": "0",
+              "embedding_layer": "pool", "completeness_tolerance": "0.05"}
+    proc = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", "diagnose",
+                           "--experiment-name", module_store.experiment,
+                           *[a for k, v in params.items() for a in ("-P", f"{k}={v}")]],
+                          cwd=module_store.root, env=module_store.env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = MlflowClient().get_run(proc.stdout.split("diagnostics run ")[1].split(":")[0])
+    assert run.info.status == "FINISHED" and run.data.params["embedding_layer"] == "pool"
+    assert run.data.params["source_model_uri"] == source_uri
 
 
 def test_bad_input_leaves_no_run(logged, module_store):
