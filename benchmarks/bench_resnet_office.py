@@ -11,7 +11,9 @@ whole validation sets are streamed once through both models for the confusion ta
   the tolerance), per model — or, with ``--n-steps N``, its cost estimated from the timed
   conductance (16 probe instances × the points of every candidate up to N);
 - ``conductance``: Layer Conductance of all analysis layers at the chosen n_steps on ``--timed``
-  instances, then scaled to the analysed sample of both models (labelled as an estimate).
+  instances, then scaled to the rows `diagnose` computes it on (labelled as an estimate): the
+  source model the analysed target rows, the target model those and the domain classifiers' source
+  rows (as many as the target rows per class, plus the all-class sample: at most 2 × the target rows).
 
     .venv/bin/python benchmarks/bench_resnet_office.py --device auto
 """
@@ -52,9 +54,11 @@ def main() -> None:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     models = {r: build_model("resnet18", CLASSES).eval().to(device) for r in ("source", "target")}
-    n_analysed = analysed(N_SOURCE) + analysed(N_TARGET)
+    n_src, n_tgt = analysed(N_SOURCE), analysed(N_TARGET)
+    rows = {"source": n_tgt, "target": n_tgt + min(n_src, 2 * n_tgt)}  # diagnostics/rows.py, upper bound
     print(f"device {device}; torch threads {torch.get_num_threads()}; resnet18, 224x224, {CLASSES} classes; "
-          f"{N_SOURCE} + {N_TARGET} images, {n_analysed} analysed (sample_per_class 10)")
+          f"{N_SOURCE} + {N_TARGET} images, {n_src} + {n_tgt} analysed (sample_per_class 10); conductance rows: "
+          f"source model {rows['source']}, target model {rows['target']}")
     g = torch.Generator().manual_seed(0)
 
     t0 = time.perf_counter()
@@ -91,9 +95,9 @@ def main() -> None:
             points = sum(c + 1 for c in CANDIDATE_STEPS if c <= steps)
             print(f"  {role}: steps choice up to n_steps {steps} (estimate): "
                   f"{PROBE_SIZE * points * per / (steps + 1) / 60:.1f} min")
-        total_cond += per * n_analysed
+        total_cond += per * rows[role]
         print(f"  {role}: conductance at n_steps {steps}, {len(layers)} layers: {per:.2f} s per instance "
-              f"(timed on {args.timed}) -> {per * n_analysed / 60:.1f} min for {n_analysed} instances (estimate)")
+              f"(timed on {args.timed}) -> {per * rows[role] / 60:.1f} min for {rows[role]} instances (estimate)")
     print(f"  conductance, both models (estimate): {total_cond / 60:.1f} min")
 
 
