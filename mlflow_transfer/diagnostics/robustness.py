@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -87,7 +88,9 @@ def _attacking(model: nn.Module):
     states = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
+            # PGD hands each step a detached tensor, and captum warns on each that it set requires_grad
+            warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
             yield
     finally:
         for m, flag in states.items():
@@ -95,11 +98,24 @@ def _attacking(model: nn.Module):
 
 
 def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(out, y, reduction="none")  # per example: captum needs shape (B,)
+    """Per-example cross-entropy (captum needs shape (B,)), times a detached positive factor per example.
+
+    captum's FGSM treats gradient components below 1e-6 as zero, and a model that is confidently right
+    has a cross-entropy gradient far below that: FGSM and PGD would leave its most confident instances
+    untouched. Dividing by s = Σ_{j≠y} softmax_j (about the loss itself when it is small; computed in log
+    space, in float64) makes the gradient O(1); a positive constant per example, it leaves every sign
+    step exactly the cross-entropy's."""
+    z = out.double()
+    others = z.scatter(1, y[:, None], float("-inf"))
+    log_s = (torch.logsumexp(others, 1) - torch.logsumexp(z, 1)).detach()
+    return F.cross_entropy(z, y, reduction="none") * torch.exp(-log_s.clamp(min=-700.0))
 
 
 def _squared_distance(out: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    return (out - clean).flatten(1).pow(2).sum(1)
+    """‖f(x_adv) − f(x)‖² per example, over its detached value: the same sign steps, a gradient that
+    stays above captum's 1e-6 cut-off however small the random start's distance is."""
+    d = (out - clean).flatten(1).double().pow(2).sum(1)
+    return d / d.detach().clamp(min=1e-300)
 
 
 def _check_images(images, name: str = "images") -> torch.Tensor:

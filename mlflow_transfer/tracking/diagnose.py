@@ -233,6 +233,8 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
         if "__all__" in diag.discriminability:
             final["domain_cv_accuracy"] = diag.discriminability["__all__"].cv_mean
         final.update({f"seconds_{k}": v for k, v in diag.timings.items()})
+        if diag.robustness is not None:  # issue 13: dir_{output,feature}, adv_acc_{model}_{attack} at the largest ε
+            final.update(diag.robustness.metrics())
         mlflow.log_metrics({k: float(v) for k, v in final.items()})
         mlflow.set_tag(TAGS.layers, json.dumps(list(diag.layers)))
         return run.info.run_id
