@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DiagnosticsError
@@ -56,8 +55,7 @@ BATCH = 64                           # images per attack batch: gradients of a w
 def check_epsilon(value, name: str = "epsilon") -> float:
     """An attack radius: a number in [0, 1] (L∞, pixel units of images in [0, 1])."""
     return check_number(value, name, low=0.0, high=1.0,
-                        doc="(an L∞ radius in pixel units of images in [0, 1], e.g. 8/255 ≈ 0.031; "
-                            "pass e.g. --set or DiagnoseOptions values such as 0.0157)")
+                        doc="(an L∞ radius in pixel units of images in [0, 1], e.g. 8/255 ≈ 0.031)")
 
 
 def check_robustness_options(options) -> None:
@@ -97,25 +95,29 @@ def _attacking(model: nn.Module):
             m.training = flag
 
 
-def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-example cross-entropy (captum needs shape (B,)), times a detached positive factor per example.
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.device.type == "mps" else t.double()  # MPS has no float64
 
-    captum's FGSM treats gradient components below 1e-6 as zero, and a model that is confidently right
-    has a cross-entropy gradient far below that: FGSM and PGD would leave its most confident instances
-    untouched. Dividing by s = Σ_{j≠y} softmax_j (about the loss itself when it is small; computed in log
-    space, in float64) makes the gradient O(1); a positive constant per example, it leaves every sign
-    step exactly the cross-entropy's."""
-    z = out.double()
-    others = z.scatter(1, y[:, None], float("-inf"))
-    log_s = (torch.logsumexp(others, 1) - torch.logsumexp(z, 1)).detach()
-    return F.cross_entropy(z, y, reduction="none") * torch.exp(-log_s.clamp(min=-700.0))
+
+def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per example (captum needs shape (B,)), a loss whose sign steps are the cross-entropy's.
+
+    The cross-entropy is softplus(m) with m = logsumexp_{j≠y} z_j − z_y, so its input gradient is
+    sigmoid(m)·∇m: a positive factor per example, the same signs, the same FGSM and PGD steps. m is
+    used: captum treats gradient components below 1e-6 as zero, and a confidently right model's
+    cross-entropy gradient (the factor sigmoid(m) ≈ e^m) is far below that, so the attack would leave
+    its most confident instances untouched; ∇m does not vanish."""
+    if out.shape[1] < 2:  # one class: nothing to push towards
+        return out.sum(1) * 0
+    others = out.scatter(1, y[:, None], float("-inf"))
+    return torch.logsumexp(others, 1) - out.gather(1, y[:, None]).squeeze(1)
 
 
 def _squared_distance(out: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """‖f(x_adv) − f(x)‖² per example, over its detached value: the same sign steps, a gradient that
     stays above captum's 1e-6 cut-off however small the random start's distance is."""
-    d = (out - clean).flatten(1).double().pow(2).sum(1)
-    return d / d.detach().clamp(min=1e-300)
+    d = _wide(out - clean).flatten(1).pow(2).sum(1)
+    return d / d.detach().clamp(min=torch.finfo(d.dtype).tiny)
 
 
 def _check_images(images, name: str = "images") -> torch.Tensor:

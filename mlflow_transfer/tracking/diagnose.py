@@ -3,7 +3,8 @@
 The diagnostics run (role ``diagnostics``) is tagged with both run ids and the pair id and nested
 under the target run when there is one. The bundle is written to a temporary folder and logged
 whole under ``diagnostics/``; metrics (per-layer inheritance with ``step = layer index``, the
-transferability score, the domain classifier's CV accuracy) are logged after it. The score and
+transferability score, the domain classifier's CV accuracy; with robustness on, ``dir_output``,
+``dir_feature`` and ``adv_acc_{model}_{attack}`` at the largest ε) are logged after it. The score and
 ``target_val_accuracy`` come from the runs' histories over trained epochs only (step >= 1); a pair
 without one (a target with only step 0) gets no score but ``transferability_note`` in the manifest,
 saying why. The confusion tables rest on both domains' whole validation sets (streamed), whatever

@@ -93,6 +93,26 @@ def test_an_attack_stays_in_the_ball_and_in_range_and_leaves_the_model_mode(trai
     assert (adv - x).abs().max() > 0.04  # it moved
 
 
+@pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_the_attacks_are_captums_with_the_plain_cross_entropy_where_its_gradient_survives(attack):
+    # an untrained model: no gradient component of the plain cross-entropy falls under captum's 1e-6
+    from captum.robust import FGSM, PGD
+
+    model = tiny_net(3, seed=4, dropout=0.0).eval()
+    x, y = _task(12, seed=8)
+    y = np.arange(12) % 3
+    loss = lambda out, t: nn.functional.cross_entropy(out, t, reduction="none")  # noqa: E731
+    t = torch.as_tensor(y)
+    if attack == "fgsm":
+        ref = FGSM(model, loss, lower_bound=0.0, upper_bound=1.0).perturb(x.clone(), 0.03, t)
+    else:
+        ref = PGD(model, loss, lower_bound=0.0, upper_bound=1.0).perturb(x.clone(), 0.03, 2.5 * 0.03 / 4, 4, t)
+    got = attack_images(model, x, y, attack=attack, epsilon=0.03, steps=4)
+    torch.testing.assert_close(got, ref.detach(), rtol=0, atol=1e-6)
+    assert (got - x).abs().max() > 0.02
+
+
 def test_adversarial_accuracy_is_non_increasing_in_epsilon(trained):
     model, x, y = trained
     eps = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
