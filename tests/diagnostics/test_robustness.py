@@ -378,3 +378,14 @@ def test_robustness_maybe_is_a_usage_error_naming_on_and_off():
     proc = invoke("diagnose", "--target-run-id", "0" * 32, "--robustness", "maybe")
     assert proc.returncode == 2 and "'on'" in proc.stderr and "'off'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("value, expected", [("off", False), ("on", True), ("OFF", False)])
+def test_the_robustness_option_reaches_the_diagnose_options(monkeypatch, value, expected):
+    import mlflow_transfer.tracking.diagnose as tracking_diagnose
+
+    seen = {}
+    monkeypatch.setattr(tracking_diagnose, "diagnose", lambda **kw: seen.setdefault("options", kw["options"]) and "r1")
+    proc = invoke("diagnose", "--target-run-id", "0" * 32, "--device", "cpu", "--robustness", value)
+    assert proc.returncode == 0, proc.stderr
+    assert seen["options"].robustness is expected
