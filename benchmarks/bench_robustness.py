@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,17 +59,25 @@ def main() -> None:
     p.add_argument("--robustness-pgd-steps", type=int, default=DiagnoseOptions.robustness_pgd_steps)
     p.add_argument("--dir-pgd-steps", type=int, default=DiagnoseOptions.dir_pgd_steps)
     p.add_argument("--breakdown", action="store_true", help="time the stage's parts one by one as well")
+    p.add_argument("--pair-cache", default="", help="a .pt file: the trained pair's weights are saved there, "
+                   "and read back (weights_only) when it exists, so a rerun skips the training")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     keep_freed_memory()
 
     data = prepare_data(load_recipe(args.recipe, []))
     t0 = time.perf_counter()
-    source = _train(build_model("alexnet-32", 10), data.source.domain.dataset, data.source.train_indices,
-                    args.epochs, args.seed)
-    target = build_model("alexnet-32", 10)
-    target.load_state_dict(source.state_dict())
-    target = _train(target, data.target.domain.dataset, data.target.train_indices, args.epochs, args.seed + 1)
+    source, target = build_model("alexnet-32", 10), build_model("alexnet-32", 10)
+    if args.pair_cache and Path(args.pair_cache).is_file():
+        saved = torch.load(args.pair_cache, weights_only=True)
+        source.load_state_dict(saved["source"]), target.load_state_dict(saved["target"])
+        source.eval(), target.eval()
+    else:
+        source = _train(source, data.source.domain.dataset, data.source.train_indices, args.epochs, args.seed)
+        target.load_state_dict(source.state_dict())
+        target = _train(target, data.target.domain.dataset, data.target.train_indices, args.epochs, args.seed + 1)
+        if args.pair_cache:
+            torch.save({"source": source.state_dict(), "target": target.state_dict()}, args.pair_cache)
     print(f"pair: alexnet-32, {args.epochs} epoch(s) each ({time.perf_counter() - t0:.0f} s, not timed); target "
           f"validation accuracy: source {_accuracy(source, data.target.val):.3f}, "
           f"target {_accuracy(target, data.target.val):.3f}; torch threads {torch.get_num_threads()}")
