@@ -105,15 +105,10 @@ def main() -> None:
         print(f"  stage {stage_name:<12} {seconds:8.1f} s")
 
     if args.breakdown:
-        from mlflow_transfer.diagnostics.labelspaces import label_maps
-        from mlflow_transfer.diagnostics.robustness import (
-            attack_images,
-            defect_inheritance,
-            robustness_curves,
-            robustness_set,
-        )
+        from mlflow_transfer.diagnostics.attacks import attack_images
+        from mlflow_transfer.diagnostics.robustness import defect_inheritance, robustness_curves
+        from mlflow_transfer.diagnostics.robustness_pair import robustness_set
 
-        to_own, _, _ = label_maps(tuple(data.pair_classes), None)
         rs = robustness_set(validation, inst, len(data.pair_classes), options.robustness_max_rows, options.seed)
         print("breakdown (the parts again, one by one):")
         for role, model in (("source", source), ("target", target)):

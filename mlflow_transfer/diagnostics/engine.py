@@ -32,7 +32,7 @@ from .labelspaces import head_prefix, label_maps, own_outputs, pooled_comparison
 from .options import DiagnoseOptions, resolve_n_steps
 from .predictions import ValidationSets, predict_validation
 from .ranking import resolve_k, top_k_neurons
-from .robustness import PairRobustness, check_robustness_options, pair_robustness, robustness_set
+from .robustness_pair import PairRobustness, check_robustness_options, pair_robustness, robustness_set
 from .rows import conductance_on, svm_note, svm_rows
 from .similarity import LayerComparison, layer_summary, neuron_similarity, silent_neurons, weight_correspondence
 from .stability import Stability, important_set_stability

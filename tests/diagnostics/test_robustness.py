@@ -20,13 +20,9 @@ from mlflow_transfer.bundle.writer import write_pair_bundle
 from mlflow_transfer.diagnostics.conductance import layer_conductance
 from mlflow_transfer.diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
 from mlflow_transfer.diagnostics.predictions import ValidationSets
-from mlflow_transfer.diagnostics.robustness import (
-    attack_images,
-    conductance_shift,
-    defect_inheritance,
-    robustness_curves,
-    robustness_set,
-)
+from mlflow_transfer.diagnostics.attacks import attack_images
+from mlflow_transfer.diagnostics.robustness import conductance_shift, defect_inheritance, robustness_curves
+from mlflow_transfer.diagnostics.robustness_pair import robustness_set
 from mlflow_transfer.errors import DiagnosticsError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
