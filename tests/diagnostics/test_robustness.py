@@ -385,3 +385,30 @@ def test_the_robustness_option_reaches_the_diagnose_options(monkeypatch, value, 
     proc = invoke("diagnose", "--target-run-id", "0" * 32, "--device", "cpu", "--robustness", value)
     assert proc.returncode == 0, proc.stderr
     assert seen["options"].robustness is expected
+
+
+def test_label_spaces_that_differ_give_nan_rows_for_the_class_the_teacher_does_not_know():
+    # pair classes: the target's (b, d), then the source's others (a, c); the source knows a, b, c
+    pair_classes = ("b", "d", "a", "c")
+    teacher, student = tiny_net(3, seed=0, dropout=0.0), tiny_net(2, seed=1, dropout=0.0)
+    x, _ = _task(24, seed=9)
+    labels = np.arange(24) % 2  # target-domain rows only: b or d
+    idx = np.arange(24)
+    inst = Instances(x, labels, np.ones(24, np.int8), (idx % 2 == idx // 12).astype(np.int8), idx)
+    diag = diagnose_pair(teacher, student, inst, pair_classes, DiagnoseOptions(**FAST),
+                         model_classes={"source": ("a", "b", "c"), "target": ("b", "d")})
+    curves, dirs = diag.robustness.curves, diag.robustness.dir
+    for e in FAST["robustness_epsilons"]:
+        row = {(m, a, c): (acc, n) for m, a, ep, c, acc, n in zip(curves["model"], curves["attack"], curves["epsilon"],
+                                                                   curves["class_index"], curves["accuracy"], curves["n"])
+               if ep == e}
+        for attack in ("fgsm", "pgd"):
+            acc, n = row[("source", attack, 1)]
+            assert n == 0 and math.isnan(acc)  # the source does not know d
+            # the source's all-class row rests on the rows of the class it knows, as many as the target's of b
+            assert row[("source", attack, -1)][1] == row[("source", attack, 0)][1] == row[("target", attack, 0)][1]
+            assert row[("target", attack, -1)][1] == row[("target", attack, 0)][1] + row[("target", attack, 1)][1]
+    for i, (attack, c) in enumerate(zip(dirs["attack"], dirs["class_index"])):
+        if c == 1:
+            assert math.isnan(dirs["teacher_success"][i])
+    assert diag.robustness.info["basis"].startswith("analysed target validation instances")
