@@ -42,7 +42,6 @@ def check_robustness_options(options) -> None:
     check_int(options.robustness_max_rows, "robustness_max_rows", low=1)
 
 
-
 @dataclass(frozen=True)
 class RobustnessSet:
     """The images the curves and DIR rest on: images float (N, C, H, W), labels int64 (N,) in the
