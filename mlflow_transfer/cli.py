@@ -161,6 +161,10 @@ def _diagnose_options(fn):
                      type=click.FloatRange(0, 1, min_open=True), help="With --n-steps auto: the relative "
                      "completeness error |sum of a layer's conductance - (F(x) - F(baseline))| / |F(x) - F(baseline)| "
                      "allowed (0.01 = 1 %)."),
+        click.option("--robustness", default="on" if DiagnoseOptions.robustness else "off", show_default=True,
+                     type=click.Choice(["on", "off"], case_sensitive=False), help="Adversarial robustness: FGSM/PGD "
+                     "accuracy of both models on the target validation set, the defect inheritance rate of the "
+                     "source model's attacks and the conductance shift they cause; off: none of these records."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -176,11 +180,12 @@ def _n_steps_option(ctx, param, value):
 
 
 def _options(layers, classes, sample_per_class, n_steps, top_fraction, seed, feature_vis_steps,
-             completeness_tolerance=DiagnoseOptions.completeness_tolerance):
+             completeness_tolerance=DiagnoseOptions.completeness_tolerance, robustness="on"):
     split = lambda text: tuple(p.strip() for p in text.split(",") if p.strip()) or None  # noqa: E731
     return DiagnoseOptions(layers=split(layers), classes=split(classes), sample_per_class=sample_per_class,
                            n_steps=n_steps, top_fraction=top_fraction, seed=seed,
-                           feature_vis_steps=feature_vis_steps, completeness_tolerance=completeness_tolerance)
+                           feature_vis_steps=feature_vis_steps, completeness_tolerance=completeness_tolerance,
+                           robustness=robustness.lower() == "on")
 
 
 class _Report:
@@ -222,12 +227,12 @@ class _Report:
 @_user_errors
 def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_diagnose, layers, classes,
              sample_per_class, n_steps, top_fraction, seed, feature_vis_steps, completeness_tolerance,
-             trust_pickled_models, device):
+             robustness, trust_pickled_models, device):
     from .tracking import run_pipeline
 
     _setup(tracking_uri, experiment_name)
     options = (_options(layers, classes, sample_per_class, n_steps, top_fraction, seed, feature_vis_steps,
-                        completeness_tolerance) if run_diagnose else None)
+                        completeness_tolerance, robustness) if run_diagnose else None)
     report = _Report()
     result = run_pipeline(_load(recipe, overrides, data_root, device), diagnose_options=options,
                           report_writer=report, trust_pickled=trust_pickled_models)
@@ -268,7 +273,7 @@ def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_di
 def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_uri, recipe, arch, embedding_layer,
                  overrides,
                  data_root, tracking_uri, experiment_name, layers, classes, sample_per_class, n_steps,
-                 top_fraction, seed, feature_vis_steps, completeness_tolerance, trust_pickled_models,
+                 top_fraction, seed, feature_vis_steps, completeness_tolerance, robustness, trust_pickled_models,
                  allow_unfinished, device):
     from .runtime import resolve_device
     from .tracking.diagnose import diagnose
@@ -282,7 +287,7 @@ def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_ur
                       source_model_uri=source_model_uri or None, target_model_uri=target_model_uri or None,
                       recipe=_load(recipe, overrides, data_root) if recipe else None, arch=arch or None,
                       options=_options(layers, classes, sample_per_class, n_steps, top_fraction, seed,
-                                       feature_vis_steps, completeness_tolerance),
+                                       feature_vis_steps, completeness_tolerance, robustness),
                       report_writer=report, trust_pickled=trust_pickled_models,
                       allow_unfinished=allow_unfinished, embedding_layer=embedding_layer or None, device=device)
     click.echo(f"diagnostics run {run_id}: bundle at runs:/{run_id}/diagnostics, {report.note(run_id)}")

@@ -180,9 +180,25 @@ def write_pair_bundle(root: str | Path, diag: PairDiagnostics, *, history: dict 
         "scores", {}).items()}})
     # issue 12: the n_steps each model's conductance used, and its completeness error (optional for readers)
     steps = {role: choice.record() for role, choice in diag.conductance_steps.items()}
+    _write_robustness(w, diag.robustness)
     return w.finish(classes=classes, layers=list(diag.layers), options=dataclasses.asdict(diag.options),
                     n_instances=int(len(inst.labels)), **_label_spaces(diag),
-                    **({"conductance_steps": steps} if steps else {}), **(meta or {}))
+                    **({"conductance_steps": steps} if steps else {}),
+                    **({"robustness": diag.robustness.info} if diag.robustness is not None else {}), **(meta or {}))
+
+
+def _write_robustness(w: BundleWriter, robustness) -> None:
+    """Issue 13 (optional for readers; none when robustness was off): ``robustness/curves``, ``robustness/dir``,
+    ``robustness/neurons`` and, per DIR attack with an inherited defect, ``robustness/examples/{attack}`` (the
+    clean | adversarial | perturbation sprite) with its ``/table``; the manifest block is written by the caller."""
+    if robustness is None:
+        return
+    w.write_table("robustness/curves", robustness.curves)
+    w.write_table("robustness/dir", robustness.dir)
+    w.write_table("robustness/neurons", robustness.neurons)
+    for attack, (sprite, table) in robustness.examples.items():
+        w.write_png(f"robustness/examples/{attack}", sprite)
+        w.write_table(f"robustness/examples/{attack}/table", table)
 
 
 def _label_spaces(diag: PairDiagnostics) -> dict:

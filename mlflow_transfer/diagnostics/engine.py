@@ -32,6 +32,7 @@ from .labelspaces import head_prefix, label_maps, own_outputs, pooled_comparison
 from .options import DiagnoseOptions, resolve_n_steps
 from .predictions import ValidationSets, predict_validation
 from .ranking import resolve_k, top_k_neurons
+from .robustness_pair import PairRobustness, check_robustness_options, pair_robustness, robustness_set
 from .rows import conductance_on, svm_note, svm_rows
 from .similarity import LayerComparison, layer_summary, neuron_similarity, silent_neurons, weight_correspondence
 from .stability import Stability, important_set_stability
@@ -99,6 +100,7 @@ class PairDiagnostics:
     model_classes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     shared_classes: tuple[str, ...] | None = None
     conductance_steps: dict[str, StepChoice] = field(default_factory=dict)  # model → the n_steps used and why
+    robustness: PairRobustness | None = None                 # issue 13: None when options.robustness is off
 
     def layer_summary_table(self) -> dict[str, np.ndarray | list]:
         """Per layer, averaged over classes: inherited share of important weights, mean best similarity."""
@@ -187,6 +189,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
     vis_steps = check_int(options.feature_vis_steps, "feature_vis_steps", low=0, doc="(0 turns it off)")
     resolve_n_steps(options.n_steps)  # checked before the costly stages
     check_fraction(options.completeness_tolerance, "completeness_tolerance")
+    check_robustness_options(options)
     models = {"source": source_model, "target": target_model}
     layers = _select_layers(target_model, options.layers)
     layer_names = tuple(layers)
@@ -336,6 +339,17 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
             confusion, confusion_source = (None if t is None else unknown_accuracy_nan(t, to_own)
                                            for t in (confusion, confusion_source))
 
+    robustness = None  # issue 13: attacks on the target validation set, DIR, the attack's conductance shift
+    if options.robustness:
+        with stage("robustness"):
+            attacked = robustness_set(validation, instances, len(classes), options.robustness_max_rows, options.seed)
+            robustness = pair_robustness(
+                models, attacked, options, maps=(to_own, from_own), instances=instances,
+                class_index={c: classes.index(c) for c in analysed},
+                analysed={c: np.flatnonzero((domain == 1) & (labels == classes.index(c))) for c in analysed},
+                targets=own_targets, important=important, conductance=conductance, layer_names=layer_names,
+                n_steps={r: s.n_steps for r, s in steps.items()})
+
     patches = {r: {} for r in models}
     with stage("features"):
         src_idx, tgt_idx = np.flatnonzero(domain == 0), np.flatnonzero(domain == 1)
@@ -381,7 +395,7 @@ def diagnose_pair(source_model: nn.Module, target_model: nn.Module, instances: I
                            discrim, discrim_neurons, confusion, patches, cka, dict(stage.times),
                            peak / 2 ** 20, notes, kernels=kernels, confusion_source_domain=confusion_source,
                            statistics_basis=basis, feature_vis=feature_vis,
-                           stability=stability, silent=silent, conductance_steps=steps,
+                           stability=stability, silent=silent, conductance_steps=steps, robustness=robustness,
                            model_classes={r: tuple(model_classes[r]) for r in MODELS} if model_classes else {},
                            shared_classes=shared if model_classes is not None else None)
 

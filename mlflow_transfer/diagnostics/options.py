@@ -42,6 +42,15 @@ class DiagnoseOptions:
     feature_vis_steps: int = 32             # activation-maximisation steps per feature visualisation (0 = off)
     stability_resamples: int = 20           # bootstrap resamples for the important sets' stability (>= 10)
     completeness_tolerance: float = 0.01    # n_steps "auto": relative completeness error allowed (1 %)
+    # issue 13 (diagnostics/robustness.py): FGSM/PGD accuracy curves of both models on the target validation
+    # set, the defect inheritance rate (DIR) of the teacher's attacks, and the attack's conductance shift
+    robustness: bool = True                 # False: no robustness records
+    robustness_epsilons: tuple[float, ...] = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)  # L∞ radii, [0, 1] images
+    robustness_pgd_steps: int = 10          # the curves' PGD steps (step size 2.5·ε/steps)
+    dir_pgd_steps: int = 40                 # DIR's PGD steps (ReMoS: 40)
+    dir_epsilon: float = 8 / 255            # DIR's and the conductance shift's L∞ radius
+    robustness_examples: int = 8            # inherited adversarial examples stored per DIR attack
+    robustness_max_rows: int = 500          # target validation rows attacked (a seeded sample beyond)
 
 
 def resolve_n_steps(value) -> int | str:

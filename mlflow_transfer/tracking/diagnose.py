@@ -3,7 +3,8 @@
 The diagnostics run (role ``diagnostics``) is tagged with both run ids and the pair id and nested
 under the target run when there is one. The bundle is written to a temporary folder and logged
 whole under ``diagnostics/``; metrics (per-layer inheritance with ``step = layer index``, the
-transferability score, the domain classifier's CV accuracy) are logged after it. The score and
+transferability score, the domain classifier's CV accuracy; with robustness on, ``dir_output``,
+``dir_feature`` and ``adv_acc_{model}_{attack}`` at the largest ε) are logged after it. The score and
 ``target_val_accuracy`` come from the runs' histories over trained epochs only (step >= 1); a pair
 without one (a target with only step 0) gets no score but ``transferability_note`` in the manifest,
 saying why. The confusion tables rest on both domains' whole validation sets (streamed), whatever
@@ -233,6 +234,8 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
         if "__all__" in diag.discriminability:
             final["domain_cv_accuracy"] = diag.discriminability["__all__"].cv_mean
         final.update({f"seconds_{k}": v for k, v in diag.timings.items()})
+        if diag.robustness is not None:  # issue 13: dir_{output,feature}, adv_acc_{model}_{attack} at the largest ε
+            final.update(diag.robustness.metrics())
         mlflow.log_metrics({k: float(v) for k, v in final.items()})
         mlflow.set_tag(TAGS.layers, json.dumps(list(diag.layers)))
         return run.info.run_id

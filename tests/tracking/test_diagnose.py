@@ -69,6 +69,20 @@ def test_diagnose_a_target_run(pair, tmp_path):
     hist = b.history()
     assert set(hist["model"]) == {"source", "target"}
     _check_whole_validation_sets(b, pair, data)
+    # issue 13: robustness is on by default: the manifest block on the whole target validation set, and the
+    # run metrics equal the records they summarise
+    assert m["robustness"]["basis"] == f"target validation set, {len(data.target.val_indices)} instances"
+    curves, dirs = b.reader.read_table("robustness/curves"), b.reader.read_table("robustness/dir")
+    for model in ("source", "target"):
+        for attack in ("fgsm", "pgd"):
+            i = [k for k, (mo, at, e, c) in enumerate(zip(curves["model"], curves["attack"], curves["epsilon"],
+                                                          curves["class_index"]))
+                 if (mo, at, e, c) == (model, attack, max(curves["epsilon"]), -1)]
+            assert run.data.metrics[f"adv_acc_{model}_{attack}"] == pytest.approx(curves["accuracy"][i[0]])
+    for attack in ("output", "feature"):
+        i = list(zip(dirs["attack"], dirs["class_index"])).index((attack, -1))
+        if np.isfinite(dirs["dir"][i]):
+            assert run.data.metrics[f"dir_{attack}"] == pytest.approx(dirs["dir"][i])
 
 
 def _weighted(table: dict, column: str) -> float:
