@@ -290,6 +290,21 @@ def _floats(text: str, key: str) -> tuple[float, ...]:
     return values
 
 
+METHODS = ("finetune", "slice", "scratch")  # `target.method` (issue 13)
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``"finetune,slice,scratch"`` (``main --methods``) → the methods in that order, each once."""
+    names = tuple(part.strip().lower() for part in str(text).split(",") if part.strip())
+    bad = [n for n in names if n not in METHODS]
+    if not names or bad or len(set(names)) != len(names):
+        got = f"unknown {bad}" if bad else ("nothing" if not names else f"a repeat in {list(names)}")
+        raise RecipeError(f"Expected --methods as comma-separated transfer methods, each once, from {list(METHODS)} "
+                          f"(e.g. finetune,slice,scratch); got {got}. Fix the list, or leave --methods out to use "
+                          "the recipe's target.method.")
+    return names
+
+
 def field_default(key: str):
     """The default of a dotted recipe key (``"source.lr"`` → 0.001), or None, for messages."""
     cls, value = Recipe, None
