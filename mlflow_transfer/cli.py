@@ -219,32 +219,20 @@ class _Report:
 @_diagnose_options
 @_TRUST_PICKLED
 @_DEVICE
-@click.option("--methods", default="", metavar="finetune,slice,scratch",
-              help="Transfer methods to compare (issue 13): one target run and diagnosis per method, all from one "
-                   "source run [default: the recipe's target.method alone].")
+@click.option("--methods", default="", metavar="finetune,slice,scratch", help="Transfer methods (issue 13): a target "
+              "run and diagnosis each, from one source run [default: the recipe's target.method alone].")
 @_user_errors
 def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_diagnose, layers, classes,
              sample_per_class, n_steps, top_fraction, seed, feature_vis_steps, completeness_tolerance,
-             trust_pickled_models, device, methods=""):
-    from .config import parse_methods
+             trust_pickled_models, device, methods):
     from .tracking import run_pipeline
 
-    methods = parse_methods(methods) if methods.strip() else None  # before any run opens
     _setup(tracking_uri, experiment_name)
     options = (_options(layers, classes, sample_per_class, n_steps, top_fraction, seed, feature_vis_steps,
                         completeness_tolerance) if run_diagnose else None)
     report = _Report()
     result = run_pipeline(_load(recipe, overrides, data_root, device), diagnose_options=options,
                           report_writer=report, trust_pickled=trust_pickled_models, methods=methods)
-    if result.method_runs:
-        _summary(f"source {result.source_run_id}" + (" (reused)" if result.source_reused else "") + ", one target "
-                 "run per method", {"source": result.source_run_id,
-                                    **{m: t for m, (t, _) in result.method_runs.items()}})
-        for method, (_, diag) in result.method_runs.items():
-            if diag:
-                click.echo(f"  {method:<8} diagnostics run {diag} (bundle at runs:/{diag}/diagnostics)")
-        click.echo(f"  pipeline run {result.pipeline_run_id}")
-        return
     note = " (reused: identical recipe, parameters and code)" if result.source_reused else ""
     _summary(f"pair {result.pair_id}{note}",
              {"source": result.source_run_id, "target": result.target_run_id})
@@ -252,6 +240,8 @@ def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_di
     if result.diagnostics_run_id:
         run_id = result.diagnostics_run_id
         click.echo(f"  diagnostics run {run_id} (bundle at runs:/{run_id}/diagnostics, {report.note(run_id)})")
+    for method, (target_id, diag_id) in (result.method_runs or {}).items():  # --methods: the pair above is the first
+        click.echo(f"  method {method}: target run {target_id}" + (f", diagnostics run {diag_id}" if diag_id else ""))
 
 
 @main.command("diagnose", help="Compute the transfer diagnostics of a source-target pair and log them "

@@ -36,18 +36,20 @@ class PipelineResult:
 
 
 def run_pipeline(recipe: Recipe, *, diagnose_options=None, report_writer=None,
-                 trust_pickled: bool = False, methods: tuple[str, ...] | None = None) -> PipelineResult:
+                 trust_pickled: bool = False, methods: str | tuple[str, ...] | None = None) -> PipelineResult:
     """``main``: source run (reused when an identical one finished before), then the target run.
 
     Both are nested under a ``pipeline`` run (the one ``mlflow run`` created, when it did). With
     ``diagnose_options`` (a `DiagnoseOptions`), the pair is diagnosed right after (its
     ``sample_per_class`` instances per class, domain and split), and ``report_writer`` (see `diagnose`) adds its
     ``report.html``. ``trust_pickled``: allow pickled logged models (see `load_model_weights`).
-    ``methods`` (issue 13, e.g. ``("finetune", "slice", "scratch")``): one target run (and diagnosis) per
-    transfer method, the recipe's ``target.method`` replaced by each, all from the one source run.
+    ``methods`` (issue 13, ``("finetune", "slice", "scratch")`` or that text comma-separated): one target run
+    (and diagnosis) per transfer method, the recipe's ``target.method`` replaced by each, all from the one
+    source run; checked before any run opens. Empty: the recipe's method alone.
     """
     if methods:
-        return _run_methods(recipe, parse_methods(",".join(methods)), diagnose_options=diagnose_options,
+        text = methods if isinstance(methods, str) else ",".join(methods)
+        return _run_methods(recipe, parse_methods(text), diagnose_options=diagnose_options,
                             report_writer=report_writer, trust_pickled=trust_pickled)
     resolve_device(recipe.runtime.device)  # an absent device fails before any run opens
     data = prepare_data(recipe)
