@@ -152,3 +152,33 @@ def test_scratch_from_a_foreign_source_is_refused_before_the_run(tracking_store)
     with pytest.raises(RecipeError, match=r"Expected `target\.method` finetune or slice .* got scratch"):
         finetune(tiny_recipe("target.method=scratch"), run.info.run_id)
     assert [r.info.run_id for r in tracking_store.runs()] == [run.info.run_id]
+
+
+def test_main_methods_from_the_command_line_shares_one_source(tracking_store):
+    proc = invoke("main", "--set", TINY, "--methods", "finetune,scratch", "--no-diagnose")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = {r.data.tags[TAGS.role]: r for r in tracking_store.runs() if r.data.tags[TAGS.role] != "target"}
+    targets = [r for r in tracking_store.runs() if r.data.tags[TAGS.role] == "target"]
+    assert sorted(r.data.tags[TAGS.method] for r in targets) == ["finetune", "scratch"]
+    assert {r.data.tags[TAGS.source_run_id] for r in targets} == {runs["source"].info.run_id}
+    for r in targets:
+        assert f"method {r.data.tags[TAGS.method]}: target run {r.info.run_id}" in proc.stdout
+
+
+def test_the_remos_entry_point_parses_as_main_with_three_methods():
+    import shlex
+
+    import yaml
+    from helpers import REPO
+
+    from mlflow_transfer.cli import main
+
+    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["remos"]
+    values = {k: shlex.quote(str(v["default"])) for k, v in entry["parameters"].items()}  # as mlflow run quotes
+    args = shlex.split(entry["command"].format(**values))
+    assert args[:3] == ["python", "-m", "mlflow_transfer.cli"]
+    sub = main.make_context("mlflow-transfer", args[3:], resilient_parsing=True)
+    name, command, rest = main.resolve_command(sub, args[3:])
+    ctx = command.make_context(name, rest)
+    assert name == "main" and ctx.params["methods"] == "finetune,slice,scratch"
+    assert ctx.params["recipe"] == "recipes/digits_remos.yaml" and (REPO / ctx.params["recipe"]).is_file()
