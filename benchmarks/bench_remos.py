@@ -73,13 +73,14 @@ def _local_adversarial(teacher, images, labels, attack: str, seed: int = 0) -> t
         images.clone(), EPSILON, 2.5 * EPSILON / STEPS, STEPS, clean, random_start=True, norm="Linf").detach()
 
 
-def _local_dir(student, images, adversarial, labels) -> float:
+def _local_dir(student, images, adversarial, labels) -> tuple[float, int]:
+    """(DIR, n_clean_correct)."""
     student.eval()
     with torch.no_grad():
         clean_ok = student(images).argmax(1) == labels
         fooled = student(adversarial).argmax(1) != labels
     n = int(clean_ok.sum())
-    return float((clean_ok & fooled).sum()) / n if n else math.nan
+    return (float((clean_ok & fooled).sum()) / n if n else math.nan), n
 # ---- end of the local DIR -------------------------------------------------------------------------------
 
 
@@ -142,13 +143,15 @@ def main() -> None:
             if defect_inheritance is not None:
                 result = defect_inheritance(teacher, model, images, labels.numpy(), labels.numpy(), epsilon=EPSILON,
                                             steps=STEPS, attack=attack)
-                dirs[attack] = float(result.table["dir"][list(result.table["class_index"]).index(-1)])
+                row = list(result.table["class_index"]).index(-1)
+                dirs[attack] = float(result.table["dir"][row])
+                n_ok = int(result.table["n_clean_correct"][row])
             else:
-                dirs[attack] = _local_dir(model, images, adversarial[attack], labels)
+                dirs[attack], n_ok = _local_dir(model, images, adversarial[attack], labels)
         name = method if ratio is None else f"slice {ratio:g}"
         rows.append((name, acc, dirs))
         print(f"{name:<12} clean acc {acc:.3f}  DIR output {100 * dirs['output']:5.1f} %  "
-              f"DIR feature {100 * dirs['feature']:5.1f} %  ({time.perf_counter() - t:.1f} s){note}")
+              f"DIR feature {100 * dirs['feature']:5.1f} %  (of {n_ok} clean-correct; {time.perf_counter() - t:.1f} s){note}")
         sys.stdout.flush()
     base = rows[0]
     print("relative to finetune:")
