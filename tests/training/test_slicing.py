@@ -195,3 +195,17 @@ def test_transfer_net_layers_are_module_paths():
     mask, summary = slice_model(net, images(5), 0.25)
     assert set(mask) == {"embedding.conv1"} and summary["embedding.conv1"]["zeroed"] == int(0.25 * 108)
     assert int((net.embedding.conv1.weight == 0).sum()) >= summary["embedding.conv1"]["zeroed"]
+
+
+def test_an_adapted_foreign_classifier_is_sliced_by_its_module_paths():
+    from helpers.models import foreign
+
+    from mlflow_transfer.models.adapter import adapt_classifier
+
+    net = adapt_classifier(foreign("cnn"), torch.rand(2, 3, 32, 32))
+    mask, summary = slice_model(net, images(6).repeat(1, 1, 6, 6)[:, :, :32, :32], 0.05)
+    assert list(mask) == list(conv_layers(net)) == ["net.stem", "net.body.mix"]
+    total = sum(s["weights"] for s in summary.values())
+    assert sum(s["zeroed"] for s in summary.values()) == int(0.05 * total)
+    modules = dict(net.named_modules())
+    assert all((modules[k].weight.detach()[torch.as_tensor(m)] == 0).all() for k, m in mask.items())
