@@ -1,4 +1,7 @@
-"""`mlflow-transfer` command line (what the MLproject entry points call). No logic lives here."""
+"""`mlflow-transfer` command line (what the MLproject entry points call). No logic lives here.
+
+This module is long because every command's options are declared in it, next to each other.
+"""
 
 from __future__ import annotations
 
@@ -224,10 +227,12 @@ class _Report:
 @_diagnose_options
 @_TRUST_PICKLED
 @_DEVICE
+@click.option("--methods", default="", metavar="finetune,slice,scratch", help="Transfer methods (issue 13): a target "
+              "run and diagnosis each, from one source run [default: the recipe's target.method alone].")
 @_user_errors
 def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_diagnose, layers, classes,
              sample_per_class, n_steps, top_fraction, seed, feature_vis_steps, completeness_tolerance,
-             robustness, trust_pickled_models, device):
+             robustness, trust_pickled_models, device, methods):
     from .tracking import run_pipeline
 
     _setup(tracking_uri, experiment_name)
@@ -235,7 +240,7 @@ def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_di
                         completeness_tolerance, robustness) if run_diagnose else None)
     report = _Report()
     result = run_pipeline(_load(recipe, overrides, data_root, device), diagnose_options=options,
-                          report_writer=report, trust_pickled=trust_pickled_models)
+                          report_writer=report, trust_pickled=trust_pickled_models, methods=methods)
     note = " (reused: identical recipe, parameters and code)" if result.source_reused else ""
     _summary(f"pair {result.pair_id}{note}",
              {"source": result.source_run_id, "target": result.target_run_id})
@@ -243,6 +248,8 @@ def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_di
     if result.diagnostics_run_id:
         run_id = result.diagnostics_run_id
         click.echo(f"  diagnostics run {run_id} (bundle at runs:/{run_id}/diagnostics, {report.note(run_id)})")
+    for method, (target_id, diag_id) in (result.method_runs or {}).items():  # --methods: the pair above is the first
+        click.echo(f"  method {method}: target run {target_id}" + (f", diagnostics run {diag_id}" if diag_id else ""))
 
 
 @main.command("diagnose", help="Compute the transfer diagnostics of a source-target pair and log them "

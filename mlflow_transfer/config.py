@@ -75,6 +75,10 @@ class TrainConfig:
     classes: tuple[str, ...] | None = None
     new_head: bool = False  # target only: replace the source's last layer by a fresh one of len(classes)
     model_uri: str | None = None  # source only: a logged model (runs:/…, models:/…) as the source, untrained
+    # issue 13, target only: how the target starts — the source's weights (finetune), those weights with
+    # ReMoS slicing applied first (slice), or freshly initialised weights trained on the target (scratch)
+    method: str = field(default="finetune", metadata=_choice("finetune", "slice", "scratch"))
+    slice_ratio: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0, "open": True})  # method slice
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class Recipe:
         CPU run of the same recipe, and keys of recipes older than the section stay as they were.
         """
         relevant = {k: v for k, v in self.to_dict().items() if k not in ("target", "description", "runtime")}
+        for key in ("method", "slice_ratio"):  # target settings (issue 13): keys stay what they were before them
+            relevant["source"].pop(key, None)
         if self.target.classes is not None:  # the source run is also evaluated on the target's classes
             relevant["target_classes"] = list(self.target.classes)
         blob = json.dumps([relevant, code_version], sort_keys=True, default=str)
@@ -189,6 +195,9 @@ def _value(hint, value, key: str, meta):
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise RecipeError(f"`{key}` must be one of {[c for c in choices if c is not None]}, got {value!r}")
+    if meta.get("open") and not meta["min"] < value < meta["max"]:  # both ends excluded
+        raise RecipeError(f"Expected `{key}` strictly between {meta['min']} and {meta['max']}; got {value!r}. "
+                          f"Give e.g. --set {key}={field_default(key)}")
     if "min" in meta and value < meta["min"]:
         raise RecipeError(f"`{key}` must be >= {meta['min']}, got {value!r}")
     if "max" in meta and value > meta["max"]:
@@ -259,6 +268,10 @@ def _check_domains(recipe: Recipe) -> None:
         raise RecipeError("`source.freeze_depth` must be 0: the source model trains from scratch; "
                           "freezing applies to `target.freeze_depth`")
     recipe.model.normalisation()  # checks model.mean / model.std
+    for key, default in (("method", "finetune"), ("slice_ratio", 0.05)):  # issue 13: target settings only
+        if getattr(recipe.source, key) != default:
+            raise RecipeError(f"Expected `source.{key}` to be unset; got {getattr(recipe.source, key)!r}. The "
+                              f"transfer method is a setting of the target run: set `target.{key}` instead.")
     if recipe.target.model_uri is not None:
         raise RecipeError("Expected `target.model_uri` to be unset; got a value. The target starts from the "
                           "source: set `source.model_uri` to fine-tune a logged model.")
@@ -275,6 +288,21 @@ def _floats(text: str, key: str) -> tuple[float, ...]:
     if key.endswith("std") and min(values) <= 0:
         raise RecipeError(f"Expected `{key}` as positive numbers (a standard deviation); got {text!r}.")
     return values
+
+
+METHODS = ("finetune", "slice", "scratch")  # `target.method` (issue 13)
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``"finetune,slice,scratch"`` (``main --methods``) → the methods in that order, each once."""
+    names = tuple(part.strip().lower() for part in str(text).split(",") if part.strip())
+    bad = [n for n in names if n not in METHODS]
+    if not names or bad or len(set(names)) != len(names):
+        got = f"unknown {bad}" if bad else ("nothing" if not names else f"a repeat in {list(names)}")
+        raise RecipeError(f"Expected --methods as comma-separated transfer methods, each once, from {list(METHODS)} "
+                          f"(e.g. finetune,slice,scratch); got {got}. Fix the list, or leave --methods out to use "
+                          "the recipe's target.method.")
+    return names
 
 
 def field_default(key: str):

@@ -31,6 +31,11 @@ TAGS = SimpleNamespace(
     stale_reason=PREFIX + "stale_reason",    # why `mlflow-transfer runs --stale --mark-failed` ended it
     source_model_uri=PREFIX + "source_model_uri",  # on a source run that imported a logged model
     device=PREFIX + "device",                # the torch device a source/target/diagnostics run computed on
+    # issue 13: how a target run started from its source (absent on older runs: "finetune")
+    method=PREFIX + "method",                # "finetune" | "slice" | "scratch" on every target run
+    slice_ratio=PREFIX + "slice_ratio",      # the ReMoS slice ratio as text, on slice runs only
+    teacher_only=PREFIX + "teacher_only",    # "true" on a scratch run: its source run is a teacher to compare, not a start
+    method_runs=PREFIX + "method_runs",      # JSON {method: target run id} on a pipeline run of several methods
 )
 
 ROLES = ("pipeline", "source", "target", "diagnostics")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -362,3 +363,53 @@ def test_resolve_root_without_domain_root_is_data_root(tmp_path):
 def test_resolve_root_expands_user():
     recipe = _svhn_recipe("data.root=~/datasets")
     assert recipe.resolve_root(recipe.data.source) == os.path.join(os.path.expanduser("~"), "datasets", "svhn")
+
+
+# --------------------------------------------------------------------------- transfer methods (issue 13)
+
+
+def test_transfer_method_defaults_and_values():
+    recipe = load_recipe(DIGITS)
+    assert recipe.target.method == "finetune" and recipe.target.slice_ratio == 0.05
+    sliced = load_recipe(DIGITS, ["target.method=slice", "target.slice_ratio=0.1"])
+    assert sliced.target.method == "slice" and sliced.target.slice_ratio == 0.1
+    assert load_recipe(DIGITS, ["target.method=scratch"]).target.method == "scratch"
+
+
+def test_transfer_method_must_be_one_of_three():
+    with pytest.raises(RecipeError, match=r"`target\.method` must be one of") as info:
+        load_recipe(DIGITS, ["target.method=prune"])
+    for value in ("finetune", "slice", "scratch"):
+        assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["0", "1", "-1", "1.5", "0.0"])
+def test_slice_ratio_strictly_inside_zero_one(value):
+    with pytest.raises(RecipeError, match=r"Expected `target\.slice_ratio` strictly between 0\.0 and 1\.0; "
+                                          r"got -?[0-9.]+\. Give e\.g\. --set target\.slice_ratio=0\.05"):
+        load_recipe(DIGITS, [f"target.slice_ratio={value}"])
+
+
+@pytest.mark.parametrize("override", ["source.method=slice", "source.method=scratch", "source.slice_ratio=0.1"])
+def test_transfer_method_on_source_is_refused_naming_the_key(override):
+    key = re.escape(override.split("=")[0])
+    with pytest.raises(RecipeError, match=rf"Expected `{key}` to be unset.*set `target\."):
+        load_recipe(DIGITS, [override])
+
+
+@pytest.mark.parametrize("overrides", [["target.method=slice"], ["target.method=scratch", "target.slice_ratio=0.2"]])
+def test_source_key_ignores_the_transfer_method(overrides):
+    base = load_recipe(DIGITS)
+    assert load_recipe(DIGITS, overrides).source_key(CODE) == base.source_key(CODE)
+
+
+def test_source_key_unchanged_by_the_new_keys():
+    # the key hashes the source section without `method`/`slice_ratio`, as it was before they existed
+    import hashlib
+    import json
+
+    recipe = load_recipe(DIGITS)
+    relevant = {k: v for k, v in recipe.to_dict().items() if k not in ("target", "description", "runtime")}
+    relevant["source"] = {k: v for k, v in relevant["source"].items() if k not in ("method", "slice_ratio")}
+    blob = json.dumps([relevant, CODE], sort_keys=True, default=str)
+    assert recipe.source_key(CODE) == hashlib.sha256(blob.encode()).hexdigest()[:16]

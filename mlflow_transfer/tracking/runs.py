@@ -16,6 +16,15 @@ the histories' rule "trained epochs are step >= 1" gives it its score — and lo
 ``model`` (pt2, the original module names), so the target run, ``diagnose`` and the app treat the pair
 like any other. A foreign model is adapted (`models.adapter`); its exported graph keeps batch norm in
 eval mode while fine-tuning (running statistics are not updated).
+
+Transfer methods (issue 13, ``target.method``, tag ``transfer.method``): ``finetune`` starts from the source's
+weights; ``slice`` first applies ReMoS slicing (`training.slicing`: the source model profiled on the target
+train set, the ``target.slice_ratio`` lowest-scored conv weights zeroed) and logs the mask as
+``slicing/mask.npz`` (bool arrays keyed by conv module path, ``True`` = zeroed; ``np.load(...,
+allow_pickle=False)``) and ``slicing/summary.json`` (per layer: weights, zeroed, ratio), tag
+``transfer.slice_ratio``; ``scratch`` trains a fresh model of the same architecture (seeded by ``seed``)
+with the target settings — its ``transfer.source_run_id`` is still the source, the teacher it is compared
+with, and tag ``transfer.teacher_only=true`` says nothing was inherited from it.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
@@ -36,6 +46,7 @@ from ..models.adapter import exportable
 from ..runtime import resolve_device
 from ..tags import TAGS
 from ..training import EpochResult, evaluate, fit
+from ..training.slicing import check_ratio, conv_layers, slice_model
 from .context import PairData, code_version, pair_id, prepare_data, transfer_run
 from .lookup import MODEL_NAME, checkpoint_path, load_checkpoint, load_classifier, load_logged_model, \
     logged_model_uri, resolve_source_run
@@ -155,27 +166,65 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
                           f"a model of another tool ({source.arch}); got true. A new head is built for the "
                           f"registry architectures {sorted(MODELS)} only: fine-tune over the source's classes, "
                           "or log the model with the head you want.")
+    method = recipe.target.method
+    if foreign and method == "scratch":  # nothing to rebuild a fresh adapted model from
+        raise RecipeError(f"Expected `target.method` finetune or slice for source run {source_run_id}, which "
+                          f"imported a model of another tool ({source.arch}); got scratch. A fresh model is "
+                          f"built for the registry architectures {sorted(MODELS)} only.")
+    if method == "slice":
+        check_ratio(recipe.target.slice_ratio)
     if foreign and source_epoch is None:
         model = load_classifier(source.model_uri, len(source.classes), image_size=recipe.data.image_size,
                                 trust_pickled=trust_pickled, normalisation=recipe.model.normalisation())
     else:
         model = (load_logged_model(source, trust_pickled=trust_pickled) if source_epoch is None
                  else load_checkpoint(source_run_id, source_epoch))
-    extra = {TAGS.source_run_id: source_run_id, TAGS.device: str(device)}
+    if method == "slice":
+        conv_layers(model)  # a model without conv layers is refused before the run opens
+    extra = {TAGS.source_run_id: source_run_id, TAGS.device: str(device), **_method_tags(recipe)}
     with transfer_run("target", recipe, nested=nested, name=f"{recipe.name}-target", extra_tags=extra) as run:
         _log_recipe(recipe, data, "target")
         if source_epoch is not None:
             mlflow.set_tag(TAGS.source_epoch, str(source_epoch))
         if foreign:
             mlflow.set_tag(TAGS.model, model.arch)
-        if recipe.target.new_head:  # issue 12: the source's weights, a fresh (seeded) last layer
+        if method == "scratch":  # issue 13: same architecture, fresh weights, nothing from the source
+            torch.manual_seed(recipe.seed)
+            model = build_model(source.arch, len(data.target_classes))
+        elif recipe.target.new_head:  # issue 12: the source's weights, a fresh (seeded) last layer
             model = with_new_head(model, len(data.target_classes), seed=recipe.seed)
+        if method == "slice":
+            _slice_and_log(model.to(device), data, recipe.target.slice_ratio)
         frozen = freeze_layers(model, recipe.target.freeze_depth)
         mlflow.set_tag(TAGS.frozen_layers, json.dumps(frozen))
         _train_and_log(model, data.target.train, recipe, data, recipe.target, "target", device)
         if pair_tag:
             mlflow.set_tag(TAGS.pair_id, pair_id(recipe, source_run_id, run.info.run_id))
         return run.info.run_id
+
+
+def _method_tags(recipe: Recipe) -> dict[str, str]:
+    """The target run's `TAGS.method` (and `slice_ratio` / `teacher_only` where they apply)."""
+    tags = {TAGS.method: recipe.target.method}
+    if recipe.target.method == "slice":
+        tags[TAGS.slice_ratio] = repr(float(recipe.target.slice_ratio))
+    if recipe.target.method == "scratch":
+        tags[TAGS.teacher_only] = "true"
+    return tags
+
+
+def _slice_and_log(model, data: PairData, ratio: float) -> None:
+    """ReMoS slicing of ``model`` in place (profiled on the target train set), mask and summary logged."""
+    mask, layers = slice_model(model, data.target.train, ratio)
+    zeroed, total = sum(v["zeroed"] for v in layers.values()), sum(v["weights"] for v in layers.values())
+    summary = {"method": "remos", "ratio": ratio, "basis": f"target train set, {len(data.target.train)} images",
+               "zeroed": zeroed, "weights": total, "layers": layers}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mask.npz"
+        np.savez_compressed(path, **{name: np.asarray(m, dtype=bool) for name, m in mask.items()})
+        mlflow.log_artifact(str(path), artifact_path="slicing")
+    mlflow.log_dict(summary, "slicing/summary.json")
+    mlflow.log_metric("sliced_fraction", zeroed / max(total, 1))
 
 
 def find_reusable_source(recipe: Recipe, experiment_id: str) -> str | None:

@@ -1,4 +1,5 @@
-"""Pure training and evaluation loops (no MLflow): callers receive per-epoch results by callback."""
+"""Pure training and evaluation loops (no MLflow): callers receive per-epoch results by callback; `slicing`
+holds ReMoS slicing (issue 13), imported from there."""
 
 from .loops import EpochResult, evaluate, fit
 
