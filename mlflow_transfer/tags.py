@@ -31,6 +31,9 @@ TAGS = SimpleNamespace(
     stale_reason=PREFIX + "stale_reason",    # why `mlflow-transfer runs --stale --mark-failed` ended it
     source_model_uri=PREFIX + "source_model_uri",  # on a source run that imported a logged model
     device=PREFIX + "device",                # the torch device a source/target/diagnostics run computed on
+    method=PREFIX + "method",                # issue 13, on a target run: "finetune" | "slice" | "scratch" (absent: finetune)
+    slice_ratio=PREFIX + "slice_ratio",      # on a slice target run: the share of weights zeroed, as text
+    teacher_only=PREFIX + "teacher_only",    # "true" on a scratch target run: its source run is only compared with
 )
 
 ROLES = ("pipeline", "source", "target", "diagnostics")

@@ -102,7 +102,8 @@ def add_robustness_records(root: Path, *, n_classes: int = 3, layers: tuple[str,
     """Add contract-shaped robustness records (issue 13) with the planted values above to the bundle at
     ``root``: ``robustness/curves`` (source and target, fgsm and pgd, five ε, all classes (-1) and each
     class), ``robustness/dir`` (output and feature attacks), ``robustness/neurons`` (classes 0 and 1,
-    each model and ``layers``, 4 neurons each, shift = 0.1·(neuron+1)·(±1 alternating), rank by |shift|),
+    each model and ``layers``, 4 neurons each, shift = 0.1·(neuron+1)·(±1 alternating)·(1 + layer index/2), rank
+    by |shift| within model and class),
     ``robustness/examples/{output,feature}`` (two rows of solid tiles: clean (row, 0, 0), adversarial
     (0, row, 0), perturbation (0, 0, row) for validation rows 5 and 7 — only the output attack has
     examples) and the manifest block ``robustness`` (``block``
@@ -131,14 +132,13 @@ def add_robustness_records(root: Path, *, n_classes: int = 3, layers: tuple[str,
     neurons = {k: [] for k in ("model", "class_index", "layer", "neuron", "clean", "adversarial", "shift", "rank")}
     for model in ("source", "target"):
         for c in (0, 1):
-            for layer in layers:
-                shifts = [0.1 * (j + 1) * (-1) ** j for j in range(4)]
-                order = sorted(range(4), key=lambda j: -abs(shifts[j]))
-                for j in range(4):
-                    clean = 1.0 + j
-                    for k, v in zip(neurons, (model, c, layer, j, clean, clean + shifts[j], shifts[j],
-                                              order.index(j) + 1)):
-                        neurons[k].append(v)
+            keys = [(layer, j, 0.1 * (j + 1) * (-1) ** j * (1 + 0.5 * li)) for li, layer in enumerate(layers)
+                    for j in range(4)]
+            order = sorted(keys, key=lambda key: -abs(key[2]))
+            for layer, j, shift in keys:
+                clean = 1.0 + j
+                for k, v in zip(neurons, (model, c, layer, j, clean, clean + shift, shift, order.index((layer, j, shift)) + 1)):
+                    neurons[k].append(v)
     s = image_size
     sprite = np.zeros((2 * s, 3 * s, 3), np.uint8)
     for i, row in enumerate((5, 7)):
