@@ -257,3 +257,20 @@ def test_a_pair_without_robustness_shows_the_note_in_a_browser(served, planted_s
     page.goto(f"{served}?experiment={exp}&pair={runs['scratch']['diagnostics']}&tab={TITLES.index('Robustness')}")
     page.get_by_text("No robustness section in this bundle").wait_for(timeout=90_000)
     assert page.get_by_text("--robustness on").count() >= 1
+
+
+def test_the_report_has_a_robustness_section_only_when_the_bundle_has_one(robust_dir, tiny_bundle):
+    from ui.report import build_report_html, robustness_html
+
+    part = robustness_html(PairBundle.open(robust_dir).robustness())
+    assert f"<td>DIR, output attack</td><td class='num'>{planted_dir('output', -1):.3f}</td>" in part
+    assert f"<td>DIR, feature attack</td><td class='num'>{planted_dir('feature', -1):.3f}</td>" in part
+    for model, role in rv.MODEL_ROLE.items():
+        for attack in ("fgsm", "pgd"):
+            want = planted_accuracy(model, attack, 4, -1)
+            assert f"<td>{html.escape(role)}, {attack.upper()}</td><td class='num'>{want:.3f}</td><td>accuracy " \
+                   "at ε = 8/255" in part
+    assert "<h2>Robustness</h2>" in build_report_html(PairBundle.open(robust_dir))
+    assert "<h2>Robustness</h2>" not in build_report_html(PairBundle.open(tiny_bundle))
+    hostile = robustness_html({**PairBundle.open(robust_dir).robustness(), "basis": HOSTILE})
+    assert HOSTILE not in hostile and html.escape(HOSTILE) in hostile
