@@ -27,6 +27,9 @@ order of ``neurons``), ``cka/matrix``; issue 13, optional (`PairBundle.robustnes
 ``robustness/examples/{output,feature}`` (PNG sprite: clean | adversarial | perturbation per row, and
 its ``/table``).
 
+This module is long because it is the one typed reader of every record: one short method per record or
+query, each checking what it reads, which splitting by record would only scatter.
+
 The reader side only: numpy, pyarrow and PIL (through `BundleReader`), no torch — this is the app's
 only door to a diagnosed pair. `write_pair_bundle` (in `writer`) writes these records from a
 `PairDiagnostics` and is imported explicitly by the tracking layer and the tests.

@@ -49,12 +49,13 @@ REFLECTED = "<img src=x onerror=alert(document.domain)>"
 @pytest.fixture(scope="module")
 def hostile_bundle(tmp_path_factory):
     """A real pair bundle (two tiny untrained alexnet-32 models, 48 instances) whose class names and
-    manifest fields are payloads; the third class has no target-domain instances."""
+    manifest fields are payloads; the third class has no target-domain instances. With the planted
+    robustness records, whose class indices name those classes."""
     history = {("source", "target_val"): ([0, 1], [0.2, 0.4]), ("target", "target_val"): ([0, 1], [0.5, 0.9])}
     root = write_tiny_bundle(tmp_path_factory.mktemp("hostile") / "diagnostics", CLASSES, history=history, meta={
         "runs": {"source": HTML_NAME, "target": MD_NAME, "diagnostics": "d1"}, "recipe": HTML_NAME,
         "pair_id": MD_NAME, "model": HTML_NAME, "domains": {"source": ATTR_NAME, "target": MD_NAME},
-        "scores": {"transferability_score": 0.4}})
+        "scores": {"transferability_score": 0.4}}, robustness=True)  # issue 13: the Robustness tab's views too
     return root
 
 
@@ -273,7 +274,7 @@ def test_an_unreadable_bundle_file_is_an_error_pane_in_its_tab(hostile_bundle, t
     target = "0123456789abcdef0123456789abcdef"
     state = AppState(MemorySource({"1": "e"}, {"1": [_row("b1", target_run_id=target)]}, {"b1": broken}))
     assert state.bundle is not None and state.error == "" and not state.loading
-    statistics, instances, network, features = _render_all_tabs(state)
+    statistics, instances, network, features, *_ = _render_all_tabs(state)
     for tab, rel in ((statistics, "statistics/history.parquet"), (instances, "instances/table.parquet")):
         (alert,) = [a for a in tab.select(pn.pane.Alert) if a.name == "view-error"]
         assert rel in alert.object and f"mlflow-transfer diagnose --target-run-id {target}" in alert.object
