@@ -413,6 +413,9 @@ def test_hostile_names_run_no_script_in_any_view_or_in_the_report(hostile_app, p
     page.get_by_text("Features", exact=True).click()
     page.get_by_text("-fold CV accuracy").first.wait_for(timeout=60_000)
     _no_script_ran(page, "features")
+    page.get_by_text("Robustness", exact=True).click()  # issue 13: gallery captions and the neuron table
+    page.get_by_text("Inherited adversarial examples").first.wait_for(timeout=60_000)
+    _no_script_ran(page, "robustness")
     # the neuron detail, and the empty states of the class without target-domain instances
     _open(page, url + _q(tab="2", classes=[HTML_NAME], neuron=f"target:{layer}:0"), f"{layer} · neuron 0")
     _no_script_ran(page, "neuron detail")
@@ -427,7 +430,7 @@ def test_hostile_names_run_no_script_in_any_view_or_in_the_report(hostile_app, p
     page.goto(report.as_uri())
     page.wait_for_function("() => document.querySelectorAll('.plot .bk-Canvas, .plot div').length > 0 "
                            "&& window.Bokeh && Bokeh.documents.length >= 4", timeout=60_000)
-    assert HTML_NAME in page.evaluate(_ALL_TEXT)
+    assert HTML_NAME in page.evaluate(_ALL_TEXT) and "Robustness" in page.evaluate(_ALL_TEXT)
     _no_script_ran(page, "report.html")
 
 
