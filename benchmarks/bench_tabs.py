@@ -49,7 +49,7 @@ def main() -> None:
     state = app.state
 
     def tabs():  # looked up each time: an app that rebuilds its tabs per pair is measured fairly too
-        return next(t for t in app.select(pn.Tabs) if len(t) == len(TABS))  # the app's tabs; the tour opens the first four
+        return next(t for t in app.select(pn.Tabs) if len(t) == len(TABS))  # the tour opens the first four
 
     def switch():
         state.pair = "d1" if state.pair == "d2" else "d2"

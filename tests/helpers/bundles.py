@@ -137,7 +137,8 @@ def add_robustness_records(root: Path, *, n_classes: int = 3, layers: tuple[str,
             order = sorted(keys, key=lambda key: -abs(key[2]))
             for layer, j, shift in keys:
                 clean = 1.0 + j
-                for k, v in zip(neurons, (model, c, layer, j, clean, clean + shift, shift, order.index((layer, j, shift)) + 1)):
+                rank = order.index((layer, j, shift)) + 1
+                for k, v in zip(neurons, (model, c, layer, j, clean, clean + shift, shift, rank)):
                     neurons[k].append(v)
     s = image_size
     sprite = np.zeros((2 * s, 3 * s, 3), np.uint8)

@@ -22,8 +22,8 @@ from .images import data_uri, png_bytes
 from .style import SOURCE, TARGET
 from .text import escape_html
 
-__all__ = ["ALL_CLASSES", "ATTACK_DASH", "DIR_ATTACKS", "NA", "accuracy_curves", "clean_accuracy", "curve_series", "dir_bars",
-           "dir_caption_html", "find_siblings", "gallery_html", "method_label", "neuron_frame",
+__all__ = ["ALL_CLASSES", "ATTACK_DASH", "DIR_ATTACKS", "NA", "accuracy_curves", "clean_accuracy", "curve_series",
+           "dir_bars", "dir_caption_html", "find_siblings", "gallery_html", "method_label", "neuron_frame",
            "no_robustness_message", "overall_dir", "sibling_series"]
 
 ALL_CLASSES = "all classes"
@@ -104,7 +104,8 @@ def accuracy_curves(series: list[dict], siblings: list[dict] = (), *, title: str
     drawn = [(s, SOURCE if s["model"] == "source" else TARGET) for s in series]
     drawn += [(s, SIBLING_COLORS[s.get("sibling", 0) % len(SIBLING_COLORS)]) for s in siblings]
     for s, color in drawn:
-        source = ColumnDataSource({"eps": s["x"], "accuracy": s["y"], "n": s["n"], "series": [s["label"]] * len(s["x"])})
+        source = ColumnDataSource({"eps": s["x"], "accuracy": s["y"], "n": s["n"],
+                                   "series": [s["label"]] * len(s["x"])})
         fig.line("eps", "accuracy", source=source, color=color, line_width=2, line_dash=ATTACK_DASH.get(s["attack"],
                  "dotted"), legend_label=s["label"], name=s["label"])
         points.append(fig.scatter("eps", "accuracy", source=source, color=color, size=7, legend_label=s["label"]))
@@ -249,8 +250,9 @@ def gallery_html(found: tuple[np.ndarray, dict] | None, classes: list[str], atta
                "class among the stored examples.</i></div>"
     rows = []
     for i in keep[:limit]:
+        tile = [data_uri(png_bytes(sprite[i * h:(i + 1) * h, t * w:(t + 1) * w])) for t in range(3)]
         tiles = "".join(
-            f"<figure style='margin:0 4px;text-align:center'><img src='{data_uri(png_bytes(sprite[i * h:(i + 1) * h, t * w:(t + 1) * w]))}'"
+            f"<figure style='margin:0 4px;text-align:center'><img src='{tile[t]}'"
             f" width='{size}' height='{size}' style='image-rendering:pixelated' alt='{what}'>"
             f"<figcaption style='font-size:0.75em'>{what}</figcaption></figure>"
             for t, what in enumerate(("clean", "adversarial", "perturbation")))
@@ -271,7 +273,8 @@ def gallery_html(found: tuple[np.ndarray, dict] | None, classes: list[str], atta
 NEURON_COLUMNS = ["class", "layer", "neuron", "clean", "adversarial", "shift", "rank"]
 
 
-def neuron_frame(record: dict, classes: list[str], model: str, class_index: int | None, *, top: int = 10) -> pd.DataFrame:
+def neuron_frame(record: dict, classes: list[str], model: str, class_index: int | None, *,
+                 top: int = 10) -> pd.DataFrame:
     """The important neurons of ``model`` the attack moves most: for one class (``class_index``) its
     rows with rank ≤ ``top``; for all classes (None) the ``top`` × 2 largest |shift| over every class.
     Columns `NEURON_COLUMNS`, largest |shift| first."""
