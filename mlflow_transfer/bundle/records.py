@@ -406,17 +406,21 @@ class PairBundle:
         "feature"): the sprite, (H, W, 3) uint8 with one row of three tiles per example (clean |
         adversarial | perturbation amplified, mid-grey = 0), and its table (row, class_index,
         student_clean, student_adversarial, teacher_clean, teacher_adversarial; -1: a class outside the
-        pair's label space), row i of the table the sprite's row i. None when the bundle has none."""
+        pair's label space), row i of the table the sprite's row i; an empty table (no inherited defect)
+        comes with an empty (0, 0, 3) sprite. None when the bundle has neither."""
         if attack not in DIR_ATTACKS:
             raise BundleError(f"Expected a robustness attack in {list(DIR_ATTACKS)}; got {shown(attack)}")
         base = f"robustness/examples/{attack}"
-        if base not in self.reader.names("image", base):
+        has_sprite = base in self.reader.names("image", base)
+        if not has_sprite and f"{base}/table" not in self.reader.names("table", base):
             return None
         table = self._robustness_table(f"{base}/table", EXAMPLE_COLUMNS)
-        sprite = self.reader.read_png(base)
         n = len(table["row"])
-        if n == 0:  # no inherited defect to show
+        if n == 0:  # no inherited defect to show (a PNG cannot be empty: the writer may leave it out)
             return np.zeros((0, 0, 3), np.uint8), table
+        if not has_sprite:
+            raise self.reader.corrupt(f"image {base} beside its table of {n} examples", "no such image")
+        sprite = self.reader.read_png(base)
         if sprite.ndim != 3 or sprite.shape[2] != 3 or sprite.shape[0] % n or sprite.shape[1] % 3:
             raise self.reader.corrupt(f"{base} as an RGB sprite of {n} rows of 3 tiles", f"an image of shape "
                                       f"{sprite.shape}")

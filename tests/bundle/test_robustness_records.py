@@ -110,3 +110,22 @@ def test_an_examples_sprite_of_the_wrong_shape_is_the_corrupt_error(robust):
     (robust / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="as an RGB sprite of 2 rows of 3 tiles"):
         PairBundle.open(robust).robustness_examples("output")
+
+
+def test_an_empty_examples_table_without_a_sprite_reads_as_no_examples(robust):
+    """No inherited defect: the writer cannot store an empty PNG, so the table stands alone."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = robust / "robustness/examples/feature/table.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.table({c: np.zeros(0, np.int64) for c in (
+        "row", "class_index", "student_clean", "student_adversarial", "teacher_clean", "teacher_adversarial")}), path)
+    manifest = json.loads((robust / "manifest.json").read_text())
+    manifest["files"].append({"path": "robustness/examples/feature/table.parquet", "kind": "table",
+                              "bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    (robust / "manifest.json").write_text(json.dumps(manifest))
+    sprite, table = PairBundle.open(robust).robustness_examples("feature")
+    assert sprite.shape == (0, 0, 3) and len(table["row"]) == 0
