@@ -196,9 +196,9 @@ def test_siblings_are_the_other_methods_students_of_the_same_teacher(planted_sto
     assert methods[runs["scratch"]["target"]]["teacher_only"] is True
     found = rv.find_siblings(pairs, runs["finetune"]["diagnostics"], methods)
     assert {r["diagnostics_run_id"]: r["label"] for r in found} == {
-        runs["slice"]["diagnostics"]: "slice (ratio 0.05)", runs["scratch"]["diagnostics"]: "scratch (teacher only)"}
+        runs["slice"]["diagnostics"]: "slice, ratio 0.05", runs["scratch"]["diagnostics"]: "scratch, teacher only"}
     from_slice = rv.find_siblings(pairs, runs["slice"]["diagnostics"], methods)
-    assert {r["label"] for r in from_slice} == {"finetune", "scratch (teacher only)"}
+    assert {r["label"] for r in from_slice} == {"finetune", "scratch, teacher only"}
     assert rv.find_siblings(pairs, runs["other"]["diagnostics"], methods) == []  # no sibling of another teacher
 
 
@@ -209,10 +209,10 @@ def test_the_tab_draws_sibling_curves_and_notes_an_older_sibling_bundle(planted_
     layout = drawn(RobustnessTab(state=state))
     fig = find(layout, pn.pane.Bokeh, "robustness-curves").object
     names = {r.name for r in fig.renderers if r.name}
-    assert {"student (slice (ratio 0.05)) · FGSM", "student (slice (ratio 0.05)) · PGD",
+    assert {"student (slice, ratio 0.05) · FGSM", "student (slice, ratio 0.05) · PGD",
             "student (finetune) · FGSM", "teacher (source) · PGD"} <= names
     assert not any("scratch" in n for n in names)
-    assert np.allclose(_renderer(fig, "student (slice (ratio 0.05)) · PGD").data_source.data["accuracy"],
+    assert np.allclose(_renderer(fig, "student (slice, ratio 0.05) · PGD").data_source.data["accuracy"],
                        [planted_accuracy("target", "pgd", e, -1) for e in range(5)])
     notes = find(layout, pn.pane.Markdown, "sibling-notes").object
     assert "scratch" in notes and "has no robustness section" in notes and runs["scratch"]["diagnostics"] in notes

@@ -143,7 +143,7 @@ class RobustnessTab(Tab):
         return pn.Column(*parts, sizing_mode="stretch_width")
 
     @part("state.bundle", what="defect inheritance rate")
-    def dir(self):
+    def defects(self):
         b, record = self.state.bundle, _record(self.state.bundle)
         if record is None:
             return pn.Spacer(height=0)
@@ -203,7 +203,7 @@ class RobustnessTab(Tab):
         model = pn.widgets.RadioButtonGroup.from_param(self.param.model, name="neuron-model", margin=(20, 5, 0, 5))
         return pn.Column(
             pn.Row(self._select), self.lazy(self.curves, sizing_mode="stretch_width"),
-            pn.Row(pn.Column(self.lazy(self.dir, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
+            pn.Row(pn.Column(self.lazy(self.defects, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
                    pn.Column(self.lazy(self.gallery), width=520), sizing_mode="stretch_width"),
             pn.pane.Markdown("**Neurons the attack moves most** (mean conductance over the class's analysed target "
                              "instances, clean and after the teacher-crafted output attack)"),

@@ -47,14 +47,14 @@ def _missing(value) -> bool:
 
 
 def method_label(method: dict | None) -> str:
-    """A target run's transfer method as plain text: "finetune", "slice (ratio 0.05)", "scratch (teacher
-    only)" (tag text: escape it where rendered as HTML)."""
+    """A target run's transfer method as plain text: "finetune", "slice, ratio 0.05", "scratch, teacher
+    only" (tag text: escape it where rendered as HTML)."""
     method = method or {}
     name = str(method.get("method") or "finetune")
     if method.get("slice_ratio"):
-        return f"{name} (ratio {method['slice_ratio']})"
+        return f"{name}, ratio {method['slice_ratio']}"
     if method.get("teacher_only"):
-        return f"{name} (teacher only)"
+        return f"{name}, teacher only"
     return name
 
 
