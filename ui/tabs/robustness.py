@@ -92,8 +92,9 @@ class RobustnessTab(Tab):
             return self._siblings[key]
         notes, found, own = [], [], ""
         targets = [p["target_run_id"] for p in s.pairs if p.get("target_run_id")]
+        lookup = getattr(s.source, "methods", None)  # a source written before issue 13: no siblings
         try:
-            methods = s.source.methods(s.experiment, targets) if targets and s.experiment else {}
+            methods = lookup(s.experiment, targets) if lookup and targets and s.experiment else {}
         except TransferError as exc:
             methods = {}
             notes.append(f"Sibling students could not be looked up: {exc}")
