@@ -34,7 +34,7 @@ def main() -> None:
     from bokeh.document import Document
     from helpers.bundles import write_tiny_bundle
 
-    from ui.app import build_app
+    from ui.app import TABS, build_app
     from ui.readers import MemorySource
 
     with contextlib.redirect_stderr(io.StringIO()):  # the diagnostics' progress lines
@@ -49,7 +49,7 @@ def main() -> None:
     state = app.state
 
     def tabs():  # looked up each time: an app that rebuilds its tabs per pair is measured fairly too
-        return next(t for t in app.select(pn.Tabs) if len(t) == 4)
+        return next(t for t in app.select(pn.Tabs) if len(t) == len(TABS))  # the tour opens the first four
 
     def switch():
         state.pair = "d1" if state.pair == "d2" else "d2"

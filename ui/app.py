@@ -19,13 +19,14 @@ from ui.state import URL_PARAMS, AppState
 from ui.tabs.features import FeaturesTab
 from ui.tabs.instances import InstancesTab
 from ui.tabs.network import NetworkTab
+from ui.tabs.robustness import RobustnessTab
 from ui.tabs.statistics import StatisticsTab
 
 # No spinner by default: each one shown and hidden costs the browser a layout of the page, and a pair
 # loads within one server callback, whose changes reach the browser together anyway.
 pn.extension("tabulator", notifications=False, loading_indicator=False)
 
-TABS = (StatisticsTab, InstancesTab, NetworkTab, FeaturesTab)  # in this order; ?tab= is the position
+TABS = (StatisticsTab, InstancesTab, NetworkTab, FeaturesTab, RobustnessTab)  # in this order; ?tab= is the position
 
 
 def _query(state: AppState) -> dict[str, str]:
@@ -43,7 +44,7 @@ def _placeholder(bundle, error: str) -> str:
 
 def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> pn.viewable.Viewable:
     """The whole app over ``source``; with ``sync_url`` the state round-trips through the URL."""
-    state = AppState(source, tab_count=len(TABS), **state_params)
+    state = AppState(source, tab_count=len(TABS), tab_titles=tuple(t.title for t in TABS), **state_params)
     if sync_url and pn.state.location is not None:
         pn.state.location.sync(state, {p: p for p in URL_PARAMS})
         # The browser reports its own (possibly empty) query when it connects, after the state opened a

@@ -2,7 +2,7 @@
 
 `TrackingSource` reads a tracking server through the package's reader API
 (:mod:`mlflow_transfer.tracking.bundles`: paged search by tag, bundles downloaded once into a local
-cache); `MemorySource` holds ready bundles for tests and demos. Both answer the same three questions.
+cache); `MemorySource` holds ready bundles for tests and demos. Both answer the same four questions.
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ class PairSource(Protocol):
 
     def bundle(self, diagnostics_run_id: str) -> PairBundle:
         """The validated bundle; raises `BundleError` / `RunLookupError` with a fix in the message."""
+
+    def methods(self, experiment_id: str, run_ids: list[str]) -> dict[str, dict]:
+        """Issue 13: how each target run was made, ``{run_id: {"method", "slice_ratio", "teacher_only"}}``
+        (see ``transfer_methods``; an untagged run is "finetune"); unknown runs are absent."""
 
 
 def incomplete(row: dict) -> bool:
@@ -91,6 +95,11 @@ class TrackingSource:
             self._opened.popitem(last=False)
         return found
 
+    def methods(self, experiment_id: str, run_ids: list[str]) -> dict[str, dict]:
+        from mlflow_transfer.tracking.bundles import transfer_methods
+
+        return transfer_methods(experiment_id, run_ids, tracking_uri=self.uri)
+
 
 def default_source(uri: str | None = None) -> TrackingSource:
     """``uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default ``sqlite:///mlflow.db``."""
@@ -100,12 +109,14 @@ def default_source(uri: str | None = None) -> TrackingSource:
 @dataclass
 class MemorySource:
     """Pairs held in memory: ``experiments`` id → name, ``pair_rows`` id → rows, ``bundles`` run id →
-    `PairBundle` or bundle folder."""
+    `PairBundle` or bundle folder, ``target_methods`` target run id → its method record (absent:
+    "finetune")."""
 
     experiments_by_id: dict[str, str] = field(default_factory=dict)
     pair_rows: dict[str, list[dict]] = field(default_factory=dict)
     bundles: dict[str, PairBundle | str | Path] = field(default_factory=dict)
     uri: str = "memory://"
+    target_methods: dict[str, dict] = field(default_factory=dict)
 
     def experiments(self) -> list[dict]:
         return [{"experiment_id": k, "name": v} for k, v in self.experiments_by_id.items()]
@@ -118,3 +129,8 @@ class MemorySource:
             raise RunLookupError(f"diagnostics run {diagnostics_run_id!r} does not exist on {self.uri}")
         found = self.bundles[diagnostics_run_id]
         return found if isinstance(found, PairBundle) else PairBundle.open(found)
+
+    def methods(self, experiment_id: str, run_ids: list[str]) -> dict[str, dict]:
+        known = {r.get("target_run_id") for r in self.pair_rows.get(experiment_id, [])}
+        return {r: {"method": "finetune", "slice_ratio": None, "teacher_only": False, **self.target_methods.get(r, {})}
+                for r in run_ids if r in known}

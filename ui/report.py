@@ -4,8 +4,9 @@
 browser, offline) shows without the app: a title naming the pair (run ids, model, domains), the
 accuracy curves and the transferability score (paper §5.1; or why there is none), the five-column
 confusion tables of the target and the source validation sets with the instances they rest on, the
-instance scatter of all classes (§5.2) and the per-layer inheritance summary with the layer CKA
-matrix (§5.3).
+instance scatter of all classes (§5.2), the per-layer inheritance summary with the layer CKA
+matrix (§5.3) and, when the bundle has one (issue 13), a short robustness section: the overall defect
+inheritance rate per attack and both models' accuracy at the largest ε.
 
 Self-contained means: BokehJS and the plots' JSON are inline, the table and text are plain HTML with
 inline CSS, hover thumbnails are ``data:`` URIs, and no ``<script>``, ``<link>`` or ``<img>`` points
@@ -40,10 +41,11 @@ from mlflow_transfer.bundle import PairBundle
 
 from .views import instances as instance_view
 from .views import overview, summary
+from .views import robustness as robustness_view
 from .views.style import SOURCE, TARGET
 from .views.text import rests_on
 
-__all__ = ["MAX_POINTS", "MAX_THUMBNAILS", "build_report_html", "write_report"]
+__all__ = ["MAX_POINTS", "MAX_THUMBNAILS", "build_report_html", "robustness_html", "write_report"]
 
 MAX_POINTS = 20_000      # instances drawn in the scatter; more are sampled down to this many
 MAX_THUMBNAILS = 1_000   # drawn points up to which the hover shows the instance's thumbnail
@@ -105,7 +107,7 @@ def build_report_html(bundle: PairBundle) -> str:
         + overview.label_spaces_html(spaces, bundle.transferability_basis()),
         confusion=_confusions_html(bundle), instances=divs["instances"],
         scatter_note=html.escape(scatter_note), inheritance=divs["inheritance"], cka=divs["cka"],
-        footer=_footer(manifest), source=SOURCE, target=TARGET)
+        robustness=robustness_html(bundle.robustness()), footer=_footer(manifest), source=SOURCE, target=TARGET)
     return _PAGE.format(title=html.escape(_title(manifest)), css=css, js=js, style=_STYLE, body=body,
                         script=_EMBED)
 
@@ -158,6 +160,38 @@ def _confusions_html(bundle: PairBundle) -> str:
         out.append(f"<p class='note'>{html.escape(rests_on(what, confusion['support']))}</p>"
                    + confusion_html(confusion))
     return "".join(out)
+
+
+def robustness_html(record: dict | None) -> str:
+    """Issue 13, the report's robustness section: the overall DIR and the teacher's own success per
+    teacher-crafted attack, and each model's all-class accuracy at ε = 0 and the largest ε per attack
+    (a table of class ``robustness``); "" when the bundle has no robustness section. Bundle strings
+    are escaped."""
+    if record is None:
+        return ""
+    rows = [f"<tr><td>DIR, {html.escape(str(a))} attack</td><td class='num'>{_number(r['dir'])}</td>"
+            f"<td>teacher success {_number(r['teacher_success'])}; {int(r['n_inherited'])} of "
+            f"{int(r['n_clean_correct'])} clean-correct student samples</td></tr>"
+            for a, r in robustness_view.overall_dir(record).items()]
+    curves = record["curves"]
+    eps = np.asarray(curves["epsilon"], float)
+    top = float(eps.max()) if eps.size else 0.0
+    for model, role in robustness_view.MODEL_ROLE.items():
+        for attack in record["attacks"]:
+            at = {float(x): a for m, k, x, c, a in zip(curves["model"], curves["attack"], eps, curves["class_index"],
+                                                      curves["accuracy"]) if m == model and k == attack and c == -1}
+            rows.append(f"<tr><td>{html.escape(role)}, {html.escape(str(attack).upper())}</td>"
+                        f"<td class='num'>{_number(at.get(top))}</td><td>accuracy at ε = {top * 255:.3g}/255 "
+                        f"(clean: {_number(at.get(0.0))})</td></tr>")
+    return (f"<h2>Robustness</h2><p class='note'>Defect inheritance rate (DIR): the share of the student's "
+            f"clean-correct samples it misclassifies on adversarial examples crafted on the teacher (PGD, "
+            f"{html.escape(str(record['dir_pgd_steps']))} steps, ε = {float(record['dir_epsilon']) * 255:.3g}/255). "
+            f"Basis: {html.escape(str(record['basis']))}.</p>"
+            f"<table class='robustness'><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _number(value) -> str:
+    return "–" if _missing(value) else f"{float(value):.3f}"
 
 
 def _missing(value) -> bool:
@@ -266,6 +300,9 @@ h2 { font-size: 1.15em; margin: 1.6em 0 .4em; border-bottom: 1px solid #ddd; pad
 table.confusion { border-collapse: collapse; font-size: .85em; margin-top: .8em; }
 table.confusion th, table.confusion td { border-bottom: 1px solid #e4e4e4; padding: .25em .6em; text-align: left; }
 table.confusion td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.robustness { border-collapse: collapse; font-size: .85em; }
+table.robustness td { border-bottom: 1px solid #e4e4e4; padding: .25em .6em; }
+table.robustness td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .note { color: #555; font-size: .85em; margin: .3em 0; }
 .legend-key { font-weight: bold; }
 footer { color: #777; font-size: .8em; margin-top: 2em; border-top: 1px solid #ddd; padding-top: .5em; }
@@ -317,5 +354,6 @@ Right: linear CKA between every source layer (rows) and target layer (columns).<
 <div class="grow">{inheritance}</div>
 <div class="grow">{cka}</div>
 </div>
+{robustness}
 <footer>{footer}</footer>
 """

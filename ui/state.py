@@ -109,9 +109,11 @@ class AppState(param.Parameterized):
     error = param.String(default="", doc="what went wrong loading, with the fix ('' = fine)")
     loading = param.Boolean(default=False)
 
-    def __init__(self, source: PairSource, *, tab_count: int | None = None, **params):
+    def __init__(self, source: PairSource, *, tab_count: int | None = None, tab_titles: tuple[str, ...] = (),
+                 **params):
         self._source = source
         self._tab_count = tab_count  # the app's tabs: ?tab= is clamped to them (None: not bounded above)
+        self._tab_titles = tuple(tab_titles)  # their titles, for a view that opens another tab
         self._listed: dict[str, list[dict]] = {}  # pairs listed while choosing the experiment to open
         super().__init__(**params)
         self.refresh()
@@ -119,6 +121,10 @@ class AppState(param.Parameterized):
     @property
     def source(self) -> PairSource:
         return self._source
+
+    def tab_index(self, title: str) -> int | None:
+        """The position of the tab titled ``title`` (None: the app did not name its tabs, or has none)."""
+        return self._tab_titles.index(title) if title in self._tab_titles else None
 
     def coerce(self, name: str, value):
         """``value`` made fit for URL parameter ``name``: numbers Panel parsed back to text for the

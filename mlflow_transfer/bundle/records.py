@@ -22,7 +22,13 @@ label spaces differ), the manifest's ``source_classes``, ``target_classes`` and 
 ``neurons/stability`` and ``neurons/silent`` (tables; absent before
 schema 1.2), ``discriminability/{c<i>|all}/*``, ``features/{model}/{layer}/*`` (sprite PNG +
 indices/values; ``vis``, optional: one feature-visualisation tile per neuron, stacked downwards in the
-order of ``neurons``), ``cka/matrix``.
+order of ``neurons``), ``cka/matrix``; issue 13, optional (`PairBundle.robustness`): the manifest's
+``robustness`` block, ``robustness/curves``, ``robustness/dir``, ``robustness/neurons`` (tables) and
+``robustness/examples/{output,feature}`` (PNG sprite: clean | adversarial | perturbation per row, and
+its ``/table``).
+
+This module is long because it is the one typed reader of every record: one short method per record or
+query, each checking what it reads, which splitting by record would only scatter.
 
 The reader side only: numpy, pyarrow and PIL (through `BundleReader`), no torch — this is the app's
 only door to a diagnosed pair. `write_pair_bundle` (in `writer`) writes these records from a
@@ -44,6 +50,16 @@ MODELS = ("source", "target")
 SOURCE_DOMAIN = "statistics/source_domain"  # the source validation set's confusion records
 BASIS_WHOLE, BASIS_SAMPLE = "whole validation set", "analysed sample"
 _MANIFEST_DICTS = ("runs", "domains", "scores", "software", "options")  # optional, objects when present
+# issue 13: the robustness section's manifest block (key → accepted JSON types) and its tables' columns
+_ROBUSTNESS_BLOCK = {"epsilons": list, "attacks": list, "curve_pgd_steps": int, "curve_step_size": str,
+                     "dir_attacks": list, "dir_pgd_steps": int, "dir_epsilon": (int, float), "basis": str,
+                     "seconds": (int, float)}
+ROBUSTNESS_TABLES = {"curves": ("model", "attack", "epsilon", "class_index", "accuracy", "n"),
+                     "dir": ("attack", "class_index", "dir", "n_clean_correct", "n_inherited", "teacher_success"),
+                     "neurons": ("model", "class_index", "layer", "neuron", "clean", "adversarial", "shift", "rank")}
+DIR_ATTACKS = ("output", "feature")  # the teacher-crafted attacks of the defect inheritance rate
+EXAMPLE_COLUMNS = ("row", "class_index", "student_clean", "student_adversarial", "teacher_clean",
+                   "teacher_adversarial")
 
 
 @dataclass(eq=False)  # one open bundle is one object: views cache what they read from it by identity
@@ -340,3 +356,72 @@ class PairBundle:
 
     def cka(self) -> np.ndarray:
         return self.reader.read_array("cka/matrix")
+
+    def robustness(self) -> dict | None:
+        """Issue 13: the robustness section, or None when the bundle has none (diagnosed without it, or
+        before the record existed). The manifest block (``epsilons``, ``attacks``, ``curve_pgd_steps``,
+        ``curve_step_size``, ``dir_attacks``, ``dir_pgd_steps``, ``dir_epsilon``, ``basis``,
+        ``seconds``, optional ``note``) plus the tables ``curves`` (model, attack, epsilon, class_index
+        (-1: all classes), accuracy (NaN: a class the model does not know), n), ``dir`` (attack,
+        class_index, dir (NaN: no clean-correct sample), n_clean_correct, n_inherited, teacher_success)
+        and ``neurons`` (model, class_index, layer, neuron, clean, adversarial, shift, rank), each as
+        `BundleReader.read_table` returns it. Strings are bundle text: escape them."""
+        block = self.manifest.get("robustness")
+        if block is None:
+            return None
+        expected = ("manifest field 'robustness' as {" + ", ".join(_ROBUSTNESS_BLOCK) +
+                    "[, note]} with numbers, text and lists of them")
+        if not isinstance(block, dict):
+            raise self.reader.corrupt(expected, shown(block))
+        for key, kind in _ROBUSTNESS_BLOCK.items():
+            value = block.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise self.reader.corrupt(expected, f"{key}={shown(value)}")
+        if not all(isinstance(e, (int, float)) and not isinstance(e, bool) and 0 <= e <= 1 for e in block["epsilons"]):
+            raise self.reader.corrupt("manifest field 'robustness.epsilons' as numbers in [0, 1]",
+                                      shown(block["epsilons"]))
+        for key in ("attacks", "dir_attacks"):
+            if not all(isinstance(a, str) for a in block[key]):
+                raise self.reader.corrupt(f"manifest field 'robustness.{key}' as a list of names", shown(block[key]))
+        if block.get("note") is not None and not isinstance(block["note"], str):
+            raise self.reader.corrupt("manifest field 'robustness.note' as text", shown(block["note"]))
+        out = dict(block)
+        for key, columns in ROBUSTNESS_TABLES.items():
+            out[key] = self._robustness_table(f"robustness/{key}", columns)
+        return out
+
+    def _robustness_table(self, name: str, columns: tuple[str, ...]) -> dict:
+        """A table the robustness section needs: missing, or without one of ``columns``, is a damaged bundle
+        (the manifest says the section is there)."""
+        if name not in self.reader.names("table", name):
+            raise self.reader.corrupt(f"table {name} (the manifest has a robustness section)", "no such table")
+        table = self.reader.read_table(name)
+        missing = [c for c in columns if c not in table]
+        if missing:
+            raise self.reader.corrupt(f"table {name} with columns {list(columns)}", f"no column(s) {missing}")
+        return table
+
+    def robustness_examples(self, attack: str) -> tuple[np.ndarray, dict] | None:
+        """Issue 13: the inherited adversarial examples of the teacher-crafted ``attack`` ("output" or
+        "feature"): the sprite, (H, W, 3) uint8 with one row of three tiles per example (clean |
+        adversarial | perturbation amplified, mid-grey = 0), and its table (row, class_index,
+        student_clean, student_adversarial, teacher_clean, teacher_adversarial; -1: a class outside the
+        pair's label space), row i of the table the sprite's row i; an empty table (no inherited defect)
+        comes with an empty (0, 0, 3) sprite. None when the bundle has neither."""
+        if attack not in DIR_ATTACKS:
+            raise BundleError(f"Expected a robustness attack in {list(DIR_ATTACKS)}; got {shown(attack)}")
+        base = f"robustness/examples/{attack}"
+        has_sprite = base in self.reader.names("image", base)
+        if not has_sprite and f"{base}/table" not in self.reader.names("table", base):
+            return None
+        table = self._robustness_table(f"{base}/table", EXAMPLE_COLUMNS)
+        n = len(table["row"])
+        if n == 0:  # no inherited defect to show (a PNG cannot be empty: the writer may leave it out)
+            return np.zeros((0, 0, 3), np.uint8), table
+        if not has_sprite:
+            raise self.reader.corrupt(f"image {base} beside its table of {n} examples", "no such image")
+        sprite = self.reader.read_png(base)
+        if sprite.ndim != 3 or sprite.shape[2] != 3 or sprite.shape[0] % n or sprite.shape[1] % 3:
+            raise self.reader.corrupt(f"{base} as an RGB sprite of {n} rows of 3 tiles", f"an image of shape "
+                                      f"{sprite.shape}")
+        return sprite, table

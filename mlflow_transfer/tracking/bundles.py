@@ -143,6 +143,39 @@ def list_diagnosed_pairs(experiment_ids: list[str] | None = None, *, page_size: 
             return out
 
 
+DEFAULT_METHOD = "finetune"  # a target run without the method tag (older runs) was fine-tuned
+
+
+def transfer_methods(experiment_id: str, run_ids: list[str], *, tracking_uri: str | None = None) -> dict[str, dict]:
+    """How each target run in ``run_ids`` of experiment ``experiment_id`` was made (issue 13), from its
+    tags: ``{run_id: {"method": str ("finetune" when untagged), "slice_ratio": str | None,
+    "teacher_only": bool}}``, 100 runs per search. Ids that are not well-formed are left out before
+    the query; runs the server does not return are absent. Tag values are free text: escape them
+    where shown.
+
+    Raises:
+        RunLookupError: an experiment id that is not a well-formed id.
+        TrackingUnavailableError: the server does not answer.
+    """
+    experiment_id = check_run_id(experiment_id, "valid experiment id")
+    ids = sorted({i for i in (_run_id_or_none(r) for r in run_ids) if i})
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    client = _client(tracking_uri) if ids else None
+    out = {}
+    for start in range(0, len(ids), 100):
+        chunk = ids[start:start + 100]
+        # checked ids hold letters, digits, '_' and '-' only: no quote can end the string in the query
+        query = "attributes.run_id IN (" + ", ".join(f"'{i}'" for i in chunk) + ")"
+        found = _tracking(uri, lambda: client.search_runs([experiment_id], filter_string=query,
+                                                          max_results=len(chunk)))
+        for run in found:
+            t = run.data.tags
+            out[run.info.run_id] = {"method": t.get(TAGS.method) or DEFAULT_METHOD,
+                                    "slice_ratio": t.get(TAGS.slice_ratio),
+                                    "teacher_only": t.get(TAGS.teacher_only) == "true"}
+    return out
+
+
 def _ours(entry: Path) -> bool:
     """Whether ``entry`` is a cache folder fetch_bundle made (its marker names the entry's run id)."""
     marker = entry / CACHE_MARKER

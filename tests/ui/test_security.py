@@ -49,12 +49,13 @@ REFLECTED = "<img src=x onerror=alert(document.domain)>"
 @pytest.fixture(scope="module")
 def hostile_bundle(tmp_path_factory):
     """A real pair bundle (two tiny untrained alexnet-32 models, 48 instances) whose class names and
-    manifest fields are payloads; the third class has no target-domain instances."""
+    manifest fields are payloads; the third class has no target-domain instances. With the planted
+    robustness records, whose class indices name those classes."""
     history = {("source", "target_val"): ([0, 1], [0.2, 0.4]), ("target", "target_val"): ([0, 1], [0.5, 0.9])}
     root = write_tiny_bundle(tmp_path_factory.mktemp("hostile") / "diagnostics", CLASSES, history=history, meta={
         "runs": {"source": HTML_NAME, "target": MD_NAME, "diagnostics": "d1"}, "recipe": HTML_NAME,
         "pair_id": MD_NAME, "model": HTML_NAME, "domains": {"source": ATTR_NAME, "target": MD_NAME},
-        "scores": {"transferability_score": 0.4}})
+        "scores": {"transferability_score": 0.4}}, robustness=True)  # issue 13: the Robustness tab's views too
     return root
 
 
@@ -273,7 +274,7 @@ def test_an_unreadable_bundle_file_is_an_error_pane_in_its_tab(hostile_bundle, t
     target = "0123456789abcdef0123456789abcdef"
     state = AppState(MemorySource({"1": "e"}, {"1": [_row("b1", target_run_id=target)]}, {"b1": broken}))
     assert state.bundle is not None and state.error == "" and not state.loading
-    statistics, instances, network, features = _render_all_tabs(state)
+    statistics, instances, network, features, *_ = _render_all_tabs(state)
     for tab, rel in ((statistics, "statistics/history.parquet"), (instances, "instances/table.parquet")):
         (alert,) = [a for a in tab.select(pn.pane.Alert) if a.name == "view-error"]
         assert rel in alert.object and f"mlflow-transfer diagnose --target-run-id {target}" in alert.object
@@ -412,6 +413,9 @@ def test_hostile_names_run_no_script_in_any_view_or_in_the_report(hostile_app, p
     page.get_by_text("Features", exact=True).click()
     page.get_by_text("-fold CV accuracy").first.wait_for(timeout=60_000)
     _no_script_ran(page, "features")
+    page.get_by_text("Robustness", exact=True).click()  # issue 13: gallery captions and the neuron table
+    page.get_by_text("Inherited adversarial examples").first.wait_for(timeout=60_000)
+    _no_script_ran(page, "robustness")
     # the neuron detail, and the empty states of the class without target-domain instances
     _open(page, url + _q(tab="2", classes=[HTML_NAME], neuron=f"target:{layer}:0"), f"{layer} · neuron 0")
     _no_script_ran(page, "neuron detail")
@@ -426,7 +430,7 @@ def test_hostile_names_run_no_script_in_any_view_or_in_the_report(hostile_app, p
     page.goto(report.as_uri())
     page.wait_for_function("() => document.querySelectorAll('.plot .bk-Canvas, .plot div').length > 0 "
                            "&& window.Bokeh && Bokeh.documents.length >= 4", timeout=60_000)
-    assert HTML_NAME in page.evaluate(_ALL_TEXT)
+    assert HTML_NAME in page.evaluate(_ALL_TEXT) and "Robustness" in page.evaluate(_ALL_TEXT)
     _no_script_ran(page, "report.html")
 
 

@@ -13,7 +13,7 @@ import pytest
 from helpers.servers import free_port
 
 from mlflow_transfer.bundle import PairBundle
-from ui.app import build_app
+from ui.app import TABS, build_app
 from ui.readers import MemorySource, TrackingSource
 from ui.state import URL_PARAMS, AppState
 from ui.views import instances as iv
@@ -273,7 +273,7 @@ def test_the_open_tab_survives_a_pair_switch_and_is_in_the_link(source):
     state = app.state
 
     def tabs():
-        return next(o for o in app.get_root().references() if type(o).__name__ == "Tabs" and len(o.tabs) == 4)
+        return next(o for o in app.get_root().references() if type(o).__name__ == "Tabs" and len(o.tabs) == len(TABS))
 
     assert tabs().active == 2 and "tab" in URL_PARAMS
     state.tab = 3
@@ -283,19 +283,19 @@ def test_the_open_tab_survives_a_pair_switch_and_is_in_the_link(source):
 
 def test_a_pair_switch_redraws_only_the_open_tab_and_a_hidden_one_when_it_is_shown(source):
     app = build_app(source, sync_url=False)
-    state, (tabs,) = app.state, [t for t in app.select(pn.Tabs) if len(t) == 4]
+    state, (tabs,) = app.state, [t for t in app.select(pn.Tabs) if len(t) == len(TABS)]
     app.get_root()
 
     def accuracy():  # the Statistics tab's chart, as drawn (None: none)
         return next((p.object for p in tabs[0].select(pn.pane.Bokeh) if p.name == "accuracy"), None)
 
     drawn = accuracy()
-    for i in range(4):  # every tab visited, the last one left open
+    for i in range(len(TABS)):  # every tab visited, the last one left open
         tabs.active = i
     assert drawn is not None and accuracy() is drawn  # shown again with the same inputs: kept
     state.pair = "d1"
     # hidden: not redrawn for the new pair, and the old pair's chart no longer kept in the browser
-    assert state.tab == 3 and accuracy() is None
+    assert state.tab == len(TABS) - 1 and accuracy() is None
     tabs.active = 0
     assert accuracy() is not None and accuracy() is not drawn  # shown: drawn for the new pair
 
