@@ -27,7 +27,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from mlflow_transfer.config import load_recipe  # noqa: E402
 from mlflow_transfer.models import build_model  # noqa: E402
@@ -38,50 +37,8 @@ from mlflow_transfer.training.slicing import slice_model  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 EPSILON, STEPS = 8 / 255, 40
 
-try:  # helper A's function (issue 13); the lead switches to it at merge
-    from mlflow_transfer.diagnostics.robustness import defect_inheritance  # type: ignore
-except ImportError:  # pragma: no cover - only until the robustness branch is merged
-    defect_inheritance = None
+from mlflow_transfer.diagnostics.robustness import defect_inheritance  # noqa: E402
 
-
-# ---- LOCAL MINIMAL DIR: used only while `diagnostics.robustness.defect_inheritance` is absent -------------
-def _local_adversarial(teacher, images, labels, attack: str, seed: int = 0) -> torch.Tensor:
-    """PGD on the teacher, as issue 13 defines it (captum's PGD, L∞, 40 steps of 2.5·ε/steps)."""
-    from captum.robust import PGD
-
-    teacher.eval()
-    if attack == "output":
-        loss = lambda out, y: F.cross_entropy(out, y, reduction="none")  # noqa: E731
-        return PGD(teacher, loss, lower_bound=0.0, upper_bound=1.0).perturb(
-            images.clone(), EPSILON, 2.5 * EPSILON / STEPS, STEPS, labels, random_start=False, norm="Linf").detach()
-    last = list(teacher.analysis_layers.values())[-1]  # penultimate features: the input of the last Linear
-
-    def features(x):
-        grabbed = []
-        handle = last.register_forward_pre_hook(lambda mod, a: grabbed.append(a[0]))
-        try:
-            teacher(x)
-        finally:
-            handle.remove()
-        return grabbed[-1]
-
-    with torch.no_grad():
-        clean = features(images)
-    loss = lambda out, c: ((out - c) ** 2).flatten(1).sum(1)  # noqa: E731
-    torch.manual_seed(seed)
-    return PGD(features, loss, lower_bound=0.0, upper_bound=1.0).perturb(
-        images.clone(), EPSILON, 2.5 * EPSILON / STEPS, STEPS, clean, random_start=True, norm="Linf").detach()
-
-
-def _local_dir(student, images, adversarial, labels) -> tuple[float, int]:
-    """(DIR, n_clean_correct)."""
-    student.eval()
-    with torch.no_grad():
-        clean_ok = student(images).argmax(1) == labels
-        fooled = student(adversarial).argmax(1) != labels
-    n = int(clean_ok.sum())
-    return (float((clean_ok & fooled).sum()) / n if n else math.nan), n
-# ---- end of the local DIR -------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -97,7 +54,7 @@ def main() -> None:
     classes = len(data.classes)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · {platform.node()} · torch {torch.__version__} "
           f"· load {os.getloadavg()[0]:.1f} before · recipe {Path(args.recipe).name} {' '.join(args.overrides)}")
-    print(f"# DIR: {'diagnostics.robustness.defect_inheritance (helper A)' if defect_inheritance else 'LOCAL minimal DIR in this script (A’s function absent)'}; "
+    print("# DIR: diagnostics.robustness.defect_inheritance; "
           f"PGD L∞ ε = 8/255, {STEPS} steps of 2.5·ε/steps, crafted on the teacher (the source model)")
 
     t0 = time.perf_counter()
@@ -110,14 +67,6 @@ def main() -> None:
     labels = torch.as_tensor([int(val[i][1]) for i in range(len(val))])
     print(f"source trained in {time.perf_counter() - t0:.1f} s; teacher on the target validation set: "
           f"{evaluate(teacher, val):.3f} ({len(val)} images)")
-    adversarial = {}
-    if defect_inheritance is None:
-        for attack in ("output", "feature"):
-            adversarial[attack] = _local_adversarial(teacher, images, labels, attack)
-            with torch.no_grad():
-                fooled = (teacher(adversarial[attack]).argmax(1) != labels).float().mean()
-            print(f"  teacher's own error on its {attack} attack: {float(fooled):.3f}")
-
     students = [("finetune", None), *[("slice", r) for r in ratios], ("scratch", None)]
     rows = []
     for method, ratio in students:
@@ -140,14 +89,11 @@ def main() -> None:
         acc = evaluate(model, val)
         dirs = {}
         for attack in ("output", "feature"):
-            if defect_inheritance is not None:
-                result = defect_inheritance(teacher, model, images, labels.numpy(), labels.numpy(), epsilon=EPSILON,
-                                            steps=STEPS, attack=attack)
-                row = list(result.table["class_index"]).index(-1)
-                dirs[attack] = float(result.table["dir"][row])
-                n_ok = int(result.table["n_clean_correct"][row])
-            else:
-                dirs[attack], n_ok = _local_dir(model, images, adversarial[attack], labels)
+            result = defect_inheritance(teacher, model, images, labels.numpy(), labels.numpy(), epsilon=EPSILON,
+                                        steps=STEPS, attack=attack)
+            row = list(result.table["class_index"]).index(-1)
+            dirs[attack] = float(result.table["dir"][row])
+            n_ok = int(result.table["n_clean_correct"][row])
         name = method if ratio is None else f"slice {ratio:g}"
         rows.append((name, acc, dirs))
         print(f"{name:<12} clean acc {acc:.3f}  DIR output {100 * dirs['output']:5.1f} %  "

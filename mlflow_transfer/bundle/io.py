@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import BundleError
 from ..validation import check_no_symlinks, check_relative_path
 
-SCHEMA_VERSION = "1.4.0"  # what each minor version added: docs/ARCHITECTURE.md, "Bundle schema history"
+SCHEMA_VERSION = "1.5.0"  # what each minor version added: docs/ARCHITECTURE.md, "Bundle schema history"
 MANIFEST = "manifest.json"
 _KINDS = {"table": ".parquet", "array": ".npy", "image": ".png", "json": ".json"}
 MAX_MANIFEST_BYTES = 64 << 20  # ~15 MB hold 100,000 entries; more is not a manifest we wrote
