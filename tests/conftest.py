@@ -86,3 +86,11 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture()
+def page(browser):
+    """A fresh page (1400 × 1000) of the module's Chromium, closed after the test."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    yield page
+    page.close()

@@ -39,13 +39,6 @@ def served(tmp_path_factory):
         yield url
 
 
-@pytest.fixture()
-def page(browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    yield page
-    page.close()
-
-
 def _shot(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)

@@ -230,13 +230,6 @@ def served(planted_store):
         yield url
 
 
-@pytest.fixture()
-def page(browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    yield page
-    page.close()
-
-
 @pytest.mark.slow
 @needs_chromium
 def test_the_robustness_tab_shows_curves_dir_bars_and_gallery_in_a_browser(served, planted_store, page):
