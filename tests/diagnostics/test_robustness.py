@@ -310,6 +310,22 @@ def test_the_bundle_holds_every_robustness_record_of_the_contract(pair_bundle):
         assert ((table["row"] >= 0) & (table["row"] < 30)).all()
 
 
+def test_the_apps_reader_opens_the_written_records(pair_bundle):
+    # the records diagnose writes are the ones PairBundle reads (the app's tests plant their own)
+    from mlflow_transfer.bundle import PairBundle
+
+    _, reader = pair_bundle
+    b = PairBundle.open(reader.root)
+    record = b.robustness()
+    assert record["epsilons"] == [0.0, 0.1, 0.3]
+    for name in ("curves", "dir", "neurons"):
+        np.testing.assert_array_equal(record[name]["class_index"],
+                                      reader.read_table(f"robustness/{name}")["class_index"])
+    for attack in ("output", "feature"):
+        found = b.robustness_examples(attack)
+        assert (found is None) == (f"robustness/examples/{attack}/table.parquet" not in reader.files)
+
+
 def test_the_neuron_shift_record_is_the_clean_conductance_and_the_attacked_one(pair_bundle):
     diag, reader = pair_bundle
     neurons = reader.read_table("robustness/neurons")

@@ -47,8 +47,9 @@ def write_tiny_bundle(root: Path, classes: tuple[str, ...] = ("a", "b", "c"), *,
         labels = np.where(domain == 1, idx % (len(classes) - 1), idx % len(classes))
         inst = Instances(torch.rand(n_instances, 3, 32, 32, generator=g), labels, domain,
                          (idx % 4 == 0).astype(np.int8), idx)
+        # robustness computed off: the app's tests read planted records (`add_robustness_records`) or none
         opts = DiagnoseOptions(n_steps=2, folds=3, tsne_gradient="bh", weight_max_instances=4, patches=2, seed=seed,
-                               feature_vis_steps=2)
+                               feature_vis_steps=2, robustness=False)
         diag = diagnose_pair(source, target, inst, tuple(classes), opts)
     finally:
         torch.set_num_threads(threads)
