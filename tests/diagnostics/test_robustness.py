@@ -321,9 +321,11 @@ def test_the_apps_reader_opens_the_written_records(pair_bundle):
     for name in ("curves", "dir", "neurons"):
         np.testing.assert_array_equal(record[name]["class_index"],
                                       reader.read_table(f"robustness/{name}")["class_index"])
-    for attack in ("output", "feature"):
-        found = b.robustness_examples(attack)
+    shown = {attack: b.robustness_examples(attack) for attack in ("output", "feature")}
+    for attack, found in shown.items():
         assert (found is None) == (f"robustness/examples/{attack}/table.parquet" not in reader.files)
+    sprite, table = shown["output"]  # the fixture's student inherits defects: a gallery to read
+    assert sprite.shape[0] == 8 * len(table["row"]) > 0
 
 
 def test_the_neuron_shift_record_is_the_clean_conductance_and_the_attacked_one(pair_bundle):
