@@ -61,7 +61,8 @@ OWN = ("mlflow_transfer", "ui")
 # what the app may import from the package: the bundle reader and what it stands on, the shared
 # projection; MLflow only through ui/readers.py -> mlflow_transfer.tracking.bundles
 UI_MAY_IMPORT = ("mlflow_transfer", "mlflow_transfer.bundle", "mlflow_transfer.errors",
-                 "mlflow_transfer.validation", "mlflow_transfer.projection", "mlflow_transfer.neighbours")
+                 "mlflow_transfer.validation", "mlflow_transfer.projection", "mlflow_transfer.neighbours",
+                 "mlflow_transfer.regions")
 UI_NEVER = ("mlflow_transfer.diagnostics", "mlflow_transfer.training", "mlflow_transfer.models",
             "mlflow_transfer.data")
 LONG = 400
