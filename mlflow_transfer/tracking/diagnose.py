@@ -116,7 +116,7 @@ def _scores(history: dict, own_task: bool = False) -> tuple[dict, str | None]:
     return scores, note
 
 
-def _log_report(report_writer: ReportWriter, bundle_dir: Path, folder: Path, *, run_id: str | None = None,
+def log_report(report_writer: ReportWriter, bundle_dir: Path, folder: Path, *, run_id: str | None = None,
                 **writer_args) -> bool:
     """Render ``bundle_dir`` with ``report_writer`` (passed ``writer_args`` too, e.g. ``timeline_dir``) and
     log it as ``report.html`` at the artifact root of the active run, or of run ``run_id`` (through
@@ -234,7 +234,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
             write_pair_bundle(Path(tmp) / BUNDLE_DIR, diag, history=history, meta=meta)
             log_bundle(Path(tmp) / BUNDLE_DIR, artifact_path=BUNDLE_DIR)  # manifest last: whole or incomplete
             if report_writer is not None:
-                _log_report(report_writer, Path(tmp) / BUNDLE_DIR, Path(tmp))
+                log_report(report_writer, Path(tmp) / BUNDLE_DIR, Path(tmp))
         table = diag.layer_summary_table()
         for depth, _ in enumerate(table["layer"]):
             step_metrics = {"inherited_weight_share": table["inherited_weight_share"][depth],
