@@ -5,7 +5,6 @@ is one clear message each and leaves no timeline and the pair's bundle as it was
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.bundle.timeline import METRICS, TimelineBundle
 from mlflow_transfer.diagnostics.engine import DiagnoseOptions
 from mlflow_transfer.diagnostics.timetravel import TimeTravelOptions
-from mlflow_transfer.errors import DiagnosticsError, ModelError, RunLookupError
+from mlflow_transfer.errors import BundleError, DiagnosticsError, ModelError, RunLookupError
 from mlflow_transfer.models import build_model, load_state
 from mlflow_transfer.tags import TAGS
 from mlflow_transfer.tracking import run_pipeline
@@ -242,6 +241,14 @@ def test_an_imported_source_gives_a_target_only_timeline_and_one_epoch_is_too_fe
     _left_as_it_was(diag, tmp_path)
 
     both, diag = _copy_run(pair, "target", _real(pair, tmp_path, "target", 1, 2), tmp_path, source_run_id=source)
+    # an interrupted upload left timetravel/ without its manifest: reported as incomplete, then replaced
+    partial = tmp_path / "partial" / "frames" / "000"
+    partial.mkdir(parents=True)
+    (partial / "coords.npy").write_bytes(b"half")
+    MlflowClient().log_artifacts(diag, str(tmp_path / "partial"), "timetravel")
+    with pytest.raises(BundleError, match="so the timeline is incomplete .* Run it again: mlflow-transfer timetravel "
+                                          f"--target-run-id {both}"):
+        fetch_timeline(diag, tmp_path / "cache")
     timetravel(target_run_id=both, sample_per_class=SAMPLE, options=FAST)
     timeline = fetch_timeline(diag, tmp_path / "cache")
     assert timeline.n_positions == 2 and timeline.transfer_position is None
