@@ -286,3 +286,46 @@ def test_main_adds_the_timeline_after_diagnose(module_store, tmp_path, monkeypat
     assert list(timeline.epochs()["phase"]) == ["source", "target"] and timeline.transfer_position == 1
     assert timeline.meta["runs"]["target"] == result.target_run_id
     assert MlflowClient().get_run(result.diagnostics_run_id).info.status == "FINISHED"
+
+
+def _entry_params(entry: str, **given: str) -> tuple[str, dict]:
+    """The command an MLproject entry point runs with its defaults (and ``given``), parsed by the CLI."""
+    import shlex
+
+    import yaml
+    from helpers import REPO
+
+    from mlflow_transfer.cli import main
+
+    spec = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"][entry]
+    values = {k: shlex.quote(str(given.get(k, v.get("default", "")) if isinstance(v, dict) else given[k]))
+              for k, v in spec["parameters"].items()}
+    args = shlex.split(spec["command"].format(**values))[3:]
+    name, command, rest = main.resolve_command(main.make_context("mlflow-transfer", args, resilient_parsing=True), args)
+    return name, command.make_context(name, rest).params
+
+
+def test_mlproject_entries():
+    name, params = _entry_params("timetravel", target_run_id="a" * 32)
+    assert name == "timetravel" and params["target_run_id"] == "a" * 32 and params["sample_per_class"] == 50
+    assert params["diagnostics_run_id"] == "" and params["device"] == "auto" and params["grid"] == 200
+    assert _entry_params("main")[1]["run_timetravel"] == "on"  # main adds the timeline by default
+    assert _entry_params("main", timetravel="off")[1]["run_timetravel"] == "off"
+    assert _entry_params("remos")[1]["run_timetravel"] == "off"
+
+
+def test_mlflow_run_of_the_timetravel_entry(pair, module_store, tmp_path):
+    """`mlflow run . -e timetravel` on the pair whose timeline exists: the entry point reaches the command,
+    which leaves the timeline alone and exits 0."""
+    import subprocess
+
+    from helpers import REPO
+    from helpers.servers import BIN
+
+    timetravel(target_run_id=pair.target_run_id, sample_per_class=SAMPLE, options=FAST)  # whichever test runs first
+    proc = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", "timetravel",
+                           "--experiment-name", module_store.experiment, "-P", f"target_run_id={pair.target_run_id}"],
+                          cwd=tmp_path, env={**module_store.env, "MLFLOW_TRANSFER_CACHE": str(tmp_path / "cache")},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"diagnostics run {pair.diagnostics_run_id} already has a timeline" in proc.stderr
