@@ -137,6 +137,13 @@ def test_the_timeline_lands_on_the_diagnostics_run(pair, tmp_path):
     assert len(client.get_metric_history(diag_id, "timetravel_target_ppr")) == 2
     # the pair bundle is the one diagnose logged, and still opens
     assert fetch_bundle(diag_id, tmp_path / "cache").manifest["runs"]["diagnostics"] == diag_id
+    # both are cached side by side; a damaged timeline entry of ours is fetched again
+    cache = tmp_path / "cache"
+    assert (cache / diag_id / "manifest.json").is_file() and (cache / f"{diag_id}.timetravel" / "manifest.json").is_file()
+    damaged = cache / f"{diag_id}.timetravel" / "frames" / "003" / "coords.npy"
+    assert damaged.is_file()
+    damaged.write_bytes(b"damaged")
+    assert np.array_equal(fetch_timeline(diag_id, cache).frame(3).coords, timeline.frame(3).coords)
 
 
 def test_checkpoint_names_are_parsed_strictly(pair):
