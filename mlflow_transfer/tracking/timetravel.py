@@ -42,7 +42,7 @@ from ..errors import DiagnosticsError, ModelError, RunLookupError
 from ..models import load_state
 from ..runtime import progress, resolve_device
 from ..tags import TAGS
-from ..validation import check_run_id
+from ..validation import check_int, check_run_id
 from .bundles import TIMELINE_DIR, fetch_bundle, log_bundle
 from .context import prepare_data
 from .diagnose import ReportWriter, build_instances, log_report
@@ -212,6 +212,7 @@ def timetravel(*, target_run_id: str, diagnostics_run_id: str | None = None, sam
     """
     torch_device = resolve_device(device)  # an absent device fails before anything is read
     check_run_id(target_run_id, "target run id")
+    check_int(sample_per_class, "sample_per_class (points per class, domain and split)", low=1)
     client = MlflowClient()
     target = get_run(target_run_id, client)
     diag = find_diagnostics_run(target_run_id, target.info.experiment_id, diagnostics_run_id, client)
@@ -261,7 +262,8 @@ def timetravel(*, target_run_id: str, diagnostics_run_id: str | None = None, sam
             stream = project_timeline(_epoch_inputs(positions, instances.images), instances.split == 0, options,
                                       labels=instances.labels)
             shown = progress(stream, "time travel", unit="epoch", total=len(positions))
-            for position, projection in zip(positions, shown):
+            # the stream first: a step counts as done when the next is asked for, so the last line is printed
+            for projection, position in zip(shown, positions):
                 m = projection.metrics
                 shown.set_postfix(nn15=f"{m['nn_train_15']:.2f}", ppr=f"{m['ppr']:.3f}")
                 logged.append((position.phase, position.epoch, dict(m)))
