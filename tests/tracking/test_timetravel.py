@@ -319,6 +319,11 @@ def test_mlproject_entries():
     assert _entry_params("main")[1]["run_timetravel"] == "on"  # main adds the timeline by default
     assert _entry_params("main", timetravel="off")[1]["run_timetravel"] == "off"
     assert _entry_params("remos")[1]["run_timetravel"] == "off"
+    from mlflow_transfer.cli import main
+
+    command = main.commands["main"]
+    assert command.make_context("main", ["--no-timetravel"]).params["no_timetravel"] is True
+    assert command.make_context("main", ["--timetravel"]).params["run_timetravel"] == "on"  # a bare flag: on
 
 
 def test_mlflow_run_of_the_timetravel_entry(pair, module_store, tmp_path):
