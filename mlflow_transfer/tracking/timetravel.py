@@ -233,6 +233,9 @@ def timetravel(*, target_run_id: str, diagnostics_run_id: str | None = None, sam
         why = f"its model was imported from {imported}" if imported else "it logged none"
         notes.append(f"the source run {pair.source_run_id} has no per-epoch checkpoints ({why}): the timeline "
                      "shows the target run's epochs only")
+    if target.data.tags.get(TAGS.teacher_only) == "true":  # issue 13's scratch method: nothing was transferred
+        notes.append(f"the target run {target_run_id} was trained from scratch: the source run is its teacher, "
+                     "not its start, so the transfer position marks where the runs change, not a transfer")
     if len(source_epochs) + len(target_epochs) < 2:
         raise DiagnosticsError(f"a single-epoch run has no timeline: target run {target_run_id} has "
                                f"{len(target_epochs)} trained-epoch checkpoint(s) and its source run "
