@@ -165,13 +165,14 @@ def _checkpoint_bytes(run_id: str, epoch: int, folder: Path) -> bytes:
 
 
 def _copy_run(pair, role: str, checkpoints: dict[int, bytes], folder: Path, *, source_run_id: str | None = None,
-              diagnosed: bool = True) -> tuple[str, str | None]:
+              diagnosed: bool = True, tags: dict | None = None) -> tuple[str, str | None]:
     """A FINISHED copy of the pair's ``role`` run (tags, recipe, its model) with ``checkpoints`` as its
     ``checkpoints/`` (epoch → file bytes); a target copy points at ``source_run_id``. ``diagnosed``: a
     FINISHED diagnostics run of it holding the pair's real bundle. Returns (run id, diagnostics run id)."""
     client = MlflowClient()
     original = client.get_run(pair.source_run_id if role == "source" else pair.target_run_id)
-    tags = {k: v for k, v in original.data.tags.items() if k in (TAGS.role, TAGS.model, TAGS.classes, TAGS.recipe)}
+    tags = {**{k: v for k, v in original.data.tags.items() if k in (TAGS.role, TAGS.model, TAGS.classes, TAGS.recipe)},
+            **(tags or {})}
     last = max(int(p.step) for p in client.get_metric_history(original.info.run_id, "loss"))
     model = build_model(tags[TAGS.model], len(json.loads(tags[TAGS.classes])))
     model.load_state_dict(load_state(Path(mlflow.artifacts.download_artifacts(
@@ -247,7 +248,9 @@ def test_an_imported_source_gives_a_target_only_timeline_and_one_epoch_is_too_fe
         timetravel(target_run_id=single, sample_per_class=SAMPLE, options=FAST)
     _left_as_it_was(diag, tmp_path)
 
-    both, diag = _copy_run(pair, "target", _real(pair, tmp_path, "target", 1, 2), tmp_path, source_run_id=source)
+    # (and a scratch target, issue 13: its source run is only a teacher)
+    both, diag = _copy_run(pair, "target", _real(pair, tmp_path, "target", 1, 2), tmp_path, source_run_id=source,
+                           tags={TAGS.teacher_only: "true"})
     # an interrupted upload left timetravel/ without its manifest: reported as incomplete, then replaced
     partial = tmp_path / "partial" / "frames" / "000"
     partial.mkdir(parents=True)
@@ -260,7 +263,9 @@ def test_an_imported_source_gives_a_target_only_timeline_and_one_epoch_is_too_fe
     timeline = fetch_timeline(diag, tmp_path / "cache")
     assert timeline.n_positions == 2 and timeline.transfer_position is None
     assert list(timeline.epochs()["phase"]) == ["target", "target"]
-    assert len(timeline.notes) == 1 and "models:/m-imported" in timeline.notes[0] and source in timeline.notes[0]
+    imported, teacher = timeline.notes
+    assert "models:/m-imported" in imported and source in imported and "target run's epochs only" in imported
+    assert "trained from scratch" in teacher and both in teacher
 
 
 def test_no_diagnostics_run(pair, tmp_path):
