@@ -325,7 +325,9 @@ def log_bundle(local_dir: str | Path, artifact_path: str = BUNDLE_DIR, *, run_id
         log = mlflow.log_artifact
     else:
         client = MlflowClient()
-        log = lambda path, folder: client.log_artifact(run_id, path, folder)  # noqa: E731
+
+        def log(path: str, folder: str) -> None:
+            client.log_artifact(run_id, path, folder)
     reader = BundleReader(local_dir, verify=False)  # just written: hashing it again would only cost time
     for entry in sorted(reader.files.values(), key=lambda e: e.path):
         parent = Path(entry.path).parent.as_posix()
