@@ -1,0 +1,286 @@
+"""The Training tab (issue 14) over a planted timeline (``helpers.timeline.write_tiny_timeline``: point i
+at position p on a circle of radius 1 + p at angle 2πi/n, class bands that move, metrics 0.5 + 0.01 p
++ 0.001 · index): the views draw exactly what the bundle holds — its region image, each domain with its
+marker, trajectories through the planted coordinates, the readout's numbers — and the tab switches
+epochs in place, follows the class selection, keeps picked points in the state, says how to make a
+missing timeline and shows a broken one as its own error while the other tabs keep working. The
+browser tests (``slow``) serve the app with `pn.serve` over a `MemorySource` and drive Chromium."""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+import shutil
+
+import numpy as np
+import panel as pn
+import pytest
+from bokeh.models import Span
+from helpers.timeline import planted_coords, planted_metric, write_tiny_timeline
+from helpers.views import drawn, find
+from PIL import Image
+
+from mlflow_transfer.bundle.timeline import TimelineBundle
+from ui.app import TABS, build_app
+from ui.readers import MemorySource
+from ui.state import AppState
+from ui.tabs.statistics import StatisticsTab
+from ui.tabs.training import TrainingTab
+from ui.views import timeline as tv
+from ui.views.style import class_color
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+TITLES = tuple(t.title for t in TABS)
+TRAINING = TITLES.index("Training")
+
+
+@pytest.fixture(scope="module")
+def timeline_dir(tmp_path_factory):
+    return write_tiny_timeline(tmp_path_factory.mktemp("timeline") / "timetravel")
+
+
+@pytest.fixture(scope="module")
+def timeline(timeline_dir):
+    return TimelineBundle.open(timeline_dir)
+
+
+def _n(timeline) -> int:
+    return len(timeline.points()["label"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure views
+
+
+def test_the_region_image_is_the_bundles_png_on_the_frames_extent(timeline):
+    epochs = timeline.epochs()
+    for p in (0, 3):
+        data = tv.scene(timeline, p)["regions"]
+        rgba = data["image"][0].view(np.uint8).reshape(*data["image"][0].shape, 4)
+        # Bokeh's row 0 is the bottom: flipped back, the RGB is the stored PNG, fully opaque
+        np.testing.assert_array_equal(rgba[::-1, :, :3], timeline.region(p))
+        assert (rgba[..., 3] == 255).all()
+        r = 1.1 * (1 + p)  # the planted extent
+        assert (data["x"], data["y"], data["dw"], data["dh"]) == ([-r], [-r], [2 * r], [2 * r])
+        assert data["x"][0] == pytest.approx(epochs["x_min"][p])
+    assert not np.array_equal(timeline.region(0), timeline.region(4))  # (the planted bands move)
+
+
+def test_points_of_each_domain_with_their_marker_class_colour_and_planted_coords(timeline):
+    points, n = timeline.points(), _n(timeline)
+    fig, sources = tv.timeline_figure(timeline)
+    data = tv.scene(timeline, 2)
+    tv.show(sources, data)
+    markers = {r.name: r.glyph.marker for r in fig.renderers if r.name in ("source domain", "target domain")}
+    assert markers == {"source domain": "x", "target domain": "circle"}
+    coords = planted_coords(2, n)
+    for domain in ("source", "target"):
+        rows = [i for i, d in enumerate(points["domain"]) if d == domain]
+        got = sources[domain].data
+        assert list(got["point"]) == rows
+        np.testing.assert_allclose(np.c_[got["x"], got["y"]], coords[rows], rtol=1e-6)
+        assert list(got["class"]) == [timeline.classes[points["label"][i]] for i in rows]
+        assert list(got["color"]) == [class_color(int(points["label"][i])) for i in rows]
+        # planted prediction at position p: (i + p) mod classes
+        assert list(got["predicted"]) == [timeline.classes[(i + 2) % 3] for i in rows]
+    np.testing.assert_allclose(np.c_[data["boundary"]["x"], data["boundary"]["y"]], coords[:3] * 0.5, rtol=1e-6)
+
+
+def test_selected_classes_are_drawn_in_full_and_the_others_faded(timeline):
+    data = tv.scene(timeline, 0, selected=["b", "not-a-class"])
+    for domain in ("source", "target"):
+        want = [tv.SHOWN if c == "b" else tv.FADED for c in data[domain]["class"]]
+        assert list(data[domain]["alpha"]) == want
+    assert set(tv.scene(timeline, 0)["source"]["alpha"]) == {tv.SHOWN}  # nothing selected: all in full
+
+
+def test_trajectories_run_through_the_planted_coordinates_of_every_position(timeline):
+    n, positions = _n(timeline), timeline.n_positions
+    data = tv.scene(timeline, 1, tracked=[5, 2, 5, n + 3, -1])  # a repeat and unknown ids dropped
+    lines = data["trajectories"]
+    assert lines["point"] == [5, 2]
+    for j, i in enumerate((5, 2)):
+        want = np.stack([planted_coords(p, n)[i] for p in range(positions)])
+        np.testing.assert_allclose(np.c_[lines["xs"][j], lines["ys"][j]], want, rtol=1e-6)
+        assert lines["color"][j] == class_color(i % 3)
+    np.testing.assert_allclose(np.c_[data["now"]["x"], data["now"]["y"]], planted_coords(1, n)[[5, 2]], rtol=1e-6)
+    assert tv.scene(timeline, 1)["trajectories"]["xs"] == []
+
+
+def test_the_readout_numbers_are_the_bundles(timeline):
+    for p in range(timeline.n_positions):
+        cells = dict(re.findall(r"data-metric='(\w+)'>([^<]*)<", tv.readout_html(timeline.epochs(), p)))
+        assert set(cells) == {name for name, _, _ in tv.METRIC_MEANINGS}
+        for name, text in cells.items():
+            want = planted_metric(name, p)
+            assert text == ("n/a" if np.isnan(want) else f"{want:.3f}"), name
+    assert "n/a" in tv.readout_html(timeline.epochs(), 0)  # temporal corr. has no previous position
+
+
+def test_the_axis_labels_each_position_and_marks_the_transfer(timeline):
+    epochs = timeline.epochs()
+    fig, marker = tv.axis_figure(epochs, timeline.transfer_position)
+    assert fig.xaxis[0].major_label_overrides == {0: "s1", 1: "s2", 2: "s3", 3: "t1", 4: "t2"}
+    spans = [r for r in fig.center if isinstance(r, Span)]
+    assert [s.location for s in spans] == [timeline.transfer_position - 0.5]
+    tv.show_axis(marker, 4)
+    assert marker.data == {"x": [4], "y": [0]}
+    assert tv.position_labels(epochs) == ["source e1", "source e2", "source e3", "target e1", "target e2"]
+    assert tv.figure_title(epochs, 2, 3).endswith("the last before the transfer")
+    assert tv.figure_title(epochs, 3, 3).endswith("the first after the transfer")
+    fig, _ = tv.axis_figure(epochs, None)  # a target-only timeline: no transfer mark
+    assert not [r for r in fig.center if isinstance(r, Span)]
+
+
+@pytest.mark.parametrize(("n", "transfer", "want"), [
+    (13, 8, [0, 2, 5, 7, 8, 12]), (5, 3, [0, 1, 2, 3, 4]), (1, None, [0]), (13, None, [0, 2, 5, 7, 10, 12]),
+    (30, 29, [0, 6, 12, 17, 28, 29])])
+def test_the_strip_holds_the_first_the_last_source_the_first_target_and_the_last(n, transfer, want):
+    got = tv.strip_positions(n, transfer)
+    assert got == want and {0, n - 1} <= set(got)
+    if transfer is not None:
+        assert {transfer - 1, transfer} <= set(got)
+
+
+def test_class_names_and_notes_are_escaped(tmp_path):
+    root = write_tiny_timeline(tmp_path / "t", classes=(HOSTILE, "b", "c"))
+    t = TimelineBundle.open(root)
+    for text in (tv.legend_html(t.classes), tv.strip_html(t)):
+        assert "<img src=x" not in text.replace("<img src='data:", "")
+    assert html.escape(HOSTILE) in tv.legend_html(t.classes)
+
+
+# --------------------------------------------------------------------------------------------------
+# The tab over an AppState
+
+
+@pytest.fixture()
+def source(tiny_bundle, timeline_dir, tmp_path):
+    broken = shutil.copytree(timeline_dir, tmp_path / "broken")
+    (broken / "frames" / "001" / "coords.npy").write_bytes(b"truncated")
+    rows = [{"diagnostics_run_id": d, "target_run_id": f"t{d}"} for d in ("d1", "d2", "d3")]
+    return MemorySource({"1": "e"}, {"1": rows}, {d: tiny_bundle for d in ("d1", "d2", "d3")},
+                        timelines={"d1": timeline_dir, "d3": broken})
+
+
+def _tab(source, **params):
+    state = AppState(source, tab_titles=TITLES, tab_count=len(TITLES), tab=TRAINING, **params)
+    tab = TrainingTab(state=state, index=TRAINING)
+    return state, tab, drawn(tab)
+
+
+def _image(fig):
+    return fig.select_one({"name": "timeline-regions"}).data["image"][0]
+
+
+def test_an_epoch_switch_writes_the_frame_into_the_same_figure(source, timeline):
+    state, tab, layout = _tab(source, pair="d1")
+    fig = find(layout, pn.pane.Bokeh, "timeline").object
+    regions = fig.select_one({"name": "timeline-regions"})
+    assert state.epoch == 0 and tab._player.value == 0
+    assert list(tab._player.options) == ["source e1", "source e2", "source e3", "target e1", "target e2"]
+    state.epoch = 4
+    assert find(layout, pn.pane.Bokeh, "timeline").object is fig  # not rebuilt
+    assert fig.select_one({"name": "timeline-regions"}) is regions
+    np.testing.assert_array_equal(_image(fig).view(np.uint8).reshape(40, 40, 4)[::-1, :, :3], timeline.region(4))
+    src = fig.select_one({"name": "timeline-target"}).data
+    np.testing.assert_allclose(src["x"], planted_coords(4, _n(timeline))[src["point"], 0], rtol=1e-6)
+    assert fig.title.text.startswith("target e2") and tab._player.value == 4
+    assert f"'nn_train_15'>{planted_metric('nn_train_15', 4):.3f}<" in find(layout, pn.pane.HTML,
+                                                                         "timeline-readout").object
+    tab._player.value = 1  # the player drives the state (and so the URL)
+    assert state.epoch == 1 and fig.title.text.startswith("source e2")
+
+
+def test_a_link_past_the_end_shows_the_last_position(source):
+    state, tab, layout = _tab(source, pair="d1", epoch=99)
+    assert find(layout, pn.pane.Bokeh, "timeline").object.title.text.startswith("target e2")
+    assert state.epoch == 4  # the player's clamp is written back
+
+
+def test_a_lasso_pick_tracks_points_and_the_class_selection_fades_the_others(source, timeline):
+    state, tab, layout = _tab(source, pair="d1", classes=["a"])
+    fig = find(layout, pn.pane.Bokeh, "timeline").object
+    target = fig.select_one({"name": "timeline-target"})
+    assert list(target.data["alpha"]) == [tv.SHOWN if c == "a" else tv.FADED for c in target.data["class"]]
+    target.selected.indices = [0, 2]  # what a lasso over two target points sends
+    picked = [int(target.data["point"][0]), int(target.data["point"][2])]
+    assert state.tracked == picked
+    lines = fig.select_one({"name": "timeline-trajectories"}).data
+    assert lines["point"] == picked and len(lines["xs"][0]) == timeline.n_positions
+    state.classes = []
+    assert set(target.data["alpha"]) == {tv.SHOWN}
+    state.tracked = []
+    assert list(target.selected.indices) == [] and fig.select_one({"name": "timeline-trajectories"}).data["xs"] == []
+
+
+def test_tracked_points_from_a_link_are_drawn_and_selected(source, timeline):
+    n = _n(timeline)
+    state, tab, layout = _tab(source, pair="d1", tracked=[1, n - 1, n + 50])
+    fig = find(layout, pn.pane.Bokeh, "timeline").object
+    assert fig.select_one({"name": "timeline-trajectories"}).data["point"] == [1, n - 1]
+    assert list(fig.select_one({"name": "timeline-source"}).selected.indices) == [1]
+    assert list(fig.select_one({"name": "timeline-target"}).selected.indices) == [n // 2 - 1]
+
+
+def test_a_pair_without_a_timeline_shows_the_command(source):
+    state, tab, layout = _tab(source, pair="d2")
+    text = find(layout, pn.pane.Markdown, "no-timeline").object
+    assert "mlflow-transfer timetravel --target-run-id td2" in text and not tab._player.visible
+
+
+def test_a_source_written_before_issue_14_has_no_timeline(tiny_bundle):
+    class Older(MemorySource):
+        timeline = None  # no such method
+
+    state, tab, layout = _tab(Older({"1": "e"}, {"1": [{"diagnostics_run_id": "d1"}]}, {"d1": tiny_bundle}))
+    assert "mlflow-transfer timetravel" in find(layout, pn.pane.Markdown, "no-timeline").object
+
+
+def test_a_broken_timeline_is_the_tabs_error_and_the_other_tabs_work(source):
+    state, tab, layout = _tab(source, pair="d3")
+    error = find(layout, pn.pane.Alert, "timeline-error").object
+    assert "frames/001/coords" in error and "mlflow-transfer timetravel --target-run-id td3" in error
+    assert state.bundle is not None and state.error == ""  # the pair itself opened
+    stats = drawn(StatisticsTab(state=state, index=None))
+    assert not [a for a in stats.select(pn.pane.Alert) if a.visible and a.object]
+    state.pair = "d1"  # and the next pair's timeline draws
+    layout.get_root()
+    assert find(layout, pn.pane.Bokeh, "timeline").object is not None
+
+
+def test_the_training_tab_is_last_so_old_links_keep_their_tab(source):
+    assert TABS[-1] is TrainingTab and TITLES[:5] == ("Statistics", "Instances", "Network", "Features", "Robustness")
+    app = build_app(source, sync_url=False, pair="d1", tab=TRAINING, epoch=3)
+    assert app.state.tab == TRAINING and app.state.epoch == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# The report's strip
+
+
+def test_the_report_strip_draws_the_regions_and_points_of_the_chosen_positions(timeline, tiny_bundle, tmp_path):
+    from ui import report
+
+    page = report.write_report(tiny_bundle, tmp_path / "report.html", timeline_dir=timeline.reader.root).read_text()
+    assert "<h2>Training timeline</h2>" in page
+    cells = re.findall(r"<figure class='timeline-cell' data-position='(\d+)'.*?<img src='data:image/png;base64,"
+                       r"([^']+)'.*?</figure>", page)
+    assert [int(p) for p, _ in cells] == tv.strip_positions(timeline.n_positions, timeline.transfer_position)
+    import base64
+
+    for p, data in cells:
+        picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+        region = np.asarray(Image.fromarray(timeline.region(int(p))).resize((200, 200), Image.NEAREST))
+        differs = (picture != region).any(-1)
+        assert 0 < differs.mean() < 0.2  # the region image, with the points drawn over a small part of it
+        # each point's pixel carries its class colour (n points on a circle: far enough apart)
+        x0, x1, y0, y1 = timeline.frame(int(p)).extent
+        for i, (x, y) in enumerate(planted_coords(int(p), _n(timeline))):
+            col, row = round((x - x0) / (x1 - x0) * 199), round((y1 - y) / (y1 - y0) * 199)
+            colour = tuple(int(class_color(i % 3)[k:k + 2], 16) for k in (1, 3, 5))
+            patch = picture[max(row - 2, 0):row + 3, max(col - 2, 0):col + 3].reshape(-1, 3)
+            assert (patch == colour).all(-1).any(), (p, i)
+    assert "data-position='3'" in page and "transfer →" in page
+    assert "Training timeline" not in report.build_report_html(report.PairBundle.open(tiny_bundle))
