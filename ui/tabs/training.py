@@ -3,7 +3,8 @@ as DeepVisualInsight draws it: the sample's points of both domains over each epo
 an epoch slider with a play button, the transfer moment marked, the fidelity of the picture shown.
 
 Switching epochs reads precomputed frames only and writes them into the figure's data sources in place
-(`ui.views.timeline.show`); the figure is built once per pair. The state's ``epoch`` (the position) and
+(`ui.views.timeline.show`); the figure is built once per pair. The player, or a click on the timeline
+axis, moves the position. The state's ``epoch`` (the position) and
 ``tracked`` (picked point ids, whose trajectories are drawn) are URL parameters; a box or lasso
 selection, or a tap, sets ``tracked``; the state's ``classes`` are shown in full, the others faded.
 A pair without a timeline says which command makes one; a broken timeline is this tab's error, the
@@ -19,6 +20,7 @@ from collections import OrderedDict
 import numpy as np
 import panel as pn
 import param
+from bokeh.events import Tap
 
 from mlflow_transfer.errors import TransferError
 from ui.views import timeline as tv
@@ -41,11 +43,16 @@ class TrainingTab(Tab):
     def __init__(self, **params):
         super().__init__(**params)
         self._player = pn.widgets.DiscretePlayer(label="epoch", options={"–": 0}, value=0, interval=700,
-                                                 loop_policy="once", show_value=True, visible=False,
-                                                 css_classes=["epoch-player"], width=420)
+                                                 loop_policy="once", show_value=True, show_loop_controls=False,
+                                                 css_classes=["epoch-player"],
+                                                 width=420)
         self._player.param.watch(self._played, "value")
-        self._status = pn.pane.Alert("", alert_type="danger", name="timeline-status", visible=False,
-                                     sizing_mode="stretch_width")
+        self._status = pn.Column(sizing_mode="stretch_width")  # an error found only on a switch, else empty
+        boundary = pn.widgets.Checkbox.from_param(self.param.boundary, label="boundary samples",
+                                                  margin=(20, 10, 0, 10))
+        clear = pn.widgets.Button(label="forget picked points", color="light", margin=(14, 10, 0, 10))
+        clear.on_click(lambda _e: setattr(self.state, "tracked", []))
+        self._controls = pn.Row(boundary, clear)
         self._timelines: OrderedDict = OrderedDict()  # pair → its open TimelineBundle
         self._view: dict | None = None  # the drawn timeline: its figure, sources and frames read so far
         self._syncing = False  # a selection written from the state, not picked by the user
@@ -80,8 +87,7 @@ class TrainingTab(Tab):
     @part("state.bundle", "state.pair", what="training timeline")
     def figure(self):
         self._view = None
-        self._player.visible = False
-        self._status.visible = False
+        self._status.objects = []
         try:
             timeline = self.timeline()
         except TransferError as exc:
@@ -101,10 +107,12 @@ class TrainingTab(Tab):
             sources[domain].selected.on_change("indices", self._picked)
         labels = tv.position_labels(epochs)
         options = {(f"{label} (#{i + 1})" if labels.count(label) > 1 else label): i for i, label in enumerate(labels)}
-        self._player.param.update(options=options, value=self.position(), visible=True)
+        self._player.param.update(options=options, value=self.position())
         self._redraw()
         notes = [pn.pane.Markdown(message_md(n), styles={"font-size": "0.85em"}) for n in timeline.notes]
+        axis.on_event(Tap, self._tapped)
         return pn.Column(
+            pn.Row(self._player, self._controls), self._status,
             pn.pane.Bokeh(axis, name="timeline-axis", sizing_mode="stretch_width"),
             pn.Row(pn.Column(pn.pane.Bokeh(fig, name="timeline", sizing_mode="stretch_width", min_height=560),
                              pn.pane.HTML(tv.legend_html(timeline.classes), name="timeline-legend"),
@@ -138,13 +146,13 @@ class TrainingTab(Tab):
             data = tv.scene(view["timeline"], p, self.state.classes, picked, frame=frame, region=region,
                             trajectories=self._trajectories(picked) if picked else None)
         except TransferError as exc:  # a frame found broken only now: said once, the last picture kept
-            self._status.param.update(object=message_md(str(exc)), visible=True)
+            self._status.objects = [error_pane(str(exc), name="timeline-status")]
             return
         except Exception:
             log.exception("drawing timeline position %d failed", p)
-            self._status.param.update(object=message_md(UNEXPECTED), visible=True)
+            self._status.objects = [error_pane(UNEXPECTED, name="timeline-status")]
             return
-        self._status.visible = False
+        self._status.objects = []
         tv.show(view["sources"], data, view["figure"],
                 tv.figure_title(view["epochs"], p, view["timeline"].transfer_position))
         tv.show_axis(view["marker"], p)
@@ -175,6 +183,11 @@ class TrainingTab(Tab):
         if self._view is not None:
             self._view["figure"].select_one({"name": "boundary samples"}).visible = self.boundary
 
+    def _tapped(self, event):
+        """A click on the timeline axis opens the position nearest to it."""
+        if self._view is not None and event.x is not None:
+            self.state.epoch = min(max(round(event.x), 0), self._view["n"] - 1)
+
     def _played(self, event):
         if self._view is not None and event.new is not None and event.new != self.state.epoch:
             self.state.epoch = int(event.new)
@@ -191,10 +204,5 @@ class TrainingTab(Tab):
         self.state.tracked = picked
 
     def layout(self):
-        boundary = pn.widgets.Checkbox.from_param(self.param.boundary, label="boundary samples",
-                                                  margin=(20, 10, 0, 10))
-        clear = pn.widgets.Button(label="forget picked points", color="light", margin=(14, 10, 0, 10))
-        clear.on_click(lambda _e: setattr(self.state, "tracked", []))
-        return pn.Column(pn.Row(self._player, boundary, clear), self._status,
-                         self.lazy(self.figure, sizing_mode="stretch_width"),
-                         name="training-tab", sizing_mode="stretch_width")
+        return pn.Column(self.lazy(self.figure, sizing_mode="stretch_width"), name="training-tab",
+                         sizing_mode="stretch_width")

@@ -247,7 +247,7 @@ def axis_figure(epochs: dict, transfer_position) -> tuple:
     if transfer_position is not None and 0 < transfer_position < n:
         fig.add_layout(Span(location=transfer_position - 0.5, dimension="height", line_dash="dashed",
                             line_color="black", line_width=2, name="transfer"))
-        fig.text([transfer_position - 0.5], [1.0], text=["transfer"], text_align="center",
+        fig.text([transfer_position - 0.45], [0.45], text=["transfer"], text_align="left",
                  text_font_size="9pt", name="transfer label")
     return fig, marker
 
