@@ -227,7 +227,8 @@ def test_tracked_points_from_a_link_are_drawn_and_selected(source, timeline):
 def test_a_pair_without_a_timeline_shows_the_command(source):
     state, tab, layout = _tab(source, pair="d2")
     text = find(layout, pn.pane.Markdown, "no-timeline").object
-    assert "mlflow-transfer timetravel --target-run-id td2" in text and not tab._player.visible
+    assert "mlflow-transfer timetravel --target-run-id td2" in text
+    assert not [w for w in layout.select(pn.widgets.DiscretePlayer)]  # no player without a timeline
 
 
 def test_a_source_written_before_issue_14_has_no_timeline(tiny_bundle):
