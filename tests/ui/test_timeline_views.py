@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import re
 import shutil
 
@@ -17,6 +18,7 @@ import numpy as np
 import panel as pn
 import pytest
 from bokeh.models import Span
+from helpers.browser import needs_chromium
 from helpers.timeline import planted_coords, planted_metric, write_tiny_timeline
 from helpers.views import drawn, find
 from PIL import Image
@@ -285,3 +287,88 @@ def test_the_report_strip_draws_the_regions_and_points_of_the_chosen_positions(t
             assert (patch == colour).all(-1).any(), (p, i)
     assert "data-position='3'" in page and "transfer →" in page
     assert "Training timeline" not in report.build_report_html(report.PairBundle.open(tiny_bundle))
+
+
+# --------------------------------------------------------------------------------------------------
+# In Chromium: the app's real server over a MemorySource (helpers/memory_app.py)
+
+# The regions' image data as BokehJS holds it (a hash of its pixels), and where the plot's frame is on screen.
+_REGIONS = """() => {
+  const doc = Bokeh.documents[0];
+  const source = doc && doc.get_model_by_name('timeline-regions');
+  if (!source || !source.data.image || !source.data.image.length) return null;
+  const pixels = source.data.image[0];
+  let hash = 0;
+  for (let i = 0; i < pixels.length; i++) hash = (Math.imul(hash, 31) + pixels[i]) >>> 0;
+  const lines = doc.get_model_by_name('timeline-trajectories');
+  return {hash, dw: source.data.dw[0], n: pixels.length, lines: lines ? lines.data.xs.length : -1};
+}"""
+
+_FRAME = """() => {
+  const seen = new Set();
+  function* walk(v) { if (!v || seen.has(v)) return; seen.add(v); yield v; for (const c of (v.child_views ?? [])) yield* walk(c); }
+  for (const root of Bokeh.index.roots ?? [])
+    for (const v of walk(root))
+      if (v.frame && v.model.renderers && v.model.renderers.some(r => r.name === 'regions')) {
+        const box = v.canvas_view.el.getBoundingClientRect(), f = v.frame.bbox;
+        return {x: box.left + f.left, y: box.top + f.top, width: f.width, height: f.height};
+      }
+  return null;
+}"""
+
+
+@pytest.fixture(scope="module")
+def served_timeline(tiny_bundle, timeline_dir):
+    from helpers.servers import memory_ui
+
+    rows = [{"diagnostics_run_id": "d1", "target_run_id": "t1"}, {"diagnostics_run_id": "d2", "target_run_id": "t2"}]
+    with memory_ui({"experiments": {"1": "e"}, "pairs": {"1": rows}, "bundles": {"d1": tiny_bundle, "d2": tiny_bundle},
+                    "timelines": {"d1": timeline_dir}}) as url:
+        yield url
+
+
+def _pixels(page, frame) -> np.ndarray:
+    png = page.screenshot(clip=frame)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_the_slider_changes_the_region_image_in_the_browser_and_a_lasso_picks_points(served_timeline, page, timeline):
+    from urllib.parse import parse_qs, urlparse
+
+    page.goto(f"{served_timeline}?pair=d1&tab={TRAINING}")
+    page.get_by_text("How faithful is this picture?").wait_for(timeout=90_000)
+    page.wait_for_function(_REGIONS, timeout=30_000)
+    before, frame = page.evaluate(_REGIONS), page.evaluate(_FRAME)
+    pixels = _pixels(page, frame)
+    page.locator(".epoch-player button.last").click()  # the player's "last" button: target e2
+    page.wait_for_function(f"() => {{ const r = ({_REGIONS})(); return r && r.hash !== {before['hash']}; }}",
+                           timeout=30_000)
+    page.wait_for_function("() => new URLSearchParams(location.search).get('epoch') === '4'", timeout=30_000)
+    after = page.evaluate(_REGIONS)
+    assert after["n"] == before["n"] == 40 * 40 and after["dw"] == pytest.approx(2 * 1.1 * 5)
+    page.wait_for_timeout(500)  # the canvas repaints after the data arrives
+    changed = (np.abs(_pixels(page, frame) - pixels).sum(-1) > 30).mean()
+    assert changed > 0.05, changed  # the picture on screen changed, not only the data behind it
+    page.screenshot(path=str(timeline.reader.root.parent / "training.png"), full_page=True)
+    # a lasso around the whole frame picks every point: their trajectories are drawn and in the link
+    x, y, w, h = frame["x"], frame["y"], frame["width"], frame["height"]
+    page.mouse.move(x + 5, y + 5)
+    page.mouse.down()
+    for px, py in ((x + w - 5, y + 5), (x + w - 5, y + h - 5), (x + 5, y + h - 5), (x + 5, y + 10)):
+        page.mouse.move(px, py, steps=8)
+    page.mouse.up()
+    n = _n(timeline)
+    page.wait_for_function(f"() => ({_REGIONS})().lines === {n}", timeout=30_000)
+    page.wait_for_function("() => JSON.parse(new URLSearchParams(location.search).get('tracked') || '[]').length > 0",
+                           timeout=30_000)
+    assert sorted(json.loads(parse_qs(urlparse(page.url).query)["tracked"][0])) == list(range(n))
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_a_pair_without_a_timeline_shows_the_command_in_the_browser(served_timeline, page):
+    page.goto(f"{served_timeline}?pair=d2&tab={TRAINING}")
+    page.get_by_text("mlflow-transfer timetravel --target-run-id t2").wait_for(timeout=90_000)
+    assert page.locator(".epoch-player").count() == 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from bokeh.models import ColumnDataSource, HoverTool, Span
+from bokeh.models import ColumnDataSource, DataRange1d, HoverTool, Span
 from bokeh.plotting import figure as bokeh_figure
 from PIL import Image, ImageDraw
 
@@ -33,6 +33,7 @@ __all__ = ["FADED", "MAX_TRACKED", "METRIC_MEANINGS", "axis_figure", "legend_htm
 
 DOMAINS = ("source", "target")
 SHOWN, FADED = 0.9, 0.12  # alpha of the selected classes' points and of the others
+REGION_ALPHA = 0.55  # opacity of the region image under the points
 MAX_TRACKED = 100  # picked points whose trajectories are drawn (a lasso may catch more)
 PHASE_COLOR = {"source": SOURCE, "target": TARGET}
 
@@ -166,26 +167,33 @@ def timeline_figure(bundle, *, height: int = 560, boundary: bool = True) -> tupl
     ``(figure, {name: ColumnDataSource})``. Its ranges are the union of all positions' extents, so
     switching positions moves the picture, not the axes. Box and lasso select and tap pick points."""
     x0, x1, y0, y1 = full_extent(bundle.epochs())
-    fig = bokeh_figure(height=height, sizing_mode="stretch_width", x_range=(x0, x1), y_range=(y0, y1),
+    # The ranges follow only an invisible pair of corners (the union extent), so they never move with a
+    # frame; match_aspect keeps one unit as long on screen in x as in y by widening one range.
+    corners = ColumnDataSource({"x": [x0, x1], "y": [y0, y1]}, name="timeline-extent")
+    fig = bokeh_figure(height=height, sizing_mode="stretch_width", x_range=DataRange1d(range_padding=0),
+                       y_range=DataRange1d(range_padding=0), match_aspect=True,
                        tools="pan,wheel_zoom,box_select,lasso_select,tap,reset,save", active_scroll="wheel_zoom",
-                       active_drag="lasso_select", toolbar_location="above", match_aspect=True,
-                       output_backend="canvas", title="")
+                       active_drag="lasso_select", toolbar_location="above", output_backend="canvas", title="")
+    extent = fig.scatter("x", "y", source=corners, alpha=0, name="extent")
+    fig.x_range.renderers = fig.y_range.renderers = [extent]
     fig.axis.visible = False
     fig.grid.visible = False
     sources = {name: ColumnDataSource(name=f"timeline-{name}") for name in _SOURCES}
-    fig.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh", source=sources["regions"], name="regions")
+    # the regions pale behind the points, which carry the same class colours (DVI's pastel background)
+    fig.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh", source=sources["regions"], name="regions",
+                   global_alpha=REGION_ALPHA)
     fig.scatter("x", "y", source=sources["boundary"], size=2, color="#555555", alpha=0.6, name="boundary samples",
                 visible=boundary)
     fig.multi_line("xs", "ys", source=sources["trajectories"], line_color="color", line_width=2, line_alpha=0.9,
                    name="trajectories")
     shown = []
     for domain in DOMAINS:
-        marker = MODEL_MARKER[domain]
-        renderer = fig.scatter("x", "y", source=sources[domain], marker=marker, color="color",
-                               fill_alpha="alpha", line_alpha="alpha", size=8 if marker == "x" else 6,
-                               line_width=2 if marker == "x" else 1, name=f"{domain} domain",
-                               selection_line_color="black", nonselection_fill_alpha="alpha",
-                               nonselection_line_alpha="alpha")
+        cross = MODEL_MARKER[domain] == "x"
+        style = ({"size": 9, "line_width": 2.5, "line_color": "color"} if cross else
+                 {"size": 7, "line_width": 0.7, "line_color": "#222222", "fill_color": "color"})
+        renderer = fig.scatter("x", "y", source=sources[domain], marker=MODEL_MARKER[domain], fill_alpha="alpha",
+                               line_alpha="alpha", name=f"{domain} domain", nonselection_fill_alpha="alpha",
+                               nonselection_line_alpha="alpha", **style)
         shown.append(renderer)
     fig.scatter("x", "y", source=sources["now"], marker="circle", size=12, fill_alpha=0, line_color="black",
                 line_width=2, name="picked now")
