@@ -253,6 +253,33 @@ def test_a_broken_timeline_is_the_tabs_error_and_the_other_tabs_work(source):
     assert find(layout, pn.pane.Bokeh, "timeline").object is not None
 
 
+def test_a_frame_broken_on_a_switch_is_said_and_the_picture_kept(source, timeline_dir, tmp_path):
+    """A frame whose files hash right but do not fit (coordinates NaN: written by something else than
+    mlflow-transfer, the manifest rewritten to match) is found when it is first shown."""
+    import hashlib
+
+    odd = shutil.copytree(timeline_dir, tmp_path / "odd")
+    path = odd / "frames" / "002" / "coords.npy"
+    coords = np.load(path)
+    coords[0, 0] = np.nan
+    np.save(path, coords)
+    manifest = json.loads((odd / "manifest.json").read_text())
+    entry = next(f for f in manifest["files"] if f["path"] == "frames/002/coords.npy")
+    entry.update(bytes=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    (odd / "manifest.json").write_text(json.dumps(manifest))
+    source.timelines["d2"] = odd
+    state, tab, layout = _tab(source, pair="d2", epoch=1)
+    fig = find(layout, pn.pane.Bokeh, "timeline").object
+    drawn_image = _image(fig)
+    state.epoch = 2
+    error = find(layout, pn.pane.Alert, "timeline-status").object
+    assert "finite coordinates in frames/002/coords" in error and "mlflow-transfer timetravel" in error
+    assert _image(fig) is drawn_image and fig.title.text.startswith("source e2")  # the last picture kept
+    state.epoch = 3
+    assert not [a for a in layout.select(pn.pane.Alert) if a.name == "timeline-status"]
+    assert fig.title.text.startswith("target e1")
+
+
 def test_the_training_tab_is_last_so_old_links_keep_their_tab(source):
     assert TABS[-1] is TrainingTab and TITLES[:5] == ("Statistics", "Instances", "Network", "Features", "Robustness")
     app = build_app(source, sync_url=False, pair="d1", tab=TRAINING, epoch=3)
