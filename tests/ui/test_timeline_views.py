@@ -399,3 +399,75 @@ def test_a_pair_without_a_timeline_shows_the_command_in_the_browser(served_timel
     page.goto(f"{served_timeline}?pair=d2&tab={TRAINING}")
     page.get_by_text("mlflow-transfer timetravel --target-run-id t2").wait_for(timeout=90_000)
     assert page.locator(".epoch-player").count() == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Through a real sqlite tracking store and `mlflow-transfer ui` (`tracking.bundles.fetch_timeline`)
+
+
+def _fetch_timeline_merged() -> None:
+    from mlflow_transfer.tracking import bundles
+
+    if not hasattr(bundles, "fetch_timeline"):  # written on the tracking branch of issue 14
+        pytest.skip("needs mlflow_transfer.tracking.bundles.fetch_timeline (issue 14's tracking side)")
+
+
+@pytest.fixture(scope="module")
+def tracked_store(module_store, tiny_bundle, timeline_dir, tmp_path_factory):
+    """Two diagnosed pairs in one experiment: one with a ``timetravel/`` folder beside ``diagnostics/``."""
+    from mlflow import MlflowClient
+
+    from mlflow_transfer.tags import TAGS
+
+    client = MlflowClient(module_store.uri)
+    exp = module_store.experiment_id
+    source = client.create_run(exp, tags={TAGS.role: "source"}).info.run_id
+    runs = {}
+    for name, timeline in (("with", timeline_dir), ("without", None)):
+        target = client.create_run(exp, tags={TAGS.role: "target", TAGS.source_run_id: source}).info.run_id
+        client.set_terminated(target, "FINISHED")
+        diag = client.create_run(exp, tags={TAGS.role: "diagnostics", TAGS.source_run_id: source,
+                                            TAGS.target_run_id: target}).info.run_id
+        client.log_artifacts(diag, str(tiny_bundle), "diagnostics")
+        if timeline is not None:
+            client.log_artifacts(diag, str(timeline), "timetravel")
+        client.set_terminated(diag, "FINISHED")
+        runs[name] = {"target": target, "diagnostics": diag}
+    return {"store": module_store, "runs": runs, "cache": tmp_path_factory.mktemp("cache")}
+
+
+def test_the_tracking_source_reads_a_pairs_timeline_and_none_without_one(tracked_store, timeline):
+    from ui.readers import TrackingSource
+
+    _fetch_timeline_merged()
+    store, runs = tracked_store["store"], tracked_store["runs"]
+    source = TrackingSource(store.uri, cache_dir=tracked_store["cache"])
+    found = source.timeline(runs["with"]["diagnostics"])
+    assert found.n_positions == timeline.n_positions and found.classes == timeline.classes
+    np.testing.assert_array_equal(found.region(3), timeline.region(3))
+    assert source.timeline(runs["with"]["diagnostics"]) is found  # kept open
+    assert source.timeline(runs["without"]["diagnostics"]) is None
+    state = AppState(source, tab_titles=TITLES, tab_count=len(TITLES), tab=TRAINING, experiment=store.experiment_id,
+                     pair=runs["with"]["diagnostics"], epoch=2)
+    layout = drawn(TrainingTab(state=state, index=TRAINING))
+    assert find(layout, pn.pane.Bokeh, "timeline").object.title.text.startswith("source e3")
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_the_training_tab_over_mlflow_transfer_ui(tracked_store, page):
+    from helpers.servers import clean_env, transfer_ui
+
+    _fetch_timeline_merged()
+    store, runs = tracked_store["store"], tracked_store["runs"]
+    env = clean_env(MLFLOW_TRANSFER_CACHE=str(store.root / "ui-cache"))
+    with transfer_ui(store.uri, store.root, env) as (url, _):
+        page.goto(f"{url}?experiment={store.experiment_id}&pair={runs['with']['diagnostics']}&tab={TRAINING}")
+        page.get_by_text("How faithful is this picture?").wait_for(timeout=90_000)
+        page.wait_for_function(_REGIONS, timeout=30_000)
+        before = page.evaluate(_REGIONS)["hash"]
+        page.locator(".epoch-player button.last").click()
+        page.wait_for_function(f"() => ({_REGIONS})().hash !== {before}", timeout=30_000)
+        page.goto(f"{url}?experiment={store.experiment_id}&pair={runs['without']['diagnostics']}&tab={TRAINING}")
+        page.get_by_text(f"mlflow-transfer timetravel --target-run-id {runs['without']['target']}").wait_for(
+            timeout=90_000)
