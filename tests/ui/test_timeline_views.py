@@ -206,13 +206,17 @@ def test_a_lasso_pick_tracks_points_and_the_class_selection_fades_the_others(sou
     fig = find(layout, pn.pane.Bokeh, "timeline").object
     target = fig.select_one({"name": "timeline-target"})
     assert list(target.data["alpha"]) == [tv.SHOWN if c == "a" else tv.FADED for c in target.data["class"]]
+    image = _image(fig)
     target.selected.indices = [0, 2]  # what a lasso over two target points sends
     picked = [int(target.data["point"][0]), int(target.data["point"][2])]
     assert state.tracked == picked
+    assert _image(fig) is image  # a pick sends the lines, not the region image again
     lines = fig.select_one({"name": "timeline-trajectories"}).data
     assert lines["point"] == picked and len(lines["xs"][0]) == timeline.n_positions
     state.classes = []
     assert set(target.data["alpha"]) == {tv.SHOWN}
+    tab._choose.value = ["b"]  # the tab's own class choice is the state's
+    assert state.classes == ["b"] and sum(a == tv.SHOWN for a in target.data["alpha"]) == len(target.data["alpha"]) // 3
     state.tracked = []
     assert list(target.selected.indices) == [] and fig.select_one({"name": "timeline-trajectories"}).data["xs"] == []
 

@@ -25,7 +25,7 @@ from bokeh.events import Tap
 from mlflow_transfer.errors import TransferError
 from ui.views import timeline as tv
 from ui.views.guard import UNEXPECTED, error_pane
-from ui.views.text import message_md
+from ui.views.text import escape_html, message_md
 
 from .base import Tab, part
 
@@ -52,7 +52,9 @@ class TrainingTab(Tab):
                                                   margin=(20, 10, 0, 10))
         clear = pn.widgets.Button(label="forget picked points", color="light", margin=(14, 10, 0, 10))
         clear.on_click(lambda _e: setattr(self.state, "tracked", []))
-        self._controls = pn.Row(boundary, clear)
+        # two-way with the state, as in the Instances tab: a class picked anywhere is highlighted here
+        self._choose = pn.widgets.MultiChoice.from_param(self.state.param.classes, label="Classes", width=300)
+        self._controls = pn.Row(self._choose, boundary, clear)
         self._timelines: OrderedDict = OrderedDict()  # pair → its open TimelineBundle
         self._view: dict | None = None  # the drawn timeline: its figure, sources and frames read so far
         self._syncing = False  # a selection written from the state, not picked by the user
@@ -105,6 +107,8 @@ class TrainingTab(Tab):
                       "points": timeline.points()}
         for domain in tv.DOMAINS:
             sources[domain].selected.on_change("indices", self._picked)
+        # Choices.js writes option labels as HTML: the labels are escaped names
+        self._choose.options = {escape_html(c): c for c in self.state.bundle.classes}
         labels = tv.position_labels(epochs)
         options = {(f"{label} (#{i + 1})" if labels.count(label) > 1 else label): i for i, label in enumerate(labels)}
         self._player.param.update(options=options, value=self.position())
@@ -133,8 +137,9 @@ class TrainingTab(Tab):
     def _trajectories(self, picked: list[int]) -> np.ndarray:
         return np.stack([self._frame(p)[0].coords[picked] for p in range(self._view["n"])])
 
-    def _redraw(self) -> None:
-        """Write the shown position, classes and picked points into the figure's sources."""
+    def _redraw(self, names: tuple[str, ...] | None = None) -> None:
+        """Write the shown position, classes and picked points into the figure's sources (only those
+        ``names`` when given: a class or pick change sends no region image)."""
         view = self._view
         if view is None or view["pair"] != self.state.pair:
             return
@@ -153,10 +158,13 @@ class TrainingTab(Tab):
             self._status.objects = [error_pane(UNEXPECTED, name="timeline-status")]
             return
         self._status.objects = []
-        tv.show(view["sources"], data, view["figure"],
-                tv.figure_title(view["epochs"], p, view["timeline"].transfer_position))
-        tv.show_axis(view["marker"], p)
-        view["readout"].object = tv.readout_html(view["epochs"], p)
+        if names is not None:
+            tv.show(view["sources"], {name: data[name] for name in names})
+        else:
+            tv.show(view["sources"], data, view["figure"],
+                    tv.figure_title(view["epochs"], p, view["timeline"].transfer_position))
+            tv.show_axis(view["marker"], p)
+            view["readout"].object = tv.readout_html(view["epochs"], p)
         self._select(picked, data)
 
     def _select(self, picked: list[int], data: dict) -> None:
@@ -171,12 +179,20 @@ class TrainingTab(Tab):
         finally:
             self._syncing = False
 
-    @param.depends("state.epoch", "state.classes", "state.tracked", watch=True)
-    def _state_changed(self):
+    @param.depends("state.epoch", watch=True)
+    def _epoch_changed(self):
         if self._view is not None:
             if self._player.value != self.position():
                 self._player.value = self.position()
             self._redraw()
+
+    @param.depends("state.classes", watch=True)
+    def _classes_changed(self):
+        self._redraw(tv.DOMAINS)
+
+    @param.depends("state.tracked", watch=True)
+    def _tracked_changed(self):
+        self._redraw(("trajectories", "now"))
 
     @param.depends("boundary", watch=True)
     def _boundary_shown(self):
