@@ -475,3 +475,70 @@ def test_the_training_tab_over_mlflow_transfer_ui(tracked_store, page):
         page.goto(f"{url}?experiment={store.experiment_id}&pair={runs['without']['diagnostics']}&tab={TRAINING}")
         page.get_by_text(f"mlflow-transfer timetravel --target-run-id {runs['without']['target']}").wait_for(
             timeout=90_000)
+
+
+# Elements a hostile string would have made: an event-handler attribute, a javascript: link, <img src=x>.
+_INJECTED = """() => {
+  const bad = [];
+  const walk = (root) => {
+    for (const el of root.querySelectorAll("*")) {
+      for (const a of el.getAttributeNames()) if (a.startsWith("on")) bad.push(`<${el.tagName} ${a}>`);
+      if ((el.getAttribute("href") || "").trim().toLowerCase().startsWith("javascript:")) bad.push(el.tagName);
+      if (el.tagName === "IMG" && el.getAttribute("src") === "x") bad.push("<IMG src=x>");
+      if (el.shadowRoot) walk(el.shadowRoot);
+    }
+  };
+  walk(document);
+  return bad;
+}"""
+# All text of the page, shadow roots included.
+_ALL_TEXT = """() => {
+  const parts = [document.body.innerText];
+  const walk = (root) => {
+    for (const el of root.querySelectorAll("*"))
+      if (el.shadowRoot) { parts.push(el.shadowRoot.textContent || ""); walk(el.shadowRoot); }
+  };
+  walk(document);
+  return parts.join(" ");
+}"""
+HOSTILE_CLASSES = (HOSTILE, "[x](javascript:alert(2))", "q\"'><svg onload=alert(3)>")
+
+
+@pytest.fixture(scope="module")
+def hostile_timeline(tmp_path_factory):
+    root = write_tiny_timeline(tmp_path_factory.mktemp("hostile") / "timetravel", classes=HOSTILE_CLASSES)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["timeline"]["notes"] = [f"note {HOSTILE} `{HOSTILE}`"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_hostile_class_names_and_notes_run_no_script_in_the_tab_or_the_report(hostile_timeline, tiny_bundle,
+                                                                               browser, tmp_path):
+    from helpers.servers import memory_ui
+
+    from ui.report import write_report
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    try:
+        rows = [{"diagnostics_run_id": "d1", "target_run_id": "t1"}]
+        with memory_ui({"experiments": {"1": "e"}, "pairs": {"1": rows}, "bundles": {"d1": tiny_bundle},
+                        "timelines": {"d1": hostile_timeline}}) as url:
+            page.goto(f"{url}?pair=d1&tab={TRAINING}&tracked=[0,1]")
+            page.get_by_text("How faithful is this picture?").wait_for(timeout=90_000)
+            page.locator(".epoch-player button.next").click()
+            page.wait_for_timeout(500)  # an <img src=x>'s error event fires once its request fails
+            text = page.evaluate(_ALL_TEXT)
+            assert HOSTILE in text  # shown, as text (the legend and the note)
+            assert page.evaluate(_INJECTED) == [] and dialogs == []
+        report = write_report(tiny_bundle, tmp_path / "report.html", timeline_dir=hostile_timeline)
+        page.goto(report.as_uri())
+        page.get_by_text("Training timeline").wait_for(timeout=60_000)
+        page.wait_for_timeout(500)
+        assert page.evaluate(_INJECTED) == [] and dialogs == []
+    finally:
+        page.close()
