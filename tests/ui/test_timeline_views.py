@@ -230,6 +230,15 @@ def test_tracked_points_from_a_link_are_drawn_and_selected(source, timeline):
     assert list(fig.select_one({"name": "timeline-target"}).selected.indices) == [n // 2 - 1]
 
 
+def test_another_pairs_timeline_forgets_the_picked_points_and_keeps_the_position(source, timeline_dir):
+    source.timelines["d2"] = timeline_dir
+    state, tab, layout = _tab(source, pair="d1", tracked=[1, 2], epoch=3)
+    state.pair = "d2"
+    fig = find(layout, pn.pane.Bokeh, "timeline").object
+    assert state.tracked == [] and fig.select_one({"name": "timeline-trajectories"}).data["xs"] == []
+    assert state.epoch == 3 and fig.title.text.startswith("target e1")
+
+
 def test_a_pair_without_a_timeline_shows_the_command(source):
     state, tab, layout = _tab(source, pair="d2")
     text = find(layout, pn.pane.Markdown, "no-timeline").object

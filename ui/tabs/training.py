@@ -58,6 +58,7 @@ class TrainingTab(Tab):
         self._timelines: OrderedDict = OrderedDict()  # pair → its open TimelineBundle
         self._view: dict | None = None  # the drawn timeline: its figure, sources and frames read so far
         self._syncing = False  # a selection written from the state, not picked by the user
+        self._last_pair: str | None = None  # the pair whose timeline was drawn last
 
     # --- the timeline of the open pair -------------------------------------------------------------
 
@@ -98,6 +99,9 @@ class TrainingTab(Tab):
             return error_pane(message, name="timeline-error")
         if timeline is None:
             return pn.pane.Markdown(message_md(tv.no_timeline_message(self._target_run())), name="no-timeline")
+        if self._last_pair not in (None, self.state.pair) and self.state.tracked:
+            self.state.tracked = []  # picked points of another pair's sample (a link's own ones are kept)
+        self._last_pair = self.state.pair
         epochs = timeline.epochs()
         fig, sources = tv.timeline_figure(timeline, boundary=self.boundary)
         axis, marker = tv.axis_figure(epochs, timeline.transfer_position)
