@@ -315,7 +315,7 @@ def test_the_report_strip_draws_the_regions_and_points_of_the_chosen_positions(t
 
     for p, data in cells:
         picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
-        region = np.asarray(Image.fromarray(timeline.region(int(p))).resize((200, 200), Image.NEAREST))
+        region = np.asarray(Image.fromarray(tv.pale(timeline.region(int(p)))).resize((200, 200), Image.NEAREST))
         differs = (picture != region).any(-1)
         assert 0 < differs.mean() < 0.2  # the region image, with the points drawn over a small part of it
         # each point's pixel carries its class colour (n points on a circle: far enough apart)

@@ -27,7 +27,7 @@ from .images import data_uri, png_bytes
 from .style import MODEL_MARKER, SOURCE, TARGET, class_color
 from .text import escape_html
 
-__all__ = ["FADED", "MAX_TRACKED", "METRIC_MEANINGS", "axis_figure", "legend_html", "no_timeline_message", "position_label",
+__all__ = ["FADED", "MAX_TRACKED", "METRIC_MEANINGS", "axis_figure", "legend_html", "no_timeline_message", "pale", "position_label",
            "position_labels", "readout_html", "region_rgba", "scene", "show", "show_axis", "strip_html",
            "strip_positions", "timeline_figure"]
 
@@ -312,11 +312,16 @@ def strip_positions(n_positions: int, transfer_position, count: int = 6) -> list
     return sorted(chosen)
 
 
+def pale(region: np.ndarray) -> np.ndarray:
+    """The region image as the figure shows it: `REGION_ALPHA` of it over white."""
+    return np.round(region.astype(np.float32) * REGION_ALPHA + 255.0 * (1.0 - REGION_ALPHA)).astype(np.uint8)
+
+
 def thumbnail(region: np.ndarray, coords: np.ndarray, labels: np.ndarray, domains: np.ndarray, extent,
               size: int = 200) -> np.ndarray:
-    """A (size, size, 3) uint8 picture: the region image scaled to ``size`` with every point drawn on it
-    (cross = source domain, ring = target domain, in the class's colour)."""
-    image = Image.fromarray(np.ascontiguousarray(region)).resize((size, size), Image.NEAREST)
+    """A (size, size, 3) uint8 picture: the region image (`pale`) scaled to ``size`` with every point drawn
+    on it, as in the app (cross = source domain, dot with a dark ring = target domain, in the class's colour)."""
+    image = Image.fromarray(pale(region)).resize((size, size), Image.NEAREST)
     draw = ImageDraw.Draw(image)
     x0, x1, y0, y1 = (float(v) for v in extent)
     px = (np.asarray(coords[:, 0], np.float64) - x0) / max(x1 - x0, 1e-12) * (size - 1)
@@ -324,10 +329,10 @@ def thumbnail(region: np.ndarray, coords: np.ndarray, labels: np.ndarray, domain
     for x, y, label, domain in zip(px, py, labels, domains):
         colour = class_color(int(label))
         if domain == "source":
-            draw.line([(x - 2, y - 2), (x + 2, y + 2)], fill=colour, width=1)
-            draw.line([(x - 2, y + 2), (x + 2, y - 2)], fill=colour, width=1)
+            draw.line([(x - 2, y - 2), (x + 2, y + 2)], fill=colour, width=2)
+            draw.line([(x - 2, y + 2), (x + 2, y - 2)], fill=colour, width=2)
         else:
-            draw.ellipse([(x - 2, y - 2), (x + 2, y + 2)], outline=colour, width=1)
+            draw.ellipse([(x - 2.5, y - 2.5), (x + 2.5, y + 2.5)], fill=colour, outline="#222222", width=1)
     return np.asarray(image)
 
 
