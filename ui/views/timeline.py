@@ -27,9 +27,10 @@ from .images import data_uri, png_bytes
 from .style import MODEL_MARKER, SOURCE, TARGET, class_color
 from .text import escape_html
 
-__all__ = ["FADED", "MAX_TRACKED", "METRIC_MEANINGS", "axis_figure", "legend_html", "no_timeline_message", "pale", "position_label",
-           "position_labels", "readout_html", "region_rgba", "scene", "show", "show_axis", "strip_html",
-           "strip_positions", "timeline_figure"]
+__all__ = ["DOMAINS", "FADED", "MAX_TRACKED", "METRIC_MEANINGS", "SHOWN", "axis_figure", "figure_title",
+           "full_extent", "legend_html", "no_timeline_message", "pale", "position_label", "position_labels",
+           "readout_html", "region_rgba", "scene", "show", "show_axis", "strip_html", "strip_positions",
+           "thumbnail", "timeline_figure"]
 
 DOMAINS = ("source", "target")
 SHOWN, FADED = 0.9, 0.12  # alpha of the selected classes' points and of the others
