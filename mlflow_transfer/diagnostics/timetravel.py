@@ -275,6 +275,9 @@ def _project_epoch(reps: np.ndarray, head: torch.nn.Module, class_map: np.ndarra
                    gen: torch.Generator, rng: np.random.Generator):
     k = options.n_neighbors
     logits = _logits(head, reps)
+    if logits.ndim != 2 or logits.shape[1] != len(class_map):
+        raise DiagnosticsError(f"Expected the class map with one timeline class per head output (the "
+                               f"head has {logits.shape[-1]} outputs); got {len(class_map)} entries.")
     raw = logits.argmax(dim=1).numpy()
     prediction = class_map[raw].astype(np.int16)
     train_reps = reps[train]
