@@ -33,7 +33,7 @@ from .fidelity import (METRICS, boundary_preservation, knn_overlap, neighbour_pr
                        temporal_correlation, trustworthiness_of)
 
 __all__ = ["METRICS", "EpochInput", "EpochProjection", "TimeTravelOptions", "boundary_samples",
-           "project_timeline"]
+           "penultimate_split", "project_timeline"]
 
 PRUNE_EPOCHS = 200  # umap-learn drops edges lighter than max weight / n_epochs (200 for its large-data default)
 BATCH = 8192        # rows per head pass
@@ -131,6 +131,22 @@ class _State:
     coords: np.ndarray        # (N, 2)
     representations: np.ndarray
     train_knn: np.ndarray     # (n_train, n_neighbors) without self
+
+
+def penultimate_split(head: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(pre, last)`` with ``head(x) == last(pre(x))`` and ``last`` the head's final Linear, when the head
+    is a Linear or an ``nn.Sequential`` ending in one (every registry model); else ``(Identity, head)``.
+
+    DVI projects the penultimate layer (``pre(embedding)``, the last Linear's input) with that Linear as
+    the head: the classes are linearly separable there, so neighbourhoods agree with predictions and the
+    head is one cheap layer. A deeper head over the embedding gives the projection mixed neighbourhoods
+    and costs more per training step (benchmarks/results_timetravel.txt has both).
+    """
+    if isinstance(head, torch.nn.Linear):
+        return torch.nn.Identity(), head
+    if isinstance(head, torch.nn.Sequential) and len(head) and isinstance(head[-1], torch.nn.Linear):
+        return head[:-1], head[-1]
+    return torch.nn.Identity(), head
 
 
 def _device(module: torch.nn.Module) -> torch.device:

@@ -23,6 +23,7 @@ from mlflow_transfer.diagnostics.timetravel import (
     EpochInput,
     TimeTravelOptions,
     boundary_samples,
+    penultimate_split,
     project_timeline,
 )
 from mlflow_transfer.errors import DiagnosticsError
@@ -215,3 +216,17 @@ def test_bad_epochs_say_what_was_expected():
         next(project_timeline([EpochInput(reps, head, np.arange(3))], train))
     with pytest.raises(DiagnosticsError, match="training points"):
         next(project_timeline([EpochInput(reps, head, np.arange(4))], np.zeros(len(reps), bool)))
+
+
+def test_penultimate_split_keeps_the_heads_function():
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)).eval()
+    x = torch.randn(4, 6)
+    pre, last = penultimate_split(head)
+    assert last is head[-1] and torch.allclose(last(pre(x)), head(x))
+    linear = torch.nn.Linear(6, 3)
+    pre, last = penultimate_split(linear)
+    assert last is linear and torch.equal(pre(x), x)
+    other = torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Softmax(dim=1))
+    pre, last = penultimate_split(other)
+    assert last is other and isinstance(pre, torch.nn.Identity)

@@ -1,0 +1,138 @@
+"""Time travel's numbers (issue 14): per-epoch fidelity over a trained pair's whole timeline, and the
+per-epoch seconds for 5,000 points against the issue's 10 s goal.
+
+Needs a finished pair with per-epoch checkpoints, e.g. the demo pair made by (from an empty folder, which
+gets ./mlruns):
+    PYTHONPATH=<repo> <repo>/.venv/bin/python -m mlflow_transfer.cli main --recipe <repo>/recipes/digits.yaml \\
+        --no-diagnose --tracking-uri sqlite:////tmp/tt/mlflow.db
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_timetravel.py --tracking-uri sqlite:////tmp/tt/mlflow.db \\
+        --target-run-id <id> [--per-class 50] [--space penultimate,embedding] [--speed-points 5000]
+
+Each epoch's checkpoint embeds the sample built as `diagnose` builds it (`build_instances`, seed 0). Two
+representation spaces: ``embedding`` (the model's `embedding`, the head its `head`) and ``penultimate``
+(the input of the head's last Linear, the head that Linear alone: DVI's setting). For each space and
+position it prints the seconds and every fidelity number; then it times `project_timeline` on
+``--speed-points`` points (a seeded subset of all the pair's images) over three late epochs of the target
+run, after warming umap-learn's numba compilation, and prints each epoch's seconds over the 10 s goal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+
+from mlflow_transfer.diagnostics.timetravel import EpochInput, TimeTravelOptions, project_timeline  # noqa: E402
+from mlflow_transfer.tracking.context import prepare_data  # noqa: E402
+from mlflow_transfer.tracking.diagnose import build_instances  # noqa: E402
+from mlflow_transfer.tracking.lookup import CHECKPOINT_DIR, load_checkpoint  # noqa: E402
+from mlflow_transfer.tracking.pairs import resolve_pair  # noqa: E402
+
+GOAL_S = 10.0
+SHOWN = ("nn_train_15", "nn_val_15", "boundary_nn_15", "ppr", "ppr_train", "ppr_val", "temporal_corr",
+         "trustworthiness", "accuracy")
+
+
+def _epochs(run_id: str) -> list[int]:
+    names = [a.path.rsplit("/", 1)[-1] for a in MlflowClient().list_artifacts(run_id, CHECKPOINT_DIR)]
+    return sorted(e for e in (int(n[6:9]) for n in names if n.startswith("epoch_")) if e >= 1)
+
+
+def _split(net, space: str):
+    """(representation function of images, head) of one checkpoint in the asked space."""
+    if space == "embedding":
+        return net.embedding, net.head
+    last = net.head[-1]
+    return (lambda x: net.head[:-1](net.embedding(x))), last
+
+
+def _inputs(timeline, images: torch.Tensor, space: str, class_maps):
+    for (phase, run_id, epoch), class_map in zip(timeline, class_maps):
+        net = load_checkpoint(run_id, epoch).eval()
+        represent, head = _split(net, space)
+        with torch.inference_mode():
+            reps = torch.cat([represent(images[i:i + 256]) for i in range(0, len(images), 256)]).numpy()
+        yield EpochInput(reps.astype(np.float32), head.eval(), class_map)
+
+
+def _class_maps(timeline, data):
+    runs = {r: mlflow.get_run(r) for _, r, _ in timeline}
+    import json
+
+    from mlflow_transfer.tags import TAGS
+    maps = []
+    for _, run_id, _ in timeline:
+        classes = json.loads(runs[run_id].data.tags[TAGS.classes])
+        maps.append(np.array([data.pair_classes.index(c) for c in classes], dtype=np.int64))
+    return maps
+
+
+def _fidelity(timeline, data, per_class: int, space: str, options: TimeTravelOptions) -> None:
+    inst = build_instances(data, per_class, 0)
+    train = inst.split == 0
+    print(f"\n## {space}: {len(train)} points ({int(train.sum())} train), sample_per_class {per_class}")
+    print("pos phase  ep      s " + " ".join(f"{m:>9.9}" for m in SHOWN))
+    start = time.perf_counter()
+    frames = project_timeline(_inputs(timeline, inst.images, space, _class_maps(timeline, data)), train, options,
+                              labels=inst.labels)
+    for pos, ((phase, _, epoch), frame) in enumerate(zip(timeline, frames)):
+        print(f"{pos:3d} {phase:6s} {epoch:2d} {frame.seconds:6.1f} "
+              + " ".join(f"{frame.metrics[m]:9.3f}" for m in SHOWN), flush=True)
+    print(f"whole timeline (checkpoint loading and embedding included): {time.perf_counter() - start:.1f} s")
+
+
+def _speed(timeline, data, n_points: int, space: str, options: TimeTravelOptions) -> None:
+    from umap.umap_ import fuzzy_simplicial_set
+
+    t = time.perf_counter()
+    x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    fuzzy_simplicial_set(x, 15, np.random.RandomState(0), "euclidean")
+    print(f"\n## speed, {space}: umap-learn numba warm-up (once per process) {time.perf_counter() - t:.1f} s")
+    inst = build_instances(data, None, 0)
+    keep = np.sort(np.random.default_rng(0).choice(len(inst.labels), min(n_points, len(inst.labels)), replace=False))
+    train = inst.split[keep] == 0
+    late = timeline[-3:]
+    frames = project_timeline(_inputs(late, inst.images[keep], space, _class_maps(late, data)), train, options)
+    print(f"{len(keep)} points ({int(train.sum())} train), the target run's last {len(late)} epochs")
+    seconds = []
+    for (phase, _, epoch), frame in zip(late, frames):
+        seconds.append(frame.seconds)
+        print(f"  {phase} epoch {epoch}: {frame.seconds:.1f} s, ratio to the {GOAL_S:g} s goal "
+              f"{frame.seconds / GOAL_S:.2f}; NN@15 {frame.metrics['nn_train_15']:.2f}, PPR {frame.metrics['ppr']:.3f}")
+    print(f"  mean {np.mean(seconds):.1f} s per epoch, ratio {np.mean(seconds) / GOAL_S:.2f} "
+          f"(first {seconds[0]:.1f} s trains from scratch, later ones warm-start)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--target-run-id", required=True)
+    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--space", default="penultimate,embedding")
+    parser.add_argument("--speed-points", type=int, default=5000)
+    parser.add_argument("--no-fidelity", action="store_true")
+    args = parser.parse_args()
+    mlflow.set_tracking_uri(args.tracking_uri)
+    pair = resolve_pair(target_run_id=args.target_run_id)
+    data = pair.data or prepare_data(pair.recipe)
+    timeline = [("source", pair.source_run_id, e) for e in _epochs(pair.source_run_id)]
+    timeline += [("target", pair.target_run_id, e) for e in _epochs(pair.target_run_id)]
+    print(f"timeline: {len(timeline)} positions; torch threads {torch.get_num_threads()}")
+    options = TimeTravelOptions()
+    print(f"options: {options.as_dict()}")
+    for space in args.space.split(","):
+        if not args.no_fidelity:
+            _fidelity(timeline, data, args.per_class, space, options)
+        _speed(timeline, data, args.speed_points, space, options)
+
+
+if __name__ == "__main__":
+    main()
