@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import BundleError
 from ..validation import check_no_symlinks, check_relative_path
 
-SCHEMA_VERSION = "1.5.0"  # what each minor version added: docs/ARCHITECTURE.md, "Bundle schema history"
+SCHEMA_VERSION = "1.6.0"  # what each minor version added: docs/ARCHITECTURE.md, "Bundle schema history"
 MANIFEST = "manifest.json"
 _KINDS = {"table": ".parquet", "array": ".npy", "image": ".png", "json": ".json"}
 MAX_MANIFEST_BYTES = 64 << 20  # ~15 MB hold 100,000 entries; more is not a manifest we wrote
@@ -157,8 +157,12 @@ class BundleReader:
             file that is missing, truncated, altered, outside the bundle, or unreadable as its kind.
     """
 
-    def __init__(self, root: str | Path, *, verify: bool = True):
+    DIAGNOSE_AGAIN = "run `mlflow-transfer diagnose` again for this pair"
+
+    def __init__(self, root: str | Path, *, verify: bool = True, fix: str = DIAGNOSE_AGAIN, what: str = "diagnostics"):
+        """``fix``: how to remake the bundle, said by every error; ``what``: which kind of bundle it is."""
         self.root = Path(root)
+        self.fix, self.what = fix, what
         self.manifest = self._load_manifest()
         self.files = self._entries(self.manifest["files"])
         if verify:
@@ -167,26 +171,25 @@ class BundleReader:
     def corrupt(self, expected: str, got: str) -> BundleError:
         """The error for a bundle that is not what mlflow-transfer writes, in the "Expected …; got …" style."""
         return BundleError(f"Expected {expected} in bundle {self.root}; got {got}. The bundle is damaged or was "
-                           "not written by mlflow-transfer: run `mlflow-transfer diagnose` again for this pair")
+                           f"not written by mlflow-transfer: {self.fix}")
 
     def _load_manifest(self) -> dict:
         path = self.root / MANIFEST
         if path.is_symlink():  # it could name any file on the machine
             raise self.corrupt(f"{MANIFEST} as a plain file", "a symbolic link")
         if not path.is_file():
-            raise BundleError(f"{self.root} is not a complete diagnostics bundle (no {MANIFEST}); "
-                              "run `mlflow-transfer diagnose` again for this pair")
+            raise BundleError(f"{self.root} is not a complete {self.what} bundle (no {MANIFEST}); {self.fix}")
         size = path.stat().st_size
         if size > MAX_MANIFEST_BYTES:
             raise self.corrupt(f"a {MANIFEST} of at most {MAX_MANIFEST_BYTES >> 20} MiB", f"{size} bytes")
         try:
             manifest = json.loads(path.read_bytes())
         except RecursionError:  # nesting deeper than Python's stack: never a manifest we wrote
-            raise BundleError(f"{path} is not valid JSON (nested too deeply); the bundle is corrupt, "
-                              "diagnose again") from None
+            raise BundleError(f"{path} is not valid JSON (nested too deeply); the bundle is corrupt: "
+                              f"{self.fix}") from None
         except ValueError as exc:
-            raise BundleError(f"{path} is not valid JSON ({_reason(exc)}); the bundle is corrupt, "
-                              "diagnose again") from None
+            raise BundleError(f"{path} is not valid JSON ({_reason(exc)}); the bundle is corrupt: "
+                              f"{self.fix}") from None
         if not isinstance(manifest, dict):
             raise self.corrupt(f"{MANIFEST} to hold a JSON object", f"{type(manifest).__name__} {shown(manifest)}")
         version = manifest.get("schema_version")
@@ -195,7 +198,7 @@ class BundleReader:
         if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
             raise BundleError(f"bundle {self.root} has schema version {version}, this "
                               f"mlflow-transfer reads {SCHEMA_VERSION.split('.')[0]}.x; upgrade mlflow-transfer "
-                              "or diagnose the pair again")
+                              f"or {self.fix}")
         if not isinstance(manifest.get("files"), list):
             raise self.corrupt(f"a list of files in {MANIFEST}", shown(manifest.get("files")))
         return manifest
@@ -239,7 +242,7 @@ class BundleReader:
                 raise BundleError(f"bundle {self.root} is incomplete: {entry.path} is missing")
             if path.stat().st_size != entry.bytes or _sha256(path) != entry.sha256:
                 raise BundleError(f"bundle file {entry.path} is corrupt or truncated "
-                                  f"(size/hash differ from the manifest); diagnose the pair again")
+                                  f"(size/hash differ from the manifest): {self.fix}")
 
     def _path(self, name: str, kind: str) -> Path:
         rel = name + _KINDS[kind]
