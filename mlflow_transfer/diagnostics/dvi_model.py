@@ -10,7 +10,11 @@ point can go through the model's real head.
 Loss per step (all points of the graph encoded at once):
 - UMAP cross-entropy: positive edges drawn by weight, −log q on each, and ``negative_samples`` uniform
   random points per edge with −log(1 − q), q = 1 / (1 + a·d^(2b)) (a, b from ``find_ab_params``);
-- reconstruction: mean squared error of decode(encode(z)) in the projected, scaled space;
+- reconstruction: mean squared error of decode(encode(z)) in the projected, scaled space (a random
+  subset of the points decoded per step);
+- prediction preservation: the head's cross-entropy on decoded training points (lifted back to the
+  original scale) against its own prediction of the originals — what PPR measures, so the held-out
+  points' PPR is the honest check;
 - temporal (from the second epoch on, warm-started from the previous model): the squared change of
   every weight from the previous model's, times the mean kNN overlap of the points between the two
   epochs, plus each point's squared 2-D movement from its previous position (over the previous
@@ -135,19 +139,19 @@ class Prediction:
     points: int
 
 
-def _head_loss(prediction: Prediction, decoded: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _head_logits(prediction: Prediction, decoded: torch.Tensor) -> torch.Tensor:
     first = next(prediction.head.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
-    logits = prediction.head(prediction.basis.lift(decoded[rows]).to(device)).float().cpu()
-    return nn.functional.cross_entropy(logits, prediction.targets[rows])
+    return prediction.head(prediction.basis.lift(decoded).to(device)).float().cpu()
 
 
 def train_vis_model(model: VisModel, z: torch.Tensor, edges: tuple[np.ndarray, np.ndarray, np.ndarray], *,
                     a: float, b: float, steps: int, edges_per_step: int, negative_samples: int,
-                    reconstruction: float, lr: float, gen: torch.Generator,
+                    reconstruction: float, lr: float, gen: torch.Generator, decoded_per_step: int,
                     temporal: Temporal | None = None, prediction: Prediction | None = None) -> dict[str, float]:
     """Train ``model`` in place on projected points ``z`` (n, p) and the graph ``edges`` (head, tail,
-    weight); returns the last step's loss terms. The head's own weights are never changed (nor their
+    weight); returns the last step's loss terms. Each step encodes every point (the edges touch most of
+    them) but decodes ``decoded_per_step`` random ones. The head's own weights are never changed (nor their
     gradients touched)."""
     head_all = torch.from_numpy(edges[0].astype(np.int64))
     tail_all = torch.from_numpy(edges[1].astype(np.int64))
@@ -160,14 +164,14 @@ def train_vis_model(model: VisModel, z: torch.Tensor, edges: tuple[np.ndarray, n
         p.requires_grad_(False)
     try:
         return _steps(model, z, head_all, tail_all, weight, n, per_step, optimiser, a, b, steps, negative_samples,
-                      reconstruction, gen, temporal, prediction)
+                      reconstruction, gen, min(decoded_per_step, n), temporal, prediction)
     finally:
         for p in frozen:
             p.requires_grad_(True)
 
 
 def _steps(model, z, head_all, tail_all, weight, n, per_step, optimiser, a, b, steps, negative_samples,
-           reconstruction, gen, temporal, prediction) -> dict[str, float]:
+           reconstruction, gen, n_decoded, temporal, prediction) -> dict[str, float]:
     terms: dict[str, float] = {}
     if temporal is not None:
         spread = temporal.previous.var(dim=0).sum().clamp_min(1e-12)
@@ -179,16 +183,19 @@ def _steps(model, z, head_all, tail_all, weight, n, per_step, optimiser, a, b, s
         negatives = torch.randint(0, n, (per_step, negative_samples), generator=gen)
         emb = model.encoder(z)
         umap = _umap_loss(emb, head_all[pick], tail_all[pick], negatives, a, b)
-        decoded = model.decoder(emb)
-        rec = ((decoded - z) ** 2).sum(dim=1).mean()
+        rows = torch.randperm(n, generator=gen)[:n_decoded]
+        decoded = model.decoder(emb[rows])
+        rec = ((decoded - z[rows]) ** 2).sum(dim=1).mean()
         loss = umap + reconstruction * rec
         terms = {"umap": float(umap.detach()), "reconstruction": float(rec.detach())}
         if prediction is not None and prediction.weight > 0:
-            rows = torch.randint(0, len(prediction.targets), (min(prediction.points, len(prediction.targets)),),
-                                 generator=gen)
-            ce = _head_loss(prediction, decoded, rows)
-            loss = loss + prediction.weight * ce
-            terms["prediction"] = float(ce.detach())
+            # the decoded rows that have a target (training points, not boundary samples)
+            labelled = torch.nonzero(rows < len(prediction.targets)).squeeze(1)[:prediction.points]
+            if len(labelled):
+                logits = _head_logits(prediction, decoded[labelled])
+                ce = nn.functional.cross_entropy(logits, prediction.targets[rows[labelled]])
+                loss = loss + prediction.weight * ce
+                terms["prediction"] = float(ce.detach())
         if temporal is not None:
             change = sum(((p - temporal.weights[name]) ** 2).sum() for name, p in model.named_parameters())
             move = (temporal.overlap * ((emb[:n_prev] - temporal.previous) ** 2).sum(dim=1)).mean() / spread

@@ -46,7 +46,11 @@ class TimeTravelOptions:
     Beyond the issue's (k = 15, min_dist 0.1, 5 negatives, grid ≥ 200): ``hidden`` width of the encoder
     and decoder; ``pca_dims`` principal axes the model works in; ``steps_first`` full-batch training steps
     of the first epoch, ``steps_later`` of each warm-started one; ``edges_per_step`` positive edges drawn
-    per step; ``reconstruction_weight``; ``weight_change_weight`` and ``movement_weight`` of the temporal
+    per step; ``decoded_per_step`` points decoded per step for the reconstruction and (of those, at most
+    ``prediction_points``) the prediction-preserving term, weighted ``prediction_weight``;
+    ``train_threads`` torch threads while the model trains (0: leave torch's setting; its layers are small,
+    so more threads mostly add synchronisation, which costs many times more on a loaded machine);
+    ``reconstruction_weight``; ``weight_change_weight`` and ``movement_weight`` of the temporal
     term; ``warm_start`` from the previous epoch's model; ``boundary_gap`` and ``bisection_steps`` of the
     boundary samples.
     """
@@ -69,6 +73,8 @@ class TimeTravelOptions:
     movement_weight: float = 0.1
     prediction_weight: float = 1.0
     prediction_points: int = 512
+    decoded_per_step: int = 2048
+    train_threads: int = 1
     warm_start: bool = True
     boundary_gap: float = 0.1
     bisection_steps: int = 8
@@ -76,7 +82,7 @@ class TimeTravelOptions:
     def __post_init__(self):
         for name, low in (("n_neighbors", 2), ("negative_samples", 1), ("grid", 200), ("seed", 0), ("hidden", 2),
                           ("pca_dims", 1), ("steps_first", 1), ("steps_later", 0), ("edges_per_step", 1),
-                          ("prediction_points", 1),
+                          ("prediction_points", 1), ("decoded_per_step", 1), ("train_threads", 0),
                           ("bisection_steps", 1)):
             check_int(getattr(self, name), f"the time-travel option {name}", low=low)
         check_number(self.min_dist, "the time-travel option min_dist", low=0.0, high=1.0, low_open=True)
@@ -322,12 +328,18 @@ def _project_epoch(reps: np.ndarray, head: torch.nn.Module, class_map: np.ndarra
     from umap.umap_ import find_ab_params
 
     a, b = find_ab_params(1.0, options.min_dist)
-    train_vis_model(model, z, (head_e, tail_e, weight_e), a=float(a), b=float(b), steps=steps,
-                    edges_per_step=options.edges_per_step, negative_samples=options.negative_samples,
-                    reconstruction=options.reconstruction_weight, lr=options.learning_rate, gen=gen,
-                    temporal=temporal,
-                    prediction=Prediction(head, basis, torch.from_numpy(raw[train].astype(np.int64)),
-                                          options.prediction_weight, options.prediction_points))
+    threads = torch.get_num_threads()
+    if options.train_threads:
+        torch.set_num_threads(options.train_threads)
+    try:
+        train_vis_model(model, z, (head_e, tail_e, weight_e), a=float(a), b=float(b), steps=steps,
+                        edges_per_step=options.edges_per_step, negative_samples=options.negative_samples,
+                        reconstruction=options.reconstruction_weight, lr=options.learning_rate, gen=gen,
+                        decoded_per_step=options.decoded_per_step, temporal=temporal,
+                        prediction=Prediction(head, basis, torch.from_numpy(raw[train].astype(np.int64)),
+                                              options.prediction_weight, options.prediction_points))
+    finally:
+        torch.set_num_threads(threads)
 
     with torch.inference_mode():
         coords = model.encoder(torch.from_numpy(basis.project(reps))).numpy().astype(np.float32)
