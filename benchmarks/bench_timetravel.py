@@ -12,7 +12,9 @@ gets ./mlruns):
 Each epoch's checkpoint embeds the sample built as `diagnose` builds it (`build_instances`, seed 0). Two
 representation spaces: ``embedding`` (the model's `embedding`, the head its `head`) and ``penultimate``
 (the input of the head's last Linear, the head that Linear alone: DVI's setting). For each space and
-position it prints the seconds and every fidelity number; then it times `project_timeline` on
+position it prints the seconds, the fidelity numbers and "val ceil" (the share of validation points
+predicted as the majority of their 15 nearest training points in high dimension: about the best a smooth
+map trained on the training points can do for held-out PPR); then it times `project_timeline` on
 ``--speed-points`` points (a seeded subset of all the pair's images) over three late epochs of the target
 run, after warming umap-learn's numba compilation, and prints each epoch's seconds over the 10 s goal.
 """
@@ -79,14 +81,35 @@ def _fidelity(timeline, data, per_class: int, space: str, options: TimeTravelOpt
     inst = build_instances(data, per_class, 0)
     train = inst.split == 0
     print(f"\n## {space}: {len(train)} points ({int(train.sum())} train), sample_per_class {per_class}")
-    print("pos phase  ep      s " + " ".join(f"{m:>9.9}" for m in SHOWN))
+    print("pos phase  ep      s " + " ".join(f"{m:>9.9}" for m in SHOWN) + "  val ceil")
     start = time.perf_counter()
-    frames = project_timeline(_inputs(timeline, inst.images, space, _class_maps(timeline, data)), train, options,
-                              labels=inst.labels)
+    seen = []
+
+    def kept(inputs):
+        for item in inputs:
+            seen.append(item)
+            yield item
+
+    frames = project_timeline(kept(_inputs(timeline, inst.images, space, _class_maps(timeline, data))), train,
+                              options, labels=inst.labels)
     for pos, ((phase, _, epoch), frame) in enumerate(zip(timeline, frames)):
         print(f"{pos:3d} {phase:6s} {epoch:2d} {frame.seconds:6.1f} "
-              + " ".join(f"{frame.metrics[m]:9.3f}" for m in SHOWN), flush=True)
+              + " ".join(f"{frame.metrics[m]:9.3f}" for m in SHOWN) + f" {_ceiling(seen.pop(), train):9.3f}",
+              flush=True)
     print(f"whole timeline (checkpoint loading and embedding included): {time.perf_counter() - start:.1f} s")
+
+
+def _ceiling(epoch: EpochInput, train: np.ndarray) -> float:
+    """Share of validation points the head predicts as the majority of their 15 nearest training points
+    (high-D): what a smooth map learned on the training points can hope to preserve for held-out points."""
+    from sklearn.neighbors import NearestNeighbors
+
+    with torch.inference_mode():
+        pred = epoch.head(torch.from_numpy(epoch.representations)).argmax(dim=1).cpu().numpy()
+    near = NearestNeighbors(n_neighbors=15).fit(epoch.representations[train]).kneighbors(
+        epoch.representations[~train], return_distance=False)
+    votes = np.array([np.bincount(row, minlength=pred.max() + 1).argmax() for row in pred[train][near]])
+    return float(np.mean(votes == pred[~train]))
 
 
 def _speed(timeline, data, n_points: int, space: str, options: TimeTravelOptions) -> None:

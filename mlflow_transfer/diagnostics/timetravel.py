@@ -1,7 +1,8 @@
 """Time travel (issue 14): DeepVisualInsight's epoch-by-epoch projection of a fixed sample, with the
 decision regions of each epoch's head drawn behind it.
 
-Per epoch (:func:`project_timeline` streams them, keeping only what the temporal term needs):
+Per epoch (:func:`project_timeline` streams them, keeping only what the temporal term needs; steps 1–2 in
+:mod:`.dvi_graph`):
 1. Boundary samples: pairs of training points the head predicts differently (classes c1, c2; the pairs
    spread over the class pairs, seeded) are mixed in representation space, r = λ·r1 + (1 − λ)·r2, and λ
    bisected (at most ``bisection_steps``) through the head alone until the min-max rescaled top-1 and top-2
@@ -17,17 +18,16 @@ Per epoch (:func:`project_timeline` streams them, keeping only what the temporal
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from sklearn.neighbors import NearestNeighbors
 
 from ..errors import DiagnosticsError
 from ..validation import check_array, check_fraction, check_int, check_labels, check_module, check_number
+from .dvi_graph import BATCH, boundary_samples, graph_knn, head_logits, umap_edges
 from .dvi_model import Basis, Prediction, Temporal, VisModel, fit_basis, train_vis_model
 from .fidelity import (METRICS, boundary_preservation, knn_overlap, neighbour_preservation,
                        temporal_correlation, trustworthiness_of)
@@ -35,8 +35,6 @@ from .fidelity import (METRICS, boundary_preservation, knn_overlap, neighbour_pr
 __all__ = ["METRICS", "EpochInput", "EpochProjection", "TimeTravelOptions", "boundary_samples",
            "penultimate_split", "project_timeline"]
 
-PRUNE_EPOCHS = 200  # umap-learn drops edges lighter than max weight / n_epochs (200 for its large-data default)
-BATCH = 8192        # rows per head pass
 
 
 @dataclass(frozen=True)
@@ -155,114 +153,6 @@ def penultimate_split(head: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
     return torch.nn.Identity(), head
 
 
-def _device(module: torch.nn.Module) -> torch.device:
-    first = next(module.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
-
-
-def _logits(head: torch.nn.Module, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """The head's logits (float32, CPU) of rows ``x``, in batches on the head's device."""
-    device = _device(head)
-    x = torch.as_tensor(x, dtype=torch.float32)
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(x), BATCH):
-            out.append(head(x[start:start + BATCH].to(device)).float().cpu())
-    return torch.cat(out) if out else torch.zeros((0, 0))
-
-
-def _rescaled_gap(logits: torch.Tensor) -> torch.Tensor:
-    """Top-1 minus top-2 of each row's logits after min-max rescaling the row to [0, 1]."""
-    top = torch.topk(logits, 2, dim=1).values
-    span = (logits.max(dim=1).values - logits.min(dim=1).values).clamp_min(1e-12)
-    return (top[:, 0] - top[:, 1]) / span
-
-
-def boundary_samples(representations: np.ndarray, predicted: np.ndarray, head: torch.nn.Module, count: int,
-                     rng: np.random.Generator, *, gap: float = 0.1, steps: int = 8) -> np.ndarray:
-    """Up to ``count`` points (B, D) float32 on the head's decision boundaries between the training points'
-    predicted classes (``predicted``: the head's output index of each row); see the module docstring."""
-    classes = np.unique(predicted)
-    dim = representations.shape[1]
-    if count <= 0 or len(classes) < 2:
-        return np.zeros((0, dim), dtype=np.float32)
-    pairs = [(c1, c2) for i, c1 in enumerate(classes) for c2 in classes[i + 1:]]
-    # a quarter more pairs than wanted, so those whose bisection does not reach the gap can be dropped
-    tries = math.ceil(1.25 * count)
-    order = np.concatenate([rng.permutation(len(pairs)) for _ in range(math.ceil(tries / len(pairs)))])[:tries]
-    members = {c: np.flatnonzero(predicted == c) for c in classes}
-    first = np.array([rng.choice(members[pairs[o][0]]) for o in order])
-    second = np.array([rng.choice(members[pairs[o][1]]) for o in order])
-    c1 = torch.as_tensor([pairs[o][0] for o in order])
-    r1 = torch.as_tensor(representations[first], dtype=torch.float32)
-    r2 = torch.as_tensor(representations[second], dtype=torch.float32)
-    lo, hi = torch.zeros(tries), torch.ones(tries)   # λ = 1 is r1 (class c1), λ = 0 is r2 (class c2)
-    found = torch.zeros(tries, dtype=torch.bool)
-    lam = torch.full((tries,), 0.5)
-    for _ in range(steps):
-        live = ~found
-        lam = torch.where(live, (lo + hi) / 2, lam)
-        mix = lam[:, None] * r1 + (1 - lam[:, None]) * r2
-        logits = _logits(head, mix)
-        found |= _rescaled_gap(logits) < gap
-        on_c1 = logits.argmax(dim=1) == c1
-        hi = torch.where(live & on_c1, lam, hi)
-        lo = torch.where(live & ~on_c1, lam, lo)
-        if bool(found.all()):
-            break
-    mix = lam[:, None] * r1 + (1 - lam[:, None]) * r2
-    return mix[found][:count].numpy().astype(np.float32)
-
-
-def _graph_knn(train: np.ndarray, extra: np.ndarray, k: int, k_metrics: int):
-    """Exact kNN for umap-learn over the rows [train; extra] (self first, as umap-learn expects) and the
-    training points' own k_metrics nearest among themselves (self left out) for the fidelity numbers."""
-    n = len(train)
-    k_own = min(max(k, k_metrics) + 1, n)
-    d_tt, i_tt = NearestNeighbors(n_neighbors=k_own, algorithm="brute").fit(train).kneighbors(train)
-    own = _self_first(i_tt, d_tt)
-    train_knn = own[0][:, 1:]
-    if len(extra):
-        kb = min(k, len(extra))
-        d_te, i_te = NearestNeighbors(n_neighbors=kb, algorithm="brute").fit(extra).kneighbors(train)
-        dist = np.concatenate([own[1][:, :k], d_te], axis=1)
-        idx = np.concatenate([own[0][:, :k], i_te + n], axis=1)
-        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-        idx_train, dist_train = np.take_along_axis(idx, order, 1), np.take_along_axis(dist, order, 1)
-        both = np.concatenate([train, extra])
-        d_e, i_e = NearestNeighbors(n_neighbors=min(k, len(both)), algorithm="brute").fit(both).kneighbors(extra)
-        i_e, d_e = _self_first(i_e, d_e, offset=n)
-        knn_i, knn_d = np.concatenate([idx_train, i_e]), np.concatenate([dist_train, d_e])
-    else:
-        knn_i, knn_d = own[0][:, :k], own[1][:, :k]
-    return knn_i, knn_d.astype(np.float32), train_knn
-
-
-def _self_first(idx: np.ndarray, dist: np.ndarray, offset: int = 0):
-    # a duplicate point can come before the point itself; umap-learn wants self in column 0
-    rows = np.arange(len(idx))[:, None] + offset
-    where = np.argmax(idx == rows, axis=1)
-    has = (idx == rows).any(axis=1)
-    idx, dist = idx.copy(), dist.copy()
-    for i in np.flatnonzero(~has | (where != 0)):
-        others = [j for j in idx[i] if j != rows[i, 0]][:idx.shape[1] - 1]
-        idx[i] = [rows[i, 0]] + others
-        dist[i] = np.concatenate([[0.0], np.sort(dist[i])[:idx.shape[1] - 1]])
-    return idx, dist
-
-
-def _edges(knn_i: np.ndarray, knn_d: np.ndarray, k: int, seed: int):
-    from umap.umap_ import fuzzy_simplicial_set
-
-    x = np.zeros((len(knn_i), 1), dtype=np.float32)  # unused: the kNN is given
-    graph, _, _ = fuzzy_simplicial_set(x, k, np.random.RandomState(seed), "euclidean",
-                                       knn_indices=knn_i, knn_dists=knn_d)
-    graph = graph.tocoo()
-    graph.sum_duplicates()
-    keep = graph.data >= graph.data.max() / PRUNE_EPOCHS
-    return graph.row[keep], graph.col[keep], graph.data[keep]
-
-
 def _grid(model: VisModel, basis: Basis, head: torch.nn.Module, class_map: np.ndarray,
           extent: tuple[float, float, float, float], g: int):
     x_min, x_max, y_min, y_max = extent
@@ -273,7 +163,7 @@ def _grid(model: VisModel, basis: Basis, head: torch.nn.Module, class_map: np.nd
     with torch.inference_mode():
         for start in range(0, len(cells), BATCH):
             decoded = basis.lift(model.decoder(torch.from_numpy(cells[start:start + BATCH])))
-            probs = torch.softmax(_logits(head, decoded), dim=1)
+            probs = torch.softmax(head_logits(head, decoded), dim=1)
             top = torch.topk(probs, min(2, probs.shape[1]), dim=1)
             classes.append(top.indices[:, 0].numpy())
             gaps.append((top.values[:, 0] - (top.values[:, 1] if probs.shape[1] > 1 else 0)).numpy())
@@ -296,7 +186,7 @@ def _project_epoch(reps: np.ndarray, head: torch.nn.Module, class_map: np.ndarra
                    labels: np.ndarray | None, options: TimeTravelOptions, state: _State | None,
                    gen: torch.Generator, rng: np.random.Generator):
     k = options.n_neighbors
-    logits = _logits(head, reps)
+    logits = head_logits(head, reps)
     if logits.ndim != 2 or logits.shape[1] != len(class_map):
         raise DiagnosticsError(f"Expected the class map with one timeline class per head output (the "
                                f"head has {logits.shape[-1]} outputs); got {len(class_map)} entries.")
@@ -306,8 +196,8 @@ def _project_epoch(reps: np.ndarray, head: torch.nn.Module, class_map: np.ndarra
     n_train = len(train_reps)
     boundary = boundary_samples(train_reps, raw[train], head, round(options.boundary_fraction * n_train), rng,
                                 gap=options.boundary_gap, steps=options.bisection_steps)
-    knn_i, knn_d, train_knn = _graph_knn(train_reps, boundary, k, max(options.nn_ks))
-    head_e, tail_e, weight_e = _edges(knn_i, knn_d, k, options.seed)
+    knn_i, knn_d, train_knn = graph_knn(train_reps, boundary, k, max(options.nn_ks))
+    head_e, tail_e, weight_e = umap_edges(knn_i, knn_d, k, options.seed)
     fit = np.concatenate([train_reps, boundary])
     basis = fit_basis(fit, options.pca_dims)
     z = torch.from_numpy(basis.project(fit))
@@ -346,7 +236,7 @@ def _project_epoch(reps: np.ndarray, head: torch.nn.Module, class_map: np.ndarra
         boundary_2d = model.encoder(torch.from_numpy(basis.project(boundary))).numpy().astype(np.float32) \
             if len(boundary) else np.zeros((0, 2), np.float32)
         decoded = basis.lift(model.decoder(torch.from_numpy(coords)))
-    same = _logits(head, decoded).argmax(dim=1).numpy() == raw
+    same = head_logits(head, decoded).argmax(dim=1).numpy() == raw
     extent = _extent(np.concatenate([coords, boundary_2d]))
     grid_class, grid_gap = _grid(model, basis, head, class_map, extent, options.grid)
 
