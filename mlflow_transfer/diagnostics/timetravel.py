@@ -50,7 +50,8 @@ class TimeTravelOptions:
     so more threads mostly add synchronisation, which costs many times more on a loaded machine);
     ``reconstruction_weight``; ``weight_change_weight`` and ``movement_weight`` of the temporal
     term; ``warm_start`` from the previous epoch's model; ``boundary_gap`` and ``bisection_steps`` of the
-    boundary samples.
+    boundary samples; ``penultimate``: project the input of the head's last Linear with that Linear as the
+    head (`penultimate_split`, DVI's layer) rather than the representations as given.
     """
 
     n_neighbors: int = 15
@@ -74,6 +75,7 @@ class TimeTravelOptions:
     decoded_per_step: int = 2048
     train_threads: int = 1
     warm_start: bool = True
+    penultimate: bool = True
     boundary_gap: float = 0.1
     bisection_steps: int = 8
 
@@ -93,8 +95,9 @@ class TimeTravelOptions:
             raise DiagnosticsError(f"Expected nn_ks as a non-empty tuple of neighbour counts; got {self.nn_ks!r}.")
         for k in self.nn_ks:
             check_int(k, "a neighbour count in nn_ks", low=1)
-        if not isinstance(self.warm_start, bool):
-            raise DiagnosticsError(f"Expected warm_start as True or False; got {self.warm_start!r}.")
+        for name in ("warm_start", "penultimate"):
+            if not isinstance(getattr(self, name), bool):
+                raise DiagnosticsError(f"Expected {name} as True or False; got {getattr(self, name)!r}.")
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -302,6 +305,10 @@ def project_timeline(epochs: Iterable[EpochInput], train: np.ndarray, options: T
     for position, epoch in enumerate(epochs):
         start = time.perf_counter()
         reps, head, class_map = _checked_epoch(epoch, len(train), position)
+        if options.penultimate:
+            pre, head = penultimate_split(head)
+            if not isinstance(pre, torch.nn.Identity):
+                reps = head_logits(pre, reps).numpy()
         rng = np.random.default_rng([options.seed, position])
         projection, state = _project_epoch(reps, head, class_map, train, labels, options, state, gen, rng)
         seconds = time.perf_counter() - start

@@ -230,3 +230,27 @@ def test_penultimate_split_keeps_the_heads_function():
     other = torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Softmax(dim=1))
     pre, last = penultimate_split(other)
     assert last is other and isinstance(pre, torch.nn.Identity)
+
+
+def test_the_penultimate_layer_is_projected_by_default():
+    """An embedding with a two-layer head projects exactly as its penultimate layer with the last Linear."""
+    reps, last, labels, train, _ = planted(n_per_class=30)
+    torch.manual_seed(0)
+    lift = torch.nn.Linear(16, 24)                  # invertible enough: the embedding is 24-D
+    pinv = torch.linalg.pinv(lift.weight.detach())
+    pre = torch.nn.Linear(24, 16)
+    with torch.no_grad():
+        pre.weight.copy_(pinv)
+        pre.bias.copy_(-pinv @ lift.bias.detach())
+    head = torch.nn.Sequential(pre, last).eval()
+    with torch.no_grad():
+        embedding = lift(torch.from_numpy(reps)).numpy()
+        penultimate = pre(torch.from_numpy(embedding)).numpy()
+    options = TimeTravelOptions(**FAST)
+    (split,) = project_timeline([EpochInput(embedding, head, np.arange(4))], train, options)
+    (given,) = project_timeline([EpochInput(penultimate, last, np.arange(4))], train, options)
+    assert np.array_equal(split.coords, given.coords)
+    np.testing.assert_equal(split.metrics, given.metrics)   # NaN where both are undefined
+    (whole,) = project_timeline([EpochInput(embedding, head, np.arange(4))], train,
+                                TimeTravelOptions(**FAST, penultimate=False))
+    assert not np.array_equal(whole.coords, given.coords)
