@@ -254,3 +254,21 @@ def test_the_penultimate_layer_is_projected_by_default():
     (whole,) = project_timeline([EpochInput(embedding, head, np.arange(4))], train,
                                 TimeTravelOptions(**FAST, penultimate=False))
     assert not np.array_equal(whole.coords, given.coords)
+
+
+def test_a_collapsed_epoch_and_a_single_predicted_class_still_project():
+    """Early epochs can embed every image alike or predict one class for all: no boundary samples then
+    (boundary NN is NaN), and the layout and regions stay finite."""
+    rng = np.random.default_rng(0)
+    train = rng.random(120) < 0.75
+    one = torch.nn.Linear(6, 3)
+    with torch.no_grad():
+        one.weight.zero_()
+        one.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+    options = TimeTravelOptions(**{**FAST, "pca_dims": 6})
+    collapsed = EpochInput(np.ones((120, 6), np.float32), one, np.arange(3))
+    spread = EpochInput(rng.normal(size=(120, 6)).astype(np.float32), one, np.arange(3))
+    for frame in project_timeline([collapsed, spread], train, options):
+        assert len(frame.boundary) == 0 and math.isnan(frame.metrics["boundary_nn_15"])
+        assert np.isfinite(frame.coords).all() and frame.metrics["ppr"] == 1.0
+        assert set(np.unique(frame.grid_class)) == {0}
