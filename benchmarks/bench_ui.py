@@ -3,7 +3,8 @@
 Goals: (1) switching to another pair whose bundle is already cached updates the shown view in ≤ 3 s
 (issue 4), and a switch followed by opening every other view in turn takes ≤ 2.5 s summed (issue 10);
 (2) the instance view with 1,000,000 points paints first in ≤ 3 s (issue 4) and repaints after a zoom
-in ≤ 0.35 s (issue 10). Each is printed with its ratio to the goal and to a baseline from the same run.
+in ≤ 0.35 s (issue 10); (3) in the Training tab, the next epoch of a timeline is painted ≤ 0.3 s after the
+click (issue 14). Each is printed with its ratio to the goal and to a baseline from the same run.
 
 Set-up (self-contained): two real pair bundles are built here by the tests' factory
 (``tests/helpers/bundles.py``: two untrained alexnet-32 pairs, ``--classes`` × ``--per-class`` random
@@ -15,6 +16,10 @@ server (``--serve``, a subprocess, so its CPU time is its own), which serves wit
 * ``/app`` — ``build_app(MemorySource(...))`` over the two bundle folders: "cached" as in a bundle
   already downloaded (each switch opens the folder again, hash check included; the time of that is
   printed, as it is what a bundle kept open in memory saves);
+* ``/timeline`` — ``build_app`` over a `MemorySource` of one pair bundle and two planted timelines
+  (``tests/helpers/timeline.py``): the demo pair's scale (8 + 5 positions, ``--classes`` × ``--timeline-per-class``
+  points per domain and split, a 200 × 200 region grid) and, as the baseline, a tiny one (3 + 2 positions,
+  3 classes × 2 points, a 40 × 40 grid);
 * ``/raster`` — ``pn.panel(instance_scatter(frame))`` for the generated frame (Datashader);
 * ``/raster_small`` and ``/scatter_small`` — the first ``--small`` rows of it (default 20,000, the
   raster threshold), rasterised anyway and as the plain scatter the app shows at that size.
@@ -30,6 +35,10 @@ shows what it should (the other pair's transferability score, a new raster image
 * pair switch: click the other pair's row in the pair table, once with each tab active (Statistics,
   Instances, Network, Features; the tab is re-opened after the switch if the app did not keep it),
   alternating between the two pairs, ``--repeat`` times; baseline: loading the page (warm server);
+* epoch switch: open the Training tab of a timeline (``?pair=…&tab=…``), then click the epoch player's
+  "next" button (its "first" at the end) ``--switches`` times and time pointerdown → the first paint of
+  the region image new to the browser (the figure's data written in place, no rebuild); baseline: the
+  same on the tiny timeline;
 * 1M points: load ``/raster`` (first paint = first canvas paint holding a raster image; settled =
   the last paint or DOM change, e.g. after the re-aggregation at the plot's real size), then zoom in
   with the mouse wheel over the plot (wheel zoom is the active scroll tool) and time wheel → first
@@ -47,7 +56,8 @@ times): action → the message that set the server off, → the server's last da
 Numbers on a machine shared with other processes swing.
 
 Usage: ``python benchmarks/bench_ui.py [--points 1000000] [--small 20000] [--repeat 3] [--only raster]``
-(``--only app``: goal 1 alone; ``--only raster``: goal 2 alone, no bundles built). Results:
+(``--only app``: goal 1 alone; ``--only raster``: goal 2 alone, no bundles built; ``--only epoch``: goal 3
+alone). Results:
 ``benchmarks/results_ui.txt``.
 """
 
@@ -78,8 +88,9 @@ for path in (REPO, REPO / "tests"):  # the app, and the tests' bundle factory an
 
 from helpers.browser import CHROMIUM, CHROMIUM_ARGS
 from helpers.bundles import write_tiny_bundle
+from helpers.timeline import write_tiny_timeline
 
-SWITCH_GOAL, TOUR_GOAL, FIRST_PAINT_GOAL, ZOOM_GOAL = 3.0, 2.5, 3.0, 0.35
+SWITCH_GOAL, TOUR_GOAL, FIRST_PAINT_GOAL, ZOOM_GOAL, EPOCH_GOAL = 3.0, 2.5, 3.0, 0.35, 0.3
 SCORES = (0.125, -0.05)  # transferability scores of the two pairs: the badge tells them apart
 TABS = ("Statistics", "Instances", "Network", "Features")
 
@@ -94,6 +105,17 @@ def build_bundles(roots: list[Path], n_classes: int, per_class: int) -> None:
         write_tiny_bundle(root, tuple(str(c) for c in range(n_classes)), n_instances=n_classes * per_class,
                           seed=i + 1, meta={"runs": {"source": f"s{i}", "target": f"t{i}", "diagnostics": f"d{i}"},
                                             "scores": {"transferability_score": SCORES[i]}})
+
+
+TIMELINES = ("bench-timeline-small", "bench-timeline")  # the baseline first
+POSITIONS = {TIMELINES[0]: 3 + 2, TIMELINES[1]: 8 + 5}  # positions on each (source + target epochs)
+
+
+def build_timelines(roots: list[Path], n_classes: int, per_class: int) -> None:
+    """The tiny baseline timeline and one at the demo pair's scale (see the module docstring)."""
+    write_tiny_timeline(roots[0])
+    write_tiny_timeline(roots[1], tuple(str(c) for c in range(n_classes)), n_source=8, n_target=5,
+                        per_class=per_class, grid=200)
 
 
 def generated_frame(n: int, n_classes: int = 10, seed: int = 0):
@@ -177,7 +199,14 @@ def serve(args) -> None:
         bundles = dict(zip(("bench-pair-a", "bench-pair-b"), args.bundles))
         source = MemorySource({"1": "bench"}, {"1": _pair_rows(list(bundles))}, bundles)
         routes["app"] = lambda: build_app(source)
-    if args.only != "app":
+    if args.timelines:
+        pair = args.timelines[0]  # a pair bundle for the timelines' pairs (the app opens one per pair)
+        timelines = dict(zip(TIMELINES, args.timelines[1:]))
+        rows = [{**r, "target_run_id": f"target-{r['diagnostics_run_id']}"} for r in _pair_rows(list(timelines))]
+        timeline_source = MemorySource({"1": "bench"}, {"1": rows}, dict.fromkeys(timelines, pair),
+                                       timelines=timelines)
+        routes["timeline"] = lambda: build_app(timeline_source)
+    if args.only in (None, "raster"):
         frame = generated_frame(args.points, args.classes)
         small = frame.iloc[:args.small].reset_index(drop=True)
         classes = [str(c) for c in range(args.classes)]
@@ -412,6 +441,38 @@ def measure_app(browser, base: str, meter: Meter, args) -> dict[str, list]:
     return results
 
 
+def measure_epochs(browser, base: str, meter: Meter, args) -> dict[str, list]:
+    """For each timeline: open its Training tab, then ``--switches`` clicks on the player's "next" (its
+    "first" at the end), each timed pointerdown → first paint of a region image new to the browser."""
+    from ui.app import TABS as APP_TABS
+
+    tab = [t.title for t in APP_TABS].index("Training")
+    results: dict[str, list] = {}
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.add_init_script(INIT_JS)
+    for pair in TIMELINES:
+        meter.start()
+        page.goto(f"{base}timeline?pair={pair}&tab={tab}")
+        page.get_by_text("How faithful is this picture?").wait_for(timeout=90_000)
+        s = _settle(page, 0.0, lambda: True, args.quiet, f"load {pair}")
+        results.setdefault(f"{pair} load", []).append({"time": s["end"] / 1000, **meter.stop(s["origin"], 0.0, s["end"])})
+        for k in range(args.switches):
+            last_img = max(p["img"] for p in page.evaluate("() => window.__bench.paints"))
+            epoch = int(_query(page, "epoch") or 0)  # the state's position, in the link
+            button = "first" if epoch >= POSITIONS[pair] - 1 else "next"
+            meter.start()
+            page.locator(f".epoch-player button.{button}").click()
+            t0 = page.evaluate("() => window.__bench.pointer.at(-1)")
+            done = f"() => window.__bench.paints.find(p => p.t >= {t0} && p.img > {last_img})"
+            hit = page.wait_for_function(done, timeout=90_000, polling=10).json_value()
+            s = _settle(page, t0, lambda: True, args.quiet, f"epoch switch {pair}")
+            results.setdefault(f"{pair} switch", []).append({"time": (hit["t"] - t0) / 1000,
+                                                             **meter.stop(s["origin"], t0, s["end"])})
+            results.setdefault(f"{pair} settled", []).append({"time": (s["end"] - t0) / 1000})
+    page.close()
+    return results
+
+
 def measure_scatter(browser, base: str, route: str, meter: Meter, args, loads: int) -> dict[str, list]:
     """``loads`` page loads of ``route`` (first paint, settled), then ``--zooms`` wheel zooms on the last."""
     results: dict[str, list] = {}
@@ -547,16 +608,19 @@ HEADER = (f"  {'':<34s} {'median':>8s} {'min–max':>12s} {'n':>3s}  {'×goal':>
 OPTIONS = (("--points", 1_000_000, "points of the big raster"), ("--small", 20_000, "points of the baseline"),
            ("--classes", 10, "classes"), ("--per-class", 40, "instances per class in each bundle"),
            ("--repeat", 3, "switches per tab, warm page loads"), ("--zooms", 4, "wheel zooms per view"),
-           ("--quiet", 1.0, "seconds without paint or DOM change that end a measurement"))
+           ("--quiet", 1.0, "seconds without paint or DOM change that end a measurement"),
+           ("--switches", 12, "epoch switches per timeline"),
+           ("--timeline-per-class", 50, "timeline points per class, domain and split"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for flag, default, text in OPTIONS:
         parser.add_argument(flag, type=type(default), default=default, help=f"{text} (default {default:,})")
-    parser.add_argument("--only", choices=("app", "raster"), help="goal 1 (app) or goal 2 (raster) alone")
+    parser.add_argument("--only", choices=("app", "raster", "epoch"),
+                        help="goal 1 (app), goal 2 (raster) or goal 3 (epoch) alone")
     for flag, extra in (("--serve", {"action": "store_true"}), ("--port", {"type": int}), ("--bundles", {"nargs": 2}),
-                        ("--log", {})):  # the server's own arguments (this script re-run with --serve)
+                        ("--timelines", {"nargs": 3}), ("--log", {})):  # the server's own arguments (this script re-run with --serve)
         parser.add_argument(flag, help=argparse.SUPPRESS, **extra)
     args = parser.parse_args()
     if args.serve:
@@ -584,15 +648,23 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-ui-"))
     server = None
     try:
-        roots, py_open = [], None
-        if args.only != "raster":
+        roots, timelines, py_open = [], [], None
+        if args.only in (None, "app", "epoch"):
             t = time.perf_counter()
-            roots = [tmp / "pair-a", tmp / "pair-b"]
+            roots = [tmp / "pair-a", tmp / "pair-b"][:1 if args.only == "epoch" else 2]
             with contextlib.redirect_stderr(io.StringIO()):  # the engine's progress lines are not results
                 build_bundles(roots, args.classes, args.per_class)
-            print(f"built 2 bundles ({args.classes} classes × {args.per_class} instances per domain pair, n_steps 2) "
-                  f"in {time.perf_counter() - t:.0f} s", flush=True)
+            print(f"built {len(roots)} bundle(s) ({args.classes} classes × {args.per_class} instances per domain pair, "
+                  f"n_steps 2) in {time.perf_counter() - t:.0f} s", flush=True)
             py_open = _seconds(lambda: PairBundle.open(roots[0]))
+        if args.only in (None, "epoch"):
+            t = time.perf_counter()
+            timelines = [tmp / "timeline-small", tmp / "timeline"]
+            build_timelines(timelines, args.classes, args.timeline_per_class)
+            print(f"built 2 timelines (the tiny baseline; 8 + 5 positions of {args.classes} classes × "
+                  f"{args.timeline_per_class} points × 2 domains × 2 splits, grid 200) in {time.perf_counter() - t:.0f} s",
+                  flush=True)
+        app_roots = roots if args.only in (None, "app") else []
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -602,7 +674,8 @@ def main() -> None:
         with open(out, "w") as fh:
             server = subprocess.Popen(
                 [sys.executable, __file__, "--serve", "--port", str(port),
-                 *(["--bundles", *map(str, roots)] if roots else []),
+                 *(["--bundles", *map(str, app_roots)] if app_roots else []),
+                 *(["--timelines", str(roots[0]), *map(str, timelines)] if timelines else []),
                  "--points", str(args.points), "--small", str(args.small), "--classes", str(args.classes),
                  *(["--only", args.only] if args.only else []), "--log", str(log)],
                 stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
@@ -619,9 +692,10 @@ def main() -> None:
             try:
                 print(f"Chromium {browser.version}, headless, software rendering, viewport 1400×1000; "
                       f"a measurement ends after {args.quiet:.1f} s without paint or DOM change", flush=True)
-                app = measure_app(browser, base, meter, args) if args.only != "raster" else None
+                app = measure_app(browser, base, meter, args) if args.only in (None, "app") else None
+                epochs = measure_epochs(browser, base, meter, args) if args.only in (None, "epoch") else None
                 views = {route: measure_scatter(browser, base, route, meter, args, 1 + args.repeat)
-                         for route in ("scatter_small", "raster_small", "raster")} if args.only != "app" else None
+                         for route in ("scatter_small", "raster_small", "raster")} if args.only in (None, "raster") else None
             finally:
                 browser.close()
     finally:
@@ -635,10 +709,10 @@ def main() -> None:
 
     shape = views and views["raster"]["settled"][-1]["shape"]
     py = server_side(args.points, args.classes, shape) if views else {}
-    report(app, views, {"open": py_open, **py}, shape, args)
+    report(app, views, {"open": py_open, **py}, shape, args, epochs)
 
 
-def report(app: dict | None, views: dict | None, py: dict, shape, args) -> None:
+def report(app: dict | None, views: dict | None, py: dict, shape, args, epochs: dict | None = None) -> None:
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     print()
     print("Columns: median, min–max and n of the time; ×goal = median / goal; ×base = median / baseline row;")
@@ -654,6 +728,9 @@ def report(app: dict | None, views: dict | None, py: dict, shape, args) -> None:
         print()
     if views:
         summary += report_views(views, py, shape, args)
+        print()
+    if epochs:
+        summary += report_epochs(epochs, args)
         print()
     print("\n".join(summary))
 
@@ -704,6 +781,28 @@ def report_app(app: dict, py_open: float) -> list[str]:
         lines.append(f"  goal 1, switch then re-open the tab the app did not keep (slowest, {worst}): "
                      f"{_verdict(reopened[worst], SWITCH_GOAL)}")
     return lines
+
+
+def report_epochs(epochs: dict, args) -> list[str]:
+    """Goal 3's table; returns its summary line."""
+    n = args.classes * args.timeline_per_class * 4
+    print(f"Goal 3 — Training tab, next epoch painted ≤ {EPOCH_GOAL:g} s after the click (issue 14)")
+    print("  switch = pointerdown on the player's next/first button → first paint of the new region image;")
+    print("  settled = last paint or DOM change; base = the same on the tiny timeline (24 points, 40 × 40 grid)")
+    print(HEADER)
+    small, big = TIMELINES
+    base = _median(epochs[f"{small} switch"])
+    for pair, label in ((small, "tiny timeline, 24 points, grid 40"),
+                        (big, f"{n:,} points ({args.classes} classes × {args.timeline_per_class} per domain and "
+                              "split), grid 200, 8 + 5 positions")):
+        print(f"  {label}")
+        print(_row("open the tab (page load)", epochs[f"{pair} load"], None, None))
+        print(_row("epoch switch → repainted", epochs[f"{pair} switch"], EPOCH_GOAL, base))
+        print(_row("epoch switch → settled", epochs[f"{pair} settled"], None, _median(epochs[f"{small} settled"])))
+    t = _median(epochs[f"{big} switch"])
+    sent = _median(epochs[f"{big} switch"], "bytes_out")
+    return [f"  goal 3, epoch switch, {n:,} points, grid 200: {_verdict(t, EPOCH_GOAL)}; "
+            f"{(sent or 0):,.0f} bytes per switch"]
 
 
 def report_views(views: dict, py: dict, shape, args) -> list[str]:

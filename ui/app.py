@@ -21,12 +21,14 @@ from ui.tabs.instances import InstancesTab
 from ui.tabs.network import NetworkTab
 from ui.tabs.robustness import RobustnessTab
 from ui.tabs.statistics import StatisticsTab
+from ui.tabs.training import TrainingTab
 
 # No spinner by default: each one shown and hidden costs the browser a layout of the page, and a pair
 # loads within one server callback, whose changes reach the browser together anyway.
 pn.extension("tabulator", notifications=False, loading_indicator=False)
 
-TABS = (StatisticsTab, InstancesTab, NetworkTab, FeaturesTab, RobustnessTab)  # in this order; ?tab= is the position
+# in this order; ?tab= is the position (a new tab goes last, so old links open what they opened)
+TABS = (StatisticsTab, InstancesTab, NetworkTab, FeaturesTab, RobustnessTab, TrainingTab)
 
 
 def _query(state: AppState) -> dict[str, str]:

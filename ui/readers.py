@@ -2,7 +2,8 @@
 
 `TrackingSource` reads a tracking server through the package's reader API
 (:mod:`mlflow_transfer.tracking.bundles`: paged search by tag, bundles downloaded once into a local
-cache); `MemorySource` holds ready bundles for tests and demos. Both answer the same four questions.
+cache); `MemorySource` holds ready bundles for tests and demos. Both answer the same questions: the
+experiments, their pairs, a pair's bundle, how its target was made, and (issue 14) its training timeline.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mlflow_transfer.bundle import PairBundle
+from mlflow_transfer.bundle.timeline import TimelineBundle
 from mlflow_transfer.errors import RunLookupError
 
 __all__ = ["DEFAULT_TRACKING_URI", "MemorySource", "PairSource", "TrackingSource", "default_source",
@@ -42,6 +44,10 @@ class PairSource(Protocol):
         """Issue 13: how each target run was made, ``{run_id: {"method", "slice_ratio", "teacher_only"}}``
         (see ``transfer_methods``; an untagged run is "finetune"); unknown runs are absent."""
 
+    def timeline(self, diagnostics_run_id: str) -> TimelineBundle | None:
+        """Issue 14: the pair's validated training timeline (the run's ``timetravel/`` bundle); None when
+        it has none; raises `BundleError` for a broken or incomplete one, with the command that fixes it."""
+
 
 def incomplete(row: dict) -> bool:
     """Whether a listed pair's diagnostics run did not finish (rows without a status are finished)."""
@@ -62,6 +68,7 @@ class TrackingSource:
     cache_dir: Path | None = None
     max_pairs: int = 5000
     _opened: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
+    _timelines: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # An unreachable server must fail in seconds (a banner), not after MLflow's minutes of retries.
@@ -100,6 +107,21 @@ class TrackingSource:
 
         return transfer_methods(experiment_id, run_ids, tracking_uri=self.uri)
 
+    def timeline(self, diagnostics_run_id: str) -> TimelineBundle | None:
+        """Downloaded once into the cache and validated, as `bundle`; the last few opened stay in memory.
+        "None" (no timeline yet) is not kept: a ``timetravel`` run may add one while the app is open."""
+        from mlflow_transfer.tracking.bundles import fetch_timeline
+
+        if diagnostics_run_id in self._timelines:
+            self._timelines.move_to_end(diagnostics_run_id)
+            return self._timelines[diagnostics_run_id]
+        found = fetch_timeline(diagnostics_run_id, self.cache_dir, tracking_uri=self.uri)
+        if found is not None:
+            self._timelines[diagnostics_run_id] = found
+            if len(self._timelines) > OPENED_BUNDLES:
+                self._timelines.popitem(last=False)
+        return found
+
 
 def default_source(uri: str | None = None) -> TrackingSource:
     """``uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default ``sqlite:///mlflow.db``."""
@@ -110,13 +132,14 @@ def default_source(uri: str | None = None) -> TrackingSource:
 class MemorySource:
     """Pairs held in memory: ``experiments`` id → name, ``pair_rows`` id → rows, ``bundles`` run id →
     `PairBundle` or bundle folder, ``target_methods`` target run id → its method record (absent:
-    "finetune")."""
+    "finetune"), ``timelines`` run id → `TimelineBundle` or timeline folder (absent: no timeline)."""
 
     experiments_by_id: dict[str, str] = field(default_factory=dict)
     pair_rows: dict[str, list[dict]] = field(default_factory=dict)
     bundles: dict[str, PairBundle | str | Path] = field(default_factory=dict)
     uri: str = "memory://"
     target_methods: dict[str, dict] = field(default_factory=dict)
+    timelines: dict[str, TimelineBundle | str | Path] = field(default_factory=dict)
 
     def experiments(self) -> list[dict]:
         return [{"experiment_id": k, "name": v} for k, v in self.experiments_by_id.items()]
@@ -134,3 +157,9 @@ class MemorySource:
         known = {r.get("target_run_id") for r in self.pair_rows.get(experiment_id, [])}
         return {r: {"method": "finetune", "slice_ratio": None, "teacher_only": False, **self.target_methods.get(r, {})}
                 for r in run_ids if r in known}
+
+    def timeline(self, diagnostics_run_id: str) -> TimelineBundle | None:
+        found = self.timelines.get(diagnostics_run_id)
+        if found is None or isinstance(found, TimelineBundle):
+            return found
+        return TimelineBundle.open(found)

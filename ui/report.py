@@ -6,7 +6,9 @@ accuracy curves and the transferability score (paper §5.1; or why there is none
 confusion tables of the target and the source validation sets with the instances they rest on, the
 instance scatter of all classes (§5.2), the per-layer inheritance summary with the layer CKA
 matrix (§5.3) and, when the bundle has one (issue 13), a short robustness section: the overall defect
-inheritance rate per attack and both models' accuracy at the largest ε.
+inheritance rate per attack and both models' accuracy at the largest ε; with the pair's training timeline
+(issue 14) a small-multiples strip of it: about six positions' decision regions with the points drawn on
+them, embedded PNGs (`ui.views.timeline.strip_html`).
 
 Self-contained means: BokehJS and the plots' JSON are inline, the table and text are plain HTML with
 inline CSS, hover thumbnails are ``data:`` URIs, and no ``<script>``, ``<link>`` or ``<img>`` points
@@ -38,40 +40,45 @@ from bokeh.model import Model
 from bokeh.resources import Resources
 
 from mlflow_transfer.bundle import PairBundle
+from mlflow_transfer.bundle.timeline import TimelineBundle
 
 from .views import instances as instance_view
 from .views import overview, summary
 from .views import robustness as robustness_view
+from .views import timeline as timeline_view
 from .views.style import SOURCE, TARGET
 from .views.text import rests_on
 
-__all__ = ["MAX_POINTS", "MAX_THUMBNAILS", "build_report_html", "robustness_html", "write_report"]
+__all__ = ["MAX_POINTS", "MAX_THUMBNAILS", "build_report_html", "robustness_html", "timeline_html", "write_report"]
 
 MAX_POINTS = 20_000      # instances drawn in the scatter; more are sampled down to this many
 MAX_THUMBNAILS = 1_000   # drawn points up to which the hover shows the instance's thumbnail
 SAMPLE_SEED = 0
 
 
-def write_report(bundle_dir: str | Path, out_path: str | Path) -> Path:
+def write_report(bundle_dir: str | Path, out_path: str | Path, timeline_dir: str | Path | None = None) -> Path:
     """Write the self-contained report of the pair bundle at ``bundle_dir`` to ``out_path``.
 
     Args:
         bundle_dir: a pair bundle folder (as written by `write_pair_bundle`, e.g. a downloaded
             ``diagnostics/`` artifact folder).
         out_path: the HTML file to write (its folder is created); overwritten when it exists.
+        timeline_dir: the pair's timeline bundle folder (``timetravel/``), drawn as a strip; None: none.
     Returns: ``out_path`` as a `Path`.
     Raises:
-        mlflow_transfer.errors.BundleError: ``bundle_dir`` is not a readable pair bundle.
+        mlflow_transfer.errors.BundleError: ``bundle_dir`` is not a readable pair bundle, or
+            ``timeline_dir`` not a readable timeline bundle.
     """
-    page = build_report_html(PairBundle.open(bundle_dir))
+    timeline = TimelineBundle.open(timeline_dir) if timeline_dir is not None else None
+    page = build_report_html(PairBundle.open(bundle_dir), timeline)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
 
 
-def build_report_html(bundle: PairBundle) -> str:
-    """The report page of an opened bundle, as one HTML string (see the module docstring)."""
+def build_report_html(bundle: PairBundle, timeline: TimelineBundle | None = None) -> str:
+    """The report page of an opened bundle (and its timeline), as one HTML string (see the module docstring)."""
     manifest = bundle.manifest
     instances = bundle.instances()
     frame = instance_view.instance_frame(instances, bundle.classes)
@@ -107,7 +114,7 @@ def build_report_html(bundle: PairBundle) -> str:
         + overview.label_spaces_html(spaces, bundle.transferability_basis()),
         confusion=_confusions_html(bundle), instances=divs["instances"],
         scatter_note=html.escape(scatter_note), inheritance=divs["inheritance"], cka=divs["cka"],
-        robustness=robustness_html(bundle.robustness()), footer=_footer(manifest), source=SOURCE, target=TARGET)
+        robustness=robustness_html(bundle.robustness()), timeline=timeline_html(timeline), footer=_footer(manifest), source=SOURCE, target=TARGET)
     return _PAGE.format(title=html.escape(_title(manifest)), css=css, js=js, style=_STYLE, body=body,
                         script=_EMBED)
 
@@ -188,6 +195,21 @@ def robustness_html(record: dict | None) -> str:
             f"{html.escape(str(record['dir_pgd_steps']))} steps, ε = {float(record['dir_epsilon']) * 255:.3g}/255). "
             f"Basis: {html.escape(str(record['basis']))}.</p>"
             f"<table class='robustness'><tbody>{''.join(rows)}</tbody></table>")
+
+
+def timeline_html(timeline: TimelineBundle | None) -> str:
+    """Issue 14, the report's timeline section: a strip of about six positions (the first, the last
+    source epoch, the first target epoch, the last, some between), each its decision regions with the
+    points; "" without a timeline."""
+    if timeline is None:
+        return ""
+    return ("<h2>Training timeline</h2><p class='note'>The sample's points in 2-D, epoch by epoch through the "
+            "source run's training and then the fine-tuning (DeepVisualInsight's projection; cross = source "
+            "domain, ring = target domain, colour = class), over the decision regions of that epoch's model "
+            "(pale near a boundary). NN@15: of each training point's 15 nearest neighbours in the model's "
+            "space, how many stay nearest on screen; PPR: share of points whose prediction survives the "
+            "round trip through the picture. The app's Training tab shows every epoch.</p>"
+            + timeline_view.strip_html(timeline))
 
 
 def _number(value) -> str:
@@ -355,5 +377,6 @@ Right: linear CKA between every source layer (rows) and target layer (columns).<
 <div class="grow">{cka}</div>
 </div>
 {robustness}
+{timeline}
 <footer>{footer}</footer>
 """

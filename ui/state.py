@@ -17,9 +17,10 @@ from mlflow_transfer.errors import BundleError, TransferError
 from mlflow_transfer.validation import check_run_id
 
 from .readers import PairSource, incomplete
+from .views.timeline import MAX_TRACKED
 
 URL_PARAMS = ("experiment", "pair", "tab", "classes", "reproject", "layer_from", "layer_to", "hide_non_important",
-              "hide_source_weights", "neuron")
+              "hide_source_weights", "neuron", "epoch", "tracked")
 
 log = logging.getLogger("ui")
 
@@ -86,6 +87,17 @@ def _as_int(value) -> int | None:
     return None
 
 
+def _point_ids(value, current: list[int]) -> list[int]:
+    """Point ids from the URL or a pick: non-negative integers (digit strings too), each once, at most
+    `MAX_TRACKED`; a value that is no list of them keeps ``current``."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        return current
+    ids = [n for n in (_as_int(v) for v in value) if n is not None and n >= 0]
+    return list(dict.fromkeys(ids))[:MAX_TRACKED]
+
+
 class AppState(param.Parameterized):
     """Selected experiment, pair, classes, layers and neuron, plus what was loaded for them."""
 
@@ -101,6 +113,10 @@ class AppState(param.Parameterized):
     hide_non_important = _URLBoolean(default=False, doc="hide the non-important regions")
     hide_source_weights = _URLBoolean(default=False, doc="hide the source model's weights")
     neuron = _URLString(default="", doc="clicked neuron as 'model:layer:index' ('' = none)")
+    epoch = _URLInteger(default=0, bounds=(0, None), doc="Training tab: position on the pair's timeline "
+                                                         "(source epochs, then target epochs)")
+    tracked = _URLList(default=[], item_type=int, doc="Training tab: ids of the picked points whose "
+                                                      "trajectories are drawn")
 
     # --- derived ------------------------------------------------------------------------------
     experiments = param.List(default=[], doc="[{'experiment_id', 'name'}] on the server")
@@ -138,12 +154,16 @@ class AppState(param.Parameterized):
                 return value
             text = str(value).strip().lower()
             return {"true": True, "1": True, "false": False, "0": False}.get(text, current)
-        if name in ("tab", "layer_from", "layer_to"):
+        if name == "tracked":
+            return _point_ids(value, current)
+        if name in ("tab", "layer_from", "layer_to", "epoch"):
             number = _as_int(value)
             if number is None:
                 return current
             if name == "tab":
                 top = self._tab_count - 1 if self._tab_count else None
+            elif name == "epoch":
+                top = None  # the timeline's length is the Training tab's to know: it clamps what it shows
             else:
                 top = len(self.bundle.layers) - 1 if self.bundle is not None else None
             return max(0, number if top is None else min(number, max(top, 0)))

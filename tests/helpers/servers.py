@@ -94,3 +94,17 @@ def transfer_ui(tracking_uri: str, cwd: Path, env: dict[str, str] | None = None)
     args = [str(BIN / "mlflow-transfer"), "ui", "--port", str(port), "--tracking-uri", tracking_uri]
     with _serving(args, url, "liveness", cwd, env or clean_env()) as proc:
         yield url, proc
+
+
+@contextlib.contextmanager
+def memory_ui(spec: dict, env: dict[str, str] | None = None):
+    """``url`` (ending with '/') of the app's real server over a `MemorySource` of bundle folders
+    (``helpers/memory_app.py``; ``spec`` as described there)."""
+    import json
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    script = Path(__file__).with_name("memory_app.py")
+    args = [str(BIN / "python"), str(script), "--port", str(port), "--spec", json.dumps(spec, default=str)]
+    with _serving(args, url, "liveness", script.parents[2], env or clean_env()):
+        yield url

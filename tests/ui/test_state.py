@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import datashader as ds
@@ -329,3 +330,29 @@ def test_a_killed_or_running_diagnose_is_listed_as_incomplete_and_never_fetched(
         assert f"is {status}, so its bundle is incomplete" in state.error
         assert "runs --stale --mark-failed" in state.error and f"--target-run-id {'t' * 32}" in state.error
     assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_the_training_tabs_epoch_and_picked_points_are_in_the_link_whatever_shape_arrives(source):
+    """Issue 14: ``epoch`` (a timeline position, clamped by the tab to its timeline) and ``tracked``
+    (picked point ids: non-negative integers, once each, at most `MAX_TRACKED`) go through Panel's real
+    URL sync like the others; a value of the wrong shape keeps the current one, never aborts the link."""
+    from urllib.parse import quote
+
+    from panel.io.location import Location
+
+    from ui.app import _query
+    from ui.views.timeline import MAX_TRACKED
+
+    state = AppState(source, tab_count=len(TABS))
+    assert {"epoch", "tracked"} <= set(URL_PARAMS) and (state.epoch, state.tracked) == (0, [])
+    tracked = quote(json.dumps([4, "7", 4, -2, "x", 1.5, True]))
+    location = Location(search=f"?pair=d1&epoch=3&tracked={tracked}")
+    location.sync(state, {p: p for p in URL_PARAMS})
+    assert (state.pair, state.epoch, state.tracked) == ("d1", 3, [4, 7, 1])
+    assert _query(state)["epoch"] == "3" and json.loads(_query(state)["tracked"]) == [4, 7, 1]
+    location.search = "?pair=d1&epoch=-4&tracked=%7B%22a%22%3A1%7D"
+    assert state.epoch == 0 and state.tracked == [4, 7, 1]
+    location.search = "?pair=d1&epoch=x&tracked=9"
+    assert state.epoch == 0 and state.tracked == [9]
+    state.tracked = list(range(3 * MAX_TRACKED))
+    assert state.tracked == list(range(MAX_TRACKED))

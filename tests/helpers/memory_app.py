@@ -1,0 +1,37 @@
+"""The app's real server (`ui.server.make_server`: framing headers, origin checks) over a `MemorySource`
+of bundle folders, as a subprocess: for browser tests and benchmarks of views whose records are planted
+rather than made by a pipeline. ``python tests/helpers/memory_app.py --port P --spec JSON`` (run from
+the repository root; `helpers.servers.memory_ui` starts it); the spec: ``{"experiments": {id: name}, "pairs": {id: [row, ...]},
+"bundles": {run id: folder}, "timelines": {run id: folder}}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--spec", required=True)
+    args = parser.parse_args()
+    sys.path[:0] = [str(REPO)]
+    import holoviews as hv
+
+    from ui.readers import MemorySource
+    from ui.server import make_server
+
+    hv.extension("bokeh", logo=False)
+    spec = json.loads(args.spec)
+    source = MemorySource(spec["experiments"], spec["pairs"], spec["bundles"], timelines=spec.get("timelines", {}))
+    server = make_server(source, port=args.port)
+    server.start()
+    server.io_loop.start()
+
+
+if __name__ == "__main__":
+    main()
