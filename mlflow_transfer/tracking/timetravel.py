@@ -3,12 +3,11 @@ them, logged beside the pair bundle of its diagnostics run.
 
 Every trained epoch's checkpoint (``checkpoints/epoch_NNN.pt``, NNN >= 1) of the source run, then of the
 target run, is loaded pickle-free into a copy of that run's model; a fixed, seeded sample of both domains
-(`diagnose.build_instances`) is embedded at each — DVI's penultimate layer, the input of the head's last
-Linear (`penultimate_split`) — and `diagnostics.timetravel.project_timeline` projects them one at a time
-(one checkpoint in memory). The timeline bundle (`bundle.timeline`) is written to a
-temporary folder and logged to the diagnostics run under ``timetravel/``, manifest last; then the
-fidelity metrics (``timetravel_{phase}_{metric}``, ``step = epoch``) and, with a report writer, a
-``report.html`` re-rendered with the timeline strip. The diagnostics run's status never changes and its
+(`diagnose.build_instances`) is embedded at each, and `diagnostics.timetravel.project_timeline` projects
+them one at a time (one checkpoint in memory; by default in DVI's penultimate layer, `penultimate_split`).
+The timeline bundle (`bundle.timeline`) is written to a temporary folder and logged to the diagnostics
+run under ``timetravel/``, manifest last; then the fidelity metrics (``timetravel_{phase}_{metric}``,
+``step = epoch``) and, with a report writer, a ``report.html`` re-rendered with the timeline strip. The diagnostics run's status never changes and its
 pair bundle is never touched: a failure before the manifest lands leaves no timeline (a reader reports
 the folder as incomplete and names this command). A run that already has a complete timeline is left
 as it is.
@@ -38,7 +37,7 @@ from mlflow.entities import Metric
 from ..bundle.io import MANIFEST
 from ..bundle.timeline import TimelineFrame, write_timeline_bundle
 from ..diagnostics.instances import model_outputs
-from ..diagnostics.timetravel import EpochInput, TimeTravelOptions, penultimate_split, project_timeline
+from ..diagnostics.timetravel import EpochInput, TimeTravelOptions, project_timeline
 from ..errors import DiagnosticsError, ModelError, RunLookupError
 from ..models import load_state
 from ..runtime import progress, resolve_device
@@ -166,29 +165,13 @@ def _class_map(own: tuple[str, ...], pair_classes: tuple[str, ...]) -> np.ndarra
     return np.array([pair_classes.index(c) for c in own], dtype=np.int64)
 
 
-def _representations(pre: torch.nn.Module, embedding: np.ndarray, device: torch.device,
-                     batch: int = 4096) -> np.ndarray:
-    """``pre(embedding)`` (N, D') float32, in batches on ``device`` (identity: the embedding as it is)."""
-    if isinstance(pre, torch.nn.Identity):
-        return embedding
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(embedding), batch):
-            out.append(pre(torch.as_tensor(embedding[start:start + batch], device=device)).float().cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
-
-
 def _epoch_inputs(positions: list[_Position], images: torch.Tensor) -> Iterator[EpochInput]:
     """One `EpochInput` per position, each built when asked for: one checkpoint in memory at a time. The
-    representation is DVI's penultimate layer: the embedding through the head's layers before its last
-    Linear, which is the projection's head (`penultimate_split`)."""
+    embedding and the whole head: the numerics split off DVI's penultimate layer (``options.penultimate``)."""
     for position in positions:
         model = _load_into(position.model, position)
         outputs = model_outputs(model, images)
-        pre, last = penultimate_split(_head(model))
-        device = next(model.parameters()).device
-        yield EpochInput(representations=_representations(pre.eval(), outputs.embedding, device), head=last,
-                         class_map=position.class_map)
+        yield EpochInput(representations=outputs.embedding, head=_head(model), class_map=position.class_map)
 
 
 def _download(run_id: str, artifact: str, folder: Path) -> Path:
