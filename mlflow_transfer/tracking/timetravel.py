@@ -5,12 +5,12 @@ Every trained epoch's checkpoint (``checkpoints/epoch_NNN.pt``, NNN >= 1) of the
 target run, is loaded pickle-free into a copy of that run's model; a fixed, seeded sample of both domains
 (`diagnose.build_instances`) is embedded at each, and `diagnostics.timetravel.project_timeline` projects
 them one at a time (one checkpoint in memory; by default in DVI's penultimate layer, `penultimate_split`).
-The timeline bundle (`bundle.timeline`) is written to a temporary folder and logged to the diagnostics
-run under ``timetravel/``, manifest last; then the fidelity metrics (``timetravel_{phase}_{metric}``,
-``step = epoch``) and, with a report writer, a ``report.html`` re-rendered with the timeline strip. The diagnostics run's status never changes and its
-pair bundle is never touched: a failure before the manifest lands leaves no timeline (a reader reports
-the folder as incomplete and names this command). A run that already has a complete timeline is left
-as it is.
+The timeline bundle (`bundle.timeline`) is written to a temporary folder and logged to the diagnostics run
+under ``timetravel/``, manifest last; then the fidelity metrics (``timetravel_{phase}_{metric}``, ``step =
+epoch``) and, with a report writer, a ``report.html`` re-rendered with the timeline strip. The diagnostics
+run's status never changes and its pair bundle is never touched: a failure before the manifest lands leaves
+no timeline (a reader reports the folder as incomplete and names this command). A run that already has a
+complete timeline is left as it is.
 """
 
 from __future__ import annotations
