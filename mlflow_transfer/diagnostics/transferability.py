@@ -51,17 +51,16 @@ def _checked_labels(labels, n: int, n_classes, what: str) -> tuple[np.ndarray, i
 # --------------------------------------------------------------------------- LogME
 
 
-def _log_evidence(y: np.ndarray, u: np.ndarray, s: np.ndarray, n: int, d: int,
+def _log_evidence(z: np.ndarray, y_norm2: float, s: np.ndarray, n: int, d: int,
                   max_iterations: int, tolerance: float) -> float:
-    """The maximised log evidence / n of y ≈ F m, with F = u diag(s) vᵀ its thin SVD.
+    """The maximised log evidence / n of y ≈ F m, given F's non-zero singular values ``s`` and
+    z = uᵀy, y's coordinates along F's left singular vectors (F = u diag(s) vᵀ).
 
-    Works in the rotated coordinates of the SVD, so each fixed-point step costs O(rank): with
-    σ = s², z = uᵀy and m expressed in v's basis, m̃ = βsz/(α+βσ), ‖y − Fm‖² = ‖y‖² − ‖z‖² +
-    ‖z − s m̃‖² and log|αI + βFᵀF| = Σ log(α + βσ) + (d − rank) log α.
+    Each fixed-point step costs O(rank): with σ = s² and m in v's basis, m̃ = βsz/(α+βσ),
+    ‖y − Fm‖² = ‖y‖² − ‖z‖² + ‖z − s m̃‖² and log|αI + βFᵀF| = Σ log(α + βσ) + (d − rank) log α.
     """
     sigma = s * s
-    z = u.T @ y
-    outside = max(float(y @ y - z @ z), 0.0)  # the part of y no feature combination reaches
+    outside = max(y_norm2 - float(z @ z), 0.0)  # the part of y no feature combination reaches
     tiny = np.finfo(np.float64).tiny
 
     def moments(alpha, beta):
@@ -85,17 +84,38 @@ def _log_evidence(y: np.ndarray, u: np.ndarray, s: np.ndarray, n: int, d: int,
     return float(evidence) / n
 
 
-def _spectrum(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(u, s) of F's thin SVD restricted to its numerically non-zero singular values, from the
-    eigen-decomposition of the smaller Gram matrix (FᵀF when N >= D, else FFᵀ): one GEMM and a
-    min(N, D)-sized `eigh`, several times faster than LAPACK's SVD of a wide embedding."""
+def _spectral_coordinates(f: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(s, z): F's numerically non-zero singular values and z = uᵀY, the targets' (N, C) coordinates
+    along the matching left singular vectors, from the smaller Gram matrix G (FᵀF when N >= D, else FFᵀ).
+
+    Only C projections are needed, never u itself: G is reduced to tridiagonal form (LAPACK ``sytrd``,
+    G = Q T Qᵀ), Qᵀ is applied to the C columns from its Householder reflectors, and T's eigenvectors
+    come from MRRR (``stemr``). That skips the eigenvector back-transformation, the costly half of a
+    full ``eigh`` at min(N, D) ≈ 1,500.
+    """
+    from scipy.linalg import eigh_tridiagonal, lapack
+
     n, d = f.shape
-    gram = f.T @ f if n >= d else f @ f.T
-    values, vectors = np.linalg.eigh(gram)
+    gram, w = (f.T @ f, f.T @ targets) if n >= d else (f @ f.T, targets.copy())
+    size = gram.shape[0]
+    if size == 1:
+        values, coords = gram[0], w
+    else:
+        lwork = int(lapack.dsytrd_lwork(size, lower=1)[0])
+        packed, diagonal, off, tau, info = lapack.dsytrd(gram, lower=1, lwork=lwork)
+        if info != 0:
+            raise DiagnosticsError(f"Expected LAPACK to tridiagonalise the features' Gram matrix; it "
+                                   f"failed (info {info}). Check the features for extreme values.")
+        for i in range(size - 1):  # Qᵀw = H(n-1)…H(1)w with H(i) = I − τᵢvᵢvᵢᵀ, vᵢ below the diagonal
+            v = packed[i + 1:, i].copy()
+            v[0] = 1.0
+            w[i + 1:] -= tau[i] * np.outer(v, v @ w[i + 1:])
+        values, vectors = eigh_tridiagonal(diagonal, off, lapack_driver="stemr")
+        coords = vectors.T @ w
     keep = values > values.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
     s = np.sqrt(values[keep])
-    u = f @ (vectors[:, keep] / s) if n >= d else vectors[:, keep]
-    return u, s
+    z = coords[keep] / s[:, None] if n >= d else coords[keep]  # u = F v / s when G = FᵀF
+    return s, z
 
 
 def logme(features, labels, n_classes: int | None = None) -> float:
@@ -103,22 +123,24 @@ def logme(features, labels, n_classes: int | None = None) -> float:
     maximised log evidence per instance of a one-vs-rest linear model (You et al., 2021).
 
     Higher is better; comparable between feature extractors on the same target data. Computed in
-    float64 from one eigen-decomposition of the smaller Gram matrix of the features; directions with a
-    numerically zero singular value count as zero (they add log α to the evidence's determinant).
-    Classes in ``range(n_classes)`` with no instance are left out of the mean (their evidence is
-    undefined).
+    float64 from one eigen-decomposition of the smaller Gram matrix of the features, shared by all
+    classes; directions with a numerically zero singular value count as zero (they add log α to the
+    evidence's determinant). Classes in ``range(n_classes)`` with no instance are left out of the
+    mean (their evidence is undefined).
     """
     f = check_array(features, "the features", ndim=2, layout="(instances, dimensions)", min_shape=(2, 1),
                     hints={"finite": "Check the model's embedding for NaN (a diverged run).",
                            "shape": "Pass one feature row per instance (flatten each embedding)."})
     y, k = _checked_labels(labels, len(f), n_classes, "LogME")
-    u, s = _spectrum(f)
-    if not s.size:
+    if not np.any(f):
         raise DiagnosticsError("Expected features with at least one non-zero value; got all zeros. The "
                                "embedding carries no information (e.g. every ReLU is off): check the model.")
+    classes = np.unique(y)
+    targets = (y[:, None] == classes[None, :]).astype(np.float64)  # one-vs-rest, one column per class
+    s, z = _spectral_coordinates(f, targets)
     n, d = f.shape
-    scores = [_log_evidence((y == c).astype(np.float64), u, s, n, d, MAX_ITERATIONS, TOLERANCE)
-              for c in np.unique(y)]
+    scores = [_log_evidence(z[:, j], float(targets[:, j].sum()), s, n, d, MAX_ITERATIONS, TOLERANCE)
+              for j in range(len(classes))]
     return float(np.mean(scores))
 
 

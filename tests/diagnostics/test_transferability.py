@@ -142,8 +142,8 @@ def test_evidence_formula_is_the_gaussian_marginal_likelihood():
             multivariate_normal(np.zeros(30), cov).logpdf(y), abs=1e-9)
 
 
-@pytest.mark.parametrize("n, d, rank", [(200, 12, 12), (40, 90, 40), (80, 20, 6)],
-                         ids=["tall", "wide", "rank-deficient"])
+@pytest.mark.parametrize("n, d, rank", [(200, 12, 12), (40, 90, 40), (80, 20, 6), (30, 60, 10), (50, 1, 1)],
+                         ids=["tall", "wide", "rank-deficient", "wide-rank-deficient", "one-feature"])
 def test_logme_matches_the_slow_literal_maximisation(n, d, rank):
     rng = np.random.default_rng(n + d)
     labels = rng.permutation(np.arange(n) % 4)
