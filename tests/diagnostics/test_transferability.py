@@ -12,7 +12,7 @@ import torch
 from scipy.stats import multivariate_normal
 from torch.utils.data import TensorDataset
 
-from helpers.models import seeded, tiny_net
+from helpers.models import foreign, seeded, tiny_net
 from helpers.transferability import log_evidence, maximised_evidence, slow_logme
 from mlflow_transfer.diagnostics.instances import model_outputs
 from mlflow_transfer.diagnostics.transferability import estimate_transferability, leep, logme
@@ -276,6 +276,24 @@ def test_estimate_transferability_max_rows_is_a_seeded_subset():
     assert a["n"] == 40 and (a["logme"], a["leep"]) == (b["logme"], b["leep"])
     assert (a["logme"], a["leep"]) != (c["logme"], c["leep"])
     assert estimate_transferability(model, data, max_rows=1000)["n"] == 60
+
+
+def test_estimate_transferability_takes_an_adapted_foreign_classifier():
+    # An AdaptedNet gives embedding and logits from one pass (embed_and_logits): the same numbers as
+    # LogME of its embedding and LEEP of its softmax computed here from the wrapped net's own pieces.
+    from mlflow_transfer.models.adapter import adapt_classifier
+
+    net = foreign("cnn", num_classes=5)
+    data = _dataset(n=40, classes=4)
+    images, labels = data.tensors
+    adapted = adapt_classifier(net, images[:2])
+    emb, logits = adapted.embed_and_logits(images)
+    result = estimate_transferability(adapted, data, batch_size=16)
+    assert result["logme"] == pytest.approx(logme(emb.detach().numpy(), labels.numpy()), abs=1e-6)
+    assert result["leep"] == pytest.approx(
+        leep(torch.softmax(logits, 1).detach().double().numpy(), labels.numpy()), abs=1e-6)
+    np.testing.assert_allclose(torch.softmax(logits, 1).detach().numpy(),
+                               torch.softmax(net(images), 1).detach().numpy(), atol=1e-6)
 
 
 def test_estimate_transferability_refuses_a_non_model_and_tiny_data():
