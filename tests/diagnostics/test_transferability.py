@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import multivariate_normal
+from torch import nn
 from torch.utils.data import TensorDataset
 
-from helpers.models import foreign, seeded, tiny_net
+from helpers.models import foreign, seeded, tiny_net, transfer_net
 from helpers.transferability import log_evidence, maximised_evidence, slow_logme
 from mlflow_transfer.diagnostics.instances import model_outputs
 from mlflow_transfer.diagnostics.transferability import estimate_transferability, leep, logme
@@ -276,6 +277,45 @@ def test_estimate_transferability_max_rows_is_a_seeded_subset():
     assert a["n"] == 40 and (a["logme"], a["leep"]) == (b["logme"], b["leep"])
     assert (a["logme"], a["leep"]) != (c["logme"], c["leep"])
     assert estimate_transferability(model, data, max_rows=1000)["n"] == 60
+
+
+def _row_reader(channel: int, classes: int, size: int) -> nn.Linear:
+    """A Linear over flattened (3, size, size) images giving the mean of each of the first ``classes``
+    rows of ``channel``."""
+    reader = nn.Linear(3 * size * size, classes, bias=False)
+    with torch.no_grad():
+        reader.weight.zero_()
+        for c in range(classes):
+            start = (channel * size + c) * size
+            reader.weight[c, start:start + size] = 1.0 / size
+    return reader
+
+
+def test_a_source_model_whose_features_are_the_labels_scores_highest():
+    # Planted: image i of class c has row c of channel 0 lit (plus noise everywhere). The "labels"
+    # model reads those rows (embedding ≈ one-hot of the label, head a sharp identity); the "blind"
+    # model reads the same rows of channel 1 (noise only); "random" is a seeded untrained tiny_net.
+    classes, size, n = 5, 8, 200
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % classes
+    images = 0.1 * torch.rand(n, 3, size, size, generator=g)
+    images[torch.arange(n), 0, labels, :] += 0.8
+    data = TensorDataset(images, labels)
+
+    def reader_net(channel):
+        reader, head = _row_reader(channel, classes, size), nn.Linear(classes, classes)
+        with torch.no_grad():
+            head.weight.copy_(20 * torch.eye(classes))
+            head.bias.fill_(-10.0)
+        return transfer_net([("flatten", nn.Flatten()), ("reader", reader)], [("head", head)],
+                            [("reader", reader), ("head", head)])
+
+    models = {"labels": reader_net(0), "blind": reader_net(1), "random": tiny_net(num_classes=classes)}
+    scores = {name: estimate_transferability(model, data) for name, model in models.items()}
+    for key in ("logme", "leep"):
+        ranked = sorted(scores, key=lambda name: scores[name][key], reverse=True)
+        assert ranked[0] == "labels", (key, {name: scores[name][key] for name in scores})
+    assert scores["labels"]["leep"] > -0.05  # the source class decides the label: near LEEP's maximum 0
 
 
 def test_estimate_transferability_takes_an_adapted_foreign_classifier():
