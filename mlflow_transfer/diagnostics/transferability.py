@@ -164,6 +164,9 @@ def estimate_transferability(model, dataset, *, batch_size: int = 256, max_rows:
     started = time.perf_counter()
     check_module(model)
     batch_size = check_int(batch_size, "batch_size", low=1)
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise DiagnosticsError(f"Expected the target data as a map-style torch Dataset of (image, label) items; "
+                               f"got {type(dataset).__name__}. Pass e.g. the target domain's training split.")
     total = len(dataset)
     if total < 2:
         raise DiagnosticsError(f"Expected a target dataset of at least two items; got {total}. "

@@ -339,5 +339,8 @@ def test_estimate_transferability_takes_an_adapted_foreign_classifier():
 def test_estimate_transferability_refuses_a_non_model_and_tiny_data():
     with pytest.raises(DiagnosticsError, match=r"^Expected model as a torch.nn.Module; got str"):
         estimate_transferability("alexnet", _dataset())
+    with pytest.raises(DiagnosticsError, match=r"^Expected the target data as a map-style torch Dataset of "
+                                               r"\(image, label\) items; got generator\."):
+        estimate_transferability(tiny_net(), (item for item in _dataset()))
     with pytest.raises(DiagnosticsError, match=r"^Expected a target dataset of at least two items; got 1"):
         estimate_transferability(tiny_net(), _dataset(n=1))
