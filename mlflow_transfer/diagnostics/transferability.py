@@ -8,7 +8,8 @@ labelled target data.
   log-likelihood, at most 0).
 - ``estimate_transferability``: both for a model over a torch Dataset of (image, label).
 
-Both are cheap (one forward pass, then one eigen-decomposition), so they can rank settings before any training.
+Both are cheap (one forward pass, then one eigen-decomposition), so they can rank settings before any
+training.
 """
 
 from __future__ import annotations
@@ -105,8 +106,9 @@ def logme(features, labels, n_classes: int | None = None) -> float:
     Higher is better; comparable between feature extractors on the same target data. Computed in
     float64 from one eigen-decomposition of the smaller Gram matrix of the features, shared by all
     classes; directions with a numerically zero singular value count as zero (they add log α to the
-    evidence's determinant). Classes in ``range(n_classes)`` with no instance are left out of the
-    mean (their evidence is undefined).
+    evidence's determinant). The evidence is taken at the final α, β with its own posterior mean (the
+    authors' code reuses the mean of the step before). Classes in ``range(n_classes)`` with no instance
+    are left out of the mean (their evidence is undefined).
     """
     f = check_array(features, "the features", ndim=2, layout="(instances, dimensions)", min_shape=(2, 1),
                     hints={"finite": "Check the model's embedding for NaN (a diverged run).",
