@@ -219,6 +219,27 @@ def check_labels(value, name: str, n_classes: int, *, length: int | None = None,
     return labels
 
 
+def check_probabilities(value, name: str, *, layout: str = "(instances, classes)", atol: float = 1e-3,
+                        error: type[TransferError] = DiagnosticsError) -> np.ndarray:
+    """``value`` as a float64 (N, C) array whose rows are probability distributions (finite,
+    non-negative, summing to 1 within ``atol``: float32 softmax rounding); else ``error``."""
+    probs = check_array(value, name, ndim=2, layout=layout, min_shape=(1, 1),
+                        hints={"shape": "Pass one row of class probabilities per instance.",
+                               "finite": "Check the model's logits for NaN (a diverged run)."}, error=error)
+    if (probs < 0).any():
+        row = int(np.argwhere(probs < 0)[0, 0])
+        raise error(f"Expected {name} as probabilities (rows of values >= 0 summing to 1); got a negative "
+                    f"value in row {row} ({probs[row].min():g}). Pass softmax outputs, not logits.")
+    sums = probs.sum(1)
+    off = np.abs(sums - 1.0) > atol
+    if off.any():
+        row = int(np.argmax(off))
+        raise error(f"Expected {name} as probabilities (rows summing to 1); got row {row} summing to "
+                    f"{sums[row]:g} ({int(off.sum())} row(s) off by more than {atol:g}). Pass softmax "
+                    f"outputs, not logits or scores.")
+    return probs
+
+
 # --------------------------------------------------------------------------- models
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from mlflow_transfer.errors import DataError, DiagnosticsError
 from mlflow_transfer.validation import (check_array, check_choice, check_fraction, check_int, check_labels,
-                                        check_layers_of, check_module, check_number)
+                                        check_layers_of, check_module, check_number, check_probabilities)
 
 STYLE = re.compile(r"Expected .+; got .+\.( .+)?", re.S)
 
@@ -78,6 +78,18 @@ def test_check_labels():
     assert _message(lambda: check_labels([0], "y", 3, length=2)) == \
         "Expected y with 2 entries (one per instance); got 1."
     assert "Pass argmax" in _message(lambda: check_labels([0.5], "y", 3))
+
+
+def test_check_probabilities():
+    probs = check_probabilities([[0.25, 0.75], [1, 0]], "p")
+    assert probs.dtype == np.float64 and probs.shape == (2, 2)
+    check_probabilities([[0.5, 0.5 + 9e-4]], "p")  # float32 softmax rounding passes
+    assert _message(lambda: check_probabilities([[0.5, 0.6]], "p")) == (
+        "Expected p as probabilities (rows summing to 1); got row 0 summing to 1.1 (1 row(s) off by more "
+        "than 0.001). Pass softmax outputs, not logits or scores.")
+    assert "negative value in row 1 (-0.5)" in _message(lambda: check_probabilities([[1, 0], [1.5, -0.5]], "p"))
+    assert "got shape (2,)" in _message(lambda: check_probabilities([0.5, 0.5], "p"))
+    assert "1 NaN or infinite" in _message(lambda: check_probabilities([[np.nan, 1.0]], "p"))
 
 
 def test_check_module_and_layers_of():

@@ -1,8 +1,9 @@
 """Data domains: the built-in offline pair and loaders for users' own data.
 
 ``load_domain(name, ...)`` is the single entry point; ``DOMAINS`` lists every name with the options
-it takes. Built-in: ``printed-digits`` (synthetic, SVHN-like) and ``handwritten-digits``
-(scikit-learn's real digits, MNIST-like). From a local folder: ``mnist``, ``svhn``, ``usps``
+it takes. Built-in: ``printed-digits`` (synthetic, SVHN-like), ``printed-digits-clean`` (the same
+digits on plain backgrounds: a second source) and ``handwritten-digits`` (scikit-learn's real digits,
+MNIST-like). From a local folder: ``mnist``, ``svhn``, ``usps``
 (torchvision formats, never downloaded) and ``imagefolder`` (Office-31 layout).
 """
 
@@ -32,6 +33,12 @@ def _printed(**kw):
     return load_printed_digits(**kw)
 
 
+def _printed_clean(**kw):
+    from .printed import load_printed_digits
+
+    return load_printed_digits(clean=True, **kw)
+
+
 def _handwritten(seed, **kw):
     from .handwritten import load_handwritten_digits
 
@@ -57,6 +64,9 @@ DOMAINS: dict[str, DomainKind] = {
     "printed-digits": DomainKind(
         _printed, frozenset({"size"}), False,
         "digits rendered from matplotlib's fonts over photo crops (built in, SVHN-like)"),
+    "printed-digits-clean": DomainKind(
+        _printed_clean, frozenset({"size"}), False,
+        "digits rendered from matplotlib's fonts on plain backgrounds, no clutter (built in)"),
     "handwritten-digits": DomainKind(
         _handwritten, frozenset(), False,
         "scikit-learn's 1,797 real handwritten digits (built in, MNIST-like)"),

@@ -1,8 +1,12 @@
-"""`printed-digits`: an SVHN-like domain rendered offline from matplotlib's TrueType fonts.
+"""`printed-digits`: an SVHN-like domain rendered offline from matplotlib's TrueType fonts, and its
+clean variant `printed-digits-clean` (a second source domain for sweeps over sources).
 
-Each image is a digit drawn in a random font, size, rotation, position, colour and blur, over a
-random crop of one of scikit-learn's sample photos, sometimes with parts of neighbouring digits at
-the sides (as in house-number crops). Rendering is deterministic for a given ``seed``.
+Each `printed-digits` image is a digit drawn in a random font, size, rotation, position, colour and
+blur, over a random crop of one of scikit-learn's sample photos, sometimes with parts of neighbouring
+digits at the sides (as in house-number crops). A `printed-digits-clean` image is the same kind of
+digit (random font, size, small shift and rotation) in one colour on a plain background of another,
+with no photo, no neighbours and no blur: a source closer to the handwritten target's plain
+backgrounds. Rendering is deterministic for a given ``seed``.
 """
 
 from __future__ import annotations
@@ -91,8 +95,29 @@ def _render_one(rng: np.random.Generator, digit: int, size: int, fonts: list[Pat
     return np.asarray(image.resize((size, size), Image.LANCZOS), dtype=np.uint8)
 
 
-def render_printed_digits(n: int, *, image_size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Render ``n`` printed digits, balanced over the ten classes.
+def _render_clean(rng: np.random.Generator, digit: int, size: int, fonts: list[Path]) -> np.ndarray:
+    canvas = size * _SUPERSAMPLE
+    # Two colours far apart in luminance, either way round (light on dark or dark on light).
+    for _ in range(20):
+        background, colour = (tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2))
+        if abs(_luminance(colour) - _luminance(background)) > 100:
+            break
+    else:
+        background, colour = (0, 0, 0), (255, 255, 255)
+    mask = Image.new("L", (canvas, canvas), 0)
+    font = _font(str(fonts[rng.integers(len(fonts))]), int(canvas * rng.uniform(0.6, 0.85)))
+    centre = canvas / 2 + rng.uniform(-0.05, 0.05, 2) * canvas
+    ImageDraw.Draw(mask).text(tuple(centre), str(digit), fill=255, font=font, anchor="mm")
+    mask = mask.rotate(float(rng.uniform(-8, 8)), resample=Image.BILINEAR)
+    image = Image.composite(Image.new("RGB", (canvas, canvas), colour),
+                            Image.new("RGB", (canvas, canvas), background), mask)
+    return np.asarray(image.resize((size, size), Image.LANCZOS), dtype=np.uint8)
+
+
+def render_printed_digits(n: int, *, image_size: int = 32, seed: int = 0,
+                          clean: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Render ``n`` printed digits, balanced over the ten classes (``clean``: the plain-background
+    variant, see the module docstring).
 
     Returns:
         images: uint8 array of shape ``(n, image_size, image_size, 3)``.
@@ -101,14 +126,17 @@ def render_printed_digits(n: int, *, image_size: int = 32, seed: int = 0) -> tup
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % 10).astype(np.int64)
     fonts = font_paths()
-    images = np.stack([_render_one(rng, int(d), image_size, fonts) for d in labels]) if n else \
+    render = _render_clean if clean else _render_one
+    images = np.stack([render(rng, int(d), image_size, fonts) for d in labels]) if n else \
         np.zeros((0, image_size, image_size, 3), np.uint8)
     return images, labels
 
 
-def load_printed_digits(*, image_size: int = 32, size: int = 3000, seed: int = 0) -> Domain:
-    """The ``printed-digits`` domain: ``size`` rendered images (see module docstring)."""
-    check_int(size, "the printed-digits size", low=10, doc="(at least one image per class)", error=DataError)
-    images, labels = render_printed_digits(size, image_size=image_size, seed=seed)
+def load_printed_digits(*, image_size: int = 32, size: int = 3000, seed: int = 0, clean: bool = False) -> Domain:
+    """The ``printed-digits`` domain, or ``printed-digits-clean`` with ``clean``: ``size`` rendered
+    images (see module docstring)."""
+    name = "printed-digits-clean" if clean else "printed-digits"
+    check_int(size, f"the {name} size", low=10, doc="(at least one image per class)", error=DataError)
+    images, labels = render_printed_digits(size, image_size=image_size, seed=seed, clean=clean)
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
-    return tensor_domain("printed-digits", DIGIT_CLASSES, tensor, labels)
+    return tensor_domain(name, DIGIT_CLASSES, tensor, labels)

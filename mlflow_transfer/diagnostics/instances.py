@@ -23,12 +23,14 @@ class ModelOutputs:
         prediction: int64 (N,), argmax class.
         confidence: float32 (N,), softmax probability of the predicted class, in [0, 1].
         true_class_probability: float32 (N,), softmax probability of the given label (if labels given).
+        probabilities: float32 (N, classes), the whole softmax (LEEP needs every class's share).
     """
 
     embedding: np.ndarray
     prediction: np.ndarray
     confidence: np.ndarray
     true_class_probability: np.ndarray | None
+    probabilities: np.ndarray | None = None
 
 
 def model_outputs(model: nn.Module, images: torch.Tensor, labels: np.ndarray | None = None, *,
@@ -68,7 +70,8 @@ def model_outputs(model: nn.Module, images: torch.Tensor, labels: np.ndarray | N
     if labels is not None:
         labels = check_labels(labels, "labels", prob.shape[1], length=len(images))
         true_p = prob[np.arange(len(labels)), labels].astype(np.float32)
-    return ModelOutputs(emb.astype(np.float32), pred, prob.max(1).astype(np.float32), true_p)
+    prob = prob.astype(np.float32, copy=False)
+    return ModelOutputs(emb.astype(np.float32), pred, prob.max(1), true_p, prob)
 
 
 def png_thumbnails(images: torch.Tensor | np.ndarray, size: int = 32) -> list[bytes]:

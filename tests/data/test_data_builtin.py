@@ -1,4 +1,4 @@
-"""Built-in domains (printed-digits, handwritten-digits), splits, class alignment and `load_domain`."""
+"""Built-in domains (printed-digits, printed-digits-clean, handwritten-digits), splits, class alignment and `load_domain`."""
 
 from __future__ import annotations
 
@@ -116,6 +116,68 @@ def test_printed_size_below_ten_is_data_error(size):
         load_printed_digits(size=size)
     with pytest.raises(DataError):
         load_domain("printed-digits", image_size=32, size=size)
+
+
+# --------------------------------------------------------------------------- printed-digits-clean
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return load_printed_digits(size=100, image_size=32, seed=0, clean=True)
+
+
+def _frame(images):
+    """The one-pixel border of each image, (N, 3, 124)."""
+    return torch.cat([images[:, :, 0, :], images[:, :, -1, :], images[:, :, 1:-1, 0], images[:, :, 1:-1, -1]], 2)
+
+
+def test_clean_same_seed_is_identical_and_other_seed_differs(clean):
+    again = load_printed_digits(size=100, image_size=32, seed=0, clean=True)
+    other = load_printed_digits(size=100, image_size=32, seed=1, clean=True)
+    images, labels = _stack(clean)
+    assert torch.equal(images, _stack(again)[0])
+    np.testing.assert_array_equal(labels, _stack(again)[1])
+    differing = (images - _stack(other)[0]).abs().flatten(1).amax(1) > 0.05
+    assert differing.float().mean() > 0.9
+
+
+def test_load_domain_knows_printed_digits_clean():
+    via_registry = load_domain("printed-digits-clean", image_size=32, seed=3, size=20)
+    direct = load_printed_digits(size=20, image_size=32, seed=3, clean=True)
+    cluttered = load_domain("printed-digits", image_size=32, seed=3, size=20)
+    assert via_registry.name == "printed-digits-clean" and cluttered.name == "printed-digits"
+    assert torch.equal(_stack(via_registry)[0], _stack(direct)[0])
+    assert not torch.equal(_stack(via_registry)[0], _stack(cluttered)[0])
+    assert "printed-digits-clean" in DOMAINS and DOMAINS["printed-digits-clean"].options == {"size"}
+
+
+@pytest.mark.parametrize("image_size, n", [(32, 60), (48, 50)])
+def test_clean_shape_dtype_range_and_balance(image_size, n):
+    domain = load_printed_digits(size=n, image_size=image_size, seed=0, clean=True)
+    images, labels = _stack(domain)
+    assert images.shape == (n, 3, image_size, image_size) and images.dtype == torch.float32
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    np.testing.assert_array_equal(labels, domain.targets)
+    np.testing.assert_array_equal(np.bincount(labels, minlength=10), np.full(10, n // 10))
+    assert domain.classes == DIGIT_CLASSES
+
+
+def test_clean_backgrounds_are_plain_and_cluttered_ones_are_not(clean, printed):
+    # Clean: the border is one colour (no photo, no neighbouring digit reaching the edge) and the
+    # digit in the middle stands out from it; the cluttered domain's borders are photo crops.
+    images, _ = _stack(clean)
+    frame = _frame(images)
+    assert float(frame.std(2).max()) < 0.02
+    background = frame.mean(2)[:, :, None, None]
+    centre = images[:, :, 8:24, 8:24]
+    assert torch.all((centre - background).abs().amax((1, 2, 3)) > 0.3)
+    cluttered_frame = _frame(_stack(printed)[0])
+    assert float(cluttered_frame.std(2).mean(1).median()) > 5 * float(frame.std(2).mean(1).median())
+
+
+def test_clean_size_below_ten_names_the_clean_domain():
+    with pytest.raises(DataError, match=r"^Expected the printed-digits-clean size as an integer >= 10"):
+        load_domain("printed-digits-clean", image_size=32, size=5)
 
 
 # --------------------------------------------------------------------------- handwritten-digits
