@@ -200,10 +200,11 @@ class _Report:
     def __init__(self) -> None:
         self.written = False
 
-    def __call__(self, bundle_dir, out_path):
+    def __call__(self, bundle_dir, out_path, timeline_dir=None):
         from ui.report import write_report
 
-        path = write_report(bundle_dir, out_path)
+        # the timeline strip (issue 14) only when there is a timeline: a report without one is as before
+        path = write_report(bundle_dir, out_path, **({"timeline_dir": timeline_dir} if timeline_dir else {}))
         self.written = True
         return path
 
@@ -229,18 +230,24 @@ class _Report:
 @_DEVICE
 @click.option("--methods", default="", metavar="finetune,slice,scratch", help="Transfer methods (issue 13): a target "
               "run and diagnosis each, from one source run [default: the recipe's target.method alone].")
+@click.option("--timetravel", "run_timetravel", default="on", show_default=True, is_flag=False, flag_value="on",
+              type=click.Choice(["on", "off"], case_sensitive=False), help="After diagnose, add each diagnosed "
+              "pair's timeline (the `timetravel` command, its defaults) to its diagnostics run; off: none.")
+@click.option("--no-timetravel", "no_timetravel", is_flag=True, help="Same as --timetravel off.")
 @_user_errors
 def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_diagnose, layers, classes,
              sample_per_class, n_steps, top_fraction, seed, feature_vis_steps, completeness_tolerance,
-             robustness, trust_pickled_models, device, methods):
+             robustness, trust_pickled_models, device, methods, run_timetravel, no_timetravel):
     from .tracking import run_pipeline
 
     _setup(tracking_uri, experiment_name)
     options = (_options(layers, classes, sample_per_class, n_steps, top_fraction, seed, feature_vis_steps,
                         completeness_tolerance, robustness) if run_diagnose else None)
     report = _Report()
+    timeline = run_diagnose and run_timetravel.lower() == "on" and not no_timetravel
     result = run_pipeline(_load(recipe, overrides, data_root, device), diagnose_options=options,
-                          report_writer=report, trust_pickled=trust_pickled_models, methods=methods)
+                          report_writer=report, trust_pickled=trust_pickled_models, methods=methods,
+                          timetravel_args={} if timeline else None)
     note = " (reused: identical recipe, parameters and code)" if result.source_reused else ""
     _summary(f"pair {result.pair_id}{note}",
              {"source": result.source_run_id, "target": result.target_run_id})
@@ -248,6 +255,8 @@ def main_cmd(recipe, overrides, data_root, tracking_uri, experiment_name, run_di
     if result.diagnostics_run_id:
         run_id = result.diagnostics_run_id
         click.echo(f"  diagnostics run {run_id} (bundle at runs:/{run_id}/diagnostics, {report.note(run_id)})")
+        if timeline:
+            click.echo(f"  timeline at runs:/{run_id}/timetravel")
     for method, (target_id, diag_id) in (result.method_runs or {}).items():  # --methods: the pair above is the first
         click.echo(f"  method {method}: target run {target_id}" + (f", diagnostics run {diag_id}" if diag_id else ""))
 
@@ -298,6 +307,41 @@ def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_ur
                       report_writer=report, trust_pickled=trust_pickled_models,
                       allow_unfinished=allow_unfinished, embedding_layer=embedding_layer or None, device=device)
     click.echo(f"diagnostics run {run_id}: bundle at runs:/{run_id}/diagnostics, {report.note(run_id)}")
+
+
+@main.command("timetravel", help="Add a diagnosed pair's timeline (issue 14, DeepVisualInsight): every trained "
+                                 "epoch of the source run, then of the target run, projected to 2-D with its decision "
+                                 "regions and fidelity measures, logged to the pair's diagnostics run under timetravel/.")
+@click.option("--target-run-id", required=True, help="Target run of the pair (its source is found by tag).")
+@click.option("--diagnostics-run-id", default="", help="Diagnostics run to add the timeline to [default: the newest "
+              "finished diagnostics run of the target].")
+@click.option("--sample-per-class", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Projected sample: points per class, domain and split (train/validation), the same at every epoch.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed of the sample and of the visualisation model.")
+@click.option("--grid", default=200, show_default=True, type=click.IntRange(min=200),
+              help="Grid cells per side of each epoch's decision-region image.")
+@_TRACKING
+@_TRUST_PICKLED
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|mps",
+              help=_DEVICE_HELP + " (a recipe's runtime.device is not used: it says where that run trained).")
+@_user_errors(opens_runs=False)
+def timetravel_cmd(target_run_id, diagnostics_run_id, sample_per_class, seed, grid, tracking_uri,
+                   trust_pickled_models, device):
+    from .diagnostics.timetravel import TimeTravelOptions
+    from .runtime import resolve_device
+    from .tracking.timetravel import TIMELINE_DIR, timetravel
+
+    resolve_device(device)  # before any lookup: an absent device is the first thing said
+    _check_ids(target_run_id=target_run_id, diagnostics_run_id=diagnostics_run_id)
+    _setup(tracking_uri, None)
+    report = _Report()
+    run_id = timetravel(target_run_id=target_run_id, diagnostics_run_id=diagnostics_run_id or None,
+                        sample_per_class=sample_per_class, device=device, trust_pickled=trust_pickled_models,
+                        options=TimeTravelOptions(seed=seed, grid=grid), report_writer=report,
+                        say=lambda line: click.echo(_one_line(line), err=True))
+    click.echo(f"diagnostics run {run_id}: timeline at runs:/{run_id}/{TIMELINE_DIR}"
+               + (f", {report.note(run_id)}" if report.written else ""))
 
 
 @main.command("validate-bundle", help="Check a downloaded diagnostics bundle folder (manifest, schema "

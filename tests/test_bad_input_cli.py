@@ -138,6 +138,7 @@ def test_diagnose_refuses_a_local_path_as_model_uri(store):
     (["diagnose", "--target-run-id", "abc", "--source-run-id", "a b"], "--source-run-id"),
     (["finetune", "--source-run-id", "../../etc/passwd"], "--source-run-id"),
     (["finetune", "--source-run-id", "abc\x1b[2J"], "--source-run-id"),
+    (["timetravel", "--target-run-id", "abc", "--diagnostics-run-id", "../0/meta"], "--diagnostics-run-id"),
 ])
 def test_malformed_run_ids_are_refused_before_any_lookup(store, args, option):
     line = _one_error(invoke(*args), f"Expected a {option} value of letters, digits")
@@ -355,7 +356,8 @@ def test_runs_of_other_hosts_are_stale_only_after_older_than(store):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("command", [("train-source", "--set", TINY), ("main", "--set", TINY),
-                                     ("diagnose", "--target-run-id", "0" * 32)])
+                                     ("diagnose", "--target-run-id", "0" * 32),
+                                     ("timetravel", "--target-run-id", "0" * 32)])
 def test_an_absent_device_is_one_error_line_exit_2_and_no_run(store, command):
     # CUDA is genuinely absent on this machine: the message names the devices present and the fix
     _one_error(invoke(*command, "--device", "cuda"), "Expected device 'cuda' to be present; got only ['cpu']",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -53,6 +54,15 @@ def test_mlflow_run_main_logs_a_source_and_a_target_run(tracking_store):
     # the summary says where report.html is, and it is there
     assert f"report at runs:/{diag.info.run_id}/report.html" in proc.stdout
     assert "report.html" in {a.path for a in MlflowClient().list_artifacts(diag.info.run_id)}
+    # issue 14: main adds the pair's timeline to its diagnostics run (MLproject parameter timetravel, default on)
+    assert "timetravel/manifest.json" in {a.path for a in MlflowClient().list_artifacts(diag.info.run_id, "timetravel")}
+    assert f"timeline at runs:/{diag.info.run_id}/timetravel" in proc.stdout
+    assert [m.step for m in MlflowClient().get_metric_history(diag.info.run_id, "timetravel_target_ppr")] == [1]
+    # ... and report.html again, now with the timeline strip
+    report = mlflow.artifacts.download_artifacts(run_id=diag.info.run_id, artifact_path="report.html",
+                                                 dst_path=str(tmp / "report"))
+    assert "<h2>Training timeline</h2>" in Path(report).read_text()
+    assert "report_error.txt" not in {a.path for a in MlflowClient().list_artifacts(diag.info.run_id)}
 
 
 def test_mlflow_run_finetune_with_unknown_run_fails_cleanly(tracking_store):

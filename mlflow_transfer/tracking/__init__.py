@@ -1,10 +1,10 @@
 """The only layer that writes to MLflow: runs, tags, metrics, checkpoints, models; run lookup.
 
 Modules: `context` (the pair's data, its id, the code version, `transfer_run`), `runs` (source training,
-fine-tuning), `diagnose` (a pair's diagnostics run), `pipeline` (``main``: both in one), `lookup`
-(runs and logged models), `bundles` (listing diagnosed pairs, the validated bundle cache), `lifecycle`
-(stale runs). The names below are re-exported lazily (PEP 562): importing `tracking.bundles` (the app
-does) imports neither the training code nor torch.
+fine-tuning), `diagnose` (a pair's diagnostics run), `timetravel` (its timeline, issue 14), `pipeline`
+(``main``: all in one), `lookup` (runs and logged models), `bundles` (listing diagnosed pairs, the
+validated bundle and timeline cache), `lifecycle` (stale runs). The names below are re-exported lazily
+(PEP 562): importing `tracking.bundles` (the app does) imports neither the training code nor torch.
 """
 
 from ..lazy import lazy_exports

@@ -1,5 +1,5 @@
-"""Find diagnosed pairs on a tracking server, fetch their bundles once into a local cache, and log a
-bundle so that it lands whole.
+"""Find diagnosed pairs on a tracking server, fetch their bundles (the pair bundle, and its timeline when
+there is one) once into a local cache, and log a bundle so that it lands whole.
 
 Everything that arrives here is untrusted: run and experiment ids (from URLs and tags) are checked
 before they touch a query or a path, the cache never deletes what it did not write, and a server that
@@ -29,6 +29,7 @@ from ..tags import TAGS
 from ..validation import check_relative_path, check_run_id
 
 BUNDLE_DIR = "diagnostics"
+TIMELINE_DIR = "timetravel"  # issue 14: the timeline bundle, beside the pair bundle
 # Written into every cache entry fetch_bundle creates; an entry without it is not ours and is never deleted.
 CACHE_MARKER = ".mlflow-transfer-cache"
 _NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"  # MLflow's error code for "the server answered: no such thing"
@@ -177,12 +178,13 @@ def transfer_methods(experiment_id: str, run_ids: list[str], *, tracking_uri: st
 
 
 def _ours(entry: Path) -> bool:
-    """Whether ``entry`` is a cache folder fetch_bundle made (its marker names the entry's run id)."""
+    """Whether ``entry`` is a cache folder `_fetch` made (its marker names the entry's run id; a timeline's
+    entry is ``<run id>.timetravel``)."""
     marker = entry / CACHE_MARKER
     try:
         if marker.is_symlink() or not marker.is_file() or marker.stat().st_size > 4096:
             return False
-        return json.loads(marker.read_text()).get("run_id") == entry.name
+        return json.loads(marker.read_text()).get("run_id") == entry.name.partition(".")[0]
     except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object: not our marker
         return False
 
@@ -222,14 +224,49 @@ def fetch_bundle(diagnostics_run_id: str, cache_dir: str | Path | None = None, *
         CacheError: the cache entry is not one this function wrote, or the cache cannot be written.
         TrackingUnavailableError: the server does not answer.
     """
+    def messages(run_id: str, target_run: str) -> tuple[str, str]:
+        fix = f"mlflow-transfer diagnose --target-run-id {target_run}"
+        return (f"run {run_id} has no diagnostics bundle; run `{fix}` for this pair",
+                f"so the bundle is incomplete (diagnose or its upload was interrupted). Diagnose again: {fix}")
+
+    return _fetch(diagnostics_run_id, cache_dir, tracking_uri, folder=BUNDLE_DIR, entry_suffix="",
+                  open_bundle=PairBundle.open, messages=messages)
+
+
+def fetch_timeline(diagnostics_run_id: str, cache_dir: str | Path | None = None, *,
+                   tracking_uri: str | None = None):
+    """The run's timeline bundle (issue 14, its ``timetravel/`` folder) as a `TimelineBundle`, fetched
+    and cached like `fetch_bundle` (entry ``<run id>.timetravel``: a run id holds no ``.``), or None when
+    the run has no ``timetravel/`` folder (the pair was not time-travelled).
+
+    Raises:
+        as `fetch_bundle`; BundleError names ``mlflow-transfer timetravel`` when the folder has no manifest.
+    """
+    from ..bundle.timeline import TimelineBundle  # torch-free, as this module
+
+    def messages(run_id: str, target_run: str) -> tuple[str, str]:
+        fix = f"mlflow-transfer timetravel --target-run-id {target_run}"
+        return (f"run {run_id} has no timeline; run `{fix}` for this pair",
+                f"so the timeline is incomplete (timetravel or its upload was interrupted). Run it again: {fix}")
+
+    return _fetch(diagnostics_run_id, cache_dir, tracking_uri, folder=TIMELINE_DIR, entry_suffix=".timetravel",
+                  open_bundle=TimelineBundle.open, messages=messages, absent_ok=True)
+
+
+def _fetch(diagnostics_run_id: str, cache_dir, tracking_uri: str | None, *, folder: str, entry_suffix: str,
+           open_bundle: Callable, messages: Callable[[str, str], tuple[str, str]], absent_ok: bool = False):
+    """The bundle in the run's artifact folder ``folder``, downloaded once into
+    ``cache_dir/<run id><entry_suffix>`` and opened with ``open_bundle`` (see `fetch_bundle`).
+    ``messages(run id, target run id)``: what to say when the folder is absent, and how an incomplete one
+    ends. ``absent_ok``: an absent folder is None, not an error."""
     run_id = check_run_id(diagnostics_run_id, "diagnostics run id")  # before it becomes a path or a query
     uri = tracking_uri or mlflow.get_tracking_uri()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = cache / run_id
+    target = cache / f"{run_id}{entry_suffix}"
     if target.exists() or target.is_symlink():
         _check_entry(cache, target)
         try:
-            return PairBundle.open(target)
+            return open_bundle(target)
         except BundleError as exc:
             if not _ours(target):
                 raise _left_alone(target, f"a folder without its {CACHE_MARKER} file that is no valid bundle "
@@ -239,17 +276,17 @@ def fetch_bundle(diagnostics_run_id: str, cache_dir: str | Path | None = None, *
     run = _tracking(uri, lambda: client.get_run(run_id), RunLookupError(
         f"diagnostics run {run_id!r} does not exist on {uri} (the server says so); check the id "
         "(`mlflow ui` lists runs) and the tracking URI"))
-    target_run = _run_id_or_none(run.data.tags.get(TAGS.target_run_id)) or "<target run>"
-    fix = f"mlflow-transfer diagnose --target-run-id {target_run}"
-    no_bundle = BundleError(f"run {run_id} has no diagnostics bundle; run `{fix}` for this pair")
-    listed = _tracking(uri, lambda: client.list_artifacts(run_id, BUNDLE_DIR), no_bundle)
+    absent, incomplete = messages(run_id, _run_id_or_none(run.data.tags.get(TAGS.target_run_id)) or "<target run>")
+    no_bundle = BundleError(absent)
+    listed = _tracking(uri, lambda: client.list_artifacts(run_id, folder), no_bundle)
     if not listed:
+        if absent_ok:
+            return None
         raise no_bundle
-    if f"{BUNDLE_DIR}/{MANIFEST}" not in {f.path for f in listed}:
-        # log_bundle uploads the manifest last: without it the upload (or diagnose) did not finish
-        raise BundleError(f"Expected run {run_id}'s {BUNDLE_DIR}/ to be a complete bundle with its {MANIFEST}; "
-                          f"got {len(listed)} entries without it, so the bundle is incomplete (diagnose or its "
-                          f"upload was interrupted). Diagnose again: {fix}")
+    if f"{folder}/{MANIFEST}" not in {f.path for f in listed}:
+        # log_bundle uploads the manifest last: without it the upload did not finish
+        raise BundleError(f"Expected run {run_id}'s {folder}/ to be a complete bundle with its {MANIFEST}; "
+                          f"got {len(listed)} entries without it, {incomplete}")
     try:
         cache.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}-", dir=cache))
@@ -257,8 +294,8 @@ def fetch_bundle(diagnostics_run_id: str, cache_dir: str | Path | None = None, *
         raise _cache_error(cache, exc) from None
     try:
         local = Path(_tracking(uri, lambda: mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=BUNDLE_DIR, dst_path=str(tmp), tracking_uri=tracking_uri), no_bundle))
-        PairBundle.open(local)  # validate before it enters the cache
+            run_id=run_id, artifact_path=folder, dst_path=str(tmp), tracking_uri=tracking_uri), no_bundle))
+        open_bundle(local)  # validate before it enters the cache
         try:
             (local / CACHE_MARKER).write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
             os.replace(local, target)  # appears whole or not at all
@@ -268,24 +305,31 @@ def fetch_bundle(diagnostics_run_id: str, cache_dir: str | Path | None = None, *
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _check_entry(cache, target)
-    return PairBundle.open(target)
+    return open_bundle(target)
 
 
-def log_bundle(local_dir: str | Path, artifact_path: str = BUNDLE_DIR) -> None:
-    """Log the bundle folder ``local_dir`` to the active run under ``artifact_path``: every file the
-    manifest lists first, the manifest last (one `log_artifact` call). A reader that finds the manifest
-    then finds the whole bundle; an upload killed half-way leaves a folder without one, which
-    `fetch_bundle` reports as incomplete.
+def log_bundle(local_dir: str | Path, artifact_path: str = BUNDLE_DIR, *, run_id: str | None = None) -> None:
+    """Log the bundle folder ``local_dir`` under ``artifact_path`` to the active run, or to run ``run_id``
+    (through `MlflowClient.log_artifact`, which leaves that run's status alone): every file the manifest
+    lists first, the manifest last (one `log_artifact` call). A reader that finds the manifest then finds
+    the whole bundle; an upload killed half-way leaves a folder without one, which `fetch_bundle` (and
+    `fetch_timeline`) report as incomplete.
 
     Raises:
         BundleError: ``local_dir`` is not a bundle (no manifest, or a malformed one).
     """
-    if mlflow.active_run() is None:  # mlflow.log_artifact would silently start a run of its own
-        raise RuntimeError("log_bundle logs into the active run; call it inside mlflow.start_run()")
+    if run_id is None and mlflow.active_run() is None:  # mlflow.log_artifact would silently start a run of its own
+        raise RuntimeError("log_bundle logs into the active run; call it inside mlflow.start_run() or pass run_id")
     check_relative_path(artifact_path, "artifact path", BundleError)
+    if run_id is None:
+        log = mlflow.log_artifact
+    else:
+        client = MlflowClient()
+
+        def log(path: str, folder: str) -> None:
+            client.log_artifact(run_id, path, folder)
     reader = BundleReader(local_dir, verify=False)  # just written: hashing it again would only cost time
     for entry in sorted(reader.files.values(), key=lambda e: e.path):
         parent = Path(entry.path).parent.as_posix()
-        mlflow.log_artifact(str(reader.root / entry.path),
-                            artifact_path if parent == "." else f"{artifact_path}/{parent}")
-    mlflow.log_artifact(str(reader.root / MANIFEST), artifact_path)
+        log(str(reader.root / entry.path), artifact_path if parent == "." else f"{artifact_path}/{parent}")
+    log(str(reader.root / MANIFEST), artifact_path)

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 BUNDLE_DIR = "diagnostics"
 REPORT_NAME = "report.html"
 REPORT_ERROR_NAME = "report_error.txt"
-ReportWriter = Callable[[Path, Path], Path]  # (bundle folder, HTML file to write there) -> that file
+ReportWriter = Callable[..., Path]  # (bundle folder, HTML file to write there, timeline_dir=None) -> that file
 DATASETS = ("source_train", "source_val", "target_train", "target_val")
 OWN_TASK_BASIS = ("some target classes are unknown to the source model: the target model's best accuracy on its "
                   "validation set minus the source model's best on its own (source) validation set")
@@ -116,22 +116,32 @@ def _scores(history: dict, own_task: bool = False) -> tuple[dict, str | None]:
     return scores, note
 
 
-def _log_report(report_writer: ReportWriter, bundle_dir: Path, folder: Path) -> bool:
-    """Render ``bundle_dir`` with ``report_writer`` and log it as ``report.html`` at the artifact root of
-    the active run. A failing writer (any ``Exception``) is reported, not raised: a warning on the
-    ``mlflow_transfer`` logger and a ``report_error.txt`` artifact. Returns whether the report landed."""
+def log_report(report_writer: ReportWriter, bundle_dir: Path, folder: Path, *, run_id: str | None = None,
+                **writer_args) -> bool:
+    """Render ``bundle_dir`` with ``report_writer`` (passed ``writer_args`` too, e.g. ``timeline_dir``) and
+    log it as ``report.html`` at the artifact root of the active run, or of run ``run_id`` (through
+    `MlflowClient`, leaving its status alone: `timetravel` re-renders a finished run's report). A failing
+    writer (any ``Exception``) is reported, not raised: a warning on the ``mlflow_transfer`` logger and a
+    ``report_error.txt`` artifact. Returns whether the report landed."""
     out = folder / REPORT_NAME
+    client = MlflowClient() if run_id is not None else None
     try:
-        report_writer(bundle_dir, out)
+        report_writer(bundle_dir, out, **writer_args)
         if not out.is_file():
             raise DiagnosticsError(f"the report writer returned without writing {out}")
     except Exception as exc:  # noqa: BLE001 -- the bundle is the product; the report is only a view of it
         message = (f"{REPORT_NAME} was not written ({type(exc).__name__}: {exc}); the diagnostics bundle is "
                    f"logged under {BUNDLE_DIR}/ and the app (`mlflow-transfer ui`) shows it")
         log.warning(message)
-        mlflow.log_text(message + "\n", REPORT_ERROR_NAME)
+        if client is None:
+            mlflow.log_text(message + "\n", REPORT_ERROR_NAME)
+        else:
+            client.log_text(run_id, message + "\n", REPORT_ERROR_NAME)
         return False
-    mlflow.log_artifact(str(out))
+    if client is None:
+        mlflow.log_artifact(str(out))
+    else:
+        client.log_artifact(run_id, str(out))
     return True
 
 
@@ -224,7 +234,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
             write_pair_bundle(Path(tmp) / BUNDLE_DIR, diag, history=history, meta=meta)
             log_bundle(Path(tmp) / BUNDLE_DIR, artifact_path=BUNDLE_DIR)  # manifest last: whole or incomplete
             if report_writer is not None:
-                _log_report(report_writer, Path(tmp) / BUNDLE_DIR, Path(tmp))
+                log_report(report_writer, Path(tmp) / BUNDLE_DIR, Path(tmp))
         table = diag.layer_summary_table()
         for depth, _ in enumerate(table["layer"]):
             step_metrics = {"inherited_weight_share": table["inherited_weight_share"][depth],

@@ -198,9 +198,9 @@ def test_a_failing_report_keeps_the_run_and_says_why(tiny_bundle, tmp_path, capl
         # an experiment of this store: another test's active experiment id must not leak in
         experiment = MlflowClient().create_experiment("report-failure")
         with mlflow.start_run(experiment_id=experiment) as run, caplog.at_level(logging.WARNING, logger="mlflow_transfer"):
-            assert diagnose_module._log_report(broken, tiny_bundle, tmp_path) is False
-            assert diagnose_module._log_report(lambda b, o: o, tiny_bundle, tmp_path) is False  # wrote nothing
-            assert diagnose_module._log_report(report.write_report, tiny_bundle, tmp_path) is True
+            assert diagnose_module.log_report(broken, tiny_bundle, tmp_path) is False
+            assert diagnose_module.log_report(lambda b, o: o, tiny_bundle, tmp_path) is False  # wrote nothing
+            assert diagnose_module.log_report(report.write_report, tiny_bundle, tmp_path) is True
         names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
         note = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/report_error.txt")
         assert MlflowClient().get_run(run.info.run_id).info.status == "FINISHED"
