@@ -30,6 +30,11 @@ class DiagnosticsError(TransferError):
     """Inputs to a diagnostic that do not fit (shapes, layer names, class sets, architectures)."""
 
 
+class NoTimelineError(DiagnosticsError):
+    """A pair whose training has no timeline to draw (no per-epoch checkpoints, one epoch, a head the
+    projection cannot use): `main` goes on without it, `timetravel` says why."""
+
+
 class BundleError(TransferError):
     """A diagnostics bundle that is missing, incomplete, corrupt, or of an unknown schema version."""
 

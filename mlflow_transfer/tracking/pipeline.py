@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 
 import mlflow
 
 from ..config import Recipe, parse_methods
+from ..errors import NoTimelineError
 from ..runtime import resolve_device
 from ..tags import TAGS
 from .context import pair_id, prepare_data, transfer_run
 from .diagnose import diagnose
 from .runs import finetune, find_reusable_source, train_source
 from .timetravel import timetravel
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PipelineResult", "run_pipeline"]
 
@@ -79,10 +83,16 @@ def run_pipeline(recipe: Recipe, *, diagnose_options=None, report_writer=None,
 
 def _timeline(target_id: str, diag_id: str, recipe: Recipe, report_writer, trust_pickled: bool,
               timetravel_args: dict | None) -> None:
-    """The diagnosed pair's timeline (issue 14), when asked for, on its diagnostics run."""
-    if timetravel_args is not None:
+    """The diagnosed pair's timeline (issue 14), when asked for, on its diagnostics run. A pair whose
+    training has none to draw (one epoch, an imported model without checkpoints) is said, not a failure:
+    the timeline is one lens of a pipeline that has already landed its runs and bundle."""
+    if timetravel_args is None:
+        return
+    try:
         timetravel(target_run_id=target_id, diagnostics_run_id=diag_id, report_writer=report_writer,
                    trust_pickled=trust_pickled, device=recipe.runtime.device, **timetravel_args)
+    except NoTimelineError as exc:
+        log.warning("no training timeline for this pair: %s", exc)
 
 
 def _run_methods(recipe: Recipe, methods: tuple[str, ...], *, diagnose_options, report_writer,

@@ -38,7 +38,7 @@ from ..bundle.io import MANIFEST
 from ..bundle.timeline import TimelineFrame, write_timeline_bundle
 from ..diagnostics.instances import model_outputs
 from ..diagnostics.timetravel import EpochInput, TimeTravelOptions, project_timeline
-from ..errors import DiagnosticsError, ModelError, RunLookupError
+from ..errors import DiagnosticsError, ModelError, NoTimelineError
 from ..models import load_state
 from ..runtime import progress, resolve_device
 from ..tags import TAGS
@@ -145,7 +145,7 @@ def _head(model: torch.nn.Module) -> torch.nn.Module:
         return model.head
     if getattr(model, "embedding_kind", None) == "input":
         return model.net.get_submodule(model.embedding_layer)
-    raise DiagnosticsError(f"the timeline needs a model whose head after the embedding is known; the "
+    raise NoTimelineError(f"the timeline needs a model whose head after the embedding is known; the "
                            f"{getattr(model, 'arch', type(model).__name__)} model's embedding is the output of "
                            f"{getattr(model, 'embedding_layer', '?')!r}, after which the logits are no known module. "
                            "Time-travel a pair whose embedding is the input of the last Linear layer.")
@@ -208,7 +208,8 @@ def timetravel(*, target_run_id: str, diagnostics_run_id: str | None = None, sam
     Raises:
         DiagnosticsError: no diagnostics run; fewer than two trained epochs on the timeline; a model whose
             head is unknown.
-        RunLookupError: the target run has no trained-epoch checkpoints.
+        NoTimelineError: the target run has no trained-epoch checkpoints, the timeline would have one position,
+            or the model's head after its embedding is unknown (`main` goes on without a timeline).
         ModelError: a checkpoint that does not load into its run's model.
     """
     torch_device = resolve_device(device)  # an absent device fails before anything is read
@@ -224,7 +225,7 @@ def timetravel(*, target_run_id: str, diagnostics_run_id: str | None = None, sam
     pair = resolve_pair(target_run_id=target_run_id, trust_pickled=trust_pickled)
     target_epochs = list_checkpoints(target_run_id, client)
     if not target_epochs:
-        raise RunLookupError(f"target run {target_run_id} has no per-epoch checkpoints ({CHECKPOINT_DIR}/epoch_001.pt "
+        raise NoTimelineError(f"target run {target_run_id} has no per-epoch checkpoints ({CHECKPOINT_DIR}/epoch_001.pt "
                              "…), so it has no timeline; fine-tune it again with mlflow-transfer (every epoch's "
                              "checkpoint is logged)")
     source_epochs = list_checkpoints(pair.source_run_id, client)
@@ -238,7 +239,7 @@ def timetravel(*, target_run_id: str, diagnostics_run_id: str | None = None, sam
         notes.append(f"the target run {target_run_id} was trained from scratch: the source run is its teacher, "
                      "not its start, so the transfer position marks where the runs change, not a transfer")
     if len(source_epochs) + len(target_epochs) < 2:
-        raise DiagnosticsError(f"a single-epoch run has no timeline: target run {target_run_id} has "
+        raise NoTimelineError(f"a single-epoch run has no timeline: target run {target_run_id} has "
                                f"{len(target_epochs)} trained-epoch checkpoint(s) and its source run "
                                f"{len(source_epochs)}; a timeline needs at least two positions. Train with more "
                                "epochs (e.g. --set target.epochs=2)")

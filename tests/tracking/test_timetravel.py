@@ -20,7 +20,7 @@ from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.bundle.timeline import METRICS, TimelineBundle
 from mlflow_transfer.diagnostics.engine import DiagnoseOptions
 from mlflow_transfer.diagnostics.timetravel import TimeTravelOptions
-from mlflow_transfer.errors import BundleError, DiagnosticsError, ModelError, RunLookupError
+from mlflow_transfer.errors import BundleError, DiagnosticsError, ModelError, NoTimelineError, RunLookupError
 from mlflow_transfer.models import build_model, load_state
 from mlflow_transfer.tags import TAGS
 from mlflow_transfer.tracking import run_pipeline
@@ -220,7 +220,7 @@ def _real(pair, tmp_path, role: str, *epochs: int) -> dict[int, bytes]:
 
 def test_a_target_run_without_checkpoints(pair, tmp_path):
     target, diag = _copy_run(pair, "target", {}, tmp_path)
-    with pytest.raises(RunLookupError, match=f"target run {target} has no per-epoch checkpoints"):
+    with pytest.raises(NoTimelineError, match=f"target run {target} has no per-epoch checkpoints"):
         timetravel(target_run_id=target, sample_per_class=SAMPLE, options=FAST, report_writer=Writer())
     _left_as_it_was(diag, tmp_path)
 
@@ -244,7 +244,7 @@ def test_a_checkpoint_that_does_not_load(pair, tmp_path):
 def test_an_imported_source_gives_a_target_only_timeline_and_one_epoch_is_too_few(pair, tmp_path):
     source, _ = _copy_run(pair, "source", {}, tmp_path, diagnosed=False)
     single, diag = _copy_run(pair, "target", _real(pair, tmp_path, "target", 1), tmp_path, source_run_id=source)
-    with pytest.raises(DiagnosticsError, match="a single-epoch run has no timeline"):
+    with pytest.raises(NoTimelineError, match="a single-epoch run has no timeline"):
         timetravel(target_run_id=single, sample_per_class=SAMPLE, options=FAST)
     _left_as_it_was(diag, tmp_path)
 
