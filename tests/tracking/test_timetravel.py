@@ -20,7 +20,7 @@ from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.bundle.timeline import METRICS, TimelineBundle
 from mlflow_transfer.diagnostics.engine import DiagnoseOptions
 from mlflow_transfer.diagnostics.timetravel import TimeTravelOptions
-from mlflow_transfer.errors import BundleError, DiagnosticsError, ModelError, NoTimelineError, RunLookupError
+from mlflow_transfer.errors import BundleError, DiagnosticsError, ModelError, NoTimelineError
 from mlflow_transfer.models import build_model, load_state
 from mlflow_transfer.tags import TAGS
 from mlflow_transfer.tracking import run_pipeline
