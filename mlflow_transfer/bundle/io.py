@@ -312,6 +312,17 @@ class BundleReader:
                 out[col] = values.to_pylist()
         return out
 
+    def read_required_table(self, name: str, columns: tuple[str, ...], why: str = "") -> dict[str, np.ndarray | list]:
+        """`read_table` of a table the bundle must hold with at least ``columns``: missing, or without one of
+        them, is a damaged bundle (``why``: what says it should be there, for the message)."""
+        if name not in self.names("table", name):
+            raise self.corrupt(f"table {name}{f' ({why})' if why else ''}", "no such table")
+        table = self.read_table(name)
+        missing = [c for c in columns if c not in table]
+        if missing:
+            raise self.corrupt(f"table {name} with columns {list(columns)}", f"no column(s) {missing}")
+        return table
+
     def read_json(self, name: str):
         path = self._path(name, "json")
         try:

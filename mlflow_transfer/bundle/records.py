@@ -391,15 +391,7 @@ class PairBundle:
         return out
 
     def _robustness_table(self, name: str, columns: tuple[str, ...]) -> dict:
-        """A table the robustness section needs: missing, or without one of ``columns``, is a damaged bundle
-        (the manifest says the section is there)."""
-        if name not in self.reader.names("table", name):
-            raise self.reader.corrupt(f"table {name} (the manifest has a robustness section)", "no such table")
-        table = self.reader.read_table(name)
-        missing = [c for c in columns if c not in table]
-        if missing:
-            raise self.reader.corrupt(f"table {name} with columns {list(columns)}", f"no column(s) {missing}")
-        return table
+        return self.reader.read_required_table(name, columns, "the manifest has a robustness section")
 
     def robustness_examples(self, attack: str) -> tuple[np.ndarray, dict] | None:
         """Issue 13: the inherited adversarial examples of the teacher-crafted ``attack`` ("output" or

@@ -169,24 +169,15 @@ class TimelineBundle:
     def n_positions(self) -> int:
         return len(self.epochs()["position"])
 
-    def _table(self, name: str, columns: tuple[str, ...]) -> dict:
-        if name not in self.reader.names("table", name):
-            raise self.reader.corrupt(f"table {name}", "no such table")
-        table = self.reader.read_table(name)
-        missing = [c for c in columns if c not in table]
-        if missing:
-            raise self.reader.corrupt(f"table {name} with columns {list(columns)}", f"no column(s) {missing}")
-        return table
-
     def epochs(self) -> dict:
         """One row per position: ``position``, ``phase``, ``epoch``, ``run_id``, the extent, ``seconds`` and
         every `METRICS` name (columns as `BundleReader.read_table` gives them)."""
         cached = getattr(self, "_epochs", None)
-        return cached if cached is not None else self._table("epochs", EPOCH_COLUMNS)
+        return cached if cached is not None else self.reader.read_required_table("epochs", EPOCH_COLUMNS)
 
     def points(self) -> dict:
         """``domain``, ``split``, ``label`` (a class index of `classes`), ``index``; checked."""
-        table = self._table("points", POINT_COLUMNS)
+        table = self.reader.read_required_table("points", POINT_COLUMNS)
         n = self.meta["n_points"]
         labels = np.asarray(table["label"])
         if len(labels) != n or not (set(table["domain"]) <= set(DOMAINS) and set(table["split"]) <= set(SPLITS)) \
