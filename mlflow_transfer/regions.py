@@ -1,10 +1,14 @@
 """Class colours and decision-region images: one palette for the app's points and the regions drawn
-behind them (DVI's background), torch-free so the engine, the bundle and the app share one copy."""
+behind them (DVI's background), and the names of the fidelity numbers that say how far such a picture can
+be trusted — torch-free, so the engine, the bundle and the app share one copy."""
 
 from __future__ import annotations
 
 import numpy as np
 
+# DVI's fidelity measures per timeline position (computed by `diagnostics.fidelity`, stored by `bundle.timeline`)
+FIDELITY_METRICS = ("nn_train_10", "nn_train_15", "nn_train_20", "nn_val_10", "nn_val_15", "nn_val_20",
+                    "boundary_nn_15", "ppr", "ppr_train", "ppr_val", "temporal_corr", "trustworthiness", "accuracy")
 CLASS_PALETTE = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d",
                  "#666666", "#17becf", "#bcbd22", "#8c564b", "#9edae5"]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError
-from ..regions import region_image
+from ..regions import FIDELITY_METRICS, region_image
 from .io import BundleReader, BundleWriter, shown
 
 KIND = "timeline"
@@ -35,9 +35,7 @@ FIX = "run `mlflow-transfer timetravel --target-run-id <target run>` again for t
 PHASES = ("source", "target")
 DOMAINS = ("source", "target")
 SPLITS = ("train", "val")
-# DVI's fidelity measures, per position (NaN where undefined, e.g. temporal_corr at position 0)
-METRICS = ("nn_train_10", "nn_train_15", "nn_train_20", "nn_val_10", "nn_val_15", "nn_val_20", "boundary_nn_15",
-           "ppr", "ppr_train", "ppr_val", "temporal_corr", "trustworthiness", "accuracy")
+METRICS = FIDELITY_METRICS  # per position; NaN where undefined, e.g. temporal_corr at position 0
 EPOCH_COLUMNS = ("position", "phase", "epoch", "run_id", "x_min", "x_max", "y_min", "y_max", "seconds", *METRICS)
 POINT_COLUMNS = ("domain", "split", "label", "index")
 _BLOCK = {"classes": list, "transfer_position": (int, type(None)), "n_points": int, "grid": int,

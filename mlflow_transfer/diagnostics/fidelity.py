@@ -12,11 +12,12 @@ from scipy.stats import spearmanr
 from sklearn.manifold import trustworthiness
 from sklearn.neighbors import NearestNeighbors
 
+from ..regions import FIDELITY_METRICS
+
 __all__ = ["METRICS", "knn_indices", "knn_overlap", "neighbour_preservation", "temporal_correlation",
            "trustworthiness_of"]
 
-METRICS = ("nn_train_10", "nn_train_15", "nn_train_20", "nn_val_10", "nn_val_15", "nn_val_20",
-           "boundary_nn_15", "ppr", "ppr_train", "ppr_val", "temporal_corr", "trustworthiness", "accuracy")
+METRICS = FIDELITY_METRICS
 
 
 def knn_indices(points: np.ndarray, k: int, queries: np.ndarray | None = None) -> np.ndarray:
