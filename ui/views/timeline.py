@@ -46,6 +46,9 @@ METRIC_MEANINGS = (
                                       "trained on"),
     ("ppr", "PPR", "share of points whose prediction survives the round trip through the 2-D picture "
                    "(head(decode(encode(x))) = head(x)); the regions are trustworthy where it is near 1"),
+    ("ppr_train", "PPR train", "the same on the training points alone (what DVI reports: 0.91–1.00 late)"),
+    ("ppr_val", "PPR validation", "the same on the held-out validation points: the honest check, as the "
+                                  "projection is trained to keep the training points' predictions"),
     ("trustworthiness", "trustworthiness", "scikit-learn's check that points close on screen are close in the "
                                            "model's space (1 = no false neighbours; k = 15, training points)"),
     ("temporal_corr", "temporal corr.", "Spearman correlation of how far each point moves in the model's space "
