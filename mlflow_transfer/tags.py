@@ -30,15 +30,20 @@ TAGS = SimpleNamespace(
     process_start=PREFIX + "process_start",  # "<boot id>:<start ticks>": a reused pid is another process
     stale_reason=PREFIX + "stale_reason",    # why `mlflow-transfer runs --stale --mark-failed` ended it
     source_model_uri=PREFIX + "source_model_uri",  # on a source run that imported a logged model
+    estimate_note=PREFIX + "estimate_note",  # on a target run whose LogME/LEEP could not be computed: why
     device=PREFIX + "device",                # the torch device a source/target/diagnostics run computed on
     # issue 13: how a target run started from its source (absent on older runs: "finetune")
     method=PREFIX + "method",                # "finetune" | "slice" | "scratch" on every target run
     slice_ratio=PREFIX + "slice_ratio",      # the ReMoS slice ratio as text, on slice runs only
     teacher_only=PREFIX + "teacher_only",    # "true" on a scratch run: its source run is a teacher to compare, not a start
     method_runs=PREFIX + "method_runs",      # JSON {method: target run id} on a pipeline run of several methods
+    # issue 15: sweeps
+    sweep_id=PREFIX + "sweep_id",            # on a sweep's parent run and every child run: the parent's run id
+    sweep_setting=PREFIX + "sweep_setting",  # JSON {recipe key: value} of a child target run's setting, keys sorted
+    sweep_key=PREFIX + "sweep_key",          # hash of (base recipe, setting) on a child target run: what a re-run skips
 )
 
-ROLES = ("pipeline", "source", "target", "diagnostics")
+ROLES = ("pipeline", "source", "target", "diagnostics", "sweep")
 
 # MLflow's own experiment tag, read by its UI to choose the view an experiment opens in; the package
 # sets it (when absent) on every experiment it logs runs into, so they open as model training.
