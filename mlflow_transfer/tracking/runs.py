@@ -25,6 +25,10 @@ allow_pickle=False)``) and ``slicing/summary.json`` (per layer: weights, zeroed,
 ``transfer.slice_ratio``; ``scratch`` trains a fresh model of the same architecture (seeded by ``seed``)
 with the target settings — its ``transfer.source_run_id`` is still the source, the teacher it is compared
 with, and tag ``transfer.teacher_only=true`` says nothing was inherited from it.
+
+Issue 15: before training, every target run logs ``logme``, ``leep`` and ``transferability_estimate_seconds``
+(`log_transferability_estimates`): the source model as loaded (a scratch run's teacher), before slicing or a
+new head, scored on the target training data.
 """
 
 from __future__ import annotations
