@@ -5,7 +5,7 @@ from types import SimpleNamespace
 PREFIX = "transfer."
 
 TAGS = SimpleNamespace(
-    role=PREFIX + "role",                    # "pipeline" | "source" | "target" (| "diagnostics")
+    role=PREFIX + "role",                    # "pipeline" | "source" | "target" | "diagnostics" | "sweep"
     source_run_id=PREFIX + "source_run_id",  # on a target run: the run it was fine-tuned from
     target_run_id=PREFIX + "target_run_id",  # on pipeline and diagnostics runs
     diagnostics_run_id=PREFIX + "diagnostics_run_id",  # on a pipeline run that diagnosed its pair
@@ -15,6 +15,7 @@ TAGS = SimpleNamespace(
     layers=PREFIX + "layers",                # JSON list of analysed layers, on a diagnostics run
     recipe=PREFIX + "recipe",                # recipe name
     pair_id=PREFIX + "pair_id",              # "<recipe>/<source id[:8]>/<target id[:8]>" on target + pipeline
+    estimate_note=PREFIX + "estimate_note",  # on a target run whose LogME/LEEP could not be computed: why
     source_domain=PREFIX + "source_domain",
     target_domain=PREFIX + "target_domain",
     classes=PREFIX + "classes",              # JSON list of class names, in label order
@@ -30,17 +31,17 @@ TAGS = SimpleNamespace(
     process_start=PREFIX + "process_start",  # "<boot id>:<start ticks>": a reused pid is another process
     stale_reason=PREFIX + "stale_reason",    # why `mlflow-transfer runs --stale --mark-failed` ended it
     source_model_uri=PREFIX + "source_model_uri",  # on a source run that imported a logged model
-    estimate_note=PREFIX + "estimate_note",  # on a target run whose LogME/LEEP could not be computed: why
     device=PREFIX + "device",                # the torch device a source/target/diagnostics run computed on
     # issue 13: how a target run started from its source (absent on older runs: "finetune")
     method=PREFIX + "method",                # "finetune" | "slice" | "scratch" on every target run
     slice_ratio=PREFIX + "slice_ratio",      # the ReMoS slice ratio as text, on slice runs only
     teacher_only=PREFIX + "teacher_only",    # "true" on a scratch run: its source run is a teacher to compare, not a start
     method_runs=PREFIX + "method_runs",      # JSON {method: target run id} on a pipeline run of several methods
-    # issue 15: sweeps
-    sweep_id=PREFIX + "sweep_id",            # on a sweep's parent run and every child run: the parent's run id
-    sweep_setting=PREFIX + "sweep_setting",  # JSON {recipe key: value} of a child target run's setting, keys sorted
-    sweep_key=PREFIX + "sweep_key",          # hash of (base recipe, setting) on a child target run: what a re-run skips
+    # issue 15: sweeps of transfer settings
+    sweep_id=PREFIX + "sweep_id",            # the sweep parent's run id, on the parent and every run it made
+    sweep_setting=PREFIX + "sweep_setting",  # JSON {recipe key: value} (keys sorted), on each sweep target run
+    sweep_key=PREFIX + "sweep_key",          # hash of (base recipe, setting) on each sweep target run: re-runs skip it
+    sweep_grid=PREFIX + "sweep_grid",        # hash of (base recipe, grid) on a sweep parent: a re-run finds it again
 )
 
 ROLES = ("pipeline", "source", "target", "diagnostics", "sweep")
