@@ -5,7 +5,8 @@
 
 - ``sweep/summary.csv`` and ``sweep/summary.html``: one row per setting (``transfer.sweep_setting``; a
   setting run more than once, e.g. failed then redone, is the latest FINISHED run, else the latest):
-  the setting's keys, status, target accuracy (the diagnostics' ``target_val_accuracy``; without a
+  the setting's keys, status (the target run's) and diagnostics status (its latest diagnostics run's;
+  numbers are read from a FINISHED one only), target accuracy (the diagnostics' ``target_val_accuracy``; without a
   diagnostics run, the target run's ``best_acc_target_val``), the realised ``transferability_score``,
   ``logme`` and ``leep`` (the target run's, estimated before fine-tuning), the inherited-weight share
   per analysed layer (the diagnostics run's ``inherited_weight_share`` history, step = depth), and
@@ -35,7 +36,7 @@ from ..tags import TAGS
 from .lookup import get_run
 
 SUMMARY_DIR = "sweep"
-OUTCOMES = ("status", "target_accuracy", "transferability_score", "logme", "leep")
+OUTCOMES = ("status", "diagnostics_status", "target_accuracy", "transferability_score", "logme", "leep")
 DIR_METRICS = ("dir_output", "dir_feature")
 ESTIMATES = ("logme", "leep")
 MIN_RANKED = 3  # a rank correlation of two points is ±1 whatever the estimates are
@@ -74,11 +75,13 @@ def _row(client: MlflowClient, target, diagnostics) -> dict:
     metrics = target.data.metrics
     row = {**{f"setting.{k}": v if isinstance(v, (int, float, str)) or v is None else json.dumps(v)
               for k, v in sorted(_setting(target).items())},
-           "status": target.info.status, "target_run_id": target.info.run_id,
+           "status": target.info.status,
+           "diagnostics_status": diagnostics.info.status if diagnostics is not None else None,
+           "target_run_id": target.info.run_id,
            "diagnostics_run_id": diagnostics.info.run_id if diagnostics is not None else None,
            "target_accuracy": metrics.get("best_acc_target_val"), "transferability_score": None,
            **{k: metrics.get(k) for k in ESTIMATES}}
-    if diagnostics is not None:
+    if diagnostics is not None and diagnostics.info.status == "FINISHED":  # a failed one's metrics may be partial
         diag = diagnostics.data.metrics
         if "target_val_accuracy" in diag:
             row["target_accuracy"] = diag["target_val_accuracy"]

@@ -82,7 +82,8 @@ def test_csv_has_one_row_per_setting_with_the_runs_own_numbers(sweep):
     by_target = {r["target_run_id"]: r for r in rows}
     for budget, tid in targets.items():
         row = by_target[tid]
-        assert row["status"] == "FINISHED" and row["diagnostics_run_id"] == diagnostics[budget]
+        assert row["status"] == row["diagnostics_status"] == "FINISHED"
+        assert row["diagnostics_run_id"] == diagnostics[budget]
         assert row["setting.data.label_budget"] == ("" if budget is None else str(budget))
         target = client.get_run(tid).data.metrics
         diag = client.get_run(diagnostics[budget]).data.metrics
@@ -98,6 +99,7 @@ def test_csv_has_one_row_per_setting_with_the_runs_own_numbers(sweep):
     (failed,) = [r for r in rows if r["status"] != "FINISHED"]
     assert failed["status"] == "FAILED" and failed["setting.data.label_budget"] == "8"
     assert failed["logme"] == failed["transferability_score"] == failed["diagnostics_run_id"] == ""
+    assert failed["diagnostics_status"] == ""
     # the estimates differ between label budgets: the table ranks something
     assert len({r["logme"] for r in rows if r["status"] == "FINISHED"}) == 4
 
@@ -154,3 +156,19 @@ def test_fewer_than_three_finished_settings_give_no_correlation(module_store):
     assert math.isnan(result["spearman_logme"]) and math.isnan(result["spearman_leep"])
     assert "spearman_logme" not in client.get_run(pid).data.metrics
     assert len(result["rows"]) == 2
+
+
+def test_a_failed_diagnostics_run_gives_its_status_and_none_of_its_partial_numbers(module_store):
+    with mlflow.start_run(tags={TAGS.role: "sweep"}) as parent:
+        pass
+    pid = parent.info.run_id
+    with mlflow.start_run(tags={TAGS.role: "target", TAGS.sweep_id: pid, TAGS.sweep_setting: _setting(3)}) as target:
+        mlflow.log_metrics({"logme": 0.5, "leep": -1.0, "best_acc_target_val": 0.7})
+    with mlflow.start_run(tags={TAGS.role: "diagnostics", TAGS.target_run_id: target.info.run_id}) as diag:
+        mlflow.log_metrics({"transferability_score": 0.9, "target_val_accuracy": 0.8})
+    MlflowClient().set_terminated(diag.info.run_id, "FAILED")
+    (row,) = write_sweep_summary(pid)["rows"]
+    assert row["status"] == "FINISHED" and row["diagnostics_status"] == "FAILED"
+    assert row["diagnostics_run_id"] == diag.info.run_id
+    assert row["transferability_score"] is None and row["target_accuracy"] == 0.7  # the target run's own
+    assert row["logme"] == 0.5 and row["leep"] == -1.0
