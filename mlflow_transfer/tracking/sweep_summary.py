@@ -135,10 +135,10 @@ def _csv(rows: list[dict], columns: list[str], path: Path) -> None:
         writer.writerows({c: ("" if r.get(c) is None else r.get(c)) for c in columns} for r in rows)
 
 
-def _cell(value) -> str:
+def _cell(value, column: str) -> str:
     if value is None:
         return ""
-    if isinstance(value, float):
+    if isinstance(value, float) and not column.startswith("setting."):  # a setting (lr 1e-5) as given
         return "" if math.isnan(value) else f"{value:.4f}"
     return html.escape(str(value))
 
@@ -150,7 +150,7 @@ def _html(parent, rows: list[dict], columns: list[str], rho: dict, path: Path) -
         return "n/a (fewer than 3 finished settings with both, or a constant column)" if math.isnan(v) else f"{v:+.3f}"
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c), c)}</td>" for c in columns) + "</tr>" for r in rows)
     path.write_text(
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Sweep summary</title><style>"
         "body{font-family:sans-serif;font-size:14px}table{border-collapse:collapse}"

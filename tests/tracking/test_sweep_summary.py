@@ -172,3 +172,18 @@ def test_a_failed_diagnostics_run_gives_its_status_and_none_of_its_partial_numbe
     assert row["diagnostics_run_id"] == diag.info.run_id
     assert row["transferability_score"] is None and row["target_accuracy"] == 0.7  # the target run's own
     assert row["logme"] == 0.5 and row["leep"] == -1.0
+
+
+def test_html_shows_setting_values_as_given_and_outcomes_rounded(tmp_path):
+    from mlflow_transfer.tracking.sweep_summary import _html
+
+    class Parent:
+        class info:
+            run_name, run_id = "<b>sweep</b>", "p1"
+
+    rows = [{"#": 1, "setting.target.lr": 1e-05, "status": "FINISHED", "logme": 0.123456789}]
+    _html(Parent, rows, ["#", "setting.target.lr", "status", "logme"],
+          {"spearman_logme": math.nan, "spearman_leep": 0.5}, tmp_path / "s.html")
+    page = (tmp_path / "s.html").read_text(encoding="utf-8")
+    assert "<td>1e-05</td>" in page and "<td>0.1235</td>" in page
+    assert "&lt;b&gt;sweep&lt;/b&gt;" in page and "LEEP +0.500" in page and "LogME n/a" in page
