@@ -253,6 +253,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
                             "mean_best_similarity": table["mean_best_similarity"][depth]}
             mlflow.log_metrics({k: float(v) for k, v in step_metrics.items() if np.isfinite(v)}, step=depth)
         final = dict(scores)
+        final.update(estimates or {})  # issue 15: beside the score, so the pair list can rank them together
         if "__all__" in diag.discriminability:
             final["domain_cv_accuracy"] = diag.discriminability["__all__"].cv_mean
         final.update({f"seconds_{k}": v for k, v in diag.timings.items()})

@@ -138,6 +138,22 @@ def test_the_bundle_holds_the_target_runs_estimates(sweep, tmp_path):
     assert estimates == {"logme": pytest.approx(metrics["logme"]), "leep": pytest.approx(metrics["leep"])}
 
 
+
+def test_the_pair_list_ranks_the_estimates_beside_the_score(sweep, module_store):
+    from mlflow_transfer.tracking.bundles import list_diagnosed_pairs
+    from ui.views.pairs import pairs_frame
+
+    _, targets, diagnostics, _, _ = sweep
+    pairs = {p["diagnostics_run_id"]: p for p in list_diagnosed_pairs([module_store.experiment_id])}
+    frame = pairs_frame(list(pairs.values()))
+    for budget, tid in targets.items():
+        target = MlflowClient().get_run(tid).data.metrics
+        pair = pairs[diagnostics[budget]]
+        assert pair["logme"] == pytest.approx(target["logme"]) and pair["leep"] == pytest.approx(target["leep"])
+        row = frame[frame["diagnostics run"] == diagnostics[budget]].iloc[0]
+        assert row["LogME"] == pytest.approx(target["logme"]) and row["LEEP"] == pytest.approx(target["leep"])
+
+
 def test_summary_of_a_run_that_is_no_sweep_is_refused(sweep):
     _, targets, _, _, _ = sweep
     with pytest.raises(RunLookupError, match="Expected the parent run of a sweep"):
