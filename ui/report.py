@@ -111,7 +111,7 @@ def build_report_html(bundle: PairBundle, timeline: TimelineBundle | None = None
     body = _BODY.format(
         title=html.escape(_title(manifest)), header=_header(manifest),
         accuracy=divs["accuracy"], badge=overview.transferability_badge(score, score_note).object
-        + overview.label_spaces_html(spaces, bundle.transferability_basis()),
+        + overview.estimates_html(bundle.transferability_estimates()) + overview.label_spaces_html(spaces, bundle.transferability_basis()),
         confusion=_confusions_html(bundle), instances=divs["instances"],
         scatter_note=html.escape(scatter_note), inheritance=divs["inheritance"], cka=divs["cka"],
         robustness=robustness_html(bundle.robustness()), timeline=timeline_html(timeline), footer=_footer(manifest), source=SOURCE, target=TARGET)

@@ -37,6 +37,7 @@ only door to a diagnosed pair. `write_pair_bundle` (in `writer`) writes these re
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +166,19 @@ class PairBundle:
         if not isinstance(score, (int, float)) or isinstance(score, bool):
             score = None
         return score, note if isinstance(note, str) and score is None else None
+
+    def transferability_estimates(self) -> dict | None:
+        """Issue 15: ``{"logme": float | None, "leep": float | None}``, the source model's LogME and LEEP on
+        the target training data, estimated before fine-tuning (``statistics/summary``); None when the
+        bundle has neither (older bundles, a failed estimate, a pair diagnosed from model URIs)."""
+        summary = self.summary()
+        found = {}
+        for key in ("logme", "leep"):
+            value = summary.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise self.reader.corrupt(f"statistics/summary field {key!r} as a number", shown(value))
+            found[key] = None if value is None or not math.isfinite(value) else float(value)
+        return found if any(v is not None for v in found.values()) else None
 
     def transferability_basis(self) -> str | None:
         """What the score compares when it is not the paper's (issue 12, label spaces that differ: each

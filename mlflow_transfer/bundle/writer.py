@@ -176,6 +176,9 @@ def write_pair_bundle(root: str | Path, diag: PairDiagnostics, *, history: dict 
         None if diag.confusion_source_domain is None else int(diag.confusion_source_domain.support.sum()))}
     if (meta or {}).get("transferability_note"):
         summary["transferability_note"] = meta["transferability_note"]
+    # issue 15: LogME / LEEP of the source model on the target training data, as the target run logged them
+    summary.update({k: _nan_to_none(v) for k, v in ((meta or {}).get("transferability_estimates") or {}).items()
+                    if k in ("logme", "leep")})
     w.write_json("statistics/summary", {**summary, **{k: _nan_to_none(v) for k, v in (meta or {}).get(
         "scores", {}).items()}})
     # issue 12: the n_steps each model's conductance used, and its completeness error (optional for readers)

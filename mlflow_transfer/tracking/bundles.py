@@ -100,8 +100,8 @@ def list_diagnosed_pairs(experiment_ids: list[str] | None = None, *, page_size: 
                          max_pairs: int | None = None, tracking_uri: str | None = None,
                          include_incomplete: bool = False) -> list[dict]:
     """FINISHED diagnostics runs (newest first) as dicts: run ids, pair id, recipe, domains, model,
-    status, start time, transferability score, domain CV accuracy and the target model's best
-    validation accuracy. Pages through the server's results (``page_size`` runs per request).
+    status, start time, transferability score, domain CV accuracy, the target model's best
+    validation accuracy and the source model's LogME and LEEP (issue 15; None for older runs). Pages through the server's results (``page_size`` runs per request).
 
     ``include_incomplete`` also lists diagnostics runs in any other status (RUNNING, FAILED, KILLED:
     their bundle may be partial or missing), so a caller can show them as incomplete. Run-id tags that
@@ -136,6 +136,7 @@ def list_diagnosed_pairs(experiment_ids: list[str] | None = None, *, page_size: 
                         "transferability_score": m.get("transferability_score"),
                         "domain_cv_accuracy": m.get("domain_cv_accuracy"),
                         "target_accuracy": m.get("target_val_accuracy"),
+                        "logme": m.get("logme"), "leep": m.get("leep"),  # issue 15, copied from the target run
                         "frozen_layers": t.get(TAGS.frozen_layers)})
             if max_pairs is not None and len(out) >= max_pairs:
                 return out

@@ -116,6 +116,16 @@ def _scores(history: dict, own_task: bool = False) -> tuple[dict, str | None]:
     return scores, note
 
 
+def _estimates(target_run_id: str | None) -> dict | None:
+    """The target run's LogME and LEEP (issue 15, logged before its training), or None (an older run, a
+    failed estimate, a pair given by model URIs)."""
+    if target_run_id is None:
+        return None
+    metrics = MlflowClient().get_run(target_run_id).data.metrics
+    found = {k: float(metrics[k]) for k in ("logme", "leep") if k in metrics and np.isfinite(metrics[k])}
+    return found or None
+
+
 def log_report(report_writer: ReportWriter, bundle_dir: Path, folder: Path, *, run_id: str | None = None,
                 **writer_args) -> bool:
     """Render ``bundle_dir`` with ``report_writer`` (passed ``writer_args`` too, e.g. ``timeline_dir``) and
@@ -214,6 +224,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
         # the source is scored on the whole target task only when it knows every target class
         own_task = not set(data.target_classes) <= set(data.source_classes)
         scores, score_note = _scores(history, own_task=own_task)
+        estimates = _estimates(pair.target_run_id)
         import captum
         import sklearn
 
@@ -225,6 +236,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
                 "sample_per_class": options.sample_per_class, "scores": scores,
                 **({"transferability_basis": OWN_TASK_BASIS} if own_task else {}),
                 **({"transferability_note": score_note} if score_note else {}),
+                **({"transferability_estimates": estimates} if estimates else {}),
                 "software": {"mlflow-transfer": __version__, "torch": torch.__version__, "mlflow": mlflow.__version__,
                              "captum": captum.__version__, "scikit-learn": sklearn.__version__,
                              "numpy": np.__version__, "python": platform.python_version()},
@@ -241,6 +253,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
                             "mean_best_similarity": table["mean_best_similarity"][depth]}
             mlflow.log_metrics({k: float(v) for k, v in step_metrics.items() if np.isfinite(v)}, step=depth)
         final = dict(scores)
+        final.update(estimates or {})  # issue 15: beside the score, so the pair list can rank them together
         if "__all__" in diag.discriminability:
             final["domain_cv_accuracy"] = diag.discriminability["__all__"].cv_mean
         final.update({f"seconds_{k}": v for k, v in diag.timings.items()})

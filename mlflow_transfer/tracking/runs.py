@@ -25,11 +25,16 @@ allow_pickle=False)``) and ``slicing/summary.json`` (per layer: weights, zeroed,
 ``transfer.slice_ratio``; ``scratch`` trains a fresh model of the same architecture (seeded by ``seed``)
 with the target settings — its ``transfer.source_run_id`` is still the source, the teacher it is compared
 with, and tag ``transfer.teacher_only=true`` says nothing was inherited from it.
+
+Issue 15: before training, every target run logs ``logme``, ``leep`` and ``transferability_estimate_seconds``
+(`log_transferability_estimates`): the source model as loaded (a scratch run's teacher), before slicing or a
+new head, scored on the target training data.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -40,6 +45,7 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
 from ..config import Recipe
+from ..diagnostics.transferability import estimate_transferability
 from ..errors import DataError, RecipeError
 from ..models import MODELS, TransferNet, build_model, freeze_layers, with_new_head
 from ..models.adapter import exportable
@@ -51,6 +57,7 @@ from .context import PairData, code_version, pair_id, prepare_data, transfer_run
 from .lookup import MODEL_NAME, checkpoint_path, load_checkpoint, load_classifier, load_logged_model, \
     logged_model_uri, resolve_source_run
 
+log = logging.getLogger(__name__)
 
 def _log_recipe(recipe: Recipe, data: PairData, role: str = "source") -> None:
     existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
@@ -188,6 +195,8 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
             mlflow.set_tag(TAGS.source_epoch, str(source_epoch))
         if foreign:
             mlflow.set_tag(TAGS.model, model.arch)
+        # issue 15: the source model as loaded (a scratch run's teacher), before any slicing or new head
+        log_transferability_estimates(model.to(device), data.target.train)
         if method == "scratch":  # issue 13: same architecture, fresh weights, nothing from the source
             torch.manual_seed(recipe.seed)
             model = build_model(source.arch, len(data.target_classes))
@@ -201,6 +210,25 @@ def finetune(recipe: Recipe, source_run_id: str, *, data: PairData | None = None
         if pair_tag:
             mlflow.set_tag(TAGS.pair_id, pair_id(recipe, source_run_id, run.info.run_id))
         return run.info.run_id
+
+
+def log_transferability_estimates(model, train_set) -> dict | None:
+    """Log LogME and LEEP of ``model`` on the target training data (`estimate_transferability`) as the
+    active run's ``logme``, ``leep`` and ``transferability_estimate_seconds``; returns them, or None.
+
+    An estimate is a forecast, not part of the run's result: one that cannot be made (e.g. a label budget
+    that leaves a single class) is logged as a warning and the tag ``transfer.estimate_note`` (why),
+    and the run goes on to train."""
+    try:
+        estimate = estimate_transferability(model, train_set)
+    except Exception as exc:  # noqa: BLE001 -- a forecast that fails must not cost the fine-tuning
+        note = f"no transferability estimate ({type(exc).__name__}): {exc}"[:4000]
+        log.warning(note)
+        mlflow.set_tag(TAGS.estimate_note, note)
+        return None
+    mlflow.log_metrics({"logme": estimate["logme"], "leep": estimate["leep"],
+                        "transferability_estimate_seconds": estimate["seconds"]})
+    return estimate
 
 
 def _method_tags(recipe: Recipe) -> dict[str, str]:

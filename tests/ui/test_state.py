@@ -203,10 +203,11 @@ def test_the_raster_hover_key_picks_each_pixels_last_row():
 
 def test_pairs_frame_columns():
     frame = pairs_frame([_row("d1", score=-0.25)])
-    assert list(frame.columns) == ["recipe", "setting", "date", "target accuracy", "transferability",
-                                   "diagnostics run", "bundle"]
+    assert list(frame.columns) == ["recipe", "setting", "date", "target accuracy", "transferability", "LogME",
+                                   "LEEP", "diagnostics run", "bundle"]
     assert frame["setting"][0] == "printed-digits → handwritten-digits, alexnet-32"
     assert frame["transferability"][0] == -0.25
+    assert frame["LogME"][0] is None and frame["LEEP"][0] is None  # a run diagnosed before issue 15
 
 
 def test_thousands_of_diagnosed_runs_are_paged_and_a_missing_bundle_is_a_message(tmp_path):

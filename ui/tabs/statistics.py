@@ -18,7 +18,8 @@ DOMAINS = {"target validation set": "target", "source validation set": "source"}
 
 
 class StatisticsTab(Tab):
-    """Named panes: ``accuracy``, ``transferability``, ``label-spaces`` (empty unless the models' classes
+    """Named panes: ``accuracy``, ``transferability``, ``transferability-estimates`` (empty without LogME /
+    LEEP), ``label-spaces`` (empty unless the models' classes
     differ), ``rests-on``, ``confusion`` (or ``confusion-missing``)."""
 
     title = "Statistics"
@@ -47,6 +48,11 @@ class StatisticsTab(Tab):
     def badge(self):
         return overview.transferability_badge(*self.state.bundle.transferability())
 
+    @part("state.bundle", what="transferability estimates")
+    def estimates(self):
+        return pn.pane.HTML(overview.estimates_html(self.state.bundle.transferability_estimates()),
+                            name="transferability-estimates")
+
     @part("state.bundle", "domain", what="confusion table")
     def table(self):
         b = self.state.bundle
@@ -72,6 +78,6 @@ class StatisticsTab(Tab):
     def layout(self):
         side = sum(overview.CONFUSION_WIDTHS.values()) + 10
         return pn.Row(self.lazy(self.view, sizing_mode="stretch_width"),
-                      pn.Column(self.lazy(self.badge), self.lazy(self.label_spaces), self._switch,
+                      pn.Column(self.lazy(self.badge), self.lazy(self.estimates), self.lazy(self.label_spaces), self._switch,
                                 self.lazy(self.table), width=side),
                       sizing_mode="stretch_width")

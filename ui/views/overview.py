@@ -14,7 +14,7 @@ from .style import DATASET_COLOR, DATASET_LABEL, MODEL_MARKER, SOURCE, TARGET
 from .text import escape_html
 
 __all__ = ["BEFORE_FINE_TUNING", "CONFUSION_WIDTHS", "NO_SHARED_CLASSES", "accuracy_curves", "confusion_frame",
-           "confusion_table", "label_spaces_html", "transferability_badge"]
+           "confusion_table", "estimates_html", "label_spaces_html", "transferability_badge"]
 
 # legend entry (and renderer name) of the target model's step 0: the unchanged source model
 BEFORE_FINE_TUNING = "before fine-tuning (target model, epoch 0)"
@@ -91,6 +91,24 @@ def transferability_badge(score: float | None, note: str | None = None) -> pn.pa
     return pn.pane.HTML(f"<div class='transferability'><div style='font-size:0.9em'>Transferability score"
                         f"</div><div style='font-size:2em;font-weight:bold;color:{color}'>{body}</div>{detail}</div>",
                         name="transferability")
+
+
+ESTIMATES_MEANING = ("estimated before fine-tuning from the source model alone, on the target training data; "
+                     "higher predicts better transfer. They rank sources or settings of one target (compare them "
+                     "across a sweep), they are not on the score's scale: LogME is the evidence per instance of "
+                     "a linear model on the source features, LEEP the mean log-likelihood of the target labels "
+                     "through the source classifier (at most 0).")
+
+
+def estimates_html(estimates: dict | None) -> str:
+    """Issue 15: one line with the source model's LogME and LEEP (`PairBundle.transferability_estimates`)
+    beside the realised score, and what they mean; "" when the bundle has none."""
+    if not estimates:
+        return ""
+    values = ", ".join(f"{label} {estimates[key]:.3f}" if estimates.get(key) is not None else f"{label} n/a"
+                       for key, label in (("logme", "LogME"), ("leep", "LEEP")))
+    return (f"<div class='transferability-estimates' style='font-size:0.85em;color:#444;margin-top:4px'>"
+            f"<b>{values}</b>: {escape_html(ESTIMATES_MEANING)}</div>")
 
 
 def confusion_frame(confusion: dict) -> pd.DataFrame:

@@ -25,7 +25,8 @@ def _setting(row: dict) -> str:
 
 
 def pairs_frame(pairs: list[dict]) -> pd.DataFrame:
-    """Rows of the pair table: recipe, setting, date, target accuracy, transferability score, run id, and
+    """Rows of the pair table: recipe, setting, date, target accuracy, transferability score, the source
+    model's LogME and LEEP estimated before fine-tuning (issue 15; empty for older runs), run id, and
     whether its bundle is complete (a killed or running diagnose is listed as incomplete)."""
     return pd.DataFrame({
         "recipe": [p.get("recipe") or "" for p in pairs],
@@ -34,9 +35,12 @@ def pairs_frame(pairs: list[dict]) -> pd.DataFrame:
                  if p.get("start_time") else "" for p in pairs],
         "target accuracy": [p.get("target_accuracy") for p in pairs],
         "transferability": [p.get("transferability_score") for p in pairs],
+        "LogME": [p.get("logme") for p in pairs],
+        "LEEP": [p.get("leep") for p in pairs],
         "diagnostics run": [p["diagnostics_run_id"] for p in pairs],
         "bundle": [f"incomplete ({p['status']})" if incomplete(p) else "complete" for p in pairs],
-    }, columns=["recipe", "setting", "date", "target accuracy", "transferability", "diagnostics run", "bundle"])
+    }, columns=["recipe", "setting", "date", "target accuracy", "transferability", "LogME", "LEEP",
+                "diagnostics run", "bundle"])
 
 
 def pairs_table(pairs: list[dict], selected: str = "") -> pn.widgets.Tabulator:
@@ -46,5 +50,7 @@ def pairs_table(pairs: list[dict], selected: str = "") -> pn.widgets.Tabulator:
     return pn.widgets.Tabulator(frame, show_index=False, selectable=1, disabled=True, selection=rows,
                                 pagination="local", page_size=10, layout="fit_data_stretch",
                                 formatters={"target accuracy": {"type": "money", "precision": 3},
-                                            "transferability": {"type": "money", "precision": 3}},
+                                            "transferability": {"type": "money", "precision": 3},
+                                            "LogME": {"type": "money", "precision": 3},
+                                            "LEEP": {"type": "money", "precision": 3}},
                                 name="pairs", sizing_mode="stretch_width")
