@@ -5,7 +5,7 @@ from types import SimpleNamespace
 PREFIX = "transfer."
 
 TAGS = SimpleNamespace(
-    role=PREFIX + "role",                    # "pipeline" | "source" | "target" (| "diagnostics")
+    role=PREFIX + "role",                    # "pipeline" | "source" | "target" | "diagnostics" | "sweep"
     source_run_id=PREFIX + "source_run_id",  # on a target run: the run it was fine-tuned from
     target_run_id=PREFIX + "target_run_id",  # on pipeline and diagnostics runs
     diagnostics_run_id=PREFIX + "diagnostics_run_id",  # on a pipeline run that diagnosed its pair
@@ -36,9 +36,14 @@ TAGS = SimpleNamespace(
     slice_ratio=PREFIX + "slice_ratio",      # the ReMoS slice ratio as text, on slice runs only
     teacher_only=PREFIX + "teacher_only",    # "true" on a scratch run: its source run is a teacher to compare, not a start
     method_runs=PREFIX + "method_runs",      # JSON {method: target run id} on a pipeline run of several methods
+    # issue 15: sweeps of transfer settings
+    sweep_id=PREFIX + "sweep_id",            # the sweep parent's run id, on the parent and every run it made
+    sweep_setting=PREFIX + "sweep_setting",  # JSON {recipe key: value} (keys sorted), on each sweep target run
+    sweep_key=PREFIX + "sweep_key",          # hash of (base recipe, setting) on each sweep target run: re-runs skip it
+    sweep_grid=PREFIX + "sweep_grid",        # hash of (base recipe, grid) on a sweep parent: a re-run finds it again
 )
 
-ROLES = ("pipeline", "source", "target", "diagnostics")
+ROLES = ("pipeline", "source", "target", "diagnostics", "sweep")
 
 # MLflow's own experiment tag, read by its UI to choose the view an experiment opens in; the package
 # sets it (when absent) on every experiment it logs runs into, so they open as model training.
