@@ -147,7 +147,7 @@ def _check_reachable(address: str) -> None:
                            "to run on a local Ray on this machine.") from None
 
 
-def _start_ray(address: str | None, max_parallel: int):
+def _start_ray(address: str | None, max_parallel: int) -> None:
     import ray
 
     if address:
@@ -163,7 +163,6 @@ def _start_ray(address: str | None, max_parallel: int):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address="local", num_cpus=max_parallel, include_dashboard=False, log_to_driver=False,
                  object_store_memory=OBJECT_STORE_BYTES, logging_level="WARNING")
-    return ray
 
 
 @contextlib.contextmanager
@@ -245,11 +244,16 @@ def run_sweep(recipe_path: str, grid: dict[str, list], *, overrides: tuple[str, 
     if max_parallel is not None and max_parallel < 1:
         raise TransferError(f"Expected --max-parallel to be at least 1; got {max_parallel}.")
     options = options or DiagnoseOptions()
-    ray = _start_ray(ray_address, max_parallel or os.cpu_count() or 1)
+    import ray
+
+    owned = not ray.is_initialized()  # a caller (a test module) that started Ray keeps it for its next sweep
+    if owned:
+        _start_ray(ray_address, max_parallel or os.cpu_count() or 1)
     try:
         return _run(ray, settings, base, grid, options, report_writer, max_parallel, echo)
     finally:
-        ray.shutdown()
+        if owned:
+            ray.shutdown()
 
 
 def _run(ray, settings, base, grid, options, report_writer, max_parallel, echo) -> SweepResult:
