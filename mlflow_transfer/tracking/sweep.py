@@ -224,6 +224,20 @@ def _mark_killed(client: MlflowClient, experiment_id: str, parent_id: str) -> in
     return len(runs)
 
 
+def _end_open_runs(client: MlflowClient, experiment_id: str, parent_id: str, sweep_key: str) -> str | None:
+    """End FAILED the runs a dead task left RUNNING for this setting; returns its newest target run id."""
+    target = _newest_target(sweep_key, parent_id, experiment_id)
+    if target is None:
+        return None
+    runs = [client.get_run(target)] + client.search_runs([experiment_id], filter_string=(
+        f"tags.`{TAGS.target_run_id}` = '{target}' AND attributes.status = 'RUNNING'"))
+    for run in runs:
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, TAGS.stale_reason, "its Ray task died before it ended the run")
+            client.set_terminated(run.info.run_id, "FAILED")
+    return target
+
+
 def run_sweep(recipe_path: str, grid: dict[str, list], *, overrides: tuple[str, ...] = (), options=None,
               report_writer=None, ray_address: str | None = None, max_parallel: int | None = None,
               echo: Callable[[str], None] = print) -> SweepResult:
@@ -295,7 +309,12 @@ def _run(ray, settings, base, grid, options, report_writer, max_parallel, echo) 
                     continue
                 ready, _ = ray.wait(list(running), num_returns=1)
                 i = running.pop(ready[0])
-                out = ray.get(ready[0])
+                try:
+                    out = ray.get(ready[0])
+                except ray.exceptions.RayError as exc:  # the worker died (out of memory, killed, node lost)
+                    out = {"status": "FAILED", "diagnostics_run_id": None,
+                           "target_run_id": _end_open_runs(client, experiment_id, parent_id, settings[i].key()),
+                           "error": f"the Ray task died: {type(exc).__name__}: {_one_line(exc)}"}
                 outcomes[i] = SettingOutcome(settings[i].values, settings[i].key(), out["status"],
                                              out["target_run_id"], out["diagnostics_run_id"], out["error"])
                 echo(f"[{len(outcomes)}/{len(settings)}] {outcomes[i].line()}")

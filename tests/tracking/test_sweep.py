@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import mlflow
 import pytest
@@ -149,3 +151,48 @@ def test_an_unreachable_ray_address_is_one_line_exit_2(module_store):
     assert len(errors) == 1 and address in errors[0] and "ray start --head" in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before  # no run
+
+
+def test_ctrl_c_kills_the_running_settings_and_a_rerun_continues(module_store, ray_cluster):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": module_store.uri}
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow_transfer.cli", "sweep", "--recipe", RECIPE,
+                             "--set", TINY, "--grid", "target.lr=0.0005,0.005,0.05", "--max-parallel", "2",
+                             "--experiment-name", "interrupted", "--n-steps", "4", "--feature-vis-steps", "1",
+                             "--sample-per-class", "3", "--robustness", "off"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient()
+    try:
+        running = []
+        for _ in range(600):  # until a setting's target run is open in a Ray worker
+            experiment = client.get_experiment_by_name("interrupted")
+            if experiment is not None:
+                running = client.search_runs([experiment.experiment_id], filter_string=(
+                    f"tags.`{TAGS.role}` = 'target' AND attributes.status = 'RUNNING'"))
+            if running or proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert running, proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in out and "Traceback" not in err
+    experiment_id = client.get_experiment_by_name("interrupted").experiment_id
+    runs = client.search_runs([experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]  # nothing left open
+    for run in running:  # the setting that was running when Ctrl-C came is KILLED (or FINISHED meanwhile)
+        assert client.get_run(run.info.run_id).info.status in ("KILLED", "FAILED", "FINISHED")
+    finished_before = {r.data.tags[TAGS.sweep_key] for r in runs if r.data.tags.get(TAGS.role) == "target"
+                       and r.info.status == "FINISHED"}
+    previous = mlflow.get_experiment(module_store.experiment_id)
+    mlflow.set_experiment("interrupted")
+    try:
+        again = run_sweep(RECIPE, {"target.lr": [0.0005, 0.005, 0.05]}, overrides=OVERRIDES, options=FAST,
+                          echo=lambda line: None)
+    finally:
+        mlflow.set_experiment(experiment_id=previous.experiment_id)
+    assert {o.status for o in again.outcomes} <= {"SKIPPED", "FINISHED"}
+    assert {o.sweep_key for o in again.outcomes if o.status == "SKIPPED"} <= finished_before
+    assert again.ran == 3 - sum(o.status == "SKIPPED" for o in again.outcomes) >= 1
