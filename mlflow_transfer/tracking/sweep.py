@@ -108,6 +108,13 @@ def run_setting(task: dict) -> dict:
                 "diagnostics_run_id": diag_id, "error": f"{type(exc).__name__}: {_one_line(exc)}"}
 
 
+def warm_up() -> None:
+    """Import what a setting needs (torch, captum, openTSNE, MLflow), in a worker, while the driver trains
+    the sources: the workers' start is then not on the settings' path."""
+    from . import diagnose, runs  # noqa: F401
+    import openTSNE  # noqa: F401
+
+
 def _newest_target(sweep_key: str, parent: str, experiment_id: str) -> str | None:
     """The setting's newest target run under this parent (the one a failed `finetune` opened and FAILED)."""
     runs = MlflowClient().search_runs(
@@ -286,6 +293,10 @@ def _run(ray, settings, base, grid, options, report_writer, max_parallel, echo) 
                 pending.append(i)
         if not pending:
             echo(f"nothing to run: all {len(settings)} settings finished before")
+        if pending:  # the workers start and import while the driver trains the sources
+            warm = ray.remote(num_cpus=1)(warm_up)
+            for _ in range(min(limit, len(pending))):
+                warm.remote()
         sources = _source_runs([settings[i] for i in pending], experiment_id, parent_id, echo)
         remote = ray.remote(num_cpus=1)(run_setting)
         queue, running = list(pending), {}
