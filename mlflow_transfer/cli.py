@@ -315,7 +315,7 @@ def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_ur
               "else recipes/digits.yaml].")
 @_SET
 @click.option("--sweep", "sweep_file", default="", help="Sweep YAML file: `grid` (recipe key -> list of values; "
-              "`source_recipe` -> recipe files) and optionally `recipe` (see recipes/sweep_digits.yaml).")
+              "`source_recipe` -> recipe files) and optionally `recipe` (see recipes/sweeps/digits.yaml).")
 @click.option("--grid", multiple=True, metavar="KEY=V1,V2", help="A grid key and its values, e.g. "
               "--grid target.lr=0.0005,0.005 (repeatable; added to the sweep file's grid).")
 @click.option("--ray-address", default="", help="Join this Ray cluster (auto, host:port or ray://host:port); "

@@ -450,10 +450,10 @@ def parse_grid(items: list[str] | tuple[str, ...]) -> dict[str, list]:
 
 
 def load_sweep(path: str | Path) -> dict:
-    """Read a sweep file: ``{"recipe": path or None, "grid": {key: [values]}}`` (see recipes/sweep_digits.yaml)."""
+    """Read a sweep file: ``{"recipe": path or None, "grid": {key: [values]}}`` (see recipes/sweeps/digits.yaml)."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"sweep file {path} does not exist; recipes/sweep_digits.yaml is an example")
+        raise RecipeError(f"sweep file {path} does not exist; recipes/sweeps/digits.yaml is an example")
     if path.stat().st_size > MAX_RECIPE_BYTES:
         raise RecipeError(f"Expected sweep file {path} to be a small YAML file (at most {MAX_RECIPE_BYTES} bytes); "
                           f"got {path.stat().st_size} bytes. Pass the sweep file, not a data file.")
@@ -461,11 +461,11 @@ def load_sweep(path: str | Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise RecipeError(f"Expected sweep file {path} to be UTF-8 text; it is binary or in another encoding. "
-                          "Pass a YAML sweep file (e.g. recipes/sweep_digits.yaml).") from None
+                          "Pass a YAML sweep file (e.g. recipes/sweeps/digits.yaml).") from None
     raw = _safe_yaml(text, f"sweep file {path}")
     if not isinstance(raw, dict) or not isinstance(raw.get("grid"), dict) or not raw["grid"]:
         raise RecipeError(f"Expected sweep file {path} to be a mapping with a non-empty `grid` of recipe keys to "
-                          "lists of values; see recipes/sweep_digits.yaml.")
+                          "lists of values; see recipes/sweeps/digits.yaml.")
     unknown = sorted(set(raw) - set(SWEEP_KEYS))
     if unknown:
         raise RecipeError(f"unknown key(s) {', '.join(f'`{k}`' for k in unknown)} in sweep file {path}; "

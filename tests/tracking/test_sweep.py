@@ -196,3 +196,17 @@ def test_ctrl_c_kills_the_running_settings_and_a_rerun_continues(module_store, r
     assert {o.status for o in again.outcomes} <= {"SKIPPED", "FINISHED"}
     assert {o.sweep_key for o in again.outcomes if o.status == "SKIPPED"} <= finished_before
     assert again.ran == 3 - sum(o.status == "SKIPPED" for o in again.outcomes) >= 1
+
+
+def test_the_example_sweep_file_makes_its_settings_in_grid_order():
+    from mlflow_transfer.config import load_sweep, sweep_settings
+
+    spec = load_sweep(REPO / "recipes" / "sweeps" / "digits.yaml")
+    settings = sweep_settings(REPO / spec["recipe"], spec["grid"])
+    assert len(settings) == 2 * 2 * 2 and len({s.key() for s in settings}) == 8
+    # the last key varies fastest; source_recipe swaps whole recipes (the clean source is another domain)
+    assert [s.values["source_recipe"] for s in settings[:2]] == spec["grid"]["source_recipe"]
+    assert {s.recipe.data.source.name for s in settings} == {"printed-digits", "printed-digits-clean"}
+    assert {s.recipe.data.target.name for s in settings} == {"handwritten-digits"}
+    assert [(s.values["target.lr"], s.values["target.freeze_depth"]) for s in settings[::2]] == \
+        [(0.0005, 0), (0.0005, 2), (0.005, 0), (0.005, 2)]
