@@ -309,6 +309,47 @@ def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_ur
     click.echo(f"diagnostics run {run_id}: bundle at runs:/{run_id}/diagnostics, {report.note(run_id)}")
 
 
+@main.command("sweep", help="Fine-tune and diagnose every setting of a grid of recipe values (issue 15), each "
+                            "setting a Ray task and a child run of one `sweep` run; a re-run skips finished settings.")
+@click.option("--recipe", default=None, help="Base recipe YAML file [default: the sweep file's `recipe`, "
+              "else recipes/digits.yaml].")
+@_SET
+@click.option("--sweep", "sweep_file", default="", help="Sweep YAML file: `grid` (recipe key -> list of values; "
+              "`source_recipe` -> recipe files) and optionally `recipe` (see recipes/sweeps/digits.yaml).")
+@click.option("--grid", multiple=True, metavar="KEY=V1,V2", help="A grid key and its values, e.g. "
+              "--grid target.lr=0.0005,0.005 (repeatable; added to the sweep file's grid).")
+@click.option("--ray-address", default="", help="Join this Ray cluster (auto, host:port or ray://host:port); "
+              "its workers must reach the same tracking server [default: a local Ray on this machine].")
+@click.option("--max-parallel", default=None, type=click.IntRange(min=1),
+              help="Settings running at once [default: one per core (local) or per cluster CPU].")
+@_TRACKING
+@_EXPERIMENT
+@_diagnose_options
+@_user_errors
+def sweep_cmd(recipe, overrides, sweep_file, grid, ray_address, max_parallel, tracking_uri, experiment_name,
+              layers, classes, sample_per_class, n_steps, top_fraction, seed, feature_vis_steps,
+              completeness_tolerance, robustness):
+    from .config import load_sweep, parse_grid
+    from .tracking.sweep import run_sweep
+
+    _setup(tracking_uri, experiment_name)
+    spec = load_sweep(sweep_file) if sweep_file else {"recipe": None, "grid": {}}
+    extra = parse_grid([part for item in grid for part in item.split()])  # MLproject passes one string
+    clash = sorted(set(extra) & set(spec["grid"]))
+    if clash:
+        raise click.UsageError(f"grid key(s) {clash} are both in --sweep and --grid; give each once")
+    items = [part for item in overrides for part in _split_outside_brackets(item) if part.strip()]
+    result = run_sweep(recipe or spec["recipe"] or "recipes/digits.yaml", {**spec["grid"], **extra},
+                       overrides=tuple(items), report_writer=_Report(), ray_address=ray_address or None,
+                       max_parallel=max_parallel, echo=click.echo,
+                       options=_options(layers, classes, sample_per_class, n_steps, top_fraction, seed,
+                                        feature_vis_steps, completeness_tolerance, robustness))
+    click.echo(f"sweep run {result.parent_run_id}: {result.ran} settings ran, "
+               f"{len(result.outcomes) - result.ran} skipped (finished before), {len(result.failed)} failed")
+    if result.failed:
+        sys.exit(1)
+
+
 @main.command("timetravel", help="Add a diagnosed pair's timeline (issue 14, DeepVisualInsight): every trained "
                                  "epoch of the source run, then of the target run, projected to 2-D with its decision "
                                  "regions and fidelity measures, logged to the pair's diagnostics run under timetravel/.")

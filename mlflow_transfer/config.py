@@ -1,13 +1,17 @@
 """Recipe schema: what an experiment is (domains, model, training of both runs, seed).
 
 The only YAML parser of the package. Loading validates everything: an unknown key or a bad value is
-a :class:`RecipeError` naming the key (as a dotted path) and the allowed keys or values.
+a :class:`RecipeError` naming the key (as a dotted path) and the allowed keys or values. Sweeps (issue 15)
+are validated here too, through the recipe's own checks (`sweep_settings`).
+
+This module is long because the recipe schema, its YAML guard and the sweep grid (which reuses both) live together.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import typing
@@ -394,3 +398,121 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise RecipeError(f"Expected recipe {path} to hold a YAML mapping of keys to values; got a "
                           f"{type(raw).__name__}. Start from recipes/digits.yaml.")
     return parse_recipe(raw or {}, overrides)
+
+
+# --- issue 15: sweeps — a grid of recipe values, each combination one setting ---
+
+SOURCE_RECIPE = "source_recipe"  # the grid key whose values are whole recipe files (several sources, one target)
+SWEEP_KEYS = ("recipe", "grid")  # the keys of a sweep file
+MAX_SETTINGS = 1000              # a grid larger than this is almost surely a typo (or a runaway product)
+
+
+@dataclass(frozen=True)
+class SweepSetting:
+    """One combination of the grid: its values (``{key: value}``, keys sorted; the recipe's own parsed values,
+    ``source_recipe`` as given) and the whole recipe it stands for."""
+
+    values: dict
+    recipe: Recipe
+
+    def key(self) -> str:
+        """A stable hash of what this setting trains (`TAGS.sweep_key`): the whole recipe, without where it runs."""
+        relevant = {k: v for k, v in self.recipe.to_dict().items() if k not in ("runtime", "description")}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _value_text(value) -> str:
+    return json.dumps(value)  # JSON is YAML: the override parser reads it back to the same value
+
+
+def parse_grid(items: list[str] | tuple[str, ...]) -> dict[str, list]:
+    """``["target.lr=0.001,0.01", "target.freeze_depth=0,2"]`` (``--grid``) → ``{key: [values]}`` in the order
+    given; values are YAML (commas inside [...] stay in one value). Keys and values are checked later,
+    against the recipe, by `sweep_settings`."""
+    grid: dict[str, list] = {}
+    for item in items:
+        if "=" not in item:
+            raise RecipeError(f"Expected --grid as key=v1,v2 (e.g. target.lr=0.001,0.01); got {item!r}.")
+        key, text = (part.strip() for part in item.split("=", 1))
+        parts, depth, start = [], 0, 0
+        for i, ch in enumerate(text):
+            depth += (ch in "[{") - (ch in "]}")
+            if ch == "," and depth <= 0:
+                parts.append(text[start:i])
+                start = i + 1
+        parts.append(text[start:])
+        values = [_safe_yaml(p, f"--grid {key} value") for p in parts if p.strip()]
+        if key in grid:
+            raise RecipeError(f"Expected each --grid key once; got {key!r} twice. Give all its values in one "
+                              f"--grid {key}=v1,v2.")
+        grid[key] = values
+    return grid
+
+
+def load_sweep(path: str | Path) -> dict:
+    """Read a sweep file: ``{"recipe": path or None, "grid": {key: [values]}}`` (see recipes/sweeps/digits.yaml)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"sweep file {path} does not exist; recipes/sweeps/digits.yaml is an example")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"Expected sweep file {path} to be a small YAML file (at most {MAX_RECIPE_BYTES} bytes); "
+                          f"got {path.stat().st_size} bytes. Pass the sweep file, not a data file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"Expected sweep file {path} to be UTF-8 text; it is binary or in another encoding. "
+                          "Pass a YAML sweep file (e.g. recipes/sweeps/digits.yaml).") from None
+    raw = _safe_yaml(text, f"sweep file {path}")
+    if not isinstance(raw, dict) or not isinstance(raw.get("grid"), dict) or not raw["grid"]:
+        raise RecipeError(f"Expected sweep file {path} to be a mapping with a non-empty `grid` of recipe keys to "
+                          "lists of values; see recipes/sweeps/digits.yaml.")
+    unknown = sorted(set(raw) - set(SWEEP_KEYS))
+    if unknown:
+        raise RecipeError(f"unknown key(s) {', '.join(f'`{k}`' for k in unknown)} in sweep file {path}; "
+                          f"allowed keys: {list(SWEEP_KEYS)}")
+    if raw.get("recipe") is not None and not isinstance(raw["recipe"], str):
+        raise RecipeError(f"`recipe` in sweep file {path} must be a recipe file path, got {raw['recipe']!r}")
+    grid = {str(k): (v if isinstance(v, list) else [v]) for k, v in raw["grid"].items()}
+    return {"recipe": raw.get("recipe"), "grid": grid}
+
+
+def sweep_settings(recipe_path: str | Path, grid: dict[str, list],
+                   overrides: list[str] | tuple[str, ...] = ()) -> list[SweepSetting]:
+    """The grid's settings: the cartesian product of its values, keys in the grid's order (the last varies
+    fastest). Every key and value is checked on its own first, as a recipe override, so a mistake gets the
+    recipe's message; ``source_recipe`` values are recipe files that replace ``recipe_path``."""
+    if not grid:
+        raise RecipeError("Expected a grid of at least one key, e.g. --grid target.lr=0.001,0.01 or a sweep file.")
+    for key, values in grid.items():
+        if not values:
+            raise RecipeError(f"Expected at least one value for grid key `{key}`; got none. Give e.g. {key}=v1,v2.")
+        texts = [_value_text(v) for v in values]
+        if len(set(texts)) != len(texts):
+            raise RecipeError(f"Expected each value of grid key `{key}` once; got {values}. Remove the repeats.")
+        for value in values:  # each on its own: the message names the one bad key or value
+            if key == SOURCE_RECIPE:
+                if not isinstance(value, str):
+                    raise RecipeError(f"Expected `{SOURCE_RECIPE}` values to be recipe files; got {value!r}.")
+                load_recipe(value, overrides)
+            else:
+                load_recipe(recipe_path, [*overrides, f"{key}={_value_text(value)}"])
+    total = math.prod(len(v) for v in grid.values())
+    if total > MAX_SETTINGS:
+        raise RecipeError(f"Expected at most {MAX_SETTINGS} settings; the grid makes {total}. Sweep fewer values.")
+    settings = []
+    for combo in itertools.product(*grid.values()):
+        chosen = dict(zip(grid, combo))
+        path = chosen.get(SOURCE_RECIPE, recipe_path)
+        sets = [f"{k}={_value_text(v)}" for k, v in chosen.items() if k != SOURCE_RECIPE]
+        recipe = load_recipe(path, [*overrides, *sets])
+        flat = recipe.flat()
+        values = {k: (v if k == SOURCE_RECIPE else flat[k]) for k, v in chosen.items()}
+        settings.append(SweepSetting({k: values[k] for k in sorted(values)}, recipe))
+    return settings
+
+
+def grid_hash(recipe: Recipe, grid: dict[str, list]) -> str:
+    """A stable hash of (base recipe, grid) (`TAGS.sweep_grid`): a re-run of the same sweep finds its parent."""
+    relevant = {k: v for k, v in recipe.to_dict().items() if k not in ("runtime", "description")}
+    blob = json.dumps([relevant, {k: grid[k] for k in sorted(grid)}], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

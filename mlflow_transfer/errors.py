@@ -45,3 +45,7 @@ class CacheError(TransferError):
 
 class TrackingUnavailableError(TransferError):
     """The tracking server cannot be reached (wrong URI, server down)."""
+
+
+class ClusterError(TransferError):
+    """The Ray cluster a sweep was told to join cannot be reached (wrong address, cluster down)."""

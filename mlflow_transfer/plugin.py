@@ -21,6 +21,7 @@ from .tags import EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING, TAGS
 _log = logging.getLogger(__name__)
 
 _ACTIVE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("mlflow_transfer_ctx", default=None)
+_ADDED: contextvars.ContextVar[dict] = contextvars.ContextVar("mlflow_transfer_added", default={})
 
 
 @contextlib.contextmanager
@@ -33,6 +34,18 @@ def transfer_context(**tags: str):
         _ACTIVE.reset(token)
 
 
+@contextlib.contextmanager
+def added_run_tags(**tags: str):
+    """While active, every run the package starts in this thread also gets ``tags`` (under the run's own
+    tags, which win on a clash): how a sweep tags the runs that `finetune` and `diagnose` open, and
+    nests a target run under the sweep's parent from another process (``mlflow.parentRunId``)."""
+    token = _ADDED.set({**_ADDED.get(), **tags})
+    try:
+        yield
+    finally:
+        _ADDED.reset(token)
+
+
 class TransferRunContext(RunContextProvider):
     """Adds ``transfer.version`` (and the active context's tags) to runs the package starts."""
 
@@ -42,7 +55,7 @@ class TransferRunContext(RunContextProvider):
     def tags(self) -> dict[str, str]:
         from . import __version__
 
-        return {TAGS.version: __version__, **(_ACTIVE.get() or {})}
+        return {TAGS.version: __version__, **_ADDED.get(), **(_ACTIVE.get() or {})}
 
 
 def mark_experiment(experiment_id: str, client=None) -> bool:

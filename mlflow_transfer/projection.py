@@ -6,6 +6,8 @@ of classes with the same function and parameters.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .errors import DiagnosticsError
@@ -17,13 +19,15 @@ BH_BELOW = 1_000  # points: below this Barnes–Hut gradients are faster, the FF
 
 
 def tsne_projection(embedding: np.ndarray, *, seed: int = 0, perplexity: float = 40.0,
-                    learning_rate: float | str = "auto", n_jobs: int = -1,
+                    learning_rate: float | str = "auto", n_jobs: int | None = None,
                     gradient: str = "auto") -> np.ndarray:
     """2-D openTSNE projection of ``embedding`` (N, D) → float32 (N, 2).
 
     Perplexity 40 follows the public viewer; it is lowered to (N − 1) / 3 for small N, as t-SNE
     needs 3·perplexity neighbours. ``gradient``: ``"fft"`` (FFT-accelerated interpolation), ``"bh"``
-    (Barnes–Hut) or ``"auto"``, Barnes–Hut below `BH_BELOW` points and FFT from there on.
+    (Barnes–Hut) or ``"auto"``, Barnes–Hut below `BH_BELOW` points and FFT from there on. ``n_jobs``:
+    openTSNE's threads; None: ``$OMP_NUM_THREADS`` when set (a sweep task runs on one core, issue 15),
+    else every core.
     """
     from openTSNE import TSNE
 
@@ -34,6 +38,9 @@ def tsne_projection(embedding: np.ndarray, *, seed: int = 0, perplexity: float =
     if check_choice(gradient, "the t-SNE gradient", ("auto", "fft", "bh")) == "auto":
         gradient = "bh" if len(x) < BH_BELOW else "fft"
     perplexity = float(min(perplexity, (len(x) - 1) / 3))
+    if n_jobs is None:
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        n_jobs = int(threads) if threads.isdigit() and int(threads) > 0 else -1
     tsne = TSNE(n_components=2, perplexity=perplexity, learning_rate=learning_rate,
                 negative_gradient_method=gradient, random_state=seed, n_jobs=n_jobs, verbose=False)
     return np.asarray(tsne.fit(x), dtype=np.float32)

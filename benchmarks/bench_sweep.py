@@ -1,0 +1,155 @@
+"""Ray's overhead in a sweep (issue 15: goal <= 20 % of the sequential time).
+
+The 4-setting test sweep (the tiny digits recipe of the tests, `target.lr` x `target.freeze_depth`, the
+tests' fast diagnose options) run two ways, each into its own fresh sqlite store and each training its
+one source run first:
+
+- sequential: `train_source`, then for each setting `finetune` + `diagnose`, one after another in this
+  process on one thread (torch and openTSNE) — the work a Ray task does (`run_setting` sets one thread), without
+  Ray. In-process rather than `mlflow run` per setting: `mlflow run` would add a Python start and the
+  package's imports per setting to the baseline, which Ray's long-lived workers do not pay; the in-process
+  baseline has no such cost, so the overhead measured against it is the larger, honest one.
+- ray: `run_sweep` with `max_parallel=2` on a local Ray of 2 CPUs started as `run_sweep` starts it, here by
+  the benchmark (so that the Ray processes' CPU time can be read before shutdown); its start, the workers'
+  imports and the task scheduling are all in the time.
+
+Ray's overhead = T_ray - T_sequential / 2 (what 2 cores would take with no cost of parallelism; the
+source run, trained once by the driver in both, is not parallel, so this overstates the overhead by
+half the source time), printed as a ratio of T_sequential. The machine is shared: the load average is
+printed before and after, and with other work on the 2 cores the wall-clock ratio says more about the load
+than about Ray; the CPU seconds of every process involved (this one; for Ray also GCS, raylet and the
+workers, from /proc) are printed beside it, as the load-independent overhead.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_sweep.py [--out benchmarks/results_sweep.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ("data.source.size=100,data.per_class_cap=12,source.epochs=1,target.epochs=1,"
+        "source.batch_size=32,target.batch_size=32")  # tests/helpers/tracking.py's TINY
+GRID = {"target.lr": [0.0005, 0.005], "target.freeze_depth": [0, 2]}
+GOAL = 0.20
+
+
+def _store(root: Path, name: str):
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{root / name}.db"
+    mlflow.set_tracking_uri(uri)
+    experiment = MlflowClient().create_experiment(name, artifact_location=(root / name).as_uri())
+    mlflow.set_experiment(experiment_id=experiment)
+
+
+def sequential(recipe_path: str, options) -> float:
+    import torch
+
+    from mlflow_transfer.config import sweep_settings
+    from mlflow_transfer.tracking.diagnose import diagnose
+    from mlflow_transfer.tracking.runs import finetune, train_source
+
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # openTSNE's threads too, as in a task
+    start = time.perf_counter()
+    settings = sweep_settings(recipe_path, GRID, TINY.split(","))
+    source = train_source(settings[0].recipe)
+    for setting in settings:
+        target = finetune(setting.recipe, source)
+        diagnose(target_run_id=target, recipe=setting.recipe, options=options, device="cpu")
+    return time.perf_counter() - start
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) of ``root`` and every live descendant, from /proc (Ray's GCS, raylet and
+    workers are the driver's descendants)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        parent[int(name)], cpu[int(name)] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(cpu.get(pid, 0.0) for pid in tree)
+
+
+def on_ray(recipe_path: str, options) -> tuple[float, float, float]:
+    """(wall s, CPU s of the driver and all Ray processes, Ray's start in s)."""
+    import ray
+
+    from mlflow_transfer.tracking.sweep import run_sweep
+
+    cpu0 = _tree_cpu_seconds(os.getpid())
+    start = time.perf_counter()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 * 1024,
+             log_to_driver=False, logging_level="WARNING")  # as run_sweep starts it; kept to read its CPU
+    started = time.perf_counter() - start
+    result = run_sweep(recipe_path, GRID, overrides=tuple(TINY.split(",")), options=options, max_parallel=2,
+                       echo=lambda line: None)
+    elapsed = time.perf_counter() - start
+    cpu = _tree_cpu_seconds(os.getpid()) - cpu0
+    ray.shutdown()
+    assert result.ran == 4 and not result.failed, [o.line() for o in result.outcomes]
+    return elapsed, cpu, started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results_sweep.txt"))
+    args = parser.parse_args()
+    from mlflow_transfer.diagnostics.engine import DiagnoseOptions
+
+    options = DiagnoseOptions(n_steps=4, tsne_gradient="bh", weight_max_instances=4, patches=3,
+                              feature_vis_steps=1, sample_per_class=3, robustness=False)
+    recipe = str(REPO / "recipes" / "digits.yaml")
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        _store(Path(tmp), "sequential")
+        cpu0 = time.process_time()
+        t_seq = sequential(recipe, options)
+        cpu_seq = time.process_time() - cpu0
+        _store(Path(tmp), "ray")
+        t_ray, cpu_ray, t_start = on_ray(recipe, options)
+    load_after = os.getloadavg()
+    overhead = t_ray - t_seq / 2
+    ratio = overhead / t_seq
+    lines = [
+        "bench_sweep: the 4-setting test sweep (tiny digits recipe, target.lr x target.freeze_depth, fast "
+        "diagnose options), 2 cores",
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, python {sys.version.split()[0]}; "
+        f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (shared machine)",
+        f"sequential (train_source, then finetune + diagnose x 4 in one process, 1 thread): {t_seq:.1f} s",
+        f"ray (run_sweep, local Ray of 2 CPUs, max_parallel 2, Ray's start included):             {t_ray:.1f} s",
+        f"ideal on 2 cores (sequential / 2): {t_seq / 2:.1f} s; speed-up over sequential {t_seq / t_ray:.2f}x",
+        f"Ray's overhead = ray - sequential/2 = {overhead:.1f} s = {ratio:.1%} of the sequential time "
+        f"(goal <= {GOAL:.0%}: {'met' if ratio <= GOAL else 'NOT met'}); of it Ray's start {t_start:.1f} s",
+        f"CPU seconds (load-independent): sequential {cpu_seq:.1f}, ray (driver + GCS + raylet + workers) "
+        f"{cpu_ray:.1f}: Ray's CPU overhead {(cpu_ray - cpu_seq) / cpu_seq:.1%} of the sequential CPU",
+        "command: PYTHONPATH=. .venv/bin/python benchmarks/bench_sweep.py",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
