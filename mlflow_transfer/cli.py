@@ -87,22 +87,10 @@ def _user_errors(fn=None, *, opens_runs: bool = True):
     return wrapper
 
 
-def _split_outside_brackets(text: str) -> list[str]:
-    """``text`` split at the commas outside [...] and {...}: ``target.classes=[5,6],source.epochs=2`` is two
-    overrides (a list value keeps its commas)."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        depth += (ch in "[{") - (ch in "]}")
-        if ch == "," and depth <= 0:
-            parts.append(text[start:i])
-            start = i + 1
-    return parts + [text[start:]]
-
-
 def _load(recipe: str, overrides: tuple[str, ...], data_root: str, device: str = ""):
-    from .config import load_recipe
+    from .config import load_recipe, split_outside_brackets
 
-    items = [part for item in overrides for part in _split_outside_brackets(item) if part.strip()]
+    items = [part for item in overrides for part in split_outside_brackets(item) if part.strip()]
     if data_root:
         items.append(f"data.root={data_root}")
     if device:  # --device is the recipe's runtime.device, so the run records it like any recipe value
@@ -329,7 +317,7 @@ def diagnose_cmd(target_run_id, source_run_id, source_model_uri, target_model_ur
 def sweep_cmd(recipe, overrides, sweep_file, grid, ray_address, max_parallel, tracking_uri, experiment_name,
               layers, classes, sample_per_class, n_steps, top_fraction, seed, feature_vis_steps,
               completeness_tolerance, robustness):
-    from .config import load_sweep, parse_grid
+    from .config import load_sweep, parse_grid, split_outside_brackets
     from .tracking.sweep import run_sweep
 
     _setup(tracking_uri, experiment_name)
@@ -338,7 +326,7 @@ def sweep_cmd(recipe, overrides, sweep_file, grid, ray_address, max_parallel, tr
     clash = sorted(set(extra) & set(spec["grid"]))
     if clash:
         raise click.UsageError(f"grid key(s) {clash} are both in --sweep and --grid; give each once")
-    items = [part for item in overrides for part in _split_outside_brackets(item) if part.strip()]
+    items = [part for item in overrides for part in split_outside_brackets(item) if part.strip()]
     result = run_sweep(recipe or spec["recipe"] or "recipes/digits.yaml", {**spec["grid"], **extra},
                        overrides=tuple(items), report_writer=_Report(), ray_address=ray_address or None,
                        max_parallel=max_parallel, echo=click.echo,

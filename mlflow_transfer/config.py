@@ -425,6 +425,18 @@ def _value_text(value) -> str:
     return json.dumps(value)  # JSON is YAML: the override parser reads it back to the same value
 
 
+def split_outside_brackets(text: str) -> list[str]:
+    """``text`` split at the commas outside [...] and {...}: ``target.classes=[5,6],source.epochs=2`` is two
+    overrides (a list value keeps its commas)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth <= 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
 def parse_grid(items: list[str] | tuple[str, ...]) -> dict[str, list]:
     """``["target.lr=0.001,0.01", "target.freeze_depth=0,2"]`` (``--grid``) → ``{key: [values]}`` in the order
     given; values are YAML (commas inside [...] stay in one value). Keys and values are checked later,
@@ -434,14 +446,7 @@ def parse_grid(items: list[str] | tuple[str, ...]) -> dict[str, list]:
         if "=" not in item:
             raise RecipeError(f"Expected --grid as key=v1,v2 (e.g. target.lr=0.001,0.01); got {item!r}.")
         key, text = (part.strip() for part in item.split("=", 1))
-        parts, depth, start = [], 0, 0
-        for i, ch in enumerate(text):
-            depth += (ch in "[{") - (ch in "]}")
-            if ch == "," and depth <= 0:
-                parts.append(text[start:i])
-                start = i + 1
-        parts.append(text[start:])
-        values = [_safe_yaml(p, f"--grid {key} value") for p in parts if p.strip()]
+        values = [_safe_yaml(p, f"--grid {key} value") for p in split_outside_brackets(text) if p.strip()]
         if key in grid:
             raise RecipeError(f"Expected each --grid key once; got {key!r} twice. Give all its values in one "
                               f"--grid {key}=v1,v2.")
