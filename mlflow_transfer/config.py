@@ -114,7 +114,8 @@ class Recipe:
         return _flatten(self.to_dict())
 
     def source_key(self, code_version: str) -> str:
-        """Hash of everything that determines the source run (not ``target.*``), plus the code.
+        """Hash of everything that determines the source run (not ``target.*``, not ``data.label_budget``), plus
+        the code.
 
         Two recipes with the same key train the same source model, so ``main`` reuses it.
         ``runtime`` (the device) is left out: it says where the model is computed, not what it is
@@ -124,6 +125,7 @@ class Recipe:
         relevant = {k: v for k, v in self.to_dict().items() if k not in ("target", "description", "runtime")}
         for key in ("method", "slice_ratio"):  # target settings (issue 13): keys stay what they were before them
             relevant["source"].pop(key, None)
+        relevant["data"]["label_budget"] = None  # it thins the target's labels only; None keeps older keys
         if self.target.classes is not None:  # the source run is also evaluated on the target's classes
             relevant["target_classes"] = list(self.target.classes)
         blob = json.dumps([relevant, code_version], sort_keys=True, default=str)

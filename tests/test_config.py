@@ -319,7 +319,7 @@ def test_source_key_changes_with_code_version():
 
 @pytest.mark.parametrize("overrides", [
     ["target.lr=0.1"], ["target.epochs=1", "target.freeze_depth=3", "target.optimizer=sgd"],
-    ["description=something else"],
+    ["description=something else"], ["data.label_budget=5"], ["data.label_budget=50"],
 ])
 def test_source_key_ignores_target_training(overrides):
     base = load_recipe(DIGITS)

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.tracking.fluent import _get_experiment_id
+from mlflow.entities import Experiment
+from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID, MLFLOW_EXPERIMENT_NAME
 
 from ..config import SweepSetting, grid_hash, load_recipe, parse_recipe, sweep_settings
 from ..errors import ClusterError, TransferError
@@ -31,12 +32,15 @@ from ..plugin import added_run_tags
 from ..tags import TAGS
 from .context import code_version, transfer_run
 from .lifecycle import process_tags
-from .sweep_summary import write_sweep_summary
+from .sweep_summary import SETTINGS_FILE, write_sweep_summary
 
 __all__ = ["SettingOutcome", "SweepResult", "run_sweep", "run_setting"]
 
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # tasks pass run ids, not tensors; Ray's minimum is ~75 MB
 CONNECT_TIMEOUT_S = 3.0
+# Read by Ray when it is imported: off, a local Ray is single-node and every server of it binds 127.0.0.1 (as on
+# macOS and Windows); on (Ray's Linux default), its GCS, raylet and workers listen on every interface.
+LOOPBACK_ONLY = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @dataclass(frozen=True)
@@ -167,21 +171,37 @@ def _start_ray(address: str | None, max_parallel: int) -> None:
             raise ClusterError(f"Expected a Ray cluster at --ray-address {address}; joining it failed: "
                                f"{_one_line(exc)}. Fix the address, or leave --ray-address out to run locally.") from None
     else:
-        # a new local cluster would otherwise write an auth token under $HOME; it only listens on this machine
+        # a new local cluster would otherwise write an auth token under $HOME; it only listens on 127.0.0.1
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address="local", num_cpus=max_parallel, include_dashboard=False, log_to_driver=False,
                  object_store_memory=OBJECT_STORE_BYTES, logging_level="WARNING")
+        host = ray.get_runtime_context().gcs_address.rpartition(":")[0]
+        if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+            ray.shutdown()
+            raise ClusterError(f"Expected the local Ray to listen on 127.0.0.1 only; it listens on {host} because "
+                               f"Ray was imported before the sweep could set {LOOPBACK_ONLY[0]}={LOOPBACK_ONLY[1]}. "
+                               "Set that variable before importing ray, or run the sweep in its own process.")
+
+
+def _current_experiment_id() -> str:
+    """Where a new run goes, by MLflow's public rules: `mlflow.set_experiment` (which sets
+    ``MLFLOW_EXPERIMENT_ID``), else ``MLFLOW_EXPERIMENT_NAME``, else the Default experiment."""
+    if MLFLOW_EXPERIMENT_ID.get():
+        return MLFLOW_EXPERIMENT_ID.get()
+    name = MLFLOW_EXPERIMENT_NAME.get()
+    experiment = mlflow.get_experiment_by_name(name) if name else None
+    return experiment.experiment_id if experiment is not None else Experiment.DEFAULT_EXPERIMENT_ID
 
 
 @contextlib.contextmanager
-def _parent_run(base, ghash: str, grid: dict, n_settings: int):
+def _parent_run(base, ghash: str, grid: dict, settings: list[SweepSetting]):
     """The sweep's parent run: the earlier one of the same sweep in this experiment (reopened), else a new one.
     Yields (active run, reopened?)."""
     found = []
     if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the parent is the run `mlflow run` made
-        experiment_id = _get_experiment_id()  # mlflow's own rule for where a new run goes
         found = MlflowClient().search_runs(
-            [experiment_id], filter_string=f"tags.`{TAGS.role}` = 'sweep' AND tags.`{TAGS.sweep_grid}` = '{ghash}'",
+            [_current_experiment_id()],
+            filter_string=f"tags.`{TAGS.role}` = 'sweep' AND tags.`{TAGS.sweep_grid}` = '{ghash}'",
             order_by=["attributes.start_time DESC"], max_results=1)
     if found:
         with mlflow.start_run(run_id=found[0].info.run_id) as run:
@@ -192,7 +212,9 @@ def _parent_run(base, ghash: str, grid: dict, n_settings: int):
                       extra_tags={TAGS.sweep_grid: ghash}) as run:
         mlflow.set_tag(TAGS.sweep_id, run.info.run_id)
         mlflow.log_dict(grid, "sweep/grid.json")
-        mlflow.log_params({"sweep_keys": ",".join(grid)[:500], "sweep_settings": n_settings})
+        # what the summary lists: a re-run under `mlflow run` is a new parent whose skipped settings ran earlier
+        mlflow.log_dict([{"setting": s.values, "sweep_key": s.key()} for s in settings], SETTINGS_FILE)
+        mlflow.log_params({"sweep_keys": ",".join(grid)[:500], "sweep_settings": len(settings)})
         yield run, False
 
 
@@ -266,6 +288,8 @@ def run_sweep(recipe_path: str, grid: dict[str, list], *, overrides: tuple[str, 
     if max_parallel is not None and max_parallel < 1:
         raise TransferError(f"Expected --max-parallel to be at least 1; got {max_parallel}.")
     options = options or DiagnoseOptions()
+    if not ray_address:
+        os.environ.setdefault(*LOOPBACK_ONLY)  # before Ray is imported: it reads it then
     import ray
 
     owned = not ray.is_initialized()  # a caller (a test module) that started Ray keeps it for its next sweep
@@ -281,7 +305,7 @@ def run_sweep(recipe_path: str, grid: dict[str, list], *, overrides: tuple[str, 
 def _run(ray, settings, base, grid, options, report_writer, max_parallel, echo) -> SweepResult:
     client = MlflowClient()
     limit = max_parallel or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    with _parent_run(base, grid_hash(base, grid), grid, len(settings)) as (parent, reopened):
+    with _parent_run(base, grid_hash(base, grid), grid, settings) as (parent, reopened):
         parent_id, experiment_id = parent.info.run_id, parent.info.experiment_id
         echo(f"sweep run {parent_id} ({'reopened' if reopened else 'new'}): {len(settings)} settings")
         outcomes: dict[int, SettingOutcome] = {}

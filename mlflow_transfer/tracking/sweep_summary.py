@@ -1,7 +1,9 @@
 """The summary of a sweep (issue 15), logged on its parent run for MLflow's own UI to show.
 
-`write_sweep_summary` reads the sweep's child target runs (tag ``transfer.sweep_id`` = the parent, role
-``target``) and the diagnostics run of each, and logs on the parent:
+`write_sweep_summary` reads the sweep's target runs and the diagnostics run of each: the runs of every setting
+the parent lists in ``sweep/settings.json`` (by sweep key, in the whole experiment: a re-run under `mlflow run`
+is a new parent whose skipped settings ran under an earlier one), else the parent's child target runs (tag
+``transfer.sweep_id`` = the parent, role ``target``). It logs on the parent:
 
 - ``sweep/summary.csv`` and ``sweep/summary.html``: one row per setting (``transfer.sweep_setting``; a
   setting run more than once, e.g. failed then redone, is the latest FINISHED run, else the latest):
@@ -18,7 +20,8 @@
   such settings or a constant column, where a rank correlation means nothing (then not logged, unless
   it replaces a value an earlier summary of the sweep logged).
 
-Setting values are user text: the HTML escapes every cell, and the chart labels points by row number only.
+Setting values are user text: the HTML escapes every cell, the CSV quotes a text cell a spreadsheet would read as a
+formula (OWASP's CSV injection rule: a leading ``'``), and the chart labels points by row number only.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from ..tags import TAGS
 from .lookup import get_run
 
 SUMMARY_DIR = "sweep"
+SETTINGS_FILE = f"{SUMMARY_DIR}/settings.json"  # [{"setting": {...}, "sweep_key": ...}], written by the sweep
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 OUTCOMES = ("status", "diagnostics_status", "target_accuracy", "transferability_score", "logme", "leep")
 DIR_METRICS = ("dir_output", "dir_feature")
 ESTIMATES = ("logme", "leep")
@@ -60,6 +65,21 @@ def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> lis
         token = page.token
         if not token:
             return runs
+
+
+def _setting_keys(client: MlflowClient, parent_id: str) -> set[str] | None:
+    """The sweep keys the parent's ``sweep/settings.json`` lists; None without a readable one."""
+    import mlflow
+
+    if not any(f.path == SETTINGS_FILE for f in client.list_artifacts(parent_id, SUMMARY_DIR)):
+        return None
+    try:
+        listed = mlflow.artifacts.load_dict(f"runs:/{parent_id}/{SETTINGS_FILE}")
+    except Exception:  # noqa: BLE001 — damaged or unreadable: the parent's own children still make a summary
+        return None
+    if not isinstance(listed, list):
+        return None
+    return {str(e["sweep_key"]) for e in listed if isinstance(e, dict) and "sweep_key" in e}
 
 
 def _setting(run) -> dict:
@@ -132,7 +152,15 @@ def _csv(rows: list[dict], columns: list[str], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows({c: ("" if r.get(c) is None else r.get(c)) for c in columns} for r in rows)
+        writer.writerows({c: _csv_cell(r.get(c)) for c in columns} for r in rows)
+
+
+def _csv_cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value  # text, not a formula, when a spreadsheet opens the file
+    return value
 
 
 def _cell(value, column: str) -> str:
@@ -210,7 +238,12 @@ def write_sweep_summary(parent_run_id: str, *, client: MlflowClient | None = Non
                              f"has role {parent.data.tags.get(TAGS.role)!r}. Pass the sweep's parent run id "
                              "(`mlflow-transfer sweep` prints it).")
     pid, experiment = parent.info.run_id, parent.info.experiment_id
-    targets = _search(client, experiment, f"tags.`{TAGS.sweep_id}` = '{pid}' AND tags.`{TAGS.role}` = 'target'")
+    keys = _setting_keys(client, pid)
+    if keys is None:
+        targets = _search(client, experiment, f"tags.`{TAGS.sweep_id}` = '{pid}' AND tags.`{TAGS.role}` = 'target'")
+    else:
+        targets = [r for r in _search(client, experiment, f"tags.`{TAGS.role}` = 'target'")
+                   if r.data.tags.get(TAGS.sweep_key) in keys]
     chosen = _latest(targets, lambda r: json.dumps(_setting(r), sort_keys=True))
     rows = []
     for target in sorted(chosen.values(), key=lambda r: json.dumps(_setting(r), sort_keys=True)):

@@ -2,7 +2,9 @@
 finishes as 4 child target runs with bundles under one `sweep` run sharing one source run; a second
 invocation runs nothing; a setting that fails at training time is FAILED while the others finish (and is
 redone by a re-run); an unknown grid key or value stops with the recipe's own message before any run; an
-unreachable --ray-address is one line, exit 2. Ray starts once for the module."""
+unreachable --ray-address is one line, exit 2; a sweep interrupted with Ctrl-C (joined to a running cluster by
+--ray-address) continues under `mlflow run`, and that run's summary lists every setting. Ray starts once for the
+module, listening on 127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -14,9 +16,14 @@ import subprocess
 import sys
 import time
 
+import csv
+import io
+
 import mlflow
 import pytest
 from helpers import REPO
+from helpers.servers import BIN, clean_env
+from helpers.sockets import listening_addresses
 from helpers.tracking import TINY
 from mlflow import MlflowClient
 
@@ -24,7 +31,7 @@ from mlflow_transfer.config import load_recipe, parse_grid
 from mlflow_transfer.diagnostics.engine import DiagnoseOptions
 from mlflow_transfer.errors import RecipeError
 from mlflow_transfer.tags import TAGS
-from mlflow_transfer.tracking.sweep import run_sweep
+from mlflow_transfer.tracking.sweep import LOOPBACK_ONLY, run_sweep
 
 FAST = DiagnoseOptions(n_steps=4, tsne_gradient="bh", weight_max_instances=4, patches=3, feature_vis_steps=1,
                        sample_per_class=3, robustness=False)
@@ -35,9 +42,10 @@ GRID = {"target.lr": [0.0005, 0.005], "target.freeze_depth": [0, 2]}
 
 @pytest.fixture(scope="module")
 def ray_cluster():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault(*LOOPBACK_ONLY)  # before the import, as run_sweep's own; inherited by the sweeps below
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 * 1024,
              log_to_driver=False, logging_level="WARNING")
     yield ray
@@ -159,10 +167,20 @@ def test_an_unreachable_ray_address_is_one_line_exit_2(module_store):
     assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before  # no run
 
 
-def test_ctrl_c_kills_the_running_settings_and_a_rerun_continues(module_store, ray_cluster):
+def test_the_local_ray_listens_on_127_0_0_1_only(ray_cluster):
+    listening = listening_addresses()
+    assert ray_cluster.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    assert listening and {a for addresses in listening.values() for a in addresses} == {"127.0.0.1"}, listening
+
+
+def test_ctrl_c_kills_the_running_settings_and_a_rerun_continues(module_store, ray_cluster, tmp_path):
+    # the interrupted sweep joins the module's running Ray as a cluster (--ray-address); the re-run is
+    # `mlflow run -e sweep` on a local Ray of its own
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": module_store.uri}
+    address = ray_cluster.get_runtime_context().gcs_address
     proc = subprocess.Popen([sys.executable, "-m", "mlflow_transfer.cli", "sweep", "--recipe", RECIPE,
                              "--set", TINY, "--grid", "target.lr=0.0005,0.005,0.05", "--max-parallel", "2",
+                             "--ray-address", address,
                              "--experiment-name", "interrupted", "--n-steps", "4", "--feature-vis-steps", "1",
                              "--sample-per-class", "3", "--robustness", "off"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -192,16 +210,26 @@ def test_ctrl_c_kills_the_running_settings_and_a_rerun_continues(module_store, r
         assert client.get_run(run.info.run_id).info.status in ("KILLED", "FAILED", "FINISHED")
     finished_before = {r.data.tags[TAGS.sweep_key] for r in runs if r.data.tags.get(TAGS.role) == "target"
                        and r.info.status == "FINISHED"}
-    previous = mlflow.get_experiment(module_store.experiment_id)
-    mlflow.set_experiment("interrupted")
-    try:
-        again = run_sweep(RECIPE, {"target.lr": [0.0005, 0.005, 0.05]}, overrides=OVERRIDES, options=FAST,
-                          echo=lambda line: None)
-    finally:
-        mlflow.set_experiment(experiment_id=previous.experiment_id)
-    assert {o.status for o in again.outcomes} <= {"SKIPPED", "FINISHED"}
-    assert {o.sweep_key for o in again.outcomes if o.status == "SKIPPED"} <= finished_before
-    assert again.ran == 3 - sum(o.status == "SKIPPED" for o in again.outcomes) >= 1
+    rerun = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "-e", "sweep",
+                            "--experiment-name", "interrupted", "-P", f"recipe={RECIPE}", "-P", f"set={TINY}",
+                            "-P", "grid=target.lr=0.0005,0.005,0.05", "-P", "n_steps=4", "-P", "feature_vis_steps=1",
+                            "-P", "sample_per_class=3", "-P", "robustness=off"],
+                           cwd=tmp_path, env=clean_env(MLFLOW_TRACKING_URI=module_store.uri, PYTHONPATH=str(REPO),
+                                                       MLFLOW_TRANSFER_CACHE=str(tmp_path / "cache")),
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    lines = [line for line in rerun.stdout.splitlines() if line.startswith("[")]
+    skipped = [line for line in rerun.stdout.splitlines() if "-> SKIPPED" in line]
+    assert len(lines) == 3 - len(skipped) >= 1 and all("-> FINISHED" in line for line in lines), rerun.stdout
+    assert len(skipped) == len(finished_before)
+    # the summary of the run `mlflow run` made lists every setting, also those an earlier parent ran
+    parent = client.search_runs([experiment_id], filter_string=f"tags.`{TAGS.role}` = 'sweep'",
+                                order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags.get("mlflow.project.entryPoint") == "sweep"
+    table = list(csv.DictReader(io.StringIO(mlflow.artifacts.load_text(
+        f"runs:/{parent.info.run_id}/sweep/summary.csv"))))
+    assert sorted(float(r["setting.target.lr"]) for r in table) == [0.0005, 0.005, 0.05]
+    assert {r["status"] for r in table} == {"FINISHED"}
 
 
 def test_the_example_sweep_file_makes_its_settings_in_grid_order():

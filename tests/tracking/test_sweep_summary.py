@@ -29,6 +29,7 @@ from mlflow_transfer.tracking.sweep_summary import write_sweep_summary
 FAST = DiagnoseOptions(n_steps=4, tsne_gradient="bh", weight_max_instances=4, patches=3, feature_vis_steps=1,
                        sample_per_class=3)
 HOSTILE = "<img src=x onerror=alert(1)>"
+FORMULA = '=HYPERLINK("http://example.invalid","x")'  # what a spreadsheet would run as a formula
 BUDGETS = (2, 4, 6, None)
 
 
@@ -49,7 +50,7 @@ def sweep(module_store, tmp_path_factory):
     for i, budget in enumerate(BUDGETS):
         extra = () if budget is None else (f"data.label_budget={budget}",)
         tid = finetune(tiny_recipe(*extra, f"target.lr={0.0005 * (i + 1)}"), source_id)
-        note = HOSTILE if budget == 2 else "digits"
+        note = HOSTILE if budget == 2 else FORMULA if budget == 6 else "digits"
         client.set_tag(tid, TAGS.sweep_id, pid)
         client.set_tag(tid, TAGS.sweep_setting, _setting(budget, note))
         targets[budget] = tid
@@ -100,6 +101,9 @@ def test_csv_has_one_row_per_setting_with_the_runs_own_numbers(sweep):
     assert failed["status"] == "FAILED" and failed["setting.data.label_budget"] == "8"
     assert failed["logme"] == failed["transferability_score"] == failed["diagnostics_run_id"] == ""
     assert failed["diagnostics_status"] == ""
+    # a text cell a spreadsheet would read as a formula is quoted as text
+    assert by_target[targets[6]]["setting.source_recipe"] == "'" + FORMULA
+    assert by_target[targets[None]]["setting.source_recipe"] == "digits"
     # the estimates differ between label budgets: the table ranks something
     assert len({r["logme"] for r in rows if r["status"] == "FINISHED"}) == 4
 
