@@ -27,7 +27,7 @@ from helpers.sockets import listening_addresses
 from helpers.tracking import TINY
 from mlflow import MlflowClient
 
-from mlflow_transfer.config import load_recipe, parse_grid
+from mlflow_transfer.config import grid_hash, load_recipe, parse_grid
 from mlflow_transfer.diagnostics.engine import DiagnoseOptions
 from mlflow_transfer.errors import RecipeError
 from mlflow_transfer.tags import TAGS
@@ -171,6 +171,34 @@ def test_the_local_ray_listens_on_127_0_0_1_only(ray_cluster):
     listening = listening_addresses()
     assert ray_cluster.get_runtime_context().gcs_address.startswith("127.0.0.1:")
     assert listening and {a for addresses in listening.values() for a in addresses} == {"127.0.0.1"}, listening
+
+
+def test_a_ray_imported_before_the_loopback_setting_is_refused(module_store, tmp_path):
+    # Ray reads the setting when imported: a process that imported it first would get a Ray on every interface
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 80))  # no packet is sent: only the route is chosen, as Ray picks its node address
+        routable = not probe.getsockname()[0].startswith("127.")
+    except OSError:
+        routable = False
+    finally:
+        probe.close()
+    if not routable:
+        pytest.skip("this machine has no address but loopback: an unset Ray binds nothing else either")
+    script = ("import ray\nfrom mlflow_transfer.errors import ClusterError\n"
+              "from mlflow_transfer.tracking.sweep import run_sweep\n"
+              f"try:\n    run_sweep({RECIPE!r}, {{'target.lr': [0.001]}}, overrides={OVERRIDES!r})\n"
+              "except ClusterError as exc:\n    print('refused:', exc)\n"
+              "print('still initialised:', ray.is_initialized())\n")
+    env = {k: v for k, v in clean_env(MLFLOW_TRACKING_URI=module_store.uri, PYTHONPATH=str(REPO)).items()
+           if k != LOOPBACK_ONLY[0]}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert "refused: Expected the local Ray to listen on 127.0.0.1 only" in proc.stdout, proc.stderr[-2000:]
+    assert "still initialised: False" in proc.stdout
+    ghash = grid_hash(load_recipe(RECIPE, OVERRIDES), {"target.lr": [0.001]})
+    assert not MlflowClient().search_runs(  # refused before the parent run opens
+        [module_store.experiment_id], filter_string=f"tags.`{TAGS.sweep_grid}` = '{ghash}'")
 
 
 def test_ctrl_c_kills_the_running_settings_and_a_rerun_continues(module_store, ray_cluster, tmp_path):
