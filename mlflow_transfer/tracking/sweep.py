@@ -34,7 +34,7 @@ from .context import code_version, transfer_run
 from .lifecycle import process_tags
 from .sweep_summary import SETTINGS_FILE, write_sweep_summary
 
-__all__ = ["SettingOutcome", "SweepResult", "run_sweep", "run_setting"]
+__all__ = ["SettingOutcome", "SweepResult", "run_setting", "run_sweep", "task_resources"]
 
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # tasks pass run ids, not tensors; Ray's minimum is ~75 MB
 CONNECT_TIMEOUT_S = 3.0
@@ -140,6 +140,19 @@ def _finished(client: MlflowClient, experiment_id: str, sweep_key: str) -> tuple
         if diags:
             return target.info.run_id, diags[0].info.run_id
     return None
+
+
+def task_resources(cluster: dict, device: str, max_parallel: int | None) -> tuple[dict, int]:
+    """What each setting's task asks Ray for, and how many run at once: one CPU each, as many as the cluster
+    has CPUs; where the cluster has GPUs and the recipe's device may be one (``auto``, ``cuda…``), one GPU
+    each instead, as many as it has GPUs (Ray then shows each task only its own GPU). ``max_parallel``
+    caps either."""
+    gpus = int(cluster.get("GPU", 0))
+    if gpus >= 1 and (device == "auto" or device.startswith("cuda")):
+        resources, slots = {"num_cpus": 1, "num_gpus": 1}, gpus
+    else:
+        resources, slots = {"num_cpus": 1}, max(1, int(cluster.get("CPU", 1)))
+    return resources, min(max_parallel, slots) if max_parallel else slots
 
 
 def _check_reachable(address: str) -> None:
@@ -304,7 +317,7 @@ def run_sweep(recipe_path: str, grid: dict[str, list], *, overrides: tuple[str, 
 
 def _run(ray, settings, base, grid, options, report_writer, max_parallel, echo) -> SweepResult:
     client = MlflowClient()
-    limit = max_parallel or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    resources, limit = task_resources(ray.cluster_resources(), base.runtime.device, max_parallel)
     with _parent_run(base, grid_hash(base, grid), grid, settings) as (parent, reopened):
         parent_id, experiment_id = parent.info.run_id, parent.info.experiment_id
         echo(f"sweep run {parent_id} ({'reopened' if reopened else 'new'}): {len(settings)} settings")
@@ -319,11 +332,11 @@ def _run(ray, settings, base, grid, options, report_writer, max_parallel, echo) 
         if not pending:
             echo(f"nothing to run: all {len(settings)} settings finished before")
         if pending:  # the workers start and import while the driver trains the sources
-            warm = ray.remote(num_cpus=1)(warm_up)
+            warm = ray.remote(**resources)(warm_up)
             for _ in range(min(limit, len(pending))):
                 warm.remote()
         sources = _source_runs([settings[i] for i in pending], experiment_id, parent_id, echo)
-        remote = ray.remote(num_cpus=1)(run_setting)
+        remote = ray.remote(**resources)(run_setting)
         queue, running = list(pending), {}
         try:
             while queue or running:

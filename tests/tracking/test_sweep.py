@@ -272,3 +272,17 @@ def test_the_example_sweep_file_makes_its_settings_in_grid_order():
     assert {s.recipe.data.target.name for s in settings} == {"handwritten-digits"}
     assert [(s.values["target.lr"], s.values["target.freeze_depth"]) for s in settings[::2]] == \
         [(0.0005, 0), (0.0005, 2), (0.005, 0), (0.005, 2)]
+
+
+@pytest.mark.parametrize("cluster, device, max_parallel, expected", [
+    ({"CPU": 2.0}, "auto", None, ({"num_cpus": 1}, 2)),             # no GPU: one task per core
+    ({"CPU": 16.0}, "auto", 3, ({"num_cpus": 1}, 3)),               # --max-parallel caps it
+    ({"CPU": 16.0, "GPU": 2.0}, "auto", None, ({"num_cpus": 1, "num_gpus": 1}, 2)),  # one task per GPU
+    ({"CPU": 16.0, "GPU": 2.0}, "cuda:0", 1, ({"num_cpus": 1, "num_gpus": 1}, 1)),
+    ({"CPU": 16.0, "GPU": 2.0}, "cpu", None, ({"num_cpus": 1}, 16)),  # the recipe asks for the CPU
+    ({}, "auto", None, ({"num_cpus": 1}, 1)),
+])
+def test_each_task_gets_a_core_or_a_gpu(cluster, device, max_parallel, expected):
+    from mlflow_transfer.tracking.sweep import task_resources
+
+    assert task_resources(cluster, device, max_parallel) == expected
