@@ -45,6 +45,7 @@ import numpy as np
 
 from ..errors import BundleError
 from ..neighbours import most_similar
+from .findings import FINDINGS, check_findings
 from .io import BundleReader, shown
 
 MODELS = ("source", "target")
@@ -185,6 +186,13 @@ class PairBundle:
         model's best accuracy on its own task), or None. Bundle text: escape it."""
         basis = self.manifest.get("transferability_basis")
         return basis if isinstance(basis, str) else None
+
+    def findings(self) -> list[dict] | None:
+        """Issue 16: the pair's findings, best first (``bundle/findings.py``: kind, title, score, evidence,
+        tab, state); None for a bundle written before they were recorded. Strings are bundle text: escape them."""
+        if FINDINGS not in self.reader.names("json", FINDINGS):
+            return None
+        return check_findings(self.reader.read_json(FINDINGS), self.reader.corrupt)
 
     def instances(self) -> dict:
         return self.reader.read_table("instances/table")
