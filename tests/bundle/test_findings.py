@@ -218,3 +218,13 @@ def test_a_replaced_record_is_read_as_written(tmp_path):
     planted = [{"kind": "x", "title": "<b>t</b>", "score": 2, "evidence": {"n": 1, "s": "<i>"}, "tab": "Network",
                 "state": {"classes": ["a"], "layer_from": 1}}]
     assert PairBundle.open(replace_findings(root, planted)).findings() == planted
+
+
+def test_the_writer_stores_the_same_findings_for_the_same_diagnostics(tmp_path):
+    """Every bundle `write_pair_bundle` writes holds the record, and the list is deterministic."""
+    from helpers.bundles import write_tiny_bundle
+
+    a = PairBundle.open(write_tiny_bundle(tmp_path / "a", seed=1))
+    b = PairBundle.open(write_tiny_bundle(tmp_path / "b", seed=1))
+    assert a.manifest["schema_version"] == "1.7.0" and a.findings() == b.findings()
+    assert a.findings() == fm.compute_findings(a)[0] and isinstance(a.findings(), list)
