@@ -23,7 +23,7 @@ Kinds, each firing on one documented threshold (README "Findings"):
   Source-only: among the layer's top ``options.top_fraction`` on source-domain rows, not on target rows,
   with mean percentile on source minus on target > `DOMAIN_SPECIFIC_ABOVE`. The target model is the one
   with conductance on both domains (the source model's source-domain rows are not computed); its
-  source-domain rows are the domain classifiers' sample. The domain classifier's SVM weights are not
+  source-domain rows are the domain classifiers' sample (each domain capped at `RANK_ROWS`). The domain classifier's SVM weights are not
   used: its columns are the target-domain important neurons only, so a source-only neuron is not among them.
 - ``forgotten_source``: on the source validation set, the source model's accuracy minus the target model's
   > `FORGOTTEN_ABOVE` (classes both know, weighted by support).
@@ -62,10 +62,12 @@ DOMAIN_SPECIFIC_ABOVE = 0.5     # mean rank percentile on one domain minus on th
 FORGOTTEN_ABOVE = 0.10          # source − target model accuracy on the source validation set
 STABILITY_BELOW = 0.5           # mean Jaccard of an important set with its bootstrap recomputations
 MAX_PER_KIND = 5                # per-class kinds: the highest scores kept
+RANK_ROWS = 1000                # rows per domain the neuron percentiles rest on at most (a seeded sample beyond)
 THRESHOLDS = {"negative_transfer_below": NEGATIVE_TRANSFER_BELOW, "class_loss_above": CLASS_LOSS_ABOVE,
               "class_change_above": CLASS_CHANGE_ABOVE, "min_support": MIN_SUPPORT,
               "inherited_share_below": INHERITED_SHARE_BELOW, "domain_specific_above": DOMAIN_SPECIFIC_ABOVE,
-              "forgotten_above": FORGOTTEN_ABOVE, "stability_below": STABILITY_BELOW, "max_per_kind": MAX_PER_KIND}
+              "forgotten_above": FORGOTTEN_ABOVE, "stability_below": STABILITY_BELOW, "max_per_kind": MAX_PER_KIND,
+              "rank_rows": RANK_ROWS}
 
 KINDS = ("negative_transfer", "class_negative_transfer", "largest_loss", "largest_gain", "forgotten_source",
          "inheritance_below_half", "unstable_class", "source_only_neuron", "target_only_neuron")
@@ -265,7 +267,7 @@ def _unstable(bundle) -> list[dict]:
 def rank_percentiles(a: np.ndarray) -> np.ndarray:
     """(M, U) → (M, U) float64: each value's ascending rank within its row, ties averaged
     (`scipy.stats.rankdata(..., axis=1)`), mapped to [0, 1] by (rank − 1) / (U − 1). U ≥ 2."""
-    a = np.asarray(a, np.float64)
+    a = np.asarray(a)  # compared in its own dtype: float32 conductance sorts twice as fast as float64
     m, u = a.shape
     order = np.argsort(a, axis=1, kind="stable")
     values = np.take_along_axis(a, order, 1)
@@ -298,10 +300,13 @@ def _domain_specific(bundle) -> list[dict]:
         if a.ndim != 2 or a.shape[0] != len(domain) or a.shape[1] < 2:
             continue
         ok = np.isfinite(a).all(axis=1)  # NaN: rows the diagnostics did not compute for this model
-        rows = {"source": domain[ok] == 0, "target": domain[ok] == 1}
-        if not rows["source"].any() or not rows["target"].any():
+        used = {d: _sample(np.flatnonzero(ok & (domain == code))) for d, code in (("source", 0), ("target", 1))}
+        if not len(used["source"]) or not len(used["target"]):
             continue
-        pct = rank_percentiles(a[ok])
+        order = np.concatenate([used["source"], used["target"]])
+        pct = rank_percentiles(a[order])
+        rows = {"source": np.arange(len(order)) < len(used["source"])}
+        rows["target"] = ~rows["source"]
         mean = {d: pct[rows[d]].mean(axis=0) for d in rows}
         k = max(1, math.ceil(round(fraction * a.shape[1], 9)))
         top = {d: _top(mean[d], k) for d in mean}
@@ -313,7 +318,7 @@ def _domain_specific(bundle) -> list[dict]:
                     if best[d] is None or spec[j] > best[d]["spec"]:
                         best[d] = {"spec": float(spec[j]), "depth": depth, "j": j, "own": float(mean[d][j]),
                                    "theirs": float(mean[other][j]), "column": pct[:, j], "mine": rows[d],
-                                   "labels": labels[ok], "n": {x: int(rows[x].sum()) for x in rows}}
+                                   "labels": labels[order], "n": {x: int(rows[x].sum()) for x in rows}}
     out = []
     for d, other in (("source", "target"), ("target", "source")):
         b = best[d]
@@ -332,6 +337,13 @@ def _domain_specific(bundle) -> list[dict]:
                             NETWORK, {"classes": [cls] if cls else [], **_span(bundle, b["depth"]),
                                       "neuron": f"target:{layer}:{j}"}))
     return out
+
+
+def _sample(rows: np.ndarray) -> np.ndarray:
+    """At most `RANK_ROWS` of ``rows``: a seeded sample, in row order (a mean percentile needs no more)."""
+    if len(rows) <= RANK_ROWS:
+        return rows
+    return np.sort(np.random.default_rng(0).choice(rows, RANK_ROWS, replace=False))
 
 
 def _strongest_class(bundle, column: np.ndarray, labels: np.ndarray, mine: np.ndarray) -> str | None:

@@ -228,3 +228,10 @@ def test_the_writer_stores_the_same_findings_for_the_same_diagnostics(tmp_path):
     b = PairBundle.open(write_tiny_bundle(tmp_path / "b", seed=1))
     assert a.manifest["schema_version"] == "1.7.0" and a.findings() == b.findings()
     assert a.findings() == fm.compute_findings(a)[0] and isinstance(a.findings(), list)
+
+
+def test_neuron_percentiles_rest_on_at_most_rank_rows_per_domain(tmp_path, monkeypatch):
+    monkeypatch.setattr(fm, "RANK_ROWS", 5)
+    (f,) = _findings(tmp_path, specific={"target": ("fc", 7, 4)})
+    assert (f["evidence"]["source_rows"], f["evidence"]["target_rows"]) == (5, 5)
+    assert f["evidence"]["specificity"] == pytest.approx(0.8)
