@@ -62,7 +62,7 @@ DOMAIN_SPECIFIC_ABOVE = 0.5     # mean rank percentile on one domain minus on th
 FORGOTTEN_ABOVE = 0.10          # source − target model accuracy on the source validation set
 STABILITY_BELOW = 0.5           # mean Jaccard of an important set with its bootstrap recomputations
 MAX_PER_KIND = 5                # per-class kinds: the highest scores kept
-RANK_ROWS = 1000                # rows per domain the neuron percentiles rest on at most (a seeded sample beyond)
+RANK_ROWS = 500                 # rows per domain the neuron percentiles rest on at most (a seeded sample beyond)
 THRESHOLDS = {"negative_transfer_below": NEGATIVE_TRANSFER_BELOW, "class_loss_above": CLASS_LOSS_ABOVE,
               "class_change_above": CLASS_CHANGE_ABOVE, "min_support": MIN_SUPPORT,
               "inherited_share_below": INHERITED_SHARE_BELOW, "domain_specific_above": DOMAIN_SPECIFIC_ABOVE,
