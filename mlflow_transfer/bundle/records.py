@@ -25,7 +25,8 @@ indices/values; ``vis``, optional: one feature-visualisation tile per neuron, st
 order of ``neurons``), ``cka/matrix``; issue 13, optional (`PairBundle.robustness`): the manifest's
 ``robustness`` block, ``robustness/curves``, ``robustness/dir``, ``robustness/neurons`` (tables) and
 ``robustness/examples/{output,feature}`` (PNG sprite: clean | adversarial | perturbation per row, and
-its ``/table``).
+its ``/table``); issue 16, optional (`PairBundle.findings`): ``findings`` (json, the ranked
+findings of ``bundle/findings.py``).
 
 This module is long because it is the one typed reader of every record: one short method per record or
 query, each checking what it reads, which splitting by record would only scatter.
