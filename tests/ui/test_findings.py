@@ -59,7 +59,9 @@ def test_each_finding_is_listed_escaped_with_its_evidence(hostile_bundle):
     assert HOSTILE not in text and html.escape(HOSTILE) in text
     assert "class = " + html.escape(HOSTILE) in text and "difference = -0.15" in text and "neuron = 3" in text
     assert [b.label for b in layout.select(pn.widgets.Button) if "finding-open" in b.css_classes] == [
-        "Show in Statistics", "Show in Network", f"Show in {HOSTILE}"]
+        "Show in Statistics", "Show in Network", "No such tab"]
+    assert [b.disabled for b in layout.select(pn.widgets.Button) if "finding-open" in b.css_classes] == [
+        False, False, True]
 
 
 def test_a_findings_button_opens_its_tab_and_state(hostile_bundle):

@@ -38,7 +38,8 @@ class StatisticsTab(Tab):
 
     @part("state.bundle", what="findings")
     def findings(self):
-        return findings_panel(self.state.bundle.findings(), self.open_finding)
+        return findings_panel(self.state.bundle.findings(), self.open_finding,
+                              known=lambda tab: self.state.tab_index(tab) is not None)
 
     def open_finding(self, finding: dict) -> None:
         """Open the tab ``finding`` names with its state: its URL parameters set (through the state's

@@ -63,17 +63,20 @@ def findings_html(findings: list[dict] | None) -> str:
     return f"{_STYLE}<ol class='findings'>{items}</ol>"
 
 
-def findings_panel(findings: list[dict] | None, on_open: Callable[[dict], None]) -> pn.viewable.Viewable:
+def findings_panel(findings: list[dict] | None, on_open: Callable[[dict], None],
+                   known: Callable[[str], bool] = lambda tab: True) -> pn.viewable.Viewable:
     """The app's list (pane ``findings``): per finding its title, evidence and a button ``Show in <tab>``
-    calling ``on_open(finding)``; a note without findings (``findings-none``) or for an older bundle."""
+    calling ``on_open(finding)`` (disabled, "No such tab", when ``known(tab)`` is false); a note without
+    findings or for an older bundle."""
     if findings is None:
         return pn.pane.HTML(f"<div class='findings-note'>{escape_html(NOT_RECORDED)}</div>", name="findings")
     if not findings:
         return pn.pane.HTML(f"<div class='findings-note'>{escape_html(NO_FINDINGS)}</div>", name="findings")
     rows = []
     for i, f in enumerate(findings):
-        button = pn.widgets.Button(label=f"Show in {f['tab']}", color="light", width=150,
-                                   css_classes=["finding-open"], margin=(8, 5, 0, 5))
+        ok = known(f["tab"])
+        button = pn.widgets.Button(label=f"Show in {f['tab']}" if ok else "No such tab", color="light", width=150,
+                                   css_classes=["finding-open"], margin=(8, 5, 0, 5), disabled=not ok)
         button.on_click(lambda _event, f=f: on_open(f))
         rows.append(pn.Row(button, pn.pane.HTML(f"{_STYLE}<div class='findings' data-finding='{i}'>"
                                                 f"{_item_html(f)}</div>", sizing_mode="stretch_width"),
