@@ -111,8 +111,10 @@ def _order(f: dict) -> tuple:
 
 
 def _finding(kind: str, effect: float, title: str, evidence: dict, tab: str, state: dict) -> dict:
+    numbers = {k: _number(v) for k, v in evidence.items()}  # a non-finite number is no evidence (nor valid JSON)
     return {"kind": kind, "title": title, "score": round(float(effect) / UNITS[kind], 6),
-            "evidence": {k: _number(v) for k, v in evidence.items()}, "tab": tab, "state": state}
+            "evidence": {k: v for k, v in numbers.items() if isinstance(v, str) or math.isfinite(v)},
+            "tab": tab, "state": state}
 
 
 def _number(v):
