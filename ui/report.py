@@ -5,7 +5,7 @@ browser, offline) shows without the app: a title naming the pair (run ids, model
 accuracy curves and the transferability score (paper §5.1; or why there is none), the five-column
 confusion tables of the target and the source validation sets with the instances they rest on, the
 instance scatter of all classes (§5.2), the per-layer inheritance summary with the layer CKA
-matrix (§5.3) and, when the bundle has one (issue 13), a short robustness section: the overall defect
+matrix (§5.3), above them the pair's findings (issue 16: `ui.views.findings.findings_html`) and, when the bundle has one (issue 13), a short robustness section: the overall defect
 inheritance rate per attack and both models' accuracy at the largest ε; with the pair's training timeline
 (issue 14) a small-multiples strip of it: about six positions' decision regions with the points drawn on
 them, embedded PNGs (`ui.views.timeline.strip_html`).
@@ -44,6 +44,7 @@ from mlflow_transfer.bundle.timeline import TimelineBundle
 
 from .views import instances as instance_view
 from .views import overview, summary
+from .views.findings import findings_html
 from .views import robustness as robustness_view
 from .views import timeline as timeline_view
 from .views.style import SOURCE, TARGET
@@ -109,7 +110,7 @@ def build_report_html(bundle: PairBundle, timeline: TimelineBundle | None = None
     if not thumbs:
         scatter_note += f" Hover shows text only (thumbnails are embedded up to {MAX_THUMBNAILS:,} points)."
     body = _BODY.format(
-        title=html.escape(_title(manifest)), header=_header(manifest),
+        title=html.escape(_title(manifest)), header=_header(manifest), findings=findings_html(bundle.findings()),
         accuracy=divs["accuracy"], badge=overview.transferability_badge(score, score_note).object
         + overview.estimates_html(bundle.transferability_estimates()) + overview.label_spaces_html(spaces, bundle.transferability_basis()),
         confusion=_confusions_html(bundle), instances=divs["instances"],
@@ -352,6 +353,10 @@ for (const item of document.querySelectorAll("script.bokeh-item")) {
 
 _BODY = """<h1>{title}</h1>
 <div class="meta">{header}</div>
+<h2>Findings</h2>
+<p class="note">What stands out in this pair, best first (thresholds: the README's "Findings"); each names the
+view of the app (<code>mlflow-transfer ui</code>) that shows it.</p>
+{findings}
 <h2>Statistics</h2>
 <p class="note">Accuracy of the <span class="legend-key">source model</span> (crosses) and the
 <span class="legend-key">target model</span> (circles) on each dataset, epoch by epoch; the target

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import BundleError
 from ..validation import check_no_symlinks, check_relative_path
 
-SCHEMA_VERSION = "1.6.0"  # what each minor version added: docs/ARCHITECTURE.md, "Bundle schema history"
+SCHEMA_VERSION = "1.7.0"  # what each minor version added: docs/ARCHITECTURE.md, "Bundle schema history"
 MANIFEST = "manifest.json"
 _KINDS = {"table": ".parquet", "array": ".npy", "image": ".png", "json": ".json"}
 MAX_MANIFEST_BYTES = 64 << 20  # ~15 MB hold 100,000 entries; more is not a manifest we wrote
@@ -142,6 +142,26 @@ class BundleWriter:
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
         os.replace(tmp, self.root / MANIFEST)  # the manifest appears whole or not at all
         return manifest
+
+
+def add_json_record(root: str | Path, name: str, record) -> dict:
+    """Add the JSON record ``name`` to the finished bundle at ``root`` (one this process has just written:
+    a record computed from the bundle itself, e.g. its findings) and rewrite its manifest, atomically as
+    `BundleWriter.finish` does; returns the new manifest. The bundle must not hold ``name`` already."""
+    root = Path(root)
+    manifest = json.loads((root / MANIFEST).read_text())
+    rel = _check_name(name) + _KINDS["json"]
+    if any(e["path"] == rel for e in manifest["files"]):
+        raise BundleError(f"bundle entry {rel} written twice")
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, sort_keys=True, allow_nan=True))
+    entry = FileEntry(rel, "json", path.stat().st_size, _sha256(path))
+    manifest["files"] = sorted([*manifest["files"], asdict(entry)], key=lambda e: e["path"])
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, root / MANIFEST)
+    return manifest
 
 
 class BundleReader:

@@ -25,7 +25,8 @@ indices/values; ``vis``, optional: one feature-visualisation tile per neuron, st
 order of ``neurons``), ``cka/matrix``; issue 13, optional (`PairBundle.robustness`): the manifest's
 ``robustness`` block, ``robustness/curves``, ``robustness/dir``, ``robustness/neurons`` (tables) and
 ``robustness/examples/{output,feature}`` (PNG sprite: clean | adversarial | perturbation per row, and
-its ``/table``).
+its ``/table``); issue 16, optional (`PairBundle.findings`): ``findings`` (json, the ranked
+findings of ``bundle/findings.py``).
 
 This module is long because it is the one typed reader of every record: one short method per record or
 query, each checking what it reads, which splitting by record would only scatter.
@@ -45,6 +46,7 @@ import numpy as np
 
 from ..errors import BundleError
 from ..neighbours import most_similar
+from .findings import FINDINGS, check_findings
 from .io import BundleReader, shown
 
 MODELS = ("source", "target")
@@ -185,6 +187,13 @@ class PairBundle:
         model's best accuracy on its own task), or None. Bundle text: escape it."""
         basis = self.manifest.get("transferability_basis")
         return basis if isinstance(basis, str) else None
+
+    def findings(self) -> list[dict] | None:
+        """Issue 16: the pair's findings, best first (``bundle/findings.py``: kind, title, score, evidence,
+        tab, state); None for a bundle written before they were recorded. Strings are bundle text: escape them."""
+        if FINDINGS not in self.reader.names("json", FINDINGS):
+            return None
+        return check_findings(self.reader.read_json(FINDINGS), self.reader.corrupt)
 
     def instances(self) -> dict:
         return self.reader.read_table("instances/table")

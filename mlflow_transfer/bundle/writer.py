@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from ..diagnostics.engine import PairDiagnostics
-from .io import BundleWriter
-from .records import MODELS, SOURCE_DOMAIN
+from .findings import FINDINGS, findings_record
+from .io import BundleReader, BundleWriter, add_json_record
+from .records import MODELS, SOURCE_DOMAIN, PairBundle
 
 __all__ = ["write_pair_bundle"]
 
@@ -184,10 +185,12 @@ def write_pair_bundle(root: str | Path, diag: PairDiagnostics, *, history: dict 
     # issue 12: the n_steps each model's conductance used, and its completeness error (optional for readers)
     steps = {role: choice.record() for role, choice in diag.conductance_steps.items()}
     _write_robustness(w, diag.robustness)
-    return w.finish(classes=classes, layers=list(diag.layers), options=dataclasses.asdict(diag.options),
+    w.finish(classes=classes, layers=list(diag.layers), options=dataclasses.asdict(diag.options),
                     n_instances=int(len(inst.labels)), **_label_spaces(diag),
                     **({"conductance_steps": steps} if steps else {}),
                     **({"robustness": diag.robustness.info} if diag.robustness is not None else {}), **(meta or {}))
+    # issue 16: the findings, read from the bundle just written (unverified: this process wrote it)
+    return add_json_record(root, FINDINGS, findings_record(PairBundle(BundleReader(root, verify=False))))
 
 
 def _write_robustness(w: BundleWriter, robustness) -> None:

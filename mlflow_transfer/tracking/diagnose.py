@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from mlflow import MlflowClient
 
+from ..bundle.io import BundleReader
+from ..bundle.records import PairBundle
 from ..bundle.writer import write_pair_bundle
 from ..diagnostics.engine import DiagnoseOptions, Instances, diagnose_pair
 from ..diagnostics.predictions import ValidationSets
@@ -243,7 +245,8 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
                 "runtime": {"device": str(torch_device), "device_option": device,
                             "torch_threads": torch.get_num_threads()}}
         with tempfile.TemporaryDirectory() as tmp:
-            write_pair_bundle(Path(tmp) / BUNDLE_DIR, diag, history=history, meta=meta)
+            write_pair_bundle(Path(tmp) / BUNDLE_DIR, diag, history=history, meta=meta)  # findings included
+            findings = PairBundle(BundleReader(Path(tmp) / BUNDLE_DIR, verify=False)).findings() or []
             log_bundle(Path(tmp) / BUNDLE_DIR, artifact_path=BUNDLE_DIR)  # manifest last: whole or incomplete
             if report_writer is not None:
                 log_report(report_writer, Path(tmp) / BUNDLE_DIR, Path(tmp))
@@ -257,6 +260,7 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
         if "__all__" in diag.discriminability:
             final["domain_cv_accuracy"] = diag.discriminability["__all__"].cv_mean
         final.update({f"seconds_{k}": v for k, v in diag.timings.items()})
+        final["findings_count"] = len(findings)  # issue 16: the compare listing counts them without the bundle
         if diag.robustness is not None:  # issue 13: dir_{output,feature}, adv_acc_{model}_{attack} at the largest ε
             final.update(diag.robustness.metrics())
         mlflow.log_metrics({k: float(v) for k, v in final.items()})

@@ -1,13 +1,16 @@
 """The Statistics tab (paper §5.1, Figure 1 A): accuracy curves, transferability score, confusion table of
 the target validation set (or, switched, the source validation set) with the instances it rests on;
-clicking a row of the table selects its class in every view."""
+clicking a row of the table selects its class in every view. Above them, the pair's findings (issue 16):
+each one's button opens the tab and state that show it."""
 
 from __future__ import annotations
 
 import panel as pn
 import param
 
+from ui.state import URL_PARAMS
 from ui.views import overview
+from ui.views.findings import findings_panel
 from ui.views.text import escape_html, rests_on
 
 from .base import Tab, part
@@ -15,10 +18,11 @@ from .base import Tab, part
 __all__ = ["DOMAINS", "StatisticsTab"]
 
 DOMAINS = {"target validation set": "target", "source validation set": "source"}
+_NOT_FROM_FINDINGS = ("experiment", "pair", "tab")  # a finding opens a view of its own pair
 
 
 class StatisticsTab(Tab):
-    """Named panes: ``accuracy``, ``transferability``, ``transferability-estimates`` (empty without LogME /
+    """Named panes: ``findings`` (the list, or the note for none / an older bundle), ``accuracy``, ``transferability``, ``transferability-estimates`` (empty without LogME /
     LEEP), ``label-spaces`` (empty unless the models' classes
     differ), ``rests-on``, ``confusion`` (or ``confusion-missing``)."""
 
@@ -31,6 +35,19 @@ class StatisticsTab(Tab):
         super().__init__(**params)
         self._switch = pn.widgets.RadioButtonGroup(options=DOMAINS, value=self.domain)
         self._switch.param.watch(lambda e: setattr(self, "domain", e.new), "value")
+
+    @part("state.bundle", what="findings")
+    def findings(self):
+        return findings_panel(self.state.bundle.findings(), self.open_finding,
+                              known=lambda tab: self.state.tab_index(tab) is not None)
+
+    def open_finding(self, finding: dict) -> None:
+        """Open the tab ``finding`` names with its state: its URL parameters set (through the state's
+        coercion: classes narrowed to the bundle's, layers clamped), never the experiment or the pair."""
+        s = self.state
+        params = {k: v for k, v in finding["state"].items() if k in URL_PARAMS and k not in _NOT_FROM_FINDINGS}
+        tab = s.tab_index(finding["tab"])
+        s.param.update(**params, **({"tab": tab} if tab is not None else {}))
 
     @part("state.bundle", what="statistics")
     def view(self):
@@ -77,7 +94,9 @@ class StatisticsTab(Tab):
 
     def layout(self):
         side = sum(overview.CONFUSION_WIDTHS.values()) + 10
-        return pn.Row(self.lazy(self.view, sizing_mode="stretch_width"),
-                      pn.Column(self.lazy(self.badge), self.lazy(self.estimates), self.lazy(self.label_spaces), self._switch,
-                                self.lazy(self.table), width=side),
-                      sizing_mode="stretch_width")
+        return pn.Column(
+            self.lazy(self.findings, sizing_mode="stretch_width"),
+            pn.Row(self.lazy(self.view, sizing_mode="stretch_width"),
+                   pn.Column(self.lazy(self.badge), self.lazy(self.estimates), self.lazy(self.label_spaces), self._switch,
+                             self.lazy(self.table), width=side),
+                   sizing_mode="stretch_width"), sizing_mode="stretch_width")
