@@ -37,12 +37,16 @@ from ..tags import TAGS
 from ..validation import check_run_id
 from .bundles import unreachable
 
-__all__ = ["COUNT_PARAMS", "CompareListing", "OUTCOMES", "SUMMARY_VERSION", "classes_hash", "diagnose_command",
+__all__ = ["COUNT_PARAMS", "CompareListing", "OUTCOMES", "ROW_KEYS", "SUMMARY_VERSION", "classes_hash", "diagnose_command",
            "list_compare_rows", "parse_summary", "summary_tag"]
 
 # The scalar outcomes of a row, in the order a table shows them.
 OUTCOMES = ("target_accuracy", "transferability_score", "logme", "leep", "cka_mean", "dir_output", "dir_feature",
             "domain_cv_accuracy", "findings_count")
+# The keys of a row (see the contract in `CompareListing`).
+ROW_KEYS = ("target_run_id", "diagnostics_run_id", "source_run_id", "experiment_id", "name", "target_status",
+            "diagnostics_status", "model", "classes_hash", "source_domain", "target_domain", "method", "sweep_id",
+            "setting", *OUTCOMES, "layers", "inherited_share", "cka", "command")
 # Outcome key -> the diagnostics run's metric it is read from.
 DIAGNOSTICS_METRICS = {"target_accuracy": "target_val_accuracy", "transferability_score": "transferability_score",
                        "cka_mean": "cka_mean", "dir_output": "dir_output", "dir_feature": "dir_feature",
@@ -58,8 +62,10 @@ DEFAULT_METHOD = "finetune"  # a target run without the method tag (older runs) 
 
 @dataclass(frozen=True)
 class CompareListing:
-    """What the Compare tab shows: ``rows`` (one per comparable target run, newest first; keys in the module
-    docstring of `list_compare_rows`), ``settings`` (recipe keys whose values differ between the rows,
+    """What the Compare tab shows: ``rows`` (one per comparable target run, newest first; keys `ROW_KEYS`:
+    run ids and statuses, the target run's tags, ``setting`` {recipe key: str}, the `OUTCOMES` (float or
+    None), the per-depth ``layers`` / ``inherited_share`` / ``cka`` ([] without a summary) and ``command``
+    (None, or the `diagnose_command` of a row without a FINISHED diagnostics run)), ``settings`` (recipe keys whose values differ between the rows,
     sorted), ``left_out`` (``{"target_run_id", "name", "reason"}`` of runs not comparable with the rows)
     and ``sweeps`` (``{"run_id", "name"}`` of the experiment's sweep parents)."""
 
@@ -195,7 +201,7 @@ def _row(target, diagnostics, latest, summary: dict | None) -> dict:
             row["classes_hash"] = summary["classes_hash"]
             if row["cka_mean"] is None:
                 row["cka_mean"] = summary["cka_mean"]
-    return row
+    return {k: row[k] for k in ROW_KEYS}
 
 
 def _comparable(rows: list[dict]) -> tuple[list[dict], list[dict]]:
