@@ -17,6 +17,7 @@ reads:
 Only comparable rows are kept: the same model and target label space (``classes_hash``); the largest such
 group wins (ties: the newest row's) and the others are listed in ``left_out`` with what differs. Tags are
 free text: run-id tags that are not ids read as None, and every value is shown escaped by the app.
+MLflow is imported when a listing is asked for: the app imports `CompareListing` at start-up without it.
 """
 
 from __future__ import annotations
@@ -28,17 +29,12 @@ from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import mlflow
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-
 from ..errors import RunLookupError
 from ..tags import TAGS
 from ..validation import check_run_id
-from .bundles import unreachable
 
 __all__ = ["COUNT_PARAMS", "CompareListing", "OUTCOMES", "ROW_KEYS", "SUMMARY_VERSION", "classes_hash", "diagnose_command",
-           "list_compare_rows", "parse_summary", "summary_tag"]
+           "list_compare_rows", "listing_from_rows", "parse_summary", "summary_tag"]
 
 # The scalar outcomes of a row, in the order a table shows them.
 OUTCOMES = ("target_accuracy", "transferability_score", "logme", "leep", "cka_mean", "dir_output", "dir_feature",
@@ -154,20 +150,33 @@ def _tag_classes_hash(text) -> str | None:
     return classes_hash(classes) if isinstance(classes, list) else None
 
 
-def _search(client: MlflowClient, uri: str, experiment_id: str, query: str, page_size: int,
+def _search(client, uri: str, experiment_id: str, query: str, page_size: int,
             limit: int | None = None) -> list:
     """Every run matching ``query``, newest first, ``page_size`` per request (at most ``limit``)."""
+    from .bundles import unreachable
+
     runs, token = [], None
     while True:
         try:
             page = client.search_runs([experiment_id], filter_string=query, max_results=page_size,
                                       order_by=["attributes.start_time DESC"], page_token=token)
-        except MlflowException as exc:
+        except _store_errors() as exc:  # one message for a store that does not answer, as tracking.bundles
             raise unreachable(uri, exc) from None
         runs.extend(page)
         token = page.token
         if not token or (limit is not None and len(runs) >= limit):
             return runs if limit is None else runs[:limit]
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What a failing tracking store raises: MLflow's error, the HTTP client's, a database's, the OS's."""
+    import sqlite3
+
+    import requests
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return MlflowException, requests.RequestException, SQLAlchemyError, sqlite3.Error, OSError
 
 
 def _setting(params: dict) -> dict:
@@ -248,13 +257,18 @@ def list_compare_rows(experiment_id: str, *, sweep_id: str | None = None, tracki
         RunLookupError: an experiment or sweep id that is not a well-formed id.
         TrackingUnavailableError: the server does not answer.
     """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from .bundles import unreachable
+
     experiment_id = check_run_id(experiment_id, "valid experiment id")
     if sweep_id is not None:
         sweep_id = check_run_id(sweep_id, "sweep run id")
     uri = tracking_uri or mlflow.get_tracking_uri()
     try:
         client = MlflowClient(tracking_uri) if tracking_uri else MlflowClient()
-    except (MlflowException, OSError) as exc:
+    except _store_errors() as exc:
         raise unreachable(uri, exc) from None
     target_query = f"tags.`{TAGS.role}` = 'target'"
     if sweep_id is not None:  # checked: letters, digits, '_' and '-' only, no quote ends the string
@@ -288,6 +302,12 @@ def list_compare_rows(experiment_id: str, *, sweep_id: str | None = None, tracki
                 if cache is not None:
                     cache[run_id] = summary
         rows.append(_row(target, diagnostics, latest.get(target.info.run_id), summary))
-    kept, left_out = _comparable(rows)
     sweeps = [{"run_id": r.info.run_id, "name": r.info.run_name} for r in found["sweep"]]
-    return CompareListing(rows=kept, settings=_differing(kept), left_out=left_out, sweeps=sweeps)
+    return listing_from_rows(rows, sweeps)
+
+
+def listing_from_rows(rows: list[dict], sweeps: list[dict] | tuple = ()) -> CompareListing:
+    """The listing of ``rows`` (newest first, keys `ROW_KEYS`): the comparable group kept, the rest left out
+    with the reason, the settings that differ among the kept rows."""
+    kept, left_out = _comparable(rows)
+    return CompareListing(rows=kept, settings=_differing(kept), left_out=left_out, sweeps=list(sweeps))

@@ -11,9 +11,9 @@ import math
 import mlflow
 import numpy as np
 import pytest
+from helpers.compare import DIGITS, Runs
 from helpers.tracking import tiny_recipe
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
 
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.diagnostics.engine import DiagnoseOptions
@@ -33,7 +33,6 @@ from mlflow_transfer.tracking.diagnose import diagnose
 
 FAST = DiagnoseOptions(n_steps=4, tsne_gradient="bh", weight_max_instances=4, patches=3, feature_vis_steps=1,
                        sample_per_class=2)
-DIGITS = [str(i) for i in range(10)]
 
 
 @pytest.fixture(scope="module")
@@ -95,45 +94,6 @@ def test_a_diagnosed_pair_is_a_row_of_its_runs_outcomes(diagnosed, module_store)
 
 
 # --- hand-made runs: what a compare table must make of them ---
-
-class Runs:
-    """Runs logged by hand into experiment ``experiment_id``, each started one second after the last."""
-
-    def __init__(self, experiment_id: str):
-        self.client, self.experiment_id, self.clock = MlflowClient(), experiment_id, 1_700_000_000_000
-
-    def _run(self, name, tags, params=None, metrics=None, status="FINISHED") -> str:
-        self.clock += 1000
-        run = self.client.create_run(self.experiment_id, start_time=self.clock, tags=tags, run_name=name)
-        self.client.log_batch(run.info.run_id, metrics=[Metric(k, v, self.clock, 0) for k, v in (metrics or {}).items()],
-                              params=[Param(k, str(v)) for k, v in (params or {}).items()])
-        if status != "RUNNING":
-            self.client.set_terminated(run.info.run_id, status)
-        return run.info.run_id
-
-    def target(self, name, *, lr="0.0005", model="alexnet-32", classes=DIGITS, status="FINISHED",
-               sweep=None, extra_tags=None, **metrics) -> str:
-        tags = {TAGS.role: "target", TAGS.model: model, TAGS.classes: json.dumps(classes),
-                TAGS.source_run_id: "a" * 32, TAGS.source_domain: "printed", TAGS.target_domain: "handwritten",
-                **({TAGS.sweep_id: sweep} if sweep else {}), **(extra_tags or {})}
-        params = {"target.lr": lr, "target.epochs": "5", "model.name": model, "n_target_train": "120"}
-        return self._run(name, tags, params, {"best_acc_target_val": 0.5, "logme": -1.0, "leep": -2.0, **metrics},
-                         status)
-
-    def diagnostics(self, target_run_id, *, status="FINISHED", summary="default", classes=DIGITS,
-                    target_tag=None, **metrics) -> str:
-        if summary == "default":
-            summary = summary_tag(["conv1", "fc"], [0.9, 0.25], [0.8, float("nan")], classes)
-        tags = {TAGS.role: "diagnostics", TAGS.target_run_id: target_tag or target_run_id,
-                **({TAGS.summary: summary} if summary is not None else {})}
-        return self._run("diag", tags, metrics={"target_val_accuracy": 0.75, "transferability_score": 0.1,
-                                                 **metrics}, status=status)
-
-    def sweep(self, name) -> str:
-        run_id = self._run(name, {TAGS.role: "sweep"})
-        self.client.set_tag(run_id, TAGS.sweep_id, run_id)
-        return run_id
-
 
 @pytest.fixture()
 def runs(tracking_store) -> Runs:
