@@ -15,10 +15,11 @@ DIGITS = [str(i) for i in range(10)]
 
 
 class Runs:
-    """Runs logged by hand into experiment ``experiment_id``, each started one second after the last."""
+    """Runs logged by hand into experiment ``experiment_id`` (of ``tracking_uri``, default MLflow's current
+    one), each started one second after the last."""
 
-    def __init__(self, experiment_id: str):
-        self.client, self.experiment_id, self.clock = MlflowClient(), experiment_id, 1_700_000_000_000
+    def __init__(self, experiment_id: str, tracking_uri: str | None = None):
+        self.client, self.experiment_id, self.clock = MlflowClient(tracking_uri), experiment_id, 1_700_000_000_000
 
     def _run(self, name, tags, params=None, metrics=None, status="FINISHED") -> str:
         self.clock += 1000

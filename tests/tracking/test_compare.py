@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 from helpers.compare import DIGITS, Runs
+from helpers.servers import mlflow_server
 from helpers.tracking import tiny_recipe
 from mlflow import MlflowClient
 
@@ -247,3 +248,26 @@ def test_summary_tag_fits_mlflows_limit_and_round_trips():
     for damaged in (None, "", "[]", '{"v": 1}', "x" * (SUMMARY_LIMIT + 1)):
         assert parse_summary(damaged) is None
 
+
+
+def test_a_real_server_gives_the_rows_the_store_gives(tmp_path):
+    # over http the listing reads the REST API's JSON itself: the same rows as through the store's entities
+    with mlflow_server(tmp_path) as (uri, _):
+        client = MlflowClient(uri)
+        experiment_id = client.create_experiment("served")
+        runs = Runs(experiment_id, uri)
+        sweep = runs.sweep("sweep")
+        targets = [runs.target(f"t{i}", lr=str(i), sweep=sweep if i % 2 else None) for i in range(5)]
+        runs.diagnostics(targets[0], cka_mean=float("nan"), findings_count=1)
+        runs.diagnostics(targets[1], status="FAILED")
+        runs.diagnostics(targets[2], summary="{damaged")
+        runs.target("other", model="resnet-18")
+        served = list_compare_rows(experiment_id, tracking_uri=uri, page_size=2)
+        stored = list_compare_rows(experiment_id, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+        assert served == stored
+        assert len(served.rows) == 5 and len(served.left_out) == 1 and served.sweeps[0]["run_id"] == sweep
+        row = {r["target_run_id"]: r for r in served.rows}[targets[0]]
+        # a NaN metric reads as absent, and the summary's mean of the finite CKA entries stands in
+        assert row["cka_mean"] == 0.8 and row["findings_count"] == 1 and row["layers"] == ["conv1", "fc"]
+        swept = list_compare_rows(experiment_id, sweep_id=sweep, tracking_uri=uri)
+        assert sorted(r["target_run_id"] for r in swept.rows) == sorted(targets[1::2])
