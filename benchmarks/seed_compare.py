@@ -71,11 +71,16 @@ def tiny_diagnosed_bundle(root: Path) -> Path:
     return Path(local)
 
 
-def _recipe_params(lr: str, depth: int, method: str) -> dict[str, str]:
-    """The digits recipe's flat params as ``tracking.runs`` logs them, with this setting."""
-    from helpers.tracking import tiny_recipe
+def base_params() -> dict:
+    """The digits recipe's flat values (``Recipe.flat``), read once."""
+    from mlflow_transfer.config import load_recipe
 
-    flat = tiny_recipe(f"target.lr={lr}", f"target.freeze_depth={depth}", f"target.method={method}").flat()
+    return load_recipe(REPO / "recipes" / "digits.yaml", []).flat()
+
+
+def _recipe_params(base: dict, lr: str, depth: int, method: str) -> dict[str, str]:
+    """``base`` with this setting, as ``tracking.runs`` logs a recipe's params (text; a tuple as JSON)."""
+    flat = {**base, "target.lr": float(lr), "target.freeze_depth": depth, "target.method": method}
     return {k: "" if v is None else json.dumps(list(v)) if isinstance(v, tuple) else str(v) for k, v in flat.items()}
 
 
@@ -83,12 +88,12 @@ class _Plan:
     """The seeded runs as plain dicts: ``{"run_id", "name", "start", "status", "tags", "params", "metrics":
     {key: [(step, value), ...]}}``."""
 
-    def __init__(self, n_pairs: int, sweeps: list[str], layers: list[str], seed: int = 0):
+    def __init__(self, n_pairs: int, sweeps: list[str], layers: list[str], base: dict, seed: int = 0):
         self.rng = np.random.default_rng(seed)
         self.runs: list[dict] = []
         self.sweeps, self.layers = sweeps, layers
         self.now = int(time.time() * 1000) - (n_pairs * 4 + 100) * 1000
-        self.params = {}
+        self.params, self.base = {}, base
 
     def clock(self) -> int:
         self.now += 1000
@@ -111,7 +116,7 @@ class _Plan:
         lr, depth, method = self.setting(i)
         key = (lr, depth, method)
         if key not in self.params:
-            self.params[key] = _recipe_params(lr, depth, method)
+            self.params[key] = _recipe_params(self.base, lr, depth, method)
         sweep = self.sweeps[i % len(self.sweeps)] if self.sweeps else None
         rng = self.rng
         quality = 0.9 - 0.3 * abs(np.log10(float(lr)) + 3) / 2 - (0.15 if method == "slice" and depth > 2 else 0)
@@ -197,9 +202,11 @@ def _insert(db: Path, experiment_id: str, artifact_location: str, runs: list[dic
 
 
 def seed(uri: str, db: Path, bundle: Path | None, *, n_pairs: int = 1000, n_sweeps: int = 3, n_real: int = 4,
-         experiment: str = "compare-bench", seed_value: int = 0) -> dict:
+         experiment: str = "compare-bench", seed_value: int = 0, base: dict | None = None) -> dict:
     """Seed ``n_pairs`` pairs into a new experiment of the server at ``uri`` whose store is ``db``; returns
-    ``{"experiment_id", "sweeps": [ids], "real": [(target id, diagnostics id)], "seconds", "runs"}``."""
+    ``{"experiment_id", "sweeps": [ids], "real": [(target id, diagnostics id)], "runs", "seconds" (the
+    writing; ``base``, the recipe's flat values, is read before when not given)}``."""
+    base = base or base_params()
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
@@ -216,7 +223,7 @@ def seed(uri: str, db: Path, bundle: Path | None, *, n_pairs: int = 1000, n_swee
         client.set_tag(run.info.run_id, TAGS.sweep_id, run.info.run_id)
         client.set_terminated(run.info.run_id)
         sweeps.append(run.info.run_id)
-    plan = _Plan(n_pairs, sweeps, layers, seed_value)
+    plan = _Plan(n_pairs, sweeps, layers, base, seed_value)
     source = None
     bulk = n_pairs - (n_real if bundle else 0)
     for i in range(bulk):
