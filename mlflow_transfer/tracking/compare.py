@@ -18,6 +18,8 @@ Only comparable rows are kept: the same model and target label space (``classes_
 group wins (ties: the newest row's) and the others are listed in ``left_out`` with what differs. Tags are
 free text: run-id tags that are not ids read as None, and every value is shown escaped by the app.
 MLflow is imported when a listing is asked for: the app imports `CompareListing` at start-up without it.
+An ``http(s)`` server's search answers are read as REST JSON (`_search_pages`); other stores through
+`MlflowClient`; both give the same rows (tests/tracking/test_compare.py).
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from ..errors import RunLookupError
 from ..tags import TAGS
 from ..validation import check_run_id
 
-__all__ = ["COUNT_PARAMS", "CompareListing", "OUTCOMES", "ROW_KEYS", "SUMMARY_VERSION", "classes_hash", "diagnose_command",
-           "list_compare_rows", "listing_from_rows", "parse_summary", "summary_tag"]
+__all__ = ["COUNT_PARAMS", "CompareListing", "OUTCOMES", "ROW_KEYS", "SUMMARY_VERSION", "classes_hash",
+           "diagnose_command", "list_compare_rows", "listing_from_rows", "parse_summary", "summary_tag"]
 
 # The scalar outcomes of a row, in the order a table shows them.
 OUTCOMES = ("target_accuracy", "transferability_score", "logme", "leep", "cka_mean", "dir_output", "dir_feature",
