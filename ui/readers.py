@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -84,6 +86,8 @@ class TrackingSource:
     _timelines: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
     _listings: dict = field(default_factory=dict, init=False, repr=False)
     _summaries: dict = field(default_factory=dict, init=False, repr=False)
+    _listing_now: dict = field(default_factory=dict, init=False, repr=False)  # (experiment, sweep) -> Future
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # An unreachable server must fail in seconds (a banner), not after MLflow's minutes of retries.
@@ -98,6 +102,9 @@ class TrackingSource:
     def pairs(self, experiment_id: str) -> list[dict]:
         from mlflow_transfer.tracking.bundles import list_diagnosed_pairs
 
+        # The experiment's compare listing is made meanwhile (a thread): the server answers both searches
+        # at once, and the Compare tab, opened later, finds it ready.
+        self._listing(experiment_id, None)
         # Unfinished diagnostics runs too (a killed diagnose, one still running): listed as incomplete.
         return list_diagnosed_pairs([experiment_id], max_pairs=self.max_pairs, tracking_uri=self.uri,
                                     include_incomplete=True)
@@ -138,21 +145,43 @@ class TrackingSource:
         return found
 
     def compare(self, experiment_id: str, sweep_id: str | None = None) -> CompareListing:
-        """The listing through `list_compare_rows`, reused for `COMPARE_TTL_S` per (experiment, sweep); the
-        parsed summaries of FINISHED diagnostics runs are kept by run id beyond that (they never change; a
-        running one's never enters)."""
+        """The listing through `list_compare_rows`, reused for `COMPARE_TTL_S` per (experiment, sweep) by every
+        session; one being made (`pairs` starts the experiment's) is waited for, not made twice. The parsed
+        summaries of FINISHED diagnostics runs are kept by run id beyond that (they never change; a running
+        one's never enters). A failed listing raises here and is not kept."""
+        return self._listing(experiment_id, sweep_id).result()
+
+    def _listing(self, experiment_id: str, sweep_id: str | None) -> Future:
+        """A done future of the kept listing when fresh, else the one being made (started here if none)."""
+        key = (experiment_id, sweep_id)
+        with self._lock:
+            hit = self._listings.get(key)
+            if hit is not None and time.monotonic() - hit[0] < COMPARE_TTL_S:
+                done = Future()
+                done.set_result(hit[1])
+                return done
+            if key in self._listing_now:
+                return self._listing_now[key]
+            future = self._listing_now[key] = Future()
+        threading.Thread(target=self._make_listing, args=(key, future), daemon=True, name="compare-listing").start()
+        return future
+
+    def _make_listing(self, key: tuple, future: Future) -> None:
         from mlflow_transfer.tracking.compare import list_compare_rows
 
-        key = (experiment_id, sweep_id)
-        hit = self._listings.get(key)
-        if hit is not None and time.monotonic() - hit[0] < COMPARE_TTL_S:
-            return hit[1]
-        if len(self._summaries) > KEPT_SUMMARIES:
-            self._summaries.clear()
-        listing = list_compare_rows(experiment_id, sweep_id=sweep_id, tracking_uri=self.uri,
-                                    max_rows=self.max_pairs, cache=self._summaries)
-        self._listings[key] = (time.monotonic(), listing)
-        return listing
+        try:
+            if len(self._summaries) > KEPT_SUMMARIES:
+                self._summaries.clear()
+            listing = list_compare_rows(key[0], sweep_id=key[1], tracking_uri=self.uri, max_rows=self.max_pairs,
+                                        cache=self._summaries)
+            with self._lock:
+                self._listings[key] = (time.monotonic(), listing)
+            future.set_result(listing)
+        except BaseException as exc:  # noqa: BLE001 -- handed to whoever waits (compare raises it)
+            future.set_exception(exc)
+        finally:
+            with self._lock:
+                self._listing_now.pop(key, None)
 
 
 def default_source(uri: str | None = None) -> TrackingSource:

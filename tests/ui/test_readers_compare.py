@@ -1,10 +1,13 @@
 """`PairSource.compare` (issue 16): a TrackingSource over a real sqlite store (the listing reused for the TTL, a
-finished run's summary kept by run id, a running one's never) and a MemorySource (a ready listing, or rows
+finished run's summary kept by run id, a running one's never; started by `pairs`, shared by concurrent
+callers, a failure raised to them) and a MemorySource (a ready listing, or rows
 built from its pair rows and bundles, checked against the bundle's own records)."""
 
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from helpers.compare import DIGITS, Runs
 from mlflow import MlflowClient
 
 from mlflow_transfer.bundle import PairBundle
+from mlflow_transfer.errors import TrackingUnavailableError
 from mlflow_transfer.tags import TAGS
 from mlflow_transfer.tracking.compare import classes_hash, summary_tag
 from ui import readers
@@ -89,3 +93,51 @@ def test_memory_source_builds_rows_from_its_pairs_and_bundles(tiny_bundle):
     assert "label space" in reasons["t2"] and "model 'resnet-18'" in reasons["t3"]
     assert [r["target_run_id"] for r in source.compare("1", "w1").rows] == ["t1"]
     assert source.compare("1").sweeps == [{"run_id": "w1", "name": "w1"}]
+
+
+@pytest.fixture()
+def counted(monkeypatch):
+    """`list_compare_rows` counting its calls (each a little slow, so that callers overlap)."""
+    from mlflow_transfer.tracking import compare
+
+    calls, real = [], compare.list_compare_rows
+
+    def listing(*args, **kwargs):
+        calls.append(args)
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "list_compare_rows", listing)
+    return calls
+
+
+def test_listing_pairs_starts_the_compare_listing_and_every_caller_shares_one(tracking_store, counted):
+    exp = tracking_store.experiment_id
+    runs = Runs(exp)
+    runs.diagnostics(runs.target("a"))
+    source = TrackingSource(tracking_store.uri)
+    assert len(source.pairs(exp)) == 1
+    for _ in range(100):  # the listing was started by `pairs`, before anyone asked for it
+        if counted:
+            break
+        time.sleep(0.05)
+    assert counted == [(exp,)]
+    waiting = [threading.Thread(target=source.compare, args=(exp,)) for _ in range(4)]
+    for t in waiting:
+        t.start()
+    listing = source.compare(exp)
+    for t in waiting:
+        t.join()
+    assert counted == [(exp,)] and [r["target_run_id"] for r in listing.rows] == [runs.client.search_runs(
+        [exp], f"tags.`{TAGS.role}` = 'target'")[0].info.run_id]
+    assert source.compare(exp) is listing and len(counted) == 1
+
+
+def test_a_failed_listing_raises_to_its_caller_and_is_made_again(monkeypatch, counted):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    source = TrackingSource("http://127.0.0.1:9")
+    for attempt in (1, 2):
+        with pytest.raises(TrackingUnavailableError, match="127.0.0.1:9"):
+            source.compare("0")
+        assert len(counted) == attempt
