@@ -96,8 +96,9 @@ def summary_tag(layers, inherited_share, cka, classes) -> str:
     per-layer lists (non-finite entries as null), the mean of the finite CKA entries, the label space's
     hash and size. Too long a value drops layers from the end of the lists rather than fail."""
     layers = [str(x) for x in layers]
-    share = [_finite_or_none(x) for x in inherited_share]
-    cka = [_finite_or_none(x) for x in cka]
+    pad = [None] * len(layers)  # a list shorter than the layers (a CKA matrix of fewer rows) ends in nulls
+    share = ([_finite_or_none(x) for x in inherited_share] + pad)[:len(layers)]
+    cka = ([_finite_or_none(x) for x in cka] + pad)[:len(layers)]
     finite = [x for x in cka if x is not None]
     classes = list(classes)
     head = {"v": SUMMARY_VERSION, "cka_mean": sum(finite) / len(finite) if finite else None,

@@ -245,6 +245,8 @@ def test_summary_tag_fits_mlflows_limit_and_round_trips():
     small = parse_summary(summary_tag(["a", "b"], [1.0, float("nan")], [0.5, 0.7], ["x"]))
     assert small == {"layers": ["a", "b"], "inherited_share": [1.0, None], "cka": [0.5, 0.7],
                      "cka_mean": pytest.approx(0.6), "classes_hash": classes_hash(["x"]), "n_classes": 1}
+    short = parse_summary(summary_tag(["a", "b", "c"], [0.5, 0.5, 0.5], [0.9], ["x"]))  # a CKA matrix of 1 row
+    assert short["cka"] == [0.9, None, None] and short["layers"] == ["a", "b", "c"]
     for damaged in (None, "", "[]", '{"v": 1}', "x" * (SUMMARY_LIMIT + 1)):
         assert parse_summary(damaged) is None
 
