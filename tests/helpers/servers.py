@@ -76,12 +76,13 @@ def _serving(args: list[str], url: str, probe: str, cwd: Path, env: dict[str, st
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, env: dict[str, str] | None = None, **popen):
-    """``(uri, process)`` of an `mlflow server` over ``root/mlflow.db`` (artifacts under ``root``)."""
+def mlflow_server(root: Path, env: dict[str, str] | None = None, workers: int = 1, **popen):
+    """``(uri, process)`` of an `mlflow server` over ``root/mlflow.db`` (artifacts under ``root``), with
+    ``workers`` worker processes (MLflow's own default is 4)."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     args = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--host",
-            "127.0.0.1", "--port", str(port), "--workers", "1"]
+            "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     with _serving(args, uri, "/health", root, env or clean_env(), **popen) as proc:
         yield uri, proc
 
