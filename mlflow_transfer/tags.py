@@ -42,6 +42,8 @@ TAGS = SimpleNamespace(
     sweep_setting=PREFIX + "sweep_setting",  # JSON {recipe key: value} (keys sorted), on each sweep target run
     sweep_key=PREFIX + "sweep_key",          # hash of (base recipe, setting) on each sweep target run: re-runs skip it
     sweep_grid=PREFIX + "sweep_grid",        # hash of (base recipe, grid) on a sweep parent: a re-run finds it again
+    # issue 16: what a compare table needs from a diagnostics run without opening its bundle
+    summary=PREFIX + "summary",              # compact JSON (tracking.compare.summary_tag), on a diagnostics run
 )
 
 ROLES = ("pipeline", "source", "target", "diagnostics", "sweep")
