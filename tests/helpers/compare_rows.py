@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from mlflow_transfer.tracking.compare import CompareListing, diagnose_command
@@ -51,3 +53,42 @@ def grid_listing(n: int = 6, *, seed: int = 0, undiagnosed: tuple[int, ...] = ()
             for i in range(n)]
     return CompareListing(rows=rows, settings=["target.epochs", "target.freeze", "target.lr"],
                           left_out=list(left_out), sweeps=list(sweeps))
+
+
+def write_diff_bundle(root, *, classes: list[str], layers: list[str], confusion_target, share: list[float],
+                      cka_diagonal: list[float], important: dict, source_run: str | None,
+                      history: dict | None = None, diagnostics_run: str = "d") -> Path:
+    """A planted pair bundle holding only what the two-pair diff reads: ``statistics/history`` (``history``
+    {(model, dataset): (epochs, accuracies)}), ``statistics/confusion_target`` (C×C), ``comparison/layers``
+    (the all-classes inherited ``share`` per layer), ``cka/matrix`` (``cka_diagonal`` on the diagonal,
+    0.1 elsewhere), ``neurons/important`` (``important`` {(model, class, layer): [neurons]}) and the
+    manifest's runs (``source_run`` None: not recorded)."""
+    from mlflow_transfer.bundle.io import BundleWriter
+
+    w = BundleWriter(root)
+    rows = {"model": [], "dataset": [], "epoch": [], "accuracy": []}
+    for (model, dataset), (epochs, values) in (history or {("target", "target_val"): ([0, 1], [0.4, 0.8])}).items():
+        rows["model"] += [model] * len(epochs)
+        rows["dataset"] += [dataset] * len(epochs)
+        rows["epoch"] += list(epochs)
+        rows["accuracy"] += [float(v) for v in values]
+    w.write_table("statistics/history", rows)
+    w.write_array("statistics/confusion_target", np.asarray(confusion_target, np.int64))
+    n = len(layers)
+    w.write_table("comparison/layers", {
+        "class_index": [-1] * n, "layer": list(layers), "depth": list(range(n)),
+        "n_important_weights": [10] * n, "n_inherited_weights": [0] * n,
+        "inherited_weight_share": [float(v) for v in share], "n_important_neurons": [3] * n,
+        "mean_best_similarity": [0.5] * n})
+    cka = np.full((n, n), 0.1)
+    np.fill_diagonal(cka, cka_diagonal)
+    w.write_array("cka/matrix", cka)
+    imp = {"model": [], "class_index": [], "layer": [], "rank": [], "neuron": []}
+    for (model, cls, layer), neurons in important.items():
+        for rank, neuron in enumerate(neurons):
+            imp["model"].append(model); imp["class_index"].append(classes.index(cls))
+            imp["layer"].append(layer); imp["rank"].append(rank); imp["neuron"].append(int(neuron))
+    w.write_table("neurons/important", imp)
+    runs = {"target": "t", "diagnostics": diagnostics_run, **({"source": source_run} if source_run else {})}
+    w.finish(classes=list(classes), layers=list(layers), runs=runs)
+    return Path(root)
