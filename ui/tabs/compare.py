@@ -22,7 +22,7 @@ from ui.state import MAX_COMPARED, _invalid
 from ui.views import compare as cv
 from ui.views import diff as dv
 from ui.views.guard import error_pane, guarded
-from ui.views.text import escape_md, md_code, shorten
+from ui.views.text import escape_md, md_code, message_md, shorten
 
 from .base import Tab
 
@@ -107,7 +107,7 @@ class CompareTab(Tab):
         source, note = self.state.source, ""
         sweep = self.state.sweep
         if sweep and _invalid(sweep, "sweep run id"):
-            note, sweep = f"{_invalid(sweep, 'sweep run id')}; showing the whole experiment.", ""
+            note, sweep = message_md(f"{_invalid(sweep, 'sweep run id')}; showing the whole experiment."), ""
         listing = source.compare(self.state.experiment, sweep or None)
         if sweep and sweep not in [s.get("run_id") for s in listing.sweeps]:
             note = (f"There is no sweep {md_code(shorten(sweep))} in this experiment; showing the whole "
