@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlflow_transfer.tracking.compare import CompareListing, diagnose_command
+from ui.readers import CompareListing
 
 LAYERS = ("conv1", "conv2", "fc1")
 
@@ -37,7 +37,7 @@ def compare_row(i: int, *, setting: dict, diagnosed: bool = True, name: str | No
            "layers": list(layers) if diagnosed else [],
            "inherited_share": [float(v) for v in rng.uniform(size=len(layers))] if diagnosed else [],
            "cka": [float(v) for v in rng.uniform(size=len(layers))] if diagnosed else [],
-           "command": None if diagnosed else diagnose_command(target)}
+           "command": None if diagnosed else f"mlflow-transfer diagnose --target-run-id {target}"}
     row.update(outcomes)
     return row
 

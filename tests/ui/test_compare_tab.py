@@ -11,9 +11,8 @@ import pytest
 from helpers.compare_rows import grid_listing, run_id, write_diff_bundle
 from helpers.views import drawn, find
 
-from mlflow_transfer.tracking.compare import CompareListing
 from ui.app import TABS, build_app
-from ui.readers import MemorySource
+from ui.readers import CompareListing, MemorySource
 from ui.state import URL_PARAMS, AppState
 from ui.tabs.compare import PICK_TWO, CompareTab
 
@@ -143,8 +142,8 @@ def test_an_axis_change_updates_the_charts_data_not_the_figure(source):
     layout = drawn(CompareTab(state=state))
     pane = find(layout, pn.pane.HoloViews, "compare-chart")
     root = pane.get_root()
-    from bokeh.plotting import figure
     from bokeh.models import GlyphRenderer
+    from bokeh.plotting import figure
 
     fig = next(iter(root.select({"type": figure})))
     assert fig.xaxis[0].axis_label == "target.epochs" and fig.yaxis[0].axis_label == "target accuracy"

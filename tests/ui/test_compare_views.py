@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 from helpers.compare_rows import compare_row, grid_listing
 
-from mlflow_transfer.tracking.compare import OUTCOMES, CompareListing
+from ui.readers import OUTCOMES, CompareListing
 from ui.views import compare as cv
 
 

@@ -18,7 +18,8 @@ import panel as pn
 import param
 
 from mlflow_transfer.errors import BundleError, TransferError
-from ui.state import MAX_COMPARED, _invalid
+from mlflow_transfer.validation import check_run_id
+from ui.state import MAX_COMPARED
 from ui.views import compare as cv
 from ui.views import diff as dv
 from ui.views.guard import error_pane, guarded
@@ -31,6 +32,15 @@ __all__ = ["CompareTab"]
 NO_EXPERIMENT = "No experiment on this server."
 PICK_TWO = "Pick two diagnosed pairs in the table (A, then B) to see them side by side."
 WHOLE = "whole experiment"
+
+
+def _invalid(value: str, what: str) -> str:
+    """'' when ``value`` is a well-formed MLflow id, else the message saying what arrived."""
+    try:
+        check_run_id(value, what=what)
+    except TransferError as exc:
+        return str(exc)
+    return ""
 
 
 def compare_part(*dependencies: str, what: str):
