@@ -2,7 +2,8 @@
 of bundle folders, as a subprocess: for browser tests and benchmarks of views whose records are planted
 rather than made by a pipeline. ``python tests/helpers/memory_app.py --port P --spec JSON`` (run from
 the repository root; `helpers.servers.memory_ui` starts it); the spec: ``{"experiments": {id: name}, "pairs": {id: [row, ...]},
-"bundles": {run id: folder}, "timelines": {run id: folder}}``."""
+"bundles": {run id: folder}, "timelines": {run id: folder}, "compare": {"<experiment id> <sweep id or ''>":
+{"rows", "settings", "left_out", "sweeps"}}}`` (the last: ready compare listings, issue 16)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,17 @@ def main() -> None:
     sys.path[:0] = [str(REPO)]
     import holoviews as hv
 
-    from ui.readers import MemorySource
+    from ui.readers import CompareListing, MemorySource
     from ui.server import make_server
 
     hv.extension("bokeh", logo=False)
     spec = json.loads(args.spec)
-    source = MemorySource(spec["experiments"], spec["pairs"], spec["bundles"], timelines=spec.get("timelines", {}))
+    listings = {}
+    for key, listing in spec.get("compare", {}).items():
+        experiment, _, sweep = key.partition(" ")
+        listings[(experiment, sweep or None)] = CompareListing(**listing)
+    source = MemorySource(spec["experiments"], spec["pairs"], spec["bundles"], timelines=spec.get("timelines", {}),
+                          compare_listings=listings)
     server = make_server(source, port=args.port)
     server.start()
     server.io_loop.start()

@@ -82,6 +82,11 @@ def test_picking_two_rows_draws_the_diff_and_open_pair_a_opens_its_statistics(so
     table.selection = [2]
     table.selection = [2, 0]
     assert state.compare == [run_id("d", 2), run_id("d", 0)]  # the order picked: A, B
+    table.selection = [2, 0, 1]  # a third tick: the oldest pick leaves
+    assert state.compare == [run_id("d", 0), run_id("d", 1)] and sorted(table.selection) == [0, 1]
+    table.selection = [0, 2]
+    assert state.compare == [run_id("d", 0), run_id("d", 2)]
+    state.compare = [run_id("d", 2), run_id("d", 0)]  # a link's order: A, B
     layout.get_root()
     diff = find(layout, pn.Column, "diff")
     head = find(diff, pn.pane.Markdown, "diff-head").object

@@ -50,7 +50,7 @@ def test_the_table_pages_a_thousand_rows_and_only_diagnosed_rows_are_selectable(
     picked = [listing.rows[5]["diagnostics_run_id"], listing.rows[2]["diagnostics_run_id"]]
     table = cv.compare_table(listing, picked)
     assert table.pagination == "local" and table.page_size == 20 and len(table.value) == 1000
-    assert table.selection == [5, 2] and table.selectable == 2
+    assert table.selection == [5, 2] and table.selectable == "checkbox"
     selectable = table.selectable_rows(table.value)
     assert 1 not in selectable and 7 not in selectable and len(selectable) == 998
 

@@ -149,7 +149,7 @@ class CompareTab(Tab):
                  + ", ".join(md_code(k) for k in listing.settings) if listing.settings else
                  "; no setting differs between them")]
         lines += [note, cv.undiagnosed_md(listing), cv.left_out_md(listing)]
-        return pn.Column(pn.pane.Markdown("\n\n".join(t for t in lines if t), name="compare-notes"),
+        return pn.Column(self._sweep, pn.pane.Markdown("\n\n".join(t for t in lines if t), name="compare-notes"),
                          pn.pane.Markdown(cv.estimates_md(listing), name="compare-estimates"),
                          sizing_mode="stretch_width")
 
@@ -172,7 +172,7 @@ class CompareTab(Tab):
         ids = [listing.rows[i].get("diagnostics_run_id") for i in event.new if i < len(listing.rows)]
         ids = [i for i in ids if i]
         kept = [p for p in self.state.compare if p in ids]
-        wanted = (kept + [i for i in ids if i not in kept])[:MAX_COMPARED]
+        wanted = (kept + [i for i in ids if i not in kept])[-MAX_COMPARED:]  # a third tick drops the oldest
         if wanted != self.state.compare:
             self.state.compare = wanted
 
@@ -284,7 +284,7 @@ class CompareTab(Tab):
         return pn.Column(*parts, name="diff", sizing_mode="stretch_width")
 
     def layout(self):
-        return pn.Column(self._sweep, self.lazy(self.header, sizing_mode="stretch_width"),
+        return pn.Column(self.lazy(self.header, sizing_mode="stretch_width"),
                          self.lazy(self.table, sizing_mode="stretch_width"),
                          pn.Row(self.lazy(self.chart, sizing_mode="stretch_width"),
                                 self.lazy(self.lines, sizing_mode="stretch_width"), sizing_mode="stretch_width"),

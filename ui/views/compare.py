@@ -130,15 +130,16 @@ def compare_frame(listing) -> tuple[pd.DataFrame, dict[str, str]]:
 
 
 def compare_table(listing, selected: list[str] = ()) -> pn.widgets.Tabulator:
-    """The paged Tabulator of `compare_frame`: up to two diagnosed rows selectable (a row without a
-    finished diagnosis has no bundle to diff), ``selected`` (diagnostics run ids) highlighted."""
+    """The paged Tabulator of `compare_frame`: diagnosed rows ticked in their checkbox (a row without a
+    finished diagnosis has no bundle to diff; the tab keeps the last two ticked), ``selected`` (diagnostics
+    run ids) highlighted."""
     frame, titles = compare_frame(listing)
     ids = frame["diagnostics_run_id"].tolist()
     numbers = {k: {"type": "money", "precision": 3} for k in frame.columns
                if k in OUTCOME_TITLES or k.startswith("share")}
     numbers["findings_count"] = {"type": "money", "precision": 0}
     return pn.widgets.Tabulator(
-        frame, show_index=False, selectable=2, disabled=True, titles=titles,
+        frame, show_index=False, selectable="checkbox", disabled=True, titles=titles,
         selection=[ids.index(s) for s in selected if s and s in ids],
         selectable_rows=lambda df: [i for i, d in enumerate(df["diagnostics_run_id"]) if d],
         pagination="local", page_size=PAGE_SIZE, layout="fit_data_stretch", formatters=numbers,
@@ -191,7 +192,7 @@ def scatter(listing, x: str, y: str, picked: list[str] = ()) -> hv.Scatter:
     title = f"{_title(listing, y)} against {_title(listing, x)} ({len(frame)} of {n} pairs plotted)"
     return hv.Scatter(frame, hv.Dimension("x", label=_title(listing, x)),
                       [hv.Dimension("y", label=_title(listing, y)), "name", "run", "pick", "colour"]).opts(
-        color="colour", size=8, line_color="white", tools=["hover", "tap"], framewise=True, responsive=True,
+        color="colour", size=8, line_color="white", tools=["hover", "tap"], framewise=True, responsive=True, shared_axes=False,
         min_height=320, title=title, show_grid=True, hooks=[axis],
         hover_tooltips=[("run", "@{name}"), ("x", "@{x}"), ("y", "@{y}")])
 
@@ -246,7 +247,7 @@ def share_curves(listing, picked: list[str] = ()) -> hv.Overlay:
     if not layers:
         layers = [hv.Curve([], "layer", "share").relabel("pick pairs in the table")]
     return hv.Overlay(layers).opts(hv.opts.Overlay(
-        title="Inherited share of important weights by depth", ylim=(0, 1.02), responsive=True,
+        title="Inherited share of important weights by depth", ylim=(0, 1.02), responsive=True, shared_axes=False,
         min_height=280, show_grid=True, legend_position="bottom_left"))
 
 

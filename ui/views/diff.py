@@ -41,7 +41,7 @@ def accuracy_overlay(a, b, names: tuple[str, str] = ("A", "B")) -> hv.Overlay:
     if not curves:
         curves = [hv.Curve([], "epoch", "accuracy").relabel("no per-epoch history in either bundle")]
     return hv.Overlay(curves).opts(hv.opts.Overlay(
-        title="Accuracy per epoch (A solid, B dashed)", ylim=(0, 1.02), responsive=True, min_height=320,
+        title="Accuracy per epoch (A solid, B dashed)", ylim=(0, 1.02), responsive=True, shared_axes=False, min_height=320,
         show_grid=True, legend_position="bottom_right",
         legend_opts={"background_fill_alpha": 0.6, "label_text_font_size": "7pt"}))
 
@@ -70,7 +70,7 @@ def class_difference_bars(frame: pd.DataFrame) -> hv.Bars:
     """Bars of ``B − A`` per shared class (green: B better, red: A better)."""
     data = frame.assign(better=np.where(frame["B − A"] >= 0, "B", "A"))
     return hv.Bars(data, "class", [hv.Dimension("B − A", label="accuracy B − A"), "A", "B", "better"]).opts(
-        color="better", cmap={"B": "#2ca02c", "A": "#d62728"}, tools=["hover"], responsive=True,
+        color="better", cmap={"B": "#2ca02c", "A": "#d62728"}, tools=["hover"], responsive=True, shared_axes=False,
         min_height=280, show_grid=True, xrotation=45, show_legend=False,
         title="Target model's accuracy per class, B − A (target validation set)")
 
@@ -113,7 +113,7 @@ def depth_difference_plot(frame: pd.DataFrame) -> hv.Overlay:
         parts.append(hv.Curve(data, kdim, vdim, label=label).opts(color=colour, line_dash=dash, line_width=2))
         parts.append(hv.Scatter(data, kdim, vdim, label=label).opts(color=colour, size=6, tools=["hover"]))
     return hv.Overlay(parts).opts(hv.opts.Overlay(
-        title="Inheritance and CKA by depth, B − A", ylim=(-1.02, 1.02), responsive=True, min_height=280,
+        title="Inheritance and CKA by depth, B − A", ylim=(-1.02, 1.02), ylabel="B − A", xlabel="layer (input → output)", responsive=True, shared_axes=False, min_height=280,
         show_grid=True, legend_position="bottom_left"))
 
 
@@ -172,5 +172,5 @@ def overlap_heatmap(frame: pd.DataFrame, model: str) -> hv.HeatMap:
     """Jaccard overlap of ``model``'s important-neuron sets, class (rows) × layer (columns), range [0, 1]."""
     data = frame[frame["model"] == model][["layer", "class", "jaccard", "A", "B", "shared"]]
     return hv.HeatMap(data, ["layer", "class"], [hv.Dimension("jaccard", range=(0, 1)), "A", "B", "shared"]).opts(
-        cmap="viridis", clim=(0, 1), colorbar=True, tools=["hover"], responsive=True, min_height=260,
+        cmap="viridis", clim=(0, 1), colorbar=True, tools=["hover"], responsive=True, shared_axes=False, min_height=260,
         xrotation=45, invert_yaxis=True, title=f"Important-neuron overlap (Jaccard), {model} model")
