@@ -55,10 +55,21 @@ each measurement, and from a log of the server's websocket (what it handled and 
 times): action → the message that set the server off, → the server's last data frame, → the end.
 Numbers on a machine shared with other processes swing.
 
+Issue 16, ``--only compare`` (alone; results in ``benchmarks/results_compare.txt``): a real ``mlflow server``
+(sqlite store, 127.0.0.1) seeded by ``benchmarks/seed_compare.py`` with ``--pairs`` diagnosed pairs (a few with
+a real bundle) and, as the baseline, an experiment of ``--compare-base`` pairs. Plain Python: the compare
+listing (`list_compare_rows`, two searches side by side) cold, through a `TrackingSource` cached (within
+its TTL) and after the TTL (parsed summaries kept), the listing of one sweep, and as the baseline the
+pair list the app loads for an experiment anyway (`list_diagnosed_pairs`, one search) and the listing of
+the small experiment. In Chromium (`measure_compare_paint`, when the app has a Compare tab): first paint of
+``?experiment=…&tab=<Compare>`` = navigation start → the first row of the compare table shown (a row
+with a target run's name), first load after the app server started and warm (listing cached), against
+the small experiment's.
+
 Usage: ``python benchmarks/bench_ui.py [--points 1000000] [--small 20000] [--repeat 3] [--only raster]``
 (``--only app``: goal 1 alone; ``--only raster``: goal 2 alone, no bundles built; ``--only epoch``: goal 3
-alone). Results:
-``benchmarks/results_ui.txt``.
+alone; ``--only compare [--pairs 1000]``: issue 16's listing and first paint). Results:
+``benchmarks/results_ui.txt``, ``benchmarks/results_compare.txt``.
 """
 
 from __future__ import annotations
@@ -91,6 +102,7 @@ from helpers.bundles import write_tiny_bundle
 from helpers.timeline import write_tiny_timeline
 
 SWITCH_GOAL, TOUR_GOAL, FIRST_PAINT_GOAL, ZOOM_GOAL, EPOCH_GOAL = 3.0, 2.5, 3.0, 0.35, 0.3
+COMPARE_PAINT_GOAL = 3.0  # issue 16: the Compare tab over 1,000 diagnosed pairs, first paint
 SCORES = (0.125, -0.05)  # transferability scores of the two pairs: the badge tells them apart
 TABS = ("Statistics", "Instances", "Network", "Features")
 
@@ -610,15 +622,17 @@ OPTIONS = (("--points", 1_000_000, "points of the big raster"), ("--small", 20_0
            ("--repeat", 3, "switches per tab, warm page loads"), ("--zooms", 4, "wheel zooms per view"),
            ("--quiet", 1.0, "seconds without paint or DOM change that end a measurement"),
            ("--switches", 12, "epoch switches per timeline"),
-           ("--timeline-per-class", 50, "timeline points per class, domain and split"))
+           ("--timeline-per-class", 50, "timeline points per class, domain and split"),
+           ("--pairs", 1000, "diagnosed pairs seeded for --only compare"),
+           ("--compare-base", 10, "pairs of the compare baseline experiment"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for flag, default, text in OPTIONS:
         parser.add_argument(flag, type=type(default), default=default, help=f"{text} (default {default:,})")
-    parser.add_argument("--only", choices=("app", "raster", "epoch"),
-                        help="goal 1 (app), goal 2 (raster) or goal 3 (epoch) alone")
+    parser.add_argument("--only", choices=("app", "raster", "epoch", "compare"),
+                        help="goal 1 (app), goal 2 (raster) or goal 3 (epoch) alone, or issue 16's compare listing")
     for flag, extra in (("--serve", {"action": "store_true"}), ("--port", {"type": int}), ("--bundles", {"nargs": 2}),
                         ("--timelines", {"nargs": 3}), ("--log", {})):  # the server's own arguments (this script re-run with --serve)
         parser.add_argument(flag, help=argparse.SUPPRESS, **extra)
@@ -640,6 +654,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     print(" ".join(["$ python benchmarks/bench_ui.py", *sys.argv[1:]]))
+    if args.only == "compare":
+        run_compare(args)
+        return
     print(f"{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} · {platform.node()} · {os.cpu_count()} CPUs "
           f"({platform.processor() or platform.machine()}) · load average {os.getloadavg()[0]:.2f} at start")
     print(f"python {platform.python_version()} · panel {panel.__version__} · bokeh {bokeh.__version__} · "
@@ -845,6 +862,135 @@ def report_views(views: dict, py: dict, shape, args) -> list[str]:
     points = f"{args.points:,} points"
     return [f"  goal 2, {points}, first paint (warm): {_verdict(first, FIRST_PAINT_GOAL)}; settled {settled:.2f} s",
             f"  goal 2, {points}, zoom → new raster painted: {_verdict(zoom, ZOOM_GOAL)}; {sent:,.0f} bytes per zoom"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 16: the compare listing over many pairs, and the Compare tab's first paint
+
+
+def _timed(job, repeat: int) -> list[dict]:
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        job()
+        out.append({"time": time.perf_counter() - t})
+    return out
+
+
+def measure_listing(uri: str, big: str, small: str, sweep: str, repeat: int) -> dict[str, list]:
+    """Plain-Python times of the compare listing on the server at ``uri`` (see the module docstring)."""
+    from mlflow_transfer.tracking.bundles import list_diagnosed_pairs
+    from mlflow_transfer.tracking.compare import list_compare_rows
+    from ui import readers
+
+    out = {"pairs": _timed(lambda: list_diagnosed_pairs([big], tracking_uri=uri, include_incomplete=True), repeat),
+           "small": _timed(lambda: list_compare_rows(small, tracking_uri=uri), repeat),
+           "cold": _timed(lambda: list_compare_rows(big, tracking_uri=uri), repeat),
+           "sweep": _timed(lambda: list_compare_rows(big, sweep_id=sweep, tracking_uri=uri), repeat)}
+    source = readers.TrackingSource(uri)
+    out["source first"] = _timed(lambda: source.compare(big), 1)
+    out["source cached"] = _timed(lambda: source.compare(big), repeat)
+    ttl, readers.COMPARE_TTL_S = readers.COMPARE_TTL_S, 0.0
+    try:
+        out["source expired"] = _timed(lambda: source.compare(big), repeat)
+    finally:
+        readers.COMPARE_TTL_S = ttl
+    return out
+
+
+def measure_compare_paint(browser, url: str, experiment: str, marker: str, loads: int) -> list[dict] | None:
+    """Navigation start → the first compare-table row holding ``marker`` (a target run name) is visible, for
+    ``loads`` loads of ``?experiment=…&tab=<Compare>`` (the first right after the app server started);
+    None when this checkout's app has no Compare tab."""
+    from ui.app import TABS
+
+    titles = [t.title for t in TABS]
+    if "Compare" not in titles:
+        return None
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    out = []
+    for _ in range(loads):
+        page.goto(f"{url}?experiment={experiment}&tab={titles.index('Compare')}")
+        page.locator(".tabulator-row", has_text=marker).first.wait_for(timeout=180_000)
+        out.append({"time": page.evaluate("() => performance.now()") / 1000})
+    page.close()
+    return out
+
+
+def run_compare(args) -> None:
+    """Seed a real mlflow server, measure the listing and the first paint, print the report."""
+    import seed_compare
+    from helpers.servers import mlflow_server, transfer_ui
+    from playwright.sync_api import sync_playwright
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-compare-"))
+    try:
+        t = time.perf_counter()
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            bundle = seed_compare.tiny_diagnosed_bundle(tmp / "tiny")
+        print(f"trained and diagnosed the tiny pair for the real bundles in {time.perf_counter() - t:.0f} s", flush=True)
+        (tmp / "server").mkdir()
+        with mlflow_server(tmp / "server") as (uri, _):
+            base = seed_compare.base_params()
+            with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints a link per run it ends
+                big = seed_compare.seed(uri, tmp / "server" / "mlflow.db", bundle, n_pairs=args.pairs, base=base)
+                small = seed_compare.seed(uri, tmp / "server" / "mlflow.db", None, n_pairs=args.compare_base,
+                                          n_sweeps=1, experiment="compare-baseline", base=base)
+            print(f"seeded {big['runs']:,} runs ({args.pairs:,} pairs, {len(big['sweeps'])} sweeps, "
+                  f"{len(big['real'])} with a real bundle) in {big['seconds']:.1f} s "
+                  f"({big['runs'] / big['seconds']:.0f} runs/s), and a baseline experiment of {args.compare_base} "
+                  f"pairs; mlflow server {uri} (sqlite, 1 worker)", flush=True)
+            listing = measure_listing(uri, big["experiment_id"], small["experiment_id"], big["sweeps"][0], args.repeat)
+            paint = None
+            with transfer_ui(uri, tmp / "server") as (url, _), sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    print(f"Chromium {browser.version}, headless", flush=True)
+                    paint = {"big": measure_compare_paint(browser, url, big["experiment_id"], "digits-target-",
+                                                          1 + args.repeat),
+                             "small": measure_compare_paint(browser, url, small["experiment_id"], "digits-target-",
+                                                            1 + args.repeat)}
+                finally:
+                    browser.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report_compare(listing, paint, args)
+
+
+def report_compare(listing: dict, paint: dict | None, args) -> None:
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+    print()
+    n, b = f"{args.pairs:,}", args.compare_base
+    print(f"Issue 16 — the compare listing over {n} diagnosed pairs on a real mlflow server (plain Python; base = "
+          "the pair list the app loads for the experiment anyway, one search of its diagnostics runs)")
+    print(HEADER)
+    base = _median(listing["pairs"])
+    for key, label in (("pairs", f"pair list, {n} pairs (baseline)"), ("small", f"compare listing, {b} pairs"),
+                       ("cold", f"compare listing, {n} pairs"), ("sweep", "compare listing, one sweep"),
+                       ("source first", "TrackingSource.compare, first"),
+                       ("source cached", "TrackingSource.compare, cached"),
+                       ("source expired", "  after the TTL (summaries kept)")):
+        print(_row(label, listing[key], None, base))
+    lines = ["Summary", f"  compare listing, {n} pairs: {_median(listing['cold']):.2f} s = "
+                        f"{_median(listing['cold']) / base:.2f}× the pair list's {base:.2f} s; cached "
+                        f"{_median(listing['source cached']) * 1000:.2f} ms"]
+    if paint is None or paint["big"] is None:
+        print("  first paint: not measured (this checkout's app has no Compare tab)")
+        lines.append("  first paint: not measured (no Compare tab in this checkout)")
+    else:
+        print()
+        print(f"Compare tab first paint ≤ {COMPARE_PAINT_GOAL:g} s: navigation start → first row of the compare "
+              f"table shown; base = the same over {b} pairs (warm)")
+        print(HEADER)
+        small = _median(paint["small"][1:])
+        for key, label in (("big", f"{n} pairs"), ("small", f"{b} pairs")):
+            print(_row(f"{label}, first load after start", paint[key][:1], COMPARE_PAINT_GOAL, small))
+            print(_row(f"{label}, warm (listing cached)", paint[key][1:], COMPARE_PAINT_GOAL, small))
+        lines += [f"  first paint, {n} pairs, first load after start: "
+                  f"{_verdict(paint['big'][0]['time'], COMPARE_PAINT_GOAL)}",
+                  f"  first paint, {n} pairs, warm: {_verdict(_median(paint['big'][1:]), COMPARE_PAINT_GOAL)}"]
+    print()
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -3,12 +3,16 @@
 `TrackingSource` reads a tracking server through the package's reader API
 (:mod:`mlflow_transfer.tracking.bundles`: paged search by tag, bundles downloaded once into a local
 cache); `MemorySource` holds ready bundles for tests and demos. Both answer the same questions: the
-experiments, their pairs, a pair's bundle, how its target was made, and (issue 14) its training timeline.
+experiments, their pairs, a pair's bundle, how its target was made, (issue 14) its training timeline, and
+(issue 16) the compare listing of an experiment or sweep (:mod:`mlflow_transfer.tracking.compare`: run
+params, tags and metrics only, no bundle opened).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +20,17 @@ from typing import Protocol
 
 from mlflow_transfer.bundle import PairBundle
 from mlflow_transfer.bundle.timeline import TimelineBundle
-from mlflow_transfer.errors import RunLookupError
+from mlflow_transfer.errors import BundleError, RunLookupError
+from mlflow_transfer.tracking.compare import OUTCOMES, CompareListing, diagnose_command, listing_from_rows, \
+    parse_summary, summary_tag
 
-__all__ = ["DEFAULT_TRACKING_URI", "MemorySource", "PairSource", "TrackingSource", "default_source",
-           "incomplete"]
+__all__ = ["COMPARE_TTL_S", "DEFAULT_TRACKING_URI", "OUTCOMES", "CompareListing", "MemorySource", "PairSource",
+           "TrackingSource", "default_source", "incomplete"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default store
 OPENED_BUNDLES = 8  # validated bundles a TrackingSource keeps open in memory
+COMPARE_TTL_S = 30.0  # how long a TrackingSource reuses a compare listing (new runs show up after this)
+KEPT_SUMMARIES = 50_000  # parsed summaries of FINISHED diagnostics runs a TrackingSource keeps
 
 
 class PairSource(Protocol):
@@ -48,6 +56,11 @@ class PairSource(Protocol):
         """Issue 14: the pair's validated training timeline (the run's ``timetravel/`` bundle); None when
         it has none; raises `BundleError` for a broken or incomplete one, with the command that fixes it."""
 
+    def compare(self, experiment_id: str, sweep_id: str | None = None) -> CompareListing:
+        """Issue 16: every target run of the experiment (of sweep ``sweep_id`` only, when given) with its setting
+        and outcomes, the comparable group kept (see ``list_compare_rows``); raises `RunLookupError` for a
+        malformed id and `TrackingUnavailableError` when unreachable."""
+
 
 def incomplete(row: dict) -> bool:
     """Whether a listed pair's diagnostics run did not finish (rows without a status are finished)."""
@@ -69,6 +82,8 @@ class TrackingSource:
     max_pairs: int = 5000
     _opened: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
     _timelines: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
+    _listings: dict = field(default_factory=dict, init=False, repr=False)
+    _summaries: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # An unreachable server must fail in seconds (a banner), not after MLflow's minutes of retries.
@@ -122,6 +137,23 @@ class TrackingSource:
                 self._timelines.popitem(last=False)
         return found
 
+    def compare(self, experiment_id: str, sweep_id: str | None = None) -> CompareListing:
+        """The listing through `list_compare_rows`, reused for `COMPARE_TTL_S` per (experiment, sweep); the
+        parsed summaries of FINISHED diagnostics runs are kept by run id beyond that (they never change; a
+        running one's never enters)."""
+        from mlflow_transfer.tracking.compare import list_compare_rows
+
+        key = (experiment_id, sweep_id)
+        hit = self._listings.get(key)
+        if hit is not None and time.monotonic() - hit[0] < COMPARE_TTL_S:
+            return hit[1]
+        if len(self._summaries) > KEPT_SUMMARIES:
+            self._summaries.clear()
+        listing = list_compare_rows(experiment_id, sweep_id=sweep_id, tracking_uri=self.uri,
+                                    max_rows=self.max_pairs, cache=self._summaries)
+        self._listings[key] = (time.monotonic(), listing)
+        return listing
+
 
 def default_source(uri: str | None = None) -> TrackingSource:
     """``uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default ``sqlite:///mlflow.db``."""
@@ -132,7 +164,9 @@ def default_source(uri: str | None = None) -> TrackingSource:
 class MemorySource:
     """Pairs held in memory: ``experiments`` id → name, ``pair_rows`` id → rows, ``bundles`` run id →
     `PairBundle` or bundle folder, ``target_methods`` target run id → its method record (absent:
-    "finetune"), ``timelines`` run id → `TimelineBundle` or timeline folder (absent: no timeline)."""
+    "finetune"), ``timelines`` run id → `TimelineBundle` or timeline folder (absent: no timeline),
+    ``compare_listings`` (experiment id, sweep id or None) → a ready `CompareListing` (absent: built from
+    the pair rows and their bundles, see `compare`)."""
 
     experiments_by_id: dict[str, str] = field(default_factory=dict)
     pair_rows: dict[str, list[dict]] = field(default_factory=dict)
@@ -140,6 +174,7 @@ class MemorySource:
     uri: str = "memory://"
     target_methods: dict[str, dict] = field(default_factory=dict)
     timelines: dict[str, TimelineBundle | str | Path] = field(default_factory=dict)
+    compare_listings: dict[tuple, CompareListing] = field(default_factory=dict)
 
     def experiments(self) -> list[dict]:
         return [{"experiment_id": k, "name": v} for k, v in self.experiments_by_id.items()]
@@ -163,3 +198,49 @@ class MemorySource:
         if found is None or isinstance(found, TimelineBundle):
             return found
         return TimelineBundle.open(found)
+
+    def compare(self, experiment_id: str, sweep_id: str | None = None) -> CompareListing:
+        """``compare_listings[(experiment_id, sweep_id)]`` when given; else one row per pair row of the
+        experiment (a row's ``sweep_id`` key filters; its ``setting`` dict is the setting), outcomes from the
+        row, per-depth lists and label space from its bundle when one is held (a broken one reads as none)."""
+        if (experiment_id, sweep_id) in self.compare_listings:
+            return self.compare_listings[(experiment_id, sweep_id)]
+        pairs = self.pair_rows.get(experiment_id, [])
+        rows = [self._compare_row(experiment_id, r) for r in pairs if sweep_id is None or r.get("sweep_id") == sweep_id]
+        sweeps = sorted({r["sweep_id"] for r in pairs if r.get("sweep_id")})
+        return listing_from_rows(rows, [{"run_id": s, "name": s} for s in sweeps])
+
+    def _compare_row(self, experiment_id: str, pair: dict) -> dict:
+        finished = not incomplete(pair) and pair.get("diagnostics_run_id") is not None
+        summary = {}
+        if finished and pair["diagnostics_run_id"] in self.bundles:
+            try:
+                summary = _bundle_summary(self.bundle(pair["diagnostics_run_id"])) or {}
+            except BundleError:
+                summary = {}
+        target = pair.get("target_run_id")
+        outcomes = {k: pair.get(k) if finished or k in ("target_accuracy", "logme", "leep") else None for k in OUTCOMES}
+        if outcomes["cka_mean"] is None and finished:
+            outcomes["cka_mean"] = summary.get("cka_mean")
+        return {"target_run_id": target, "diagnostics_run_id": pair["diagnostics_run_id"] if finished else None,
+                "source_run_id": pair.get("source_run_id"), "experiment_id": experiment_id,
+                "name": pair.get("name") or pair.get("pair_id") or target, "target_status": "FINISHED",
+                "diagnostics_status": pair.get("status", "FINISHED") if pair.get("diagnostics_run_id") else None,
+                "model": pair.get("model"), "classes_hash": summary.get("classes_hash", pair.get("classes_hash")),
+                "source_domain": pair.get("source_domain"), "target_domain": pair.get("target_domain"),
+                "method": self.target_methods.get(target, {}).get("method", "finetune"),
+                "sweep_id": pair.get("sweep_id"), "setting": dict(pair.get("setting", {})), **outcomes,
+                **{k: summary.get(k, []) for k in ("layers", "inherited_share", "cka")},
+                "command": None if finished else diagnose_command(target)}
+
+
+def _bundle_summary(bundle: PairBundle) -> dict | None:
+    """What a diagnostics run's summary tag says, read from its bundle (a memory source has no tags)."""
+    table = bundle.layer_comparison()
+    share = {int(d): float(v) for c, d, v in zip(table["class_index"], table["depth"],
+                                                 table["inherited_weight_share"]) if int(c) == -1}
+    cka = bundle.cka()
+    n = len(bundle.layers)
+    diagonal = [float(cka[i, i]) if i < min(cka.shape) else math.nan for i in range(n)]
+    return parse_summary(summary_tag(bundle.layers, [share.get(i, math.nan) for i in range(n)], diagonal,
+                                     bundle.label_spaces()["target"]))

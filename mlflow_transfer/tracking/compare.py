@@ -17,6 +17,7 @@ reads:
 Only comparable rows are kept: the same model and target label space (``classes_hash``); the largest such
 group wins (ties: the newest row's) and the others are listed in ``left_out`` with what differs. Tags are
 free text: run-id tags that are not ids read as None, and every value is shown escaped by the app.
+MLflow is imported when a listing is asked for: the app imports `CompareListing` at start-up without it.
 """
 
 from __future__ import annotations
@@ -28,21 +29,20 @@ from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import mlflow
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-
 from ..errors import RunLookupError
 from ..tags import TAGS
 from ..validation import check_run_id
-from .bundles import unreachable
 
-__all__ = ["COUNT_PARAMS", "CompareListing", "OUTCOMES", "SUMMARY_VERSION", "classes_hash", "diagnose_command",
-           "list_compare_rows", "parse_summary", "summary_tag"]
+__all__ = ["COUNT_PARAMS", "CompareListing", "OUTCOMES", "ROW_KEYS", "SUMMARY_VERSION", "classes_hash", "diagnose_command",
+           "list_compare_rows", "listing_from_rows", "parse_summary", "summary_tag"]
 
 # The scalar outcomes of a row, in the order a table shows them.
 OUTCOMES = ("target_accuracy", "transferability_score", "logme", "leep", "cka_mean", "dir_output", "dir_feature",
             "domain_cv_accuracy", "findings_count")
+# The keys of a row (see the contract in `CompareListing`).
+ROW_KEYS = ("target_run_id", "diagnostics_run_id", "source_run_id", "experiment_id", "name", "target_status",
+            "diagnostics_status", "model", "classes_hash", "source_domain", "target_domain", "method", "sweep_id",
+            "setting", *OUTCOMES, "layers", "inherited_share", "cka", "command")
 # Outcome key -> the diagnostics run's metric it is read from.
 DIAGNOSTICS_METRICS = {"target_accuracy": "target_val_accuracy", "transferability_score": "transferability_score",
                        "cka_mean": "cka_mean", "dir_output": "dir_output", "dir_feature": "dir_feature",
@@ -58,8 +58,10 @@ DEFAULT_METHOD = "finetune"  # a target run without the method tag (older runs) 
 
 @dataclass(frozen=True)
 class CompareListing:
-    """What the Compare tab shows: ``rows`` (one per comparable target run, newest first; keys in the module
-    docstring of `list_compare_rows`), ``settings`` (recipe keys whose values differ between the rows,
+    """What the Compare tab shows: ``rows`` (one per comparable target run, newest first; keys `ROW_KEYS`:
+    run ids and statuses, the target run's tags, ``setting`` {recipe key: str}, the `OUTCOMES` (float or
+    None), the per-depth ``layers`` / ``inherited_share`` / ``cka`` ([] without a summary) and ``command``
+    (None, or the `diagnose_command` of a row without a FINISHED diagnostics run)), ``settings`` (recipe keys whose values differ between the rows,
     sorted), ``left_out`` (``{"target_run_id", "name", "reason"}`` of runs not comparable with the rows)
     and ``sweeps`` (``{"run_id", "name"}`` of the experiment's sweep parents)."""
 
@@ -148,54 +150,126 @@ def _tag_classes_hash(text) -> str | None:
     return classes_hash(classes) if isinstance(classes, list) else None
 
 
-def _search(client: MlflowClient, uri: str, experiment_id: str, query: str, page_size: int,
-            limit: int | None = None) -> list:
-    """Every run matching ``query``, newest first, ``page_size`` per request (at most ``limit``)."""
-    runs, token = [], None
+@dataclass(frozen=True)
+class _Run:
+    """The parts of a run the listing reads (from an MLflow entity or the REST API's JSON alike)."""
+
+    run_id: str
+    name: str | None
+    experiment_id: str
+    status: str
+    tags: dict
+    params: dict
+    metrics: dict
+
+    @staticmethod
+    def of_entity(run) -> _Run:
+        return _Run(run.info.run_id, run.info.run_name, run.info.experiment_id, run.info.status,
+                    run.data.tags, run.data.params, run.data.metrics)
+
+    @staticmethod
+    def of_json(run: dict) -> _Run:
+        info, data = run.get("info", {}), run.get("data", {})
+
+        def pairs(key: str) -> dict:
+            return {x["key"]: x.get("value") for x in data.get(key, []) if isinstance(x, dict) and "key" in x}
+
+        return _Run(str(info.get("run_id") or info.get("run_uuid")), info.get("run_name"),
+                    str(info.get("experiment_id")), str(info.get("status")), pairs("tags"), pairs("params"),
+                    pairs("metrics"))
+
+
+SEARCH_ENDPOINT = "/api/2.0/mlflow/runs/search"
+
+
+def _search_pages(client, uri: str, experiment_id: str, query: str, page_size: int):
+    """Pages of `_Run`s matching ``query``, newest first. An ``http(s)`` server is asked through MLflow's
+    REST client (its credentials, timeouts and retries) and its JSON read as it is: turning a page into
+    protobuf messages and entities costs the client as much as the server's search (see
+    benchmarks/results_compare.txt); any other store through ``client``."""
+    token = None
+    if uri.startswith(("http://", "https://")):
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        creds = get_default_host_creds(uri)
+        while True:
+            body = {"experiment_ids": [experiment_id], "filter": query, "max_results": page_size,
+                    "order_by": ["attributes.start_time DESC"], **({"page_token": token} if token else {})}
+            response = verify_rest_response(http_request(creds, SEARCH_ENDPOINT, "POST", json=body), SEARCH_ENDPOINT)
+            found = response.json()
+            yield [_Run.of_json(r) for r in found.get("runs", [])]
+            token = found.get("next_page_token")
+            if not token:
+                return
     while True:
-        try:
-            page = client.search_runs([experiment_id], filter_string=query, max_results=page_size,
-                                      order_by=["attributes.start_time DESC"], page_token=token)
-        except MlflowException as exc:
-            raise unreachable(uri, exc) from None
-        runs.extend(page)
+        page = client.search_runs([experiment_id], filter_string=query, max_results=page_size,
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        yield [_Run.of_entity(r) for r in page]
         token = page.token
-        if not token or (limit is not None and len(runs) >= limit):
-            return runs if limit is None else runs[:limit]
+        if not token:
+            return
+
+
+def _search(client, uri: str, experiment_id: str, query: str, page_size: int,
+            limit: int | None = None) -> list[_Run]:
+    """Every run matching ``query``, newest first, ``page_size`` per request (at most ``limit``)."""
+    from .bundles import unreachable
+
+    runs = []
+    try:
+        for page in _search_pages(client, uri, experiment_id, query, page_size):
+            runs.extend(page)
+            if limit is not None and len(runs) >= limit:
+                return runs[:limit]
+    except _store_errors() as exc:  # one message for a store that does not answer, as tracking.bundles
+        raise unreachable(uri, exc) from None
+    return runs
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What a failing tracking store raises: MLflow's error, the HTTP client's, a database's, the OS's."""
+    import sqlite3
+
+    import requests
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return MlflowException, requests.RequestException, SQLAlchemyError, sqlite3.Error, OSError
 
 
 def _setting(params: dict) -> dict:
     return {k: v for k, v in sorted(params.items()) if k not in COUNT_PARAMS}
 
 
-def _row(target, diagnostics, latest, summary: dict | None) -> dict:
+def _row(target: _Run, diagnostics: _Run | None, latest: _Run | None, summary: dict | None) -> dict:
     """One row: the target run ``target``, its latest FINISHED diagnostics run ``diagnostics`` (or None)
     and its latest diagnostics run of any status ``latest`` (or None)."""
-    t, tm = target.data.tags, target.data.metrics
-    run_id = target.info.run_id
+    t, tm = target.tags, target.metrics
+    run_id = target.run_id
     row = {"target_run_id": run_id,
-           "diagnostics_run_id": diagnostics.info.run_id if diagnostics is not None else None,
+           "diagnostics_run_id": diagnostics.run_id if diagnostics is not None else None,
            "source_run_id": _run_id_or_none(t.get(TAGS.source_run_id)),
-           "experiment_id": target.info.experiment_id, "name": target.info.run_name,
-           "target_status": target.info.status,
-           "diagnostics_status": (diagnostics or latest).info.status if (diagnostics or latest) else None,
+           "experiment_id": target.experiment_id, "name": target.name,
+           "target_status": target.status,
+           "diagnostics_status": (diagnostics or latest).status if (diagnostics or latest) else None,
            "model": t.get(TAGS.model), "classes_hash": _tag_classes_hash(t.get(TAGS.classes)),
            "source_domain": t.get(TAGS.source_domain), "target_domain": t.get(TAGS.target_domain),
            "method": t.get(TAGS.method) or DEFAULT_METHOD, "sweep_id": _run_id_or_none(t.get(TAGS.sweep_id)),
-           "setting": _setting(target.data.params),
+           "setting": _setting(target.params),
            **{k: _finite_or_none(tm.get(m)) for k, m in TARGET_METRICS.items()},
            **{k: None for k in OUTCOMES if k not in TARGET_METRICS},
            "layers": [], "inherited_share": [], "cka": [],
            "command": diagnose_command(run_id) if diagnostics is None else None}
     if diagnostics is not None:
-        dm = diagnostics.data.metrics
+        dm = diagnostics.metrics
         row.update({k: _finite_or_none(dm[m]) for k, m in DIAGNOSTICS_METRICS.items() if m in dm})
         if summary is not None:
             row.update({k: summary[k] for k in ("layers", "inherited_share", "cka")})
             row["classes_hash"] = summary["classes_hash"]
             if row["cka_mean"] is None:
                 row["cka_mean"] = summary["cka_mean"]
-    return row
+    return {k: row[k] for k in ROW_KEYS}
 
 
 def _comparable(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -242,13 +316,18 @@ def list_compare_rows(experiment_id: str, *, sweep_id: str | None = None, tracki
         RunLookupError: an experiment or sweep id that is not a well-formed id.
         TrackingUnavailableError: the server does not answer.
     """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from .bundles import unreachable
+
     experiment_id = check_run_id(experiment_id, "valid experiment id")
     if sweep_id is not None:
         sweep_id = check_run_id(sweep_id, "sweep run id")
     uri = tracking_uri or mlflow.get_tracking_uri()
     try:
         client = MlflowClient(tracking_uri) if tracking_uri else MlflowClient()
-    except (MlflowException, OSError) as exc:
+    except _store_errors() as exc:
         raise unreachable(uri, exc) from None
     target_query = f"tags.`{TAGS.role}` = 'target'"
     if sweep_id is not None:  # checked: letters, digits, '_' and '-' only, no quote ends the string
@@ -263,25 +342,30 @@ def list_compare_rows(experiment_id: str, *, sweep_id: str | None = None, tracki
         found = {k: f.result() for k, f in futures.items()}
     finished, latest = {}, {}
     for run in found["diagnostics"]:  # newest first: the first seen per target is the latest
-        target = _run_id_or_none(run.data.tags.get(TAGS.target_run_id))
+        target = _run_id_or_none(run.tags.get(TAGS.target_run_id))
         if target is None:
             continue
         latest.setdefault(target, run)
-        if run.info.status == "FINISHED":
+        if run.status == "FINISHED":
             finished.setdefault(target, run)
     rows = []
     for target in found["target"]:
-        diagnostics = finished.get(target.info.run_id)
+        diagnostics = finished.get(target.run_id)
         summary = None
         if diagnostics is not None:
-            run_id = diagnostics.info.run_id
-            if cache is not None and run_id in cache:
-                summary = cache[run_id]
+            if cache is not None and diagnostics.run_id in cache:
+                summary = cache[diagnostics.run_id]
             else:
-                summary = parse_summary(diagnostics.data.tags.get(TAGS.summary))
+                summary = parse_summary(diagnostics.tags.get(TAGS.summary))
                 if cache is not None:
-                    cache[run_id] = summary
-        rows.append(_row(target, diagnostics, latest.get(target.info.run_id), summary))
+                    cache[diagnostics.run_id] = summary
+        rows.append(_row(target, diagnostics, latest.get(target.run_id), summary))
+    sweeps = [{"run_id": r.run_id, "name": r.name} for r in found["sweep"] if _run_id_or_none(r.run_id)]
+    return listing_from_rows(rows, sweeps)
+
+
+def listing_from_rows(rows: list[dict], sweeps: list[dict] | tuple = ()) -> CompareListing:
+    """The listing of ``rows`` (newest first, keys `ROW_KEYS`): the comparable group kept, the rest left out
+    with the reason, the settings that differ among the kept rows."""
     kept, left_out = _comparable(rows)
-    sweeps = [{"run_id": r.info.run_id, "name": r.info.run_name} for r in found["sweep"]]
-    return CompareListing(rows=kept, settings=_differing(kept), left_out=left_out, sweeps=sweeps)
+    return CompareListing(rows=kept, settings=_differing(kept), left_out=left_out, sweeps=list(sweeps))

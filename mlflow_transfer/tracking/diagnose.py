@@ -4,7 +4,8 @@ The diagnostics run (role ``diagnostics``) is tagged with both run ids and the p
 under the target run when there is one. The bundle is written to a temporary folder and logged
 whole under ``diagnostics/``; metrics (per-layer inheritance with ``step = layer index``, the
 transferability score, the domain classifier's CV accuracy; with robustness on, ``dir_output``,
-``dir_feature`` and ``adv_acc_{model}_{attack}`` at the largest ε) are logged after it. The score and
+``dir_feature`` and ``adv_acc_{model}_{attack}`` at the largest ε) are logged after it, then (issue 16)
+``cka_mean`` and the ``transfer.summary`` tag the compare listing reads (`tracking.compare.summary_tag`). The score and
 ``target_val_accuracy`` come from the runs' histories over trained epochs only (step >= 1); a pair
 without one (a target with only step 0) gets no score but ``transferability_note`` in the manifest,
 saying why. The confusion tables rest on both domains' whole validation sets (streamed), whatever
@@ -43,6 +44,7 @@ from ..errors import DiagnosticsError
 from ..runtime import resolve_device
 from ..tags import TAGS
 from .bundles import log_bundle
+from .compare import summary_tag
 from .context import PairData, pair_id, prepare_data, shared_subset, transfer_run
 from .pairs import check_layer_names, resolve_pair
 
@@ -261,4 +263,10 @@ def diagnose(*, options: DiagnoseOptions = DiagnoseOptions(),
             final.update(diag.robustness.metrics())
         mlflow.log_metrics({k: float(v) for k, v in final.items()})
         mlflow.set_tag(TAGS.layers, json.dumps(list(diag.layers)))
+        # issue 16: what the compare listing reads without opening the bundle (per-depth lists, label space)
+        summary = summary_tag(diag.layers, table["inherited_weight_share"], np.diag(diag.cka), data.target_classes)
+        cka_mean = json.loads(summary)["cka_mean"]
+        if cka_mean is not None:
+            mlflow.log_metric("cka_mean", cka_mean)
+        mlflow.set_tag(TAGS.summary, summary)
         return run.info.run_id

@@ -1,0 +1,91 @@
+"""`PairSource.compare` (issue 16): a TrackingSource over a real sqlite store (the listing reused for the TTL, a
+finished run's summary kept by run id, a running one's never) and a MemorySource (a ready listing, or rows
+built from its pair rows and bundles, checked against the bundle's own records)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from helpers.compare import DIGITS, Runs
+from mlflow import MlflowClient
+
+from mlflow_transfer.bundle import PairBundle
+from mlflow_transfer.tags import TAGS
+from mlflow_transfer.tracking.compare import classes_hash, summary_tag
+from ui import readers
+from ui.readers import CompareListing, MemorySource, TrackingSource
+
+
+def test_tracking_source_reuses_a_listing_for_the_ttl_and_keeps_finished_summaries(tracking_store, monkeypatch):
+    exp = tracking_store.experiment_id
+    runs, client = Runs(exp), MlflowClient()
+    a = runs.target("a")
+    d = runs.diagnostics(a, status="RUNNING", summary=None)
+    source = TrackingSource(tracking_store.uri)
+    first = source.compare(exp)
+    assert [r["target_run_id"] for r in first.rows] == [a] and first.rows[0]["command"] is not None
+    b = runs.target("b")
+    client.set_tag(d, TAGS.summary, summary_tag(["conv1"], [0.5], [0.9], DIGITS))
+    client.set_terminated(d, "FINISHED")
+    assert source.compare(exp) is first  # within the TTL: the same listing
+    monkeypatch.setattr(readers, "COMPARE_TTL_S", 0.0)
+    rows = {r["target_run_id"]: r for r in source.compare(exp).rows}
+    assert set(rows) == {a, b}
+    assert rows[a]["diagnostics_run_id"] == d and rows[a]["layers"] == ["conv1"] and rows[a]["command"] is None
+    # a FINISHED run's summary is kept by run id: a later change of its tag is not read again
+    client.set_tag(d, TAGS.summary, summary_tag(["changed"], [0.5], [0.9], DIGITS))
+    assert {r["target_run_id"]: r for r in source.compare(exp).rows}[a]["layers"] == ["conv1"]
+    # a fresh source reads it
+    assert {r["target_run_id"]: r for r in TrackingSource(tracking_store.uri).compare(exp).rows}[a]["layers"] \
+        == ["changed"]
+
+
+def test_tracking_source_keys_listings_by_sweep(tracking_store):
+    exp = tracking_store.experiment_id
+    runs = Runs(exp)
+    sweep = runs.sweep("s")
+    inside = runs.target("inside", sweep=sweep)
+    runs.target("outside")
+    source = TrackingSource(tracking_store.uri)
+    assert len(source.compare(exp).rows) == 2
+    assert [r["target_run_id"] for r in source.compare(exp, sweep).rows] == [inside]
+    assert source.compare(exp).sweeps == [{"run_id": sweep, "name": "s"}]
+
+
+def test_memory_source_gives_a_ready_listing():
+    listing = CompareListing(rows=[{"target_run_id": "t1"}], settings=["target.lr"])
+    source = MemorySource({"1": "e"}, compare_listings={("1", None): listing, ("1", "s1"): CompareListing()})
+    assert source.compare("1") is listing and source.compare("1", "s1").rows == []
+
+
+def test_memory_source_builds_rows_from_its_pairs_and_bundles(tiny_bundle):
+    rows = [{"diagnostics_run_id": "d1", "target_run_id": "t1", "source_run_id": "s1", "model": "alexnet-32",
+             "target_accuracy": 0.7, "transferability_score": 0.4, "setting": {"target.lr": "0.1"}, "sweep_id": "w1"},
+            {"diagnostics_run_id": "d2", "target_run_id": "t2", "model": "alexnet-32", "status": "FAILED",
+             "target_accuracy": 0.6, "transferability_score": 0.9, "setting": {"target.lr": "0.2"}, "sweep_id": "w1",
+             "classes_hash": None},
+            {"diagnostics_run_id": "d3", "target_run_id": "t3", "model": "resnet-18", "setting": {}}]
+    source = MemorySource({"1": "e"}, {"1": rows}, {"d1": tiny_bundle, "d3": tiny_bundle})
+    listing = source.compare("1")
+    bundle = PairBundle.open(tiny_bundle)
+    by_id = {r["target_run_id"]: r for r in listing.rows}
+    assert set(by_id) == {"t1"} and {x["target_run_id"] for x in listing.left_out} == {"t2", "t3"}
+    row = by_id["t1"]
+    assert row["layers"] == bundle.layers and row["classes_hash"] == classes_hash(bundle.label_spaces()["target"])
+    table = bundle.layer_comparison()
+    overall = np.asarray(table["class_index"]) == -1
+    np.testing.assert_allclose(np.array(row["inherited_share"], dtype=float),  # None: not finite
+                               np.asarray(table["inherited_weight_share"], dtype=float)[overall])
+    diagonal = np.diag(bundle.cka())
+    assert [x is None for x in row["cka"]] == [not math.isfinite(x) for x in diagonal]
+    finite = [x for x in diagonal if math.isfinite(x)]
+    assert row["cka_mean"] == (pytest.approx(sum(finite) / len(finite)) if finite else None)
+    assert row["target_accuracy"] == 0.7 and row["command"] is None and row["sweep_id"] == "w1"
+    # the failed diagnosis: the command, no diagnostics outcome (its summary would be another label space
+    # here, since it has no bundle: left out, with the reason)
+    reasons = {x["target_run_id"]: x["reason"] for x in listing.left_out}
+    assert "label space" in reasons["t2"] and "model 'resnet-18'" in reasons["t3"]
+    assert [r["target_run_id"] for r in source.compare("1", "w1").rows] == ["t1"]
+    assert source.compare("1").sweeps == [{"run_id": "w1", "name": "w1"}]
