@@ -183,3 +183,31 @@ def test_timing_of_an_axis_change_and_the_diff_on_a_thousand_rows(tmp_path, caps
     assert find(layout, pn.Column, "diff") is not None
     with capsys.disabled():
         print(f"\n1,000 rows: axis change {axis:.3f} s, two-pair diff {diff:.3f} s (server side)")
+
+
+def test_the_tab_over_a_real_tracking_store_lists_compares_and_leaves_out(tracking_store, tmp_path):
+    """Through `TrackingSource.compare` on a real sqlite store: settings from the target runs' params, a run
+    of another model left out with why, an undiagnosed run with its command, a sweep to choose."""
+    from helpers.compare import Runs
+
+    from ui.readers import TrackingSource
+
+    exp = tracking_store.experiment_id
+    runs = Runs(exp, tracking_store.uri)
+    sweep = runs.sweep("lr-sweep")
+    targets = [runs.target(f"lr-{lr}", lr=lr, sweep=sweep, logme=float(i), leep=-float(i))
+               for i, lr in enumerate(("0.1", "0.01", "0.001"))]
+    for i, t in enumerate(targets[:2]):
+        runs.diagnostics(t, transferability_score=float(i) / 10)
+    other = runs.target("resnet", model="resnet-18")
+    state = _state(TrackingSource(tracking_store.uri, cache_dir=tmp_path / "cache"), experiment=exp)
+    layout = drawn(CompareTab(state=state))
+    frame = find(layout, pn.widgets.Tabulator, "compare-table").value
+    assert sorted(frame["name"]) == ["lr-0.001", "lr-0.01", "lr-0.1"] and "resnet" not in set(frame["name"])
+    assert sorted(frame["s0"]) == ["0.001", "0.01", "0.1"]  # target.lr, the one setting that differs
+    assert frame.set_index("name").at["lr-0.001", "command"] == f"mlflow-transfer diagnose --target-run-id {targets[2]}"
+    notes = find(layout, pn.pane.Markdown, "compare-notes").object
+    assert "Left out: 1 run(s)" in notes and other in notes and "resnet" in notes
+    state.sweep = sweep
+    layout.get_root()
+    assert len(find(layout, pn.widgets.Tabulator, "compare-table").value) == 3
