@@ -101,6 +101,19 @@ def test_picking_two_rows_draws_the_diff_and_open_pair_a_opens_its_statistics(so
     assert state.bundle is not None
 
 
+def test_the_reload_button_asks_the_source_again(source):
+    state = _state(source)
+    layout = drawn(CompareTab(state=state))
+    assert len(find(layout, pn.widgets.Tabulator, "compare-table").value) == 9
+    source.compare_listings[("1", None)] = grid_listing(4)  # new runs arrived
+    state.tab = state.tab  # nothing changed: the listing is kept
+    layout.get_root()
+    assert len(find(layout, pn.widgets.Tabulator, "compare-table").value) == 9
+    next(b for b in layout.select(pn.widgets.Button) if b.name == "reload the listing").clicks += 1
+    layout.get_root()
+    assert len(find(layout, pn.widgets.Tabulator, "compare-table").value) == 4
+
+
 def test_a_url_pick_highlights_the_table_rows(source):
     state = _state(source, compare=[run_id("d", 1), run_id("d", 0)])
     table = find(drawn(CompareTab(state=state)), pn.widgets.Tabulator, "compare-table")

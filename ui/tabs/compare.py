@@ -69,13 +69,15 @@ def compare_part(*dependencies: str, what: str):
 class CompareTab(Tab):
     """Named panes: ``compare-notes`` (left out, undiagnosed, sweep notes), ``compare-estimates`` (Spearman
     ρ), ``compare-table``, ``compare-chart``, ``compare-lines``, ``diff`` (or ``diff-pick``,
-    ``diff-error``), ``open-a``/``open-b`` (buttons)."""
+    ``diff-error``); buttons "open pair A", "open pair B" and "reload the listing"."""
 
     title = "Compare"
 
+    reloads = param.Integer(default=0, doc="bumped by the reload button: the listing is asked for again")
+
     def __init__(self, **params):
         super().__init__(**params)
-        self._listings: dict[tuple[str, str], tuple] = {}  # this session's (experiment, sweep) -> (listing, note)
+        self._listing: tuple | None = None  # ((experiment, sweep, reloads), listing, note) last asked for
         self._sweep = pn.widgets.Select(name="Sweep", width=260)
         self._x = pn.widgets.Select(name="x axis", width=240)
         self._y = pn.widgets.Select(name="y axis", width=240)
@@ -84,6 +86,8 @@ class CompareTab(Tab):
         self._sweep.param.watch(functools.partial(self._chosen, "sweep"), "value")
         self._x.param.watch(functools.partial(self._chosen, "compare_x"), "value")
         self._y.param.watch(functools.partial(self._chosen, "compare_y"), "value")
+        self._reload = pn.widgets.Button(name="reload the listing", width=160)
+        self._reload.on_click(lambda _e: setattr(self, "reloads", self.reloads + 1))
 
     def _chosen(self, name: str, event):
         if not self._syncing and event.new is not None:
@@ -111,9 +115,9 @@ class CompareTab(Tab):
     def listing(self):
         """``(listing, note)`` of the current experiment and sweep; a sweep that is malformed or not of
         this experiment lists the whole experiment, with a note saying so."""
-        key = (self.state.experiment, self.state.sweep)
-        if key in self._listings:
-            return self._listings[key]
+        key = (self.state.experiment, self.state.sweep, self.reloads)
+        if self._listing is not None and self._listing[0] == key:
+            return self._listing[1:]  # the parts of one redraw share one listing; the source caches across
         source, note = self.state.source, ""
         sweep = self.state.sweep
         if sweep and _invalid(sweep, "sweep run id"):
@@ -123,18 +127,11 @@ class CompareTab(Tab):
             note = (f"There is no sweep {md_code(shorten(sweep))} in this experiment; showing the whole "
                     "experiment.")
             listing = source.compare(self.state.experiment, None)
-        if len(self._listings) > 8:
-            self._listings.clear()
-        self._listings[key] = (listing, note)
+        self._listing = (key, listing, note)
         return listing, note
 
-    def refresh(self) -> None:
-        """Forget this tab's listings (the source keeps its own cache)."""
-        self._listings.clear()
-        self._drawn.clear()
-
     # --- parts ------------------------------------------------------------------------------------
-    @compare_part("state.experiment", "state.sweep", what="compare listing")
+    @compare_part("state.experiment", "state.sweep", "reloads", what="compare listing")
     def header(self):
         listing, note = self.listing()
         sweeps = {WHOLE: ""}
@@ -149,11 +146,12 @@ class CompareTab(Tab):
                  + ", ".join(md_code(k) for k in listing.settings) if listing.settings else
                  "; no setting differs between them")]
         lines += [note, cv.undiagnosed_md(listing), cv.left_out_md(listing)]
-        return pn.Column(self._sweep, pn.pane.Markdown("\n\n".join(t for t in lines if t), name="compare-notes"),
+        return pn.Column(pn.Row(self._sweep, self._reload),
+                         pn.pane.Markdown("\n\n".join(t for t in lines if t), name="compare-notes"),
                          pn.pane.Markdown(cv.estimates_md(listing), name="compare-estimates"),
                          sizing_mode="stretch_width")
 
-    @compare_part("state.experiment", "state.sweep", what="compare table")
+    @compare_part("state.experiment", "state.sweep", "reloads", what="compare table")
     def table(self):
         listing, _ = self.listing()
         if not listing.rows:
@@ -184,7 +182,7 @@ class CompareTab(Tab):
             if sorted(self._table.selection) != sorted(rows):
                 self._table.selection = rows
 
-    @compare_part("state.experiment", "state.sweep", what="compare chart")
+    @compare_part("state.experiment", "state.sweep", "reloads", what="compare chart")
     def chart(self):
         listing, _ = self.listing()
 
@@ -197,13 +195,13 @@ class CompareTab(Tab):
                          pn.pane.HoloViews(dmap, sizing_mode="stretch_width", min_height=340, name="compare-chart"),
                          sizing_mode="stretch_width")
 
-    @compare_part("state.experiment", "state.sweep", "state.compare", what="inherited-share lines")
+    @compare_part("state.experiment", "state.sweep", "reloads", "state.compare", what="inherited-share lines")
     def lines(self):
         listing, _ = self.listing()
         return pn.pane.HoloViews(cv.share_curves(listing, self._picked(listing)), sizing_mode="stretch_width",
                                  min_height=300, name="compare-lines")
 
-    @compare_part("state.experiment", "state.sweep", "state.compare", what="two-pair diff")
+    @compare_part("state.experiment", "state.sweep", "reloads", "state.compare", what="two-pair diff")
     def diff(self):
         listing, _ = self.listing()
         rows = {r.get("diagnostics_run_id"): r for r in listing.rows if r.get("diagnostics_run_id")}
