@@ -1,7 +1,7 @@
 """The app's real server (`ui.server.make_server`: framing headers, origin checks) over a `MemorySource`
 of bundle folders, as a subprocess: for browser tests and benchmarks of views whose records are planted
 rather than made by a pipeline. ``python tests/helpers/memory_app.py --port P --spec JSON`` (run from
-the repository root; `helpers.servers.memory_ui` starts it); the spec: ``{"experiments": {id: name}, "pairs": {id: [row, ...]},
+the repository root; `helpers.servers.memory_ui` starts it; ``--spec @FILE`` reads it from a file); the spec: ``{"experiments": {id: name}, "pairs": {id: [row, ...]},
 "bundles": {run id: folder}, "timelines": {run id: folder}, "compare": {"<experiment id> <sweep id or ''>":
 {"rows", "settings", "left_out", "sweeps"}}}`` (the last: ready compare listings, issue 16)."""
 
@@ -27,7 +27,8 @@ def main() -> None:
     from ui.server import make_server
 
     hv.extension("bokeh", logo=False)
-    spec = json.loads(args.spec)
+    # "@file": the spec in a file (a listing of thousands of rows is longer than a command line may be)
+    spec = json.loads(Path(args.spec[1:]).read_text() if args.spec.startswith("@") else args.spec)
     listings = {}
     for key, listing in spec.get("compare", {}).items():
         experiment, _, sweep = key.partition(" ")
