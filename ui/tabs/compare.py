@@ -158,15 +158,15 @@ class CompareTab(Tab):
             self._table = None
             return pn.pane.Markdown("No target run in this selection yet.", name="compare-empty")
         self._table = cv.compare_table(listing, self._picked(listing))
-        self._table.param.watch(self._selected, "selection")  # this listing's table: the watcher goes with it
+        # this listing's table: the watcher goes with it, and reads the rows the table shows
+        self._table.param.watch(functools.partial(self._selected, listing), "selection")
         return self._table
 
     def _picked(self, listing) -> list[str]:
         ids = {r.get("diagnostics_run_id") for r in listing.rows if r.get("diagnostics_run_id")}
         return [p for p in self.state.compare if p in ids]
 
-    def _selected(self, event):
-        listing, _ = self.listing()
+    def _selected(self, listing, event):
         ids = [listing.rows[i].get("diagnostics_run_id") for i in event.new if i < len(listing.rows)]
         ids = [i for i in ids if i]
         kept = [p for p in self.state.compare if p in ids]
