@@ -224,3 +224,13 @@ def test_the_tab_over_a_real_tracking_store_lists_compares_and_leaves_out(tracki
     state.sweep = sweep
     layout.get_root()
     assert len(find(layout, pn.widgets.Tabulator, "compare-table").value) == 3
+
+
+def test_an_experiment_without_target_runs_says_so_and_draws_an_empty_chart(tmp_path):
+    state = _state(MemorySource({"1": "empty"}, {"1": []}, {}, compare_listings={("1", None): CompareListing()}))
+    layout = drawn(CompareTab(state=state))
+    assert find(layout, pn.pane.Markdown, "compare-empty").object == "No target run in this selection yet."
+    assert "0 pair(s)" in find(layout, pn.pane.Markdown, "compare-notes").object
+    assert "not enough pairs" in find(layout, pn.pane.Markdown, "compare-estimates").object
+    assert not list(layout.select(pn.pane.Alert))
+    _figure(layout)  # drawn, with no point
