@@ -16,6 +16,7 @@ import panel as pn
 from ui.pair_browser import PairBrowser
 from ui.readers import PairSource, default_source
 from ui.state import URL_PARAMS, AppState
+from ui.tabs.compare import CompareTab
 from ui.tabs.features import FeaturesTab
 from ui.tabs.instances import InstancesTab
 from ui.tabs.network import NetworkTab
@@ -28,7 +29,7 @@ from ui.tabs.training import TrainingTab
 pn.extension("tabulator", notifications=False, loading_indicator=False)
 
 # in this order; ?tab= is the position (a new tab goes last, so old links open what they opened)
-TABS = (StatisticsTab, InstancesTab, NetworkTab, FeaturesTab, RobustnessTab, TrainingTab)
+TABS = (StatisticsTab, InstancesTab, NetworkTab, FeaturesTab, RobustnessTab, TrainingTab, CompareTab)
 
 
 def _query(state: AppState) -> dict[str, str]:
@@ -42,6 +43,12 @@ def _query(state: AppState) -> dict[str, str]:
 
 def _placeholder(bundle, error: str) -> str:
     return "" if bundle is not None or error else "Select a diagnosed pair above."
+
+
+def _chosen(experiment: str, experiments: list[dict]) -> bool:
+    """Whether an experiment of the server is chosen: the tabs show from then on (the Compare tab needs no
+    pair; the pair tabs say "Select a diagnosed pair above." until one is open)."""
+    return bool(experiment) and experiment in [e["experiment_id"] for e in experiments]
 
 
 def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> pn.viewable.Viewable:
@@ -65,10 +72,10 @@ def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> p
     tabs = pn.Tabs(*[(tab.title, tab(state=state, index=i)) for i, tab in enumerate(TABS)], dynamic=True,
                    active=state.tab, sizing_mode="stretch_width")
     tabs.link(state, active="tab", bidirectional=True)
+    chosen = pn.bind(_chosen, state.param.experiment, state.param.experiments)
     placeholder = pn.pane.Markdown(pn.bind(_placeholder, state.param.bundle, state.param.error),
-                                   visible=pn.bind(lambda b: b is None, state.param.bundle))
-    views = pn.Column(placeholder, pn.Column(tabs, visible=pn.bind(lambda b: b is not None, state.param.bundle),
-                                             sizing_mode="stretch_width"),
+                                   visible=pn.bind(lambda c: not c, chosen))
+    views = pn.Column(placeholder, pn.Column(tabs, visible=chosen, sizing_mode="stretch_width"),
                       sizing_mode="stretch_width")
     app = pn.Column(pn.pane.Markdown("# mlflow-transfer — what knowledge moved"), PairBrowser(state=state), views,
                     sizing_mode="stretch_width")

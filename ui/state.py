@@ -20,7 +20,8 @@ from .readers import PairSource, incomplete
 from .views.timeline import MAX_TRACKED
 
 URL_PARAMS = ("experiment", "pair", "tab", "classes", "reproject", "layer_from", "layer_to", "hide_non_important",
-              "hide_source_weights", "neuron", "epoch", "tracked")
+              "hide_source_weights", "neuron", "epoch", "tracked", "sweep", "compare_x", "compare_y", "compare")
+MAX_COMPARED = 2  # the Compare tab diffs two pairs
 
 log = logging.getLogger("ui")
 
@@ -98,6 +99,17 @@ def _point_ids(value, current: list[int]) -> list[int]:
     return list(dict.fromkeys(ids))[:MAX_TRACKED]
 
 
+def _run_ids(value, current: list[str]) -> list[str]:
+    """Picked pairs from the URL or the table: texts (numbers Panel parsed back to text), each once, at most
+    `MAX_COMPARED`, in order; a value that is no list keeps ``current``. Ids are checked where used."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        return current
+    ids = [_as_text(v) for v in value if isinstance(v, (str, int)) and not isinstance(v, bool)]
+    return list(dict.fromkeys(i for i in ids if i))[:MAX_COMPARED]
+
+
 class AppState(param.Parameterized):
     """Selected experiment, pair, classes, layers and neuron, plus what was loaded for them."""
 
@@ -117,6 +129,11 @@ class AppState(param.Parameterized):
                                                          "(source epochs, then target epochs)")
     tracked = _URLList(default=[], item_type=int, doc="Training tab: ids of the picked points whose "
                                                       "trajectories are drawn")
+    sweep = _URLString(default="", doc="Compare tab: sweep parent run id ('' = the whole experiment)")
+    compare_x = _URLString(default="", doc="Compare tab: the chart's x (a setting or outcome key; '' = default)")
+    compare_y = _URLString(default="", doc="Compare tab: the chart's y (an outcome key; '' = default)")
+    compare = _URLList(default=[], item_type=str, doc="Compare tab: diagnostics run ids of the picked pairs "
+                                                      "(A, B: at most two, in the order picked)")
 
     # --- derived ------------------------------------------------------------------------------
     experiments = param.List(default=[], doc="[{'experiment_id', 'name'}] on the server")
@@ -146,7 +163,7 @@ class AppState(param.Parameterized):
         """``value`` made fit for URL parameter ``name``: numbers Panel parsed back to text for the
         ids and the neuron, an index clamped into range, class names narrowed to the open bundle's;
         a value that cannot be read keeps the current one."""
-        if name in ("experiment", "pair", "neuron"):
+        if name in ("experiment", "pair", "neuron", "sweep", "compare_x", "compare_y"):
             return _as_text(value)
         current = self.param.values().get(name, self.param[name].default)
         if name in ("reproject", "hide_non_important", "hide_source_weights"):
@@ -156,6 +173,8 @@ class AppState(param.Parameterized):
             return {"true": True, "1": True, "false": False, "0": False}.get(text, current)
         if name == "tracked":
             return _point_ids(value, current)
+        if name == "compare":
+            return _run_ids(value, current)
         if name in ("tab", "layer_from", "layer_to", "epoch"):
             number = _as_int(value)
             if number is None:

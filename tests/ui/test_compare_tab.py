@@ -1,0 +1,236 @@
+"""The Compare tab (issue 16) over an in-memory source of hand-made listings and planted bundles: state
+coercion of its URL parameters, the tab without an open pair, picking pairs, the diff and its errors."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import panel as pn
+import pytest
+from helpers.compare_rows import grid_listing, run_id, write_diff_bundle
+from helpers.views import drawn, find
+
+from ui.app import TABS, build_app
+from ui.readers import CompareListing, MemorySource
+from ui.state import URL_PARAMS, AppState
+from ui.tabs.compare import PICK_TWO, CompareTab
+
+TITLES = tuple(t.title for t in TABS)
+SWEEP = run_id("5e", 1)
+
+
+def _bundle(root, i: int, source: str = "5" * 32):
+    return write_diff_bundle(root, classes=["a", "b"], layers=["conv1", "conv2"],
+                             confusion_target=[[3 + i, 1], [1, 2]], share=[0.9 - i / 10, 0.4],
+                             cka_diagonal=[0.9, 0.5 + i / 10], important={("target", "a", "conv1"): [i, 5]},
+                             source_run=source, diagnostics_run=run_id("d", i))
+
+
+@pytest.fixture()
+def source(tmp_path):
+    listing = grid_listing(9, undiagnosed=(8,), sweeps=[{"run_id": SWEEP, "name": "lr-sweep"}])
+    sweep = CompareListing(rows=listing.rows[:3], settings=["target.lr"], sweeps=listing.sweeps)
+    bundles = {run_id("d", i): _bundle(tmp_path / f"b{i}", i) for i in range(3)}
+    broken = shutil.copytree(bundles[run_id("d", 2)], tmp_path / "broken")
+    (broken / "cka" / "matrix.npy").write_bytes(b"truncated")
+    bundles[run_id("d", 3)] = broken
+    return MemorySource({"1": "sweeps"}, {"1": []}, bundles,
+                        compare_listings={("1", None): listing, ("1", SWEEP): sweep})
+
+
+def _state(source, **params):
+    return AppState(source, tab_count=len(TABS), tab_titles=TITLES, **params)
+
+
+def test_the_compare_params_are_in_the_url_last_and_coerced(source):
+    assert URL_PARAMS[-4:] == ("sweep", "compare_x", "compare_y", "compare")
+    state = _state(source, compare=["x1", "x1", 7, "y2", "z3"], sweep=12, compare_x=3)
+    assert state.compare == ["x1", "7"] and state.sweep == "12" and state.compare_x == "3"
+    state.compare = "abc"
+    assert state.compare == ["abc"]
+    state.compare = {"not": "a list"}  # unreadable: kept
+    assert state.compare == ["abc"]
+    state.compare = [True, None, "", "q"]
+    assert state.compare == ["q"]
+
+
+def test_the_tab_lists_pairs_without_an_open_pair_and_says_to_pick_two(source):
+    state = _state(source)
+    assert state.bundle is None and state.experiment == "1"
+    layout = drawn(CompareTab(state=state))
+    table = find(layout, pn.widgets.Tabulator, "compare-table")
+    assert len(table.value) == 9 and table.selection == []
+    assert find(layout, pn.pane.Markdown, "diff-pick").object == PICK_TWO
+    notes = find(layout, pn.pane.Markdown, "compare-notes").object
+    assert "9 pair(s)" in notes and "1 listed run(s) have no finished diagnosis" in notes
+    assert "ρ" in find(layout, pn.pane.Markdown, "compare-estimates").object
+
+
+def test_the_tabs_show_once_an_experiment_is_chosen_even_without_a_pair(source):
+    app = build_app(source, sync_url=False, tab=len(TABS) - 1)
+    root = app.get_root()
+    tabs = next(o for o in root.references() if type(o).__name__ == "Tabs" and len(o.tabs) == len(TABS))
+    assert tabs.visible and app.state.bundle is None and [t.title for t in tabs.tabs][-1] == "Compare"
+
+
+def test_picking_two_rows_draws_the_diff_and_open_pair_a_opens_its_statistics(source):
+    state = _state(source)
+    tab = CompareTab(state=state)
+    layout = drawn(tab)
+    table = find(layout, pn.widgets.Tabulator, "compare-table")
+    table.selection = [2]
+    table.selection = [2, 0]
+    assert state.compare == [run_id("d", 2), run_id("d", 0)]  # the order picked: A, B
+    table.selection = [2, 0, 1]  # a third tick: the oldest pick leaves
+    assert state.compare == [run_id("d", 0), run_id("d", 1)] and sorted(table.selection) == [0, 1]
+    table.selection = [0, 2]
+    assert state.compare == [run_id("d", 0), run_id("d", 2)]
+    state.compare = [run_id("d", 2), run_id("d", 0)]  # a link's order: A, B
+    layout.get_root()
+    diff = find(layout, pn.Column, "diff")
+    head = find(diff, pn.pane.Markdown, "diff-head").object
+    assert head.index("run-2") < head.index("run-0")
+    classes = find(diff, pn.widgets.Tabulator, "diff-class-table").value
+    # A = pair 2: a 5/6, B = pair 0: a 3/4
+    assert classes["B − A"].tolist() == pytest.approx([3 / 4 - 5 / 6, 2 / 3 - 2 / 3])
+    assert any(p.name == "diff-overlap-target" for p in diff.select(pn.pane.HoloViews))
+    button = next(b for b in diff.select(pn.widgets.Button) if b.name == "open pair A")
+    button.clicks += 1
+    assert state.pair == run_id("d", 2) and state.tab == TITLES.index("Statistics")
+    assert state.bundle is not None
+
+
+def test_the_reload_button_asks_the_source_again(source):
+    state = _state(source)
+    layout = drawn(CompareTab(state=state))
+    assert len(find(layout, pn.widgets.Tabulator, "compare-table").value) == 9
+    source.compare_listings[("1", None)] = grid_listing(4)  # new runs arrived
+    state.tab = state.tab  # nothing changed: the listing is kept
+    layout.get_root()
+    assert len(find(layout, pn.widgets.Tabulator, "compare-table").value) == 9
+    next(b for b in layout.select(pn.widgets.Button) if b.name == "reload the listing").clicks += 1
+    layout.get_root()
+    assert len(find(layout, pn.widgets.Tabulator, "compare-table").value) == 4
+
+
+def test_a_url_pick_highlights_the_table_rows(source):
+    state = _state(source, compare=[run_id("d", 1), run_id("d", 0)])
+    table = find(drawn(CompareTab(state=state)), pn.widgets.Tabulator, "compare-table")
+    assert table.selection == [1, 0]
+    state.compare = [run_id("d", 2)]
+    assert table.selection == [2]
+
+
+@pytest.mark.parametrize("other, expected", [(run_id("d", 5), "does not exist"), (run_id("d", 3), "truncated")])
+def test_a_missing_or_broken_bundle_is_one_error_box_naming_the_command(source, other, expected):
+    state = _state(source, compare=[run_id("d", 0), other])
+    layout = drawn(CompareTab(state=state))
+    box = find(layout, pn.pane.Alert, "diff-error").object
+    target = run_id("a", int(other[-1]))
+    assert "Pair B could not be opened" in box and f"mlflow-transfer diagnose --target-run-id {target}" in box
+    assert expected in box.lower() or expected in box
+    assert "Traceback" not in box
+
+
+def test_a_sweep_lists_its_runs_and_an_unknown_one_says_so(source):
+    state = _state(source, sweep=SWEEP)
+    tab = CompareTab(state=state)
+    layout = drawn(tab)
+    assert len(find(layout, pn.widgets.Tabulator, "compare-table").value) == 3
+    state.sweep = run_id("5e", 2)  # well formed, not this experiment's
+    layout.get_root()
+    assert len(find(layout, pn.widgets.Tabulator, "compare-table").value) == 9
+    assert "There is no sweep" in find(layout, pn.pane.Markdown, "compare-notes").object
+    state.sweep = "<b>x"
+    layout.get_root()
+    notes = find(layout, pn.pane.Markdown, "compare-notes").object
+    assert "whole experiment" in notes and "<b>" not in notes
+
+
+def _figure(layout):
+    from bokeh.plotting import figure
+
+    pane = find(layout, pn.pane.HoloViews, "compare-chart")
+    return next(iter(pane.get_root().select({"type": figure})))
+
+
+def test_an_axis_change_updates_the_charts_data_not_the_figure(source):
+    state = _state(source)
+    layout = drawn(CompareTab(state=state))
+    pane = find(layout, pn.pane.HoloViews, "compare-chart")
+    root = pane.get_root()
+    from bokeh.models import GlyphRenderer
+    from bokeh.plotting import figure
+
+    fig = next(iter(root.select({"type": figure})))
+    assert fig.xaxis[0].axis_label == "target.epochs" and fig.yaxis[0].axis_label == "target accuracy"
+    state.compare_x = "target.freeze"
+    assert next(iter(root.select({"type": figure}))) is fig
+    assert fig.xaxis[0].axis_label == "target.freeze"
+    assert dict(fig.xaxis[0].major_label_overrides) == {0: "conv1", 1: "conv1,conv2", 2: "none"}
+    state.compare_y = "leep"
+    state.compare_x = "nope"  # unknown: the default
+    assert fig.xaxis[0].axis_label == "target.epochs" and fig.yaxis[0].axis_label == "LEEP"
+    data = next(r for r in fig.renderers if isinstance(r, GlyphRenderer)).data_source.data
+    listing = source.compare("1")
+    assert sorted(data["y"]) == sorted(r["leep"] for r in listing.rows)
+    assert dict(fig.xaxis[0].major_label_overrides) == {}
+
+
+def test_timing_of_an_axis_change_and_the_diff_on_a_thousand_rows(tmp_path, capsys):
+    """Not a timed assert: prints the server-side seconds (the browser's are benchmarks/bench_ui.py's)."""
+    listing = grid_listing(1000)
+    bundles = {run_id("d", i): _bundle(tmp_path / f"b{i}", i) for i in range(2)}
+    state = _state(MemorySource({"1": "big"}, {"1": []}, bundles, compare_listings={("1", None): listing}))
+    tab = CompareTab(state=state)
+    layout = drawn(tab)
+    _figure(layout)
+    start = time.perf_counter()
+    state.compare_x = "target.freeze"
+    axis = time.perf_counter() - start
+    start = time.perf_counter()
+    state.compare = [run_id("d", 0), run_id("d", 1)]
+    layout.get_root()
+    diff = time.perf_counter() - start
+    assert find(layout, pn.Column, "diff") is not None
+    with capsys.disabled():
+        print(f"\n1,000 rows: axis change {axis:.3f} s, two-pair diff {diff:.3f} s (server side)")
+
+
+def test_the_tab_over_a_real_tracking_store_lists_compares_and_leaves_out(tracking_store, tmp_path):
+    """Through `TrackingSource.compare` on a real sqlite store: settings from the target runs' params, a run
+    of another model left out with why, an undiagnosed run with its command, a sweep to choose."""
+    from helpers.compare import Runs
+
+    from ui.readers import TrackingSource
+
+    exp = tracking_store.experiment_id
+    runs = Runs(exp, tracking_store.uri)
+    sweep = runs.sweep("lr-sweep")
+    targets = [runs.target(f"lr-{lr}", lr=lr, sweep=sweep, logme=float(i), leep=-float(i))
+               for i, lr in enumerate(("0.1", "0.01", "0.001"))]
+    for i, t in enumerate(targets[:2]):
+        runs.diagnostics(t, transferability_score=float(i) / 10)
+    other = runs.target("resnet", model="resnet-18")
+    state = _state(TrackingSource(tracking_store.uri, cache_dir=tmp_path / "cache"), experiment=exp)
+    layout = drawn(CompareTab(state=state))
+    frame = find(layout, pn.widgets.Tabulator, "compare-table").value
+    assert sorted(frame["name"]) == ["lr-0.001", "lr-0.01", "lr-0.1"] and "resnet" not in set(frame["name"])
+    assert sorted(frame["s0"]) == ["0.001", "0.01", "0.1"]  # target.lr, the one setting that differs
+    assert frame.set_index("name").at["lr-0.001", "command"] == f"mlflow-transfer diagnose --target-run-id {targets[2]}"
+    notes = find(layout, pn.pane.Markdown, "compare-notes").object
+    assert "Left out: 1 run(s)" in notes and other in notes and "resnet" in notes
+    state.sweep = sweep
+    layout.get_root()
+    assert len(find(layout, pn.widgets.Tabulator, "compare-table").value) == 3
+
+
+def test_an_experiment_without_target_runs_says_so_and_draws_an_empty_chart(tmp_path):
+    state = _state(MemorySource({"1": "empty"}, {"1": []}, {}, compare_listings={("1", None): CompareListing()}))
+    layout = drawn(CompareTab(state=state))
+    assert find(layout, pn.pane.Markdown, "compare-empty").object == "No target run in this selection yet."
+    assert "0 pair(s)" in find(layout, pn.pane.Markdown, "compare-notes").object
+    assert "not enough pairs" in find(layout, pn.pane.Markdown, "compare-estimates").object
+    assert not list(layout.select(pn.pane.Alert))
+    _figure(layout)  # drawn, with no point

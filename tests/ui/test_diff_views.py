@@ -1,0 +1,89 @@
+"""The two-pair diff (issue 16) on planted bundles: every number against hand-worked values."""
+
+from __future__ import annotations
+
+import math
+
+import holoviews as hv
+import pytest
+from helpers.compare_rows import write_diff_bundle
+
+from mlflow_transfer.bundle import PairBundle
+from ui.views import diff as dv
+
+A_IMPORTANT = {("target", "a", "conv1"): [1, 2, 3], ("source", "b", "conv2"): [0],
+               ("target", "c", "conv1"): [7], ("target", "a", "fc1"): [4]}
+B_IMPORTANT = {("target", "a", "conv1"): [2, 3, 4, 5], ("source", "b", "conv2"): [0],
+               ("target", "d", "conv1"): [7], ("target", "a", "fc2"): [4]}
+
+
+def _a(root, source="5" * 32):
+    return PairBundle.open(write_diff_bundle(
+        root, classes=["a", "b", "c"], layers=["conv1", "conv2", "fc1"],
+        confusion_target=[[8, 2, 0], [1, 3, 0], [0, 0, 5]], share=[0.9, 0.5, math.nan], cka_diagonal=[0.95, 0.8, 0.4],
+        important=A_IMPORTANT, source_run=source,
+        history={("target", "target_val"): ([0, 1], [0.4, 0.8]), ("source", "source_train"): ([0], [0.9])}))
+
+
+def _b(root, source="5" * 32):
+    return PairBundle.open(write_diff_bundle(
+        root, classes=["a", "b", "d"], layers=["conv1", "conv2", "fc2"],
+        confusion_target=[[5, 5, 0], [0, 4, 0], [0, 0, 0]], share=[0.7, 0.6, 0.1], cka_diagonal=[0.9, 0.85, 0.3],
+        important=B_IMPORTANT, source_run=source))
+
+
+@pytest.fixture()
+def pair(tmp_path):
+    return _a(tmp_path / "a"), _b(tmp_path / "b")
+
+
+def test_per_class_accuracy_difference_over_the_shared_classes(pair):
+    a, b = pair
+    assert dv.class_accuracy(a) == {"a": 0.8, "b": 0.75, "c": 1.0}
+    found = dv.class_accuracy(b)
+    assert found["a"] == 0.5 and found["b"] == 1.0 and math.isnan(found["d"])  # no instance of d
+    frame = dv.class_difference(a, b)
+    assert frame["class"].tolist() == ["a", "b"]
+    assert frame["B − A"].tolist() == pytest.approx([-0.3, 0.25])
+    assert isinstance(dv.class_difference_bars(frame), hv.Bars)
+
+
+def test_share_and_cka_differences_for_the_shared_layer_names(pair):
+    a, b = pair
+    frame = dv.depth_difference(a, b)
+    assert frame["layer"].tolist() == ["conv1", "conv2"]
+    assert frame["share B − A"].tolist() == pytest.approx([-0.2, 0.1])
+    assert frame["cka B − A"].tolist() == pytest.approx([-0.05, 0.05])
+    assert frame["share A"].tolist() == [0.9, 0.5] and frame["cka B"].tolist() == [0.9, 0.85]
+    assert isinstance(dv.depth_difference_plot(frame), hv.Overlay)
+
+
+def test_neuron_overlap_is_the_jaccard_of_the_sets_both_pairs_have(pair):
+    a, b = pair
+    frame, why = dv.neuron_overlap(a, b)
+    assert why == ""
+    got = {(r.model, r["class"], r.layer): (r.jaccard, r.shared, r.A, r.B) for _, r in frame.iterrows()}
+    expected = {}
+    for key in set(A_IMPORTANT) & set(B_IMPORTANT):  # the reference: Python sets
+        x, y = set(A_IMPORTANT[key]), set(B_IMPORTANT[key])
+        expected[key] = (len(x & y) / len(x | y), len(x & y), len(x), len(y))
+    assert got == expected == {("target", "a", "conv1"): (0.4, 2, 3, 4), ("source", "b", "conv2"): (1.0, 1, 1, 1)}
+    assert isinstance(dv.overlap_heatmap(frame, "target"), hv.HeatMap)
+
+
+def test_no_overlap_when_the_pairs_start_from_different_source_runs(tmp_path):
+    a, b = _a(tmp_path / "a"), _b(tmp_path / "b", source="6" * 32)
+    frame, why = dv.neuron_overlap(a, b)
+    assert frame is None and "different source runs" in why
+    frame, why = dv.neuron_overlap(_a(tmp_path / "a2", source=None), b)
+    assert frame is None and "pair A does not record its source run" in why
+
+
+def test_accuracy_curves_of_both_pairs_are_overlaid_a_solid_b_dashed(pair):
+    a, b = pair
+    overlay = dv.accuracy_overlay(a, b, ("one", "two"))
+    labels = [c.label for c in overlay]
+    assert labels == ["A one: source train (source model)", "A one: target validation (target model)",
+                      "B two: target validation (target model)"]
+    assert [c.opts.get().kwargs["line_dash"] for c in overlay] == ["solid", "solid", "dashed"]
+    assert overlay.get(2).dimension_values("accuracy").tolist() == [0.4, 0.8]

@@ -1,0 +1,294 @@
+"""The Compare tab (issue 16): every pair of an experiment (or of one sweep) in a table with its setting
+and outcomes, a chart of any setting or outcome against any outcome, the inherited-share lines of the
+picked pairs and, for two picked pairs, the diff (`ui.views.diff`).
+
+Unlike the other tabs it needs no open pair: it reads the source's compare listing (run params, tags and
+metrics; no bundle) for ``state.experiment`` and ``state.sweep``; only the diff opens the two picked
+pairs' bundles. Changing the chart's axes or the picked pairs updates the chart's data in place (a
+DynamicMap over the state), not a new figure.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+
+import holoviews as hv
+import panel as pn
+import param
+
+from mlflow_transfer.errors import BundleError, TransferError
+from mlflow_transfer.validation import check_run_id
+from ui.state import MAX_COMPARED
+from ui.views import compare as cv
+from ui.views import diff as dv
+from ui.views.guard import error_pane, guarded
+from ui.views.text import escape_md, md_code, message_md, shorten
+
+from .base import Tab
+
+__all__ = ["CompareTab"]
+
+NO_EXPERIMENT = "No experiment on this server."
+PICK_TWO = "Pick two diagnosed pairs in the table (A, then B) to see them side by side."
+WHOLE = "whole experiment"
+
+
+def _invalid(value: str, what: str) -> str:
+    """'' when ``value`` is a well-formed MLflow id, else the message saying what arrived."""
+    try:
+        check_run_id(value, what=what)
+    except TransferError as exc:
+        return str(exc)
+    return ""
+
+
+def compare_part(*dependencies: str, what: str):
+    """As `ui.tabs.base.part` (skipped while hidden or unchanged, errors as an error pane), but drawn
+    without an open pair: the Compare tab's parts need an experiment only."""
+    values = [operator.attrgetter(d) for d in dependencies]
+
+    def wrap(method):
+        @functools.wraps(method)
+        def draw(self):
+            if self.index is not None and self.state.tab != self.index:
+                raise param.Skip
+            inputs = [value(self) for value in values]
+            if self._drawn.get(method.__name__) == inputs:
+                raise param.Skip
+            self._drawn[method.__name__] = inputs
+            if not self.state.experiment:
+                return pn.pane.Markdown(NO_EXPERIMENT, name="no-experiment")
+            return guarded(method, what)(self)
+
+        return param.depends(*dependencies, "state.tab")(draw)
+
+    return wrap
+
+
+class CompareTab(Tab):
+    """Named panes: ``compare-notes`` (left out, undiagnosed, sweep notes), ``compare-estimates`` (Spearman
+    ρ), ``compare-table``, ``compare-chart``, ``compare-lines``, ``diff`` (or ``diff-pick``,
+    ``diff-error``); buttons "open pair A", "open pair B" and "reload the listing"."""
+
+    title = "Compare"
+
+    reloads = param.Integer(default=0, doc="bumped by the reload button: the listing is asked for again")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._listing: tuple | None = None  # ((experiment, sweep, reloads), listing, note) last asked for
+        self._sweep = pn.widgets.Select(name="Sweep", width=260)
+        self._x = pn.widgets.Select(name="x axis", width=240)
+        self._y = pn.widgets.Select(name="y axis", width=240)
+        self._table = None  # the listed pairs' table, once drawn
+        self._syncing = False  # the widgets are being set from the state: not a user's choice
+        self._sweep.param.watch(functools.partial(self._chosen, "sweep"), "value")
+        self._x.param.watch(functools.partial(self._chosen, "compare_x"), "value")
+        self._y.param.watch(functools.partial(self._chosen, "compare_y"), "value")
+        self._reload = pn.widgets.Button(name="reload the listing", width=160)
+        self._reload.on_click(lambda _e: setattr(self, "reloads", self.reloads + 1))
+
+    def _chosen(self, name: str, event):
+        if not self._syncing and event.new is not None:
+            setattr(self.state, name, event.new)
+
+    def _set_widgets(self, **values) -> None:
+        self._syncing = True
+        try:
+            for name, update in values.items():
+                getattr(self, name).param.update(**update)
+        finally:
+            self._syncing = False
+
+    @param.depends("state.compare_x", "state.compare_y", watch=True)
+    def _axes_changed(self):
+        """An axis set otherwise (a link, a test) shows in its chooser."""
+        values = {}
+        for widget, key in (("_x", self.state.compare_x), ("_y", self.state.compare_y)):
+            if key in getattr(self, widget).values and getattr(self, widget).value != key:
+                values[widget] = {"value": key}
+        if values:
+            self._set_widgets(**values)
+
+    # --- the listing ----------------------------------------------------------------------------
+    def listing(self):
+        """``(listing, note)`` of the current experiment and sweep; a sweep that is malformed or not of
+        this experiment lists the whole experiment, with a note saying so."""
+        key = (self.state.experiment, self.state.sweep, self.reloads)
+        if self._listing is not None and self._listing[0] == key:
+            return self._listing[1:]  # the parts of one redraw share one listing; the source caches across
+        source, note = self.state.source, ""
+        sweep = self.state.sweep
+        if sweep and _invalid(sweep, "sweep run id"):
+            note, sweep = message_md(f"{_invalid(sweep, 'sweep run id')}; showing the whole experiment."), ""
+        listing = source.compare(self.state.experiment, sweep or None)
+        if sweep and sweep not in [s.get("run_id") for s in listing.sweeps]:
+            note = (f"There is no sweep {md_code(shorten(sweep))} in this experiment; showing the whole "
+                    "experiment.")
+            listing = source.compare(self.state.experiment, None)
+        self._listing = (key, listing, note)
+        return listing, note
+
+    # --- parts ------------------------------------------------------------------------------------
+    @compare_part("state.experiment", "state.sweep", "reloads", what="compare listing")
+    def header(self):
+        listing, note = self.listing()
+        sweeps = {WHOLE: ""}
+        for s in listing.sweeps:
+            sweeps[f"{s.get('name') or 'sweep'} ({str(s.get('run_id'))[:8]})"] = s.get("run_id")
+        xs, ys = cv.axis_choices(listing)
+        x, y = cv.default_axes(listing, self.state.compare_x, self.state.compare_y)
+        self._set_widgets(_sweep={"options": sweeps, "value": self.state.sweep if self.state.sweep in
+                                  sweeps.values() else ""},
+                          _x={"options": xs, "value": x}, _y={"options": ys, "value": y})
+        lines = [f"**{len(listing.rows)} pair(s)** listed" + ("; settings that differ: "
+                 + ", ".join(md_code(k) for k in listing.settings) if listing.settings else
+                 "; no setting differs between them")]
+        lines += [note, cv.undiagnosed_md(listing), cv.left_out_md(listing)]
+        return pn.Column(pn.Row(self._sweep, self._reload),
+                         pn.pane.Markdown("\n\n".join(t for t in lines if t), name="compare-notes"),
+                         pn.pane.Markdown(cv.estimates_md(listing), name="compare-estimates"),
+                         sizing_mode="stretch_width")
+
+    @compare_part("state.experiment", "state.sweep", "reloads", what="compare table")
+    def table(self):
+        listing, _ = self.listing()
+        if not listing.rows:
+            self._table = None
+            return pn.pane.Markdown("No target run in this selection yet.", name="compare-empty")
+        self._table = cv.compare_table(listing, self._picked(listing))
+        # this listing's table: the watcher goes with it, and reads the rows the table shows
+        self._table.param.watch(functools.partial(self._selected, listing), "selection")
+        return self._table
+
+    def _picked(self, listing) -> list[str]:
+        ids = {r.get("diagnostics_run_id") for r in listing.rows if r.get("diagnostics_run_id")}
+        return [p for p in self.state.compare if p in ids]
+
+    def _selected(self, listing, event):
+        ids = [listing.rows[i].get("diagnostics_run_id") for i in event.new if i < len(listing.rows)]
+        ids = [i for i in ids if i]
+        kept = [p for p in self.state.compare if p in ids]
+        wanted = (kept + [i for i in ids if i not in kept])[-MAX_COMPARED:]  # a third tick drops the oldest
+        if wanted != self.state.compare:
+            self.state.compare = wanted
+
+    @param.depends("state.compare", watch=True)
+    def _highlight(self):
+        if self._table is not None:
+            ids = self._table.value["diagnostics_run_id"].tolist()
+            rows = [ids.index(p) for p in self.state.compare if p in ids]
+            if sorted(self._table.selection) != sorted(rows):
+                self._table.selection = rows
+
+    @compare_part("state.experiment", "state.sweep", "reloads", what="compare chart")
+    def chart(self):
+        listing, _ = self.listing()
+
+        def draw(x, y, picked):
+            return cv.scatter(listing, *cv.default_axes(listing, x, y), picked)
+
+        dmap = hv.DynamicMap(pn.bind(draw, self.state.param.compare_x, self.state.param.compare_y,
+                                     self.state.param.compare))
+        return pn.Column(pn.Row(self._x, self._y),
+                         pn.pane.HoloViews(dmap, sizing_mode="stretch_width", min_height=340, name="compare-chart"),
+                         sizing_mode="stretch_width")
+
+    @compare_part("state.experiment", "state.sweep", "reloads", "state.compare", what="inherited-share lines")
+    def lines(self):
+        listing, _ = self.listing()
+        return pn.pane.HoloViews(cv.share_curves(listing, self._picked(listing)), sizing_mode="stretch_width",
+                                 min_height=300, name="compare-lines")
+
+    @compare_part("state.experiment", "state.sweep", "reloads", "state.compare", what="two-pair diff")
+    def diff(self):
+        listing, _ = self.listing()
+        rows = {r.get("diagnostics_run_id"): r for r in listing.rows if r.get("diagnostics_run_id")}
+        picked = self._picked(listing)
+        if len(picked) < 2:
+            unknown = [p for p in self.state.compare if p not in rows]
+            text = PICK_TWO + ("" if not unknown else " (The link's pairs " + ", ".join(
+                md_code(shorten(p, 40)) for p in unknown) + " are not listed here.)")
+            return pn.pane.Markdown(text, name="diff-pick")
+        a_row, b_row = rows[picked[0]], rows[picked[1]]
+        bundles = []
+        for label, row in (("A", a_row), ("B", b_row)):
+            try:
+                bundles.append(self._open(row))
+            except TransferError as exc:
+                return error_pane(self._with_command(f"Pair {label} could not be opened: {exc}", row),
+                                  name="diff-error")
+        return self._diff_layout(bundles[0], bundles[1], a_row, b_row)
+
+    def _open(self, row):
+        """The row's bundle, each record the diff reads checked once (a broken one fails here, naming
+        the pair, not half-way through the drawing)."""
+        wrong = _invalid(row["diagnostics_run_id"], "diagnostics run id")
+        if wrong:
+            raise BundleError(wrong)
+        bundle = self.state.source.bundle(row["diagnostics_run_id"])
+        bundle.history(), bundle.confusion_matrix("target"), bundle.layer_comparison(), bundle.cka()
+        bundle.important_neurons()
+        return bundle
+
+    @staticmethod
+    def _with_command(message: str, row: dict) -> str:
+        target = row.get("target_run_id")
+        if not target or _invalid(target, "run id") or "--target-run-id" in message:
+            return message
+        return f"{message}. To fix: `mlflow-transfer diagnose --target-run-id {target}`"
+
+    def _open_pair(self, run_id: str):
+        statistics = self.state.tab_index("Statistics")
+        self.state.pair = run_id
+        if statistics is not None:
+            self.state.tab = statistics
+
+    def _diff_layout(self, a, b, a_row, b_row):
+        names = (str(a_row.get("name") or a_row["diagnostics_run_id"]),
+                 str(b_row.get("name") or b_row["diagnostics_run_id"]))
+        buttons = []
+        for label, row, name in (("A", a_row, names[0]), ("B", b_row, names[1])):
+            button = pn.widgets.Button(name=f"open pair {label}", button_type="primary", width=140)
+            button.on_click(lambda _e, run=row["diagnostics_run_id"]: self._open_pair(run))
+            buttons.append(button)
+        head = pn.pane.Markdown(f"**A** {escape_md(names[0])} {md_code(a_row['diagnostics_run_id'])} · "
+                                f"**B** {escape_md(names[1])} {md_code(b_row['diagnostics_run_id'])} — "
+                                "differences are B − A.", name="diff-head")
+        classes = dv.class_difference(a, b)
+        depth = dv.depth_difference(a, b)
+        overlap, why = dv.neuron_overlap(a, b)
+        parts = [pn.Row(head, *buttons, sizing_mode="stretch_width"),
+                 pn.Row(pn.pane.HoloViews(dv.accuracy_overlay(a, b, names), sizing_mode="stretch_width",
+                                          name="diff-accuracy"),
+                        pn.pane.HoloViews(dv.class_difference_bars(classes) if len(classes) else
+                                          hv.Bars([]), sizing_mode="stretch_width", name="diff-classes"),
+                        sizing_mode="stretch_width"),
+                 pn.Row(pn.pane.HoloViews(dv.depth_difference_plot(depth), sizing_mode="stretch_width",
+                                          name="diff-depth"),
+                        pn.widgets.Tabulator(classes, show_index=False, disabled=True, name="diff-class-table",
+                                             layout="fit_data_stretch", height=280,
+                                             formatters={k: {"type": "money", "precision": 3}
+                                                         for k in ("A", "B", "B − A")}),
+                        sizing_mode="stretch_width")]
+        if overlap is None or overlap.empty:
+            parts.append(pn.pane.Markdown(escape_md(why), name="diff-overlap-missing"))
+        else:
+            parts.append(pn.Row(*[pn.pane.HoloViews(dv.overlap_heatmap(overlap, m), sizing_mode="stretch_width",
+                                                    name=f"diff-overlap-{m}")
+                                  for m in ("source", "target") if (overlap["model"] == m).any()],
+                                sizing_mode="stretch_width"))
+        return pn.Column(*parts, name="diff", sizing_mode="stretch_width")
+
+    def layout(self):
+        return pn.Column(self.lazy(self.header, sizing_mode="stretch_width"),
+                         self.lazy(self.table, sizing_mode="stretch_width"),
+                         pn.Row(self.lazy(self.chart, sizing_mode="stretch_width"),
+                                self.lazy(self.lines, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
+                         pn.pane.Markdown("### Two pairs side by side"),
+                         self.lazy(self.diff, sizing_mode="stretch_width"), sizing_mode="stretch_width")
+
+    def __panel__(self):
+        # parts over the experiment, not the open pair: the page is the layout itself (see compare_part)
+        return super(Tab, self).__panel__()
