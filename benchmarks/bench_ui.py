@@ -104,6 +104,8 @@ from helpers.timeline import write_tiny_timeline
 
 SWITCH_GOAL, TOUR_GOAL, FIRST_PAINT_GOAL, ZOOM_GOAL, EPOCH_GOAL = 3.0, 2.5, 3.0, 0.35, 0.3
 COMPARE_PAINT_GOAL = 3.0  # issue 16: the Compare tab over 1,000 diagnosed pairs, first paint
+COMPARE_AXIS_GOAL = 0.5  # changing the chart's axes
+COMPARE_DIFF_GOAL = 2.0  # the two-pair diff, both bundles cached
 SCORES = (0.125, -0.05)  # transferability scores of the two pairs: the badge tells them apart
 TABS = ("Statistics", "Instances", "Network", "Features")
 
@@ -919,6 +921,48 @@ def measure_compare_paint(browser, url: str, experiment: str, marker: str, loads
     return out
 
 
+TITLE_HAS = ("(t) => Bokeh.documents.some(d => [...d.all_models].some(m => typeof m.text === 'string' "
+             "&& m.text.includes(t)))")
+
+
+def measure_compare_interactions(browser, url: str, experiment: str, real: list, repeat: int) -> dict | None:
+    """In Chromium on the 1,000-pair Compare tab: an axis change (choose another x → the chart's title names
+    it) and, given two pairs with bundles (``real``), the two-pair diff with both bundles cached (tick B beside
+    A → the diff's depth plot is drawn), each ``repeat`` times; the bundles are opened once before. None
+    without a Compare tab."""
+    from ui.app import TABS
+
+    titles = [t.title for t in TABS]
+    if "Compare" not in titles:
+        return None
+    picked = [d for _, d in real[:2]]
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}?experiment={experiment}&tab={titles.index('Compare')}&compare={json.dumps(picked)}")
+    if len(picked) == 2:
+        page.get_by_text("differences are B − A").wait_for(timeout=180_000)  # both bundles fetched and opened
+    else:
+        page.locator(".tabulator-row").first.wait_for(timeout=180_000)
+    x = page.locator("select").filter(has=page.locator("option", has_text="setting · ")).first
+    labels = [t for t in x.locator("option").all_inner_texts() if t.strip()]
+    out = {"axis": [], "diff": []}
+    for i in range(repeat * 2):
+        label = labels[(i + 1) % len(labels)]
+        start = time.perf_counter()
+        x.select_option(label=label)
+        page.wait_for_function(TITLE_HAS, arg=f"against {label} (", timeout=60_000, polling=20)
+        out["axis"].append({"time": time.perf_counter() - start})
+    row_b = page.locator(".tabulator-row", has_text=picked[-1]).first if len(picked) == 2 else None
+    for _ in range(repeat if row_b is not None else 0):
+        row_b.locator("input[type=checkbox]").click()  # B off: "pick two"
+        page.get_by_text("Pick two diagnosed pairs").wait_for(timeout=60_000)
+        start = time.perf_counter()
+        row_b.locator("input[type=checkbox]").click()
+        page.wait_for_function(TITLE_HAS, arg="Inheritance and CKA by depth, B − A", timeout=60_000, polling=20)
+        out["diff"].append({"time": time.perf_counter() - start})
+    page.close()
+    return out
+
+
 def run_compare(args) -> None:
     """Seed a real mlflow server, measure the listing and the first paint, print the report."""
     import seed_compare
@@ -957,6 +1001,10 @@ def run_compare(args) -> None:
                                                             1 + args.repeat)}
                     paint["big"] = measure_compare_paint(browser, url, big["experiment_id"], "digits-target-",
                                                          1 + args.repeat)
+                    paint["interactions"] = measure_compare_interactions(browser, url, big["experiment_id"],
+                                                                         big["real"], args.repeat)
+                    paint["interactions_small"] = measure_compare_interactions(browser, url, small["experiment_id"],
+                                                                               [], args.repeat)
                 finally:
                     browser.close()
     finally:
@@ -997,6 +1045,21 @@ def report_compare(listing: dict, paint: dict | None, args) -> None:
         lines += [f"  first paint, {n} pairs, listing not made yet: "
                   f"{_verdict(paint['big'][0]['time'], COMPARE_PAINT_GOAL)}",
                   f"  first paint, {n} pairs, warm: {_verdict(_median(paint['big'][1:]), COMPARE_PAINT_GOAL)}"]
+    moves = (paint or {}).get("interactions")
+    if moves:
+        print()
+        small_axis = (paint.get("interactions_small") or {}).get("axis") or []
+        print(f"Compare tab interactions over {n} pairs (Chromium; goals: axis change ≤ {COMPARE_AXIS_GOAL:g} s, "
+              f"two-pair diff ≤ {COMPARE_DIFF_GOAL:g} s with both bundles cached; base = the axis change over {b} "
+              "pairs)")
+        print(HEADER)
+        base_axis = _median(small_axis)
+        if small_axis:
+            print(_row(f"axis change (x), {b} pairs (baseline)", small_axis, COMPARE_AXIS_GOAL, base_axis))
+        print(_row(f"axis change (x), {n} pairs", moves["axis"], COMPARE_AXIS_GOAL, base_axis))
+        print(_row("two-pair diff, bundles cached", moves["diff"], COMPARE_DIFF_GOAL, base_axis))
+        lines += [f"  axis change: {_verdict(_median(moves['axis']), COMPARE_AXIS_GOAL)}",
+                  f"  two-pair diff, bundles cached: {_verdict(_median(moves['diff']), COMPARE_DIFF_GOAL)}"]
     print()
     print("\n".join(lines))
 

@@ -53,7 +53,11 @@ def _chosen(experiment: str, experiments: list[dict]) -> bool:
 
 def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> pn.viewable.Viewable:
     """The whole app over ``source``; with ``sync_url`` the state round-trips through the URL."""
-    state = AppState(source, tab_count=len(TABS), tab_titles=tuple(t.title for t in TABS), **state_params)
+    if sync_url and pn.state.location is not None and "tab" in pn.state.location.query_params:
+        # the linked tab before the state lists anything: a pairless tab's link opens no bundle on the way
+        state_params.setdefault("tab", pn.state.location.query_params["tab"])
+    state = AppState(source, tab_count=len(TABS), tab_titles=tuple(t.title for t in TABS),
+                     pairless_tabs=tuple(i for i, t in enumerate(TABS) if not t.needs_bundle), **state_params)
     if sync_url and pn.state.location is not None:
         pn.state.location.sync(state, {p: p for p in URL_PARAMS})
         # The browser reports its own (possibly empty) query when it connects, after the state opened a

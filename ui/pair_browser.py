@@ -1,5 +1,5 @@
 """The header above the tabs, a `Viewer` over the app's `AppState`: the error banner, the tracking
-server, the experiment select and the table of its diagnosed pairs (a row click opens the pair; a pair
+server, the experiment select (and a reload button) and the table of its diagnosed pairs (a row click opens the pair; a pair
 opened otherwise, say by a link, is highlighted)."""
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ class PairBrowser(StateView):
         self._select = pn.widgets.Select(label="Experiment", width=280)
         self._experiments()
         self._select.param.watch(self._picked, "value")
+        self._reload = pn.widgets.Button(label="reload", width=80)  # listings are kept a while (`TrackingSource`)
+        self._reload.on_click(lambda _event: self.state.reload())
         self._table = None  # the listed pairs' table, once drawn
 
     @param.depends("state.experiments", "state.experiment", watch=True)
@@ -64,4 +66,5 @@ class PairBrowser(StateView):
         # the table on every switch would cost the switch a table redraw.
         return pn.Column(pn.param.ParamMethod(self.banner), pn.pane.Markdown(f"**Tracking server** "
                                                                               f"{md_code(self.state.source.uri)}"),
-                         self._select, pn.param.ParamMethod(self.pairs), sizing_mode="stretch_width")
+                         pn.Row(self._select, self._reload), pn.param.ParamMethod(self.pairs),
+                         sizing_mode="stretch_width")

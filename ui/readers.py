@@ -31,7 +31,7 @@ __all__ = ["COMPARE_TTL_S", "DEFAULT_TRACKING_URI", "OUTCOMES", "CompareListing"
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default store
 OPENED_BUNDLES = 8  # validated bundles a TrackingSource keeps open in memory
-COMPARE_TTL_S = 30.0  # how long a TrackingSource reuses a compare listing (new runs show up after this)
+COMPARE_TTL_S = 30.0  # how long a TrackingSource reuses a listing (new runs show up after this, or on reload)
 KEPT_SUMMARIES = 50_000  # parsed summaries of FINISHED diagnostics runs a TrackingSource keeps
 
 
@@ -43,9 +43,10 @@ class PairSource(Protocol):
     def experiments(self) -> list[dict]:
         """``[{"experiment_id", "name"}]``; raises `TrackingUnavailableError` when unreachable."""
 
-    def pairs(self, experiment_id: str) -> list[dict]:
+    def pairs(self, experiment_id: str, *, fresh: bool = False) -> list[dict]:
         """Diagnosed pairs of one experiment, newest first (see ``list_diagnosed_pairs``); a row whose
-        ``status`` is not FINISHED (absent means FINISHED) is an incomplete diagnosis."""
+        ``status`` is not FINISHED (absent means FINISHED) is an incomplete diagnosis. ``fresh``: not a
+        listing kept from before (a reload)."""
 
     def bundle(self, diagnostics_run_id: str) -> PairBundle:
         """The validated bundle; raises `BundleError` / `RunLookupError` with a fix in the message."""
@@ -58,7 +59,7 @@ class PairSource(Protocol):
         """Issue 14: the pair's validated training timeline (the run's ``timetravel/`` bundle); None when
         it has none; raises `BundleError` for a broken or incomplete one, with the command that fixes it."""
 
-    def compare(self, experiment_id: str, sweep_id: str | None = None) -> CompareListing:
+    def compare(self, experiment_id: str, sweep_id: str | None = None, *, fresh: bool = False) -> CompareListing:
         """Issue 16: every target run of the experiment (of sweep ``sweep_id`` only, when given) with its setting
         and outcomes, the comparable group kept (see ``list_compare_rows``); raises `RunLookupError` for a
         malformed id and `TrackingUnavailableError` when unreachable."""
@@ -87,6 +88,7 @@ class TrackingSource:
     _listings: dict = field(default_factory=dict, init=False, repr=False)
     _summaries: dict = field(default_factory=dict, init=False, repr=False)
     _listing_now: dict = field(default_factory=dict, init=False, repr=False)  # (experiment, sweep) -> Future
+    _pair_lists: dict = field(default_factory=dict, init=False, repr=False)  # experiment -> (time, pair rows)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -99,15 +101,24 @@ class TrackingSource:
 
         return list_experiments(self.uri)
 
-    def pairs(self, experiment_id: str) -> list[dict]:
+    def pairs(self, experiment_id: str, *, fresh: bool = False) -> list[dict]:
+        """Reused for `COMPARE_TTL_S` by every session (each page load lists the experiment, thousands of
+        runs on a busy server); ``fresh`` lists again now."""
         from mlflow_transfer.tracking.bundles import list_diagnosed_pairs
 
         # The experiment's compare listing is made meanwhile (a thread): the server answers both searches
         # at once, and the Compare tab, opened later, finds it ready.
-        self._listing(experiment_id, None)
+        self._listing(experiment_id, None, fresh=fresh)
+        with self._lock:
+            hit = self._pair_lists.get(experiment_id)
+        if not fresh and hit is not None and time.monotonic() - hit[0] < COMPARE_TTL_S:
+            return list(hit[1])
         # Unfinished diagnostics runs too (a killed diagnose, one still running): listed as incomplete.
-        return list_diagnosed_pairs([experiment_id], max_pairs=self.max_pairs, tracking_uri=self.uri,
+        rows = list_diagnosed_pairs([experiment_id], max_pairs=self.max_pairs, tracking_uri=self.uri,
                                     include_incomplete=True)
+        with self._lock:
+            self._pair_lists[experiment_id] = (time.monotonic(), rows)
+        return list(rows)
 
     def bundle(self, diagnostics_run_id: str) -> PairBundle:
         """Downloaded once into the cache and validated (every file hashed) on first open; a finished
@@ -144,19 +155,20 @@ class TrackingSource:
                 self._timelines.popitem(last=False)
         return found
 
-    def compare(self, experiment_id: str, sweep_id: str | None = None) -> CompareListing:
+    def compare(self, experiment_id: str, sweep_id: str | None = None, *, fresh: bool = False) -> CompareListing:
         """The listing through `list_compare_rows`, reused for `COMPARE_TTL_S` per (experiment, sweep) by every
         session; one being made (`pairs` starts the experiment's) is waited for, not made twice. The parsed
         summaries of FINISHED diagnostics runs are kept by run id beyond that (they never change; a running
         one's never enters). A failed listing raises here and is not kept."""
-        return self._listing(experiment_id, sweep_id).result()
+        return self._listing(experiment_id, sweep_id, fresh=fresh).result()
 
-    def _listing(self, experiment_id: str, sweep_id: str | None) -> Future:
-        """A done future of the kept listing when fresh, else the one being made (started here if none)."""
+    def _listing(self, experiment_id: str, sweep_id: str | None, *, fresh: bool = False) -> Future:
+        """A done future of the kept listing when recent (and not ``fresh`` asked for), else the one being made
+        (started here if none)."""
         key = (experiment_id, sweep_id)
         with self._lock:
             hit = self._listings.get(key)
-            if hit is not None and time.monotonic() - hit[0] < COMPARE_TTL_S:
+            if not fresh and hit is not None and time.monotonic() - hit[0] < COMPARE_TTL_S:
                 done = Future()
                 done.set_result(hit[1])
                 return done
@@ -208,7 +220,7 @@ class MemorySource:
     def experiments(self) -> list[dict]:
         return [{"experiment_id": k, "name": v} for k, v in self.experiments_by_id.items()]
 
-    def pairs(self, experiment_id: str) -> list[dict]:
+    def pairs(self, experiment_id: str, *, fresh: bool = False) -> list[dict]:
         return list(self.pair_rows.get(experiment_id, []))
 
     def bundle(self, diagnostics_run_id: str) -> PairBundle:
@@ -228,7 +240,7 @@ class MemorySource:
             return found
         return TimelineBundle.open(found)
 
-    def compare(self, experiment_id: str, sweep_id: str | None = None) -> CompareListing:
+    def compare(self, experiment_id: str, sweep_id: str | None = None, *, fresh: bool = False) -> CompareListing:
         """``compare_listings[(experiment_id, sweep_id)]`` when given; else one row per pair row of the
         experiment (a row's ``sweep_id`` key filters; its ``setting`` dict is the setting), outcomes from the
         row, per-depth lists and label space from its bundle when one is held (a broken one reads as none)."""

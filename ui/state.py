@@ -143,8 +143,12 @@ class AppState(param.Parameterized):
     loading = param.Boolean(default=False)
 
     def __init__(self, source: PairSource, *, tab_count: int | None = None, tab_titles: tuple[str, ...] = (),
-                 **params):
+                 pairless_tabs: tuple[int, ...] = (), **params):
         self._source = source
+        # tabs drawn without the pair's bundle (Compare): while one is open, a pair is listed and selected
+        # but its bundle is opened only when a tab that shows it is (a first paint must not wait on a download)
+        self._pairless_tabs = frozenset(pairless_tabs)
+        self._bundle_for = ""  # the pair the bundle (or its error) was opened for
         self._tab_count = tab_count  # the app's tabs: ?tab= is clamped to them (None: not bounded above)
         self._tab_titles = tuple(tab_titles)  # their titles, for a view that opens another tab
         self._listed: dict[str, list[dict]] = {}  # pairs listed while choosing the experiment to open
@@ -196,6 +200,16 @@ class AppState(param.Parameterized):
             known = self.bundle.classes if self.bundle is not None else None
             return [c for i, c in enumerate(names) if c not in names[:i] and (known is None or c in known)]
         return value
+
+    def reload(self) -> None:
+        """List the experiments and the open experiment's pairs again now (a source may keep listings a while)."""
+        if self.experiment:
+            try:
+                self._listed = {self.experiment: self._source.pairs(self.experiment, fresh=True)}
+            except TransferError as exc:
+                self.param.update(pairs=[], error=str(exc))
+                return
+        self.refresh()
 
     def refresh(self) -> None:
         """(Re)list experiments, then the pairs and bundle the current selection names."""
@@ -264,8 +278,19 @@ class AppState(param.Parameterized):
         elif self.bundle is None:
             self._load_bundle()
 
+    @param.depends("tab", watch=True)
+    def _tab_shown(self) -> None:
+        if self.tab not in self._pairless_tabs and self.pair and self._bundle_for != self.pair:
+            self._load_bundle()
+
     @param.depends("pair", watch=True)
     def _load_bundle(self) -> None:
+        if self.pair and self.tab in self._pairless_tabs:
+            self._bundle_for = ""  # opened when a tab that shows it is
+            if self.bundle is not None:
+                self.bundle = None
+            return
+        self._bundle_for = self.pair
         if not self.pair:
             self.param.update(bundle=None)
             return

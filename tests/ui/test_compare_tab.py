@@ -234,3 +234,59 @@ def test_an_experiment_without_target_runs_says_so_and_draws_an_empty_chart(tmp_
     assert "not enough pairs" in find(layout, pn.pane.Markdown, "compare-estimates").object
     assert not list(layout.select(pn.pane.Alert))
     _figure(layout)  # drawn, with no point
+
+
+class _CountingSource(MemorySource):
+    """A MemorySource that counts the bundles it opens."""
+
+    def bundle(self, diagnostics_run_id):
+        self.opened = getattr(self, "opened", []) + [diagnostics_run_id]
+        return super().bundle(diagnostics_run_id)
+
+
+def test_a_compare_link_opens_no_bundle_until_a_pair_tab_is_shown(source):
+    counting = _CountingSource(source.experiments_by_id, {"1": [
+        {"diagnostics_run_id": run_id("d", 0), "target_run_id": run_id("t", 0)}]}, source.bundles,
+        compare_listings=source.compare_listings)
+    compare = len(TABS) - 1
+    app = build_app(counting, sync_url=False, tab=compare)
+    state = app.state
+    assert state.pair == run_id("d", 0) and state.bundle is None and not getattr(counting, "opened", [])
+    drawn(CompareTab(state=state, index=compare))  # the tab draws from the listing alone
+    assert not getattr(counting, "opened", [])
+    state.tab = 0  # Statistics: now the pair's bundle is opened, once
+    assert state.bundle is not None and counting.opened == [run_id("d", 0)]
+    state.tab = compare
+    state.tab = 0
+    assert counting.opened == [run_id("d", 0)]  # the same pair is not opened again
+    # "open pair B" from the compare tab: pair and tab set together open the new pair at once
+    state.tab = compare
+    state.param.update(pair=run_id("d", 1), tab=0)
+    assert counting.opened[-1] == run_id("d", 1) and state.bundle is not None
+
+
+def test_the_tracking_source_keeps_pair_lists_and_a_reload_lists_again(tracking_store):
+    from mlflow import MlflowClient
+
+    from mlflow_transfer.tags import TAGS
+    from ui.readers import TrackingSource
+
+    client = MlflowClient()
+    experiment = tracking_store.experiment_id
+
+    def diagnostics_run():
+        run = client.create_run(experiment, tags={TAGS.role: "diagnostics"})
+        client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+    first = diagnostics_run()
+    source = TrackingSource(tracking_store.uri)
+    assert [p["diagnostics_run_id"] for p in source.pairs(experiment)] == [first]
+    second = diagnostics_run()
+    assert [p["diagnostics_run_id"] for p in source.pairs(experiment)] == [first]  # kept (COMPARE_TTL_S)
+    listed = source.pairs(experiment, fresh=True)
+    assert {p["diagnostics_run_id"] for p in listed} == {first, second}
+    state = AppState(source, experiment=experiment)
+    third = diagnostics_run()
+    state.reload()  # the pair browser's reload button
+    assert {p["diagnostics_run_id"] for p in state.pairs} == {first, second, third}

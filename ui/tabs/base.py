@@ -79,6 +79,7 @@ class Tab(StateView):
                           doc="position in the app's tabs (``state.tab``); None: always shown")
 
     title: ClassVar[str] = ""
+    needs_bundle: ClassVar[bool] = True  # False: drawn without the open pair's bundle (`AppState` defers it)
 
     def __init__(self, **params):
         super().__init__(**params)

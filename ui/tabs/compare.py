@@ -72,6 +72,7 @@ class CompareTab(Tab):
     ``diff-error``); buttons "open pair A", "open pair B" and "reload the listing"."""
 
     title = "Compare"
+    needs_bundle = False  # a listing of runs: the open pair's bundle is not opened for it
 
     reloads = param.Integer(default=0, doc="bumped by the reload button: the listing is asked for again")
 
@@ -122,11 +123,12 @@ class CompareTab(Tab):
         sweep = self.state.sweep
         if sweep and _invalid(sweep, "sweep run id"):
             note, sweep = message_md(f"{_invalid(sweep, 'sweep run id')}; showing the whole experiment."), ""
-        listing = source.compare(self.state.experiment, sweep or None)
+        fresh = self.reloads > 0  # once per click: the listing is then kept under the new key
+        listing = source.compare(self.state.experiment, sweep or None, fresh=fresh)
         if sweep and sweep not in [s.get("run_id") for s in listing.sweeps]:
             note = (f"There is no sweep {md_code(shorten(sweep))} in this experiment; showing the whole "
                     "experiment.")
-            listing = source.compare(self.state.experiment, None)
+            listing = source.compare(self.state.experiment, None, fresh=fresh)
         self._listing = (key, listing, note)
         return listing, note
 
