@@ -37,8 +37,10 @@ chromium:
 	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "warning: could not install chromium (needs root); the browser tests will be skipped"; }
 
+# Two workers, one test file each (a module's shared fixtures stay in one process): the suite waits on
+# servers, browsers and subprocesses much of the time, so two files at once use the two cores better.
 test: venv chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 benchmark: venv
 	$(BIN)/python benchmarks/bench_demo_pipeline.py
