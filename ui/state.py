@@ -67,7 +67,7 @@ def _as_text(value) -> str:
     return json.dumps(value, default=str)  # a list, a float, …: shown back, and refused as an id
 
 
-def _invalid(value: str, what: str) -> str:
+def invalid_id(value: str, what: str) -> str:
     """'' when ``value`` is a well-formed MLflow id, else the message saying what arrived."""
     try:
         check_run_id(value, what=what)
@@ -239,7 +239,7 @@ class AppState(param.Parameterized):
                 self._listed[i] = self._source.pairs(i)
             return self._listed[i]
 
-        if self.pair and not _invalid(self.pair, "diagnostics run id"):  # a link naming only the pair
+        if self.pair and not invalid_id(self.pair, "diagnostics run id"):  # a link naming only the pair
             found = next((i for i in ids if any(p["diagnostics_run_id"] == self.pair for p in pairs(i))), "")
             if found:
                 return found
@@ -249,7 +249,7 @@ class AppState(param.Parameterized):
     def _load_pairs(self) -> None:
         listed = self._listed.pop(self.experiment, None)
         self._listed = {}  # only the listing made just now for this choice is fresh enough to reuse
-        wrong = _invalid(self.experiment, "experiment id") if self.experiment else ""
+        wrong = invalid_id(self.experiment, "experiment id") if self.experiment else ""
         if not wrong and self.experiment and self.experiments and \
                 self.experiment not in [e["experiment_id"] for e in self.experiments]:
             wrong = (f"There is no experiment with id {self.experiment!r} on {self._source.uri}; "
@@ -270,7 +270,7 @@ class AppState(param.Parameterized):
                                               "unexpected error; the app's server log has the details.")
             return
         ids = [p["diagnostics_run_id"] for p in self.pairs]
-        if self.pair and _invalid(self.pair, "diagnostics run id"):
+        if self.pair and invalid_id(self.pair, "diagnostics run id"):
             self._load_bundle()  # a malformed link is shown as an error, not replaced by another pair
         elif self.pair not in ids:
             complete = [p["diagnostics_run_id"] for p in self.pairs if not incomplete(p)]
@@ -294,7 +294,7 @@ class AppState(param.Parameterized):
         if not self.pair:
             self.param.update(bundle=None)
             return
-        wrong = _invalid(self.pair, "diagnostics run id")
+        wrong = invalid_id(self.pair, "diagnostics run id")
         if wrong:  # never looked up, never joined to a cache path
             self.param.update(bundle=None, error=wrong, loading=False)
             return
@@ -327,7 +327,7 @@ class AppState(param.Parameterized):
         """``message`` plus the exact command that diagnoses the selected pair again."""
         row = next((p for p in self.pairs if p["diagnostics_run_id"] == self.pair), {})
         target = row.get("target_run_id")
-        if not target or _invalid(target, "run id") or "--target-run-id" in message:
+        if not target or invalid_id(target, "run id") or "--target-run-id" in message:
             return message
         return f"{message}. To fix: mlflow-transfer diagnose --target-run-id {target}"
 

@@ -11,7 +11,7 @@ import shutil
 
 import panel as pn
 import pytest
-from helpers.browser import needs_chromium
+from helpers.browser import HOSTILE_ELEMENTS, PAGE_TEXT, needs_chromium
 from helpers.bundles import without_records, write_tiny_bundle
 from helpers.findings import replace_findings
 from helpers.views import drawn
@@ -120,27 +120,6 @@ def test_the_tiny_bundles_computed_findings_are_shown(tiny_bundle):
     assert all(html.escape(f["title"]) in _listed(layout) for f in stored)
 
 
-_INJECTED = """() => {
-  const bad = [];
-  const walk = (root) => {
-    for (const el of root.querySelectorAll("*")) {
-      for (const a of el.getAttributeNames()) if (a.startsWith("on")) bad.push(`<${el.tagName} ${a}>`);
-      if (el.tagName === "IMG" && el.getAttribute("src") === "x") bad.push("<IMG src=x>");
-      if (el.shadowRoot) walk(el.shadowRoot);
-    }
-  };
-  walk(document);
-  return bad;
-}"""
-_ALL_TEXT = """() => {
-  const parts = [document.body.innerText];
-  const walk = (root) => {
-    for (const el of root.querySelectorAll("*"))
-      if (el.shadowRoot) { parts.push(el.shadowRoot.textContent || ""); walk(el.shadowRoot); }
-  };
-  walk(document);
-  return parts.join(" ");
-}"""
 _QUERY = "() => Object.fromEntries(new URLSearchParams(location.search))"
 
 
@@ -158,8 +137,8 @@ def test_a_findings_link_opens_its_tab_and_state_in_the_browser(hostile_bundle, 
             page.goto(f"{url}?pair=d1&tab=0")
             page.get_by_text("Source-only neuron: conv2 #3").wait_for(timeout=90_000)
             page.wait_for_timeout(500)  # an <img src=x>'s error event fires once its request fails
-            assert f"Negative transfer for class {HOSTILE}" in page.evaluate(_ALL_TEXT)  # shown as text
-            assert page.evaluate(_INJECTED) == [] and dialogs == []
+            assert f"Negative transfer for class {HOSTILE}" in page.evaluate(PAGE_TEXT)  # shown as text
+            assert page.evaluate(HOSTILE_ELEMENTS) == [] and dialogs == []
             page.get_by_role("button", name="Show in Network").click()
             page.wait_for_function("() => new URLSearchParams(location.search).get('neuron') === 'target:conv2:3'",
                                    timeout=30_000)
@@ -173,6 +152,6 @@ def test_a_findings_link_opens_its_tab_and_state_in_the_browser(hostile_bundle, 
             page.wait_for_function("() => (new URLSearchParams(location.search).get('classes') || '').includes('img')",
                                    timeout=30_000)
             assert json.loads(page.evaluate(_QUERY)["classes"]) == [HOSTILE]
-            assert page.evaluate(_INJECTED) == [] and dialogs == []
+            assert page.evaluate(HOSTILE_ELEMENTS) == [] and dialogs == []
     finally:
         page.close()

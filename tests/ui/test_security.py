@@ -21,7 +21,7 @@ from urllib.parse import quote
 import numpy as np
 import panel as pn
 import pytest
-from helpers.browser import needs_chromium
+from helpers.browser import HOSTILE_ELEMENTS, PAGE_TEXT, needs_chromium
 from helpers.bundles import write_tiny_bundle
 from helpers.servers import clean_env, mlflow_server, transfer_ui
 
@@ -301,37 +301,6 @@ def test_an_unexpected_error_opening_a_pair_ends_the_spinner(hostile_bundle):
 # In the browser: a real mlflow server, the app served by `mlflow-transfer ui`, Chromium
 
 
-# Elements anywhere in the page (shadow roots included: Bokeh renders into them) that could run script.
-_HOSTILE_ELEMENTS = """() => {
-  const bad = [];
-  const walk = (root) => {
-    for (const el of root.querySelectorAll("*")) {
-      for (const a of el.getAttributeNames())
-        if (a.startsWith("on")) bad.push(`<${el.tagName} ${a}>`);
-      const href = (el.getAttribute("href") || "").trim().toLowerCase();
-      if (href.startsWith("javascript:")) bad.push(`<${el.tagName} href=javascript:>`);
-      if (el.tagName === "IMG" && el.getAttribute("src") === "x") bad.push("<IMG src=x>");
-      if (el.tagName === "SCRIPT" && !["application/json", "application/vnd.bokehjs_exec.v0+json"].includes(el.type)
-          && (el.textContent || "").includes("alert(")) bad.push("<SCRIPT>alert");  // (JSON data runs nothing)
-      if (el.shadowRoot) walk(el.shadowRoot);
-    }
-  };
-  walk(document);
-  return bad;
-}"""
-
-# All text of the page, shadow roots included.
-_ALL_TEXT = """() => {
-  const parts = [];
-  const walk = (root) => {
-    for (const el of root.querySelectorAll("*")) {
-      if (el.shadowRoot) { parts.push(el.shadowRoot.textContent || ""); walk(el.shadowRoot); }
-    }
-  };
-  parts.push(document.body.innerText);
-  walk(document);
-  return parts.join(" ");
-}"""
 
 
 def _log_hostile_run(uri: str, bundle_dir: Path) -> str:
@@ -375,7 +344,7 @@ def page(browser):
 
 def _no_script_ran(page, where: str) -> None:
     page.wait_for_timeout(300)  # an <img src=x>'s error event fires once its request fails
-    assert page.evaluate(_HOSTILE_ELEMENTS) == [], where
+    assert page.evaluate(HOSTILE_ELEMENTS) == [], where
     assert page.dialogs == [], where
 
 
@@ -401,7 +370,7 @@ def test_hostile_names_run_no_script_in_any_view_or_in_the_report(hostile_app, p
     bundle = PairBundle.open(hostile_app["bundle"])
     layer = bundle.layers[0]
     _open(page, url + _q(classes=[HTML_NAME]), "Transferability score")
-    assert HTML_NAME in page.evaluate(_ALL_TEXT)  # the names are shown, as text
+    assert HTML_NAME in page.evaluate(PAGE_TEXT)  # the names are shown, as text
     _no_script_ran(page, "statistics")
     page.get_by_text("Instances", exact=True).click()
     page.get_by_text("dark ring").first.wait_for(timeout=60_000)
@@ -430,7 +399,7 @@ def test_hostile_names_run_no_script_in_any_view_or_in_the_report(hostile_app, p
     page.goto(report.as_uri())
     page.wait_for_function("() => document.querySelectorAll('.plot .bk-Canvas, .plot div').length > 0 "
                            "&& window.Bokeh && Bokeh.documents.length >= 4", timeout=60_000)
-    assert HTML_NAME in page.evaluate(_ALL_TEXT) and "Robustness" in page.evaluate(_ALL_TEXT)
+    assert HTML_NAME in page.evaluate(PAGE_TEXT) and "Robustness" in page.evaluate(PAGE_TEXT)
     _no_script_ran(page, "report.html")
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import panel as pn
 import pytest
 from bokeh.models import Span
-from helpers.browser import needs_chromium
+from helpers.browser import HOSTILE_ELEMENTS, PAGE_TEXT, needs_chromium
 from helpers.timeline import planted_coords, planted_metric, write_tiny_timeline
 from helpers.views import drawn, find
 from PIL import Image
@@ -487,30 +487,6 @@ def test_the_training_tab_over_mlflow_transfer_ui(tracked_store, page):
             timeout=90_000)
 
 
-# Elements a hostile string would have made: an event-handler attribute, a javascript: link, <img src=x>.
-_INJECTED = """() => {
-  const bad = [];
-  const walk = (root) => {
-    for (const el of root.querySelectorAll("*")) {
-      for (const a of el.getAttributeNames()) if (a.startsWith("on")) bad.push(`<${el.tagName} ${a}>`);
-      if ((el.getAttribute("href") || "").trim().toLowerCase().startsWith("javascript:")) bad.push(el.tagName);
-      if (el.tagName === "IMG" && el.getAttribute("src") === "x") bad.push("<IMG src=x>");
-      if (el.shadowRoot) walk(el.shadowRoot);
-    }
-  };
-  walk(document);
-  return bad;
-}"""
-# All text of the page, shadow roots included.
-_ALL_TEXT = """() => {
-  const parts = [document.body.innerText];
-  const walk = (root) => {
-    for (const el of root.querySelectorAll("*"))
-      if (el.shadowRoot) { parts.push(el.shadowRoot.textContent || ""); walk(el.shadowRoot); }
-  };
-  walk(document);
-  return parts.join(" ");
-}"""
 HOSTILE_CLASSES = (HOSTILE, "[x](javascript:alert(2))", "q\"'><svg onload=alert(3)>")
 
 
@@ -542,13 +518,13 @@ def test_hostile_class_names_and_notes_run_no_script_in_the_tab_or_the_report(ho
             page.get_by_text("How faithful is this picture?").wait_for(timeout=90_000)
             page.locator(".epoch-player button.next").click()
             page.wait_for_timeout(500)  # an <img src=x>'s error event fires once its request fails
-            text = page.evaluate(_ALL_TEXT)
+            text = page.evaluate(PAGE_TEXT)
             assert HOSTILE in text  # shown, as text (the legend and the note)
-            assert page.evaluate(_INJECTED) == [] and dialogs == []
+            assert page.evaluate(HOSTILE_ELEMENTS) == [] and dialogs == []
         report = write_report(tiny_bundle, tmp_path / "report.html", timeline_dir=hostile_timeline)
         page.goto(report.as_uri())
         page.get_by_text("Training timeline").wait_for(timeout=60_000)
         page.wait_for_timeout(500)
-        assert page.evaluate(_INJECTED) == [] and dialogs == []
+        assert page.evaluate(HOSTILE_ELEMENTS) == [] and dialogs == []
     finally:
         page.close()

@@ -18,8 +18,7 @@ import panel as pn
 import param
 
 from mlflow_transfer.errors import BundleError, TransferError
-from mlflow_transfer.validation import check_run_id
-from ui.state import MAX_COMPARED
+from ui.state import MAX_COMPARED, invalid_id
 from ui.views import compare as cv
 from ui.views import diff as dv
 from ui.views.guard import error_pane, guarded
@@ -32,15 +31,6 @@ __all__ = ["CompareTab"]
 NO_EXPERIMENT = "No experiment on this server."
 PICK_TWO = "Pick two diagnosed pairs in the table (A, then B) to see them side by side."
 WHOLE = "whole experiment"
-
-
-def _invalid(value: str, what: str) -> str:
-    """'' when ``value`` is a well-formed MLflow id, else the message saying what arrived."""
-    try:
-        check_run_id(value, what=what)
-    except TransferError as exc:
-        return str(exc)
-    return ""
 
 
 def compare_part(*dependencies: str, what: str):
@@ -121,8 +111,8 @@ class CompareTab(Tab):
             return self._listing[1:]  # the parts of one redraw share one listing; the source caches across
         source, note = self.state.source, ""
         sweep = self.state.sweep
-        if sweep and _invalid(sweep, "sweep run id"):
-            note, sweep = message_md(f"{_invalid(sweep, 'sweep run id')}; showing the whole experiment."), ""
+        if sweep and invalid_id(sweep, "sweep run id"):
+            note, sweep = message_md(f"{invalid_id(sweep, 'sweep run id')}; showing the whole experiment."), ""
         fresh = self.reloads > 0  # once per click: the listing is then kept under the new key
         listing = source.compare(self.state.experiment, sweep or None, fresh=fresh)
         if sweep and sweep not in [s.get("run_id") for s in listing.sweeps]:
@@ -226,7 +216,7 @@ class CompareTab(Tab):
     def _open(self, row):
         """The row's bundle, each record the diff reads checked once (a broken one fails here, naming
         the pair, not half-way through the drawing)."""
-        wrong = _invalid(row["diagnostics_run_id"], "diagnostics run id")
+        wrong = invalid_id(row["diagnostics_run_id"], "diagnostics run id")
         if wrong:
             raise BundleError(wrong)
         bundle = self.state.source.bundle(row["diagnostics_run_id"])
@@ -237,7 +227,7 @@ class CompareTab(Tab):
     @staticmethod
     def _with_command(message: str, row: dict) -> str:
         target = row.get("target_run_id")
-        if not target or _invalid(target, "run id") or "--target-run-id" in message:
+        if not target or invalid_id(target, "run id") or "--target-run-id" in message:
             return message
         return f"{message}. To fix: `mlflow-transfer diagnose --target-run-id {target}`"
 
