@@ -31,6 +31,7 @@ __all__ = ["COMPARE_TTL_S", "DEFAULT_TRACKING_URI", "OUTCOMES", "CompareListing"
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default store
 OPENED_BUNDLES = 8  # validated bundles a TrackingSource keeps open in memory
+PREVIEW_ROWS = 100  # target runs of the Compare tab's first page while the whole listing is made
 COMPARE_TTL_S = 30.0  # how long a TrackingSource reuses a listing (new runs show up after this, or on reload)
 KEPT_SUMMARIES = 50_000  # parsed summaries of FINISHED diagnostics runs a TrackingSource keeps
 
@@ -59,7 +60,8 @@ class PairSource(Protocol):
         """Issue 14: the pair's validated training timeline (the run's ``timetravel/`` bundle); None when
         it has none; raises `BundleError` for a broken or incomplete one, with the command that fixes it."""
 
-    def compare(self, experiment_id: str, sweep_id: str | None = None, *, fresh: bool = False) -> CompareListing:
+    def compare(self, experiment_id: str, sweep_id: str | None = None, *, fresh: bool = False,
+                preview: bool = False) -> CompareListing:
         """Issue 16: every target run of the experiment (of sweep ``sweep_id`` only, when given) with its setting
         and outcomes, the comparable group kept (see ``list_compare_rows``); raises `RunLookupError` for a
         malformed id and `TrackingUnavailableError` when unreachable."""
@@ -89,6 +91,7 @@ class TrackingSource:
     _summaries: dict = field(default_factory=dict, init=False, repr=False)
     _listing_now: dict = field(default_factory=dict, init=False, repr=False)  # (experiment, sweep) -> Future
     _pair_lists: dict = field(default_factory=dict, init=False, repr=False)  # experiment -> (time, pair rows)
+    _previews: dict = field(default_factory=dict, init=False, repr=False)  # (experiment, sweep) -> first page
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -155,12 +158,28 @@ class TrackingSource:
                 self._timelines.popitem(last=False)
         return found
 
-    def compare(self, experiment_id: str, sweep_id: str | None = None, *, fresh: bool = False) -> CompareListing:
+    def compare(self, experiment_id: str, sweep_id: str | None = None, *, fresh: bool = False,
+                preview: bool = False) -> CompareListing:
         """The listing through `list_compare_rows`, reused for `COMPARE_TTL_S` per (experiment, sweep) by every
         session; one being made (`pairs` starts the experiment's) is waited for, not made twice. The parsed
         summaries of FINISHED diagnostics runs are kept by run id beyond that (they never change; a running
-        one's never enters). A failed listing raises here and is not kept."""
-        return self._listing(experiment_id, sweep_id, fresh=fresh).result()
+        one's never enters). A failed listing raises here and is not kept. ``preview``: while the whole
+        listing is still being made, the newest `PREVIEW_ROWS` target runs at once (``partial``; ask again)."""
+        future = self._listing(experiment_id, sweep_id, fresh=fresh)
+        if preview and not future.done():
+            from mlflow_transfer.tracking.compare import list_compare_rows
+
+            key = (experiment_id, sweep_id)
+            with self._lock:
+                kept = self._previews.get(key)
+            if kept is None or fresh:  # one first page per listing being made: asking again is free
+                kept = list_compare_rows(experiment_id, sweep_id=sweep_id, tracking_uri=self.uri, newest=PREVIEW_ROWS)
+                with self._lock:
+                    self._previews[key] = kept
+            return kept
+        with self._lock:
+            self._previews.pop((experiment_id, sweep_id), None)
+        return future.result()
 
     def _listing(self, experiment_id: str, sweep_id: str | None, *, fresh: bool = False) -> Future:
         """A done future of the kept listing when recent (and not ``fresh`` asked for), else the one being made
@@ -188,6 +207,7 @@ class TrackingSource:
                                         cache=self._summaries)
             with self._lock:
                 self._listings[key] = (time.monotonic(), listing)
+                self._previews.pop(key, None)
             future.set_result(listing)
         except BaseException as exc:  # noqa: BLE001 -- handed to whoever waits (compare raises it)
             future.set_exception(exc)
@@ -240,7 +260,8 @@ class MemorySource:
             return found
         return TimelineBundle.open(found)
 
-    def compare(self, experiment_id: str, sweep_id: str | None = None, *, fresh: bool = False) -> CompareListing:
+    def compare(self, experiment_id: str, sweep_id: str | None = None, *, fresh: bool = False,
+                preview: bool = False) -> CompareListing:
         """``compare_listings[(experiment_id, sweep_id)]`` when given; else one row per pair row of the
         experiment (a row's ``sweep_id`` key filters; its ``setting`` dict is the setting), outcomes from the
         row, per-depth lists and label space from its bundle when one is held (a broken one reads as none)."""

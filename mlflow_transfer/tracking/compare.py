@@ -65,12 +65,14 @@ class CompareListing:
     None), the per-depth ``layers`` / ``inherited_share`` / ``cka`` ([] without a summary) and ``command``
     (None, or the `diagnose_command` of a row without a FINISHED diagnostics run)), ``settings`` (recipe keys whose values differ between the rows,
     sorted), ``left_out`` (``{"target_run_id", "name", "reason"}`` of runs not comparable with the rows)
-    and ``sweeps`` (``{"run_id", "name"}`` of the experiment's sweep parents)."""
+    and ``sweeps`` (``{"run_id", "name"}`` of the experiment's sweep parents). ``partial``: the newest target
+    runs only (`list_compare_rows(newest=…)`), shown while the whole listing is made."""
 
     rows: list[dict] = field(default_factory=list)
     settings: list[str] = field(default_factory=list)
     left_out: list[dict] = field(default_factory=list)
     sweeps: list[dict] = field(default_factory=list)
+    partial: bool = False
 
 
 def diagnose_command(target_run_id: str) -> str:
@@ -164,11 +166,12 @@ class _Run:
     tags: dict
     params: dict
     metrics: dict
+    start_time: int | None = None
 
     @staticmethod
     def of_entity(run) -> _Run:
         return _Run(run.info.run_id, run.info.run_name, run.info.experiment_id, run.info.status,
-                    run.data.tags, run.data.params, run.data.metrics)
+                    run.data.tags, run.data.params, run.data.metrics, run.info.start_time)
 
     @staticmethod
     def of_json(run: dict) -> _Run:
@@ -177,9 +180,10 @@ class _Run:
         def pairs(key: str) -> dict:
             return {x["key"]: x.get("value") for x in data.get(key, []) if isinstance(x, dict) and "key" in x}
 
+        start = info.get("start_time")
         return _Run(str(info.get("run_id") or info.get("run_uuid")), info.get("run_name"),
                     str(info.get("experiment_id")), str(info.get("status")), pairs("tags"), pairs("params"),
-                    pairs("metrics"))
+                    pairs("metrics"), int(start) if str(start).isdigit() else None)
 
 
 SEARCH_ENDPOINT = "/api/2.0/mlflow/runs/search"
@@ -306,13 +310,17 @@ def _differing(rows: list[dict]) -> list[str]:
 
 
 def list_compare_rows(experiment_id: str, *, sweep_id: str | None = None, tracking_uri: str | None = None,
-                      page_size: int = 1000, max_rows: int | None = None,
+                      page_size: int = 1000, max_rows: int | None = None, newest: int | None = None,
                       cache: MutableMapping[str, dict | None] | None = None) -> CompareListing:
     """The compare listing of experiment ``experiment_id`` (only target runs of sweep ``sweep_id`` when given).
 
     Args:
         page_size: runs per search request.
         max_rows: at most this many target runs (the newest).
+        newest: a quick first page (``partial``): the newest ``newest`` target runs, joined with the
+            diagnostics runs started since the oldest of them — every diagnostics run of a target starts after
+            it, so each row's join is the whole listing's; settings that differ and comparability are those of
+            these rows.
         cache: diagnostics run id -> its parsed summary (`parse_summary`), read and filled for FINISHED runs
             only (a finished run's tags do not change; a running one's may).
     Raises:
@@ -335,9 +343,17 @@ def list_compare_rows(experiment_id: str, *, sweep_id: str | None = None, tracki
     target_query = f"tags.`{TAGS.role}` = 'target'"
     if sweep_id is not None:  # checked: letters, digits, '_' and '-' only, no quote ends the string
         target_query += f" AND tags.`{TAGS.sweep_id}` = '{sweep_id}'"
+    diagnostics_query = f"tags.`{TAGS.role}` = 'diagnostics'"
+    first: list | None = None
+    if newest is not None:  # the targets first: the diagnostics search starts at the oldest one's start
+        first = _search(client, uri, experiment_id, target_query, min(page_size, newest), newest)
+        starts = [r.start_time for r in first if r.start_time is not None]
+        if starts and len(starts) == len(first):
+            diagnostics_query += f" AND attributes.start_time >= {min(starts)}"
     searches: dict[str, Callable[[], list]] = {
-        "target": lambda: _search(client, uri, experiment_id, target_query, page_size, max_rows),
-        "diagnostics": lambda: _search(client, uri, experiment_id, f"tags.`{TAGS.role}` = 'diagnostics'", page_size),
+        "target": lambda: first if first is not None else _search(client, uri, experiment_id, target_query,
+                                                                   page_size, max_rows),
+        "diagnostics": lambda: _search(client, uri, experiment_id, diagnostics_query, page_size),
         "sweep": lambda: _search(client, uri, experiment_id, f"tags.`{TAGS.role}` = 'sweep'", page_size),
     }
     with ThreadPoolExecutor(len(searches)) as pool:  # the searches wait on the server, not on this process
@@ -364,11 +380,12 @@ def list_compare_rows(experiment_id: str, *, sweep_id: str | None = None, tracki
                     cache[diagnostics.run_id] = summary
         rows.append(_row(target, diagnostics, latest.get(target.run_id), summary))
     sweeps = [{"run_id": r.run_id, "name": r.name} for r in found["sweep"] if _run_id_or_none(r.run_id)]
-    return listing_from_rows(rows, sweeps)
+    return listing_from_rows(rows, sweeps, partial=newest is not None)
 
 
-def listing_from_rows(rows: list[dict], sweeps: list[dict] | tuple = ()) -> CompareListing:
+def listing_from_rows(rows: list[dict], sweeps: list[dict] | tuple = (), *, partial: bool = False) -> CompareListing:
     """The listing of ``rows`` (newest first, keys `ROW_KEYS`): the comparable group kept, the rest left out
     with the reason, the settings that differ among the kept rows."""
     kept, left_out = _comparable(rows)
-    return CompareListing(rows=kept, settings=_differing(kept), left_out=left_out, sweeps=list(sweeps))
+    return CompareListing(rows=kept, settings=_differing(kept), left_out=left_out, sweeps=list(sweeps),
+                          partial=partial)

@@ -177,6 +177,20 @@ def test_paging_across_page_boundaries_and_max_rows(runs):
     assert [r["target_run_id"] for r in newest.rows] == targets[:1:-1]
 
 
+def test_the_quick_first_page_joins_as_the_whole_listing(runs):
+    targets = [runs.target(f"t{i}", lr=str(i)) for i in range(5)]
+    runs.diagnostics(targets[4], status="FAILED")
+    later = {t: runs.diagnostics(t) for t in targets}  # every diagnosis after every target: t0's too
+    runs.diagnostics(targets[0], status="FAILED")  # an old target diagnosed again, newest of all
+    whole = list_compare_rows(runs.experiment_id)
+    first = list_compare_rows(runs.experiment_id, newest=2)
+    assert first.partial and not whole.partial
+    assert [r["target_run_id"] for r in first.rows] == targets[:2:-1][:2] == [targets[4], targets[3]]
+    assert first.rows == whole.rows[:2]  # each row joined with its own latest finished diagnosis
+    assert {r["diagnostics_run_id"] for r in first.rows} == {later[targets[4]], later[targets[3]]}
+    assert first.settings == ["target.lr"] and len(list_compare_rows(runs.experiment_id, newest=99).rows) == 5
+
+
 def test_the_sweep_filter_and_the_sweeps_list(runs):
     sweep = runs.sweep("grid-sweep")
     other = runs.sweep("other-sweep")
@@ -273,3 +287,8 @@ def test_a_real_server_gives_the_rows_the_store_gives(tmp_path):
         assert row["cka_mean"] == 0.8 and row["findings_count"] == 1 and row["layers"] == ["conv1", "fc"]
         swept = list_compare_rows(experiment_id, sweep_id=sweep, tracking_uri=uri)
         assert sorted(r["target_run_id"] for r in swept.rows) == sorted(targets[1::2])
+        # the quick first page reads the start times from the JSON as the store does
+        first = list_compare_rows(experiment_id, tracking_uri=uri, newest=3)
+        assert first == list_compare_rows(experiment_id, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", newest=3)
+        assert first.partial and first.rows == [r for r in served.rows if r["target_run_id"] in
+                                                {x["target_run_id"] for x in first.rows}]

@@ -290,3 +290,35 @@ def test_the_tracking_source_keeps_pair_lists_and_a_reload_lists_again(tracking_
     third = diagnostics_run()
     state.reload()  # the pair browser's reload button
     assert {p["diagnostics_run_id"] for p in state.pairs} == {first, second, third}
+
+
+class _Arriving(MemorySource):
+    """A source whose whole listing arrives later: until then ``preview`` gives its first two rows."""
+
+    whole = False
+
+    def compare(self, experiment_id, sweep_id=None, *, fresh=False, preview=False):
+        import dataclasses
+
+        listing = super().compare(experiment_id, sweep_id)
+        if preview and not self.whole:
+            return dataclasses.replace(listing, rows=listing.rows[:2], partial=True)
+        return listing
+
+
+def test_a_first_page_is_shown_until_the_whole_listing_arrives(source):
+    arriving = _Arriving(source.experiments_by_id, source.pair_rows, source.bundles,
+                         compare_listings=source.compare_listings)
+    tab = CompareTab(state=_state(arriving))
+    layout = drawn(tab)
+    assert len(find(layout, pn.widgets.Tabulator, "compare-table").value) == 2
+    assert "The newest 2 run(s) so far" in find(layout, pn.pane.Markdown, "compare-notes").object
+    key, asked = tab._listing[0], ("1", None)
+    assert not tab.whole_arrived(key, asked) and tab.listed == 0  # still on its way
+    arriving.whole = True
+    assert tab.whole_arrived(key, asked) and tab.listed == 1
+    layout = drawn(tab)
+    assert len(find(layout, pn.widgets.Tabulator, "compare-table").value) == 9
+    assert "so far" not in find(layout, pn.pane.Markdown, "compare-notes").object
+    assert tab.whole_arrived(key, asked)  # an outdated wait ends without another redraw
+    assert tab.listed == 1

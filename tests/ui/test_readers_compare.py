@@ -141,3 +141,24 @@ def test_a_failed_listing_raises_to_its_caller_and_is_made_again(monkeypatch, co
         with pytest.raises(TrackingUnavailableError, match="127.0.0.1:9"):
             source.compare("0")
         assert len(counted) == attempt
+
+
+def test_a_preview_is_the_newest_rows_while_the_whole_listing_is_made(tracking_store, monkeypatch):
+    from concurrent.futures import Future
+
+    from mlflow_transfer.tracking.compare import list_compare_rows
+
+    exp = tracking_store.experiment_id
+    runs = Runs(exp)
+    targets = [runs.target(f"t{i}", lr=str(i)) for i in range(4)]
+    for t in targets:
+        runs.diagnostics(t)
+    monkeypatch.setattr(readers, "PREVIEW_ROWS", 2)
+    source = TrackingSource(tracking_store.uri)
+    in_flight = source._listing_now[(exp, None)] = Future()  # a whole listing still being made
+    first = source.compare(exp, preview=True)
+    assert first.partial and [r["target_run_id"] for r in first.rows] == targets[:1:-1][:2]
+    assert source.compare(exp, preview=True) is first  # asked again while waiting: kept, no new search
+    in_flight.set_result(list_compare_rows(exp, tracking_uri=tracking_store.uri))
+    whole = source.compare(exp, preview=True)
+    assert not whole.partial and len(whole.rows) == 4 and whole.rows[:2] == first.rows

@@ -65,6 +65,7 @@ class CompareTab(Tab):
     needs_bundle = False  # a listing of runs: the open pair's bundle is not opened for it
 
     reloads = param.Integer(default=0, doc="bumped by the reload button: the listing is asked for again")
+    listed = param.Integer(default=0, doc="bumped when the whole listing replaces a first page (`partial`)")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -106,24 +107,52 @@ class CompareTab(Tab):
     def listing(self):
         """``(listing, note)`` of the current experiment and sweep; a sweep that is malformed or not of
         this experiment lists the whole experiment, with a note saying so."""
-        key = (self.state.experiment, self.state.sweep, self.reloads)
+        key = (self.state.experiment, self.state.sweep, self.reloads, self.listed)
         if self._listing is not None and self._listing[0] == key:
             return self._listing[1:]  # the parts of one redraw share one listing; the source caches across
         source, note = self.state.source, ""
         sweep = self.state.sweep
         if sweep and invalid_id(sweep, "sweep run id"):
             note, sweep = message_md(f"{invalid_id(sweep, 'sweep run id')}; showing the whole experiment."), ""
-        fresh = self.reloads > 0  # once per click: the listing is then kept under the new key
-        listing = source.compare(self.state.experiment, sweep or None, fresh=fresh)
+        fresh = self.reloads > 0 and self._listing is not None and self._listing[0][2] != self.reloads
+        asked = (self.state.experiment, sweep or None)
+        listing = source.compare(*asked, fresh=fresh, preview=True)
         if sweep and sweep not in [s.get("run_id") for s in listing.sweeps]:
             note = (f"There is no sweep {md_code(shorten(sweep))} in this experiment; showing the whole "
                     "experiment.")
-            listing = source.compare(self.state.experiment, None, fresh=fresh)
+            asked = (self.state.experiment, None)
+            listing = source.compare(*asked, fresh=fresh, preview=True)
+        if listing.partial:
+            note = (note + " " if note else "") + (f"The newest {len(listing.rows)} run(s) so far: the whole "
+                                                   "listing replaces them when it is ready.")
+            self._await_whole(key, asked)
         self._listing = (key, listing, note)
         return listing, note
 
+    def _await_whole(self, key, asked) -> None:
+        """Ask the source again every half second (a periodic callback of the session, so the redraw reaches
+        its page) until it has the whole listing of ``asked`` (`whole_arrived`)."""
+        def check():
+            if self.whole_arrived(key, asked):
+                callback.stop()
+
+        callback = pn.state.add_periodic_callback(check, period=500, start=True)
+
+    def whole_arrived(self, key, asked) -> bool:
+        """Whether waiting for the whole listing of ``asked`` (shown partially under ``key``) is over: it
+        arrived (the parts are redrawn over it), failed (the redraw shows the error) or is no longer shown."""
+        if self._listing is None or self._listing[0] != key:
+            return True  # the experiment, sweep or listing changed meanwhile
+        try:
+            partial = self.state.source.compare(*asked, preview=True).partial
+        except TransferError:
+            partial = False
+        if not partial:
+            self.listed += 1
+        return not partial
+
     # --- parts ------------------------------------------------------------------------------------
-    @compare_part("state.experiment", "state.sweep", "reloads", what="compare listing")
+    @compare_part("state.experiment", "state.sweep", "reloads", "listed", what="compare listing")
     def header(self):
         listing, note = self.listing()
         sweeps = {WHOLE: ""}
@@ -143,7 +172,7 @@ class CompareTab(Tab):
                          pn.pane.Markdown(cv.estimates_md(listing), name="compare-estimates"),
                          sizing_mode="stretch_width")
 
-    @compare_part("state.experiment", "state.sweep", "reloads", what="compare table")
+    @compare_part("state.experiment", "state.sweep", "reloads", "listed", what="compare table")
     def table(self):
         listing, _ = self.listing()
         if not listing.rows:
@@ -174,7 +203,7 @@ class CompareTab(Tab):
             if sorted(self._table.selection) != sorted(rows):
                 self._table.selection = rows
 
-    @compare_part("state.experiment", "state.sweep", "reloads", what="compare chart")
+    @compare_part("state.experiment", "state.sweep", "reloads", "listed", what="compare chart")
     def chart(self):
         listing, _ = self.listing()
 
@@ -187,13 +216,13 @@ class CompareTab(Tab):
                          pn.pane.HoloViews(dmap, sizing_mode="stretch_width", min_height=340, name="compare-chart"),
                          sizing_mode="stretch_width")
 
-    @compare_part("state.experiment", "state.sweep", "reloads", "state.compare", what="inherited-share lines")
+    @compare_part("state.experiment", "state.sweep", "reloads", "listed", "state.compare", what="inherited-share lines")
     def lines(self):
         listing, _ = self.listing()
         return pn.pane.HoloViews(cv.share_curves(listing, self._picked(listing)), sizing_mode="stretch_width",
                                  min_height=300, name="compare-lines")
 
-    @compare_part("state.experiment", "state.sweep", "reloads", "state.compare", what="two-pair diff")
+    @compare_part("state.experiment", "state.sweep", "reloads", "listed", "state.compare", what="two-pair diff")
     def diff(self):
         listing, _ = self.listing()
         rows = {r.get("diagnostics_run_id"): r for r in listing.rows if r.get("diagnostics_run_id")}
