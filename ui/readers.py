@@ -177,9 +177,7 @@ class TrackingSource:
                 with self._lock:
                     self._previews[key] = kept
             return kept
-        with self._lock:
-            self._previews.pop((experiment_id, sweep_id), None)
-        return future.result()
+        return future.result()  # the first page was dropped when this listing landed (`_make_listing`)
 
     def _listing(self, experiment_id: str, sweep_id: str | None, *, fresh: bool = False) -> Future:
         """A done future of the kept listing when recent (and not ``fresh`` asked for), else the one being made

@@ -40,11 +40,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MLFLOW_TRANSFER_CACHE", Path.home() / ".cache" / "mlflow-transfer" / "bundles"))
 
 
-def _client(tracking_uri: str | None) -> MlflowClient:
+def store_client(tracking_uri: str | None) -> MlflowClient:
     """A client of ``tracking_uri``; a database store opens here, so failing to is reported like a server
     that does not answer."""
     uri = tracking_uri or mlflow.get_tracking_uri()
-    return _tracking(uri, lambda: MlflowClient(tracking_uri) if tracking_uri else MlflowClient())
+    return call_store(uri, lambda: MlflowClient(tracking_uri) if tracking_uri else MlflowClient())
 
 
 def _reason(exc: BaseException) -> str:
@@ -58,7 +58,7 @@ def unreachable(uri: str, exc: BaseException) -> TrackingUnavailableError:
                                     f"--tracking-uri / MLFLOW_TRACKING_URI at a running one")
 
 
-def _tracking(uri: str, call: Callable, missing: TransferError | None = None):
+def call_store(uri: str, call: Callable, missing: TransferError | None = None):
     """``call()``, a request to the tracking store at ``uri``.
 
     ``missing`` is raised only when the server answered that the thing asked for does not exist
@@ -83,8 +83,8 @@ def list_experiments(tracking_uri: str | None = None) -> list[dict]:
         TrackingUnavailableError: the server does not answer (the message names the URI tried).
     """
     uri = tracking_uri or mlflow.get_tracking_uri()
-    client = _client(tracking_uri)
-    found = _tracking(uri, lambda: client.search_experiments(max_results=1000, order_by=["name ASC"]))
+    client = store_client(tracking_uri)
+    found = call_store(uri, lambda: client.search_experiments(max_results=1000, order_by=["name ASC"]))
     return [{"experiment_id": e.experiment_id, "name": e.name} for e in found]
 
 
@@ -117,13 +117,13 @@ def list_diagnosed_pairs(experiment_ids: list[str] | None = None, *, page_size: 
     experiment_ids = [check_run_id(i, "valid experiment id") for i in experiment_ids]
     if not experiment_ids:
         return []
-    client = _client(tracking_uri)
+    client = store_client(tracking_uri)
     query = f"tags.`{TAGS.role}` = 'diagnostics'"
     if not include_incomplete:
         query += " AND attributes.status = 'FINISHED'"
     out, token = [], None
     while True:
-        page = _tracking(uri, lambda: client.search_runs(experiment_ids, filter_string=query, max_results=page_size,
+        page = call_store(uri, lambda: client.search_runs(experiment_ids, filter_string=query, max_results=page_size,
                                                          order_by=["attributes.start_time DESC"], page_token=token))
         for run in page:
             t, m = run.data.tags, run.data.metrics
@@ -162,13 +162,13 @@ def transfer_methods(experiment_id: str, run_ids: list[str], *, tracking_uri: st
     experiment_id = check_run_id(experiment_id, "valid experiment id")
     ids = sorted({i for i in (_run_id_or_none(r) for r in run_ids) if i})
     uri = tracking_uri or mlflow.get_tracking_uri()
-    client = _client(tracking_uri) if ids else None
+    client = store_client(tracking_uri) if ids else None
     out = {}
     for start in range(0, len(ids), 100):
         chunk = ids[start:start + 100]
         # checked ids hold letters, digits, '_' and '-' only: no quote can end the string in the query
         query = "attributes.run_id IN (" + ", ".join(f"'{i}'" for i in chunk) + ")"
-        found = _tracking(uri, lambda: client.search_runs([experiment_id], filter_string=query,
+        found = call_store(uri, lambda: client.search_runs([experiment_id], filter_string=query,
                                                           max_results=len(chunk)))
         for run in found:
             t = run.data.tags
@@ -273,13 +273,13 @@ def _fetch(diagnostics_run_id: str, cache_dir, tracking_uri: str | None, *, fold
                 raise _left_alone(target, f"a folder without its {CACHE_MARKER} file that is no valid bundle "
                                           f"({exc})") from None
             shutil.rmtree(target)  # ours, checked inside the cache and not a link: download it again
-    client = _client(tracking_uri)
-    run = _tracking(uri, lambda: client.get_run(run_id), RunLookupError(
+    client = store_client(tracking_uri)
+    run = call_store(uri, lambda: client.get_run(run_id), RunLookupError(
         f"diagnostics run {run_id!r} does not exist on {uri} (the server says so); check the id "
         "(`mlflow ui` lists runs) and the tracking URI"))
     absent, incomplete = messages(run_id, _run_id_or_none(run.data.tags.get(TAGS.target_run_id)) or "<target run>")
     no_bundle = BundleError(absent)
-    listed = _tracking(uri, lambda: client.list_artifacts(run_id, folder), no_bundle)
+    listed = call_store(uri, lambda: client.list_artifacts(run_id, folder), no_bundle)
     if not listed:
         if absent_ok:
             return None
@@ -294,7 +294,7 @@ def _fetch(diagnostics_run_id: str, cache_dir, tracking_uri: str | None, *, fold
     except OSError as exc:
         raise _cache_error(cache, exc) from None
     try:
-        local = Path(_tracking(uri, lambda: mlflow.artifacts.download_artifacts(
+        local = Path(call_store(uri, lambda: mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=folder, dst_path=str(tmp), tracking_uri=tracking_uri), no_bundle))
         open_bundle(local)  # validate before it enters the cache
         try:

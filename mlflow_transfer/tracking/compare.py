@@ -220,29 +220,19 @@ def _search_pages(client, uri: str, experiment_id: str, query: str, page_size: i
 
 def _search(client, uri: str, experiment_id: str, query: str, page_size: int,
             limit: int | None = None) -> list[_Run]:
-    """Every run matching ``query``, newest first, ``page_size`` per request (at most ``limit``)."""
-    from .bundles import unreachable
+    """Every run matching ``query``, newest first, ``page_size`` per request (at most ``limit``); a store that
+    does not answer is `TrackingUnavailableError` (`bundles.call_store`)."""
+    from .bundles import call_store
 
-    runs = []
-    try:
+    def collect() -> list[_Run]:
+        runs = []
         for page in _search_pages(client, uri, experiment_id, query, page_size):
             runs.extend(page)
             if limit is not None and len(runs) >= limit:
                 return runs[:limit]
-    except _store_errors() as exc:  # one message for a store that does not answer, as tracking.bundles
-        raise unreachable(uri, exc) from None
-    return runs
+        return runs
 
-
-def _store_errors() -> tuple[type[BaseException], ...]:
-    """What a failing tracking store raises: MLflow's error, the HTTP client's, a database's, the OS's."""
-    import sqlite3
-
-    import requests
-    from mlflow.exceptions import MlflowException
-    from sqlalchemy.exc import SQLAlchemyError
-
-    return MlflowException, requests.RequestException, SQLAlchemyError, sqlite3.Error, OSError
+    return call_store(uri, collect)
 
 
 def _setting(params: dict) -> dict:
@@ -328,18 +318,14 @@ def list_compare_rows(experiment_id: str, *, sweep_id: str | None = None, tracki
         TrackingUnavailableError: the server does not answer.
     """
     import mlflow
-    from mlflow import MlflowClient
 
-    from .bundles import unreachable
+    from .bundles import store_client
 
     experiment_id = check_run_id(experiment_id, "valid experiment id")
     if sweep_id is not None:
         sweep_id = check_run_id(sweep_id, "sweep run id")
     uri = tracking_uri or mlflow.get_tracking_uri()
-    try:
-        client = MlflowClient(tracking_uri) if tracking_uri else MlflowClient()
-    except _store_errors() as exc:
-        raise unreachable(uri, exc) from None
+    client = store_client(tracking_uri)
     target_query = f"tags.`{TAGS.role}` = 'target'"
     if sweep_id is not None:  # checked: letters, digits, '_' and '-' only, no quote ends the string
         target_query += f" AND tags.`{TAGS.sweep_id}` = '{sweep_id}'"

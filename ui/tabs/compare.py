@@ -262,9 +262,8 @@ class CompareTab(Tab):
 
     def _open_pair(self, run_id: str):
         statistics = self.state.tab_index("Statistics")
-        self.state.pair = run_id
-        if statistics is not None:
-            self.state.tab = statistics
+        # together: the pair's bundle is opened once, for the tab that shows it
+        self.state.param.update(pair=run_id, **({"tab": statistics} if statistics is not None else {}))
 
     def _diff_layout(self, a, b, a_row, b_row):
         names = (str(a_row.get("name") or a_row["diagnostics_run_id"]),
