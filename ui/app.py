@@ -53,9 +53,11 @@ def _chosen(experiment: str, experiments: list[dict]) -> bool:
 
 def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> pn.viewable.Viewable:
     """The whole app over ``source``; with ``sync_url`` the state round-trips through the URL."""
-    if sync_url and pn.state.location is not None and "tab" in pn.state.location.query_params:
-        # the linked tab before the state lists anything: a pairless tab's link opens no bundle on the way
-        state_params.setdefault("tab", pn.state.location.query_params["tab"])
+    if sync_url and pn.state.location is not None:
+        # what the link opens, before the state lists anything: its experiment, not the default one first, and
+        # a pairless tab's link opens no bundle on the way (the values are coerced by the state, as the sync's)
+        query = pn.state.location.query_params
+        state_params.update({p: query[p] for p in ("experiment", "pair", "tab") if p in query and p not in state_params})
     state = AppState(source, tab_count=len(TABS), tab_titles=tuple(t.title for t in TABS),
                      pairless_tabs=tuple(i for i, t in enumerate(TABS) if not t.needs_bundle), **state_params)
     if sync_url and pn.state.location is not None:
@@ -65,6 +67,8 @@ def build_app(source: PairSource, *, sync_url: bool = True, **state_params) -> p
         # the address bar is always a link to what is on screen.
         def complete_url(*_):
             location = pn.state.location
+            if location is None:  # the session is being destroyed (its unsync clears the query)
+                return
             if set(URL_PARAMS) - set(location.query_params):
                 location.update_query(**_query(state))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import panel as pn
 import param
 
-from ui.tabs.base import StateView
+from ui.tabs.base import StateView, poll
 from ui.views.guard import error_pane
 from ui.views.pairs import HOW_TO_DIAGNOSE, pairs_table
 from ui.views.text import md_code
@@ -24,6 +24,7 @@ class PairBrowser(StateView):
         self._reload = pn.widgets.Button(label="reload", width=80)  # listings are kept a while (`TrackingSource`)
         self._reload.on_click(lambda _event: self.state.reload())
         self._table = None  # the listed pairs' table, once drawn
+        self._await_pairs()
 
     @param.depends("state.experiments", "state.experiment", watch=True)
     def _experiments(self):
@@ -39,7 +40,12 @@ class PairBrowser(StateView):
         # error texts quote what arrived (a URL parameter, a tag): escaped by error_pane
         return error_pane(self.state.error, name="error") if self.state.error else pn.Spacer(height=0)
 
-    @param.depends("state.pairs")
+    @param.depends("state.pairs_partial", watch=True)
+    def _await_pairs(self):
+        if self.state.pairs_partial:  # the newest pairs are listed: the whole list replaces them when made
+            poll(self.state.complete_pairs)
+
+    @param.depends("state.pairs", "state.pairs_partial")
     def pairs(self):
         s = self.state
         if not s.pairs:
@@ -48,7 +54,11 @@ class PairBrowser(StateView):
                                     name="empty-pairs")
         self._table = pairs_table(s.pairs, s.pair)
         self._table.param.watch(self._opened, "selection")  # the table is this listing's: the watcher goes with it
-        return self._table
+        if not s.pairs_partial:
+            return self._table
+        return pn.Column(pn.pane.Markdown(f"The newest {len(s.pairs)} pairs so far: the whole list replaces them "
+                                          "when it is ready.", name="pairs-partial"), self._table,
+                         sizing_mode="stretch_width")
 
     def _opened(self, event):
         if event.new:

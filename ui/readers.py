@@ -26,7 +26,7 @@ from mlflow_transfer.errors import BundleError, RunLookupError
 from mlflow_transfer.tracking.compare import OUTCOMES, CompareListing, diagnose_command, listing_from_rows, \
     parse_summary, summary_tag
 
-__all__ = ["COMPARE_TTL_S", "DEFAULT_TRACKING_URI", "OUTCOMES", "CompareListing", "MemorySource", "PairSource",
+__all__ = ["COMPARE_TTL_S", "DEFAULT_TRACKING_URI", "OUTCOMES", "PREVIEW_ROWS", "CompareListing", "MemorySource", "PairSource",
            "TrackingSource", "default_source", "incomplete"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default store
@@ -48,6 +48,10 @@ class PairSource(Protocol):
         """Diagnosed pairs of one experiment, newest first (see ``list_diagnosed_pairs``); a row whose
         ``status`` is not FINISHED (absent means FINISHED) is an incomplete diagnosis. ``fresh``: not a
         listing kept from before (a reload)."""
+
+    def first_pairs(self, experiment_id: str, *, fresh: bool = False, start: bool = True) -> tuple[list[dict], bool]:
+        """``(rows, whole)`` at once: all of `pairs`, or (``whole`` False) the newest of them while the whole list
+        is made (ask again; ``start`` False: made from the next ask on)."""
 
     def bundle(self, diagnostics_run_id: str) -> PairBundle:
         """The validated bundle; raises `BundleError` / `RunLookupError` with a fix in the message."""
@@ -87,11 +91,11 @@ class TrackingSource:
     max_pairs: int = 5000
     _opened: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
     _timelines: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
-    _listings: dict = field(default_factory=dict, init=False, repr=False)
     _summaries: dict = field(default_factory=dict, init=False, repr=False)
-    _listing_now: dict = field(default_factory=dict, init=False, repr=False)  # (experiment, sweep) -> Future
-    _pair_lists: dict = field(default_factory=dict, init=False, repr=False)  # experiment -> (time, pair rows)
-    _previews: dict = field(default_factory=dict, init=False, repr=False)  # (experiment, sweep) -> first page
+    _kept: dict = field(default_factory=dict, init=False, repr=False)  # listing key -> (time, listing)
+    _making: dict = field(default_factory=dict, init=False, repr=False)  # listing key -> Future
+    _previews: dict = field(default_factory=dict, init=False, repr=False)  # listing key -> its first page
+    _failed: dict = field(default_factory=dict, init=False, repr=False)  # listing key -> why its last making failed
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -106,22 +110,24 @@ class TrackingSource:
 
     def pairs(self, experiment_id: str, *, fresh: bool = False) -> list[dict]:
         """Reused for `COMPARE_TTL_S` by every session (each page load lists the experiment, thousands of
-        runs on a busy server); ``fresh`` lists again now."""
-        from mlflow_transfer.tracking.bundles import list_diagnosed_pairs
+        runs on a busy server); ``fresh`` lists again now. One being made (`first_pairs`) is waited for."""
+        return list(self._background(("pairs", experiment_id), fresh=fresh).result())
 
-        # The experiment's compare listing is made meanwhile (a thread): the server answers both searches
-        # at once, and the Compare tab, opened later, finds it ready.
-        self._listing(experiment_id, None, fresh=fresh)
-        with self._lock:
-            hit = self._pair_lists.get(experiment_id)
-        if not fresh and hit is not None and time.monotonic() - hit[0] < COMPARE_TTL_S:
-            return list(hit[1])
-        # Unfinished diagnostics runs too (a killed diagnose, one still running): listed as incomplete.
-        rows = list_diagnosed_pairs([experiment_id], max_pairs=self.max_pairs, tracking_uri=self.uri,
-                                    include_incomplete=True)
-        with self._lock:
-            self._pair_lists[experiment_id] = (time.monotonic(), rows)
-        return list(rows)
+    def first_pairs(self, experiment_id: str, *, fresh: bool = False, start: bool = True) -> tuple[list[dict], bool]:
+        """``(rows, whole)`` at once: the whole pair list when it is kept, else the newest `PREVIEW_ROWS` pairs
+        with ``whole`` False while the whole list is made meanwhile (ask again). The first page is asked for
+        before the whole list is started, so the two do not share the server's time; ``start`` False leaves the
+        start to the next ask (the caller's first paint needs the server for something else first)."""
+        key = ("pairs", experiment_id)
+        future = self._background(key, fresh=fresh, start=False)
+        if future is not None and future.done():
+            return list(future.result()), True
+        newest = self._first_page(key, fresh)
+        if len(newest) <= PREVIEW_ROWS:  # all there is: the whole list
+            self._keep(key, newest)
+            return list(newest), True
+        future = self._background(key, fresh=fresh, start=start)
+        return (list(future.result()), True) if future is not None and future.done() else (newest[:PREVIEW_ROWS], False)
 
     def bundle(self, diagnostics_run_id: str) -> PairBundle:
         """Downloaded once into the cache and validated (every file hashed) on first open; a finished
@@ -161,57 +167,102 @@ class TrackingSource:
     def compare(self, experiment_id: str, sweep_id: str | None = None, *, fresh: bool = False,
                 preview: bool = False) -> CompareListing:
         """The listing through `list_compare_rows`, reused for `COMPARE_TTL_S` per (experiment, sweep) by every
-        session; one being made (`pairs` starts the experiment's) is waited for, not made twice. The parsed
-        summaries of FINISHED diagnostics runs are kept by run id beyond that (they never change; a running
-        one's never enters). A failed listing raises here and is not kept. ``preview``: while the whole
-        listing is still being made, the newest `PREVIEW_ROWS` target runs at once (``partial``; ask again)."""
-        future = self._listing(experiment_id, sweep_id, fresh=fresh)
-        if preview and not future.done():
-            from mlflow_transfer.tracking.compare import list_compare_rows
+        session; one being made (the whole pair list starts the experiment's) is waited for, not made twice. The
+        parsed summaries of FINISHED diagnostics runs are kept by run id beyond that (they never change; a
+        running one's never enters). A failed listing raises here and is not kept. ``preview``: while the whole
+        listing is still being made, the newest `PREVIEW_ROWS` target runs at once (``partial``; ask again),
+        asked for before the whole listing is started when none is being made."""
+        key = ("compare", experiment_id, sweep_id)
+        future = self._background(key, fresh=fresh, start=False)
+        if preview and (future is None or not future.done()):
+            kept = self._first_page(key, fresh)
+            if not kept.partial:  # all there is: the whole listing
+                self._keep(key, kept)
+                return kept
+            future = self._background(key, fresh=fresh)
+            if not future.done():
+                return kept
+        return (future or self._background(key, fresh=fresh)).result()
 
-            key = (experiment_id, sweep_id)
-            with self._lock:
-                kept = self._previews.get(key)
-            if kept is None or fresh:  # one first page per listing being made: asking again is free
-                kept = list_compare_rows(experiment_id, sweep_id=sweep_id, tracking_uri=self.uri, newest=PREVIEW_ROWS)
-                with self._lock:
-                    self._previews[key] = kept
-            return kept
-        return future.result()  # the first page was dropped when this listing landed (`_make_listing`)
+    # --- listings made in the background and kept a while ----------------------------------------------
+    def _make(self, key: tuple, *, newest: int | None = None):
+        """What ``key`` names: ``("pairs", experiment)`` the pair list, ``("compare", experiment, sweep)`` the
+        compare listing; ``newest``: only the newest runs (a pair list of ``newest`` rows, a compare first page)."""
+        from mlflow_transfer.tracking.bundles import list_diagnosed_pairs
+        from mlflow_transfer.tracking.compare import list_compare_rows
 
-    def _listing(self, experiment_id: str, sweep_id: str | None, *, fresh: bool = False) -> Future:
-        """A done future of the kept listing when recent (and not ``fresh`` asked for), else the one being made
-        (started here if none)."""
-        key = (experiment_id, sweep_id)
+        if key[0] == "pairs":
+            # unfinished diagnostics runs too (a killed diagnose, one still running): listed as incomplete
+            return list_diagnosed_pairs([key[1]], max_pairs=newest or self.max_pairs, page_size=min(newest or 500, 500),
+                                        tracking_uri=self.uri, include_incomplete=True)
+        if newest:
+            return list_compare_rows(key[1], sweep_id=key[2], tracking_uri=self.uri, newest=newest)
+        if len(self._summaries) > KEPT_SUMMARIES:
+            self._summaries.clear()
+        return list_compare_rows(key[1], sweep_id=key[2], tracking_uri=self.uri, max_rows=self.max_pairs,
+                                 cache=self._summaries)
+
+    def _preview(self, key: tuple):
+        """The first page of ``key``: one per listing being made (asking again is free); a pair list's has one
+        row more than `PREVIEW_ROWS` when there are more (so a short list is known to be whole)."""
         with self._lock:
-            hit = self._listings.get(key)
+            kept = self._previews.get(key)
+        if kept is None:
+            kept = self._make(key, newest=PREVIEW_ROWS + 1 if key[0] == "pairs" else PREVIEW_ROWS)
+            with self._lock:
+                self._previews[key] = kept
+        return kept
+
+    def _keep(self, key: tuple, value) -> None:
+        with self._lock:
+            self._kept[key] = (time.monotonic(), value)
+            self._previews.pop(key, None)
+            self._failed.pop(key, None)
+
+    def _first_page(self, key: tuple, fresh: bool):
+        """`_preview` of ``key`` while its whole listing is made or about to be (``fresh``: a new one): a whole
+        listing that failed since the last ask raises here, once (a waiting view then says so, not waits on)."""
+        with self._lock:
+            failed = self._failed.pop(key, None)
+            if fresh:
+                self._previews.pop(key, None)
+        if failed is not None and not fresh:
+            raise failed
+        return self._preview(key)
+
+    def _background(self, key: tuple, *, fresh: bool = False, start: bool = True) -> Future | None:
+        """A done future of ``key``'s kept listing when recent (and not ``fresh`` asked for), else the one being
+        made; else one started here on a thread (``start``), or None."""
+        with self._lock:
+            hit = self._kept.get(key)
             if not fresh and hit is not None and time.monotonic() - hit[0] < COMPARE_TTL_S:
                 done = Future()
                 done.set_result(hit[1])
                 return done
-            if key in self._listing_now:
-                return self._listing_now[key]
-            future = self._listing_now[key] = Future()
-        threading.Thread(target=self._make_listing, args=(key, future), daemon=True, name="compare-listing").start()
+            if key in self._making:
+                return self._making[key]
+            if not start:
+                return None
+            self._kept.pop(key, None)  # asked for fresh: the older one is not handed out meanwhile
+            future = self._making[key] = Future()
+        threading.Thread(target=self._made, args=(key, future), daemon=True, name=f"{key[0]}-listing").start()
         return future
 
-    def _make_listing(self, key: tuple, future: Future) -> None:
-        from mlflow_transfer.tracking.compare import list_compare_rows
-
+    def _made(self, key: tuple, future: Future) -> None:
         try:
-            if len(self._summaries) > KEPT_SUMMARIES:
-                self._summaries.clear()
-            listing = list_compare_rows(key[0], sweep_id=key[1], tracking_uri=self.uri, max_rows=self.max_pairs,
-                                        cache=self._summaries)
+            value = self._make(key)
+        except BaseException as exc:  # noqa: BLE001 -- raised to whoever waits, and to the next first page asked
             with self._lock:
-                self._listings[key] = (time.monotonic(), listing)
-                self._previews.pop(key, None)
-            future.set_result(listing)
-        except BaseException as exc:  # noqa: BLE001 -- handed to whoever waits (compare raises it)
+                del self._making[key]
+                self._failed[key] = exc
             future.set_exception(exc)
-        finally:
-            with self._lock:
-                self._listing_now.pop(key, None)
+            return
+        self._keep(key, value)
+        with self._lock:
+            del self._making[key]
+        future.set_result(value)
+        if key[0] == "pairs":  # the experiment's compare listing next, so the Compare tab, opened later, finds it
+            self._background(("compare", key[1], None))
 
 
 def default_source(uri: str | None = None) -> TrackingSource:
@@ -240,6 +291,9 @@ class MemorySource:
 
     def pairs(self, experiment_id: str, *, fresh: bool = False) -> list[dict]:
         return list(self.pair_rows.get(experiment_id, []))
+
+    def first_pairs(self, experiment_id: str, *, fresh: bool = False, start: bool = True) -> tuple[list[dict], bool]:
+        return self.pairs(experiment_id), True
 
     def bundle(self, diagnostics_run_id: str) -> PairBundle:
         if diagnostics_run_id not in self.bundles:

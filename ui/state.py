@@ -138,6 +138,8 @@ class AppState(param.Parameterized):
     # --- derived ------------------------------------------------------------------------------
     experiments = param.List(default=[], doc="[{'experiment_id', 'name'}] on the server")
     pairs = param.List(default=[], doc="diagnosed pairs of the experiment, newest first")
+    pairs_partial = param.Boolean(default=False, doc="`pairs` holds the newest few while the whole list is made "
+                                                     "(`complete_pairs` replaces them)")
     bundle = param.ClassSelector(class_=PairBundle, default=None, allow_None=True)
     error = param.String(default="", doc="what went wrong loading, with the fix ('' = fine)")
     loading = param.Boolean(default=False)
@@ -151,7 +153,7 @@ class AppState(param.Parameterized):
         self._bundle_for = ""  # the pair the bundle (or its error) was opened for
         self._tab_count = tab_count  # the app's tabs: ?tab= is clamped to them (None: not bounded above)
         self._tab_titles = tuple(tab_titles)  # their titles, for a view that opens another tab
-        self._listed: dict[str, list[dict]] = {}  # pairs listed while choosing the experiment to open
+        self._listed: dict[str, tuple[list[dict], bool]] = {}  # (pairs, whole) listed while choosing the experiment
         super().__init__(**params)
         self.refresh()
 
@@ -205,7 +207,7 @@ class AppState(param.Parameterized):
         """List the experiments and the open experiment's pairs again now (a source may keep listings a while)."""
         if self.experiment:
             try:
-                self._listed = {self.experiment: self._source.pairs(self.experiment, fresh=True)}
+                self._listed = {self.experiment: self._source.first_pairs(self.experiment, fresh=True)}
             except TransferError as exc:
                 self.param.update(pairs=[], error=str(exc))
                 return
@@ -234,13 +236,13 @@ class AppState(param.Parameterized):
         pairs listed on the way are kept for `_load_pairs` (a listing is paged requests)."""
         self._listed = {}
 
-        def pairs(i: str) -> list[dict]:
-            if i not in self._listed:
-                self._listed[i] = self._source.pairs(i)
-            return self._listed[i]
+        def pairs(i: str, *, whole: bool = False) -> list[dict]:
+            if i not in self._listed or (whole and not self._listed[i][1]):
+                self._listed[i] = (self._source.pairs(i), True) if whole else self._source.first_pairs(i)
+            return self._listed[i][0]
 
         if self.pair and not invalid_id(self.pair, "diagnostics run id"):  # a link naming only the pair
-            found = next((i for i in ids if any(p["diagnostics_run_id"] == self.pair for p in pairs(i))), "")
+            found = next((i for i in ids if any(p["diagnostics_run_id"] == self.pair for p in pairs(i, whole=True))), "")
             if found:
                 return found
         return next((i for i in ids if pairs(i)), ids[0] if ids else "")
@@ -258,25 +260,47 @@ class AppState(param.Parameterized):
             self.param.update(pairs=[], pair="", bundle=None, error=wrong)
             return
         try:
-            if listed is None:
-                listed = self._source.pairs(self.experiment) if self.experiment else []
-            self.pairs = listed
-        except TransferError as exc:
-            self.param.update(pairs=[], error=str(exc))
-            return
-        except Exception:  # a bug or an unforeseen server answer: logged, and the app stays up
-            log.exception("listing the pairs of experiment %r failed", self.experiment)
-            self.param.update(pairs=[], error="The diagnosed pairs could not be listed because of an "
-                                              "unexpected error; the app's server log has the details.")
+            # the newest pairs at once while the whole list is made (a first paint must not wait on thousands);
+            # under a pairless tab, made from the next ask (`complete_pairs`): that tab's own first page goes first
+            rows, whole = listed if listed is not None else self._source.first_pairs(
+                self.experiment, start=self.tab not in self._pairless_tabs) if self.experiment else ([], True)
+            self.param.update(pairs=rows, pairs_partial=not whole)
+        except Exception as exc:  # noqa: BLE001 -- the app stays up, and the banner says why
+            self.param.update(pairs=[], pairs_partial=False, error=self._unlisted(exc))
             return
         ids = [p["diagnostics_run_id"] for p in self.pairs]
         if self.pair and invalid_id(self.pair, "diagnostics run id"):
             self._load_bundle()  # a malformed link is shown as an error, not replaced by another pair
-        elif self.pair not in ids:
+        elif self.pair not in ids and (whole or not self.pair):  # a linked older pair waits for the whole list
             complete = [p["diagnostics_run_id"] for p in self.pairs if not incomplete(p)]
             self.pair = (complete or ids or [""])[0]
-        elif self.bundle is None:
+        elif self._bundle_for != self.pair:
             self._load_bundle()
+
+    def complete_pairs(self) -> bool:
+        """While `pairs` holds the newest few, replace them by the whole list once it is made (the selected pair
+        kept); whether the wait is over: the list arrived or failed (the banner says so), or none is awaited."""
+        if not self.pairs_partial or not self.experiment:
+            return True
+        try:
+            listed = self._source.first_pairs(self.experiment)
+        except Exception as exc:  # noqa: BLE001 -- the newest pairs stay listed, and the banner says why
+            self.param.update(pairs_partial=False, error=self._unlisted(exc))
+            return True
+        if not listed[1]:
+            return False
+        self._listed = {self.experiment: listed}
+        self._load_pairs()
+        return True
+
+    def _unlisted(self, exc: Exception) -> str:
+        """The banner's text for a pair list that failed: a `TransferError` says its own fix; anything else (a
+        bug, an unforeseen server answer) is logged and named as unexpected."""
+        if isinstance(exc, TransferError):
+            return str(exc)
+        log.error("listing the pairs of experiment %r failed", self.experiment, exc_info=exc)
+        return ("The diagnosed pairs could not be listed because of an unexpected error; the app's server log has "
+                "the details.")
 
     @param.depends("tab", watch=True)
     def _tab_shown(self) -> None:

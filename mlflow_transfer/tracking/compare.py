@@ -307,7 +307,7 @@ def list_compare_rows(experiment_id: str, *, sweep_id: str | None = None, tracki
     Args:
         page_size: runs per search request.
         max_rows: at most this many target runs (the newest).
-        newest: a quick first page (``partial``): the newest ``newest`` target runs, joined with the
+        newest: a quick first page (``partial`` unless it holds fewer): the newest ``newest`` target runs, joined with the
             diagnostics runs started since the oldest of them — every diagnostics run of a target starts after
             it, so each row's join is the whole listing's; settings that differ and comparability are those of
             these rows.
@@ -366,7 +366,8 @@ def list_compare_rows(experiment_id: str, *, sweep_id: str | None = None, tracki
                     cache[diagnostics.run_id] = summary
         rows.append(_row(target, diagnostics, latest.get(target.run_id), summary))
     sweeps = [{"run_id": r.run_id, "name": r.name} for r in found["sweep"] if _run_id_or_none(r.run_id)]
-    return listing_from_rows(rows, sweeps, partial=newest is not None)
+    # fewer target runs than asked for: the first page is all of them
+    return listing_from_rows(rows, sweeps, partial=newest is not None and len(found["target"]) >= newest)
 
 
 def listing_from_rows(rows: list[dict], sweeps: list[dict] | tuple = (), *, partial: bool = False) -> CompareListing:

@@ -155,10 +155,64 @@ def test_a_preview_is_the_newest_rows_while_the_whole_listing_is_made(tracking_s
         runs.diagnostics(t)
     monkeypatch.setattr(readers, "PREVIEW_ROWS", 2)
     source = TrackingSource(tracking_store.uri)
-    in_flight = source._listing_now[(exp, None)] = Future()  # a whole listing still being made
+    in_flight = source._making[("compare", exp, None)] = Future()  # a whole listing still being made
     first = source.compare(exp, preview=True)
     assert first.partial and [r["target_run_id"] for r in first.rows] == targets[:1:-1][:2]
     assert source.compare(exp, preview=True) is first  # asked again while waiting: kept, no new search
     in_flight.set_result(list_compare_rows(exp, tracking_uri=tracking_store.uri))
     whole = source.compare(exp, preview=True)
     assert not whole.partial and len(whole.rows) == 4 and whole.rows[:2] == first.rows
+
+
+def _until(check, what: str, seconds: float = 60):
+    deadline = time.monotonic() + seconds
+    while not (found := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+    return found
+
+
+def test_first_pairs_are_the_newest_at_once_then_the_whole_list(tracking_store, monkeypatch):
+    exp = tracking_store.experiment_id
+    runs = Runs(exp)
+    diagnosed = [runs.diagnostics(runs.target(f"t{i}")) for i in range(5)]
+    newest = diagnosed[::-1]
+    monkeypatch.setattr(readers, "PREVIEW_ROWS", 2)
+    source = TrackingSource(tracking_store.uri)
+    rows, whole = source.first_pairs(exp)
+    assert not whole and [r["diagnostics_run_id"] for r in rows] == newest[:2]
+    rows = _until(lambda: (lambda r, w: w and r)(*source.first_pairs(exp)), "the whole pair list never came")
+    assert [r["diagnostics_run_id"] for r in rows] == newest
+    assert source.pairs(exp) == rows  # kept: the blocking call returns it at once
+    # a list no longer than the first page is whole at once: nothing is made in the background
+    monkeypatch.setattr(readers, "PREVIEW_ROWS", 5)
+    other = TrackingSource(tracking_store.uri)
+    rows, whole = other.first_pairs(exp)
+    assert whole and len(rows) == 5 and not other._making
+
+
+def test_a_failed_whole_pair_list_is_raised_to_the_next_first_page_once(tracking_store, monkeypatch):
+    from mlflow_transfer.tracking import bundles
+
+    exp = tracking_store.experiment_id
+    runs = Runs(exp)
+    for i in range(4):
+        runs.diagnostics(runs.target(f"t{i}"))
+    monkeypatch.setattr(readers, "PREVIEW_ROWS", 2)
+    real, calls = bundles.list_diagnosed_pairs, []
+
+    def failing_whole(*args, max_pairs=None, **kwargs):  # the first page is read; the whole list fails
+        calls.append(max_pairs)
+        if max_pairs and max_pairs > 3:
+            time.sleep(0.3)  # after the first page was shown
+            raise TrackingUnavailableError("the server went away (planted)")
+        return real(*args, max_pairs=max_pairs, **kwargs)
+
+    monkeypatch.setattr(bundles, "list_diagnosed_pairs", failing_whole)
+    source = TrackingSource(tracking_store.uri)
+    assert not source.first_pairs(exp)[1]
+    _until(lambda: not source._making, "the whole list was never tried")
+    with pytest.raises(TrackingUnavailableError, match="planted"):
+        source.first_pairs(exp)
+    rows, whole = source.first_pairs(exp)  # raised once: asked again, the first page and a new try
+    assert not whole and len(rows) == 2 and calls.count(5000) == 2

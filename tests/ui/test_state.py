@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import datashader as ds
 import holoviews as hv
@@ -15,7 +16,7 @@ from helpers.servers import free_port
 
 from mlflow_transfer.bundle import PairBundle
 from ui.app import TABS, build_app
-from ui.readers import MemorySource, TrackingSource
+from ui.readers import PREVIEW_ROWS, MemorySource, TrackingSource
 from ui.state import URL_PARAMS, AppState
 from ui.views import instances as iv
 from ui.views import overview
@@ -227,9 +228,16 @@ def test_thousands_of_diagnosed_runs_are_paged_and_a_missing_bundle_is_a_message
         client.set_terminated(run.info.run_id)
     source = TrackingSource(uri, cache_dir=tmp_path / "cache", max_pairs=1100)
     state = AppState(source, experiment=exp)
-    assert len(state.pairs) == 1100  # pages of 500, stopped at the cap
+    # at once the newest pairs, the newest opened; the whole list replaces them when it is made
+    assert state.pairs_partial and len(state.pairs) == PREVIEW_ROWS
+    first = state.pairs[0]["diagnostics_run_id"]
+    deadline = time.monotonic() + 60
+    while not state.complete_pairs():
+        assert time.monotonic() < deadline, "the whole pair list never arrived"
+        time.sleep(0.05)
+    assert not state.pairs_partial and len(state.pairs) == 1100  # pages of 500, stopped at the cap
     assert [p["recipe"] for p in state.pairs[:3]] == ["r1199", "r1198", "r1197"]
-    assert state.pair == state.pairs[0]["diagnostics_run_id"] and state.bundle is None
+    assert state.pair == state.pairs[0]["diagnostics_run_id"] == first and state.bundle is None
     assert "diagnose" in state.error and state.pair in state.error
     table = pairs_table(state.pairs, state.pair)
     assert table.pagination and table.page_size < 100 and table.selection == [0]
@@ -357,3 +365,51 @@ def test_the_training_tabs_epoch_and_picked_points_are_in_the_link_whatever_shap
     assert state.epoch == 0 and state.tracked == [9]
     state.tracked = list(range(3 * MAX_TRACKED))
     assert state.tracked == list(range(MAX_TRACKED))
+
+
+def test_a_linked_older_pair_stays_selected_while_the_newest_pairs_are_listed_first(tracking_store, monkeypatch):
+    """Issue 16: the pair list shows the newest pairs at once (a note says so) and the whole list replaces them;
+    a link's pair older than those is not replaced meanwhile, and a whole list that fails leaves them listed
+    with the reason in the banner."""
+    from helpers.compare import Runs
+    from helpers.views import drawn
+
+    from mlflow_transfer.errors import TrackingUnavailableError
+    from mlflow_transfer.tracking import bundles
+    from ui import readers
+    from ui.pair_browser import PairBrowser
+
+    exp = tracking_store.experiment_id
+    runs = Runs(exp)
+    diagnosed = [runs.diagnostics(runs.target(f"t{i}")) for i in range(4)]
+    monkeypatch.setattr(readers, "PREVIEW_ROWS", 2)
+    state = AppState(TrackingSource(tracking_store.uri), experiment=exp, pair=diagnosed[0], tab=0)
+    assert state.pairs_partial and [p["diagnostics_run_id"] for p in state.pairs] == diagnosed[:1:-1]
+    assert state.pair == diagnosed[0]  # not in the first page, and kept
+    browser = drawn(PairBrowser(state=state))
+
+    def note():
+        return next((m.object for m in browser.select(pn.pane.Markdown) if m.name == "pairs-partial"), None)
+
+    assert "newest 2 pairs so far" in note()
+    deadline = time.monotonic() + 60
+    while not state.complete_pairs():
+        assert time.monotonic() < deadline, "the whole pair list never arrived"
+        time.sleep(0.05)
+    assert [p["diagnostics_run_id"] for p in state.pairs] == diagnosed[::-1] and state.pair == diagnosed[0]
+    assert note() is None
+
+    def failing(*args, max_pairs=None, **kwargs):
+        if max_pairs and max_pairs > 3:
+            time.sleep(0.3)
+            raise TrackingUnavailableError("the server went away (planted)")
+        return real(*args, max_pairs=max_pairs, **kwargs)
+
+    real = bundles.list_diagnosed_pairs
+    monkeypatch.setattr(bundles, "list_diagnosed_pairs", failing)
+    state.reload()
+    assert state.pairs_partial and len(state.pairs) == 2
+    while not state.complete_pairs():
+        assert time.monotonic() < deadline + 60, "the failure never arrived"
+        time.sleep(0.05)
+    assert not state.pairs_partial and len(state.pairs) == 2 and "planted" in state.error

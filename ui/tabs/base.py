@@ -11,7 +11,9 @@ A part that fails shows an error pane, never a traceback.
 from __future__ import annotations
 
 import functools
+import logging
 import operator
+from collections.abc import Callable
 from typing import ClassVar
 
 import panel as pn
@@ -20,9 +22,12 @@ import param
 from ui.state import AppState
 from ui.views.guard import guarded
 
-__all__ = ["StateView", "Tab", "part"]
+__all__ = ["StateView", "Tab", "part", "poll"]
 
 NO_PAIR = "Select a diagnosed pair above."
+POLL_MS = 500  # how often a view asks whether a listing made in the background has arrived
+
+log = logging.getLogger("ui")
 _NOTHING = object()  # no bundle shown yet (None is a state's bundle too)
 
 
@@ -51,6 +56,21 @@ def part(*dependencies: str, what: str):
         return param.depends(*dependencies, "state.tab")(draw)
 
     return wrap
+
+
+def poll(done: Callable[[], bool]) -> None:
+    """Call ``done`` every `POLL_MS` until it returns True (or raises: logged, and the polling ends), from a
+    periodic callback of the session's document, so what it changes reaches that session's page."""
+    def check():
+        try:
+            finished = done()
+        except Exception:  # noqa: BLE001 -- never an endless loop of the same error
+            log.exception("a background listing's check failed")
+            finished = True
+        if finished:
+            callback.stop()
+
+    callback = pn.state.add_periodic_callback(check, period=POLL_MS, start=True)
 
 
 class StateView(pn.viewable.Viewer):

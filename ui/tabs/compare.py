@@ -24,7 +24,7 @@ from ui.views import diff as dv
 from ui.views.guard import error_pane, guarded
 from ui.views.text import escape_md, md_code, message_md, shorten
 
-from .base import Tab
+from .base import Tab, poll
 
 __all__ = ["CompareTab"]
 
@@ -130,13 +130,8 @@ class CompareTab(Tab):
         return listing, note
 
     def _await_whole(self, key, asked) -> None:
-        """Ask the source again every half second (a periodic callback of the session, so the redraw reaches
-        its page) until it has the whole listing of ``asked`` (`whole_arrived`)."""
-        def check():
-            if self.whole_arrived(key, asked):
-                callback.stop()
-
-        callback = pn.state.add_periodic_callback(check, period=500, start=True)
+        """Ask the source again (`poll`) until it has the whole listing of ``asked`` (`whole_arrived`)."""
+        poll(functools.partial(self.whole_arrived, key, asked))
 
     def whole_arrived(self, key, asked) -> bool:
         """Whether waiting for the whole listing of ``asked`` (shown partially under ``key``) is over: it
