@@ -113,11 +113,11 @@ DIFF_TITLES = ("Accuracy per epoch (A solid, B dashed)", "Inheritance and CKA by
 
 
 def _diff_figures(root) -> dict:
-    """The diff's Bokeh figures in the page ``root``, by title."""
+    """The diff's Bokeh figures in the page ``root``, by title (those drawn)."""
     from bokeh.plotting import figure
 
     found = {f.title.text: f for f in root.select({"type": figure}) if f.title is not None}
-    return {t: found[t] for t in DIFF_TITLES}
+    return {t: found[t] for t in DIFF_TITLES if t in found}
 
 
 def test_picks_update_the_diff_in_place_with_each_pairs_numbers(source, tmp_path):
@@ -159,29 +159,35 @@ def test_picks_update_the_diff_in_place_with_each_pairs_numbers(source, tmp_path
     assert state.pair == run_id("d", 1)
 
 
-def test_the_diff_legend_names_the_picked_pairs_and_a_foreign_pair_has_no_overlap(source, tmp_path):
+def test_the_diff_legend_names_the_picked_pairs_and_the_overlap_follows_the_source_runs(source, tmp_path):
+    """First a pair of another source run (no overlap: the note, no heatmap), then a broken B (the error box
+    alone), then two pairs of one source run: the target model's heatmap drawn with their Jaccard."""
     source.bundles[run_id("d", 6)] = _bundle(tmp_path / "other", 6, source="6" * 32)
-    state = _state(source, compare=[run_id("d", 0), run_id("d", 1)])
-    layout = drawn(CompareTab(state=state))
-    root = layout.get_root()
-    accuracy = _diff_figures(root)["Accuracy per epoch (A solid, B dashed)"]
+    state = _state(source, compare=[run_id("d", 6), run_id("d", 0)])
+    layout = tab_layout = drawn(CompareTab(state=state))
+    root = tab_layout.get_root()
 
     def series():
-        renderer = next(r for r in accuracy.renderers if hasattr(r, "data_source"))
-        return list(renderer.data_source.data["series"])
+        accuracy = _diff_figures(root)["Accuracy per epoch (A solid, B dashed)"]
+        return list(next(r for r in accuracy.renderers if hasattr(r, "data_source")).data_source.data["series"])
 
-    assert series() == ["A run-0: target validation (target model)", "B run-1: target validation (target model)"]
-    state.compare = [run_id("d", 6), run_id("d", 0)]
     assert series() == ["A run-6: target validation (target model)", "B run-0: target validation (target model)"]
     missing = find(layout, pn.pane.Markdown, "diff-overlap-missing")
     assert missing.visible and "different source runs" in missing.object
     assert not any(find(layout, pn.pane.HoloViews, f"diff-overlap-{m}").visible for m in ("source", "target"))
-    state.compare = [run_id("d", 6), run_id("d", 3)]  # a broken B: the error box alone
+    state.compare = [run_id("d", 6), run_id("d", 3)]
     box = find(layout, pn.pane.Alert, "diff-error")
     assert box.visible and "Pair B could not be opened" in box.object
     assert not find(layout, pn.Column, "diff").visible and not find(layout, pn.pane.Markdown, "diff-pick").visible
     state.compare = [run_id("d", 1), run_id("d", 0)]
-    assert not box.visible and find(layout, pn.Column, "diff").visible and find(layout, pn.pane.HoloViews, "diff-overlap-target").visible
+    assert not box.visible and find(layout, pn.Column, "diff").visible and not missing.visible
+    assert series() == ["A run-1: target validation (target model)", "B run-0: target validation (target model)"]
+    assert find(layout, pn.pane.HoloViews, "diff-overlap-target").visible
+    root = tab_layout.get_root()  # the heatmap's figure was made on this pick: a page loaded now has it
+    heatmap = _diff_figures(root)["Important-neuron overlap (Jaccard), target model"]
+    data = next(r for r in heatmap.renderers if hasattr(r, "data_source")).data_source.data
+    assert [float(v) for v in data["jaccard"]] == pytest.approx([1 / 3], abs=1e-5)  # {1, 5}, {0, 5}: a, conv1
+    assert list(heatmap.x_range.factors) == ["conv1"] and list(heatmap.y_range.factors) == ["a"]
 
 
 def test_the_reload_button_asks_the_source_again(source):

@@ -81,12 +81,26 @@ class DiffPanel:
                 self._build(frames)
             else:
                 self._data.send(frames)
+            self._make_live(frames)
             self._head.object = (f"**A** {escape_md(names[0])} {md_code(self.picked[0])} · **B** "
                                  f"{escape_md(names[1])} {md_code(self.picked[1])} — differences are B − A.")
             self._table.value = frames["classes"]
             self._update_overlap(frames)
             self._show(self.diff)
         return self.panel
+
+    def _make_live(self, frames: dict) -> None:
+        """A plot over categories (classes, layers) becomes a DynamicMap at its first frame with rows:
+        Bokeh's axis kind is fixed when the figure is made, and an empty frame makes a numeric one.
+        Before that it shows its empty element."""
+        for name, (pane, view, has_rows) in self._plots.items():
+            if name in self._live:
+                continue
+            if has_rows(frames):
+                pane.object = hv.DynamicMap(lambda data, view=view: view(data), streams=[self._data])
+                self._live.add(name)
+            elif pane.object is None:
+                pane.object = view(frames)
 
     def _update_overlap(self, frames: dict) -> None:
         overlap = frames["overlap"]
@@ -95,15 +109,22 @@ class DiffPanel:
                                          "important neurons in common.")
         self._missing.visible = not any(shown.values())
         for m in MODELS:
-            self._overlaps[m].visible = shown[m]
+            self._plots[f"diff-overlap-{m}"][0].visible = shown[m]
 
     def _build(self, frames: dict) -> None:
         self._data = hv.streams.Pipe(data=frames)
-
-        def plot(view, name: str, **kwargs) -> pn.pane.HoloViews:
-            return pn.pane.HoloViews(hv.DynamicMap(lambda data: view(data), streams=[self._data]),
-                                     sizing_mode="stretch_width", name=name, **kwargs)
-
+        self._live: set[str] = set()
+        views = {  # name: (what it draws, whether a frame has rows for it)
+            "diff-classes": (lambda data: dv.class_difference_bars(data["classes"]),
+                             lambda data: len(data["classes"]) > 0),
+            "diff-depth": (lambda data: dv.depth_difference_plot(data["depth"]), lambda data: len(data["depth"]) > 0),
+            **{f"diff-overlap-{m}": (lambda data, m=m: dv.overlap_heatmap(data["overlap"], m),
+                                     lambda data, m=m: bool((data["overlap"]["model"] == m).any()))
+               for m in MODELS}}
+        self._plots = {name: (pn.pane.HoloViews(None, sizing_mode="stretch_width", name=name), *funcs)
+                       for name, funcs in views.items()}
+        accuracy = pn.pane.HoloViews(hv.DynamicMap(lambda data: dv.accuracy_lines(data["paths"]), streams=[self._data]),
+                                     sizing_mode="stretch_width", name="diff-accuracy")
         buttons = []
         for i, label in enumerate("AB"):
             button = pn.widgets.Button(name=f"open pair {label}", button_type="primary", width=140)
@@ -115,15 +136,11 @@ class DiffPanel:
                                            formatters={k: {"type": "money", "precision": 3}
                                                        for k in ("A", "B", "B − A")})
         self._missing = pn.pane.Markdown("", name="diff-overlap-missing")
-        self._overlaps = {m: plot(lambda data, m=m: dv.overlap_heatmap(data["overlap"], m), f"diff-overlap-{m}")
-                          for m in MODELS}
+        plots = {name: pane for name, (pane, *_) in self._plots.items()}
         self.diff = pn.Column(
             pn.Row(self._head, *buttons, sizing_mode="stretch_width"),
-            pn.Row(plot(lambda data: dv.accuracy_lines(data["paths"]), "diff-accuracy"),
-                   plot(lambda data: dv.class_difference_bars(data["classes"]), "diff-classes"),
-                   sizing_mode="stretch_width"),
-            pn.Row(plot(lambda data: dv.depth_difference_plot(data["depth"]), "diff-depth"), self._table,
-                   sizing_mode="stretch_width"),
-            self._missing, pn.Row(*self._overlaps.values(), sizing_mode="stretch_width"),
+            pn.Row(accuracy, plots["diff-classes"], sizing_mode="stretch_width"),
+            pn.Row(plots["diff-depth"], self._table, sizing_mode="stretch_width"),
+            self._missing, pn.Row(*(plots[f"diff-overlap-{m}"] for m in MODELS), sizing_mode="stretch_width"),
             name="diff", sizing_mode="stretch_width", visible=False)
         self.panel.append(self.diff)

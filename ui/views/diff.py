@@ -179,6 +179,12 @@ def depth_difference(a, b) -> pd.DataFrame:
     return frame
 
 
+def _layer_axis(plot, element):
+    """The x axis names this frame's layers: HoloViews keeps an overlay's first categories across the
+    updates of a DynamicMap."""
+    plot.state.x_range.factors = [str(v) for v in element.get(1).dimension_values("layer")]
+
+
 def depth_difference_plot(frame: pd.DataFrame) -> hv.Overlay:
     """The two differences by depth (B − A): inherited share (solid) and CKA (dashed), zero line grey."""
     kdim = hv.Dimension("layer", label="layer (input → output)")
@@ -194,7 +200,7 @@ def depth_difference_plot(frame: pd.DataFrame) -> hv.Overlay:
     return hv.Overlay(parts).opts(hv.opts.Overlay(
         title="Inheritance and CKA by depth, B − A", ylim=(-1.02, 1.02), ylabel="B − A",
         xlabel="layer (input → output)", responsive=True, shared_axes=False, min_height=280, show_grid=True,
-        legend_position="bottom_left", framewise=True))
+        legend_position="bottom_left", framewise=True, hooks=[_layer_axis]))
 
 
 def _source_run(bundle) -> str | None:
