@@ -85,8 +85,8 @@ def read_records(bundle) -> PairRecords:
 def accuracy_series(a, b, names: tuple[str, str] = ("A", "B")) -> list[dict]:
     """Every accuracy series of both pairs (model × dataset, by epoch) as a path: ``epoch``, ``accuracy``
     and its ``series`` label (starting with the pair's name), ``dataset``, ``pair`` ("A"/"B"), ``colour``
-    (the dataset's) and ``dash`` (A solid, B dashed). One empty path labelled `NO_HISTORY` when neither
-    bundle has any."""
+    (the dataset's) and ``dash`` (A solid, B dashed). When neither bundle has any, one path labelled
+    `NO_HISTORY` with no point to draw (an empty element would leave the plot no axis range)."""
     paths = []
     for i, bundle in enumerate((a, b)):
         frame = pd.DataFrame(bundle.history())
