@@ -14,6 +14,8 @@ from ui.app import TABS, build_app
 from ui.readers import CompareListing, MemorySource
 from ui.state import URL_PARAMS, AppState
 from ui.tabs.compare import PICK_TWO, CompareTab
+from ui.views.guard import UNEXPECTED
+from ui.views.text import message_md
 
 TITLES = tuple(t.title for t in TABS)
 SWEEP = run_id("5e", 1)
@@ -188,6 +190,23 @@ def test_the_diff_legend_names_the_picked_pairs_and_the_overlap_follows_the_sour
     data = next(r for r in heatmap.renderers if hasattr(r, "data_source")).data_source.data
     assert [float(v) for v in data["jaccard"]] == pytest.approx([1 / 3], abs=1e-5)  # {1, 5}, {0, 5}: a, conv1
     assert list(heatmap.x_range.factors) == ["conv1"] and list(heatmap.y_range.factors) == ["a"]
+
+
+def test_a_pick_that_fails_unexpectedly_is_the_parts_error_box_and_the_next_pick_draws_again(source, monkeypatch):
+    state = _state(source, compare=[run_id("d", 0), run_id("d", 1)])
+    tab = CompareTab(state=state)
+    layout = drawn(tab)
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as m:
+        m.setattr(tab._diff, "show", broken)  # the early update fails, then the part's redraw: its error box
+        state.compare = [run_id("d", 0), run_id("d", 2)]
+        assert find(layout, pn.pane.Alert, "view-error").object == message_md(UNEXPECTED)
+    state.compare = [run_id("d", 2), run_id("d", 1)]
+    assert not list(layout.select(pn.pane.Alert))
+    assert "run-2" in find(layout, pn.pane.Markdown, "diff-head").object
 
 
 def test_the_reload_button_asks_the_source_again(source):

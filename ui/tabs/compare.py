@@ -32,6 +32,7 @@ __all__ = ["CompareTab"]
 NO_EXPERIMENT = "No experiment on this server."
 PICK_TWO = "Pick two diagnosed pairs in the table (A, then B) to see them side by side."
 WHOLE = "whole experiment"
+DIFF_INPUTS = ("state.experiment", "state.sweep", "reloads", "listed", "state.compare")  # what the diff shows
 KEPT_RECORDS = 4  # the diff's records kept for the last few pairs picked (a pick back costs no reading)
 
 
@@ -227,9 +228,25 @@ class CompareTab(Tab):
         return pn.pane.HoloViews(cv.share_curves(listing, self._picked(listing)), sizing_mode="stretch_width",
                                  min_height=300, name="compare-lines")
 
-    @compare_part("state.experiment", "state.sweep", "reloads", "listed", "state.compare", what="two-pair diff")
+    @compare_part(*DIFF_INPUTS, what="two-pair diff")
     def diff(self):
         """The tab's one `DiffPanel`, brought up to the picked pairs (its panes updated in place)."""
+        return self._draw_diff()
+
+    @param.depends("state.compare", watch=True)
+    def _pick_changed(self):
+        """A new pick reaches the diff before the parts redrawn over the same change (they watch from their
+        first drawing, after this), so its patch leaves first; the part's own redraw then finds it shown (a
+        no-op) or, after an error here, shows the error."""
+        if "diff" not in self._drawn or not self.state.experiment or (
+                self.index is not None and self.state.tab != self.index):
+            return
+        try:
+            self._draw_diff()
+        except Exception:  # noqa: BLE001 -- the part's redraw draws it again, as an error pane
+            return
+
+    def _draw_diff(self):
         listing, _ = self.listing()
         rows = {r.get("diagnostics_run_id"): r for r in listing.rows if r.get("diagnostics_run_id")}
         picked = self._picked(listing)

@@ -46,6 +46,7 @@ class DiffPanel:
         self.panel = pn.Column(self.pick, sizing_mode="stretch_width")
         self.diff: pn.Column | None = None
         self._data: hv.streams.Pipe | None = None
+        self._state: tuple = ()  # what is shown: asked for again (the part's redraw after an early update), a no-op
 
     def _show(self, which: pn.viewable.Viewable | None) -> None:
         for pane in (self.pick, self.error, self.diff):
@@ -54,19 +55,23 @@ class DiffPanel:
 
     def show_pick(self, text: str) -> pn.Column:
         """The note ``text`` (Markdown) instead of the diff."""
-        with pn.io.hold():
-            self.pick.object = text
-            self._show(self.pick)
+        if self._state != ("pick", text):
+            with pn.io.hold():
+                self.pick.object = text
+                self._show(self.pick)
+            self._state = ("pick", text)
         return self.panel
 
     def show_error(self, message: str) -> pn.Column:
         """A red box holding ``message`` (as `ui.views.guard.error_pane`'s) instead of the diff."""
-        with pn.io.hold():
-            if self.error is None:
-                self.error = pn.pane.Alert("", alert_type="danger", name="diff-error", sizing_mode="stretch_width")
-                self.panel.append(self.error)
-            self.error.object = message_md(message)
-            self._show(self.error)
+        if self._state != ("error", message):
+            with pn.io.hold():
+                if self.error is None:
+                    self.error = pn.pane.Alert("", alert_type="danger", name="diff-error", sizing_mode="stretch_width")
+                    self.panel.append(self.error)
+                self.error.object = message_md(message)
+                self._show(self.error)
+            self._state = ("error", message)
         return self.panel
 
     def show(self, a, b, a_row: dict, b_row: dict) -> pn.Column:
@@ -74,6 +79,10 @@ class DiffPanel:
         ``b_row``: the panes' data replaced, the panes made only the first time."""
         names = (str(a_row.get("name") or a_row["diagnostics_run_id"]),
                  str(b_row.get("name") or b_row["diagnostics_run_id"]))
+        state = ("diff", a, b, a_row["diagnostics_run_id"], b_row["diagnostics_run_id"], names)
+        if self._state == state:
+            return self.panel
+        self._state = ()  # drawn again if this update fails half-way
         frames = _frames(a, b, names)
         with pn.io.hold():
             self.picked = (a_row["diagnostics_run_id"], b_row["diagnostics_run_id"])
@@ -87,6 +96,7 @@ class DiffPanel:
             self._table.value = frames["classes"]
             self._update_overlap(frames)
             self._show(self.diff)
+        self._state = state
         return self.panel
 
     def _make_live(self, frames: dict) -> None:
