@@ -5,6 +5,7 @@ No pair is open when the tab is first shown: it must not need one."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -73,6 +74,18 @@ def test_pick_two_pairs_see_the_diff_change_an_axis_reload_and_open_pair_a(serve
     assert json.loads(_query(page)["compare"]) == [run_id("d", 1), run_id("d", 0)]
     page.get_by_text("differences are B − A").wait_for(timeout=60_000)
     page.get_by_role("button", name="open pair A").wait_for(timeout=30_000)
+    # a second pick: a third tick drops the oldest (A); the diff in place shows A run-0, B run-2 (planted)
+    checkbox = {name: table.locator(".tabulator-row", has_text=name).locator("input[type=checkbox]")
+                for name in (HOSTILE, "run-0", "run-2")}
+    checkbox["run-2"].click()
+    page.get_by_text(re.compile(r"run-0 .*run-2 .*differences are B − A")).wait_for(timeout=60_000)
+    page.get_by_text("no class and layer with important neurons in common").wait_for(timeout=30_000)  # planted: none
+    checkbox["run-2"].click()  # B off: the note instead of the diff
+    page.get_by_text("Pick two diagnosed pairs").wait_for(timeout=30_000)
+    expect(page.get_by_text("differences are B − A")).to_be_hidden()
+    checkbox[HOSTILE].click()  # B on again: now A run-0, B the hostile name
+    page.get_by_text(re.compile(r"run-0 .*differences are B − A")).wait_for(timeout=60_000)
+    assert json.loads(_query(page)["compare"]) == [run_id("d", 0), run_id("d", 1)]
 
     x_axis = page.locator("select:has(option:text-is('setting · target.freeze'))")
     start = time.perf_counter()
@@ -103,7 +116,7 @@ def test_pick_two_pairs_see_the_diff_change_an_axis_reload_and_open_pair_a(serve
     page.get_by_role("button", name="open pair A").click()
     page.wait_for_function(f"() => new URLSearchParams(location.search).get('tab') === '{STATISTICS}'",
                            timeout=30_000)
-    assert _query(page)["pair"] == run_id("d", 1)
+    assert _query(page)["pair"] == run_id("d", 0)  # A of the current pick, not of the first one
     page.get_by_text("Transferability score").wait_for(timeout=60_000)  # pair A's Statistics tab
 
 

@@ -14,6 +14,8 @@ from ui.app import TABS, build_app
 from ui.readers import CompareListing, MemorySource
 from ui.state import URL_PARAMS, AppState
 from ui.tabs.compare import PICK_TWO, CompareTab
+from ui.views.guard import UNEXPECTED
+from ui.views.text import message_md
 
 TITLES = tuple(t.title for t in TABS)
 SWEEP = run_id("5e", 1)
@@ -93,11 +95,118 @@ def test_picking_two_rows_draws_the_diff_and_open_pair_a_opens_its_statistics(so
     classes = find(diff, pn.widgets.Tabulator, "diff-class-table").value
     # A = pair 2: a 5/6, B = pair 0: a 3/4
     assert classes["B − A"].tolist() == pytest.approx([3 / 4 - 5 / 6, 2 / 3 - 2 / 3])
-    assert any(p.name == "diff-overlap-target" for p in diff.select(pn.pane.HoloViews))
+    # the same source run: the target model's overlap shown (the source model's has no important neuron here)
+    assert find(diff, pn.pane.HoloViews, "diff-overlap-target").visible
+    assert not find(diff, pn.pane.HoloViews, "diff-overlap-source").visible
+    assert not find(diff, pn.pane.Markdown, "diff-overlap-missing").visible
     button = next(b for b in diff.select(pn.widgets.Button) if b.name == "open pair A")
     button.clicks += 1
     assert state.pair == run_id("d", 2) and state.tab == TITLES.index("Statistics")
     assert state.bundle is not None
+
+
+def _class_a(i: int) -> float:
+    return (3 + i) / (4 + i)  # pair i's planted target accuracy on class "a" (`_bundle`)
+
+
+DIFF_TITLES = ("Accuracy per epoch (A solid, B dashed)", "Inheritance and CKA by depth, B − A",
+               "Target model's accuracy per class, B − A (target validation set)",
+               "Important-neuron overlap (Jaccard), source model", "Important-neuron overlap (Jaccard), target model")
+
+
+def _diff_figures(root) -> dict:
+    """The diff's Bokeh figures in the page ``root``, by title (those drawn)."""
+    from bokeh.plotting import figure
+
+    found = {f.title.text: f for f in root.select({"type": figure}) if f.title is not None}
+    return {t: found[t] for t in DIFF_TITLES if t in found}
+
+
+def test_picks_update_the_diff_in_place_with_each_pairs_numbers(source, tmp_path):
+    """A,B then A,C then B off and on again: each time the head names the picked runs, the class table holds
+    the planted B − A, and the same panes and Bokeh figures carry the new data (no new figure)."""
+    state = _state(source, compare=[run_id("d", 0), run_id("d", 1)])
+    tab = CompareTab(state=state)
+    layout = tab.__panel__()
+    root = layout.get_root()  # one page: its models are updated, not made again
+    diff = find(layout, pn.Column, "diff")
+    panes = {n: find(layout, pn.pane.HoloViews, f"diff-{n}") for n in ("accuracy", "classes", "depth")}
+    table = find(layout, pn.widgets.Tabulator, "diff-class-table")
+    head = find(layout, pn.pane.Markdown, "diff-head")
+    pick = find(layout, pn.pane.Markdown, "diff-pick")
+    figures = _diff_figures(root)
+    depth = figures["Inheritance and CKA by depth, B − A"]
+
+    def shown(a: int, b: int):
+        assert diff.visible and not pick.visible
+        assert head.object.index(f"run-{a}") < head.object.index(f"run-{b}")
+        assert run_id("d", a) in head.object and run_id("d", b) in head.object
+        assert table.value["B − A"].tolist() == pytest.approx([_class_a(b) - _class_a(a), 0.0])
+        share = next(r for r in depth.renderers if hasattr(r, "data_source")).data_source.data
+        assert list(share["difference"]) == pytest.approx([(a - b) / 10, 0.0])  # share 0.9 − i/10 at conv1
+
+    shown(0, 1)
+    state.compare = [run_id("d", 0), run_id("d", 2)]
+    shown(0, 2)
+    state.compare = [run_id("d", 0)]  # B off: the note, the diff hidden
+    assert pick.visible and pick.object == PICK_TWO and not diff.visible
+    state.compare = [run_id("d", 0), run_id("d", 1)]
+    shown(0, 1)
+    # in place: the same panes in the same layout, the same Bokeh figures in the page
+    assert find(layout, pn.Column, "diff") is diff and find(layout, pn.widgets.Tabulator, "diff-class-table") is table
+    assert {n: find(layout, pn.pane.HoloViews, f"diff-{n}") for n in panes} == panes
+    assert {t: f.id for t, f in _diff_figures(root).items()} == {t: f.id for t, f in figures.items()}
+    # the buttons open the pair shown now, not the one of the first pick
+    next(b for b in diff.select(pn.widgets.Button) if b.name == "open pair B").clicks += 1
+    assert state.pair == run_id("d", 1)
+
+
+def test_the_diff_legend_names_the_picked_pairs_and_the_overlap_follows_the_source_runs(source, tmp_path):
+    """First a pair of another source run (no overlap: the note, no heatmap), then a broken B (the error box
+    alone), then two pairs of one source run: the target model's heatmap drawn with their Jaccard."""
+    source.bundles[run_id("d", 6)] = _bundle(tmp_path / "other", 6, source="6" * 32)
+    state = _state(source, compare=[run_id("d", 6), run_id("d", 0)])
+    layout = tab_layout = drawn(CompareTab(state=state))
+    root = tab_layout.get_root()
+
+    def series():
+        accuracy = _diff_figures(root)["Accuracy per epoch (A solid, B dashed)"]
+        return list(next(r for r in accuracy.renderers if hasattr(r, "data_source")).data_source.data["series"])
+
+    assert series() == ["A run-6: target validation (target model)", "B run-0: target validation (target model)"]
+    missing = find(layout, pn.pane.Markdown, "diff-overlap-missing")
+    assert missing.visible and "different source runs" in missing.object
+    assert not any(find(layout, pn.pane.HoloViews, f"diff-overlap-{m}").visible for m in ("source", "target"))
+    state.compare = [run_id("d", 6), run_id("d", 3)]
+    box = find(layout, pn.pane.Alert, "diff-error")
+    assert box.visible and "Pair B could not be opened" in box.object
+    assert not find(layout, pn.Column, "diff").visible and not find(layout, pn.pane.Markdown, "diff-pick").visible
+    state.compare = [run_id("d", 1), run_id("d", 0)]
+    assert not box.visible and find(layout, pn.Column, "diff").visible and not missing.visible
+    assert series() == ["A run-1: target validation (target model)", "B run-0: target validation (target model)"]
+    assert find(layout, pn.pane.HoloViews, "diff-overlap-target").visible
+    root = tab_layout.get_root()  # the heatmap's figure was made on this pick: a page loaded now has it
+    heatmap = _diff_figures(root)["Important-neuron overlap (Jaccard), target model"]
+    data = next(r for r in heatmap.renderers if hasattr(r, "data_source")).data_source.data
+    assert [float(v) for v in data["jaccard"]] == pytest.approx([1 / 3], abs=1e-5)  # {1, 5}, {0, 5}: a, conv1
+    assert list(heatmap.x_range.factors) == ["conv1"] and list(heatmap.y_range.factors) == ["a"]
+
+
+def test_a_pick_that_fails_unexpectedly_is_the_parts_error_box_and_the_next_pick_draws_again(source, monkeypatch):
+    state = _state(source, compare=[run_id("d", 0), run_id("d", 1)])
+    tab = CompareTab(state=state)
+    layout = drawn(tab)
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as m:
+        m.setattr(tab._diff, "show", broken)  # the early update fails, then the part's redraw: its error box
+        state.compare = [run_id("d", 0), run_id("d", 2)]
+        assert find(layout, pn.pane.Alert, "view-error").object == message_md(UNEXPECTED)
+    state.compare = [run_id("d", 2), run_id("d", 1)]
+    assert not list(layout.select(pn.pane.Alert))
+    assert "run-2" in find(layout, pn.pane.Markdown, "diff-head").object
 
 
 def test_the_reload_button_asks_the_source_again(source):

@@ -10,6 +10,7 @@ from helpers.compare_rows import write_diff_bundle
 
 from mlflow_transfer.bundle import PairBundle
 from ui.views import diff as dv
+from ui.views.style import DATASET_COLOR
 
 A_IMPORTANT = {("target", "a", "conv1"): [1, 2, 3], ("source", "b", "conv2"): [0],
                ("target", "c", "conv1"): [7], ("target", "a", "fc1"): [4]}
@@ -81,9 +82,41 @@ def test_no_overlap_when_the_pairs_start_from_different_source_runs(tmp_path):
 
 def test_accuracy_curves_of_both_pairs_are_overlaid_a_solid_b_dashed(pair):
     a, b = pair
-    overlay = dv.accuracy_overlay(a, b, ("one", "two"))
-    labels = [c.label for c in overlay]
-    assert labels == ["A one: source train (source model)", "A one: target validation (target model)",
-                      "B two: target validation (target model)"]
-    assert [c.opts.get().kwargs["line_dash"] for c in overlay] == ["solid", "solid", "dashed"]
-    assert overlay.get(2).dimension_values("accuracy").tolist() == [0.4, 0.8]
+    paths = dv.accuracy_series(a, b, ("one", "two"))
+    assert [p["series"] for p in paths] == ["A one: source train (source model)",
+                                            "A one: target validation (target model)",
+                                            "B two: target validation (target model)"]
+    assert [p["dash"] for p in paths] == ["solid", "solid", "dashed"]
+    assert [p["colour"] for p in paths] == [DATASET_COLOR["source_train"], DATASET_COLOR["target_val"],
+                                            DATASET_COLOR["target_val"]]
+    lines = dv.accuracy_lines(paths)
+    assert isinstance(lines, hv.Contours) and len(lines.split()) == 3
+    assert lines.split()[2].dimension_values("accuracy").tolist() == [0.4, 0.8]
+    # one multi-line glyph: per-path colour and dash from the data, a legend entry per series value
+    from bokeh.models import Legend, MultiLine
+
+    figure = hv.render(lines)
+    renderer = next(r for r in figure.renderers if isinstance(r.glyph, MultiLine))
+    data = renderer.data_source.data
+    assert list(data["series"]) == [p["series"] for p in paths] and list(data["line_dash"]) == ["solid", "solid", "dashed"]
+    assert [item.label.field for legend in figure.select({"type": Legend}) for item in legend.items] == ["series"]
+
+
+def test_accuracy_lines_without_any_history_say_so(tmp_path):
+    empty = PairBundle.open(write_diff_bundle(
+        tmp_path / "e", classes=["a"], layers=["conv1"], confusion_target=[[1]], share=[0.5], cka_diagonal=[0.5],
+        important={}, source_run=None, history={("target", "target_val"): ([], [])}))
+    paths = dv.accuracy_series(empty, empty)
+    assert [p["series"] for p in paths] == [dv.NO_HISTORY]
+    hv.render(dv.accuracy_lines(paths))  # an empty plot, drawn
+
+
+def test_read_records_answers_as_the_bundle(pair):
+    a, b = pair
+    ra, rb = dv.read_records(a), dv.read_records(b)
+    assert dv.class_difference(ra, rb).equals(dv.class_difference(a, b))
+    assert dv.depth_difference(ra, rb).equals(dv.depth_difference(a, b))
+    assert dv.neuron_overlap(ra, rb)[0].equals(dv.neuron_overlap(a, b)[0])
+    assert dv.accuracy_series(ra, rb)[0]["series"] == dv.accuracy_series(a, b)[0]["series"]
+    with pytest.raises(KeyError):
+        ra.confusion_matrix("source")

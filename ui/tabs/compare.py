@@ -21,16 +21,19 @@ from mlflow_transfer.errors import BundleError, TransferError
 from ui.state import MAX_COMPARED, invalid_id
 from ui.views import compare as cv
 from ui.views import diff as dv
-from ui.views.guard import error_pane, guarded
-from ui.views.text import escape_md, md_code, message_md, shorten
+from ui.views.guard import guarded
+from ui.views.text import md_code, message_md, shorten
 
 from .base import Tab, poll
+from .compare_diff import DiffPanel
 
 __all__ = ["CompareTab"]
 
 NO_EXPERIMENT = "No experiment on this server."
 PICK_TWO = "Pick two diagnosed pairs in the table (A, then B) to see them side by side."
 WHOLE = "whole experiment"
+DIFF_INPUTS = ("state.experiment", "state.sweep", "reloads", "listed", "state.compare")  # what the diff shows
+KEPT_RECORDS = 4  # the diff's records kept for the last few pairs picked (a pick back costs no reading)
 
 
 def compare_part(*dependencies: str, what: str):
@@ -58,8 +61,9 @@ def compare_part(*dependencies: str, what: str):
 
 class CompareTab(Tab):
     """Named panes: ``compare-notes`` (left out, undiagnosed, sweep notes), ``compare-estimates`` (Spearman
-    ρ), ``compare-table``, ``compare-chart``, ``compare-lines``, ``diff`` (or ``diff-pick``,
-    ``diff-error``); buttons "open pair A", "open pair B" and "reload the listing"."""
+    ρ), ``compare-table``, ``compare-chart``, ``compare-lines``, the two-pair diff's (`DiffPanel`: ``diff``,
+    ``diff-pick``, ``diff-error``, one of them visible); buttons "open pair A", "open pair B" and "reload the
+    listing"."""
 
     title = "Compare"
     needs_bundle = False  # a listing of runs: the open pair's bundle is not opened for it
@@ -80,6 +84,8 @@ class CompareTab(Tab):
         self._y.param.watch(functools.partial(self._chosen, "compare_y"), "value")
         self._reload = pn.widgets.Button(name="reload the listing", width=160)
         self._reload.on_click(lambda _e: setattr(self, "reloads", self.reloads + 1))
+        self._diff = DiffPanel(self._open_pair)  # the two-pair diff, updated in place
+        self._records: dict[str, tuple] = {}  # diagnostics run -> (bundle, its records), newest last
 
     def _chosen(self, name: str, event):
         if not self._syncing and event.new is not None:
@@ -217,8 +223,25 @@ class CompareTab(Tab):
         return pn.pane.HoloViews(cv.share_curves(listing, self._picked(listing)), sizing_mode="stretch_width",
                                  min_height=300, name="compare-lines")
 
-    @compare_part("state.experiment", "state.sweep", "reloads", "listed", "state.compare", what="two-pair diff")
+    @compare_part(*DIFF_INPUTS, what="two-pair diff")
     def diff(self):
+        """The tab's one `DiffPanel`, brought up to the picked pairs (its panes updated in place)."""
+        return self._draw_diff()
+
+    @param.depends("state.compare", watch=True)
+    def _pick_changed(self):
+        """A new pick reaches the diff before the parts redrawn over the same change (they watch from their
+        first drawing, after this), so its patch leaves first; the part's own redraw then finds it shown (a
+        no-op) or, after an error here, shows the error."""
+        if "diff" not in self._drawn or not self.state.experiment or (
+                self.index is not None and self.state.tab != self.index):
+            return
+        try:
+            self._draw_diff()
+        except Exception:  # noqa: BLE001 -- the part's redraw draws it again, as an error pane
+            return
+
+    def _draw_diff(self):
         listing, _ = self.listing()
         rows = {r.get("diagnostics_run_id"): r for r in listing.rows if r.get("diagnostics_run_id")}
         picked = self._picked(listing)
@@ -226,27 +249,31 @@ class CompareTab(Tab):
             unknown = [p for p in self.state.compare if p not in rows]
             text = PICK_TWO + ("" if not unknown else " (The link's pairs " + ", ".join(
                 md_code(shorten(p, 40)) for p in unknown) + " are not listed here.)")
-            return pn.pane.Markdown(text, name="diff-pick")
+            return self._diff.show_pick(text)
         a_row, b_row = rows[picked[0]], rows[picked[1]]
-        bundles = []
+        records = []
         for label, row in (("A", a_row), ("B", b_row)):
             try:
-                bundles.append(self._open(row))
+                records.append(self._open(row))
             except TransferError as exc:
-                return error_pane(self._with_command(f"Pair {label} could not be opened: {exc}", row),
-                                  name="diff-error")
-        return self._diff_layout(bundles[0], bundles[1], a_row, b_row)
+                return self._diff.show_error(self._with_command(f"Pair {label} could not be opened: {exc}", row))
+        return self._diff.show(records[0], records[1], a_row, b_row)
 
-    def _open(self, row):
-        """The row's bundle, each record the diff reads checked once (a broken one fails here, naming
-        the pair, not half-way through the drawing)."""
+    def _open(self, row) -> dv.PairRecords:
+        """The records the diff reads of the row's bundle, each read and checked once per opened bundle (a
+        broken one fails here, naming the pair, not half-way through the drawing)."""
         wrong = invalid_id(row["diagnostics_run_id"], "diagnostics run id")
         if wrong:
             raise BundleError(wrong)
-        bundle = self.state.source.bundle(row["diagnostics_run_id"])
-        bundle.history(), bundle.confusion_matrix("target"), bundle.layer_comparison(), bundle.cka()
-        bundle.important_neurons()
-        return bundle
+        run = row["diagnostics_run_id"]
+        bundle = self.state.source.bundle(run)
+        kept = self._records.pop(run, None)
+        if kept is None or kept[0] is not bundle:  # the source opened it anew: read it anew
+            kept = (bundle, dv.read_records(bundle))
+        self._records[run] = kept
+        while len(self._records) > KEPT_RECORDS:
+            self._records.pop(next(iter(self._records)))
+        return kept[1]
 
     @staticmethod
     def _with_command(message: str, row: dict) -> str:
@@ -259,42 +286,6 @@ class CompareTab(Tab):
         statistics = self.state.tab_index("Statistics")
         # together: the pair's bundle is opened once, for the tab that shows it
         self.state.param.update(pair=run_id, **({"tab": statistics} if statistics is not None else {}))
-
-    def _diff_layout(self, a, b, a_row, b_row):
-        names = (str(a_row.get("name") or a_row["diagnostics_run_id"]),
-                 str(b_row.get("name") or b_row["diagnostics_run_id"]))
-        buttons = []
-        for label, row, name in (("A", a_row, names[0]), ("B", b_row, names[1])):
-            button = pn.widgets.Button(name=f"open pair {label}", button_type="primary", width=140)
-            button.on_click(lambda _e, run=row["diagnostics_run_id"]: self._open_pair(run))
-            buttons.append(button)
-        head = pn.pane.Markdown(f"**A** {escape_md(names[0])} {md_code(a_row['diagnostics_run_id'])} · "
-                                f"**B** {escape_md(names[1])} {md_code(b_row['diagnostics_run_id'])} — "
-                                "differences are B − A.", name="diff-head")
-        classes = dv.class_difference(a, b)
-        depth = dv.depth_difference(a, b)
-        overlap, why = dv.neuron_overlap(a, b)
-        parts = [pn.Row(head, *buttons, sizing_mode="stretch_width"),
-                 pn.Row(pn.pane.HoloViews(dv.accuracy_overlay(a, b, names), sizing_mode="stretch_width",
-                                          name="diff-accuracy"),
-                        pn.pane.HoloViews(dv.class_difference_bars(classes) if len(classes) else
-                                          hv.Bars([]), sizing_mode="stretch_width", name="diff-classes"),
-                        sizing_mode="stretch_width"),
-                 pn.Row(pn.pane.HoloViews(dv.depth_difference_plot(depth), sizing_mode="stretch_width",
-                                          name="diff-depth"),
-                        pn.widgets.Tabulator(classes, show_index=False, disabled=True, name="diff-class-table",
-                                             layout="fit_data_stretch", height=280,
-                                             formatters={k: {"type": "money", "precision": 3}
-                                                         for k in ("A", "B", "B − A")}),
-                        sizing_mode="stretch_width")]
-        if overlap is None or overlap.empty:
-            parts.append(pn.pane.Markdown(escape_md(why), name="diff-overlap-missing"))
-        else:
-            parts.append(pn.Row(*[pn.pane.HoloViews(dv.overlap_heatmap(overlap, m), sizing_mode="stretch_width",
-                                                    name=f"diff-overlap-{m}")
-                                  for m in ("source", "target") if (overlap["model"] == m).any()],
-                                sizing_mode="stretch_width"))
-        return pn.Column(*parts, name="diff", sizing_mode="stretch_width")
 
     def layout(self):
         return pn.Column(self.lazy(self.header, sizing_mode="stretch_width"),

@@ -1,49 +1,126 @@
-"""Two pairs side by side (issue 16): pure functions of two `PairBundle`s (A and B, in the order they
-were picked) — accuracy curves overlaid, the target model's per-class accuracy difference, the
-inherited share and CKA by depth as differences, and the overlap of the important-neuron sets where the
-pairs share a model. Differences are always B − A. Nothing is recomputed: each number is read from a
-bundle record (``statistics/history``, ``statistics/confusion_target``, ``comparison/layers``,
-``cka/matrix``, ``neurons/important``).
+"""Two pairs side by side (issue 16): pure functions of two `PairBundle`s, or of their `PairRecords` (A and B,
+in the order they were picked) — accuracy curves overlaid, the target model's per-class accuracy
+difference, the inherited share and CKA by depth as differences, and the overlap of the important-neuron
+sets where the pairs share a model. Differences are always B − A. Nothing is recomputed: each number is
+read from a bundle record (``statistics/history``, ``statistics/confusion_target``, ``comparison/layers``,
+``cka/matrix``, ``neurons/important``); `read_records` reads each of them once.
+
+Each plot is one element of a fixed structure whatever the pairs hold (the accuracy series are the paths of
+one `hv.Contours`; an empty frame draws an empty plot), so the Compare tab can draw them as DynamicMaps
+and send a new pick's data to the same figures.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import holoviews as hv
 import numpy as np
 import pandas as pd
+from bokeh.models import Legend, LegendItem
 
 from .style import DATASET_COLOR, DATASET_LABEL
 
-__all__ = ["ALL_CLASSES", "accuracy_overlay", "class_accuracy", "class_difference", "class_difference_bars",
-           "depth_difference", "depth_difference_plot", "important_sets", "neuron_overlap", "shared_model_reason"]
+__all__ = ["ALL_CLASSES", "CLASS_COLUMNS", "DEPTH_COLUMNS", "NO_HISTORY", "OVERLAP_COLUMNS", "PairRecords",
+           "accuracy_lines", "accuracy_series", "class_accuracy", "class_difference", "class_difference_bars",
+           "depth_difference", "depth_difference_plot", "empty_frame", "important_sets", "neuron_overlap", "overlap_heatmap",
+           "read_records", "shared_model_reason"]
 
 ALL_CLASSES = -1  # class_index of comparison/layers' all-classes rows
 _DASH = ("solid", "dashed")  # pair A, pair B
+NO_HISTORY = "no per-epoch history in either bundle"
+CLASS_COLUMNS = ["class", "A", "B", "B − A"]
+DEPTH_COLUMNS = ["layer", "share A", "share B", "share B − A", "cka A", "cka B", "cka B − A"]
+OVERLAP_COLUMNS = ["model", "class", "layer", "A", "B", "shared", "jaccard"]
 
 
-def accuracy_overlay(a, b, names: tuple[str, str] = ("A", "B")) -> hv.Overlay:
-    """Every accuracy series of both pairs (model × dataset, by epoch): colour = dataset, A solid,
-    B dashed; each label starts with the pair's name."""
-    curves = []
+@dataclass(frozen=True, eq=False)
+class PairRecords:
+    """The records of one bundle that the diff reads, each read (and checked) once by `read_records`; it
+    answers the same calls as a `PairBundle`, so every function here takes either."""
+
+    classes: list
+    layers: list
+    manifest: dict
+    history_record: dict
+    confusion_target: np.ndarray
+    layers_record: dict
+    cka_matrix: np.ndarray
+    important_record: dict
+
+    def history(self) -> dict:
+        return self.history_record
+
+    def confusion_matrix(self, model: str) -> np.ndarray:
+        if model != "target":
+            raise KeyError(f"the diff reads the target model's confusion matrix only, not {model!r}")
+        return self.confusion_target
+
+    def layer_comparison(self) -> dict:
+        return self.layers_record
+
+    def cka(self) -> np.ndarray:
+        return self.cka_matrix
+
+    def important_neurons(self) -> dict:
+        return self.important_record
+
+
+def empty_frame(columns: list[str]) -> pd.DataFrame:
+    """A frame of ``columns`` (`CLASS_COLUMNS`, `DEPTH_COLUMNS`, `OVERLAP_COLUMNS`) without rows, names as
+    text and numbers as floats: what a plot draws before any pair is picked."""
+    return pd.DataFrame({c: pd.Series(dtype=object if c in ("class", "layer", "model") else float) for c in columns})
+
+
+def read_records(bundle) -> PairRecords:
+    """Every record the diff needs of ``bundle``, read now: a broken one raises here (a `BundleError`),
+    not half-way through drawing."""
+    return PairRecords(classes=list(bundle.classes), layers=list(bundle.layers), manifest=bundle.manifest,
+                       history_record=bundle.history(), confusion_target=bundle.confusion_matrix("target"),
+                       layers_record=bundle.layer_comparison(), cka_matrix=bundle.cka(),
+                       important_record=bundle.important_neurons())
+
+
+def accuracy_series(a, b, names: tuple[str, str] = ("A", "B")) -> list[dict]:
+    """Every accuracy series of both pairs (model × dataset, by epoch) as a path: ``epoch``, ``accuracy``
+    and its ``series`` label (starting with the pair's name), ``dataset``, ``pair`` ("A"/"B"), ``colour``
+    (the dataset's) and ``dash`` (A solid, B dashed). When neither bundle has any, one path labelled
+    `NO_HISTORY` with no point to draw (an empty element would leave the plot no axis range)."""
+    paths = []
     for i, bundle in enumerate((a, b)):
         frame = pd.DataFrame(bundle.history())
         if frame.empty:
             continue
         for (model, dataset), part in frame.groupby(["model", "dataset"], sort=True):
             part = part.sort_values("epoch")
-            label = f"{'AB'[i]} {names[i]}: {DATASET_LABEL.get(dataset, dataset)} ({model} model)"
-            curves.append(hv.Curve(part[["epoch", "accuracy"]], "epoch",
-                                   hv.Dimension("accuracy", range=(0, 1)), label=label).opts(
-                color=DATASET_COLOR.get(dataset, "#333333"), line_dash=_DASH[i], line_width=2,
-                tools=["hover"]))
-    if not curves:
-        curves = [hv.Curve([], "epoch", "accuracy").relabel("no per-epoch history in either bundle")]
-    return hv.Overlay(curves).opts(hv.opts.Overlay(
-        title="Accuracy per epoch (A solid, B dashed)", ylim=(0, 1.02), responsive=True, shared_axes=False, min_height=320,
-        show_grid=True, legend_position="bottom_right",
-        legend_opts={"background_fill_alpha": 0.6, "label_text_font_size": "7pt"}))
+            label = DATASET_LABEL.get(dataset, dataset)
+            paths.append({"epoch": part["epoch"].to_numpy(float), "accuracy": part["accuracy"].to_numpy(float),
+                          "series": f"{'AB'[i]} {names[i]}: {label} ({model} model)", "dataset": label,
+                          "pair": "AB"[i], "colour": DATASET_COLOR.get(dataset, "#333333"), "dash": _DASH[i]})
+    return paths or [{"epoch": np.zeros(1), "accuracy": np.full(1, np.nan), "series": NO_HISTORY, "dataset": "",
+                      "pair": "", "colour": "#333333", "dash": "solid"}]
+
+
+def _series_legend(plot, element):
+    """One legend entry per ``series`` value, drawn by the browser from the data: a new pick's series
+    replace the old ones without a new figure."""
+    figure = plot.state
+    if not any(isinstance(x, Legend) for x in figure.center):
+        figure.add_layout(Legend(items=[LegendItem(label={"field": "series"},
+                                                   renderers=[plot.handles["glyph_renderer"]])],
+                                 location="bottom_right", background_fill_alpha=0.6, label_text_font_size="7pt"))
+
+
+def accuracy_lines(paths: list[dict]) -> hv.Contours:
+    """The paths of `accuracy_series` overlaid (one multi-line glyph): colour = dataset, A solid, B dashed,
+    a legend entry per series, hovering names the series."""
+    vdims = ["series", "dataset", "pair", "colour", "dash"]
+    return hv.Contours(paths, ["epoch", hv.Dimension("accuracy", range=(0, 1))], vdims).opts(
+        color="colour", line_dash=hv.dim("dash"), line_width=2, tools=["hover"], framewise=True,
+        hover_tooltips=[("series", "@{series}"), ("epoch", "$x{0.0}"), ("accuracy", "$y{0.000}")],
+        title="Accuracy per epoch (A solid, B dashed)", ylim=(0, 1.02), responsive=True, shared_axes=False,
+        min_height=320, show_grid=True, hooks=[_series_legend])
 
 
 def class_accuracy(bundle) -> dict[str, float]:
@@ -63,7 +140,7 @@ def class_difference(a, b) -> pd.DataFrame:
     acc_a, acc_b = class_accuracy(a), class_accuracy(b)
     shared = [c for c in acc_a if c in acc_b]
     return pd.DataFrame({"class": shared, "A": [acc_a[c] for c in shared], "B": [acc_b[c] for c in shared],
-                         "B − A": [acc_b[c] - acc_a[c] for c in shared]}, columns=["class", "A", "B", "B − A"])
+                         "B − A": [acc_b[c] - acc_a[c] for c in shared]}, columns=CLASS_COLUMNS)
 
 
 def class_difference_bars(frame: pd.DataFrame) -> hv.Bars:
@@ -71,7 +148,7 @@ def class_difference_bars(frame: pd.DataFrame) -> hv.Bars:
     data = frame.assign(better=np.where(frame["B − A"] >= 0, "B", "A"))
     return hv.Bars(data, "class", [hv.Dimension("B − A", label="accuracy B − A"), "A", "B", "better"]).opts(
         color="better", cmap={"B": "#2ca02c", "A": "#d62728"}, tools=["hover"], responsive=True, shared_axes=False,
-        min_height=280, show_grid=True, xrotation=45, show_legend=False,
+        min_height=280, show_grid=True, xrotation=45, show_legend=False, framewise=True,
         title="Target model's accuracy per class, B − A (target validation set)")
 
 
@@ -102,6 +179,12 @@ def depth_difference(a, b) -> pd.DataFrame:
     return frame
 
 
+def _layer_axis(plot, element):
+    """The x axis names this frame's layers: HoloViews keeps an overlay's first categories across the
+    updates of a DynamicMap."""
+    plot.state.x_range.factors = [str(v) for v in element.get(1).dimension_values("layer")]
+
+
 def depth_difference_plot(frame: pd.DataFrame) -> hv.Overlay:
     """The two differences by depth (B − A): inherited share (solid) and CKA (dashed), zero line grey."""
     kdim = hv.Dimension("layer", label="layer (input → output)")
@@ -110,11 +193,14 @@ def depth_difference_plot(frame: pd.DataFrame) -> hv.Overlay:
     for key, dash, colour in (("share", "solid", "#1f77b4"), ("cka", "dashed", "#d62728")):
         data = pd.DataFrame({"layer": frame["layer"], "difference": frame[f"{key} B − A"]})
         label = "inherited share B − A" if key == "share" else "CKA B − A"
-        parts.append(hv.Curve(data, kdim, vdim, label=label).opts(color=colour, line_dash=dash, line_width=2))
-        parts.append(hv.Scatter(data, kdim, vdim, label=label).opts(color=colour, size=6, tools=["hover"]))
+        parts.append(hv.Curve(data, kdim, vdim, label=label).opts(color=colour, line_dash=dash, line_width=2,
+                                                                   framewise=True))
+        parts.append(hv.Scatter(data, kdim, vdim, label=label).opts(color=colour, size=6, tools=["hover"],
+                                                                     framewise=True))
     return hv.Overlay(parts).opts(hv.opts.Overlay(
-        title="Inheritance and CKA by depth, B − A", ylim=(-1.02, 1.02), ylabel="B − A", xlabel="layer (input → output)", responsive=True, shared_axes=False, min_height=280,
-        show_grid=True, legend_position="bottom_left"))
+        title="Inheritance and CKA by depth, B − A", ylim=(-1.02, 1.02), ylabel="B − A",
+        xlabel="layer (input → output)", responsive=True, shared_axes=False, min_height=280, show_grid=True,
+        legend_position="bottom_left", framewise=True, hooks=[_layer_axis]))
 
 
 def _source_run(bundle) -> str | None:
@@ -164,7 +250,7 @@ def neuron_overlap(a, b) -> tuple[pd.DataFrame | None, str]:
         union = x | y
         rows.append({"model": model, "class": cls, "layer": layer, "A": len(x), "B": len(y),
                      "shared": len(x & y), "jaccard": len(x & y) / len(union) if union else math.nan})
-    frame = pd.DataFrame(rows, columns=["model", "class", "layer", "A", "B", "shared", "jaccard"])
+    frame = pd.DataFrame(rows, columns=OVERLAP_COLUMNS)
     return frame, "" if rows else "The two pairs have no class and layer with important neurons in common."
 
 
@@ -173,4 +259,4 @@ def overlap_heatmap(frame: pd.DataFrame, model: str) -> hv.HeatMap:
     data = frame[frame["model"] == model][["layer", "class", "jaccard", "A", "B", "shared"]]
     return hv.HeatMap(data, ["layer", "class"], [hv.Dimension("jaccard", range=(0, 1)), "A", "B", "shared"]).opts(
         cmap="viridis", clim=(0, 1), colorbar=True, tools=["hover"], responsive=True, shared_axes=False, min_height=260,
-        xrotation=45, invert_yaxis=True, title=f"Important-neuron overlap (Jaccard), {model} model")
+        xrotation=45, invert_yaxis=True, framewise=True, title=f"Important-neuron overlap (Jaccard), {model} model")
