@@ -31,7 +31,7 @@ __all__ = ["COMPARE_TTL_S", "DEFAULT_TRACKING_URI", "OUTCOMES", "PREVIEW_ROWS", 
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default store
 OPENED_BUNDLES = 8  # validated bundles a TrackingSource keeps open in memory
-PREVIEW_ROWS = 100  # target runs of the Compare tab's first page while the whole listing is made
+PREVIEW_ROWS = 50  # runs of a first page while the whole listing is made (a few of the tables' pages)
 COMPARE_TTL_S = 30.0  # how long a TrackingSource reuses a listing (new runs show up after this, or on reload)
 KEPT_SUMMARIES = 50_000  # parsed summaries of FINISHED diagnostics runs a TrackingSource keeps
 
@@ -65,7 +65,7 @@ class PairSource(Protocol):
         it has none; raises `BundleError` for a broken or incomplete one, with the command that fixes it."""
 
     def compare(self, experiment_id: str, sweep_id: str | None = None, *, fresh: bool = False,
-                preview: bool = False) -> CompareListing:
+                preview: bool = False, start: bool = True) -> CompareListing:
         """Issue 16: every target run of the experiment (of sweep ``sweep_id`` only, when given) with its setting
         and outcomes, the comparable group kept (see ``list_compare_rows``); raises `RunLookupError` for a
         malformed id and `TrackingUnavailableError` when unreachable."""
@@ -165,13 +165,13 @@ class TrackingSource:
         return found
 
     def compare(self, experiment_id: str, sweep_id: str | None = None, *, fresh: bool = False,
-                preview: bool = False) -> CompareListing:
+                preview: bool = False, start: bool = True) -> CompareListing:
         """The listing through `list_compare_rows`, reused for `COMPARE_TTL_S` per (experiment, sweep) by every
         session; one being made (the whole pair list starts the experiment's) is waited for, not made twice. The
         parsed summaries of FINISHED diagnostics runs are kept by run id beyond that (they never change; a
         running one's never enters). A failed listing raises here and is not kept. ``preview``: while the whole
         listing is still being made, the newest `PREVIEW_ROWS` target runs at once (``partial``; ask again),
-        asked for before the whole listing is started when none is being made."""
+        asked for before the whole listing is started when none is being made (``start`` False: by the next ask)."""
         key = ("compare", experiment_id, sweep_id)
         future = self._background(key, fresh=fresh, start=False)
         if preview and (future is None or not future.done()):
@@ -179,8 +179,8 @@ class TrackingSource:
             if not kept.partial:  # all there is: the whole listing
                 self._keep(key, kept)
                 return kept
-            future = self._background(key, fresh=fresh)
-            if not future.done():
+            future = self._background(key, fresh=fresh, start=start)
+            if future is None or not future.done():
                 return kept
         return (future or self._background(key, fresh=fresh)).result()
 
@@ -234,8 +234,10 @@ class TrackingSource:
         """A done future of ``key``'s kept listing when recent (and not ``fresh`` asked for), else the one being
         made; else one started here on a thread (``start``), or None."""
         with self._lock:
+            if fresh:  # asked for anew: the older one is not handed out meanwhile
+                self._kept.pop(key, None)
             hit = self._kept.get(key)
-            if not fresh and hit is not None and time.monotonic() - hit[0] < COMPARE_TTL_S:
+            if hit is not None and time.monotonic() - hit[0] < COMPARE_TTL_S:
                 done = Future()
                 done.set_result(hit[1])
                 return done
@@ -243,7 +245,6 @@ class TrackingSource:
                 return self._making[key]
             if not start:
                 return None
-            self._kept.pop(key, None)  # asked for fresh: the older one is not handed out meanwhile
             future = self._making[key] = Future()
         threading.Thread(target=self._made, args=(key, future), daemon=True, name=f"{key[0]}-listing").start()
         return future
@@ -313,7 +314,7 @@ class MemorySource:
         return TimelineBundle.open(found)
 
     def compare(self, experiment_id: str, sweep_id: str | None = None, *, fresh: bool = False,
-                preview: bool = False) -> CompareListing:
+                preview: bool = False, start: bool = True) -> CompareListing:
         """``compare_listings[(experiment_id, sweep_id)]`` when given; else one row per pair row of the
         experiment (a row's ``sweep_id`` key filters; its ``setting`` dict is the setting), outcomes from the
         row, per-depth lists and label space from its bundle when one is held (a broken one reads as none)."""

@@ -260,10 +260,10 @@ class AppState(param.Parameterized):
             self.param.update(pairs=[], pair="", bundle=None, error=wrong)
             return
         try:
-            # the newest pairs at once while the whole list is made (a first paint must not wait on thousands);
-            # under a pairless tab, made from the next ask (`complete_pairs`): that tab's own first page goes first
-            rows, whole = listed if listed is not None else self._source.first_pairs(
-                self.experiment, start=self.tab not in self._pairless_tabs) if self.experiment else ([], True)
+            # the newest pairs at once (a first paint must not wait on thousands); the whole list is made from the
+            # next ask on (`complete_pairs`, polled once the page shows), so it does not slow the first paint
+            rows, whole = listed if listed is not None else \
+                self._source.first_pairs(self.experiment, start=False) if self.experiment else ([], True)
             self.param.update(pairs=rows, pairs_partial=not whole)
         except Exception as exc:  # noqa: BLE001 -- the app stays up, and the banner says why
             self.param.update(pairs=[], pairs_partial=False, error=self._unlisted(exc))

@@ -395,13 +395,20 @@ def test_the_tracking_source_keeps_pair_lists_and_a_reload_lists_again(tracking_
 
 
 class _Arriving(MemorySource):
-    """A source whose whole listing arrives later: until then ``preview`` gives its first two rows."""
+    """A source whose whole listing arrives later: until then ``preview`` gives its first two rows; ``starts``
+    records each ``start`` asked with a preview (may the whole listing be started now)."""
 
     whole = False
 
-    def compare(self, experiment_id, sweep_id=None, *, fresh=False, preview=False):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.starts = []
+
+    def compare(self, experiment_id, sweep_id=None, *, fresh=False, preview=False, start=True):
         import dataclasses
 
+        if preview:
+            self.starts.append(start)
         listing = super().compare(experiment_id, sweep_id)
         if preview and not self.whole:
             return dataclasses.replace(listing, rows=listing.rows[:2], partial=True)
@@ -415,8 +422,10 @@ def test_a_first_page_is_shown_until_the_whole_listing_arrives(source):
     layout = drawn(tab)
     assert len(find(layout, pn.widgets.Tabulator, "compare-table").value) == 2
     assert "The newest 2 run(s) so far" in find(layout, pn.pane.Markdown, "compare-notes").object
+    assert not any(arriving.starts)  # the first draw does not start the whole listing: the first wait does
     key, asked = tab._listing[0], ("1", None)
     assert not tab.whole_arrived(key, asked) and tab.listed == 0  # still on its way
+    assert arriving.starts[-1]
     arriving.whole = True
     assert tab.whole_arrived(key, asked) and tab.listed == 1
     layout = drawn(tab)

@@ -216,3 +216,21 @@ def test_a_failed_whole_pair_list_is_raised_to_the_next_first_page_once(tracking
         source.first_pairs(exp)
     rows, whole = source.first_pairs(exp)  # raised once: asked again, the first page and a new try
     assert not whole and len(rows) == 2 and calls.count(5000) == 2
+
+
+def test_a_first_page_can_leave_the_whole_listing_to_the_next_ask_and_fresh_drops_the_kept_one(tracking_store,
+                                                                                                monkeypatch):
+    exp = tracking_store.experiment_id
+    runs = Runs(exp)
+    for i in range(3):
+        runs.diagnostics(runs.target(f"t{i}"))
+    monkeypatch.setattr(readers, "PREVIEW_ROWS", 2)
+    source = TrackingSource(tracking_store.uri)
+    assert source.compare(exp, preview=True, start=False).partial and not source._making  # nothing started yet
+    assert len(_until(lambda: (lambda x: not x.partial and x)(source.compare(exp, preview=True)),
+                      "the whole listing never came").rows) == 3
+    newer = runs.target("t3")
+    first = source.compare(exp, preview=True, fresh=True, start=False)  # a reload: the newest page at once
+    assert first.partial and first.rows[0]["target_run_id"] == newer
+    whole = _until(lambda: (lambda x: not x.partial and x)(source.compare(exp, preview=True)), "no new listing")
+    assert len(whole.rows) == 4  # not the listing kept from before the reload

@@ -60,7 +60,8 @@ def part(*dependencies: str, what: str):
 
 def poll(done: Callable[[], bool]) -> None:
     """Call ``done`` every `POLL_MS` until it returns True (or raises: logged, and the polling ends), from a
-    periodic callback of the session's document, so what it changes reaches that session's page."""
+    periodic callback of the session's document, so what it changes reaches that session's page; the first call
+    once the page has shown (`pn.state.onload`), so whatever ``done`` starts does not slow the first paint."""
     def check():
         try:
             finished = done()
@@ -70,7 +71,8 @@ def poll(done: Callable[[], bool]) -> None:
         if finished:
             callback.stop()
 
-    callback = pn.state.add_periodic_callback(check, period=POLL_MS, start=True)
+    callback = pn.state.add_periodic_callback(check, period=POLL_MS, start=False)
+    pn.state.onload(callback.start)
 
 
 class StateView(pn.viewable.Viewer):

@@ -122,12 +122,13 @@ class CompareTab(Tab):
             note, sweep = message_md(f"{invalid_id(sweep, 'sweep run id')}; showing the whole experiment."), ""
         fresh = self.reloads > 0 and self._listing is not None and self._listing[0][2] != self.reloads
         asked = (self.state.experiment, sweep or None)
-        listing = source.compare(*asked, fresh=fresh, preview=True)
+        # the whole listing is started by the first `whole_arrived`, once the page shows its first page
+        listing = source.compare(*asked, fresh=fresh, preview=True, start=False)
         if sweep and sweep not in [s.get("run_id") for s in listing.sweeps]:
             note = (f"There is no sweep {md_code(shorten(sweep))} in this experiment; showing the whole "
                     "experiment.")
             asked = (self.state.experiment, None)
-            listing = source.compare(*asked, fresh=fresh, preview=True)
+            listing = source.compare(*asked, fresh=fresh, preview=True, start=False)
         if listing.partial:
             note = (note + " " if note else "") + (f"The newest {len(listing.rows)} run(s) so far: the whole "
                                                    "listing replaces them when it is ready.")
