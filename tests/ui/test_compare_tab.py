@@ -263,6 +263,24 @@ def _figure(layout):
     return next(iter(pane.get_root().select({"type": figure})))
 
 
+def test_a_pick_sends_the_picked_points_not_every_pairs(source):
+    from bokeh.models import GlyphRenderer
+
+    state = _state(source)
+    layout = drawn(CompareTab(state=state))
+    every, picked = [r for r in _figure(layout).renderers if isinstance(r, GlyphRenderer)]
+    assert len(every.data_source.data["x"]) == 9 and len(picked.data_source.data["x"]) == 0
+    sent = []
+    every.data_source.on_change("data", lambda attr, old, new: sent.append(attr))
+    state.compare = [run_id("d", 1), run_id("d", 0)]
+    assert not sent  # the 9 points stay as they are
+    assert list(picked.data_source.data["pick"]) == ["A", "B"]
+    assert list(picked.data_source.data["run"]) == [run_id("d", 1), run_id("d", 0)]
+    state.compare_y = "leep"  # an axis change moves both
+    assert sent and sorted(picked.data_source.data["y"]) == sorted(
+        r["leep"] for r in source.compare("1").rows if r["diagnostics_run_id"] in state.compare)
+
+
 def test_an_axis_change_updates_the_charts_data_not_the_figure(source):
     state = _state(source)
     layout = drawn(CompareTab(state=state))

@@ -209,11 +209,16 @@ class CompareTab(Tab):
     def chart(self):
         listing, _ = self.listing()
 
-        def draw(x, y, picked):
-            return cv.scatter(listing, *cv.default_axes(listing, x, y), picked)
+        def draw(x, y):
+            return cv.scatter(listing, *cv.default_axes(listing, x, y))
 
-        dmap = hv.DynamicMap(pn.bind(draw, self.state.param.compare_x, self.state.param.compare_y,
-                                     self.state.param.compare))
+        def picked(x, y, compare):
+            return cv.picked_points(listing, *cv.default_axes(listing, x, y), compare)
+
+        # two maps: a pick redraws the picked points only, not every pair's (the other map's frame is unchanged)
+        s = self.state.param
+        dmap = hv.DynamicMap(pn.bind(draw, s.compare_x, s.compare_y)) * \
+            hv.DynamicMap(pn.bind(picked, s.compare_x, s.compare_y, s.compare))
         return pn.Column(pn.Row(self._x, self._y),
                          pn.pane.HoloViews(dmap, sizing_mode="stretch_width", min_height=340, name="compare-chart"),
                          sizing_mode="stretch_width")

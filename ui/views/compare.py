@@ -19,7 +19,7 @@ from bokeh.models import BasicTicker, FixedTicker
 
 from .text import escape_html, escape_md, md_code
 
-__all__ = ["OUTCOME_TITLES", "PICK_COLORS", "axis_choices", "compare_frame", "compare_table", "default_axes",
+__all__ = ["OUTCOME_TITLES", "PICK_COLORS", "axis_choices", "picked_points", "compare_frame", "compare_table", "default_axes",
            "left_out_md", "plot_frame", "scatter", "share_curves", "share_key", "spearman", "estimate_rhos"]
 
 # The scalar outcomes of a row (the listing's OUTCOMES), in table order, with their titles.
@@ -195,6 +195,15 @@ def scatter(listing, x: str, y: str, picked: list[str] = ()) -> hv.Scatter:
         color="colour", size=8, line_color="white", tools=["hover", "tap"], framewise=True, responsive=True, shared_axes=False,
         min_height=320, title=title, show_grid=True, hooks=[axis],
         hover_tooltips=[("run", "@{name}"), ("x", "@{x}"), ("y", "@{y}")])
+
+
+def picked_points(listing, x: str, y: str, picked: list[str]) -> hv.Scatter:
+    """The picked pairs' points of `scatter` alone (A orange, B purple, a little larger), to overlay on a scatter
+    drawn without picks: a new pick then sends these two points, not every pair's."""
+    frame, _ = plot_frame(listing, x, y, picked)
+    return hv.Scatter(frame[frame["pick"] != ""], "x", ["y", "name", "run", "pick", "colour"]).opts(
+        color="colour", size=11, line_color="black", tools=["hover"],
+        hover_tooltips=[("pair", "@{pick}"), ("run", "@{name}"), ("x", "@{x}"), ("y", "@{y}")])
 
 
 def spearman(a, b) -> tuple[float | None, int]:
