@@ -253,4 +253,26 @@ def serve(tracking_uri: str | None = None, *, host: str = "127.0.0.1", port: int
     shown = _origin_host(host) if host not in _WILDCARD_BINDS else host or "0.0.0.0"
     say(f"mlflow-transfer ui: http://{shown}:{server.port}/ over {source.uri} (Ctrl-C stops it)")
     server.start()  # Bokeh's periodic jobs: destroying unused sessions, websocket keep-alive pings
+    server.io_loop.add_callback(warm_up)
     server.io_loop.start()
+
+
+def warm_up() -> None:
+    """Import and draw once, into a throwaway document, what a session's first drawing needs (the app's
+    modules, HoloViews' Bokeh plotting, a Tabulator): run on the server's loop once it listens, so the first
+    visitor does not pay for it. Nothing is read from the tracking server."""
+    import holoviews as hv
+    import pandas as pd
+    import panel as pn
+    from bokeh.document import Document
+
+    from .app import build_app
+    from .readers import MemorySource
+
+    try:
+        doc = Document()
+        build_app(MemorySource(), sync_url=False).get_root(doc)
+        pn.Column(pn.pane.HoloViews(hv.Scatter([(0, 0)]) * hv.Curve([(0, 0)]) * hv.HeatMap([(0, 0, 0)])),
+                  pn.widgets.Tabulator(pd.DataFrame({"a": [0]}))).get_root(doc)
+    except Exception:  # noqa: BLE001 -- a warm-up only: the first session then pays, as it would have
+        log.debug("warming up failed", exc_info=True)

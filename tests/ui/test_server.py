@@ -186,3 +186,16 @@ def test_ctrl_c_or_a_kill_stops_the_app_without_claiming_runs_marked_failed(tmp_
     while not app.lines.empty():
         said.append(app.lines.get())
     assert not [line for line in said if "FAILED" in line or "Traceback" in line], said
+
+
+def test_the_warm_up_draws_the_app_without_a_tracking_server(caplog, monkeypatch):
+    """`warm_up` (run on the server's loop once it listens) draws the app and the plot kinds into a throwaway
+    document; it reads nothing from a tracking server (none is reachable here) and fails silently only."""
+    import logging
+
+    from ui import server
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with caplog.at_level(logging.DEBUG, logger="ui"):
+        server.warm_up()
+    assert not [r for r in caplog.records if "warming up failed" in r.getMessage()]
