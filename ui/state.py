@@ -204,7 +204,10 @@ class AppState(param.Parameterized):
         return value
 
     def reload(self) -> None:
-        """List the experiments and the open experiment's pairs again now (a source may keep listings a while)."""
+        """List the experiments and the open experiment's pairs again now (a source may keep listings a while); a
+        pair whose bundle did not open is tried again, an open one is kept."""
+        if self.bundle is None:
+            self._bundle_for = ""
         if self.experiment:
             try:
                 self._listed = {self.experiment: self._source.first_pairs(self.experiment, fresh=True)}

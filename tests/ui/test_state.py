@@ -413,3 +413,16 @@ def test_a_linked_older_pair_stays_selected_while_the_newest_pairs_are_listed_fi
         assert time.monotonic() < deadline + 60, "the failure never arrived"
         time.sleep(0.05)
     assert not state.pairs_partial and len(state.pairs) == 2 and "planted" in state.error
+
+
+def test_a_reload_opens_again_a_bundle_that_failed_and_keeps_one_that_opened(tiny_bundle):
+    run = "d" * 32
+    source = MemorySource({"1": "e"}, {"1": [{"diagnostics_run_id": run, "target_run_id": "t" * 32}]})
+    state = AppState(source, experiment="1")
+    assert state.pair == run and state.bundle is None and "does not exist" in state.error
+    source.bundles[run] = tiny_bundle  # diagnosed meanwhile
+    state.reload()
+    assert state.bundle is not None and state.error == ""
+    opened = state.bundle
+    state.reload()
+    assert state.bundle is opened  # not opened again (a MemorySource opens a folder anew each time)
