@@ -118,16 +118,8 @@ class TrackingSource:
         with ``whole`` False while the whole list is made meanwhile (ask again). The first page is asked for
         before the whole list is started, so the two do not share the server's time; ``start`` False leaves the
         start to the next ask (the caller's first paint needs the server for something else first)."""
-        key = ("pairs", experiment_id)
-        future = self._background(key, fresh=fresh, start=False)
-        if future is not None and future.done():
-            return list(future.result()), True
-        newest = self._first_page(key, fresh)
-        if len(newest) <= PREVIEW_ROWS:  # all there is: the whole list
-            self._keep(key, newest)
-            return list(newest), True
-        future = self._background(key, fresh=fresh, start=start)
-        return (list(future.result()), True) if future is not None and future.done() else (newest[:PREVIEW_ROWS], False)
+        rows, whole = self._at_once(("pairs", experiment_id), fresh=fresh, start=start)
+        return list(rows if whole else rows[:PREVIEW_ROWS]), whole
 
     def bundle(self, diagnostics_run_id: str) -> PairBundle:
         """Downloaded once into the cache and validated (every file hashed) on first open; a finished
@@ -173,16 +165,9 @@ class TrackingSource:
         listing is still being made, the newest `PREVIEW_ROWS` target runs at once (``partial``; ask again),
         asked for before the whole listing is started when none is being made (``start`` False: by the next ask)."""
         key = ("compare", experiment_id, sweep_id)
-        future = self._background(key, fresh=fresh, start=False)
-        if preview and (future is None or not future.done()):
-            kept = self._first_page(key, fresh)
-            if not kept.partial:  # all there is: the whole listing
-                self._keep(key, kept)
-                return kept
-            future = self._background(key, fresh=fresh, start=start)
-            if future is None or not future.done():
-                return kept
-        return (future or self._background(key, fresh=fresh)).result()
+        if preview:
+            return self._at_once(key, fresh=fresh, start=start)[0]
+        return self._background(key, fresh=fresh).result()
 
     # --- listings made in the background and kept a while ----------------------------------------------
     def _make(self, key: tuple, *, newest: int | None = None):
@@ -202,16 +187,20 @@ class TrackingSource:
         return list_compare_rows(key[1], sweep_id=key[2], tracking_uri=self.uri, max_rows=self.max_pairs,
                                  cache=self._summaries)
 
-    def _preview(self, key: tuple):
-        """The first page of ``key``: one per listing being made (asking again is free); a pair list's has one
-        row more than `PREVIEW_ROWS` when there are more (so a short list is known to be whole)."""
-        with self._lock:
-            kept = self._previews.get(key)
-        if kept is None:
-            kept = self._make(key, newest=PREVIEW_ROWS + 1 if key[0] == "pairs" else PREVIEW_ROWS)
-            with self._lock:
-                self._previews[key] = kept
-        return kept
+    def _at_once(self, key: tuple, *, fresh: bool, start: bool) -> tuple:
+        """``(listing, whole)`` of ``key`` without waiting: the kept or landed whole listing, else its first page
+        (whole when it holds all there is: kept as the listing), the whole one started unless ``start`` is False
+        (then by the next ask)."""
+        future = self._background(key, fresh=fresh, start=False)
+        if future is None or not future.done():
+            page = self._first_page(key, fresh)
+            if (len(page) <= PREVIEW_ROWS) if key[0] == "pairs" else not page.partial:
+                self._keep(key, page)
+                return page, True
+            future = self._background(key, fresh=fresh, start=start)
+            if future is None or not future.done():
+                return page, False
+        return future.result(), True
 
     def _keep(self, key: tuple, value) -> None:
         with self._lock:
@@ -220,15 +209,21 @@ class TrackingSource:
             self._failed.pop(key, None)
 
     def _first_page(self, key: tuple, fresh: bool):
-        """`_preview` of ``key`` while its whole listing is made or about to be (``fresh``: a new one): a whole
-        listing that failed since the last ask raises here, once (a waiting view then says so, not waits on)."""
+        """The first page of ``key``, one per listing being made (asking again is free; ``fresh``: a new one); a
+        pair list's has one row more than `PREVIEW_ROWS` when there are more (so a short list is known whole). A
+        whole listing that failed since the last ask raises here, once (a waiting view then says so)."""
         with self._lock:
             failed = self._failed.pop(key, None)
             if fresh:
                 self._previews.pop(key, None)
+            page = self._previews.get(key)
         if failed is not None and not fresh:
             raise failed
-        return self._preview(key)
+        if page is None:
+            page = self._make(key, newest=PREVIEW_ROWS + 1 if key[0] == "pairs" else PREVIEW_ROWS)
+            with self._lock:
+                self._previews[key] = page
+        return page
 
     def _background(self, key: tuple, *, fresh: bool = False, start: bool = True) -> Future | None:
         """A done future of ``key``'s kept listing when recent (and not ``fresh`` asked for), else the one being
