@@ -25,6 +25,7 @@ from ui.views.guard import guarded
 __all__ = ["StateView", "Tab", "part", "poll"]
 
 NO_PAIR = "Select a diagnosed pair above."
+NO_EXPERIMENT = "No experiment on this server."
 POLL_MS = 500  # how often a view asks whether a listing made in the background has arrived
 
 log = logging.getLogger("ui")
@@ -33,9 +34,10 @@ _NOTHING = object()  # no bundle shown yet (None is a state's bundle too)
 
 def part(*dependencies: str, what: str):
     """Declare a tab method that draws one part from ``dependencies`` (the tab's or ``state.*``
-    parameters, as for ``@param.depends``). Without a bundle it draws the "select a pair" note; an
-    exception becomes the error pane of `ui.views.guard.guarded` (a `TransferError` with the command
-    that fixes its cause, `AppState.with_fix`). While its tab is hidden, or when shown again with the
+    parameters, as for ``@param.depends``). Without a bundle it draws the "select a pair" note (a tab that does
+    not need one, `Tab.needs_bundle` False: without an experiment, the "no experiment" note); an exception becomes
+    the error pane of `ui.views.guard.guarded` (in a pair's tab, a `TransferError` with the command that fixes
+    its cause, `AppState.with_fix`). While its tab is hidden, or when shown again with the
     same inputs, the part keeps what it drew (Panel's ``Skip``); a hidden tab of another pair shows a
     placeholder instead (`Tab._shown`), so an out-of-date part never reaches the browser."""
     values = [operator.attrgetter(d) for d in dependencies]
@@ -43,12 +45,16 @@ def part(*dependencies: str, what: str):
     def wrap(method):
         @functools.wraps(method)
         def draw(self):
-            if self.index is not None and self.state.tab != self.index:
+            if not self.is_open:
                 raise param.Skip  # hidden: drawn when shown
             inputs = [value(self) for value in values]
             if self._drawn.get(method.__name__) == inputs:
                 raise param.Skip  # shown again, nothing changed
             self._drawn[method.__name__] = inputs
+            if not self.needs_bundle:
+                if not self.state.experiment:
+                    return pn.pane.Markdown(NO_EXPERIMENT, name="no-experiment")
+                return guarded(method, what)(self)
             if self.state.bundle is None:
                 return pn.pane.Markdown(NO_PAIR, name="no-pair")
             return guarded(method, what, self.state.with_fix)(self)
@@ -109,6 +115,11 @@ class Tab(StateView):
         self._shown_for = _NOTHING  # the bundle the parts were last shown for
         self._drawn: dict[str, list] = {}  # each part's inputs when it was last drawn
 
+    @property
+    def is_open(self) -> bool:
+        """Whether this tab is the one shown (a tab without an index always is)."""
+        return self.index is None or self.state.tab == self.index
+
     def lazy(self, method, *, loading_indicator: bool = False, **kwargs) -> pn.param.ParamMethod:
         """``method`` (a `part` of this tab) as a pane evaluated when first shown. A spinner over the
         part while it is redrawn only where that can take seconds: each one costs the browser a layout."""
@@ -119,7 +130,7 @@ class Tab(StateView):
         """The parts while the tab is open (or hidden but still current), else a placeholder: a hidden
         tab's parts are not sent to the browser out of date. The parts watch the same parameters and were
         created first, so on opening they are brought up to date before they are sent."""
-        if self.index is None or self.state.tab == self.index:
+        if self.is_open:
             if self._shown_for is self.state.bundle:
                 raise param.Skip  # already showing the parts, which redraw themselves
             self._shown_for = self.state.bundle
@@ -130,6 +141,8 @@ class Tab(StateView):
         return pn.Spacer(height=0)
 
     def __panel__(self) -> pn.viewable.Viewable:
+        if not self.needs_bundle:  # parts over the experiment, not the open pair: the page is the layout itself
+            return super().__panel__()
         if self._page is None:
             super().__panel__()  # the parts first: they watch the state before the page does
             self._page = pn.param.ParamMethod(self._shown, sizing_mode="stretch_width")

@@ -11,7 +11,6 @@ DynamicMap over the state), not a new figure.
 from __future__ import annotations
 
 import functools
-import operator
 
 import holoviews as hv
 import panel as pn
@@ -21,42 +20,17 @@ from mlflow_transfer.errors import BundleError, TransferError
 from ui.state import MAX_COMPARED, invalid_id
 from ui.views import compare as cv
 from ui.views import diff as dv
-from ui.views.guard import guarded
 from ui.views.text import md_code, message_md, shorten
 
-from .base import Tab, poll
+from .base import Tab, part, poll
 from .compare_diff import DiffPanel
 
 __all__ = ["CompareTab"]
 
-NO_EXPERIMENT = "No experiment on this server."
 PICK_TWO = "Pick two diagnosed pairs in the table (A, then B) to see them side by side."
 WHOLE = "whole experiment"
 DIFF_INPUTS = ("state.experiment", "state.sweep", "reloads", "listed", "state.compare")  # what the diff shows
 KEPT_RECORDS = 4  # the diff's records kept for the last few pairs picked (a pick back costs no reading)
-
-
-def compare_part(*dependencies: str, what: str):
-    """As `ui.tabs.base.part` (skipped while hidden or unchanged, errors as an error pane), but drawn
-    without an open pair: the Compare tab's parts need an experiment only."""
-    values = [operator.attrgetter(d) for d in dependencies]
-
-    def wrap(method):
-        @functools.wraps(method)
-        def draw(self):
-            if self.index is not None and self.state.tab != self.index:
-                raise param.Skip
-            inputs = [value(self) for value in values]
-            if self._drawn.get(method.__name__) == inputs:
-                raise param.Skip
-            self._drawn[method.__name__] = inputs
-            if not self.state.experiment:
-                return pn.pane.Markdown(NO_EXPERIMENT, name="no-experiment")
-            return guarded(method, what)(self)
-
-        return param.depends(*dependencies, "state.tab")(draw)
-
-    return wrap
 
 
 class CompareTab(Tab):
@@ -154,7 +128,7 @@ class CompareTab(Tab):
         return not partial
 
     # --- parts ------------------------------------------------------------------------------------
-    @compare_part("state.experiment", "state.sweep", "reloads", "listed", what="compare listing")
+    @part("state.experiment", "state.sweep", "reloads", "listed", what="compare listing")
     def header(self):
         listing, note = self.listing()
         sweeps = {WHOLE: ""}
@@ -174,7 +148,7 @@ class CompareTab(Tab):
                          pn.pane.Markdown(cv.estimates_md(listing), name="compare-estimates"),
                          sizing_mode="stretch_width")
 
-    @compare_part("state.experiment", "state.sweep", "reloads", "listed", what="compare table")
+    @part("state.experiment", "state.sweep", "reloads", "listed", what="compare table")
     def table(self):
         listing, _ = self.listing()
         if not listing.rows:
@@ -205,7 +179,7 @@ class CompareTab(Tab):
             if sorted(self._table.selection) != sorted(rows):
                 self._table.selection = rows
 
-    @compare_part("state.experiment", "state.sweep", "reloads", "listed", what="compare chart")
+    @part("state.experiment", "state.sweep", "reloads", "listed", what="compare chart")
     def chart(self):
         listing, _ = self.listing()
 
@@ -223,13 +197,13 @@ class CompareTab(Tab):
                          pn.pane.HoloViews(dmap, sizing_mode="stretch_width", min_height=340, name="compare-chart"),
                          sizing_mode="stretch_width")
 
-    @compare_part("state.experiment", "state.sweep", "reloads", "listed", "state.compare", what="inherited-share lines")
+    @part("state.experiment", "state.sweep", "reloads", "listed", "state.compare", what="inherited-share lines")
     def lines(self):
         listing, _ = self.listing()
         return pn.pane.HoloViews(cv.share_curves(listing, self._picked(listing)), sizing_mode="stretch_width",
                                  min_height=300, name="compare-lines")
 
-    @compare_part(*DIFF_INPUTS, what="two-pair diff")
+    @part(*DIFF_INPUTS, what="two-pair diff")
     def diff(self):
         """The tab's one `DiffPanel`, brought up to the picked pairs (its panes updated in place)."""
         return self._draw_diff()
@@ -239,8 +213,7 @@ class CompareTab(Tab):
         """A new pick reaches the diff before the parts redrawn over the same change (they watch from their
         first drawing, after this), so its patch leaves first; the part's own redraw then finds it shown (a
         no-op) or, after an error here, shows the error."""
-        if "diff" not in self._drawn or not self.state.experiment or (
-                self.index is not None and self.state.tab != self.index):
+        if "diff" not in self._drawn or not self.state.experiment or not self.is_open:
             return
         try:
             self._draw_diff()
@@ -300,7 +273,3 @@ class CompareTab(Tab):
                                 self.lazy(self.lines, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
                          pn.pane.Markdown("### Two pairs side by side"),
                          self.lazy(self.diff, sizing_mode="stretch_width"), sizing_mode="stretch_width")
-
-    def __panel__(self):
-        # parts over the experiment, not the open pair: the page is the layout itself (see compare_part)
-        return super(Tab, self).__panel__()
