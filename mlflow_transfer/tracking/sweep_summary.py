@@ -68,15 +68,13 @@ def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> lis
 
 
 def _setting_keys(client: MlflowClient, parent_id: str) -> set[str] | None:
-    """The sweep keys the parent's ``sweep/settings.json`` lists; None without a readable one."""
-    import mlflow
-
-    if not any(f.path == SETTINGS_FILE for f in client.list_artifacts(parent_id, SUMMARY_DIR)):
-        return None
-    try:
-        listed = mlflow.artifacts.load_dict(f"runs:/{parent_id}/{SETTINGS_FILE}")
-    except Exception:  # noqa: BLE001 — damaged or unreadable: the parent's own children still make a summary
-        return None
+    """The sweep keys the parent's ``sweep/settings.json`` lists (read through ``client``'s store); None without a
+    readable one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            listed = json.loads(Path(client.download_artifacts(parent_id, SETTINGS_FILE, tmp)).read_text())
+        except Exception:  # noqa: BLE001 — absent (an older parent), damaged or unreadable: its children make the summary
+            return None
     if not isinstance(listed, list):
         return None
     return {str(e["sweep_key"]) for e in listed if isinstance(e, dict) and "sweep_key" in e}

@@ -22,7 +22,7 @@ from bokeh.models import Legend, LegendItem
 
 from .style import DATASET_COLOR, DATASET_LABEL
 
-__all__ = ["ALL_CLASSES", "CLASS_COLUMNS", "DEPTH_COLUMNS", "NO_HISTORY", "OVERLAP_COLUMNS", "PairRecords",
+__all__ = ["ALL_CLASSES", "CLASS_COLUMNS", "NO_HISTORY", "OVERLAP_COLUMNS", "PairRecords",
            "accuracy_lines", "accuracy_series", "class_accuracy", "class_difference", "class_difference_bars",
            "depth_difference", "depth_difference_plot", "empty_frame", "important_sets", "neuron_overlap", "overlap_heatmap",
            "read_records", "shared_model_reason"]
@@ -31,7 +31,6 @@ ALL_CLASSES = -1  # class_index of comparison/layers' all-classes rows
 _DASH = ("solid", "dashed")  # pair A, pair B
 NO_HISTORY = "no per-epoch history in either bundle"
 CLASS_COLUMNS = ["class", "A", "B", "B − A"]
-DEPTH_COLUMNS = ["layer", "share A", "share B", "share B − A", "cka A", "cka B", "cka B − A"]
 OVERLAP_COLUMNS = ["model", "class", "layer", "A", "B", "shared", "jaccard"]
 
 
@@ -68,7 +67,7 @@ class PairRecords:
 
 
 def empty_frame(columns: list[str]) -> pd.DataFrame:
-    """A frame of ``columns`` (`CLASS_COLUMNS`, `DEPTH_COLUMNS`, `OVERLAP_COLUMNS`) without rows, names as
+    """A frame of ``columns`` (e.g. `OVERLAP_COLUMNS`) without rows, names as
     text and numbers as floats: what a plot draws before any pair is picked."""
     return pd.DataFrame({c: pd.Series(dtype=object if c in ("class", "layer", "model") else float) for c in columns})
 
