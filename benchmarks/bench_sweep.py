@@ -37,6 +37,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
+
+from helpers.procs import cpu_seconds, descendants  # noqa: E402
 TINY = ("data.source.size=100,data.per_class_cap=12,source.epochs=1,target.epochs=1,"
         "source.batch_size=32,target.batch_size=32")  # tests/helpers/tracking.py's TINY
 GRID = {"target.lr": [0.0005, 0.005], "target.freeze_depth": [0, 2]}
@@ -72,26 +76,9 @@ def sequential(recipe_path: str, options) -> float:
 
 
 def _tree_cpu_seconds(root: int) -> float:
-    """CPU seconds (user + system) of ``root`` and every live descendant, from /proc (Ray's GCS, raylet and
-    workers are the driver's descendants)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parent, cpu = {}, {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        parent[int(name)], cpu[int(name)] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
-    tree, grew = {root}, True
-    while grew:
-        more = {pid for pid, ppid in parent.items() if ppid in tree} - tree
-        tree |= more
-        grew = bool(more)
-    return sum(cpu.get(pid, 0.0) for pid in tree)
+    """CPU seconds (user + system) of ``root`` and every live descendant (Ray's GCS, raylet and workers are the
+    driver's descendants)."""
+    return sum(cpu_seconds(descendants(root)).values())
 
 
 def on_ray(recipe_path: str, options) -> tuple[float, float, float]:

@@ -101,6 +101,7 @@ for path in (REPO, REPO / "tests"):  # the app, and the tests' bundle factory an
 
 from helpers.browser import CHROMIUM, CHROMIUM_ARGS
 from helpers.bundles import write_tiny_bundle
+from helpers.procs import cpu_seconds, descendants
 from helpers.timeline import write_tiny_timeline
 
 SWITCH_GOAL, TOUR_GOAL, FIRST_PAINT_GOAL, ZOOM_GOAL, EPOCH_GOAL = 3.0, 2.5, 3.0, 0.35, 0.3
@@ -304,34 +305,6 @@ STATE_JS = r"""(t0) => {
 }"""
 
 
-def _proc_tree(root: int) -> dict[int, int]:
-    """pid → parent pid of ``root``'s descendants (from /proc)."""
-    parents = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, grew = {root}, True
-    while grew:
-        new = {p for p, pp in parents.items() if pp in tree and p not in tree}
-        tree |= new
-        grew = bool(new)
-    return {p: parents.get(p, 0) for p in tree - {root}}
-
-
-def _cpu_seconds(pids) -> dict[int, float]:
-    tick, out = os.sysconf("SC_CLK_TCK"), {}
-    for p in pids:
-        try:
-            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            out[p] = (int(f[11]) + int(f[12])) / tick  # utime + stime
-        except (OSError, IndexError, ValueError):
-            pass
-    return out
-
-
 class Meter:
     """CPU seconds of the server process and of the browser (every other descendant of this process)
     between `start` and `stop`, and what the server logged about its websocket in that window."""
@@ -340,9 +313,9 @@ class Meter:
         self.server_pid, self.log = server_pid, log
 
     def _sample(self) -> tuple[float, dict[int, float]]:
-        server = {self.server_pid, *_proc_tree(self.server_pid)}
-        others = [p for p in _proc_tree(os.getpid()) if p not in server]
-        return sum(_cpu_seconds(server).values()), _cpu_seconds(others)
+        server = descendants(self.server_pid)
+        others = descendants(os.getpid()) - server - {os.getpid()}
+        return sum(cpu_seconds(server).values()), cpu_seconds(others)
 
     def start(self) -> None:
         self._server0, self._browser0 = self._sample()

@@ -6,24 +6,9 @@ import ipaddress
 import os
 from pathlib import Path
 
+from helpers.procs import descendants
+
 LISTEN = "0A"  # the TCP state column of /proc/net/tcp
-
-
-def _descendants(root: int) -> set[int]:
-    parent = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent[int(entry.name)] = int(stat[stat.rfind(")") + 2:].split()[1])
-    tree, grew = {root}, True
-    while grew:
-        more = {pid for pid, ppid in parent.items() if ppid in tree} - tree
-        tree |= more
-        grew = bool(more)
-    return tree
 
 
 def _address(hex_ip: str) -> str:
@@ -44,7 +29,7 @@ def listening_addresses(root: int | None = None) -> dict[int, set[str]]:
             if fields[3] == LISTEN:
                 inodes[fields[9]] = _address(fields[1].split(":")[0])
     out: dict[int, set[str]] = {}
-    for pid in _descendants(root or os.getpid()):
+    for pid in descendants(root or os.getpid()):
         try:
             links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
         except OSError:
